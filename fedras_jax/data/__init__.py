@@ -1,0 +1,63 @@
+"""Data: file formats -> `Interactions` -> leave-one-out `Split` (host numpy).
+
+Typical use::
+
+    from fedras_jax import data
+    split = data.load_dataset("ml-100k", seed=0)   # fetched + cached
+    data.describe(split)
+
+Modules: `interactions` (the container), `formats` (parsers), `fetch`
+(obtaining files with sha256 checks), `negatives` (test-negative sampling),
+`split` (leave-one-out, `Split`, save/load, stats), `datasets` (named
+datasets, cache). Only numpy and the standard library are imported.
+"""
+
+from fedras_jax.data.datasets import (DATASETS, dataset_files, load_dataset,
+                                      ncf_split)
+from fedras_jax.data.fetch import (ChecksumError, FetchContext, FetchError,
+                                   PipWheelSource, RemoteFile, ZipUrlSource,
+                                   default_data_dir, ensure_file, sha256_file)
+from fedras_jax.data.formats import (DataFormatError, TestNegatives,
+                                     parse_lastfm_user_artists,
+                                     parse_movielens_100k, parse_movielens_1m,
+                                     parse_ncf_rating,
+                                     parse_ncf_test_negatives,
+                                     parse_recbole_inter)
+from fedras_jax.data.interactions import Interactions
+from fedras_jax.data.negatives import sample_negatives
+from fedras_jax.data.split import (EmptyClientError, Split, build_split,
+                                   describe, leave_one_out, load_split,
+                                   save_split)
+
+__all__ = [
+    "DATASETS",
+    "ChecksumError",
+    "DataFormatError",
+    "EmptyClientError",
+    "FetchContext",
+    "FetchError",
+    "Interactions",
+    "PipWheelSource",
+    "RemoteFile",
+    "Split",
+    "TestNegatives",
+    "ZipUrlSource",
+    "build_split",
+    "dataset_files",
+    "default_data_dir",
+    "describe",
+    "ensure_file",
+    "leave_one_out",
+    "load_dataset",
+    "load_split",
+    "ncf_split",
+    "parse_lastfm_user_artists",
+    "parse_movielens_100k",
+    "parse_movielens_1m",
+    "parse_ncf_rating",
+    "parse_ncf_test_negatives",
+    "parse_recbole_inter",
+    "sample_negatives",
+    "save_split",
+    "sha256_file",
+]

@@ -1,0 +1,47 @@
+"""The compressor contract every uplink/downlink method goes through.
+
+A compressor is a NamedTuple of pure functions on one client's update matrix:
+
+* ``encode(rows [n, d], mask [n] bool, budget_bits, key) -> payload``: a pytree
+  with an int32 ``bits`` field, the exact payload size; rows where ``mask`` is
+  False carry no update (``budget_bits`` is a traced scalar, so every client in a
+  ``vmap`` can have its own);
+* ``decode(payload) -> rows [n, d]``: what the receiver reconstructs; masked rows
+  decode to zero.
+
+``lossless`` marks compressors with ``decode(encode(x)) == x`` that send the dense
+float32 update; the round then skips their encode/decode and counts the dense size.
+"""
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Compressor(NamedTuple):
+  name: str
+  encode: Callable[..., Any]
+  decode: Callable[[Any], jax.Array]
+  lossless: bool = False
+
+
+def dense_bits(num_rows: int, dim: int, value_bits: int = 32) -> int:
+  """Size in bits of a dense ``[num_rows, dim]`` matrix (Python int, exact)."""
+  return int(num_rows) * int(dim) * int(value_bits)
+
+
+class DensePayload(NamedTuple):
+  """rows ``[n, d]`` sent as they are; bits: their dense size."""
+  rows: jax.Array
+  bits: jax.Array
+
+
+def identity(num_index_rows: int) -> Compressor:
+  """No compression: the dense float32 ``[num_index_rows, d]`` update is sent."""
+
+  def encode(rows, mask, budget_bits, key):
+    del budget_bits, key
+    bits = jnp.int32(dense_bits(num_index_rows, rows.shape[-1]))
+    return DensePayload(rows=jnp.where(mask[:, None], rows, 0.0), bits=bits)
+
+  return Compressor(name="identity", encode=encode, decode=lambda p: p.rows, lossless=True)

@@ -1,0 +1,288 @@
+"""One federated round as one jitted XLA program.
+
+    sample M clients from (seed, round) -> plans (sizes, negatives, shuffles)
+    -> packed local training of the M clients (lanes, see ``local_training``)
+    -> uplink compressor per client (vmap, each with its own bit budget)
+    -> aggregation by item id (inverse frequency or FedAvg) + FedAvg of dense params
+    -> server optimizer -> downlink compressor on the server update
+    -> the decoded update is applied, so the server model is what clients rebuild
+    -> private user rows scattered back into the stacked client states.
+
+Every random draw comes from ``fold_in(fold_in(key(seed), round), purpose[, user])``,
+so a round depends only on (seed, round, state): reruns are bit-identical and a
+resumed run continues exactly.
+"""
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fedras_jax.compress.base import Compressor, dense_bits, identity
+from fedras_jax.compress.roundtrip import roundtrip, roundtrip_clients
+from fedras_jax.federated.aggregation import AGGREGATIONS, aggregate_item_updates, average_dense
+from fedras_jax.federated.client_data import ClientData
+from fedras_jax.federated.local_data import client_plan, client_sizes, slot_item
+from fedras_jax.federated.local_training import (LocalHParams, lane_schedule,
+                                                 packed_client_updates, slot_layout)
+from fedras_jax.models.base import Params, RecModel
+
+# fold_in purposes of the round key.
+_SAMPLE, _CLIENT, _BANDWIDTH, _UPLINK, _DOWNLINK = range(5)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundConfig:
+  """Static shape of a round (a change recompiles).
+
+  slot_capacity: flat slot buffer size ``S`` >= the sampled clients' total slots in
+    every round of the run; max_client_slots: >= any one client's slots;
+    max_lane_steps: >= the busiest lane's SGD steps (all three from
+    ``plan_capacity``). num_lanes: ``W`` lanes of packed local training.
+  """
+  clients_per_round: int
+  slot_capacity: int
+  max_client_slots: int
+  max_lane_steps: int
+  local_epochs: int = 2
+  batch_size: int = 64
+  neg_ratio: int = 4
+  num_lanes: int = 16
+  aggregation: str = "inverse_frequency"
+
+  def __post_init__(self):
+    if self.aggregation not in AGGREGATIONS:
+      raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
+    for name in ("clients_per_round", "local_epochs", "batch_size", "num_lanes",
+                 "slot_capacity", "max_client_slots", "max_lane_steps"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+    if self.neg_ratio < 0:
+      raise ValueError(f"neg_ratio must be >= 0, got {self.neg_ratio}")
+
+
+class RoundHParams(NamedTuple):
+  """Traced round hyper-parameters (sweepable in one program).
+
+  fluctuation: each round a client's bandwidth is scaled by ``1 + U(-f, f)``.
+  round_seconds: nominal round length; a client's uplink budget is its
+    bandwidth times this. compute_seconds: simulated local compute time.
+  downlink_budget_bits: the server's payload budget per round.
+  """
+  local: LocalHParams = LocalHParams()
+  fluctuation: Any = 0.0
+  round_seconds: Any = 1.0
+  compute_seconds: Any = 0.0
+  downlink_budget_bits: Any = float(2**31 - 1)
+
+
+class ServerState(NamedTuple):
+  """items ``[I, item_dim]`` and dense: the shared model as clients rebuild it;
+  opt_state: server optimizer state; round: int32; key: the run's base PRNG key."""
+  items: jax.Array
+  dense: Any
+  opt_state: Any
+  round: jax.Array
+  key: jax.Array
+
+
+class ClientStates(NamedTuple):
+  """Stacked per-user state: users ``[U, user_dim]`` private rows; bandwidth ``[U]``
+  bits per simulated second."""
+  users: jax.Array
+  bandwidth: jax.Array
+
+
+class RoundMetrics(NamedTuple):
+  """Per-round measurements (``[M]`` arrays are per sampled client)."""
+  sampled: jax.Array        # [M] user ids
+  loss: jax.Array           # [M] mean local training loss
+  bits_up: jax.Array        # [M] int32 uplink payload
+  bits_down: jax.Array      # int32 downlink payload per client (item table + dense)
+  budget_up: jax.Array      # [M] uplink budget in bits
+  num_actions: jax.Array    # [M] actions used per client (-1 when not applicable)
+  error_up: jax.Array       # [M] ||decode(encode(G)) - G|| / ||G||
+  error_down: jax.Array     # same for the server update
+  touched_items: jax.Array  # items with at least one update
+  skipped: jax.Array        # clients whose update was non-finite and dropped
+  sim_seconds: jax.Array    # simulated round duration (slowest client)
+
+
+def init_states(model: RecModel, num_users: int, num_items: int, server_opt, *, seed: int,
+                bandwidth=None):
+  """Initial ``(ServerState, ClientStates)``; bandwidth ``[U]`` defaults to unlimited."""
+  key = jax.random.key(seed)
+  params = model.init(jax.random.fold_in(key, 0), num_users, num_items)
+  shared = (params.items, params.dense)
+  if bandwidth is None:
+    bandwidth = jnp.full((num_users,), jnp.inf, jnp.float32)
+  server = ServerState(items=params.items, dense=params.dense,
+                       opt_state=server_opt.init(shared), round=jnp.int32(0), key=key)
+  return server, ClientStates(users=params.users, bandwidth=jnp.asarray(bandwidth, jnp.float32))
+
+
+def sample_clients(key, num_users: int, num_clients: int) -> jax.Array:
+  """``[num_clients]`` distinct user ids, uniform without replacement."""
+  return jax.random.choice(key, num_users, (num_clients,), replace=False).astype(jnp.int32)
+
+
+def round_key(base_key, round_index):
+  """The key of round ``round_index`` of the run whose base key is ``base_key``."""
+  return jax.random.fold_in(base_key, round_index)
+
+
+def round_clients(base_key, round_index, num_users: int, num_clients: int) -> jax.Array:
+  """``[M]`` users sampled in a round: a function of (seed, round) only."""
+  key = jax.random.fold_in(round_key(base_key, round_index), _SAMPLE)
+  return sample_clients(key, num_users, num_clients)
+
+
+def client_keys(base_key, round_index, users) -> jax.Array:
+  """``[M]`` local-training keys of ``users`` in a round: (seed, round, user) only."""
+  key = jax.random.fold_in(round_key(base_key, round_index), _CLIENT)
+  return jax.vmap(jax.random.fold_in, (None, 0))(key, users)
+
+
+class Capacity(NamedTuple):
+  """Static buffer sizes of a run (fields of ``RoundConfig``)."""
+  slot_capacity: int
+  max_client_slots: int
+  max_lane_steps: int
+
+
+def plan_capacity(num_pos: np.ndarray, num_seen: np.ndarray, num_items: int, *, seed: int,
+                  rounds: int, clients_per_round: int, local_epochs: int, batch_size: int,
+                  neg_ratio: int, num_lanes: int) -> Capacity:
+  """Static buffer sizes that fit every round ``0..rounds-1`` of a run.
+
+  Replays the round's client sampling and lane packing (the same jax functions)
+  and rounds the maxima up coarsely (slots to 1024, client slots to 64, lane steps
+  to 16), so runs of similar size share compiled programs.
+  """
+  num_users = len(num_pos)
+  slots, steps = client_sizes(num_pos, num_seen, num_items, neg_ratio=neg_ratio,
+                              epochs=local_epochs, batch_size=batch_size)
+  base = jax.random.key(seed)
+  steps_dev = jnp.asarray(steps, jnp.int32)
+
+  @jax.jit
+  @jax.vmap
+  def replay(r):
+    sampled = round_clients(base, r, num_users, clients_per_round)
+    return sampled, jnp.max(lane_schedule(steps_dev[sampled], num_lanes)[1][:, -1])
+
+  sampled, lane_steps = jax.device_get(replay(jnp.arange(rounds)))
+  round_up = lambda x, g: int(-(-int(x) // g) * g)
+  return Capacity(slot_capacity=round_up(slots[sampled].sum(axis=1).max(), 1024),
+                  max_client_slots=round_up(slots.max(), 64),
+                  max_lane_steps=round_up(lane_steps.max(), 16))
+
+
+def _bits(x):
+  """A float bit budget as int32, saturating (``inf`` -> the largest exact value)."""
+  return jnp.clip(jnp.asarray(x, jnp.float32), 0.0, 2.0**31 - 2.0**8).astype(jnp.int32)
+
+
+def _client_finite(deltas, slot_client, num_clients, users, dense_deltas):
+  bad_rows = ~jnp.all(jnp.isfinite(deltas), axis=1)
+  bad = jax.ops.segment_sum(bad_rows.astype(jnp.int32), slot_client, num_segments=num_clients) > 0
+  bad |= ~jnp.all(jnp.isfinite(users), axis=1)
+  for leaf in jax.tree.leaves(dense_deltas):
+    bad |= ~jnp.all(jnp.isfinite(leaf.reshape(num_clients, -1)), axis=1)
+  return ~bad
+
+
+def _relative_error(decoded, rows, segments=None, num_segments=None):
+  diff = jnp.sum(jnp.square(decoded - rows), axis=-1)
+  norm = jnp.sum(jnp.square(rows), axis=-1)
+  if segments is not None:
+    diff = jax.ops.segment_sum(diff, segments, num_segments=num_segments)
+    norm = jax.ops.segment_sum(norm, segments, num_segments=num_segments)
+  else:
+    diff, norm = jnp.sum(diff), jnp.sum(norm)
+  return jnp.sqrt(diff / jnp.maximum(norm, 1e-30))
+
+
+def make_round(model: RecModel, data: ClientData, config: RoundConfig,
+               server_opt: optax.GradientTransformation = None, *,
+               uplink: Compressor = None, downlink: Compressor = None):
+  """Builds ``round_fn(server, clients, hp) -> (server, clients, RoundMetrics)``.
+
+  The returned function is pure and not yet jitted (``jax.jit`` it with
+  ``donate_argnums=(0, 1)``; ``jax.vmap`` it over seeds or traced hyper-params).
+  ``server_opt`` gets the negated aggregated update as gradient (default
+  ``optax.sgd(1.0)``: add the update).
+  """
+  server_opt = server_opt or optax.sgd(1.0)
+  uplink = uplink or identity(data.num_items)
+  downlink = downlink or identity(data.num_items)
+  m = config.clients_per_round
+  if m > data.num_users:
+    raise ValueError(f"clients_per_round={m} exceeds the number of users {data.num_users}")
+  dense_table_bits = dense_bits(data.num_items, model.item_dim)
+
+  def round_fn(server: ServerState, clients: ClientStates, hp: RoundHParams):
+    key = round_key(server.key, server.round)
+    sampled = round_clients(server.key, server.round, data.num_users, m)
+    plans = jax.vmap(lambda u, k: client_plan(
+        data, u, k, neg_ratio=config.neg_ratio, epochs=config.local_epochs,
+        batch_size=config.batch_size))(sampled, client_keys(server.key, server.round, sampled))
+    layout = slot_layout(plans.num_slots, config.slot_capacity)
+    slot_plans = jax.tree.map(lambda x: x[layout.client], plans)
+    items_of_slot = jax.vmap(slot_item, (None, 0, 0))(data, slot_plans, layout.local)
+
+    trained = packed_client_updates(
+        model, hp.local, plans, layout, items_of_slot, server.items, server.dense,
+        clients.users[sampled], num_lanes=config.num_lanes,
+        max_iters=config.max_lane_steps, batch_size=config.batch_size)
+
+    ok = _client_finite(trained.deltas, layout.client, m, trained.users, trained.dense_deltas)
+    slot_ok = layout.valid & ok[layout.client]
+    deltas = jnp.where(slot_ok[:, None], trained.deltas, 0.0)
+
+    # Bandwidth this round and the uplink budget it gives.
+    wiggle = jax.random.uniform(jax.random.fold_in(key, _BANDWIDTH), (m,), minval=-1.0,
+                                maxval=1.0)
+    bandwidth = clients.bandwidth[sampled] * (1.0 + hp.fluctuation * wiggle)
+    budget = _bits(bandwidth * hp.round_seconds)
+    up_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(key, _UPLINK), sampled)
+    up = roundtrip_clients(uplink, deltas, layout.offset, plans.num_slots, budget, up_keys,
+                           max_slots=config.max_client_slots, lossless_bits=dense_table_bits)
+
+    item_update, counts = aggregate_item_updates(
+        up.decoded, items_of_slot, slot_ok, num_items=data.num_items, num_clients=m,
+        rule=config.aggregation)
+    ok_f = ok.astype(jnp.float32)
+    dense_update = jax.tree.map(
+        lambda d: jnp.tensordot(ok_f, d, axes=1) / jnp.maximum(jnp.sum(ok_f), 1.0),
+        trained.dense_deltas)
+    neg_grad = jax.tree.map(jnp.negative, (item_update, dense_update))
+    updates, opt_state = server_opt.update(neg_grad, server.opt_state, (server.items, server.dense))
+    item_step, dense_step = updates
+
+    down = roundtrip(downlink, item_step, counts > 0, _bits(hp.downlink_budget_bits),
+                     jax.random.fold_in(key, _DOWNLINK), lossless_bits=dense_table_bits)
+    dense_count = sum(x.size for x in jax.tree.leaves(server.dense))
+    bits_down = down.bits + jnp.int32(32 * dense_count)
+    bits_up = up.bits + jnp.int32(32 * dense_count)
+
+    seconds = (bits_up + bits_down) / bandwidth + hp.compute_seconds
+    new_users = jnp.where(ok[:, None], trained.users, clients.users[sampled])
+    num_actions = (up.payload.num_actions if hasattr(up.payload, "num_actions")
+                   else jnp.full((m,), -1, jnp.int32))
+    metrics = RoundMetrics(
+        sampled=sampled, loss=trained.loss, bits_up=bits_up, bits_down=bits_down,
+        budget_up=budget, num_actions=num_actions,
+        error_up=_relative_error(up.decoded, deltas, layout.client, m),
+        error_down=_relative_error(down.decoded, jnp.where((counts > 0)[:, None], item_step, 0.0)),
+        touched_items=jnp.sum(counts > 0), skipped=jnp.sum(~ok),
+        sim_seconds=jnp.max(seconds))
+    server = ServerState(items=server.items + down.decoded,
+                         dense=jax.tree.map(jnp.add, server.dense, dense_step),
+                         opt_state=opt_state, round=server.round + 1, key=server.key)
+    clients = clients._replace(users=clients.users.at[sampled].set(new_users))
+    return server, clients, metrics
+
+  return round_fn

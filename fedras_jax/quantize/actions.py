@@ -1,0 +1,260 @@
+"""Gradients as actions: adaptive-K encode/decode of a gradient matrix.
+
+A client's gradient matrix ``G`` ``[n, d]`` is sent as ``K`` action vectors
+(centroids ``[K, d]``) plus one index per row. ``K`` grows from 1 by splitting
+clusters whose members are not directionally coherent (cosine split test),
+and never beyond what the bit budget allows.
+
+Algorithm of :func:`encode` (all jittable, vmappable; static ``max_k``):
+
+1. *Live rows*: ``mask & all(isfinite(row)) & any(row != 0)``. Masked,
+   non-finite and all-zero rows get the reserved code :data:`NO_UPDATE`
+   (-1) and decode to exactly 0 (all-zero rows therefore round-trip
+   exactly). Non-finite rows that were not masked are counted in
+   ``payload.num_nonfinite``.
+2. The live rows are scaled by an exact power of two so the largest magnitude
+   is in [0.5, 1) (K-Means is scale-equivariant; this only prevents f32
+   under/overflow of squared distances for tiny or huge gradients).
+3. Budget: ``k_cap = min(max_actions_for_budget(budget_bits, R, d), #live)``
+   with ``R = num_index_rows`` (default ``n``).
+4. Start with one action, the mean of the live rows. Per-cluster coherence is
+   the mean cosine similarity between members and their centroid.
+5. While ``K < k_cap`` and some cluster with >= 2 members has coherence
+   ``< tau``: split the least coherent one -- a new centroid is seeded at its
+   member least aligned (lowest cosine) with its centroid -- and refine all
+   ``K + 1`` centroids with weighted Lloyd (:func:`kmeans` with
+   ``init_centroids``).
+6. Compact: non-empty live clusters move to slots ``0..K-1`` (``active`` is
+   a prefix); indices are remapped; ``bits = payload_bits(K, R, d)``.
+
+``tau_mode="auto"`` replaces ``tau`` by ``cos(theta_1 / 2) =
+sqrt((1 + c_1) / 2)``, where ``c_1`` is the coherence of the single-action
+start (``theta_1 = arccos c_1`` is the mean angle between a row and the
+client's mean gradient): every action must be at least twice as tight in
+angle as one global action. See DESIGN_NOTES.md.
+
+The procedure is deterministic given the data; ``key`` is accepted for API
+stability (and vmapped per client) but currently unused.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fedras_jax.quantize.bits import max_actions_for_budget, payload_bits
+from fedras_jax.quantize.kmeans import kmeans
+
+__all__ = [
+    "NO_UPDATE",
+    "ActionPayload",
+    "encode",
+    "decode",
+    "cluster_coherence",
+    "auto_tau",
+]
+
+NO_UPDATE = -1
+"""Reserved index: the row carries no update and decodes to exactly zero."""
+
+
+class ActionPayload(NamedTuple):
+    """What a client uploads (all shapes static for a given ``n, d, max_k``).
+
+    Attributes:
+      centroids: ``[max_k, d]`` float32 action vectors; slots ``>= num_actions``
+        are zero. With ``value_bits=16`` the values are exactly representable
+        in the 16-bit format.
+      indices: ``[n]`` int32 action of each row, or :data:`NO_UPDATE` (-1).
+      active: ``[max_k]`` bool, ``arange(max_k) < num_actions``.
+      num_actions: ``[]`` int32 K.
+      bits: ``[]`` int32 exact payload size, ``payload_bits(K, R, d, value_bits)``.
+      coherence: ``[max_k]`` float32 mean member/centroid cosine of each action
+        (0 for inactive slots). Extra field (diagnostics).
+      tau: ``[]`` float32 threshold actually used (the auto value in auto mode).
+        Extra field.
+      num_nonfinite: ``[]`` int32 number of unmasked rows dropped because they
+        contained NaN/inf. Extra field.
+    """
+
+    centroids: jax.Array
+    indices: jax.Array
+    active: jax.Array
+    num_actions: jax.Array
+    bits: jax.Array
+    coherence: jax.Array
+    tau: jax.Array
+    num_nonfinite: jax.Array
+
+
+def _unit_rows(v):
+    """Rows scaled to unit norm (zero rows stay zero); safe for tiny magnitudes."""
+    s = jnp.max(jnp.abs(v), axis=-1, keepdims=True)
+    v = v / jnp.where(s > 0, s, 1.0)
+    nrm = jnp.sqrt(jnp.sum(v * v, axis=-1, keepdims=True))
+    return v / jnp.where(nrm > 0, nrm, 1.0)
+
+
+def cluster_coherence(x, centroids, assignment, weights):
+    """Mean cosine similarity between members and their centroid.
+
+    Args:
+      x: ``[n, d]``; centroids: ``[max_k, d]``; assignment: ``[n]`` int32
+        (negative = no cluster); weights: ``[n]`` (0 = not a member).
+
+    Returns:
+      ``(coherence [max_k], member_weight [max_k], row_cos [n])``. Empty
+      clusters have coherence 1 (vacuously coherent); zero rows/centroids have
+      cosine 0.
+    """
+    max_k = centroids.shape[0]
+    a = jnp.clip(assignment, 0, max_k - 1)
+    w = jnp.where(assignment >= 0, weights, 0.0)
+    cos = jnp.sum(_unit_rows(x) * _unit_rows(centroids)[a], axis=1)
+    s = jax.ops.segment_sum(w * cos, a, num_segments=max_k)
+    cnt = jax.ops.segment_sum(w, a, num_segments=max_k)
+    coh = jnp.where(cnt > 0, s / jnp.maximum(cnt, 1e-30), 1.0)
+    return coh, cnt, cos
+
+
+def auto_tau(single_action_coherence):
+    """Auto threshold ``sqrt((1 + c1) / 2) = cos(arccos(c1) / 2)``."""
+    c1 = jnp.clip(jnp.asarray(single_action_coherence, jnp.float32), -1.0, 1.0)
+    return jnp.sqrt((1.0 + c1) / 2.0)
+
+
+_HALF = {"bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@functools.partial(
+    jax.jit, static_argnames=("max_k", "tau_mode", "value_bits", "max_iters", "half_dtype")
+)
+def encode(
+    grads,
+    key,
+    *,
+    budget_bits,
+    max_k: int,
+    tau=0.7,
+    tau_mode: str = "fixed",
+    mask=None,
+    num_index_rows=None,
+    value_bits: int = 32,
+    max_iters: int = 25,
+    tol=1e-4,
+    half_dtype: str = "bfloat16",
+) -> ActionPayload:
+    """Compress ``grads`` ``[n, d]`` into at most ``max_k`` actions within a bit budget.
+
+    Args:
+      grads: ``[n, d]`` gradient matrix (cast to float32).
+      key: PRNG key (accepted for API stability; the algorithm is deterministic).
+      budget_bits: traced int, upper bound on ``payload.bits``.
+      max_k: static number of action slots.
+      tau: traced float, fixed cosine threshold (``tau_mode="fixed"``).
+      tau_mode: ``"fixed"`` or ``"auto"`` (static; auto ignores ``tau``).
+      mask: optional ``[n]`` bool; False = the row has no update.
+      num_index_rows: traced/int R, rows counted as carrying an index in the
+        bit accounting (default ``n``).
+      value_bits: static, 32 or 16 (16: centroids rounded to ``half_dtype``).
+      max_iters: static Lloyd iteration bound per refinement.
+      tol: traced relative Lloyd tolerance (see :func:`kmeans`).
+      half_dtype: static, ``"bfloat16"`` (default; f32 exponent range) or
+        ``"float16"`` (more mantissa, may flush tiny gradients to 0).
+
+    Returns:
+      :class:`ActionPayload`.
+    """
+    if tau_mode not in ("fixed", "auto"):
+        raise ValueError(f"tau_mode must be 'fixed' or 'auto', got {tau_mode!r}")
+    if value_bits not in (16, 32):
+        raise ValueError(f"value_bits must be 16 or 32, got {value_bits}")
+    del key
+    x = jnp.asarray(grads, jnp.float32)
+    n, d = x.shape
+    m = jnp.ones((n,), bool) if mask is None else jnp.asarray(mask, bool)
+    finite = jnp.all(jnp.isfinite(x), axis=1)
+    x0 = jnp.where(finite[:, None], x, 0.0)
+    live = m & finite & jnp.any(x0 != 0, axis=1)
+    num_nonfinite = jnp.sum(m & ~finite).astype(jnp.int32)
+    w = live.astype(jnp.float32)
+    n_live = jnp.sum(live).astype(jnp.int32)
+
+    # Exact power-of-two rescaling (largest |value| in [0.5, 1)).
+    amax = jnp.max(jnp.where(live[:, None], jnp.abs(x0), 0.0))
+    _, expo = jnp.frexp(jnp.where(amax > 0, amax, 1.0))
+    xs = jnp.where(live[:, None], jnp.ldexp(x0, -expo), 0.0)
+
+    r_rows = n if num_index_rows is None else num_index_rows
+    k_budget = max_actions_for_budget(budget_bits, r_rows, d, max_k=max_k, value_bits=value_bits)
+    k_cap = jnp.minimum(k_budget, n_live)
+
+    # One action: the mean of the live rows.
+    mean = jnp.sum(xs * w[:, None], axis=0) / jnp.maximum(n_live, 1).astype(jnp.float32)
+    c = jnp.zeros((max_k, d), jnp.float32).at[0].set(mean)
+    a = jnp.where(live, 0, -1).astype(jnp.int32)
+    coh, cnt, cos = cluster_coherence(xs, c, a, w)
+    if tau_mode == "auto":
+        tau_eff = auto_tau(coh[0])
+    else:
+        tau_eff = jnp.asarray(tau, jnp.float32)
+    slots = jnp.arange(max_k)
+
+    def splittable(coh, cnt, k):
+        return (slots < k) & (cnt >= 1.5) & (coh < tau_eff)
+
+    def cond(s):
+        _, _, coh, cnt, _, k = s
+        return (k < k_cap) & jnp.any(splittable(coh, cnt, k))
+
+    def body(s):
+        c, a, coh, cnt, cos, k = s
+        worst = jnp.argmin(jnp.where(splittable(coh, cnt, k), coh, jnp.inf))
+        seed = jnp.argmin(jnp.where(live & (a == worst), cos, jnp.inf))
+        c = c.at[k].set(xs[seed])
+        k = k + 1
+        res = kmeans(xs, None, max_k=max_k, k=k, weights=w, init_centroids=c,
+                     max_iters=max_iters, tol=tol)
+        a = jnp.where(live, res.assignment, -1)
+        coh, cnt, cos = cluster_coherence(xs, res.centroids, a, w)
+        return res.centroids, a, coh, cnt, cos, k
+
+    c, a, coh, cnt, _, k = lax.while_loop(cond, body, (c, a, coh, cnt, cos, jnp.int32(1)))
+
+    # Compact non-empty live clusters into a prefix of the slots.
+    keep = (slots < k) & (cnt > 0) & (k_cap > 0)
+    new_pos = jnp.cumsum(keep.astype(jnp.int32)) - 1
+    dest = jnp.where(keep, new_pos, max_k)  # max_k = dropped
+    num_actions = jnp.sum(keep).astype(jnp.int32)
+    cents = jnp.zeros((max_k, d), jnp.float32).at[dest].set(jnp.ldexp(c, expo), mode="drop")
+    coh_out = jnp.zeros((max_k,), jnp.float32).at[dest].set(coh, mode="drop")
+    a_c = jnp.clip(a, 0, max_k - 1)
+    indices = jnp.where(live & (a >= 0) & keep[a_c], new_pos[a_c], NO_UPDATE).astype(jnp.int32)
+    if value_bits == 16:
+        cents = cents.astype(_HALF[half_dtype]).astype(jnp.float32)
+    bits = payload_bits(num_actions, r_rows, d, value_bits).astype(jnp.int32)
+    return ActionPayload(
+        centroids=cents,
+        indices=indices,
+        active=slots < num_actions,
+        num_actions=num_actions,
+        bits=bits,
+        coherence=coh_out,
+        tau=tau_eff,
+        num_nonfinite=num_nonfinite,
+    )
+
+
+@jax.jit
+def decode(payload: ActionPayload) -> jax.Array:
+    """Rebuild the ``[n, d]`` float32 update: row i = ``centroids[indices[i]]``.
+
+    Rows with :data:`NO_UPDATE` decode to exactly 0.
+    """
+    idx = payload.indices
+    rows = payload.centroids[jnp.clip(idx, 0, payload.centroids.shape[0] - 1)]
+    return jnp.where((idx >= 0)[:, None], rows, 0.0).astype(jnp.float32)

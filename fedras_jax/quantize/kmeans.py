@@ -1,0 +1,308 @@
+"""Weighted Lloyd K-Means with a static slot buffer and a traced cluster count.
+
+Everything here is jittable and vmappable. The number of centroid *slots*
+(``max_k``) is static; the number of *live* clusters ``k`` is a traced int, so
+changing ``k`` never recompiles. Centroids live in a ``[max_k, d]`` buffer with
+an ``active`` ``[max_k]`` mask; inactive slots have +inf distance and are never
+chosen.
+
+Shapes: ``x`` is ``[n, d]`` float32, ``weights`` ``[n]`` float32 (>= 0; a 0
+weight means the row has exactly no influence on the fit), centroids
+``[max_k, d]``.
+
+Conventions
+-----------
+* Distances use the matmul form ``||x||^2 - 2 x.c + ||c||^2`` (clipped at 0).
+  For large ``n`` the rows are processed in blocks of 4096 (two independent
+  blocks per step, so XLA:CPU runs them on both cores) so the ``[n, max_k]``
+  distance matrix is never materialised.
+* The argmin is a single integer ``min`` over ``bitcast(d2) | slot`` keys (the
+  low ``ceil(log2(max_k))`` mantissa bits carry the slot id). Exact except that
+  two distances within a relative ``2**-(23 - ceil(log2 max_k))`` of each other
+  count as a tie, broken towards the lower slot (2e-6 for max_k=16, 3e-5 for
+  max_k=256; comparable to float32 round-off of the matmul form itself).
+* ``tol`` is relative, as in scikit-learn: Lloyd stops when the total squared
+  centroid shift is ``<= tol * mean_j Var_w[x[:, j]]`` (weighted variance over
+  rows with positive weight), or when no assignment of a positively weighted
+  row changes (strict convergence), or after ``max_iters`` M-steps.
+* Empty live clusters are re-seeded at the points farthest from their
+  centroids (j-th empty cluster -> j-th farthest positively weighted row).
+* Rows that are not finite are treated as weight 0 and get assignment -1.
+  Rows with weight 0 (but finite) are assigned to their nearest centroid but do
+  not influence the fit, the stopping test or the re-seeding.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = [
+    "KMeansResult",
+    "kmeans",
+    "kmeans_plusplus",
+    "lloyd_step",
+    "nearest_centroid",
+]
+
+_BLOCK = 4096  # rows per distance block
+_STREAMS = 2  # independent blocks per loop step (one per XLA:CPU core)
+_DIRECT_MAX = _BLOCK * _STREAMS  # up to this many rows: one block, no loop
+
+
+class KMeansResult(NamedTuple):
+    """Result of :func:`kmeans`.
+
+    Attributes:
+      centroids: ``[max_k, d]`` float32; inactive slots are zero.
+      assignment: ``[n]`` int32 slot of each row (-1 for non-finite rows).
+      active: ``[max_k]`` bool, True for the ``k`` live slots.
+      inertia: ``[]`` float32, ``sum_i w_i ||x_i - c_{a_i}||^2``.
+      iters: ``[]`` int32, number of Lloyd M-steps performed.
+    """
+
+    centroids: jax.Array
+    assignment: jax.Array
+    active: jax.Array
+    inertia: jax.Array
+    iters: jax.Array
+
+
+def _slot_bits(max_k: int) -> int:
+    return max(0, (max_k - 1).bit_length())
+
+
+def _block_nearest(xb, xqb, c, c_sq, slot_bits):
+    """Nearest active centroid for one block. xb [m, d] -> ([m] int32, [m] f32)."""
+    d2 = xqb[:, None] + c_sq[None, :] - 2.0 * jnp.dot(xb, c.T)
+    d2 = jnp.maximum(d2, 0.0)  # +inf stays +inf for inactive slots
+    low = (1 << slot_bits) - 1
+    keys = lax.bitcast_convert_type(d2, jnp.int32)  # monotone for d2 >= 0
+    keys = (keys & jnp.int32(~low)) | jnp.arange(c.shape[0], dtype=jnp.int32)
+    kmin = jnp.min(keys, axis=1)
+    idx = kmin & jnp.int32(low)
+    dmin = lax.bitcast_convert_type(kmin & jnp.int32(~low), jnp.float32)
+    return idx, dmin
+
+
+def nearest_centroid(x, x_sq, centroids, active):
+    """Nearest active centroid of every row.
+
+    Args:
+      x: ``[n, d]`` float32 (finite).
+      x_sq: ``[n]`` float32, ``sum(x**2, 1)``.
+      centroids: ``[max_k, d]`` float32.
+      active: ``[max_k]`` bool (at least one True).
+
+    Returns:
+      ``(assignment [n] int32, min_sq_dist [n] float32)``; the distance is
+      truncated to the precision described in the module docstring.
+    """
+    n, d = x.shape
+    max_k = centroids.shape[0]
+    c = jnp.where(active[:, None], centroids, 0.0)
+    c_sq = jnp.where(active, jnp.sum(c * c, axis=1), jnp.inf)
+    sb = _slot_bits(max_k)
+    if n <= _DIRECT_MAX:
+        return _block_nearest(x, x_sq, c, c_sq, sb)
+    step = _BLOCK * _STREAMS
+    n_pad = -(-n // step) * step
+    xp = jnp.pad(x, ((0, n_pad - n), (0, 0))).reshape(-1, _STREAMS, _BLOCK, d)
+    xqp = jnp.pad(x_sq, (0, n_pad - n)).reshape(-1, _STREAMS, _BLOCK)
+
+    def body(args):
+        xb, xqb = args
+        outs = [_block_nearest(xb[s], xqb[s], c, c_sq, sb) for s in range(_STREAMS)]
+        return (jnp.stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs]))
+
+    idx, dmin = lax.map(body, (xp, xqp))
+    return idx.reshape(-1)[:n], dmin.reshape(-1)[:n]
+
+
+def _sanitize(x, weights):
+    x = jnp.asarray(x, jnp.float32)
+    n = x.shape[0]
+    finite = jnp.all(jnp.isfinite(x), axis=1)
+    w = jnp.ones((n,), jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
+    w = jnp.where(finite & (w > 0), w, 0.0)
+    x = jnp.where(finite[:, None], x, 0.0)
+    return x, w, finite
+
+
+def _m_step(x, w, wx, centroids, active, assignment, min_d2, max_k):
+    """Weighted means + farthest-point re-seeding of empty live clusters."""
+    n = x.shape[0]
+    sums = jax.ops.segment_sum(wx, assignment, num_segments=max_k)
+    cnt = jax.ops.segment_sum(w, assignment, num_segments=max_k)
+    new = jnp.where((cnt > 0)[:, None], sums / jnp.maximum(cnt, 1e-30)[:, None], centroids)
+    empty = active & (cnt <= 0)
+
+    def reseed(new):
+        kk = min(max_k, n)
+        score = jnp.where(w > 0, min_d2, -jnp.inf)
+        vals, idx = lax.top_k(score, kk)
+        rank = jnp.cumsum(empty.astype(jnp.int32)) - 1
+        rank_c = jnp.clip(rank, 0, kk - 1)
+        ok = empty & (rank < kk) & (vals[rank_c] > 0)
+        return jnp.where(ok[:, None], x[idx[rank_c]], new)
+
+    new = lax.cond(jnp.any(empty), reseed, lambda v: v, new)
+    return jnp.where(active[:, None], new, 0.0)
+
+
+def lloyd_step(x, centroids, active, weights=None):
+    """One Lloyd iteration (E-step then M-step), exposed for tests/inspection.
+
+    Args:
+      x: ``[n, d]``; centroids: ``[max_k, d]``; active: ``[max_k]`` bool;
+      weights: optional ``[n]``.
+
+    Returns:
+      ``(new_centroids [max_k, d], assignment [n] int32, inertia)`` where
+      ``assignment``/``inertia`` are those of the *input* centroids.
+    """
+    x, w, _ = _sanitize(x, weights)
+    max_k = centroids.shape[0]
+    c = jnp.where(active[:, None], jnp.asarray(centroids, jnp.float32), 0.0)
+    a, md = nearest_centroid(x, jnp.sum(x * x, 1), c, active)
+    inertia = jnp.sum(w * jnp.sum((x - c[a]) ** 2, axis=1))
+    new = _m_step(x, w, w[:, None] * x, c, active, a, md, max_k)
+    return new, a, inertia
+
+
+def _sample_index(key, mass, num):
+    """``num`` indices drawn with probability proportional to ``mass`` [n]."""
+    cdf = jnp.cumsum(mass)
+    r = jax.random.uniform(key, (num,), jnp.float32) * cdf[-1]
+    idx = jnp.searchsorted(cdf, r, side="right")
+    return jnp.clip(idx, 0, mass.shape[0] - 1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("max_k",))
+def kmeans_plusplus(x, key, *, max_k: int, k=None, weights=None):
+    """Greedy k-means++ seeding (scikit-learn's variant) into a slot buffer.
+
+    The first centre is drawn proportionally to the weights; each further one
+    is the best (lowest resulting potential) of ``2 + floor(ln k)`` candidates
+    drawn proportionally to ``w * D^2``. ``k`` is traced: slots ``>= k`` are
+    left inactive (zero), and the number of local trials follows the traced
+    ``k`` (candidates beyond it are masked out of a static buffer of
+    ``2 + floor(ln max_k)``). If all remaining mass is zero (fewer distinct
+    points than ``k``), candidates are drawn proportionally to the weights.
+
+    Args:
+      x: ``[n, d]``; key: PRNG key; max_k: static slot count; k: traced int in
+        ``[1, max_k]`` (default ``max_k``); weights: optional ``[n]``.
+
+    Returns:
+      ``(centroids [max_k, d], active [max_k] bool)``.
+    """
+    x, w, _ = _sanitize(x, weights)
+    n, d = x.shape
+    k = jnp.clip(jnp.asarray(max_k if k is None else k, jnp.int32), 1, max_k)
+    t_max = 2 + int(math.log(max_k))
+    n_trials = 2 + jnp.floor(jnp.log(k.astype(jnp.float32))).astype(jnp.int32)
+    x_sq = jnp.sum(x * x, axis=1)
+
+    def sq_to(rows):  # rows [t, d] -> [t, n]
+        r_sq = jnp.sum(rows * rows, axis=1)
+        return jnp.maximum(r_sq[:, None] + x_sq[None, :] - 2.0 * rows @ x.T, 0.0)
+
+    key, sub = jax.random.split(key)
+    first = _sample_index(sub, w, 1)[0]
+    cents = jnp.zeros((max_k, d), jnp.float32).at[0].set(x[first])
+    closest = sq_to(x[first][None])[0]
+
+    def body(c, carry):
+        cents, closest, key = carry
+        key, sub = jax.random.split(key)
+        mass = w * closest
+        mass = jnp.where(jnp.sum(mass) > 0, mass, w)
+        cand = _sample_index(sub, mass, t_max)
+        new_closest = jnp.minimum(closest[None, :], sq_to(x[cand]))  # [t, n]
+        pot = new_closest @ w
+        pot = jnp.where(jnp.arange(t_max) < n_trials, pot, jnp.inf)
+        best = jnp.argmin(pot)
+        live = c < k
+        cents = cents.at[c].set(jnp.where(live, x[cand[best]], 0.0))
+        closest = jnp.where(live, new_closest[best], closest)
+        return cents, closest, key
+
+    cents, _, _ = lax.fori_loop(1, max_k, body, (cents, closest, key))
+    active = jnp.arange(max_k) < k
+    return cents, active
+
+
+@functools.partial(jax.jit, static_argnames=("max_k", "max_iters"))
+def kmeans(
+    x,
+    key,
+    *,
+    max_k: int,
+    k=None,
+    weights=None,
+    init_centroids=None,
+    max_iters: int = 50,
+    tol=1e-4,
+) -> KMeansResult:
+    """Weighted Lloyd K-Means with ``k`` (traced) live clusters out of ``max_k``.
+
+    Args:
+      x: ``[n, d]`` float32 data.
+      key: PRNG key (used only by k-means++ seeding).
+      max_k: static number of centroid slots.
+      k: traced int in ``[1, max_k]`` (clipped), number of live clusters;
+        default ``max_k``.
+      weights: optional ``[n]`` float32 >= 0; 0 = the row has no influence.
+      init_centroids: optional ``[max_k, d]``; slots ``< k`` are used as the
+        initial centroids (k-means++ is bypassed).
+      max_iters: static bound on the number of Lloyd M-steps.
+      tol: traced relative tolerance on the total squared centroid shift
+        (scaled by the mean per-feature weighted variance, as in scikit-learn).
+
+    Returns:
+      :class:`KMeansResult`.
+    """
+    x, w, finite = _sanitize(x, weights)
+    n, d = x.shape
+    k = jnp.clip(jnp.asarray(max_k if k is None else k, jnp.int32), 1, max_k)
+    active = jnp.arange(max_k) < k
+    if init_centroids is None:
+        c0, _ = kmeans_plusplus(x, key, max_k=max_k, k=k, weights=w)
+    else:
+        c0 = jnp.asarray(init_centroids, jnp.float32)
+    c0 = jnp.where(active[:, None], c0, 0.0)
+
+    x_sq = jnp.sum(x * x, axis=1)
+    wx = w[:, None] * x
+    pos = w > 0
+    wsum = jnp.maximum(jnp.sum(w), 1e-30)
+    mean = jnp.sum(wx, axis=0) / wsum
+    var = jnp.sum(w[:, None] * (x - mean) ** 2, axis=0) / wsum
+    tol_abs = jnp.asarray(tol, jnp.float32) * jnp.mean(var)
+
+    def cond(s):
+        _, _, it, done = s
+        return (~done) & (it < max_iters)
+
+    def body(s):
+        c, prev, it, _ = s
+        a, md = nearest_centroid(x, x_sq, c, active)
+        strict = (it > 0) & ~jnp.any((a != prev) & pos)
+        c_new = _m_step(x, w, wx, c, active, a, md, max_k)
+        shift = jnp.sum((c_new - c) ** 2)
+        c_out = jnp.where(strict, c, c_new)
+        done = strict | (shift <= tol_abs)
+        return c_out, a, it + 1, done
+
+    init = (c0, jnp.full((n,), -1, jnp.int32), jnp.int32(0), jnp.bool_(False))
+    c, _, iters, _ = lax.while_loop(cond, body, init)
+    a, _ = nearest_centroid(x, x_sq, c, active)
+    inertia = jnp.sum(w * jnp.sum((x - c[a]) ** 2, axis=1))
+    a = jnp.where(finite, a, -1)
+    return KMeansResult(c, a, active, inertia, iters)

@@ -1,0 +1,467 @@
+"""Tests for fedras_jax.quantize (K-Means, bit accounting, actions, optax adapter).
+
+Compiles dominate on XLA:CPU, so every jitted entry point is module-level with
+fixed static arguments and shapes, shared across tests, and wrapped in
+``chex.assert_max_traces(n=1)``: any retrace caused by a new k / budget / tau
+/ mask value fails the test that triggered it.
+"""
+
+import itertools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fedras_jax import quantize as q
+
+# ----------------------------------------------------------------------------
+# Shared shapes and compiled functions.
+# ----------------------------------------------------------------------------
+KN, KD, KMAX = 240, 6, 8  # kmeans tests
+EN, ED, EMAX = 200, 8, 8  # encode tests
+KEY = jax.random.PRNGKey(0)
+
+
+@jax.jit
+@chex.assert_max_traces(n=1)
+def km_init(x, w, c0, k):
+    return q.kmeans(x, None, max_k=KMAX, k=k, weights=w, init_centroids=c0, max_iters=50, tol=0.0)
+
+
+@jax.jit
+@chex.assert_max_traces(n=1)
+def km_pp(x, key, k):
+    return q.kmeans(x, key, max_k=KMAX, k=k, max_iters=50)
+
+
+lloyd_step = jax.jit(q.lloyd_step)
+
+
+@jax.jit
+@chex.assert_max_traces(n=1)
+def enc_fixed(g, mask, budget, tau):
+    return q.encode(g, KEY, budget_bits=budget, max_k=EMAX, tau=tau, mask=mask)
+
+
+@jax.jit
+@chex.assert_max_traces(n=1)
+def enc_auto(g, mask, budget):
+    return q.encode(g, KEY, budget_bits=budget, max_k=EMAX, tau_mode="auto", mask=mask)
+
+
+@jax.jit
+@chex.assert_max_traces(n=1)
+def enc_vmap(gs, keys, masks, budgets, taus):
+    f = lambda g, k, m, b, t: q.encode(g, k, budget_bits=b, max_k=EMAX, tau=t, mask=m)
+    return jax.vmap(f)(gs, keys, masks, budgets, taus)
+
+
+ALL = np.ones((EN,), bool)
+
+
+# ----------------------------------------------------------------------------
+# Independent NumPy float64 reference.
+# ----------------------------------------------------------------------------
+def np_lloyd(x, c0, w, max_iters=50):
+    """Weighted Lloyd, float64, tol=0, scikit-learn stopping + farthest reseed."""
+    x = np.asarray(x, np.float64)
+    c = np.asarray(c0, np.float64).copy()
+    w = np.asarray(w, np.float64)
+    k = c.shape[0]
+    old = np.full(x.shape[0], -1)
+    iters = max_iters
+    for i in range(max_iters):
+        d2 = ((x[:, None, :] - c[None]) ** 2).sum(-1)
+        lab = d2.argmin(1)
+        if i > 0 and np.array_equal(lab, old):
+            iters = i + 1
+            break
+        new = c.copy()
+        cw = np.array([w[lab == j].sum() for j in range(k)])
+        for j in range(k):
+            if cw[j] > 0:
+                new[j] = (w[lab == j, None] * x[lab == j]).sum(0) / cw[j]
+        empty = np.flatnonzero(cw == 0)
+        if empty.size:
+            md = d2[np.arange(len(x)), lab]
+            order = np.argsort(-md, kind="stable")
+            for r, j in enumerate(empty):
+                if md[order[r]] > 0:
+                    new[j] = x[order[r]]
+        shift = ((new - c) ** 2).sum()
+        c, old = new, lab
+        if shift <= 0:
+            iters = i + 1
+            break
+    d2 = ((x[:, None, :] - c[None]) ** 2).sum(-1)
+    lab = d2.argmin(1)
+    inertia = (w * d2[np.arange(len(x)), lab]).sum()
+    return c, lab, inertia, iters
+
+
+def blobs(rng, n, d, centers, scale=3.0, std=1.0):
+    mu = rng.standard_normal((centers, d)) * scale
+    lab = rng.integers(0, centers, n)
+    return (mu[lab] + std * rng.standard_normal((n, d))).astype(np.float32)
+
+
+def directions(rng, n, d, ndir, noise):
+    """Rows along ``ndir`` random directions with random magnitudes + noise."""
+    u = rng.standard_normal((ndir, d))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    lab = rng.integers(0, ndir, n)
+    mag = rng.uniform(0.5, 2.0, (n, 1))
+    return (mag * u[lab] + noise * rng.standard_normal((n, d))).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------
+# K-Means.
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize("case", ["all_live", "masked_and_inactive", "weighted"])
+def test_kmeans_matches_numpy_reference(case):
+    rng = np.random.default_rng(1)
+    x = blobs(rng, KN, KD, centers=5, scale=2.0)
+    w = np.ones(KN, np.float32)
+    k = KMAX
+    if case == "weighted":
+        w = rng.uniform(0.2, 3.0, KN).astype(np.float32)
+    c0 = x[rng.choice(KN, KMAX, replace=False)].copy()
+    if case == "masked_and_inactive":
+        k = 4
+        dead = rng.choice(KN, 40, replace=False)
+        w[dead] = 0.0
+        x[dead[:20]] = 1e6  # garbage far away: must have no influence
+        x[dead[20], 0] = np.nan
+        x[dead[21], 1] = np.inf
+        c0[k:] = 1e3  # garbage in inactive slots
+        c0[:k] = x[np.setdiff1d(np.arange(KN), dead)[:k]]
+    res = km_init(jnp.asarray(x), jnp.asarray(w), jnp.asarray(c0), k)
+    live = w > 0
+    c_ref, lab_ref, inertia_ref, it_ref = np_lloyd(x[live], c0[:k], w[live])
+    np.testing.assert_array_equal(np.asarray(res.assignment)[live], lab_ref)
+    np.testing.assert_allclose(np.asarray(res.centroids)[:k], c_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(float(res.inertia), inertia_ref, rtol=1e-5)
+    assert int(res.iters) == it_ref
+    assert np.all(np.asarray(res.centroids)[k:] == 0)
+    np.testing.assert_array_equal(np.asarray(res.active), np.arange(KMAX) < k)
+    if case == "masked_and_inactive":
+        a = np.asarray(res.assignment)
+        assert a[dead[20]] == -1 and a[dead[21]] == -1  # non-finite rows
+        assert np.all((a[live] >= 0) & (a[live] < k))
+
+
+def test_kmeans_inertia_never_increases():
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(blobs(rng, KN, KD, centers=6, scale=1.5))
+    c = jnp.asarray(np.asarray(x)[:KMAX])  # poor init: first rows
+    active = jnp.arange(KMAX) < 6
+    hist = []
+    for _ in range(15):
+        c, _, inertia = lloyd_step(x, c, active)
+        hist.append(float(inertia))
+    hist = np.array(hist)
+    assert np.all(np.diff(hist) <= 1e-6 * hist[:-1]), hist
+    assert hist[-1] < hist[0]
+
+
+def test_kmeans_reseeds_empty_cluster_at_farthest_point():
+    rng = np.random.default_rng(3)
+    x = blobs(rng, KN, KD, centers=3)
+    c0 = x[:KMAX].copy()
+    c0[2] = 1e3  # far from everything: empty after the first E-step
+    res = km_init(jnp.asarray(x), jnp.ones(KN), jnp.asarray(c0), 5)
+    counts = np.bincount(np.asarray(res.assignment), minlength=KMAX)
+    assert np.all(counts[:5] > 0) and np.all(counts[5:] == 0)
+    c_ref, lab_ref, _, _ = np_lloyd(x, c0[:5], np.ones(KN))
+    np.testing.assert_array_equal(np.asarray(res.assignment), lab_ref)
+
+
+def test_kmeans_plusplus_finds_separated_blobs():
+    rng = np.random.default_rng(4)
+    mu = np.eye(KD)[:5] * 50.0
+    lab = rng.integers(0, 5, KN)
+    x = (mu[lab] + 0.1 * rng.standard_normal((KN, KD))).astype(np.float32)
+    res = km_pp(jnp.asarray(x), jax.random.PRNGKey(7), 5)
+    a = np.asarray(res.assignment)
+    # one cluster per blob (a perfect partition up to relabelling)
+    assert len({(i, j) for i, j in zip(lab, a)}) == 5
+    assert float(res.inertia) < KN * KD * 0.1**2 * 2
+    res2 = km_pp(jnp.asarray(x), jax.random.PRNGKey(8), 3)  # new k: no retrace
+    assert np.asarray(res2.active).sum() == 3
+
+
+# ----------------------------------------------------------------------------
+# Bit accounting.
+# ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "k,r,d,vb,expected",
+    [
+        (0, 100, 64, 32, 0),
+        (1, 10, 4, 32, 128 + 10 * 1),
+        (2, 10, 4, 32, 256 + 10 * 2),
+        (3, 10, 4, 32, 384 + 10 * 2),
+        (4, 10, 4, 32, 512 + 10 * 3),
+        (7, 5, 2, 16, 224 + 5 * 3),
+        (8, 5, 2, 16, 256 + 5 * 4),
+        (255, 1000, 64, 32, 255 * 64 * 32 + 1000 * 8),
+        (256, 1000, 64, 32, 256 * 64 * 32 + 1000 * 9),
+    ],
+)
+def test_payload_bits_hand_computed(k, r, d, vb, expected):
+    assert q.payload_bits(k, r, d, vb) == expected
+    assert int(jax.jit(q.payload_bits, static_argnums=(2, 3))(jnp.int32(k), jnp.int32(r), d, vb)) == expected
+
+
+def test_int32_index_convention():
+    assert q.payload_bits_int32_indices(2, 10, 4) == 256 + 320
+    assert q.payload_bits_int32_indices(0, 10, 4) == 0
+    assert int(q.payload_bits_int32_indices(jnp.int32(3), 7, 4, 16)) == 3 * 4 * 16 + 7 * 32
+    assert q.compression_rate(0, 10, 4) == 1.0
+    np.testing.assert_allclose(float(q.compression_rate(jnp.int32(640), 10, 4)), 0.5)
+
+
+def test_max_actions_for_budget_is_largest_fitting_k():
+    max_k, r, d = 16, 50, 8
+
+    @jax.jit
+    def traced(budgets, rows):
+        return jax.vmap(lambda b, rr: q.max_actions_for_budget(b, rr, d, max_k=max_k))(budgets, rows)
+
+    cases = [(b, rr) for b in list(range(0, 5000, 37)) + [10**6] for rr in (0, 1, r, 300)]
+    got = np.asarray(traced(jnp.array([c[0] for c in cases]), jnp.array([c[1] for c in cases])))
+    for (b, rr), g in zip(cases, got):
+        brute = max([k for k in range(max_k + 1) if q.payload_bits(k, rr, d) <= b])
+        assert g == brute == q.max_actions_for_budget(b, rr, d, max_k=max_k), (b, rr)
+
+
+# ----------------------------------------------------------------------------
+# Encode / decode.
+# ----------------------------------------------------------------------------
+def _min_coherence(p):
+    coh = np.asarray(p.coherence)[np.asarray(p.active)]
+    idx = np.asarray(p.indices)
+    cnt = np.bincount(idx[idx >= 0], minlength=EMAX)[: coh.size]
+    return coh[cnt >= 2].min() if np.any(cnt >= 2) else 1.0
+
+
+def _single_action_coherence(g):
+    m = g.mean(0)
+    cos = g @ m / (np.linalg.norm(g, axis=1) * np.linalg.norm(m))
+    return cos.mean()
+
+
+@pytest.mark.parametrize("budget", [456, 900, 1500, 2200, 2848, 100000])
+def test_split_respects_budget_and_improves_coherence(budget):
+    rng = np.random.default_rng(5)
+    g = rng.standard_normal((EN, ED)).astype(np.float32)  # incoherent
+    tau = 0.8
+    p = enc_fixed(jnp.asarray(g), ALL, budget, tau)
+    k = int(p.num_actions)
+    k_cap = q.max_actions_for_budget(budget, EN, ED, max_k=EMAX)
+    assert 1 <= k <= k_cap
+    assert int(p.bits) == q.payload_bits(k, EN, ED) <= budget
+    np.testing.assert_array_equal(np.asarray(p.active), np.arange(EMAX) < k)
+    assert np.all(np.asarray(p.centroids)[k:] == 0)
+    idx = np.asarray(p.indices)
+    assert idx.min() >= 0 and idx.max() < k
+    # Stopped either because every cluster passes the test or the budget ran out.
+    assert k == k_cap or _min_coherence(p) >= tau
+    if k > 1:
+        assert _min_coherence(p) > _single_action_coherence(g)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "auto"])
+def test_coherent_data_uses_fewer_actions(mode):
+    rng = np.random.default_rng(6)
+    g = jnp.asarray(directions(rng, EN, ED, ndir=3, noise=0.02))
+    budget = 100000  # allows EMAX actions
+    p = enc_fixed(g, ALL, budget, 0.95) if mode == "fixed" else enc_auto(g, ALL, budget)
+    assert int(p.num_actions) == 3 < EMAX
+    assert _min_coherence(p) >= float(p.tau)
+    if mode == "auto":
+        c1 = _single_action_coherence(np.asarray(g))
+        np.testing.assert_allclose(float(p.tau), np.sqrt((1 + c1) / 2), rtol=1e-5)
+        # incoherent data under auto mode still splits (up to the budget)
+        p2 = enc_auto(jnp.asarray(rng.standard_normal((EN, ED)), jnp.float32), ALL, budget)
+        assert int(p2.num_actions) > 3
+
+
+def test_zero_budget_gives_empty_payload():
+    g = jnp.asarray(np.random.default_rng(7).standard_normal((EN, ED)), jnp.float32)
+    cost_k1 = q.payload_bits(1, EN, ED)
+    for budget in (0, cost_k1 - 1):
+        p = enc_fixed(g, ALL, budget, 0.8)
+        assert int(p.num_actions) == 0 and int(p.bits) == 0
+        assert np.all(np.asarray(p.indices) == q.NO_UPDATE)
+        assert not np.any(np.asarray(p.active))
+        assert np.all(np.asarray(q.decode(p)) == 0)
+    p = enc_fixed(g, ALL, cost_k1, 0.8)
+    assert int(p.num_actions) == 1 and int(p.bits) == cost_k1
+
+
+def test_reconstruction_error_falls_with_budget():
+    rng = np.random.default_rng(8)
+    g = rng.standard_normal((EN, ED)).astype(np.float32)
+    errs = []
+    for k in range(1, EMAX + 1):
+        budget = q.payload_bits(k, EN, ED)
+        p = enc_fixed(jnp.asarray(g), ALL, budget, 2.0)  # tau > 1: always split
+        assert int(p.num_actions) == k
+        errs.append(np.linalg.norm(np.asarray(q.decode(p)) - g) / np.linalg.norm(g))
+    assert np.all(np.diff(errs) <= 1e-6), errs
+    assert errs[-1] < 0.8 * errs[0]
+
+
+def test_exact_when_actions_cover_distinct_rows():
+    rng = np.random.default_rng(9)
+    distinct = rng.standard_normal((5, ED)).astype(np.float32)
+    g = distinct[rng.integers(0, 5, EN)]
+    g[:7] = 0.0  # zero rows: reserved code, still exact
+    p = enc_fixed(jnp.asarray(g), ALL, 10**6, 0.999)
+    assert int(p.num_actions) == 5
+    np.testing.assert_allclose(np.asarray(q.decode(p)), g, rtol=1e-6, atol=1e-6)
+    assert np.all(np.asarray(p.indices)[:7] == q.NO_UPDATE)
+
+
+def test_mask_rows_are_inert_and_reserved():
+    rng = np.random.default_rng(10)
+    g = directions(rng, EN, ED, ndir=4, noise=0.3)
+    mask = rng.random(EN) < 0.6
+    g2 = g.copy()
+    g2[~mask] = rng.standard_normal(((~mask).sum(), ED)) * 100  # garbage in masked rows
+    p1 = enc_fixed(jnp.asarray(g), mask, 1500, 0.9)
+    p2 = enc_fixed(jnp.asarray(g2), mask, 1500, 0.9)
+    for a, b in zip(p1, p2):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert np.all(np.asarray(p1.indices)[~mask] == q.NO_UPDATE)
+    assert np.all(np.asarray(q.decode(p1))[~mask] == 0)
+
+
+def test_nonfinite_rows_are_dropped_and_counted():
+    rng = np.random.default_rng(11)
+    g = directions(rng, EN, ED, ndir=4, noise=0.3)
+    bad = np.array([3, 50, 51, 199])
+    g_bad = g.copy()
+    g_bad[3, 0] = np.nan
+    g_bad[50] = np.inf
+    g_bad[51, 2] = -np.inf
+    g_bad[199] = np.nan
+    mask = ALL.copy()
+    mask[199] = False  # masked NaN row: not counted
+    p = enc_fixed(jnp.asarray(g_bad), mask, 1500, 0.9)
+    assert int(p.num_nonfinite) == 3
+    assert np.all(np.asarray(p.indices)[bad] == q.NO_UPDATE)
+    dec = np.asarray(q.decode(p))
+    assert np.all(np.isfinite(dec)) and np.all(dec[bad] == 0)
+    assert np.all(np.isfinite(np.asarray(p.centroids)))
+    # identical to encoding with those rows masked out
+    m2 = ALL.copy()
+    m2[bad] = False
+    p_ref = enc_fixed(jnp.asarray(g), m2, 1500, 0.9)
+    np.testing.assert_array_equal(np.asarray(p.indices), np.asarray(p_ref.indices))
+    np.testing.assert_array_equal(np.asarray(p.centroids), np.asarray(p_ref.centroids))
+    # an all-NaN matrix gives the empty payload
+    p_nan = enc_fixed(jnp.asarray(np.full((EN, ED), np.nan, np.float32)), ALL, 1500, 0.9)
+    assert int(p_nan.num_actions) == 0 and int(p_nan.bits) == 0
+    assert int(p_nan.num_nonfinite) == EN
+    assert np.all(np.asarray(q.decode(p_nan)) == 0)
+
+
+def test_tiny_and_huge_gradients_are_scale_equivariant():
+    rng = np.random.default_rng(12)
+    g = directions(rng, EN, ED, ndir=5, noise=0.3)
+    p = enc_fixed(jnp.asarray(g), ALL, 1500, 0.9)
+    for s in (2.0**-100, 2.0**90):
+        ps = enc_fixed(jnp.asarray(g * np.float32(s)), ALL, 1500, 0.9)
+        np.testing.assert_array_equal(np.asarray(ps.indices), np.asarray(p.indices))
+        np.testing.assert_allclose(np.asarray(ps.centroids), np.asarray(p.centroids) * s, rtol=1e-6)
+
+
+def test_vmap_equals_loop_without_retrace():
+    rng = np.random.default_rng(13)
+    b = 4
+    gs = np.stack([directions(rng, EN, ED, ndir=2 + i, noise=0.2 * i) for i in range(b)])
+    masks = rng.random((b, EN)) < 0.8
+    keys = jax.random.split(KEY, b)
+    for budgets, taus in [([456, 1100, 2000, 100000], [0.9, 0.8, 0.95, 0.7]),
+                          ([3000, 700, 0, 1800], [0.5, 0.99, 0.9, 0.85])]:
+        pb = enc_vmap(jnp.asarray(gs), keys, jnp.asarray(masks), jnp.array(budgets), jnp.array(taus))
+        for i in range(b):
+            pi = enc_fixed(jnp.asarray(gs[i]), masks[i], budgets[i], taus[i])
+            np.testing.assert_array_equal(np.asarray(pb.indices[i]), np.asarray(pi.indices))
+            np.testing.assert_allclose(np.asarray(pb.centroids[i]), np.asarray(pi.centroids),
+                                       rtol=1e-5, atol=1e-6)
+            assert int(pb.bits[i]) == int(pi.bits) <= budgets[i]
+            assert int(pb.num_actions[i]) == int(pi.num_actions)
+
+
+def test_value_bits_16_rounds_centroids_and_counts_16_bits():
+    rng = np.random.default_rng(14)
+    g = jnp.asarray(rng.standard_normal((64, 4)), jnp.float32)
+    budget = q.payload_bits(3, 64, 4, 16)
+    p = q.encode(g, KEY, budget_bits=budget, max_k=4, tau=2.0, value_bits=16)
+    assert int(p.num_actions) == 3 and int(p.bits) == budget  # 3 fits at 16 bits
+    assert q.max_actions_for_budget(budget, 64, 4, max_k=4, value_bits=32) < 3
+    c = np.asarray(p.centroids)
+    np.testing.assert_array_equal(c, np.asarray(jnp.asarray(c).astype(jnp.bfloat16).astype(jnp.float32)))
+
+
+def test_no_retrace_across_values():
+    # Every shared function was compiled once; calling again with new values must not retrace.
+    g = jnp.asarray(np.random.default_rng(15).standard_normal((EN, ED)), jnp.float32)
+    for budget, tau in itertools.product((500, 2000), (0.3, 0.9)):
+        enc_fixed(g, np.random.default_rng(budget).random(EN) < 0.7, budget, tau)
+        enc_auto(g, ALL, budget)
+    x = jnp.asarray(np.random.default_rng(16).standard_normal((KN, KD)), jnp.float32)
+    for k in (1, 3, KMAX):
+        km_init(x, jnp.ones(KN), x[:KMAX], k)
+
+
+# ----------------------------------------------------------------------------
+# Optax adapter.
+# ----------------------------------------------------------------------------
+def test_optax_adapter_trains_and_passes_1d_leaves():
+    rng = np.random.default_rng(17)
+    n_items, dim, batch = 40, 8, 32
+    true_emb = jnp.asarray(rng.standard_normal((n_items, dim)), jnp.float32)
+    true_w = jnp.asarray(rng.standard_normal(dim), jnp.float32)
+    params = {
+        "emb": jnp.asarray(0.1 * rng.standard_normal((n_items, dim)), jnp.float32),
+        "w": jnp.asarray(true_w + 0.5 * rng.standard_normal(dim), jnp.float32),
+        "b": jnp.zeros((), jnp.float32),
+    }
+
+    def loss_fn(p, idx):
+        y = true_emb[idx] @ true_w + 1.0
+        return jnp.mean((p["emb"][idx] @ p["w"] + p["b"] - y) ** 2)
+
+    quant = q.actions_quantizer(payload_ratio=0.5, max_k=8, tau=0.9)
+    tx = optax.chain(quant, optax.sgd(0.05))
+    plain = optax.sgd(0.05)
+
+    @jax.jit
+    def step(p, s, idx):
+        loss, g = jax.value_and_grad(loss_fn)(p, idx)
+        u, s = tx.update(g, s, p)
+        u_plain, _ = plain.update(g, plain.init(p), p)
+        return optax.apply_updates(p, u), s, loss, u, u_plain, g
+
+    state = tx.init(params)
+    losses = []
+    for t in range(40):
+        idx = jnp.asarray(rng.integers(0, n_items, batch))
+        params, state, loss, u, u_plain, g = step(params, state, idx)
+        losses.append(float(loss))
+        # 1-D / scalar leaves: exactly the plain-SGD update
+        np.testing.assert_array_equal(np.asarray(u["w"]), np.asarray(u_plain["w"]))
+        np.testing.assert_array_equal(np.asarray(u["b"]), np.asarray(u_plain["b"]))
+        # untouched embedding rows stay exactly zero
+        untouched = np.ones(n_items, bool)
+        untouched[np.asarray(idx)] = False
+        assert np.all(np.asarray(u["emb"])[untouched] == 0)
+        assert 0 < int(state[0].bits) <= int(0.5 * n_items * dim * 32)
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
+    assert not np.array_equal(np.asarray(state[0].key), np.asarray(tx.init(params)[0].key))

@@ -1,0 +1,134 @@
+"""The jitted packed round against a plain per-client loop of ``client_update``."""
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams, aggregate_item_updates,
+                                  client_keys, client_plan, client_update, init_states,
+                                  make_round, plan_capacity, round_clients)
+from fedras_jax.models import get_model
+
+M, EPOCHS, BATCH, RATIO = 5, 2, 4, 2
+HP = RoundHParams(local=LocalHParams(user_lr=0.5, item_lr=2.0, dense_lr=0.1, weight_decay=1e-3))
+MODELS = {"mf": dict(dim=8), "ncf": dict(gmf_dim=4, mlp_dim=8, layers=(16, 8, 4))}
+
+
+def config(synthetic, aggregation="inverse_frequency", lanes=2, extra=0):
+  cap = plan_capacity(np.diff(synthetic.train_indptr), np.diff(synthetic.seen_indptr),
+                      synthetic.num_items, seed=0, rounds=3, clients_per_round=M,
+                      local_epochs=EPOCHS, batch_size=BATCH, neg_ratio=RATIO, num_lanes=lanes)
+  return RoundConfig(clients_per_round=M, slot_capacity=cap.slot_capacity + extra,
+                     max_client_slots=cap.max_client_slots + extra,
+                     max_lane_steps=cap.max_lane_steps + extra, local_epochs=EPOCHS,
+                     batch_size=BATCH, neg_ratio=RATIO, num_lanes=lanes, aggregation=aggregation)
+
+
+def run_rounds(model, synthetic, cfg, rounds=2, users=None):
+  server, clients = init_states(model, synthetic.num_users, synthetic.num_items, optax.sgd(1.0),
+                                seed=0)
+  if users is not None:
+    clients = clients._replace(users=users)
+  round_fn = jax.jit(make_round(model, synthetic.data, cfg))
+  history = []
+  for _ in range(rounds):
+    history.append((server, clients))
+    server, clients, metrics = round_fn(server, clients, HP)
+  return history, (server, clients, metrics)
+
+
+def reference_round(model, synthetic, cfg, server, clients):
+  """One round as PyTorch-style codebases simulate it: a Python loop over clients."""
+  data = synthetic.data
+  sampled = round_clients(server.key, server.round, data.num_users, M)
+  keys = client_keys(server.key, server.round, sampled)
+  plan_fn = jax.jit(functools.partial(client_plan, data, neg_ratio=RATIO, epochs=EPOCHS,
+                                      batch_size=BATCH))
+  update_fn = jax.jit(functools.partial(client_update, model, HP.local, data,
+                                        max_slots=cfg.max_client_slots, batch_size=BATCH))
+  sums = np.zeros(server.items.shape, np.float64)
+  counts = np.zeros(data.num_items)
+  users = np.array(clients.users)
+  dense_sum = jax.tree.map(lambda p: np.zeros(p.shape, np.float64), server.dense)
+  for user, key in zip(np.asarray(sampled), keys):
+    out = update_fn(plan_fn(user, key), server.items, server.dense, clients.users[user])
+    mask = np.asarray(out.mask)
+    items = np.asarray(out.items)[mask]
+    assert len(np.unique(items)) == len(items)
+    sums[items] += np.asarray(out.deltas, np.float64)[mask]
+    counts[items] += 1
+    users[user] = np.asarray(out.user)
+    dense_sum = jax.tree.map(lambda a, d: a + np.asarray(d, np.float64), dense_sum, out.dense_delta)
+  divisor = np.maximum(counts, 1)[:, None] if cfg.aggregation == "inverse_frequency" else M
+  items = np.asarray(server.items, np.float64) + sums / divisor
+  dense = jax.tree.map(lambda p, s: np.asarray(p, np.float64) + s / M, server.dense, dense_sum)
+  return items, users, dense
+
+
+@pytest.mark.parametrize("model_name,aggregation", [
+    ("mf", "inverse_frequency"), ("mf", "fedavg"), ("ncf", "inverse_frequency")])
+def test_round_equals_per_client_loop(synthetic, model_name, aggregation):
+  model = get_model(model_name, **MODELS[model_name])
+  cfg = config(synthetic, aggregation)
+  history, _ = run_rounds(model, synthetic, cfg, rounds=3)
+  for (server, clients), (next_server, next_clients) in zip(history[:-1], history[1:]):
+    items, users, dense = reference_round(model, synthetic, cfg, server, clients)
+    np.testing.assert_allclose(next_server.items, items, atol=2e-6, rtol=1e-5)
+    np.testing.assert_allclose(next_clients.users, users, atol=2e-6, rtol=1e-5)
+    chex.assert_trees_all_close(next_server.dense, dense, atol=2e-6, rtol=1e-5)
+    assert int(next_server.round) == int(server.round) + 1
+
+
+def test_padding_is_inert(synthetic):
+  """Bigger slot buffers, more idle lane iterations and more lanes change nothing."""
+  model = get_model("mf", **MODELS["mf"])
+  _, (server_a, clients_a, metrics_a) = run_rounds(model, synthetic, config(synthetic), rounds=2)
+  _, (server_b, clients_b, metrics_b) = run_rounds(
+      model, synthetic, config(synthetic, lanes=3, extra=37), rounds=2)
+  np.testing.assert_allclose(server_a.items, server_b.items, atol=1e-6)
+  np.testing.assert_allclose(clients_a.users, clients_b.users, atol=1e-6)
+  np.testing.assert_allclose(metrics_a.loss, metrics_b.loss, atol=1e-6)
+
+
+def test_round_compiles_once(synthetic):
+  model = get_model("mf", **MODELS["mf"])
+  cfg = config(synthetic)
+  round_fn = jax.jit(chex.assert_max_traces(make_round(model, synthetic.data, cfg), n=1),
+                     donate_argnums=(0, 1))
+  server, clients = init_states(model, synthetic.num_users, synthetic.num_items, optax.sgd(1.0),
+                                seed=1)
+  for lr in (0.5, 1.0, 2.0):  # traced hyper-parameters do not retrace either
+    hp = HP._replace(local=HP.local._replace(item_lr=lr))
+    server, clients, metrics = round_fn(server, clients, hp)
+  assert int(server.round) == 3
+  assert np.all(np.isfinite(metrics.loss))
+
+
+def test_nonfinite_client_is_skipped(synthetic):
+  model = get_model("mf", **MODELS["mf"])
+  cfg = config(synthetic)
+  server, clients = init_states(model, synthetic.num_users, synthetic.num_items, optax.sgd(1.0),
+                                seed=0)
+  victim = int(round_clients(server.key, 0, synthetic.num_users, M)[0])
+  users = clients.users.at[victim].set(jnp.nan)
+  _, (server_b, clients_b, metrics) = run_rounds(model, synthetic, cfg, rounds=1, users=users)
+  assert int(metrics.skipped) == 1
+  assert np.all(np.isfinite(server_b.items))
+  assert np.all(np.isnan(clients_b.users[victim])), "the bad client's row is left as it was"
+
+
+def test_aggregation_hand_case():
+  # Three clients; item 0 touched by all, item 1 by clients 0 and 2, item 2 by client 1.
+  rows = jnp.array([[3.0], [6.0], [0.0], [9.0], [1.0], [2.0], [5.0]])
+  items = jnp.array([0, 1, 0, 2, 0, 1, 2])
+  touched = jnp.array([True, True, True, True, True, True, False])
+  inv, counts = aggregate_item_updates(rows, items, touched, num_items=4, num_clients=3,
+                                       rule="inverse_frequency")
+  avg, _ = aggregate_item_updates(rows, items, touched, num_items=4, num_clients=3, rule="fedavg")
+  np.testing.assert_array_equal(counts, [3, 2, 1, 0])
+  np.testing.assert_allclose(inv[:, 0], [4 / 3, 4.0, 9.0, 0.0])
+  np.testing.assert_allclose(avg[:, 0], [4 / 3, 8 / 3, 3.0, 0.0])
