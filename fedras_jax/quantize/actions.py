@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fedras_jax.quantize.bits import max_actions_for_budget, payload_bits
-from fedras_jax.quantize.kmeans import kmeans
+from fedras_jax.quantize.kmeans import _m_step, nearest_centroid
 
 __all__ = [
     "NO_UPDATE",
@@ -193,7 +193,7 @@ def encode(
     k_budget = max_actions_for_budget(budget_bits, r_rows, d, max_k=max_k, value_bits=value_bits)
     k_cap = jnp.minimum(k_budget, n_live)
 
-    # One action: the mean of the live rows.
+    # One action: the mean of the live rows (the exact Lloyd fixed point for K=1).
     mean = jnp.sum(xs * w[:, None], axis=0) / jnp.maximum(n_live, 1).astype(jnp.float32)
     c = jnp.zeros((max_k, d), jnp.float32).at[0].set(mean)
     a = jnp.where(live, 0, -1).astype(jnp.int32)
@@ -203,28 +203,44 @@ def encode(
     else:
         tau_eff = jnp.asarray(tau, jnp.float32)
     slots = jnp.arange(max_k)
+    x_sq = jnp.sum(xs * xs, axis=1)
+    wx = w[:, None] * xs
+    wsum = jnp.maximum(jnp.sum(w), 1e-30)
+    var = jnp.sum(w[:, None] * (xs - mean) ** 2, axis=0) / wsum
+    tol_abs = jnp.asarray(tol, jnp.float32) * jnp.mean(var)
 
-    def splittable(coh, cnt, k):
-        return (slots < k) & (cnt >= 1.5) & (coh < tau_eff)
+    # One flat loop; every step is either one Lloyd step (E+M) of the current
+    # refinement or, once it has converged, the split test (+ a split). Under
+    # vmap, clients thus only wait for the client with the most *total* steps,
+    # not for the slowest refinement of every split round.
+    def step(s):
+        c, prev, k, it, shift, _, coh, cnt = s
+        active = slots < k
+        a, md = nearest_centroid(xs, x_sq, c, active)
+        a = jnp.where(live, a, -1)
+        strict = (it > 0) & ~jnp.any((a != prev) & live)
+        converged = (it == 0) & (k == 1) | strict | (it > 0) & (shift <= tol_abs) | (it >= max_iters)
 
-    def cond(s):
-        _, _, coh, cnt, _, k = s
-        return (k < k_cap) & jnp.any(splittable(coh, cnt, k))
+        def refine(_):  # one more Lloyd M-step
+            c_m = _m_step(xs, w, wx, c, active, jnp.clip(a, 0), md, max_k)
+            return c_m, k, it + 1, jnp.sum((c_m - c) ** 2), jnp.bool_(False), coh, cnt
 
-    def body(s):
-        c, a, coh, cnt, cos, k = s
-        worst = jnp.argmin(jnp.where(splittable(coh, cnt, k), coh, jnp.inf))
-        seed = jnp.argmin(jnp.where(live & (a == worst), cos, jnp.inf))
-        c = c.at[k].set(xs[seed])
-        k = k + 1
-        res = kmeans(xs, None, max_k=max_k, k=k, weights=w, init_centroids=c,
-                     max_iters=max_iters, tol=tol)
-        a = jnp.where(live, res.assignment, -1)
-        coh, cnt, cos = cluster_coherence(xs, res.centroids, a, w)
-        return res.centroids, a, coh, cnt, cos, k
+        def split_test(_):  # refinement converged: test (c, a), maybe split
+            coh_, cnt_, cos = cluster_coherence(xs, c, a, w)
+            cand = (slots < k) & (cnt_ >= 1.5) & (coh_ < tau_eff)
+            split = (k < k_cap) & jnp.any(cand)
+            worst = jnp.argmin(jnp.where(cand, coh_, jnp.inf))
+            seed = jnp.argmin(jnp.where(live & (a == worst), cos, jnp.inf))
+            c_s = jnp.where(split, c.at[k].set(xs[seed]), c)
+            return c_s, k + split.astype(jnp.int32), jnp.int32(0), jnp.float32(jnp.inf), ~split, coh_, cnt_
 
-    c, a, coh, cnt, _, k = lax.while_loop(cond, body, (c, a, coh, cnt, cos, jnp.int32(1)))
+        c, k, it, shift, done, coh, cnt = lax.cond(converged, split_test, refine, None)
+        return c, a, k, it, shift, done, coh, cnt
 
+    init = (c, a, jnp.int32(1), jnp.int32(0), jnp.float32(jnp.inf), jnp.bool_(False), coh, cnt)
+    # On exit c is unchanged by the last (converged, no split) step, so
+    # (c, a, coh, cnt) are consistent.
+    c, a, k, _, _, _, coh, cnt = lax.while_loop(lambda s: ~s[5], step, init)
     # Compact non-empty live clusters into a prefix of the slots.
     keep = (slots < k) & (cnt > 0) & (k_cap > 0)
     new_pos = jnp.cumsum(keep.astype(jnp.int32)) - 1
