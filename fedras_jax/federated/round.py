@@ -105,6 +105,7 @@ class RoundMetrics(NamedTuple):
   num_actions: jax.Array    # [M] actions used per client (-1 when not applicable)
   error_up: jax.Array       # [M] ||decode(encode(G)) - G|| / ||G||
   error_down: jax.Array     # same for the server update
+  info_loss: jax.Array      # ||applied item update - uncompressed item update||_F
   touched_items: jax.Array  # items with at least one update
   skipped: jax.Array        # clients whose update was non-finite and dropped
   sim_seconds: jax.Array    # simulated round duration (slowest client)
@@ -264,6 +265,15 @@ def make_round(model: RecModel, data: ClientData, config: RoundConfig,
 
     down = roundtrip(downlink, item_step, counts > 0, _bits(hp.downlink_budget_bits),
                      jax.random.fold_in(key, _DOWNLINK), lossless_bits=dense_table_bits)
+    if uplink.lossless and downlink.lossless:
+      info_loss = jnp.float32(0.0)
+    else:  # The same state's update had nothing been compressed.
+      raw_update, _ = aggregate_item_updates(deltas, items_of_slot, slot_ok,
+                                             num_items=data.num_items, num_clients=m,
+                                             rule=config.aggregation)
+      raw_step, _ = server_opt.update((-raw_update, neg_grad[1]), server.opt_state,
+                                      (server.items, server.dense))
+      info_loss = jnp.sqrt(jnp.sum(jnp.square(down.decoded - raw_step[0])))
     dense_count = sum(x.size for x in jax.tree.leaves(server.dense))
     bits_down = down.bits + jnp.int32(32 * dense_count)
     bits_up = up.bits + jnp.int32(32 * dense_count)
@@ -277,7 +287,7 @@ def make_round(model: RecModel, data: ClientData, config: RoundConfig,
         budget_up=budget, num_actions=num_actions,
         error_up=_relative_error(up.decoded, deltas, layout.client, m),
         error_down=_relative_error(down.decoded, jnp.where((counts > 0)[:, None], item_step, 0.0)),
-        touched_items=jnp.sum(counts > 0), skipped=jnp.sum(~ok),
+        info_loss=info_loss, touched_items=jnp.sum(counts > 0), skipped=jnp.sum(~ok),
         sim_seconds=jnp.max(seconds))
     server = ServerState(items=server.items + down.decoded,
                          dense=jax.tree.map(jnp.add, server.dense, dense_step),

@@ -111,10 +111,15 @@ def cluster_coherence(x, centroids, assignment, weights):
       clusters have coherence 1 (vacuously coherent); zero rows/centroids have
       cosine 0.
     """
+    return _coherence_unit(_unit_rows(x), centroids, assignment, weights)
+
+
+def _coherence_unit(xu, centroids, assignment, weights):
+    """:func:`cluster_coherence` with precomputed unit rows ``xu`` [n, d]."""
     max_k = centroids.shape[0]
     a = jnp.clip(assignment, 0, max_k - 1)
     w = jnp.where(assignment >= 0, weights, 0.0)
-    cos = jnp.sum(_unit_rows(x) * _unit_rows(centroids)[a], axis=1)
+    cos = jnp.sum(xu * _unit_rows(centroids)[a], axis=1)
     s = jax.ops.segment_sum(w * cos, a, num_segments=max_k)
     cnt = jax.ops.segment_sum(w, a, num_segments=max_k)
     coh = jnp.where(cnt > 0, s / jnp.maximum(cnt, 1e-30), 1.0)
@@ -127,6 +132,7 @@ def auto_tau(single_action_coherence):
     return jnp.sqrt((1.0 + c1) / 2.0)
 
 
+_POWER_ITERS = 8  # power-iteration steps of the split direction
 _HALF = {"bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
@@ -197,7 +203,8 @@ def encode(
     mean = jnp.sum(xs * w[:, None], axis=0) / jnp.maximum(n_live, 1).astype(jnp.float32)
     c = jnp.zeros((max_k, d), jnp.float32).at[0].set(mean)
     a = jnp.where(live, 0, -1).astype(jnp.int32)
-    coh, cnt, cos = cluster_coherence(xs, c, a, w)
+    xu = _unit_rows(xs)
+    coh, cnt, cos = _coherence_unit(xu, c, a, w)
     if tau_mode == "auto":
         tau_eff = auto_tau(coh[0])
     else:
@@ -213,6 +220,32 @@ def encode(
     # refinement or, once it has converged, the split test (+ a split). Under
     # vmap, clients thus only wait for the client with the most *total* steps,
     # not for the slowest refinement of every split round.
+    def _bisect(c, a, cos, j, k):
+        """Split cluster j along the principal direction of its unit rows.
+
+        The power iteration starts from the deviation of the member least
+        aligned with the centroid (deterministic). The two halves' means
+        replace slot j and fill slot k. Falls back to seeding slot k at the
+        least aligned member if one half is empty.
+        """
+        mem = live & (a == j)
+        mw = mem.astype(jnp.float32)
+        cnt_j = jnp.maximum(jnp.sum(mw), 1.0)
+        ubar = jnp.sum(xu * mw[:, None], axis=0) / cnt_j
+        dev = (xu - ubar) * mw[:, None]
+        seed = jnp.argmin(jnp.where(mem, cos, jnp.inf))
+        v = dev[seed]
+        for _ in range(_POWER_ITERS):
+            v = dev.T @ (dev @ v)
+            v = v / jnp.maximum(jnp.sqrt(jnp.sum(v * v)), 1e-30)
+        side = mem & (dev @ v > 0)
+        other = mem & ~side
+        n_pos, n_neg = jnp.sum(side), jnp.sum(other)
+        m_pos = jnp.sum(xs * side[:, None], axis=0) / jnp.maximum(n_pos, 1)
+        m_neg = jnp.sum(xs * other[:, None], axis=0) / jnp.maximum(n_neg, 1)
+        ok = (n_pos > 0) & (n_neg > 0)
+        return jnp.where(ok, c.at[j].set(m_neg).at[k].set(m_pos), c.at[k].set(xs[seed]))
+
     def step(s):
         c, prev, k, it, shift, _, coh, cnt = s
         active = slots < k
@@ -226,12 +259,11 @@ def encode(
             return c_m, k, it + 1, jnp.sum((c_m - c) ** 2), jnp.bool_(False), coh, cnt
 
         def split_test(_):  # refinement converged: test (c, a), maybe split
-            coh_, cnt_, cos = cluster_coherence(xs, c, a, w)
+            coh_, cnt_, cos = _coherence_unit(xu, c, a, w)
             cand = (slots < k) & (cnt_ >= 1.5) & (coh_ < tau_eff)
             split = (k < k_cap) & jnp.any(cand)
             worst = jnp.argmin(jnp.where(cand, coh_, jnp.inf))
-            seed = jnp.argmin(jnp.where(live & (a == worst), cos, jnp.inf))
-            c_s = jnp.where(split, c.at[k].set(xs[seed]), c)
+            c_s = jnp.where(split, _bisect(c, a, cos, worst, k), c)
             return c_s, k + split.astype(jnp.int32), jnp.int32(0), jnp.float32(jnp.inf), ~split, coh_, cnt_
 
         c, k, it, shift, done, coh, cnt = lax.cond(converged, split_test, refine, None)

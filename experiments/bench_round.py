@@ -1,0 +1,394 @@
+"""Benchmarks the jitted packed round against a per-client loop of ``client_update``.
+
+Same data and setting for both (ML-100K, FedMF d=64, 2 local epochs, batch 64,
+4 negatives per positive, uncompressed, inverse-frequency aggregation):
+
+* packed: ``jax.jit(make_round(...))``, one XLA program per round (all sampled
+  clients trained in ``--num_lanes`` lanes);
+* loop: the way PyTorch FedRec codebases simulate a round (and the reference of
+  ``tests/test_round.py``): for each sampled client, a jitted ``client_plan`` and a
+  jitted ``client_update`` call (same per-round keys, so the same examples, negatives
+  and shuffles), then a jitted scatter-add of its update into the server sums; one
+  jitted call at the end applies the inverse-frequency mean.
+
+Compile time is measured separately (AOT ``lower().compile()``), the first round of
+each method is a warm-up, and every timed round ends with ``jax.block_until_ready``.
+Also printed: the padding overhead of the lane packing (wasted lane-steps and
+minibatch positions) against padding every client to the round's longest, and
+the wall time of the packed round's main pieces, each jitted on its own.
+
+    python -m experiments.bench_round --data_dir=/work/shared/data
+    python -m experiments.bench_round --data_dir=/work/shared/data --lane_sweep=8,16,32
+"""
+import functools
+import os
+import statistics
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fedras_jax import data as data_lib
+from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams,
+                                  client_data_from_split, client_keys, client_plan,
+                                  client_update, init_states, make_round,
+                                  packed_client_updates, plan_capacity, round_clients,
+                                  slot_item, slot_layout)
+from fedras_jax.federated.local_data import client_sizes
+from fedras_jax.federated.local_training import lane_batches, lane_schedule
+from fedras_jax.models import get_model
+from fedras_jax.runtime import tune_host_allocator
+
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "data directory (default: library default)")
+_ROUNDS = flags.DEFINE_integer("rounds", 20, "timed rounds of the packed round")
+_CLIENTS = flags.DEFINE_integer("clients_per_round", 64, "clients sampled per round")
+_LANES = flags.DEFINE_integer("num_lanes", 16, "lanes of the packed round")
+_LOOP_ROUNDS = flags.DEFINE_integer("loop_rounds", 3, "timed rounds of the per-client loop")
+_SWEEP = flags.DEFINE_string("lane_sweep", "", "comma list of lane counts to also time, e.g. 8,16,32")
+_PIECES = flags.DEFINE_bool("pieces", True, "time the packed round's main pieces")
+_SEED = flags.DEFINE_integer("seed", 0, "seed of sampling, negatives and initialisation")
+
+DATASET, DIM, EPOCHS, BATCH, NEG = "ml-100k", 64, 2, 64, 4
+# The training defaults (experiments/train.py): FedMF, uncompressed.
+HP = RoundHParams(local=LocalHParams(user_lr=1.0, item_lr=8.0, dense_lr=0.1, weight_decay=0.0))
+
+
+def _now():
+  return time.perf_counter()
+
+
+class Setting:
+  """The dataset, model and host-side client sizes shared by every method."""
+
+  def __init__(self, split, clients_per_round, seed):
+    self.split = split
+    self.data = client_data_from_split(split)
+    self.model = get_model("mf", dim=DIM, init_scale=0.01)
+    self.m = clients_per_round
+    self.seed = seed
+    self.num_users, self.num_items = split.num_users, split.num_items
+    self.num_pos = np.asarray(split.num_train_per_user, np.int64)
+    self.num_seen = np.diff(split.seen_indptr)
+    _, self.steps = client_sizes(self.num_pos, self.num_seen, self.num_items, neg_ratio=NEG,
+                                 epochs=EPOCHS, batch_size=BATCH)
+
+  def config(self, num_lanes, rounds):
+    cap = plan_capacity(self.num_pos, self.num_seen, self.num_items, seed=self.seed,
+                        rounds=rounds, clients_per_round=self.m, local_epochs=EPOCHS,
+                        batch_size=BATCH, neg_ratio=NEG, num_lanes=num_lanes)
+    return RoundConfig(clients_per_round=self.m, local_epochs=EPOCHS, batch_size=BATCH,
+                       neg_ratio=NEG, num_lanes=num_lanes, aggregation="inverse_frequency",
+                       **cap._asdict())
+
+  def init(self):
+    return init_states(self.model, self.num_users, self.num_items, optax.sgd(1.0),
+                       seed=self.seed)
+
+  def sampled(self, rounds):
+    """``[rounds, M]`` host array: the users of rounds ``0..rounds-1``."""
+    base = jax.random.key(self.seed)
+    fn = jax.jit(jax.vmap(lambda r: round_clients(base, r, self.num_users, self.m)))
+    return np.asarray(fn(jnp.arange(rounds)))
+
+
+# ---------------------------------------------------------------------------------------
+# The packed round.
+
+
+class PackedRunner:
+  """The jitted packed round on its own state: AOT-compiled, then round 0 as warm-up."""
+
+  def __init__(self, s: Setting, cfg: RoundConfig):
+    self.server, self.clients = s.init()
+    round_fn = jax.jit(make_round(s.model, s.data, cfg, optax.sgd(1.0)), donate_argnums=(0, 1))
+    t = _now()
+    self.compiled = round_fn.lower(self.server, self.clients, HP).compile()
+    self.compile_s = _now() - t
+    self.step()  # warm-up: round 0
+    self.after0 = (np.asarray(self.server.items), np.asarray(self.clients.users))
+    self.times = []
+
+  def step(self):
+    t = _now()
+    self.server, self.clients, self.metrics = jax.block_until_ready(
+        self.compiled(self.server, self.clients, HP))
+    return _now() - t
+
+  def timed(self):
+    self.times.append(self.step())
+
+
+def make_pieces(s: Setting, cfg: RoundConfig):
+  """The packed round's stages, each its own jitted program (as in ``make_round``)."""
+  m = cfg.clients_per_round
+
+  @jax.jit
+  def prep(server):
+    sampled = round_clients(server.key, server.round, s.num_users, m)
+    plans = jax.vmap(lambda u, k: client_plan(s.data, u, k, neg_ratio=NEG, epochs=EPOCHS,
+                                              batch_size=BATCH))(
+        sampled, client_keys(server.key, server.round, sampled))
+    layout = slot_layout(plans.num_slots, cfg.slot_capacity)
+    slot_plans = jax.tree.map(lambda x: x[layout.client], plans)
+    items_of_slot = jax.vmap(slot_item, (None, 0, 0))(s.data, slot_plans, layout.local)
+    return sampled, plans, layout, items_of_slot
+
+  @jax.jit
+  def schedule(prepared):
+    _, plans, layout, items_of_slot = prepared
+    return lane_batches(plans, layout, items_of_slot, num_lanes=cfg.num_lanes,
+                        max_iters=cfg.max_lane_steps, batch_size=BATCH)
+
+  @jax.jit
+  def train(server, clients, hp, prepared):
+    sampled, plans, layout, items_of_slot = prepared
+    return packed_client_updates(s.model, hp.local, plans, layout, items_of_slot, server.items,
+                                 server.dense, clients.users[sampled], num_lanes=cfg.num_lanes,
+                                 max_iters=cfg.max_lane_steps, batch_size=BATCH)
+
+  return prep, schedule, train
+
+
+def bench_pieces(s: Setting, cfg: RoundConfig, rounds: int):
+  """(min, median) seconds of each stage over rounds 1..rounds (fixed initial model)."""
+  prep, schedule, train = make_pieces(s, cfg)
+  server, clients = s.init()
+  at = lambda r: server._replace(round=jnp.int32(r))
+  prepared = jax.block_until_ready(prep(at(0)))  # compile
+  jax.block_until_ready(schedule(prepared))
+  jax.block_until_ready(train(at(0), clients, HP, prepared))
+  times = {"prep": [], "schedule": [], "train": []}
+  for r in range(1, rounds + 1):
+    t = _now()
+    prepared = jax.block_until_ready(prep(at(r)))
+    times["prep"].append(_now() - t)
+    t = _now()
+    jax.block_until_ready(schedule(prepared))
+    times["schedule"].append(_now() - t)
+    t = _now()
+    jax.block_until_ready(train(at(r), clients, HP, prepared))
+    times["train"].append(_now() - t)
+  return {k: (min(v), statistics.median(v)) for k, v in times.items()}
+
+
+# ---------------------------------------------------------------------------------------
+# The per-client loop.
+
+
+def make_loop(s: Setting, cfg: RoundConfig):
+  """Jitted pieces of the per-client loop and a ``run_round(server_items, dense, users, r)``."""
+  m, num_items, local = cfg.clients_per_round, s.num_items, HP.local
+  base = jax.random.key(s.seed)
+
+  @jax.jit
+  def sample(r):
+    sampled = round_clients(base, r, s.num_users, m)
+    return sampled, jax.random.key_data(client_keys(base, r, sampled))
+
+  @jax.jit
+  def plan_fn(user, key_data):
+    return client_plan(s.data, user, jax.random.wrap_key_data(key_data), neg_ratio=NEG,
+                       epochs=EPOCHS, batch_size=BATCH)
+
+  @jax.jit
+  def update_fn(plan, items, dense, users):
+    return client_update(s.model, local, s.data, plan, items, dense, users[plan.user],
+                         max_slots=cfg.max_client_slots, batch_size=BATCH)
+
+  @functools.partial(jax.jit, donate_argnums=(0,))
+  def accumulate(acc, user, out):
+    sums, counts, dense_sum, users = acc
+    ids = jnp.where(out.mask, out.items, num_items)  # padding slots are dropped
+    sums = sums.at[ids].add(out.deltas, mode="drop")
+    counts = counts.at[ids].add(1, mode="drop")
+    dense_sum = jax.tree.map(jnp.add, dense_sum, out.dense_delta)
+    return sums, counts, dense_sum, users.at[user].set(out.user)
+
+  @jax.jit
+  def start(items, dense, users):
+    return (jnp.zeros_like(items), jnp.zeros(num_items, jnp.int32),
+            jax.tree.map(jnp.zeros_like, dense), users)
+
+  @jax.jit
+  def finish(items, dense, acc):
+    sums, counts, dense_sum, users = acc
+    new_items = items + sums / jnp.maximum(counts, 1)[:, None].astype(items.dtype)
+    return new_items, jax.tree.map(lambda p, d: p + d / m, dense, dense_sum), users
+
+  def run_round(items, dense, users, r):
+    sampled, keys = jax.device_get(sample(r))
+    acc = start(items, dense, users)
+    for user, key in zip(sampled, keys):
+      out = update_fn(plan_fn(user, key), items, dense, users)
+      acc = accumulate(acc, user, out)
+    return finish(items, dense, acc)
+
+  def compile_all(items, dense, users):
+    """AOT-compiles every piece; returns seconds."""
+    t = _now()
+    sampled, keys = sample.lower(0).compile()(0)
+    user, key = np.asarray(sampled)[0], np.asarray(keys)[0]
+    plan = plan_fn.lower(user, key).compile()(user, key)
+    out = jax.eval_shape(update_fn, plan, items, dense, users)
+    update_fn.lower(plan, items, dense, users).compile()
+    acc = jax.eval_shape(start, items, dense, users)
+    start.lower(items, dense, users).compile()
+    accumulate.lower(acc, user, out).compile()
+    finish.lower(items, dense, acc).compile()
+    return _now() - t
+
+  return run_round, compile_all
+
+
+class LoopRunner:
+  """The per-client loop on its own state: AOT-compiled, then round 0 as warm-up."""
+
+  def __init__(self, s: Setting, cfg: RoundConfig):
+    self.run_round, compile_all = make_loop(s, cfg)
+    server, clients = s.init()
+    self.state = (server.items, server.dense, clients.users)
+    self.compile_s = compile_all(*self.state)
+    self.round = 0
+    self.step()  # warm-up: round 0
+    self.after0 = (np.asarray(self.state[0]), np.asarray(self.state[2]))
+    self.times = []
+
+  def step(self):
+    t = _now()
+    self.state = jax.block_until_ready(self.run_round(*self.state, self.round))
+    self.round += 1
+    return _now() - t
+
+  def timed(self):
+    self.times.append(self.step())
+
+
+# ---------------------------------------------------------------------------------------
+# Padding.
+
+
+def padding_stats(s: Setting, sampled: np.ndarray, lanes, max_lane_steps):
+  """Wasted work in rounds ``sampled [R, M]``, summed over the rounds.
+
+  A lane-step is one SGD step of one lane (B minibatch positions). Useful work:
+  every client's own steps, and ``epochs * examples`` of its minibatch positions.
+  """
+  steps = s.steps[sampled]  # [R, M]
+  useful_steps = steps.sum()
+  useful_pos = EPOCHS * (1 + NEG) * s.num_pos[sampled].sum()
+  rows = [("per-client loop (own steps only)", useful_steps, "-")]
+  for w in lanes:
+    fn = jax.jit(jax.vmap(lambda st: jnp.max(lane_schedule(st, w)[1][:, -1])))
+    iters = np.asarray(fn(jnp.asarray(steps, jnp.int32)))  # [R] loop iterations
+    bound = np.maximum(steps.max(axis=1), -(-steps.sum(axis=1) // w))
+    rows.append((f"packed W={w} (while_loop)", w * iters.sum(),
+                 f"{iters.mean():.1f} (bound {bound.mean():.1f})"))
+    rows.append((f"packed W={w} precomputed T={max_lane_steps[w]}",
+                 w * max_lane_steps[w] * len(steps), f"{max_lane_steps[w]}"))
+  rows.append(("pad every client to round max", (steps.shape[1] * steps.max(axis=1)).sum(),
+               f"{steps.max(axis=1).mean():.1f}"))
+  print(f"\nPadding over {len(steps)} rounds x {steps.shape[1]} clients: client SGD steps "
+        f"min/median/max {steps.min()}/{int(np.median(steps))}/{steps.max()}, "
+        f"{useful_steps / len(steps):.0f} per round; slots of a minibatch that hold an example: "
+        f"{useful_pos / (BATCH * useful_steps):.1%} even without padding")
+  print(f"| {'schedule':<36} | {'lane-steps/round':>16} | {'wasted lane-steps':>17} | "
+        f"{'wasted positions':>16} | {'iters/round':>22} |")
+  print(f"|{'-' * 38}|{'-' * 18}|{'-' * 19}|{'-' * 18}|{'-' * 24}|")
+  for name, lane_steps, iters in rows:
+    print(f"| {name:<36} | {lane_steps / len(steps):16.0f} | "
+          f"{1 - useful_steps / lane_steps:17.1%} | "
+          f"{1 - useful_pos / (BATCH * lane_steps):16.1%} | {iters:>22} |")
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _row(name, times, m, loop_times, compile_s):
+  mean = statistics.fmean(times)
+  print(f"| {name:<30} | {m / mean:9.0f} | {1e3 * min(times):7.1f} | "
+        f"{1e3 * statistics.median(times):9.1f} | {1e3 * mean:7.1f} | "
+        f"{statistics.fmean(loop_times) / mean:9.2f}x | {min(loop_times) / min(times):8.2f}x | "
+        f"{compile_s:9.2f} |")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  tuned = tune_host_allocator()
+  wall = _now()
+  split = data_lib.load_dataset(DATASET, _DATA_DIR.value, seed=_SEED.value)
+  s = Setting(split, _CLIENTS.value, _SEED.value)
+  rounds, loop_rounds = _ROUNDS.value, min(_LOOP_ROUNDS.value, _ROUNDS.value)
+  total = rounds + 1  # round 0 is the warm-up
+  main_w = _LANES.value
+  lanes = [main_w] + [int(w) for w in _SWEEP.value.split(",") if w.strip()]
+  lanes = list(dict.fromkeys(lanes))
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs, "
+        f"malloc tuned: {tuned}")
+  print(f"{DATASET}: {s.num_users} users, {s.num_items} items; FedMF d={DIM}, {EPOCHS} local "
+        f"epochs, batch {BATCH}, {NEG} negatives, {s.m} clients/round, uncompressed")
+
+  cfgs = {w: s.config(w, total) for w in lanes}
+  cfg = cfgs[main_w]
+  print(f"capacity (W={main_w}): slot_capacity {cfg.slot_capacity}, max_client_slots "
+        f"{cfg.max_client_slots}, max_lane_steps {cfg.max_lane_steps}")
+  packed = {w: PackedRunner(s, cfgs[w]) for w in lanes}
+  loop = LoopRunner(s, cfg)
+  diff = [float(np.max(np.abs(a - b))) for a, b in zip(loop.after0, packed[main_w].after0)]
+  print(f"round 0 (warm-up), loop vs packed: max |diff| items {diff[0]:.1e}, users {diff[1]:.1e}")
+
+  # Round-robin over the methods, so machine noise hits them alike: round r of every
+  # packed program, then (for r <= loop_rounds) round r of the loop.
+  for r in range(1, rounds + 1):
+    for w in lanes:
+      packed[w].timed()
+    if r <= loop_rounds:
+      loop.timed()
+
+  steps = s.steps[s.sampled(total)].sum(axis=1)
+  print(f"\nTimed rounds 1..{rounds} (packed) and 1..{loop_rounds} (loop), interleaved; client "
+        f"SGD steps per round: {steps[1:].mean():.0f} mean over 1..{rounds}, "
+        f"{steps[1:loop_rounds + 1].mean():.0f} over 1..{loop_rounds}")
+  print(f"| {'method':<30} | {'updates/s':>9} | {'ms min':>7} | {'ms median':>9} | "
+        f"{'ms mean':>7} | {'loop/mean':>10} | {'loop/min':>9} | {'compile s':>9} |")
+  print(f"|{'-' * 32}|{'-' * 11}|{'-' * 9}|{'-' * 11}|{'-' * 9}|{'-' * 12}|{'-' * 11}|"
+        f"{'-' * 11}|")
+  for w in lanes:
+    _row(f"packed round W={w}", packed[w].times, s.m, loop.times, packed[w].compile_s)
+  _row(f"packed W={main_w}, rounds 1..{loop_rounds}", packed[main_w].times[:loop_rounds], s.m,
+       loop.times, packed[main_w].compile_s)
+  _row(f"per-client loop, rounds 1..{loop_rounds}", loop.times, s.m, loop.times, loop.compile_s)
+  print("updates/s: clients per round / mean round time; loop/mean, loop/min: speed-up over the "
+        "per-client loop\n(ratio of mean, of min round times); compile: AOT lower+compile (loop: "
+        "all its jitted functions)")
+
+  sampled = s.sampled(total)[1:]
+  padding_stats(s, sampled, lanes, {w: c.max_lane_steps for w, c in cfgs.items()})
+  slots = (s.num_pos[sampled] + np.minimum(NEG * s.num_pos[sampled],
+                                           s.num_items - s.num_seen[sampled])).sum(axis=1)
+  print(f"slot buffer: {slots.mean():.0f} of {cfg.slot_capacity} slots used per round "
+        f"({1 - slots.mean() / cfg.slot_capacity:.1%} padding); the loop pads each client to "
+        f"max_client_slots={cfg.max_client_slots} (mean use "
+        f"{slots.mean() / s.m / cfg.max_client_slots:.1%})")
+
+  if _PIECES.value:
+    pieces = bench_pieces(s, cfg, rounds)
+    full = (min(packed[main_w].times), statistics.median(packed[main_w].times))
+    pieces["rest"] = tuple(f - p - q for f, p, q in zip(full, pieces["prep"], pieces["train"]))
+    pieces["loop"] = tuple(a - b for a, b in zip(pieces["train"], pieces["schedule"]))
+    print(f"\nPacked round W={main_w} pieces, each jitted alone; ms min / median over rounds "
+          f"1..{rounds} (full round: {1e3 * full[0]:.1f} / {1e3 * full[1]:.1f}):")
+    for key, name in (("prep", "sample + plans + slot layout + slot items"),
+                      ("train", "local training (packed_client_updates)"),
+                      ("schedule", "  of which lane_batches precompute"),
+                      ("loop", "  of which the while_loop (difference)"),
+                      ("rest", "aggregation + metrics + apply (difference)")):
+      print(f"  {name:<44}: {1e3 * pieces[key][0]:6.1f} / {1e3 * pieces[key][1]:6.1f}")
+  print(f"\ntotal wall time {_now() - wall:.1f} s")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,63 @@
+"""FedRAS's compressor: the action quantizer behind the compressor contract.
+
+A thin wrapper over ``fedras_jax.quantize``: the client's update rows become at
+most ``max_k`` actions (K-Means centroids) plus one index per catalog item, K
+chosen by the client's bit budget and the cosine split test. When the touched rows
+themselves fit the budget (``n_touched * d * 32`` value bits plus a presence bit
+per catalog item), they go dense instead: exact and no larger than allowed.
+"""
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fedras_jax import quantize
+from fedras_jax.compress.base import Compressor
+
+
+class FedRASPayload(NamedTuple):
+  """actions: the quantizer's ``ActionPayload``; dense_rows ``[n, d]``: the rows
+  when sent dense; is_dense: which form was sent; num_actions: K (0 when dense);
+  bits: exact size of what was sent."""
+  actions: quantize.ActionPayload
+  dense_rows: jax.Array
+  is_dense: jax.Array
+  num_actions: jax.Array
+  bits: jax.Array
+
+
+def sparse_dense_bits(num_rows_sent, num_index_rows, dim, value_bits=32):
+  """Bits of sending ``num_rows_sent`` rows as values plus a presence bitmap."""
+  return num_rows_sent * dim * value_bits + num_index_rows
+
+
+def fedras(num_index_rows: int, *, max_k: int, tau: float = 0.9, tau_mode: str = "auto",
+           value_bits: int = 32, max_iters: int = 25, dense_fallback: bool = True) -> Compressor:
+  """The FedRAS action compressor.
+
+  Args:
+    num_index_rows: rows that carry an index in the payload: the catalog size, so
+      the receiver knows which item each index belongs to.
+    max_k: static bound on actions (the budget usually binds first).
+    tau, tau_mode: the split test's cosine threshold (see ``quantize.encode``);
+      ``tau > 1`` disables adaptivity: every client uses the budget's K.
+    dense_fallback: send the touched rows uncompressed when that fits the budget.
+  """
+
+  def encode(rows, mask, budget_bits, key):
+    actions = quantize.encode(rows, key, budget_bits=budget_bits, max_k=max_k, tau=tau,
+                              tau_mode=tau_mode, mask=mask, num_index_rows=num_index_rows,
+                              value_bits=value_bits, max_iters=max_iters)
+    live = mask & jnp.any(rows != 0, axis=1) & jnp.all(jnp.isfinite(rows), axis=1)
+    dense_size = sparse_dense_bits(jnp.sum(live, dtype=jnp.int32), num_index_rows,
+                                   rows.shape[1], value_bits)
+    is_dense = jnp.bool_(dense_fallback) & (dense_size <= budget_bits)
+    return FedRASPayload(
+        actions=actions, dense_rows=jnp.where(live[:, None], rows, 0.0), is_dense=is_dense,
+        num_actions=jnp.where(is_dense, 0, actions.num_actions),
+        bits=jnp.where(is_dense, dense_size, actions.bits).astype(jnp.int32))
+
+  def decode(payload: FedRASPayload):
+    return jnp.where(payload.is_dense, payload.dense_rows, quantize.decode(payload.actions))
+
+  return Compressor(name="fedras", encode=encode, decode=decode)
