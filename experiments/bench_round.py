@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from fedras_jax import data as data_lib
-from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams,
+from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams, aggregate_item_updates,
                                   client_data_from_split, client_keys, client_plan,
                                   client_update, init_states, make_round,
                                   packed_client_updates, plan_capacity, round_clients,
@@ -47,7 +47,8 @@ _ROUNDS = flags.DEFINE_integer("rounds", 20, "timed rounds of the packed round")
 _CLIENTS = flags.DEFINE_integer("clients_per_round", 64, "clients sampled per round")
 _LANES = flags.DEFINE_integer("num_lanes", 16, "lanes of the packed round")
 _LOOP_ROUNDS = flags.DEFINE_integer("loop_rounds", 3, "timed rounds of the per-client loop")
-_SWEEP = flags.DEFINE_string("lane_sweep", "", "comma list of lane counts to also time, e.g. 8,16,32")
+_SWEEP = flags.DEFINE_string("lane_sweep", "",
+                             "comma list of lane counts to also time, e.g. 8,16,32")
 _PIECES = flags.DEFINE_bool("pieces", True, "time the packed round's main pieces")
 _SEED = flags.DEFINE_integer("seed", 0, "seed of sampling, negatives and initialisation")
 
@@ -149,19 +150,31 @@ def make_pieces(s: Setting, cfg: RoundConfig):
                                  server.dense, clients.users[sampled], num_lanes=cfg.num_lanes,
                                  max_iters=cfg.max_lane_steps, batch_size=BATCH)
 
-  return prep, schedule, train
+  @jax.jit
+  def aggregate(prepared, trained):
+    _, _, layout, items_of_slot = prepared
+    return aggregate_item_updates(trained.deltas, items_of_slot, layout.valid,
+                                  num_items=s.num_items, num_clients=m, rule=cfg.aggregation)
+
+  return prep, schedule, train, aggregate
 
 
-def bench_pieces(s: Setting, cfg: RoundConfig, rounds: int):
-  """(min, median) seconds of each stage over rounds 1..rounds (fixed initial model)."""
-  prep, schedule, train = make_pieces(s, cfg)
+def bench_pieces(s: Setting, cfg: RoundConfig, rounds: int, runner: "PackedRunner"):
+  """Per-round seconds of each stage and of the full round, interleaved, rounds 1..rounds.
+
+  The stages run on a fixed initial model, the full round (``runner``) on its own
+  state set back to round ``r``: the work of a round depends only on (seed, round).
+  """
+  prep, schedule, train, aggregate = make_pieces(s, cfg)
   server, clients = s.init()
   at = lambda r: server._replace(round=jnp.int32(r))
   prepared = jax.block_until_ready(prep(at(0)))  # compile
   jax.block_until_ready(schedule(prepared))
-  jax.block_until_ready(train(at(0), clients, HP, prepared))
-  times = {"prep": [], "schedule": [], "train": []}
+  jax.block_until_ready(aggregate(prepared, train(at(0), clients, HP, prepared)))
+  times = {"full": [], "prep": [], "schedule": [], "train": [], "aggregate": []}
   for r in range(1, rounds + 1):
+    runner.server = runner.server._replace(round=jnp.int32(r))
+    times["full"].append(runner.step())
     t = _now()
     prepared = jax.block_until_ready(prep(at(r)))
     times["prep"].append(_now() - t)
@@ -169,9 +182,15 @@ def bench_pieces(s: Setting, cfg: RoundConfig, rounds: int):
     jax.block_until_ready(schedule(prepared))
     times["schedule"].append(_now() - t)
     t = _now()
-    jax.block_until_ready(train(at(r), clients, HP, prepared))
+    trained = jax.block_until_ready(train(at(r), clients, HP, prepared))
     times["train"].append(_now() - t)
-  return {k: (min(v), statistics.median(v)) for k, v in times.items()}
+    t = _now()
+    jax.block_until_ready(aggregate(prepared, trained))
+    times["aggregate"].append(_now() - t)
+  times = {k: np.asarray(v) for k, v in times.items()}
+  times["while_loop"] = times["train"] - times["schedule"]
+  times["rest"] = times["full"] - times["prep"] - times["train"]
+  return times
 
 
 # ---------------------------------------------------------------------------------------
@@ -375,18 +394,19 @@ def main(argv):
         f"{slots.mean() / s.m / cfg.max_client_slots:.1%})")
 
   if _PIECES.value:
-    pieces = bench_pieces(s, cfg, rounds)
-    full = (min(packed[main_w].times), statistics.median(packed[main_w].times))
-    pieces["rest"] = tuple(f - p - q for f, p, q in zip(full, pieces["prep"], pieces["train"]))
-    pieces["loop"] = tuple(a - b for a, b in zip(pieces["train"], pieces["schedule"]))
-    print(f"\nPacked round W={main_w} pieces, each jitted alone; ms min / median over rounds "
-          f"1..{rounds} (full round: {1e3 * full[0]:.1f} / {1e3 * full[1]:.1f}):")
-    for key, name in (("prep", "sample + plans + slot layout + slot items"),
+    p = bench_pieces(s, cfg, rounds, packed[main_w])
+    print(f"\nPacked round W={main_w}: its stages, each jitted alone, timed right after the full "
+          f"round on each of rounds 1..{rounds}; ms min / median")
+    for key, name in (("full", "full round (make_round)"),
+                      ("prep", "sample + plans + slot layout + slot items"),
                       ("train", "local training (packed_client_updates)"),
                       ("schedule", "  of which lane_batches precompute"),
-                      ("loop", "  of which the while_loop (difference)"),
-                      ("rest", "aggregation + metrics + apply (difference)")):
-      print(f"  {name:<44}: {1e3 * pieces[key][0]:6.1f} / {1e3 * pieces[key][1]:6.1f}")
+                      ("while_loop", "  of which the while_loop (train - precompute)"),
+                      ("rest", "aggregation+metrics+apply (full-prep-train)"),
+                      ("aggregate", "  of which aggregate_item_updates alone")):
+      low = "     -" if key in ("while_loop", "rest") else f"{1e3 * np.min(p[key]):6.1f}"
+      print(f"  {name:<46}: {low} / {1e3 * np.median(p[key]):6.1f}")
+    print("  (differences: median over rounds of the per-round difference)")
   print(f"\ntotal wall time {_now() - wall:.1f} s")
 
 

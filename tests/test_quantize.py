@@ -54,8 +54,16 @@ def enc_auto(g, mask, budget):
 
 @jax.jit
 @chex.assert_max_traces(n=1)
-def enc_vmap(gs, keys, masks, budgets, taus):
+def enc_vmap(gs, keys, masks, budgets, taus):  # default strategy: lax.map on CPU
     f = lambda g, k, m, b, t: q.encode(g, k, budget_bits=b, max_k=EMAX, tau=t, mask=m)
+    return jax.vmap(f)(gs, keys, masks, budgets, taus)
+
+
+@jax.jit
+@chex.assert_max_traces(n=1)
+def enc_vmap_parallel(gs, keys, masks, budgets, taus):  # true lock-step batching
+    f = lambda g, k, m, b, t: q.encode(
+        g, k, budget_bits=b, max_k=EMAX, tau=t, mask=m, vmap_strategy="parallel")
     return jax.vmap(f)(gs, keys, masks, budgets, taus)
 
 
@@ -380,7 +388,8 @@ def test_tiny_and_huge_gradients_are_scale_equivariant():
         np.testing.assert_allclose(np.asarray(ps.centroids), np.asarray(p.centroids) * s, rtol=1e-6)
 
 
-def test_vmap_equals_loop_without_retrace():
+@pytest.mark.parametrize("batched", [enc_vmap, enc_vmap_parallel], ids=["auto", "parallel"])
+def test_vmap_equals_loop_without_retrace(batched):
     rng = np.random.default_rng(13)
     b = 4
     gs = np.stack([directions(rng, EN, ED, ndir=2 + i, noise=0.2 * i) for i in range(b)])
@@ -388,7 +397,7 @@ def test_vmap_equals_loop_without_retrace():
     keys = jax.random.split(KEY, b)
     for budgets, taus in [([456, 1100, 2000, 100000], [0.9, 0.8, 0.95, 0.7]),
                           ([3000, 700, 0, 1800], [0.5, 0.99, 0.9, 0.85])]:
-        pb = enc_vmap(jnp.asarray(gs), keys, jnp.asarray(masks), jnp.array(budgets), jnp.array(taus))
+        pb = batched(jnp.asarray(gs), keys, jnp.asarray(masks), jnp.array(budgets), jnp.array(taus))
         for i in range(b):
             pi = enc_fixed(jnp.asarray(gs[i]), masks[i], budgets[i], taus[i])
             np.testing.assert_array_equal(np.asarray(pb.indices[i]), np.asarray(pi.indices))

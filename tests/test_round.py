@@ -23,7 +23,7 @@ def config(synthetic, aggregation="inverse_frequency", lanes=2, extra=0):
                       synthetic.num_items, seed=0, rounds=3, clients_per_round=M,
                       local_epochs=EPOCHS, batch_size=BATCH, neg_ratio=RATIO, num_lanes=lanes)
   return RoundConfig(clients_per_round=M, slot_capacity=cap.slot_capacity + extra,
-                     max_client_slots=cap.max_client_slots + extra,
+                     client_buckets=tuple((c, w + extra) for c, w in cap.client_buckets),
                      max_lane_steps=cap.max_lane_steps + extra, local_epochs=EPOCHS,
                      batch_size=BATCH, neg_ratio=RATIO, num_lanes=lanes, aggregation=aggregation)
 

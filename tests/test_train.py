@@ -9,7 +9,8 @@ from fedras_jax.training import TrainConfig, train
 
 
 def test_short_fedmf_run_beats_random_ranking(ml100k_path, tmp_path):
-  config = TrainConfig(data_dir=str(ml100k_path.parents[1]), rounds=40, eval_every=20,
+  config = TrainConfig(data_dir=str(ml100k_path.parents[1]), method="uncompressed", rounds=40,
+                       eval_every=20,
                        workdir=str(tmp_path), quiet=True)
   summary = train(config)
   # Random ranking of 1 positive among 100 candidates gives HR@10 = 0.10.

@@ -9,44 +9,65 @@ from fedras_jax.compress.base import Compressor
 
 class Roundtrip(NamedTuple):
   """decoded: rows as the receiver sees them (shape of the input); bits: int32
-  payload sizes (``[M]`` for clients); payload: the encoded pytree (None when the
-  compressor is lossless and was skipped)."""
+  payload sizes (``[M]`` for clients); num_actions: actions used (-1 where the
+  compressor has no such notion)."""
   decoded: jax.Array
   bits: jax.Array
-  payload: Any
+  num_actions: jax.Array
+
+
+def _num_actions(payload, shape):
+  return getattr(payload, "num_actions", jnp.full(shape, -1, jnp.int32))
 
 
 def roundtrip(compressor: Compressor, rows, mask, budget_bits, key, *,
               lossless_bits: int) -> Roundtrip:
   """encode then decode one matrix ``rows [n, d]`` (a lossless one is skipped)."""
   if compressor.lossless:
-    return Roundtrip(jnp.where(mask[:, None], rows, 0.0), jnp.int32(lossless_bits), None)
+    return Roundtrip(jnp.where(mask[:, None], rows, 0.0), jnp.int32(lossless_bits),
+                     jnp.int32(-1))
   payload = compressor.encode(rows, mask, budget_bits, key)
-  return Roundtrip(compressor.decode(payload), payload.bits, payload)
+  return Roundtrip(compressor.decode(payload), payload.bits, _num_actions(payload, ()))
 
 
 def roundtrip_clients(compressor: Compressor, flat_rows, offset, num_slots, budget_bits,
-                      keys, *, max_slots: int, lossless_bits: int) -> Roundtrip:
+                      keys, *, buckets, lossless_bits: int) -> Roundtrip:
   """Compresses each client's rows of a flat slot buffer, ``vmap``-ed over clients.
 
   Args:
     flat_rows: ``[S, d]`` the round's slot rows, client ``c`` owning
       ``offset[c] : offset[c] + num_slots[c]``; budget_bits: ``[M]``; keys: ``[M]``.
-    max_slots: static bound on ``num_slots``; each client is padded to it.
+    buckets: static ``((count, width), ...)`` with counts summing to ``M``: the
+      ``count`` largest remaining clients are padded to ``width`` rows (widths
+      must bound their clients' ``num_slots``; see ``plan_capacity``). Padding
+      every client to the largest one wastes most of a quantizer's work.
   Returns:
-    decoded ``[S, d]`` in the same flat layout, bits ``[M]``, payloads ``[M, ...]``.
+    decoded ``[S, d]`` in the same flat layout, bits ``[M]``, num_actions ``[M]``.
   """
   m = offset.shape[0]
   if compressor.lossless:
-    return Roundtrip(flat_rows, jnp.full((m,), lossless_bits, jnp.int32), None)
+    return Roundtrip(flat_rows, jnp.full((m,), lossless_bits, jnp.int32),
+                     jnp.full((m,), -1, jnp.int32))
+  if sum(count for count, _ in buckets) != m:
+    raise ValueError(f"buckets {buckets} do not cover {m} clients")
   capacity = flat_rows.shape[0]
-  local = jnp.arange(max_slots)
-  index = offset[:, None] + local[None, :]
-  mask = local[None, :] < num_slots[:, None]
-  rows = jnp.where(mask[..., None], flat_rows[jnp.minimum(index, capacity - 1)], 0.0)
-  payload = jax.vmap(compressor.encode)(rows, mask, budget_bits, keys)
-  decoded = jax.vmap(compressor.decode)(payload)
-  target = jnp.where(mask, index, capacity)
-  flat = jnp.zeros_like(flat_rows).at[target.reshape(-1)].add(
-      decoded.reshape(-1, decoded.shape[-1]), mode="drop")
-  return Roundtrip(flat, payload.bits, payload)
+  order = jnp.argsort(-num_slots)  # M keys: cheap
+  decoded_flat = jnp.zeros_like(flat_rows)
+  bits = jnp.zeros((m,), jnp.int32)
+  num_actions = jnp.zeros((m,), jnp.int32)
+  start = 0
+  for count, width in buckets:
+    clients = order[start:start + count]
+    start += count
+    local = jnp.arange(width)
+    index = offset[clients, None] + local[None, :]
+    mask = local[None, :] < num_slots[clients, None]
+    rows = jnp.where(mask[..., None], flat_rows[jnp.minimum(index, capacity - 1)], 0.0)
+    payload = jax.vmap(compressor.encode)(rows, mask, budget_bits[clients], keys[clients])
+    decoded = jax.vmap(compressor.decode)(payload)
+    target = jnp.where(mask, index, capacity)
+    decoded_flat = decoded_flat.at[target.reshape(-1)].add(
+        decoded.reshape(-1, decoded.shape[-1]), mode="drop")
+    bits = bits.at[clients].set(payload.bits)
+    num_actions = num_actions.at[clients].set(_num_actions(payload, (count,)))
+  return Roundtrip(decoded_flat, bits, num_actions)

@@ -13,6 +13,7 @@ so a round depends only on (seed, round, state): reruns are bit-identical and a
 resumed run continues exactly.
 """
 import dataclasses
+import itertools
 from typing import Any, NamedTuple
 
 import jax
@@ -38,13 +39,15 @@ class RoundConfig:
   """Static shape of a round (a change recompiles).
 
   slot_capacity: flat slot buffer size ``S`` >= the sampled clients' total slots in
-    every round of the run; max_client_slots: >= any one client's slots;
-    max_lane_steps: >= the busiest lane's SGD steps (all three from
-    ``plan_capacity``). num_lanes: ``W`` lanes of packed local training.
+    every round of the run; client_buckets: ``((count, width), ...)``, the
+    ``count`` largest remaining clients of a round have at most ``width`` slots
+    (how compressors pad clients); max_lane_steps: >= the busiest lane's SGD
+    steps (all three from ``plan_capacity``). num_lanes: ``W`` lanes of packed
+    local training.
   """
   clients_per_round: int
   slot_capacity: int
-  max_client_slots: int
+  client_buckets: tuple
   max_lane_steps: int
   local_epochs: int = 2
   batch_size: int = 64
@@ -56,9 +59,16 @@ class RoundConfig:
     if self.aggregation not in AGGREGATIONS:
       raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
     for name in ("clients_per_round", "local_epochs", "batch_size", "num_lanes",
-                 "slot_capacity", "max_client_slots", "max_lane_steps"):
+                 "slot_capacity", "max_lane_steps"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+    if sum(c for c, _ in self.client_buckets) != self.clients_per_round:
+      raise ValueError(f"client_buckets {self.client_buckets} must cover "
+                       f"{self.clients_per_round} clients")
+
+  @property
+  def max_client_slots(self) -> int:
+    return self.client_buckets[0][1]
     if self.neg_ratio < 0:
       raise ValueError(f"neg_ratio must be >= 0, got {self.neg_ratio}")
 
@@ -149,8 +159,38 @@ def client_keys(base_key, round_index, users) -> jax.Array:
 class Capacity(NamedTuple):
   """Static buffer sizes of a run (fields of ``RoundConfig``)."""
   slot_capacity: int
-  max_client_slots: int
+  client_buckets: tuple
   max_lane_steps: int
+
+
+def _round_up(x, granule: int) -> int:
+  return int(-(-int(x) // granule) * granule)
+
+
+def client_buckets(sorted_slots: np.ndarray, max_buckets: int = 3, granule: int = 64):
+  """Static padding buckets for clients sorted by size, cheapest of up to ``max_buckets``.
+
+  Args:
+    sorted_slots: ``[rounds, M]`` each round's client slot counts, descending.
+  Returns:
+    ``((count, width), ...)``: the ``j``-th largest client of any round fits the
+    width of the bucket that holds position ``j``.
+  """
+  bound = np.maximum.accumulate(sorted_slots.max(axis=0)[::-1])[::-1]  # non-increasing
+  width = [_round_up(max(b, 1), granule) for b in bound]
+  m = len(width)
+  cuts = sorted({int(c) for c in np.linspace(1, m - 1, num=min(m - 1, 16))} - {0, m}) if m > 1 else []
+  best = (m * width[0], ((m, width[0]),))
+  def buckets_of(points):
+    edges = [0, *points, m]
+    return tuple((edges[i + 1] - edges[i], width[edges[i]]) for i in range(len(edges) - 1))
+  for n in range(1, max_buckets):
+    for points in itertools.combinations(cuts, n):
+      b = buckets_of(points)
+      cost = sum(c * w for c, w in b)
+      if cost < best[0]:
+        best = (cost, b)
+  return best[1]
 
 
 def plan_capacity(num_pos: np.ndarray, num_seen: np.ndarray, num_items: int, *, seed: int,
@@ -159,8 +199,8 @@ def plan_capacity(num_pos: np.ndarray, num_seen: np.ndarray, num_items: int, *, 
   """Static buffer sizes that fit every round ``0..rounds-1`` of a run.
 
   Replays the round's client sampling and lane packing (the same jax functions)
-  and rounds the maxima up coarsely (slots to 1024, client slots to 64, lane steps
-  to 16), so runs of similar size share compiled programs.
+  and rounds the maxima up coarsely (slots to 1024, client widths to 64, lane
+  steps to 16), so runs of similar size share compiled programs.
   """
   num_users = len(num_pos)
   slots, steps = client_sizes(num_pos, num_seen, num_items, neg_ratio=neg_ratio,
@@ -175,10 +215,10 @@ def plan_capacity(num_pos: np.ndarray, num_seen: np.ndarray, num_items: int, *, 
     return sampled, jnp.max(lane_schedule(steps_dev[sampled], num_lanes)[1][:, -1])
 
   sampled, lane_steps = jax.device_get(replay(jnp.arange(rounds)))
-  round_up = lambda x, g: int(-(-int(x) // g) * g)
-  return Capacity(slot_capacity=round_up(slots[sampled].sum(axis=1).max(), 1024),
-                  max_client_slots=round_up(slots.max(), 64),
-                  max_lane_steps=round_up(lane_steps.max(), 16))
+  per_client = slots[sampled]
+  return Capacity(slot_capacity=_round_up(per_client.sum(axis=1).max(), 1024),
+                  client_buckets=client_buckets(-np.sort(-per_client, axis=1)),
+                  max_lane_steps=_round_up(lane_steps.max(), 16))
 
 
 def _bits(x):
@@ -250,7 +290,7 @@ def make_round(model: RecModel, data: ClientData, config: RoundConfig,
     budget = _bits(bandwidth * hp.round_seconds)
     up_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(key, _UPLINK), sampled)
     up = roundtrip_clients(uplink, deltas, layout.offset, plans.num_slots, budget, up_keys,
-                           max_slots=config.max_client_slots, lossless_bits=dense_table_bits)
+                           buckets=config.client_buckets, lossless_bits=dense_table_bits)
 
     item_update, counts = aggregate_item_updates(
         up.decoded, items_of_slot, slot_ok, num_items=data.num_items, num_clients=m,
@@ -280,11 +320,9 @@ def make_round(model: RecModel, data: ClientData, config: RoundConfig,
 
     seconds = (bits_up + bits_down) / bandwidth + hp.compute_seconds
     new_users = jnp.where(ok[:, None], trained.users, clients.users[sampled])
-    num_actions = (up.payload.num_actions if hasattr(up.payload, "num_actions")
-                   else jnp.full((m,), -1, jnp.int32))
     metrics = RoundMetrics(
         sampled=sampled, loss=trained.loss, bits_up=bits_up, bits_down=bits_down,
-        budget_up=budget, num_actions=num_actions,
+        budget_up=budget, num_actions=up.num_actions,
         error_up=_relative_error(up.decoded, deltas, layout.client, m),
         error_down=_relative_error(down.decoded, jnp.where((counts > 0)[:, None], item_step, 0.0)),
         info_loss=info_loss, touched_items=jnp.sum(counts > 0), skipped=jnp.sum(~ok),

@@ -136,8 +136,12 @@ _POWER_ITERS = 8  # power-iteration steps of the split direction
 _HALF = {"bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+_VMAP_STRATEGIES = ("auto", "sequential", "parallel")
+
+
 @functools.partial(
-    jax.jit, static_argnames=("max_k", "tau_mode", "value_bits", "max_iters", "half_dtype")
+    jax.jit,
+    static_argnames=("max_k", "tau_mode", "value_bits", "max_iters", "half_dtype", "vmap_strategy"),
 )
 def encode(
     grads,
@@ -153,6 +157,7 @@ def encode(
     max_iters: int = 25,
     tol=1e-4,
     half_dtype: str = "bfloat16",
+    vmap_strategy: str = "auto",
 ) -> ActionPayload:
     """Compress ``grads`` ``[n, d]`` into at most ``max_k`` actions within a bit budget.
 
@@ -171,6 +176,16 @@ def encode(
       tol: traced relative Lloyd tolerance (see :func:`kmeans`).
       half_dtype: static, ``"bfloat16"`` (default; f32 exponent range) or
         ``"float16"`` (more mantissa, may flush tiny gradients to 0).
+      vmap_strategy: static; what ``jax.vmap(encode)`` compiles to.
+        ``"parallel"``: ordinary batching (all clients in lock-step through
+        the while loop: every step costs the split test *and* a Lloyd step for
+        everyone, and the loop runs until the slowest client is done).
+        ``"sequential"``: a ``lax.map`` over the batch inside the same
+        program (each client exits its loop early). ``"auto"`` (default):
+        sequential when the default backend is CPU (2-3x faster there, see
+        DESIGN_NOTES.md), parallel otherwise. Results are identical. Note:
+        the batching rule is a ``jax.custom_batching`` rule, so ``encode`` is
+        not reverse-mode differentiable (it is piecewise constant anyway).
 
     Returns:
       :class:`ActionPayload`.
@@ -179,10 +194,40 @@ def encode(
         raise ValueError(f"tau_mode must be 'fixed' or 'auto', got {tau_mode!r}")
     if value_bits not in (16, 32):
         raise ValueError(f"value_bits must be 16 or 32, got {value_bits}")
+    if vmap_strategy not in _VMAP_STRATEGIES:
+        raise ValueError(f"vmap_strategy must be one of {_VMAP_STRATEGIES}, got {vmap_strategy!r}")
     del key
     x = jnp.asarray(grads, jnp.float32)
-    n, d = x.shape
+    n = x.shape[0]
     m = jnp.ones((n,), bool) if mask is None else jnp.asarray(mask, bool)
+    r_rows = jnp.asarray(n if num_index_rows is None else num_index_rows, jnp.int32)
+    args = (
+        x,
+        m,
+        jnp.asarray(budget_bits, jnp.int32),
+        jnp.asarray(tau, jnp.float32),
+        r_rows,
+        jnp.asarray(tol, jnp.float32),
+    )
+    static = dict(max_k=max_k, tau_mode=tau_mode, value_bits=value_bits,
+                  max_iters=max_iters, half_dtype=half_dtype)
+    if vmap_strategy == "auto":
+        vmap_strategy = "sequential" if jax.default_backend() == "cpu" else "parallel"
+    if vmap_strategy == "parallel":
+        return _encode_impl(*args, **static)
+    return _sequential_core(**static)(*args)
+
+
+@functools.lru_cache(maxsize=None)
+def _sequential_core(**static):
+    """``_encode_impl`` with a batching rule that loops (``lax.map``) over the batch."""
+    return jax.custom_batching.sequential_vmap(functools.partial(_encode_impl, **static))
+
+
+def _encode_impl(x, m, budget_bits, tau, r_rows, tol, *, max_k, tau_mode, value_bits,
+                 max_iters, half_dtype):
+    """Single-client encoder on sanitized arguments (see :func:`encode`)."""
+    n, d = x.shape
     finite = jnp.all(jnp.isfinite(x), axis=1)
     x0 = jnp.where(finite[:, None], x, 0.0)
     live = m & finite & jnp.any(x0 != 0, axis=1)
@@ -195,7 +240,6 @@ def encode(
     _, expo = jnp.frexp(jnp.where(amax > 0, amax, 1.0))
     xs = jnp.where(live[:, None], jnp.ldexp(x0, -expo), 0.0)
 
-    r_rows = n if num_index_rows is None else num_index_rows
     k_budget = max_actions_for_budget(budget_bits, r_rows, d, max_k=max_k, value_bits=value_bits)
     k_cap = jnp.minimum(k_budget, n_live)
 
@@ -208,13 +252,14 @@ def encode(
     if tau_mode == "auto":
         tau_eff = auto_tau(coh[0])
     else:
-        tau_eff = jnp.asarray(tau, jnp.float32)
+        tau_eff = tau
     slots = jnp.arange(max_k)
-    x_sq = jnp.sum(xs * xs, axis=1)
+    xc = jnp.where(live[:, None], xs - mean, 0.0)  # centred copy for distances
+    x_sq = jnp.sum(xc * xc, axis=1)
     wx = w[:, None] * xs
     wsum = jnp.maximum(jnp.sum(w), 1e-30)
-    var = jnp.sum(w[:, None] * (xs - mean) ** 2, axis=0) / wsum
-    tol_abs = jnp.asarray(tol, jnp.float32) * jnp.mean(var)
+    var = jnp.sum(w[:, None] * xc**2, axis=0) / wsum
+    tol_abs = tol * jnp.mean(var)
 
     # One flat loop; every step is either one Lloyd step (E+M) of the current
     # refinement or, once it has converged, the split test (+ a split). Under
@@ -234,10 +279,11 @@ def encode(
         ubar = jnp.sum(xu * mw[:, None], axis=0) / cnt_j
         dev = (xu - ubar) * mw[:, None]
         seed = jnp.argmin(jnp.where(mem, cos, jnp.inf))
-        v = dev[seed]
-        for _ in range(_POWER_ITERS):
+        def power(_, v):
             v = dev.T @ (dev @ v)
-            v = v / jnp.maximum(jnp.sqrt(jnp.sum(v * v)), 1e-30)
+            return v / jnp.maximum(jnp.sqrt(jnp.sum(v * v)), 1e-30)
+
+        v = lax.fori_loop(0, _POWER_ITERS, power, dev[seed])
         side = mem & (dev @ v > 0)
         other = mem & ~side
         n_pos, n_neg = jnp.sum(side), jnp.sum(other)
@@ -249,7 +295,7 @@ def encode(
     def step(s):
         c, prev, k, it, shift, _, coh, cnt = s
         active = slots < k
-        a, md = nearest_centroid(xs, x_sq, c, active)
+        a, md = nearest_centroid(xc, x_sq, c - mean, active)
         a = jnp.where(live, a, -1)
         strict = (it > 0) & ~jnp.any((a != prev) & live)
         converged = (it == 0) & (k == 1) | strict | (it > 0) & (shift <= tol_abs) | (it >= max_iters)

@@ -12,7 +12,8 @@ weight means the row has exactly no influence on the fit), centroids
 
 Conventions
 -----------
-* Distances use the matmul form ``||x||^2 - 2 x.c + ||c||^2`` (clipped at 0).
+* Distances use the matmul form ``||x||^2 - 2 x.c + ||c||^2`` (clipped at 0)
+  on data centred at its weighted mean (less cancellation, as scikit-learn).
   For large ``n`` the rows are processed in blocks of 4096 (two independent
   blocks per step, so XLA:CPU runs them on both cores) so the ``[n, max_k]``
   distance matrix is never materialised.
@@ -272,18 +273,21 @@ def kmeans(
     n, d = x.shape
     k = jnp.clip(jnp.asarray(max_k if k is None else k, jnp.int32), 1, max_k)
     active = jnp.arange(max_k) < k
+    # Work on data centred at the weighted mean (as scikit-learn does): the
+    # matmul-form distances lose less precision; results are shifted back.
+    wsum = jnp.maximum(jnp.sum(w), 1e-30)
+    mean = jnp.sum(w[:, None] * x, axis=0) / wsum
+    x = jnp.where(finite[:, None], x - mean, 0.0)
     if init_centroids is None:
         c0, _ = kmeans_plusplus(x, key, max_k=max_k, k=k, weights=w)
     else:
-        c0 = jnp.asarray(init_centroids, jnp.float32)
+        c0 = jnp.asarray(init_centroids, jnp.float32) - mean
     c0 = jnp.where(active[:, None], c0, 0.0)
 
     x_sq = jnp.sum(x * x, axis=1)
     wx = w[:, None] * x
     pos = w > 0
-    wsum = jnp.maximum(jnp.sum(w), 1e-30)
-    mean = jnp.sum(wx, axis=0) / wsum
-    var = jnp.sum(w[:, None] * (x - mean) ** 2, axis=0) / wsum
+    var = jnp.sum(w[:, None] * x**2, axis=0) / wsum
     tol_abs = jnp.asarray(tol, jnp.float32) * jnp.mean(var)
 
     def cond(s):
@@ -305,4 +309,5 @@ def kmeans(
     a, _ = nearest_centroid(x, x_sq, c, active)
     inertia = jnp.sum(w * jnp.sum((x - c[a]) ** 2, axis=1))
     a = jnp.where(finite, a, -1)
+    c = jnp.where(active[:, None], c + mean, 0.0)
     return KMeansResult(c, a, active, inertia, iters)

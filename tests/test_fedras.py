@@ -1,0 +1,88 @@
+"""FedRAS in the round: exactness at a large budget, per-client budgets, exact bits."""
+import chex
+import jax
+import numpy as np
+import optax
+import pytest
+
+from fedras_jax import quantize
+from fedras_jax.compress import fedras, identity
+from fedras_jax.federated import RoundHParams, init_states, make_round
+from fedras_jax.models import get_model
+
+from test_round import HP, M, config
+
+DIM = 8
+
+
+def run(synthetic, uplink, downlink=None, bandwidth=None, rounds=2, aggregation="inverse_frequency"):
+  model = get_model("mf", dim=DIM)
+  cfg = config(synthetic, aggregation)
+  server, clients = init_states(model, synthetic.num_users, synthetic.num_items, optax.sgd(1.0),
+                                seed=0, bandwidth=bandwidth)
+  round_fn = jax.jit(chex.assert_max_traces(
+      make_round(model, synthetic.data, cfg, uplink=uplink, downlink=downlink), n=1))
+  out = []
+  for _ in range(rounds):
+    server, clients, metrics = round_fn(server, clients, HP)
+    out.append(jax.device_get(metrics))
+  return server, clients, out
+
+
+@pytest.fixture(scope="module")
+def uncompressed(synthetic):
+  return run(synthetic, identity(synthetic.num_items))
+
+
+def test_actions_with_a_budget_for_every_row_equal_the_uncompressed_round(synthetic, uncompressed):
+  # tau > 1: split until the budget's K; a budget for >= 32 actions covers every
+  # client's distinct rows, so each row becomes its own action and decodes exactly.
+  exact = fedras(synthetic.num_items, max_k=32, tau=2.0, tau_mode="fixed", dense_fallback=False)
+  server, clients, metrics = run(synthetic, exact, exact)
+  server_u, clients_u, _ = uncompressed
+  np.testing.assert_allclose(server.items, server_u.items, atol=1e-6)
+  np.testing.assert_allclose(clients.users, clients_u.users, atol=1e-6)
+  assert all(float(m.info_loss) < 1e-5 for m in metrics)
+  assert all(np.all(m.num_actions > 1) for m in metrics), "the action path was exercised"
+
+
+def test_dense_fallback_is_exact_when_rows_fit(synthetic, uncompressed):
+  server, clients, metrics = run(synthetic, fedras(synthetic.num_items, max_k=4))
+  np.testing.assert_allclose(server.items, uncompressed[0].items, atol=1e-6)
+  assert all(np.all(m.num_actions == 0) for m in metrics), "every client went dense"
+
+
+def test_per_client_budgets_set_k_and_bits_in_one_compiled_round(synthetic):
+  dense = synthetic.num_items * DIM * 32
+  bandwidth = dense / np.array([2, 4, 8, 2, 4, 8, 2, 4, 8, 16], np.float32)
+  comp = fedras(synthetic.num_items, max_k=16, tau=2.0, tau_mode="fixed", dense_fallback=False)
+  _, _, metrics = run(synthetic, comp, identity(synthetic.num_items), bandwidth=bandwidth,
+                      rounds=3)
+  budgets_seen = set()
+  for m in metrics:
+    assert np.all(m.bits_up <= m.budget_up), "a client exceeded its budget"
+    k_budget = np.array([int(quantize.max_actions_for_budget(int(b), synthetic.num_items, DIM,
+                                                             max_k=16)) for b in m.budget_up])
+    assert np.all(m.num_actions <= k_budget)
+    # K follows the budget: the budget's K unless the client has fewer live rows.
+    live = m.num_actions < k_budget
+    assert np.all(m.num_actions[~live] == k_budget[~live])
+    expected_bits = [int(quantize.payload_bits(int(k), synthetic.num_items, DIM))
+                     for k in m.num_actions]
+    np.testing.assert_array_equal(m.bits_up, expected_bits)
+    budgets_seen.update(m.budget_up.tolist())
+  assert len(budgets_seen) >= 3, "clients of one round had different budgets"
+
+
+def test_fluctuation_changes_budgets_within_bounds(synthetic):
+  dense = synthetic.num_items * DIM * 32
+  bandwidth = np.full(synthetic.num_users, dense / 4, np.float32)
+  model = get_model("mf", dim=DIM)
+  server, clients = init_states(model, synthetic.num_users, synthetic.num_items, optax.sgd(1.0),
+                                seed=0, bandwidth=bandwidth)
+  round_fn = jax.jit(make_round(model, synthetic.data, config(synthetic),
+                                uplink=fedras(synthetic.num_items, max_k=8)))
+  _, _, metrics = round_fn(server, clients, HP._replace(fluctuation=0.3))
+  budget = np.asarray(metrics.budget_up)
+  assert np.all(budget >= np.floor(0.7 * dense / 4)) and np.all(budget <= 1.3 * dense / 4)
+  assert len(np.unique(budget)) == M
