@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from fedras_jax.federated.client_data import ClientData
 from fedras_jax.federated.local_data import ClientPlan, minibatch, slot_item
@@ -156,14 +157,12 @@ class PackedOutput(NamedTuple):
 class LaneBatches(NamedTuple):
   """Every iteration's work, precomputed: ``client [T, W]`` (M for an idle lane);
   ``flat``, ``items``, ``labels``, ``valid``: ``[T, W, B]`` flat slot, item id,
-  label and validity of each minibatch position; num_iters: iterations the
-  longest lane needs (``<= T``)."""
+  label and validity of each minibatch position."""
   client: jax.Array
   flat: jax.Array
   items: jax.Array
   labels: jax.Array
   valid: jax.Array
-  num_iters: jax.Array
 
 
 def lane_batches(plans: ClientPlan, layout: SlotLayout, slot_items, *, num_lanes: int,
@@ -188,25 +187,20 @@ def lane_batches(plans: ClientPlan, layout: SlotLayout, slot_items, *, num_lanes
   flat = layout.offset[client][..., None] + local
   valid = valid & busy[..., None]
   return LaneBatches(client=jnp.where(busy, client, m), flat=flat, items=slot_items[flat],
-                     labels=labels, valid=valid, num_iters=jnp.max(ends[:, -1]))
+                     labels=labels, valid=valid)
 
 
-def packed_client_updates(model: RecModel, hp: LocalHParams, plans: ClientPlan,
-                          layout: SlotLayout, slot_items: jax.Array, item_table, dense,
-                          users, *, num_lanes: int, max_iters: int,
-                          batch_size: int) -> PackedOutput:
-  """``client_update`` for ``M`` clients at once (see the module docstring).
+def run_lanes(model: RecModel, hp: LocalHParams, work: LaneBatches, item_table, dense, users,
+              num_slots: int) -> PackedOutput:
+  """Runs the lanes of ``work`` (any subset of lanes) to completion.
 
-  Args:
-    plans: a batch of ``M`` plans; layout/slot_items: the flat slots ``[S]`` and
-      their items; item_table: ``[I, item_dim]``; dense: shared dense params;
-      users: ``[M, user_dim]`` the clients' private rows.
-    max_iters: static bound on the longest lane's step count (see ``lane_schedule``).
+  Returns the new rows of the clients these lanes own (others unchanged), their
+  slot deltas ``[num_slots, d]`` (zero elsewhere) and loss sums (zero elsewhere).
   """
   m = users.shape[0]
-  work = lane_batches(plans, layout, slot_items, num_lanes=num_lanes, max_iters=max_iters,
-                      batch_size=batch_size)
   client_dense = jax.tree.map(lambda p: jnp.broadcast_to(p, (m,) + p.shape), dense)
+  busy = work.valid.any(axis=2)  # [T, W]
+  num_iters = jnp.max(jnp.where(busy, jnp.arange(busy.shape[0])[:, None] + 1, 0))
 
   def lane_step(user, rows, dense_c, labels, valid):
     return local_step(model, hp, user, rows, dense_c, labels, valid)
@@ -227,11 +221,62 @@ def packed_client_updates(model: RecModel, hp: LocalHParams, plans: ClientPlan,
     loss_sum = loss_sum.at[client].add(loss, mode="drop")
     return t + 1, users, deltas, dense_c, loss_sum
 
-  deltas = jnp.zeros((slot_items.shape[0], item_table.shape[1]), item_table.dtype)
+  deltas = jnp.zeros((num_slots, item_table.shape[1]), item_table.dtype)
   init = (jnp.int32(0), users, deltas, client_dense, jnp.zeros(m, jnp.float32))
   _, users, deltas, new_dense, loss_sum = jax.lax.while_loop(
-      lambda c: c[0] < work.num_iters, body, init)
-  return PackedOutput(
-      users=users, deltas=deltas,
-      dense_deltas=jax.tree.map(jnp.subtract, new_dense, client_dense),
-      loss=loss_sum / jnp.maximum(plans.num_steps, 1))
+      lambda c: c[0] < num_iters, body, init)
+  return PackedOutput(users=users, deltas=deltas,
+                      dense_deltas=jax.tree.map(jnp.subtract, new_dense, client_dense),
+                      loss=loss_sum)
+
+
+def _sharded_run_lanes(model, hp, work, item_table, dense, users, num_slots, mesh, axis):
+  """``run_lanes`` with the lanes split over ``mesh[axis]``; exact ``psum`` merge.
+
+  Every client belongs to exactly one lane, hence one device: the other devices
+  contribute exact zeros to its rows, deltas and loss.
+  """
+  lane_spec = jax.tree.map(lambda x: P(None, axis) if x.ndim >= 2 else P(), work)
+
+  def local(work, item_table, dense, users):
+    out = run_lanes(model, hp, work, item_table, dense, users, num_slots)
+    m = users.shape[0]
+    owned = jnp.zeros((m,), bool).at[work.client.reshape(-1)].set(True, mode="drop")
+    own = lambda new, old: jnp.where(owned.reshape((-1,) + (1,) * (new.ndim - 1)), new, 0)
+    return PackedOutput(
+        users=jax.lax.psum(own(out.users, users), axis),
+        deltas=jax.lax.psum(out.deltas, axis),
+        dense_deltas=jax.tree.map(lambda d: jax.lax.psum(own(d, d), axis), out.dense_deltas),
+        loss=jax.lax.psum(out.loss, axis))
+
+  return jax.shard_map(local, mesh=mesh, in_specs=(lane_spec, P(), P(), P()), out_specs=P(),
+                       check_vma=False)(work, item_table, dense, users)
+
+
+def packed_client_updates(model: RecModel, hp: LocalHParams, plans: ClientPlan,
+                          layout: SlotLayout, slot_items: jax.Array, item_table, dense,
+                          users, *, num_lanes: int, max_iters: int, batch_size: int,
+                          mesh=None, axis: str = "clients") -> PackedOutput:
+  """``client_update`` for ``M`` clients at once (see the module docstring).
+
+  Args:
+    plans: a batch of ``M`` plans; layout/slot_items: the flat slots ``[S]`` and
+      their items; item_table: ``[I, item_dim]``; dense: shared dense params;
+      users: ``[M, user_dim]`` the clients' private rows.
+    max_iters: static bound on the longest lane's step count (see ``lane_schedule``).
+    mesh: optional ``jax.sharding.Mesh``; lanes are split over its ``axis``
+      (``num_lanes`` must be a multiple of that axis' size).
+  Returns:
+    ``PackedOutput``; ``loss`` is each client's mean loss over its steps.
+  """
+  work = lane_batches(plans, layout, slot_items, num_lanes=num_lanes, max_iters=max_iters,
+                      batch_size=batch_size)
+  if mesh is None:
+    out = run_lanes(model, hp, work, item_table, dense, users, slot_items.shape[0])
+  else:
+    if num_lanes % mesh.shape[axis]:
+      raise ValueError(f"num_lanes={num_lanes} is not a multiple of the {mesh.shape[axis]} "
+                       f"devices of mesh axis {axis!r}")
+    out = _sharded_run_lanes(model, hp, work, item_table, dense, users, slot_items.shape[0],
+                             mesh, axis)
+  return out._replace(loss=out.loss / jnp.maximum(plans.num_steps, 1))

@@ -1,0 +1,16 @@
+"""Local training sharded over 8 simulated CPU devices equals the single-device round."""
+import os
+import pathlib
+import subprocess
+import sys
+
+
+def test_sharded_round_equals_single_device():
+  script = pathlib.Path(__file__).with_name("sharded_round_check.py")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                        timeout=600, env=env)
+  assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+  assert "identity: sharded over 8 devices == single device" in proc.stdout
+  assert "fedras: sharded over 8 devices == single device" in proc.stdout
