@@ -13,6 +13,7 @@ so a round depends only on (seed, round, state): reruns are bit-identical and a
 resumed run continues exactly.
 """
 import dataclasses
+import functools
 import itertools
 from typing import Any, NamedTuple
 
@@ -193,28 +194,31 @@ def client_buckets(sorted_slots: np.ndarray, max_buckets: int = 3, granule: int 
   return best[1]
 
 
-def plan_capacity(num_pos: np.ndarray, num_seen: np.ndarray, num_items: int, *, seed: int,
+def plan_capacity(num_pos: np.ndarray, num_seen: np.ndarray, num_items: int, *, seed,
                   rounds: int, clients_per_round: int, local_epochs: int, batch_size: int,
                   neg_ratio: int, num_lanes: int) -> Capacity:
   """Static buffer sizes that fit every round ``0..rounds-1`` of a run.
 
   Replays the round's client sampling and lane packing (the same jax functions)
   and rounds the maxima up coarsely (slots to 1024, client widths to 64, lane
-  steps to 16), so runs of similar size share compiled programs.
+  steps to 16), so runs of similar size share compiled programs. ``seed`` may be
+  a sequence: the sizes then fit the runs of every seed (a vmapped sweep).
   """
   num_users = len(num_pos)
   slots, steps = client_sizes(num_pos, num_seen, num_items, neg_ratio=neg_ratio,
                               epochs=local_epochs, batch_size=batch_size)
-  base = jax.random.key(seed)
   steps_dev = jnp.asarray(steps, jnp.int32)
 
   @jax.jit
-  @jax.vmap
-  def replay(r):
+  @functools.partial(jax.vmap, in_axes=(None, 0))
+  def replay(base, r):
     sampled = round_clients(base, r, num_users, clients_per_round)
     return sampled, jnp.max(lane_schedule(steps_dev[sampled], num_lanes)[1][:, -1])
 
-  sampled, lane_steps = jax.device_get(replay(jnp.arange(rounds)))
+  seeds = [seed] if np.ndim(seed) == 0 else list(seed)
+  replays = [jax.device_get(replay(jax.random.key(s), jnp.arange(rounds))) for s in seeds]
+  sampled = np.concatenate([r[0] for r in replays])
+  lane_steps = np.concatenate([r[1] for r in replays])
   per_client = slots[sampled]
   return Capacity(slot_capacity=_round_up(per_client.sum(axis=1).max(), 1024),
                   client_buckets=client_buckets(-np.sort(-per_client, axis=1)),

@@ -1,0 +1,119 @@
+"""Whole training runs batched with ``vmap``: seeds x traced hyper-parameters.
+
+Every hyper-parameter that does not change a shape is a traced value of the
+round (``RoundHParams``) or of the client state (bandwidth), so ``P`` runs that
+differ only in those and in their seed compile into ONE round program, ``vmap``-ed
+over a leading run axis. Shape-changing settings (dim, model, method, clients per
+round) are separate programs: call ``sweep`` once per grid point of those.
+"""
+import dataclasses
+import itertools
+import time
+from typing import Callable, Dict, List, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fedras_jax import data as data_lib
+from fedras_jax.compress import dense_bits
+from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams,
+                                  client_data_from_split, init_states, make_round,
+                                  plan_capacity)
+from fedras_jax.federated.bandwidth import draw_bandwidth
+from fedras_jax.metrics import make_evaluate
+from fedras_jax.training import TrainConfig, build_compressors, build_model
+
+SWEEPABLE = ("user_lr", "item_lr", "dense_lr", "weight_decay", "fluctuation", "payload_ratio")
+
+
+def grid_points(grid: Dict[str, Sequence[float]]) -> List[Dict[str, float]]:
+  """The cartesian product of ``grid`` as a list of ``{name: value}``."""
+  for name in grid:
+    if name not in SWEEPABLE:
+      raise ValueError(f"cannot vmap over {name!r}: sweepable are {SWEEPABLE}")
+  names = list(grid)
+  return [dict(zip(names, values)) for values in itertools.product(*grid.values())]
+
+
+def sweep(base: TrainConfig, seeds: Sequence[int], grid: Dict[str, Sequence[float]],
+          log: Callable[[str], None] = print) -> List[dict]:
+  """Trains ``len(seeds) * len(grid points)`` runs of ``base`` in one program.
+
+  Returns one dict per run: its seed, its grid values, final HR@K/NDCG@K.
+  """
+  base.validate()
+  points = grid_points(grid) or [{}]
+  runs = [(s, p) for p in points for s in seeds]
+  configs = [dataclasses.replace(base, seed=s, **p) for s, p in runs]
+  for c in configs:
+    c.validate()
+  split = data_lib.load_dataset(base.dataset, base.data_dir, seed=base.seed,
+                                download=base.download)
+  model = build_model(base)
+  capacity = plan_capacity(
+      split.num_train_per_user, np.diff(split.seen_indptr), split.num_items,
+      seed=list(seeds), rounds=base.rounds, clients_per_round=base.clients_per_round,
+      local_epochs=base.local_epochs, batch_size=base.batch_size, neg_ratio=base.neg_ratio,
+      num_lanes=base.num_lanes)
+  round_config = RoundConfig(
+      clients_per_round=base.clients_per_round, local_epochs=base.local_epochs,
+      batch_size=base.batch_size, neg_ratio=base.neg_ratio, num_lanes=base.num_lanes,
+      aggregation=base.aggregation, **capacity._asdict())
+  server_opt = optax.sgd(base.server_lr)
+  dense_round_bits = dense_bits(split.num_items, model.item_dim)
+  # Static compressor bounds come from the largest payload ratio of the sweep.
+  uplink, downlink = build_compressors(
+      dataclasses.replace(base, payload_ratio=max(c.payload_ratio for c in configs)),
+      split.num_items, model.item_dim)
+  round_fn = make_round(model, client_data_from_split(split), round_config, server_opt,
+                        uplink=uplink, downlink=downlink)
+
+  def bandwidth_of(c):
+    ratio = 1.0 if c.method == "uncompressed" and c.bandwidth == "uniform" else c.payload_ratio
+    return draw_bandwidth(c.bandwidth, split.num_users, dense_round_bits, seed=c.seed,
+                          payload_ratio=ratio,
+                          tiers=[float(t) for t in c.bandwidth_tiers.split(",")],
+                          sigma=c.bandwidth_sigma)
+
+  states = [init_states(model, split.num_users, split.num_items, server_opt, seed=c.seed,
+                        bandwidth=bandwidth_of(c)) for c in configs]
+  server, clients = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+  hp = RoundHParams(
+      local=LocalHParams(*(jnp.asarray([getattr(c, f) for c in configs], jnp.float32)
+                           for f in ("user_lr", "item_lr", "dense_lr", "weight_decay"))),
+      fluctuation=jnp.asarray([c.fluctuation for c in configs], jnp.float32),
+      round_seconds=jnp.ones(len(configs), jnp.float32),
+      compute_seconds=jnp.asarray([c.compute_seconds for c in configs], jnp.float32),
+      downlink_budget_bits=jnp.asarray([c.payload_ratio * dense_round_bits for c in configs],
+                                       jnp.float32))
+  batched_round = jax.jit(jax.vmap(round_fn), donate_argnums=(0, 1))
+  evaluate = make_evaluate(model, split.test_item, split.test_negatives)
+  batched_eval = jax.jit(jax.vmap(evaluate))
+  start = time.time()
+  for r in range(1, base.rounds + 1):
+    server, clients, _ = batched_round(server, clients, hp)
+    if not base.quiet and (r % base.eval_every == 0 or r == base.rounds):
+      hr = np.asarray(batched_eval(clients.users, server.items, server.dense)["hr@10"])
+      log(f"round {r}/{base.rounds}: HR@10 mean {hr.mean():.4f} (min {hr.min():.4f}, "
+          f"max {hr.max():.4f}) over {len(runs)} runs, {time.time() - start:.0f}s")
+  scores = jax.device_get(batched_eval(clients.users, server.items, server.dense))
+  return [dict(seed=s, **p, **{k: float(v[i]) for k, v in scores.items()})
+          for i, (s, p) in enumerate(runs)]
+
+
+def summarize(results: List[dict], metrics=("hr@10", "ndcg@10")) -> List[dict]:
+  """One row per grid point: mean and std over seeds of each metric."""
+  keys = [k for k in results[0] if k not in ("seed",) and not k.startswith(("hr@", "ndcg@"))]
+  groups = {}
+  for row in results:
+    groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+  out = []
+  for values, rows in groups.items():
+    summary = dict(zip(keys, values), seeds=len(rows))
+    for m in metrics:
+      v = np.array([r[m] for r in rows])
+      summary[f"{m}_mean"], summary[f"{m}_std"] = float(v.mean()), float(v.std())
+    out.append(summary)
+  return out
