@@ -11,6 +11,12 @@ A compressor is a NamedTuple of pure functions on one client's update matrix:
 
 ``lossless`` marks compressors with ``decode(encode(x)) == x`` that send the dense
 float32 update; the round then skips their encode/decode and counts the dense size.
+
+``on_embeddings`` marks compressors that code the receiver's NEW rows rather than
+the update (e.g. K-Means of item embeddings): ``roundtrip``/``roundtrip_clients``
+then need ``base_rows`` (the rows the update applies to), encode ``rows +
+base_rows`` and return ``decoded - base_rows`` on the rows the payload's ``sent``
+``[n]`` bool field marks (0 elsewhere: rows not sent keep their base row).
 """
 from typing import Any, Callable, NamedTuple
 
@@ -23,6 +29,7 @@ class Compressor(NamedTuple):
   encode: Callable[..., Any]
   decode: Callable[[Any], jax.Array]
   lossless: bool = False
+  on_embeddings: bool = False  # codes base_rows + update (see the module docstring)
 
 
 def dense_bits(num_rows: int, dim: int, value_bits: int = 32) -> int:

@@ -20,18 +20,39 @@ def _num_actions(payload, shape):
   return getattr(payload, "num_actions", jnp.full(shape, -1, jnp.int32))
 
 
+def _check_base(compressor: Compressor, base_rows):
+  if compressor.on_embeddings and base_rows is None:
+    raise ValueError(f"compressor {compressor.name!r} codes embeddings (on_embeddings=True): "
+                     "pass base_rows, the rows the update applies to")
+
+
+def _encode_decode(compressor: Compressor, rows, mask, budget_bits, key, base_rows):
+  """One matrix's ``(payload, decoded update)``; ``base_rows`` only for on_embeddings."""
+  if not compressor.on_embeddings:
+    payload = compressor.encode(rows, mask, budget_bits, key)
+    return payload, compressor.decode(payload)
+  payload = compressor.encode(rows + base_rows, mask, budget_bits, key)
+  decoded = compressor.decode(payload) - base_rows
+  return payload, jnp.where(payload.sent[:, None], decoded, 0.0)
+
+
 def roundtrip(compressor: Compressor, rows, mask, budget_bits, key, *,
-              lossless_bits: int) -> Roundtrip:
-  """encode then decode one matrix ``rows [n, d]`` (a lossless one is skipped)."""
+              lossless_bits: int, base_rows=None) -> Roundtrip:
+  """encode then decode one matrix ``rows [n, d]`` (a lossless one is skipped).
+
+  base_rows: ``[n, d]`` the rows the update applies to (e.g. the item table); needed
+  by (only used for) ``on_embeddings`` compressors.
+  """
+  _check_base(compressor, base_rows)
   if compressor.lossless:
     return Roundtrip(jnp.where(mask[:, None], rows, 0.0), jnp.int32(lossless_bits),
                      jnp.int32(-1))
-  payload = compressor.encode(rows, mask, budget_bits, key)
-  return Roundtrip(compressor.decode(payload), payload.bits, _num_actions(payload, ()))
+  payload, decoded = _encode_decode(compressor, rows, mask, budget_bits, key, base_rows)
+  return Roundtrip(decoded, payload.bits, _num_actions(payload, ()))
 
 
 def roundtrip_clients(compressor: Compressor, flat_rows, offset, num_slots, budget_bits,
-                      keys, *, buckets, lossless_bits: int) -> Roundtrip:
+                      keys, *, buckets, lossless_bits: int, base_rows=None) -> Roundtrip:
   """Compresses each client's rows of a flat slot buffer, ``vmap``-ed over clients.
 
   Args:
@@ -41,10 +62,14 @@ def roundtrip_clients(compressor: Compressor, flat_rows, offset, num_slots, budg
       ``count`` largest remaining clients are padded to ``width`` rows (widths
       must bound their clients' ``num_slots``; see ``plan_capacity``). Padding
       every client to the largest one wastes most of a quantizer's work.
+    base_rows: ``[S, d]`` flat like ``flat_rows``: the rows each slot's update
+      applies to (the slot's item row); needed by (only used for) ``on_embeddings``
+      compressors.
   Returns:
     decoded ``[S, d]`` in the same flat layout, bits ``[M]``, num_actions ``[M]``.
   """
   m = offset.shape[0]
+  _check_base(compressor, base_rows)
   if compressor.lossless:
     return Roundtrip(flat_rows, jnp.full((m,), lossless_bits, jnp.int32),
                      jnp.full((m,), -1, jnp.int32))
@@ -62,9 +87,13 @@ def roundtrip_clients(compressor: Compressor, flat_rows, offset, num_slots, budg
     local = jnp.arange(width)
     index = offset[clients, None] + local[None, :]
     mask = local[None, :] < num_slots[clients, None]
-    rows = jnp.where(mask[..., None], flat_rows[jnp.minimum(index, capacity - 1)], 0.0)
-    payload = jax.vmap(compressor.encode)(rows, mask, budget_bits[clients], keys[clients])
-    decoded = jax.vmap(compressor.decode)(payload)
+    gather = jnp.minimum(index, capacity - 1)
+    rows = jnp.where(mask[..., None], flat_rows[gather], 0.0)
+    base = None if not compressor.on_embeddings else jnp.where(mask[..., None],
+                                                               base_rows[gather], 0.0)
+    payload, decoded = jax.vmap(
+        lambda r, msk, b, k, base: _encode_decode(compressor, r, msk, b, k, base))(
+            rows, mask, budget_bits[clients], keys[clients], base)
     target = jnp.where(mask, index, capacity)
     decoded_flat = decoded_flat.at[target.reshape(-1)].add(
         decoded.reshape(-1, decoded.shape[-1]), mode="drop")

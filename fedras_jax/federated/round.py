@@ -298,7 +298,8 @@ def make_round(model: RecModel, data: ClientData, config: RoundConfig,
     budget = _bits(bandwidth * hp.round_seconds)
     up_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(key, _UPLINK), sampled)
     up = roundtrip_clients(uplink, deltas, layout.offset, plans.num_slots, budget, up_keys,
-                           buckets=config.client_buckets, lossless_bits=dense_table_bits)
+                           buckets=config.client_buckets, lossless_bits=dense_table_bits,
+                           base_rows=server.items[items_of_slot] if uplink.on_embeddings else None)
 
     item_update, counts = aggregate_item_updates(
         up.decoded, items_of_slot, slot_ok, num_items=data.num_items, num_clients=m,
@@ -312,7 +313,8 @@ def make_round(model: RecModel, data: ClientData, config: RoundConfig,
     item_step, dense_step = updates
 
     down = roundtrip(downlink, item_step, counts > 0, _bits(hp.downlink_budget_bits),
-                     jax.random.fold_in(key, _DOWNLINK), lossless_bits=dense_table_bits)
+                     jax.random.fold_in(key, _DOWNLINK), lossless_bits=dense_table_bits,
+                     base_rows=server.items if downlink.on_embeddings else None)
     if uplink.lossless and downlink.lossless:
       info_loss = jnp.float32(0.0)
     else:  # The same state's update had nothing been compressed.

@@ -1,0 +1,90 @@
+"""Embedding clustering: K-Means on the item EMBEDDINGS, not on their update.
+
+The baseline FedRAS argues against: the sender clusters its new item rows
+(``base rows + update``) into ``K`` centroids and sends the centroids plus one
+index per catalog row; the receiver replaces each sent row by its centroid, so the
+implied update is ``centroid - base row``. Embeddings of different items are far
+apart compared with one round's update, so at the same ``K`` the implied update is
+dominated by the clustering error of the embeddings themselves.
+
+The payload is priced exactly like FedRAS's actions
+(``quantize.payload_bits(K, num_index_rows, d, value_bits)``: ``K * d * value_bits``
+for the centroids plus ``ceil(log2(K + 1))`` bits per catalog row), ``K`` the
+largest that fits the (traced) budget (``quantize.max_actions_for_budget``), at
+most the static ``max_k`` and at most the number of live rows; empty clusters are
+dropped before counting. ``K = 0`` (no budget) sends nothing: every row keeps its
+base embedding (update 0).
+
+The compressor sets ``on_embeddings=True``: ``roundtrip``/``roundtrip_clients``
+pass it ``rows + base_rows`` and turn its decode back into an update (``decoded -
+base_rows`` on the rows ``payload.sent`` marks, 0 elsewhere). Called directly,
+``encode`` takes embedding rows and ``decode`` returns reconstructed embedding rows
+(0 for rows not sent).
+"""
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fedras_jax import quantize
+from fedras_jax.compress.base import Compressor
+
+
+class EmbeddingKMeansPayload(NamedTuple):
+  """centroids ``[max_k, d]`` (slots ``>= num_actions`` zero); indices ``[n]`` int32
+  (``quantize.NO_UPDATE`` = -1 for rows not sent); sent ``[n]`` bool (``indices >=
+  0``); num_actions: K; bits: ``quantize.payload_bits(K, R, d, value_bits)``."""
+  centroids: jax.Array
+  indices: jax.Array
+  sent: jax.Array
+  num_actions: jax.Array
+  bits: jax.Array
+
+
+def embedding_kmeans(num_index_rows: int, *, max_k: int, value_bits: int = 32,
+                     max_iters: int = 50) -> Compressor:
+  """K-Means of the embedding rows behind the compressor contract (``on_embeddings``).
+
+  Args:
+    num_index_rows: rows that carry an index (the catalog size).
+    max_k: static number of centroid slots.
+    value_bits: 32, or 16 (centroids rounded to bfloat16).
+    max_iters: Lloyd iteration bound (``quantize.kmeans``; k-means++ seeding).
+  """
+  if value_bits not in (16, 32):
+    raise ValueError(f"value_bits must be 16 or 32, got {value_bits}")
+  if max_k < 1:
+    raise ValueError(f"max_k must be >= 1, got {max_k}")
+
+  def encode(rows, mask, budget_bits, key):
+    n, d = rows.shape
+    x = jnp.asarray(rows, jnp.float32)
+    live = mask & jnp.all(jnp.isfinite(x), axis=1)
+    n_live = jnp.sum(live, dtype=jnp.int32)
+    k_budget = quantize.max_actions_for_budget(budget_bits, num_index_rows, d, max_k=max_k,
+                                               value_bits=value_bits)
+    k = jnp.minimum(k_budget, n_live)
+    fit = quantize.kmeans(x, key, max_k=max_k, k=jnp.maximum(k, 1),
+                          weights=live.astype(jnp.float32), max_iters=max_iters)
+    # Compact the non-empty clusters into slots 0..K-1 (duplicate rows leave some empty).
+    slot = jnp.clip(fit.assignment, 0, max_k - 1)
+    count = jax.ops.segment_sum(live.astype(jnp.int32), slot, num_segments=max_k)
+    keep = fit.active & (count > 0) & (k > 0)
+    new_pos = jnp.cumsum(keep.astype(jnp.int32)) - 1
+    num_actions = jnp.sum(keep, dtype=jnp.int32)
+    centroids = jnp.zeros((max_k, d), jnp.float32).at[jnp.where(keep, new_pos, max_k)].set(
+        fit.centroids, mode="drop")
+    if value_bits == 16:
+      big = float(jnp.finfo(jnp.bfloat16).max)
+      centroids = jnp.clip(centroids, -big, big).astype(jnp.bfloat16).astype(jnp.float32)
+    sent = live & (fit.assignment >= 0) & keep[slot]
+    indices = jnp.where(sent, new_pos[slot], quantize.NO_UPDATE).astype(jnp.int32)
+    return EmbeddingKMeansPayload(
+        centroids=centroids, indices=indices, sent=sent, num_actions=num_actions,
+        bits=quantize.payload_bits(num_actions, num_index_rows, d, value_bits).astype(jnp.int32))
+
+  def decode(payload: EmbeddingKMeansPayload):
+    rows = payload.centroids[jnp.clip(payload.indices, 0, payload.centroids.shape[0] - 1)]
+    return jnp.where(payload.sent[:, None], rows, 0.0)
+
+  return Compressor(name="embedding_kmeans", encode=encode, decode=decode, on_embeddings=True)

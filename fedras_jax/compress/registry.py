@@ -1,0 +1,96 @@
+"""Compressors by name, with static bounds derived from the payload ratio.
+
+``make_compressor(name, num_items, item_dim, payload_ratio=...)`` builds one
+compressor for a ``[num_items, item_dim]`` item table. The static bounds (buffer
+sizes) come from the nominal budget ``payload_ratio * dense_bits(num_items,
+item_dim)`` (what a uniform-bandwidth client gets; larger budgets are capped by
+them, and the reported bits are then below the budget):
+
+* fedras, fedras_fixed_k, embedding_kmeans: ``max_k`` (when 0) is the budget's K
+  (``quantize.max_actions_for_budget``) rounded up to a multiple of 16, in
+  ``[16, 128]`` (the rule ``training.build_compressors`` uses).
+* topk: ``max_entries`` = the budget's entry count rounded up to a multiple of 64,
+  in ``[64, num_items * item_dim]``.
+* svd: ``max_rank`` = the budget's rank rounded up to a multiple of 8, in
+  ``[1, item_dim]`` (the SVD's cost does not depend on it).
+"""
+from fedras_jax import quantize
+from fedras_jax.compress.base import Compressor, dense_bits, identity
+from fedras_jax.compress.embedding_kmeans import embedding_kmeans
+from fedras_jax.compress.fedras import fedras
+from fedras_jax.compress.svd import svd, svd_bits
+from fedras_jax.compress.topk import topk, topk_bits
+
+COMPRESSORS = ("uncompressed", "identity", "fedras", "fedras_fixed_k", "topk", "svd",
+               "embedding_kmeans")
+
+FIXED_K_TAU = 2.0  # > 1: no cluster is ever coherent enough, so K is always the budget's
+
+
+def _round_up(x: int, granule: int) -> int:
+  return -(-int(x) // granule) * granule
+
+
+def nominal_budget_bits(num_items: int, item_dim: int, payload_ratio: float) -> int:
+  """``payload_ratio * dense_bits(num_items, item_dim)`` as an int (floor)."""
+  return int(payload_ratio * dense_bits(num_items, item_dim))
+
+
+def auto_max_k(num_items: int, item_dim: int, payload_ratio: float, value_bits: int = 32) -> int:
+  """The budget's K rounded up to a multiple of 16, in ``[16, 128]``."""
+  k = int(quantize.max_actions_for_budget(nominal_budget_bits(num_items, item_dim, payload_ratio),
+                                          num_items, item_dim, max_k=4096,
+                                          value_bits=value_bits))
+  return min(128, max(16, _round_up(k, 16)))
+
+
+def auto_max_entries(num_items: int, item_dim: int, payload_ratio: float,
+                     value_bits: int = 32) -> int:
+  """The budget's TopK entry count rounded up to a multiple of 64, in ``[64, n * d]``."""
+  budget = nominal_budget_bits(num_items, item_dim, payload_ratio)
+  k = budget // topk_bits(1, num_items, item_dim, value_bits=value_bits)
+  return max(1, min(num_items * item_dim, max(64, _round_up(k, 64))))
+
+
+def auto_max_rank(num_items: int, item_dim: int, payload_ratio: float,
+                  value_bits: int = 32) -> int:
+  """The budget's SVD rank rounded up to a multiple of 8, in ``[1, item_dim]``."""
+  budget = nominal_budget_bits(num_items, item_dim, payload_ratio)
+  r = budget // svd_bits(1, num_items, item_dim, value_bits)
+  return max(1, min(item_dim, _round_up(max(r, 1), 8)))
+
+
+def make_compressor(name: str, num_items: int, item_dim: int, *, payload_ratio: float,
+                    max_k: int = 0, tau: float = 0.9, tau_mode: str = "auto",
+                    value_bits: int = 32) -> Compressor:
+  """The compressor ``name`` (one of ``COMPRESSORS``) for a ``[num_items, item_dim]`` table.
+
+  Args:
+    payload_ratio: nominal budget as a fraction of the dense float32 table; sets the
+      static bounds (module docstring). The per-client budget itself is traced.
+    max_k: action slots of fedras / fedras_fixed_k / embedding_kmeans (0: auto).
+    tau, tau_mode: FedRAS's split test (ignored by the others; fedras_fixed_k uses
+      ``tau=2.0, tau_mode="fixed"``).
+    value_bits: 32 or 16 bits per sent value (ignored by uncompressed).
+  """
+  if name not in COMPRESSORS:
+    raise ValueError(f"unknown compressor {name!r}; choose one of {COMPRESSORS}")
+  if name in ("uncompressed", "identity"):
+    return identity(num_items)
+  if not 0 < payload_ratio:
+    raise ValueError(f"payload_ratio must be positive, got {payload_ratio}")
+  if max_k == 0:
+    max_k = auto_max_k(num_items, item_dim, payload_ratio, value_bits)
+  if name == "fedras":
+    return fedras(num_items, max_k=max_k, tau=tau, tau_mode=tau_mode, value_bits=value_bits)
+  if name == "fedras_fixed_k":
+    comp = fedras(num_items, max_k=max_k, tau=FIXED_K_TAU, tau_mode="fixed",
+                  value_bits=value_bits)
+    return comp._replace(name="fedras_fixed_k")
+  if name == "embedding_kmeans":
+    return embedding_kmeans(num_items, max_k=max_k, value_bits=value_bits)
+  if name == "topk":
+    return topk(num_items, max_entries=auto_max_entries(num_items, item_dim, payload_ratio,
+                                                        value_bits), value_bits=value_bits)
+  return svd(num_items, max_rank=auto_max_rank(num_items, item_dim, payload_ratio, value_bits),
+             value_bits=value_bits)

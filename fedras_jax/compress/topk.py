@@ -1,0 +1,148 @@
+"""TopK sparsification: the ``k`` largest-magnitude entries of the update.
+
+A client sends ``k`` (value, index) pairs; every other entry decodes to zero. An
+index addresses one entry of the catalog-wide ``[num_index_rows, d]`` update, so it
+costs ``ceil(log2(num_index_rows * d))`` bits::
+
+    bits = k * (value_bits + ceil(log2(R * d)))          (R = num_index_rows)
+
+``topk_bits(..., int32_indices=True)`` gives the convention most papers use
+(``k * (value_bits + 32)``). ``k`` is the largest count that fits the client's
+(traced) budget, at most the static ``max_entries`` and at most the number of
+non-zero entries (sending zeros would be wasted bits), so ``bits <= budget``.
+
+Selection (``method``; both select the same entries, ties to the lowest flat
+positions):
+
+* ``"top_k"`` (default): ``lax.top_k`` on the flattened ``|values|``, its first
+  ``k`` of the static ``E = min(max_entries, n * d)`` kept (values gathered).
+* ``"threshold"``: the k-th largest ``|value|`` found by bisection on its float32
+  bit pattern (non-negative floats order like their int32 patterns): 31 counting
+  passes over the ``n * d`` entries, no sort, then a ``nonzero`` compaction.
+
+Measured on XLA:CPU (2 shared, loaded cores; encode + decode under ``vmap``):
+64 clients of ``[512, 64]``: top_k 95 ms at ``E = 2304`` (ML-100K at ratio 1/32),
+200 ms at ``E = 8192``; threshold ~210 ms for either. 16 clients of ``[2048, 64]``:
+top_k 60 ms at ``E = 2304``, 280 ms at ``E = 32768``; threshold 210 to 330 ms.
+``lax.top_k``'s cost grows with ``E``, the bisection's does not: the sort wins at
+the budgets of interest, hence the default.
+"""
+import numbers
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from fedras_jax.compress.base import Compressor
+
+METHODS = ("top_k", "threshold")
+
+
+def index_bits_for(num_entries: int) -> int:
+  """``ceil(log2(num_entries))``: bits to address one of ``num_entries`` (Python int)."""
+  return max(int(num_entries) - 1, 0).bit_length()
+
+
+def topk_bits(k, n, d, int32_indices: bool = False, value_bits: int = 32):
+  """Exact size of ``k`` (value, index) pairs into an ``[n, d]`` matrix.
+
+  ``k * (value_bits + ceil(log2(n * d)))``, or ``k * (value_bits + 32)`` with
+  ``int32_indices`` (the papers' convention). Python int for a Python ``k``,
+  else an int32 array.
+  """
+  per_entry = int(value_bits) + (32 if int32_indices else index_bits_for(int(n) * int(d)))
+  if isinstance(k, numbers.Integral):
+    return max(int(k), 0) * per_entry
+  return jnp.maximum(jnp.asarray(k, jnp.int32), 0) * jnp.int32(per_entry)
+
+
+def entries_for_budget(budget_bits, num_index_rows: int, dim: int, *, max_entries: int,
+                       value_bits: int = 32):
+  """Largest ``k <= max_entries`` with ``topk_bits(k) <= budget_bits`` (traced int32)."""
+  per_entry = topk_bits(1, num_index_rows, dim, value_bits=value_bits)
+  k = jnp.maximum(jnp.asarray(budget_bits, jnp.int32), 0) // jnp.int32(per_entry)
+  return jnp.minimum(k, max_entries).astype(jnp.int32)
+
+
+class TopKPayload(NamedTuple):
+  """values ``[E]`` float32 and indices ``[E]`` int32 (flat ``row * d + col``; -1 in
+  unused slots), ``E = min(max_entries, n * d)`` static; num_entries: k; bits:
+  exact size; layout: ``[n, d, 0]`` (no data, carries the decoded shape)."""
+  values: jax.Array
+  indices: jax.Array
+  num_entries: jax.Array
+  bits: jax.Array
+  layout: jax.Array
+
+
+def _threshold_select(mag, k):
+  """``[N]`` bool: the ``k`` largest of ``mag`` (>= 0, finite), ties to lower positions."""
+  keys = lax.bitcast_convert_type(mag, jnp.int32)  # monotone for non-negative floats
+
+  def bit(i, t):
+    cand = t | (jnp.int32(1) << (30 - i))
+    return jnp.where(jnp.sum(keys >= cand, dtype=jnp.int32) >= k, cand, t)
+
+  # The largest t with count(keys >= t) >= k (k >= 1 and k <= nnz, so t > 0).
+  t = lax.fori_loop(0, 31, bit, jnp.int32(0))
+  above = keys > t
+  ties = keys == t
+  room = k - jnp.sum(above, dtype=jnp.int32)
+  tie_rank = jnp.cumsum(ties.astype(jnp.int32))
+  return (above | (ties & (tie_rank <= room))) & (k > 0)
+
+
+def _round_values(values, value_bits):
+  if value_bits == 16:
+    big = float(jnp.finfo(jnp.bfloat16).max)
+    return jnp.clip(values, -big, big).astype(jnp.bfloat16).astype(jnp.float32)
+  return values
+
+
+def topk(num_index_rows: int, *, max_entries: int, value_bits: int = 32,
+         method: str = "top_k") -> Compressor:
+  """TopK sparsification behind the compressor contract.
+
+  Args:
+    num_index_rows: rows an index can address (the catalog size).
+    max_entries: static bound on ``k`` (the payload buffer size).
+    value_bits: 32, or 16 (values rounded to bfloat16).
+    method: ``"top_k"`` (``lax.top_k``, default) or ``"threshold"`` (bisection); see
+      the module docstring.
+  """
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+  if value_bits not in (16, 32):
+    raise ValueError(f"value_bits must be 16 or 32, got {value_bits}")
+  if max_entries < 1:
+    raise ValueError(f"max_entries must be >= 1, got {max_entries}")
+
+  def encode(rows, mask, budget_bits, key):
+    del key
+    n, d = rows.shape
+    x = jnp.asarray(rows, jnp.float32)
+    x = jnp.where(mask[:, None] & jnp.isfinite(x), x, 0.0).reshape(-1)
+    mag = jnp.abs(x)
+    slots = min(max_entries, n * d)
+    nnz = jnp.sum(mag > 0, dtype=jnp.int32)
+    k = jnp.minimum(entries_for_budget(budget_bits, num_index_rows, d, max_entries=slots,
+                                       value_bits=value_bits), nnz)
+    keep = jnp.arange(slots) < k
+    if method == "top_k":  # sorted by magnitude, ties to lower positions
+      _, flat = lax.top_k(mag, slots)
+    else:  # selected entries in position order
+      sel = _threshold_select(mag, k)
+      flat = jnp.nonzero(sel, size=slots, fill_value=0)[0]
+    indices = jnp.where(keep, flat, -1).astype(jnp.int32)
+    values = jnp.where(keep, x[flat], 0.0)
+    return TopKPayload(values=_round_values(values, value_bits), indices=indices, num_entries=k,
+                       bits=topk_bits(k, num_index_rows, d, value_bits=value_bits),
+                       layout=jnp.zeros((n, d, 0), jnp.float32))
+
+  def decode(payload: TopKPayload):
+    n, d, _ = payload.layout.shape
+    idx = jnp.where(payload.indices >= 0, payload.indices, n * d)
+    return jnp.zeros((n * d,), jnp.float32).at[idx].set(payload.values, mode="drop").reshape(n, d)
+
+  return Compressor(name="topk", encode=encode, decode=decode)

@@ -1,0 +1,337 @@
+"""TopK, SVD and embedding clustering behind the compressor contract.
+
+Every test shares a few compiled functions per compressor: ``BATCH`` clients of
+``[N, D]`` rows (``jit(vmap(encode -> decode))``, each client its own traced budget)
+and one single-client ``jit``.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedras_jax import quantize
+from fedras_jax.compress import (COMPRESSORS, embedding_kmeans, make_compressor, roundtrip,
+                                 roundtrip_clients, svd, svd_bits, topk, topk_bits)
+from fedras_jax.compress import registry
+
+N, D, R, BATCH = 24, 6, 40, 8  # rows per client, width, catalog rows, clients per call
+MAX_K = 16
+ENTRY_BITS = 32 + 8  # a value + ceil(log2(R * D)) = ceil(log2(240)) = 8
+RANK_BITS = (R + 1 + D) * 32
+
+COMPS = {
+    "topk": topk(R, max_entries=N * D),
+    "topk_threshold": topk(R, max_entries=N * D, method="threshold"),
+    "svd": svd(R, max_rank=D),
+    "svd_lapack": svd(R, max_rank=D, method="lapack"),
+    "embedding_kmeans": embedding_kmeans(R, max_k=MAX_K),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def batched(name):
+  comp = COMPS[name]
+
+  def one(rows, mask, budget, key):
+    payload = comp.encode(rows, mask, budget, key)
+    return payload, comp.decode(payload)
+
+  return jax.jit(jax.vmap(one))
+
+
+@functools.lru_cache(maxsize=None)
+def single(name):
+  comp = COMPS[name]
+  return jax.jit(lambda rows, mask, budget, key: comp.decode(comp.encode(rows, mask, budget, key)))
+
+
+def size(name, payload):
+  """The size parameter the payload was priced by: k, r or K."""
+  if name.startswith("topk"):
+    return payload.num_entries
+  if name.startswith("svd"):
+    return payload.rank
+  return payload.num_actions
+
+
+def data(seed=0, live=(24, 20, 16, 12, 24, 8, 3, 0)):
+  """``[BATCH, N, D]`` rows, ``[BATCH, N]`` masks with ``live`` leading rows; rows
+  beyond the mask hold garbage (they must not matter)."""
+  rng = np.random.default_rng(seed)
+  rows = rng.normal(size=(BATCH, N, D)).astype(np.float32)
+  mask = np.arange(N)[None, :] < np.asarray(live)[:, None]
+  return rows, mask
+
+
+def clustered(seed=0, distinct=5):
+  """Rows drawn from ``distinct`` points per client (each of them present)."""
+  rng = np.random.default_rng(seed)
+  centers = rng.normal(size=(BATCH, distinct, D)).astype(np.float32)
+  pick = np.concatenate([np.tile(np.arange(distinct), (BATCH, 1)),
+                         rng.integers(0, distinct, (BATCH, N - distinct))], axis=1)
+  return np.take_along_axis(centers, pick[..., None], axis=1), np.ones((BATCH, N), bool)
+
+
+KEYS = jax.random.split(jax.random.key(7), BATCH)
+
+
+def call(name, rows, mask, budgets):
+  payload, decoded = batched(name)(jnp.asarray(rows), jnp.asarray(mask),
+                                   jnp.asarray(budgets, jnp.int32), KEYS)
+  return jax.device_get(payload), np.asarray(decoded)
+
+
+def rel_err(decoded, rows, mask):
+  target = np.where(mask[..., None], rows, 0.0)
+  return (np.linalg.norm((decoded - target).reshape(len(rows), -1), axis=1)
+          / np.maximum(np.linalg.norm(target.reshape(len(rows), -1), axis=1), 1e-30))
+
+
+def expected_size(name, budget, mask):
+  n_live = int(mask.sum())
+  if name.startswith("topk"):
+    return min(budget // ENTRY_BITS, N * D, n_live * D)
+  if name.startswith("svd"):
+    return min(budget // RANK_BITS, D, n_live)
+  return min(quantize.max_actions_for_budget(int(budget), R, D, max_k=MAX_K), n_live)
+
+
+def formula_bits(name, k):
+  if name.startswith("topk"):
+    return k * ENTRY_BITS
+  if name.startswith("svd"):
+    return k * RANK_BITS
+  return k * D * 32 + R * int(k).bit_length()
+
+
+BUDGETS = [0, 39, 40, 3_000, 3_272, 4_000, 5_760, 10**6]
+
+
+@pytest.mark.parametrize("name", list(COMPS))
+def test_bits_follow_the_formula_and_never_exceed_the_budget(name):
+  rows, mask = data()
+  payload, decoded = call(name, rows, mask, BUDGETS)
+  for c, budget in enumerate(BUDGETS):
+    k = int(size(name, payload)[c])
+    assert k == expected_size(name, budget, mask[c]), (c, budget)
+    assert int(payload.bits[c]) == formula_bits(name, k)
+    assert int(payload.bits[c]) <= budget
+  assert np.all(decoded[~mask] == 0.0), "masked rows decode to zero"
+
+
+def test_bit_formulas_by_hand():
+  assert topk_bits(10, R, D) == 10 * (32 + 8)
+  assert topk_bits(10, R, D, int32_indices=True) == 10 * 64
+  assert topk_bits(3, 1682, 64) == 3 * (32 + 17)  # 1682 * 64 = 107648 < 2**17
+  assert topk_bits(3, 1, 1) == 3 * 32  # a single entry needs no index
+  assert topk_bits(2, 4, 4, value_bits=16) == 2 * (16 + 4)
+  assert int(topk_bits(jnp.int32(5), R, D)) == 200
+  assert svd_bits(2, R, D) == 2 * (R + 1 + D) * 32
+  assert int(svd_bits(jnp.int32(2), R, D, value_bits=16)) == 2 * (R + 1 + D) * 16
+
+
+@pytest.mark.parametrize("name", list(COMPS))
+def test_masked_rows_do_not_matter(name):
+  rows, mask = data(seed=1)
+  clean = np.where(mask[..., None], rows, 0.0)
+  _, decoded = call(name, rows, mask, BUDGETS)
+  _, decoded_clean = call(name, clean, mask, BUDGETS)
+  np.testing.assert_array_equal(decoded, decoded_clean)
+  assert np.all(decoded[~mask] == 0.0)
+
+
+@pytest.mark.parametrize("name", list(COMPS))
+def test_vmap_with_per_client_budgets_equals_a_loop(name):
+  rows, mask = data(seed=2)
+  budgets = [3_000, 500, 10**6, 1_200, 2_000, 40_000, 7_000, 5_000]
+  payload, decoded = call(name, rows, mask, budgets)
+  assert len(set(np.asarray(size(name, payload)).tolist())) >= 3, "budgets set the size"
+  for c in range(BATCH):
+    one = single(name)(rows[c], mask[c], jnp.int32(budgets[c]), KEYS[c])
+    np.testing.assert_allclose(decoded[c], one, rtol=1e-6, atol=1e-6)
+
+
+def test_topk_keeps_the_largest_entries_and_is_exact_with_every_entry():
+  rows, mask = data(seed=3, live=(24,) * BATCH)
+  budgets = [k * ENTRY_BITS for k in (0, 1, 5, 20, 50, 100, 143, 144)]
+  errs = []
+  for name in ("topk", "topk_threshold"):
+    payload, decoded = call(name, rows, mask, budgets)
+    for c, k in enumerate((0, 1, 5, 20, 50, 100, 143, 144)):
+      kept = decoded[c] != 0
+      assert kept.sum() == k
+      # Exact values at the kept entries, none smaller than a dropped one.
+      np.testing.assert_array_equal(decoded[c][kept], rows[c][kept])
+      if 0 < k < N * D:
+        assert np.abs(rows[c][kept]).min() >= np.abs(rows[c][~kept]).max()
+    np.testing.assert_array_equal(decoded[-1], rows[-1])  # k = n * d: exact
+    errs.append(rel_err(decoded, rows, mask))
+  assert np.all(np.diff(errs[0]) <= 0) and errs[0][-1] == 0.0
+  np.testing.assert_array_equal(errs[0], errs[1])
+
+
+def test_topk_methods_agree_on_ties():
+  rng = np.random.default_rng(4)
+  rows = rng.integers(-3, 4, (BATCH, N, D)).astype(np.float32)  # many equal magnitudes
+  mask = np.ones((BATCH, N), bool)
+  budgets = [k * ENTRY_BITS for k in (1, 7, 30, 31, 50, 77, 100, 130)]
+  p_sort, d_sort = call("topk", rows, mask, budgets)
+  p_bisect, d_bisect = call("topk_threshold", rows, mask, budgets)
+  np.testing.assert_array_equal(d_sort, d_bisect)
+  np.testing.assert_array_equal(p_sort.bits, p_bisect.bits)
+
+
+def test_svd_is_exact_at_full_rank_and_error_falls_with_the_rank():
+  rows, mask = data(seed=5, live=(24,) * BATCH)
+  ranks = (0, 1, 2, 3, 4, 5, 6, 6)
+  budgets = [r * RANK_BITS for r in ranks]
+  for name in ("svd", "svd_lapack"):
+    payload, decoded = call(name, rows, mask, budgets)
+    np.testing.assert_array_equal(payload.rank, ranks)
+    np.testing.assert_allclose(decoded[-1], rows[-1], atol=1e-5)
+  # All clients share one matrix: the error is the optimal rank-r error.
+  same = np.broadcast_to(rows[:1], rows.shape)
+  s = np.linalg.svd(rows[0].astype(np.float64), compute_uv=False)
+  optimal = [np.sqrt(np.sum(s[r:] ** 2) / np.sum(s ** 2)) for r in ranks]
+  for name in ("svd", "svd_lapack"):
+    _, decoded = call(name, same, mask, budgets)
+    np.testing.assert_allclose(rel_err(decoded, same, mask), optimal, atol=1e-5)
+
+
+def test_svd_rank_is_capped_by_the_live_rows_and_the_numerical_rank():
+  rng = np.random.default_rng(6)
+  low = (rng.normal(size=(BATCH, N, 2)) @ rng.normal(size=(BATCH, 2, D))).astype(np.float32)
+  live = (24, 24, 24, 24, 3, 2, 1, 0)
+  mask = np.arange(N)[None, :] < np.asarray(live)[:, None]
+  budgets = [10**6] * BATCH
+  for name, rank_of_low in (("svd", None), ("svd_lapack", 2)):
+    payload, decoded = call(name, low, mask, budgets)
+    np.testing.assert_array_equal(payload.rank[4:], [2, 2, 1, 0])
+    if rank_of_low:  # the Gram route may keep near-null components (exact anyway)
+      np.testing.assert_array_equal(payload.rank[:4], rank_of_low)
+    np.testing.assert_array_equal(payload.bits, payload.rank * RANK_BITS)
+    np.testing.assert_allclose(decoded, np.where(mask[..., None], low, 0.0), atol=1e-5)
+
+
+def test_embedding_kmeans_is_exact_with_a_centroid_per_distinct_row():
+  rows, mask = clustered(distinct=5)
+  ks = (0, 1, 2, 3, 4, 5, 8, 16)
+  budgets = [quantize.payload_bits(k, R, D) for k in ks]
+  payload, decoded = call("embedding_kmeans", rows, mask, budgets)
+  # K beyond the 5 distinct rows leaves clusters empty: they are not sent.
+  np.testing.assert_array_equal(payload.num_actions, [min(k, 5) for k in ks])
+  np.testing.assert_array_equal(payload.bits, [quantize.payload_bits(min(k, 5), R, D)
+                                               for k in ks])
+  for c in range(5, BATCH):
+    np.testing.assert_allclose(decoded[c], rows[c], atol=1e-6)
+  assert not payload.sent[0].any() and np.all(decoded[0] == 0.0)
+  assert payload.sent[1:].all()
+
+
+def test_embedding_kmeans_error_falls_as_the_budget_grows():
+  rows, mask = data(seed=8, live=(24,) * BATCH)
+  rows = np.broadcast_to(rows[:1], rows.shape)  # one matrix, growing budgets
+  ks = (1, 2, 3, 4, 6, 8, 12, 16)
+  _, decoded = call("embedding_kmeans", rows, mask, [quantize.payload_bits(k, R, D) for k in ks])
+  err = rel_err(decoded, rows, mask)
+  assert np.all(np.diff(err) <= 1e-6), err
+
+
+def test_embedding_kmeans_roundtrip_clients_returns_updates():
+  comp = COMPS["embedding_kmeans"]
+  rng = np.random.default_rng(9)
+  num_slots = np.array([10, 7, 5], np.int32)
+  offset = np.r_[0, np.cumsum(num_slots)[:-1]].astype(np.int32)
+  capacity = 32
+  table = rng.normal(size=(4, D)).astype(np.float32)  # 4 distinct embeddings
+  items = rng.integers(0, 4, capacity)
+  base = table[items]
+  update = np.zeros((capacity, D), np.float32)
+  update[:num_slots.sum()] = 0.01 * table[items[:num_slots.sum()]]  # same item, same update
+
+  def pad(x):  # the first client's slots, padded to 16 rows: one matrix for roundtrip
+    return np.pad(x[:10], ((0, 6), (0, 0)))
+
+  @jax.jit
+  def run(budgets):
+    clients = roundtrip_clients(comp, jnp.asarray(update), jnp.asarray(offset),
+                                jnp.asarray(num_slots), budgets, KEYS[:3], buckets=((3, 16),),
+                                lossless_bits=0, base_rows=jnp.asarray(base))
+    one = roundtrip(comp, jnp.asarray(pad(update)), jnp.arange(16) < 10, budgets[0], KEYS[0],
+                    lossless_bits=0, base_rows=jnp.asarray(pad(base)))
+    return clients, one
+
+  big = quantize.payload_bits(4, R, D)
+  out, one = run(jnp.array([big, big, 0], jnp.int32))
+  decoded = np.asarray(out.decoded)
+  np.testing.assert_allclose(decoded[:17], update[:17], atol=1e-6)
+  assert np.all(decoded[17:22] == 0.0), "no budget: no update (not -base)"
+  assert np.all(decoded[22:] == 0.0), "slots beyond the clients stay zero"
+  assert np.all(np.asarray(out.bits) <= [big, big, 0]) and int(out.bits[2]) == 0
+  np.testing.assert_array_equal(out.num_actions[2], 0)
+  np.testing.assert_allclose(one.decoded[:10], decoded[:10], atol=1e-6)
+  assert np.all(np.asarray(one.decoded[10:]) == 0.0)
+  # One action: the client's rows collapse to their mean embedding.
+  out, one = run(jnp.full((3,), quantize.payload_bits(1, R, D), jnp.int32))
+  new = base[:10] + update[:10]
+  np.testing.assert_allclose(np.asarray(out.decoded)[:10], new.mean(axis=0) - base[:10],
+                             atol=1e-5)
+  np.testing.assert_allclose(one.decoded[:10], new.mean(axis=0) - base[:10], atol=1e-5)
+
+
+def test_on_embeddings_needs_base_rows():
+  comp = COMPS["embedding_kmeans"]
+  with pytest.raises(ValueError, match="base_rows"):
+    roundtrip(comp, jnp.zeros((4, D)), jnp.ones(4, bool), jnp.int32(100), KEYS[0],
+              lossless_bits=0)
+  with pytest.raises(ValueError, match="base_rows"):
+    roundtrip_clients(comp, jnp.zeros((8, D)), jnp.zeros(1, jnp.int32), jnp.ones(1, jnp.int32),
+                      jnp.ones(1, jnp.int32), KEYS[:1], buckets=((1, 8),), lossless_bits=0)
+
+
+def test_registry_builds_every_compressor_with_budget_derived_bounds():
+  for name in COMPRESSORS:
+    comp = make_compressor(name, 1682, 64, payload_ratio=1 / 32)
+    assert comp.lossless == (name in ("uncompressed", "identity"))
+    assert comp.on_embeddings == (name == "embedding_kmeans")
+  with pytest.raises(ValueError, match="unknown compressor"):
+    make_compressor("zip", 10, 4, payload_ratio=0.5)
+  budget = int(1682 * 64 * 32 / 32)  # 107,648 bits
+  k = quantize.max_actions_for_budget(budget, 1682, 64, max_k=4096)  # 45
+  assert registry.auto_max_k(1682, 64, 1 / 32) == min(128, max(16, -(-k // 16) * 16)) == 48
+  assert registry.auto_max_k(1682, 64, 1.0) == 128
+  assert registry.auto_max_entries(1682, 64, 1 / 32) == 2240  # 107648 // 49 = 2196 -> 2240
+  assert registry.auto_max_entries(10, 4, 1.0) == 40  # capped at n * d
+  assert registry.auto_max_rank(1682, 64, 1 / 32) == 8  # rank 1 -> 8
+  assert registry.auto_max_rank(1682, 64, 1.0) == 64
+
+
+def test_registry_fixed_k_always_uses_the_budgets_k():
+  fixed = make_compressor("fedras_fixed_k", R, D, payload_ratio=1.0, max_k=8)
+  # tau_mode="fixed" like fedras_fixed_k: both share one compiled quantizer (eager calls).
+  adaptive = make_compressor("fedras", R, D, payload_ratio=1.0, max_k=8, tau=0.9,
+                             tau_mode="fixed")
+  rng = np.random.default_rng(10)
+  # Two tight clusters: the adaptive split test stops at 2 actions, fixed K does not.
+  rows = np.concatenate([np.ones((12, D)), -np.ones((12, D))]) + 0.1 * rng.normal(size=(N, D))
+  rows = jnp.asarray(rows, jnp.float32)
+  budget = jnp.int32(quantize.payload_bits(8, R, D))  # below the dense fallback's size
+  ones = jnp.ones(N, bool)
+  p_fixed = fixed.encode(rows, ones, budget, KEYS[0])
+  p_adaptive = adaptive.encode(rows, ones, budget, KEYS[0])
+  assert int(p_fixed.num_actions) == 8 and fixed.name == "fedras_fixed_k"
+  assert int(p_adaptive.num_actions) == 2
+
+
+def test_half_precision_values_are_priced_at_16_bits():
+  rows, mask = data(seed=11)
+  rows, mask = jnp.asarray(rows[0]), jnp.asarray(mask[0])
+  budget = jnp.int32(10**6)
+  p = topk(R, max_entries=N * D, value_bits=16).encode(rows, mask, budget, KEYS[0])
+  assert int(p.bits) == N * D * (16 + 8)
+  p = svd(R, max_rank=D, value_bits=16).encode(rows, mask, budget, KEYS[0])
+  assert int(p.bits) == D * (R + 1 + D) * 16
+  for leaf in (p.u, p.s, p.vt):
+    np.testing.assert_array_equal(leaf, np.asarray(leaf.astype(jnp.bfloat16), np.float32))
