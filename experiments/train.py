@@ -2,12 +2,19 @@
 
     python -m experiments.train                      # FedMF on ML-100K, defaults
     python -m experiments.train --flagfile=configs/ml100k_mf.flags --workdir=/tmp/run
+
+With --workdir the run checkpoints every --checkpoint_every rounds; running the same
+command again resumes it from the newest checkpoint (bit-identical to an uninterrupted
+run). A workdir holding a run with other flags is refused unless --overwrite. Errors
+(bad flags, missing or malformed data, a refused workdir, --on_nonfinite=stop) are
+printed as one line ``error: ...`` with a non-zero exit status.
 """
 import sys
 
 from absl import app
 
 from fedras_jax import flags as flag_lib
+from fedras_jax.data import FetchError
 from fedras_jax.runtime import tune_host_allocator
 from fedras_jax.training import TrainConfig, train
 
@@ -27,7 +34,7 @@ HELP = {
     "weight_decay": "L2 coefficient on the parameters a step touches",
     "server_lr": "server SGD step applied to the aggregated update",
     "aggregation": "inverse_frequency (FedRAS) | fedavg",
-    "method": "fedras (action sharing) | uncompressed",
+    "method": "fedras (action sharing) | fedras_fixed_k | uncompressed | topk | svd | embedding_kmeans",
     "payload_ratio": "payload budget as a fraction of the dense float32 item table (1/32 = 0.03125)",
     "downlink_compression": "compress the server's update too (--nodownlink_compression: dense)",
     "max_k": "static bound on actions per payload (0: from the payload ratio, at most 128)",
@@ -42,8 +49,14 @@ HELP = {
     "num_lanes": "lanes of packed local training (speed only; results do not change)",
     "eval_every": "evaluate every N rounds (and at the end)",
     "seed": "seed of sampling, negatives and initialisation",
-    "workdir": "where metrics.jsonl, metrics.csv and summary.json go",
+    "workdir": "the run's directory: config.json, metrics.jsonl/csv, checkpoints/, summary.json, "
+               "final_params.msgpack; rerunning the same command resumes the run",
     "quiet": "print only the final line",
+    "checkpoint_every": "save a checkpoint every N rounds and at the end (0: never; needs --workdir)",
+    "overwrite": "replace the run in --workdir (default: resume it; refuse if its flags differ)",
+    "download": "fetch missing data files (--nodownload: fail at once, saying where to put them)",
+    "on_nonfinite": "skip (drop clients whose update is non-finite, count and log them) | stop "
+                    "(fail naming the round and the clients)",
     "init_scale": "std of the normal initialisation of embeddings",
 }
 flag_lib.define_flags(TrainConfig, HELP)
@@ -56,8 +69,8 @@ def main(argv):
   try:
     config = flag_lib.config_from_flags(TrainConfig).validate()
     train(config)
-  except (ValueError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
+  except (ValueError, OSError, FetchError, FloatingPointError) as e:
+    sys.exit("error: " + " ".join(str(e).splitlines()))
 
 
 if __name__ == "__main__":

@@ -1,36 +1,82 @@
 """A whole training run: data -> model -> jitted rounds -> evaluation -> files.
 
 ``TrainConfig`` holds every setting of a run (the experiment binaries build it from
-flags); ``train(config)`` runs it and returns the summary. The workdir receives
-``metrics.jsonl`` and ``metrics.csv`` (one row per evaluation) and ``summary.json``
-(final figures and the exact config).
+flags); ``train(config)`` runs it and returns the summary.
+
+The workdir holds the run:
+
+* ``config.json``: the config the run was started with;
+* ``metrics.jsonl`` and ``metrics.csv``: one row per evaluation;
+* ``checkpoints/round_NNNNNN.msgpack``: every ``checkpoint_every`` rounds and at the
+  last round (the newest two are kept): server state, stacked client states, the
+  round counter and the host-side totals, metrics rows so far and best row
+  (see ``fedras_jax.checkpoint``);
+* ``summary.json`` (final figures and the exact config) and ``final_params.msgpack``
+  (users, items, dense of the final model; ``checkpoint.load_params`` reads it).
+
+Re-running the same command resumes from the newest checkpoint; a round depends only
+on (seed, round, state), so the resumed run is bit-identical to an uninterrupted one
+(timing fields aside: ``TIMING_FIELDS``). The metrics files are rewritten from the
+checkpoint's rows, so rows written after it are dropped, not duplicated. A workdir
+holding a run with different flags is refused unless ``overwrite`` (which starts
+over); flags in ``NON_RESULT_FIELDS`` do not change a run's numbers and may differ.
 """
 import csv
 import dataclasses
+import io
 import json
 import math
-import os
 import pathlib
+import sys
 import time
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedras_jax import checkpoint as ckpt_lib
 from fedras_jax import data as data_lib
-from fedras_jax import quantize
-from fedras_jax.compress import dense_bits, fedras, identity
+from fedras_jax.compress import dense_bits, identity
+from fedras_jax.compress.registry import COMPRESSORS, make_compressor
 from fedras_jax.federated import (AGGREGATIONS, LocalHParams, RoundConfig, RoundHParams,
                                   client_data_from_split, init_states, make_round,
                                   plan_capacity)
 from fedras_jax.federated.bandwidth import BANDWIDTHS, draw_bandwidth
+from fedras_jax.federated.round import round_clients
 from fedras_jax.metrics import make_evaluate
 from fedras_jax.models import MODELS, get_model
 
 DATASETS = ("ml-100k", "ml-1m", "ml-1m-raw", "lastfm-2k")
-METHODS = ("fedras", "uncompressed")
+METHODS = tuple(m for m in COMPRESSORS if m != "identity")
+ON_NONFINITE = ("skip", "stop")
+
+# Settings that cannot change a run's numbers: where files are, how much is printed,
+# how often state is saved, whether data may be downloaded, and whether a round with
+# non-finite client updates stops the run (if it does not stop, the numbers are those
+# of "skip"). A workdir whose run differs from the flags only in these is the same run
+# (resumed). Everything else, eval_every and num_lanes included, counts: eval_every
+# decides the rows of metrics.jsonl and the windows their loss/actions average over,
+# and num_lanes changes the packing of local training, hence the compiled program.
+NON_RESULT_FIELDS = frozenset(
+    {"data_dir", "workdir", "quiet", "overwrite", "checkpoint_every", "download",
+     "on_nonfinite"})
+# Row fields that measure wall time (they differ between otherwise identical runs).
+TIMING_FIELDS = ("seconds_per_round", "wall_seconds")
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+PARAMS_FILE = "final_params.msgpack"
+RUN_FILES = ("metrics.jsonl", "metrics.csv", "summary.json", PARAMS_FILE, CONFIG_FILE)
+
+
+class WorkdirError(ValueError):
+  """The workdir holds a run this config must not touch."""
+
+
+class NonFiniteUpdateError(FloatingPointError):
+  """``on_nonfinite="stop"`` and a round had clients with non-finite updates."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +110,15 @@ class TrainConfig:
   bandwidth_sigma: float = 1.0
   fluctuation: float = 0.0
   compute_seconds: float = 0.0
-  num_lanes: int = 16
+  num_lanes: int = 8
   eval_every: int = 25
   seed: int = 0
   workdir: Optional[str] = None
   quiet: bool = False
+  checkpoint_every: int = 50
+  overwrite: bool = False
+  download: bool = True
+  on_nonfinite: str = "skip"
 
   def validate(self):
     """Raises ``ValueError`` naming the first bad setting."""
@@ -86,6 +136,8 @@ class TrainConfig:
         ("bandwidth_tiers", _tiers_ok(self.bandwidth_tiers), "comma-separated positive numbers"),
         ("neg_ratio", self.neg_ratio >= 0, "non-negative"),
         ("init_scale", self.init_scale > 0, "positive"),
+        ("checkpoint_every", self.checkpoint_every >= 0, "non-negative (0: off)"),
+        ("on_nonfinite", self.on_nonfinite in ON_NONFINITE, f"one of {ON_NONFINITE}"),
     ]
     for name in ("dim", "rounds", "clients_per_round", "local_epochs", "batch_size",
                  "num_lanes", "eval_every"):
@@ -107,17 +159,10 @@ def _tiers_ok(text: str) -> bool:
 
 
 def build_compressors(config: TrainConfig, num_items: int, item_dim: int):
-  """``(uplink, downlink)`` compressors of ``config.method``."""
-  if config.method == "uncompressed":
-    return identity(num_items), identity(num_items)
-  max_k = config.max_k
-  if max_k == 0:  # the largest K the payload ratio allows, in multiples of 16, at most 128
-    budget = config.payload_ratio * dense_bits(num_items, item_dim)
-    k = int(quantize.max_actions_for_budget(int(budget), num_items, item_dim, max_k=4096,
-                                            value_bits=config.value_bits))
-    max_k = min(128, max(16, -(-k // 16) * 16))
-  up = fedras(num_items, max_k=max_k, tau=config.tau, tau_mode=config.tau_mode,
-              value_bits=config.value_bits)
+  """``(uplink, downlink)`` compressors of ``config.method`` (see ``compress.registry``)."""
+  up = make_compressor(config.method, num_items, item_dim, payload_ratio=config.payload_ratio,
+                       max_k=config.max_k, tau=config.tau, tau_mode=config.tau_mode,
+                       value_bits=config.value_bits)
   down = up if config.downlink_compression else identity(num_items)
   return up, down
 
@@ -132,15 +177,29 @@ def build_model(config: TrainConfig):
 
 
 class _Writer:
-  """Appends evaluation rows to metrics.jsonl and metrics.csv in the workdir."""
+  """Writes evaluation rows to metrics.jsonl and metrics.csv in the workdir.
 
-  def __init__(self, workdir: Optional[str]):
+  Starts the files over from ``rows`` (the rows a resumed run already has; none for
+  a fresh run), written atomically, then appends one row per ``write``.
+  """
+
+  def __init__(self, workdir: Optional[str], rows=()):
     self.dir = pathlib.Path(workdir) if workdir else None
-    if self.dir:
-      self.dir.mkdir(parents=True, exist_ok=True)
+    self.fields = list(rows[0]) if rows else None
+    if not self.dir:
+      return
+    self.dir.mkdir(parents=True, exist_ok=True)
+    if not rows:
       for name in ("metrics.jsonl", "metrics.csv"):
         (self.dir / name).unlink(missing_ok=True)
-    self.fields = None
+      return
+    ckpt_lib.write_atomic(self.dir / "metrics.jsonl",
+                          "".join(json.dumps(r) + "\n" for r in rows).encode())
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, self.fields, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    ckpt_lib.write_atomic(self.dir / "metrics.csv", text.getvalue().encode())
 
   def write(self, row: dict):
     if not self.dir:
@@ -156,18 +215,117 @@ class _Writer:
       writer.writerow(row)
 
   def summary(self, summary: dict):
-    if not self.dir:
-      return
-    tmp = self.dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, self.dir / "summary.json")
+    if self.dir:
+      ckpt_lib.write_atomic(self.dir / "summary.json", json.dumps(summary, indent=2).encode())
+
+
+# ------------------------------------------------------------------ workdir --
+
+def recorded_config(workdir) -> Optional[dict]:
+  """The config of the run held in ``workdir`` (``config.json``, else the one in
+  ``summary.json``), or None if it holds none."""
+  workdir = pathlib.Path(workdir)
+  for name, get in ((CONFIG_FILE, lambda d: d), ("summary.json", lambda d: d.get("config"))):
+    path = workdir / name
+    if path.exists():
+      try:
+        return get(json.loads(path.read_text()))
+      except (ValueError, AttributeError) as e:
+        raise WorkdirError(f"{path} is not readable JSON ({e}); use --overwrite to start "
+                           "over") from None
+  return None
+
+
+def config_differences(recorded: dict, config: TrainConfig) -> List[str]:
+  """``["--name (workdir X, now Y)", ...]`` for the result-affecting settings of
+  ``config`` that differ from ``recorded`` (a field it lacks: its default)."""
+  out = []
+  for field in dataclasses.fields(config):
+    if field.name in NON_RESULT_FIELDS:
+      continue
+    old, new = recorded.get(field.name, field.default), getattr(config, field.name)
+    if old != new:
+      out.append(f"--{field.name} (workdir {old!r}, now {new!r})")
+  return out
+
+
+def _refuse(workdir, diffs: List[str]):
+  raise WorkdirError(
+      f"--workdir={workdir} holds a run with different flags: {', '.join(diffs)}; rerun "
+      "with its flags to resume it, or add --overwrite to replace it")
+
+
+def clear_run(workdir):
+  """Removes the files of a run from ``workdir`` (other files are left alone)."""
+  workdir = pathlib.Path(workdir)
+  for name in RUN_FILES:
+    (workdir / name).unlink(missing_ok=True)
+  ckpt_dir = workdir / CHECKPOINT_DIR
+  for _, path in ckpt_lib.list_checkpoints(ckpt_dir):
+    path.unlink(missing_ok=True)
+  if ckpt_dir.is_dir():
+    for tmp in ckpt_dir.glob(".round_*.tmp"):
+      tmp.unlink(missing_ok=True)
+    try:
+      ckpt_dir.rmdir()
+    except OSError:  # not empty: someone else's files
+      pass
+
+
+def _prepare_workdir(config: TrainConfig) -> bool:
+  """Checks (or clears, with ``overwrite``) the workdir; True if it may be resumed."""
+  workdir = pathlib.Path(config.workdir)
+  if config.overwrite:
+    clear_run(workdir)
+    return False
+  recorded = recorded_config(workdir)
+  if recorded is not None:
+    diffs = config_differences(recorded, config)
+    if diffs:
+      _refuse(config.workdir, diffs)
+  return True
+
+
+# --------------------------------------------------------------------- run --
+
+def _fresh_host(config: TrainConfig) -> dict:
+  """Host-side state of a run (checkpointed as JSON next to the arrays)."""
+  return dict(config=dataclasses.asdict(config),
+              totals=dict(bits_up=0, bits_down=0, sim_seconds=0.0, skipped=0, info_loss=0.0),
+              window=dict(actions=[], error_up=[], error_down=[]), loss_sum=0.0,
+              loss_rounds=0, rows=[], best=None, train_seconds=0.0, timed_rounds=0,
+              compile_seconds=None, wall_seconds=0.0)
+
+
+def _skipped_users(sampled, rows_before, rows_after, loss, count: int):
+  """Sorted user ids of the ``count`` clients the round dropped, or None if they
+  cannot be told apart. A dropped client keeps its user row bit for bit (a trained
+  one moves); fallback: the clients whose training loss is non-finite."""
+  sampled = np.asarray(sampled)
+  m = len(sampled)
+  same = np.all(np.asarray(rows_before).view(np.uint8).reshape(m, -1)
+                == np.asarray(rows_after).view(np.uint8).reshape(m, -1), axis=1)
+  for mask in (same, ~np.isfinite(np.asarray(loss))):
+    if int(mask.sum()) == count:
+      return sorted(int(u) for u in sampled[mask])
+  return None
 
 
 def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
-  """Runs ``config`` to the end; returns the summary (also written to the workdir)."""
+  """Runs ``config`` to the end (resuming the run in its workdir if there is one);
+  returns the summary (also written to the workdir)."""
   config.validate()
-  say = (lambda *_: None) if config.quiet else log
-  split = data_lib.load_dataset(config.dataset, config.data_dir, seed=config.seed)
+
+  def say(msg: str):
+    if not config.quiet:
+      log(msg)
+      if log is print:
+        sys.stdout.flush()
+
+  workdir = pathlib.Path(config.workdir) if config.workdir else None
+  may_resume = _prepare_workdir(config) if workdir else False
+  split = data_lib.load_dataset(config.dataset, config.data_dir, seed=config.seed,
+                                download=config.download)
   if config.clients_per_round > split.num_users:
     raise ValueError(f"--clients_per_round={config.clients_per_round} exceeds the number of "
                      f"users of {config.dataset} ({split.num_users})")
@@ -201,68 +359,116 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
       fluctuation=config.fluctuation, compute_seconds=config.compute_seconds,
       downlink_budget_bits=float(config.payload_ratio * dense_round_bits))
   evaluate = make_evaluate(model, split.test_item, split.test_negatives)
-  writer = _Writer(config.workdir)
+  m = config.clients_per_round
+  # The user rows of the clients a round will sample (to name the ones it drops).
+  rows_to_sample = jax.jit(
+      lambda key, r, users: users[round_clients(key, r, split.num_users, m)])
 
-  totals = dict(bits_up=0, bits_down=0, sim_seconds=0.0, skipped=0, info_loss=0.0)
-  window = dict(actions=[], error_up=[], error_down=[])
-  best, row, loss_sum, loss_rounds = None, None, 0.0, 0
-  start = time.time()
-  t0 = time.time()
-  server, clients, metrics = round_fn(server, clients, hp)
-  metrics = jax.device_get(metrics)
-  compile_seconds = time.time() - t0
-  train_seconds = 0.0
-  for r in range(1, config.rounds + 1):
-    if r > 1:
-      t0 = time.time()
-      server, clients, metrics = round_fn(server, clients, hp)
-      metrics = jax.device_get(metrics)
-      train_seconds += time.time() - t0
+  host, start_round = _fresh_host(config), 0
+  if may_resume:
+    found = ckpt_lib.restore_latest(workdir / CHECKPOINT_DIR, (server, clients), warn=log)
+    if found is not None:
+      start_round, (server, clients), host, path = found
+      diffs = config_differences(host["config"], config)
+      if diffs:
+        _refuse(config.workdir, diffs)
+      if int(server.round) != start_round:
+        raise ckpt_lib.CheckpointError(f"{path}: server round {int(server.round)} != "
+                                       f"{start_round}")
+      host["config"] = dataclasses.asdict(config)
+      say(f"resuming from round {start_round} of {config.rounds} ({path})")
+  writer = _Writer(config.workdir, host["rows"])
+  if workdir:
+    ckpt_lib.write_atomic(workdir / CONFIG_FILE,
+                          json.dumps(dataclasses.asdict(config), indent=2).encode())
+
+  totals, window = host["totals"], host["window"]
+  wall_before, start = host["wall_seconds"], time.time()
+  compile_seconds = None
+  for r in range(start_round + 1, config.rounds + 1):
+    rows_before = rows_to_sample(server.key, server.round, clients.users)
+    t0 = time.time()
+    server, clients, metrics = round_fn(server, clients, hp)
+    metrics = jax.device_get(metrics)
+    if compile_seconds is None:  # the first round of this process compiles
+      compile_seconds = time.time() - t0
+    else:
+      host["train_seconds"] += time.time() - t0
+      host["timed_rounds"] += 1
+    skipped = int(metrics.skipped)
     totals["bits_up"] += int(np.sum(metrics.bits_up, dtype=np.int64))
-    totals["bits_down"] += int(metrics.bits_down) * config.clients_per_round
+    totals["bits_down"] += int(metrics.bits_down) * m
     totals["sim_seconds"] += float(metrics.sim_seconds)
-    totals["skipped"] += int(metrics.skipped)
+    totals["skipped"] += skipped
     totals["info_loss"] += float(metrics.info_loss)
-    window["actions"].append(metrics.num_actions)
+    window["actions"].append(np.asarray(metrics.num_actions).tolist())
     window["error_up"].append(float(np.mean(metrics.error_up)))
     window["error_down"].append(float(metrics.error_down))
-    loss_sum += float(np.mean(metrics.loss))
-    loss_rounds += 1
-    if not np.isfinite(metrics.loss).all() and totals["skipped"] == 0:
+    host["loss_sum"] += float(np.mean(metrics.loss))
+    host["loss_rounds"] += 1
+    if skipped:
+      ids = _skipped_users(metrics.sampled, rows_before,
+                           np.asarray(clients.users)[np.asarray(metrics.sampled)],
+                           metrics.loss, skipped)
+      what = (f"round {r}: {skipped} of {m} sampled clients sent a non-finite update "
+              + (f"(user ids {ids})" if ids is not None
+                 else f"(among user ids {sorted(int(u) for u in metrics.sampled)})"))
+      if config.on_nonfinite == "stop":
+        raise NonFiniteUpdateError(f"{what}; stopped (--on_nonfinite=stop)")
+      say(f"{what}; skipped them")
+    elif not np.isfinite(metrics.loss).all():
       raise FloatingPointError(f"round {r}: non-finite training loss")
     if r % config.eval_every == 0 or r == config.rounds:
       scores = {k: float(v) for k, v in evaluate(clients.users, server.items, server.dense).items()}
-      per_round = train_seconds / max(r - 1, 1)
-      row = dict(round=r, **scores, loss=loss_sum / loss_rounds,
+      per_round = host["train_seconds"] / host["timed_rounds"] if host["timed_rounds"] else 0.0
+      actions = np.asarray(window["actions"], np.int32)
+      row = dict(round=r, **scores, loss=host["loss_sum"] / host["loss_rounds"],
                  bits_up_total=totals["bits_up"], bits_down_total=totals["bits_down"],
                  compression_up=1.0 - float(np.mean(metrics.bits_up)) / dense_round_bits,
                  compression_down=1.0 - float(metrics.bits_down) / dense_round_bits,
                  bits_up_mean=float(np.mean(metrics.bits_up)),
                  bits_up_max=int(np.max(metrics.bits_up)),
-                 actions_mean=float(np.mean(window["actions"])),
-                 actions_min=int(np.min(window["actions"])),
-                 actions_max=int(np.max(window["actions"])),
+                 actions_mean=float(np.mean(actions)),
+                 actions_min=int(np.min(actions)),
+                 actions_max=int(np.max(actions)),
                  error_up=float(np.mean(window["error_up"])),
                  error_down=float(np.mean(window["error_down"])),
                  info_loss_total=totals["info_loss"],
                  sim_seconds=totals["sim_seconds"], skipped_clients=totals["skipped"],
-                 seconds_per_round=per_round, wall_seconds=time.time() - start)
-      loss_sum, loss_rounds = 0.0, 0
-      window = {k: [] for k in window}
+                 seconds_per_round=per_round,
+                 wall_seconds=wall_before + time.time() - start)
+      host["loss_sum"], host["loss_rounds"] = 0.0, 0
+      for values in window.values():
+        values.clear()
+      host["rows"].append(row)
       writer.write(row)
-      if best is None or row["hr@10"] > best["hr@10"]:
-        best = row
+      if host["best"] is None or row["hr@10"] > host["best"]["hr@10"]:
+        host["best"] = row
       eta = per_round * (config.rounds - r)
+      speed = f"{1 / per_round:.1f} rounds/s" if per_round > 0 else "- rounds/s"
       say(f"round {r:5d}/{config.rounds}  HR@10 {row['hr@10']:.4f}  NDCG@10 {row['ndcg@10']:.4f}"
-          f"  loss {row['loss']:.4f}  {1 / max(per_round, 1e-9):.1f} rounds/s  ETA {eta:.0f}s"
-          f"  up {totals['bits_up'] / 8e6:.1f} MB  K {row['actions_mean']:.1f}"
-          f"  sim {totals['sim_seconds']:.0f}s")
+          f"  loss {row['loss']:.4f}  {speed}  ETA {eta:.0f}s"
+          f"  up {totals['bits_up'] / 8e6:.1f} MB  down {totals['bits_down'] / 8e6:.1f} MB"
+          f"  K {row['actions_mean']:.1f}  sim {totals['sim_seconds']:.0f}s")
+    if workdir and config.checkpoint_every and (r % config.checkpoint_every == 0
+                                                or r == config.rounds):
+      host["wall_seconds"] = wall_before + time.time() - start
+      if host["compile_seconds"] is None:
+        host["compile_seconds"] = compile_seconds
+      ckpt_lib.save(workdir / CHECKPOINT_DIR, r, (server, clients), host)
+
+  row, best = host["rows"][-1], host["best"]
+  if workdir:
+    ckpt_lib.save_params(workdir / PARAMS_FILE,
+                         dict(users=clients.users, items=server.items, dense=server.dense))
+  compile_seconds = compile_seconds if compile_seconds is not None else host["compile_seconds"]
   summary = dict(final=row, best=best, compile_seconds=compile_seconds,
-                 train_seconds=train_seconds,
-                 client_updates_per_second=config.clients_per_round * (config.rounds - 1)
-                 / max(train_seconds, 1e-9),
-                 capacity=capacity._asdict(), config=dataclasses.asdict(config))
+                 train_seconds=host["train_seconds"],
+                 client_updates_per_second=m * host["timed_rounds"]
+                 / max(host["train_seconds"], 1e-9),
+                 capacity=capacity._asdict(), config=dataclasses.asdict(config),
+                 resumed_from_round=start_round or None)
   writer.summary(summary)
   say(f"done: HR@10 {row['hr@10']:.4f}  NDCG@10 {row['ndcg@10']:.4f}  "
-      f"(compile {compile_seconds:.1f}s, {train_seconds:.1f}s training)")
+      f"(compile {compile_seconds or 0.0:.1f}s, {host['train_seconds']:.1f}s training)")
   return summary

@@ -1,0 +1,117 @@
+"""The paper's comparison: methods x payload ratios x models x datasets x seeds.
+
+    python -m experiments.compare --methods=uncompressed,fedras,topk,svd,embedding_kmeans \
+        --ratios=1/8,1/32 --models=mf --datasets=ml-100k --seeds=0 --rounds=300 \
+        --outdir=runs/compare
+
+Every run gets the same rounds, clients per round, learning rates, seeds and test
+candidates (the base flags); one row per run goes to ``compare.csv``, a markdown
+table to ``compare.md`` and, with matplotlib installed, HR@10 against payload ratio
+per method to ``compare.png``. Every other flag is a ``TrainConfig`` flag.
+"""
+import csv
+import dataclasses
+import itertools
+import pathlib
+import sys
+from fractions import Fraction
+
+from absl import app, flags
+
+import experiments.train  # noqa: F401  (defines one flag per TrainConfig field)
+from fedras_jax import flags as flag_lib
+from fedras_jax.runtime import tune_host_allocator
+from fedras_jax.training import TrainConfig, train
+
+flags.DEFINE_string("methods", "uncompressed,fedras,topk,svd,embedding_kmeans", "methods")
+flags.DEFINE_string("ratios", "1/2,1/4,1/8,1/16,1/32,1/64", "payload ratios (fractions)")
+flags.DEFINE_string("models", "mf", "models")
+flags.DEFINE_string("datasets", "ml-100k", "datasets")
+flags.DEFINE_string("seeds", "0", "seeds")
+flags.DEFINE_string("outdir", "runs/compare", "where runs, compare.csv/.md/.png go")
+FLAGS = flags.FLAGS
+
+COLUMNS = ("dataset", "model", "method", "payload_ratio", "seed", "rounds", "final_hr@10",
+           "final_ndcg@10", "best_hr@10", "best_ndcg@10", "bits_up_total", "bits_down_total",
+           "compression_up", "compression_down", "sim_seconds", "train_seconds")
+
+
+def run_row(config: TrainConfig, ratio_text: str) -> dict:
+  summary = train(config)
+  final, best = summary["final"], summary["best"]
+  return {"dataset": config.dataset, "model": config.model, "method": config.method,
+          "payload_ratio": ratio_text, "seed": config.seed, "rounds": config.rounds,
+          "final_hr@10": final["hr@10"], "final_ndcg@10": final["ndcg@10"],
+          "best_hr@10": best["hr@10"], "best_ndcg@10": best["ndcg@10"],
+          "bits_up_total": final["bits_up_total"], "bits_down_total": final["bits_down_total"],
+          "compression_up": final["compression_up"],
+          "compression_down": final["compression_down"], "sim_seconds": final["sim_seconds"],
+          "train_seconds": summary["train_seconds"]}
+
+
+def write_outputs(rows, outdir: pathlib.Path):
+  with open(outdir / "compare.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+  lines = ["| " + " | ".join(COLUMNS[:9]) + " |", "|" + "---|" * 9]
+  for r in rows:
+    lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c])
+                                   for c in COLUMNS[:9]) + " |")
+  (outdir / "compare.md").write_text("\n".join(lines) + "\n")
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    print("matplotlib not installed: no plot (pip install -e '.[plot]')")
+    return
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for method in dict.fromkeys(r["method"] for r in rows):
+    pts = sorted((float(Fraction(r["payload_ratio"])), r["final_hr@10"])
+                 for r in rows if r["method"] == method)
+    ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
+  ax.set_xscale("log", base=2)
+  ax.set_xlabel("payload ratio (of the dense float32 item table)")
+  ax.set_ylabel("HR@10")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(outdir / "compare.png", dpi=120)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  tune_host_allocator()
+  split = lambda s: [x.strip() for x in s.split(",") if x.strip()]
+  try:
+    base = flag_lib.config_from_flags(TrainConfig)
+    ratios = [(r, float(Fraction(r))) for r in split(FLAGS.ratios)]
+  except (ValueError, ZeroDivisionError) as e:
+    sys.exit(f"error: {e}")
+  outdir = pathlib.Path(FLAGS.outdir)
+  outdir.mkdir(parents=True, exist_ok=True)
+  rows = []
+  for dataset, model, method, (ratio_text, ratio), seed in itertools.product(
+      split(FLAGS.datasets), split(FLAGS.models), split(FLAGS.methods), ratios,
+      [int(s) for s in split(FLAGS.seeds)]):
+    if method == "uncompressed" and rows and any(
+        r["method"] == method and r["dataset"] == dataset and r["model"] == model
+        and r["seed"] == seed for r in rows):
+      continue  # the dense baseline does not depend on the ratio
+    name = f"{dataset}_{model}_{method}_{ratio_text.replace('/', 'over')}_s{seed}"
+    config = dataclasses.replace(base, dataset=dataset, model=model, method=method,
+                                 payload_ratio=ratio, seed=seed,
+                                 workdir=str(outdir / name))
+    try:
+      config.validate()
+    except ValueError as e:
+      sys.exit(f"error: {e}")
+    print(f"== {name}", flush=True)
+    rows.append(run_row(config, ratio_text))
+    write_outputs(rows, outdir)  # after every run: nothing is lost if interrupted
+  print((outdir / "compare.md").read_text())
+
+
+if __name__ == "__main__":
+  app.run(main)

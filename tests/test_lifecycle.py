@@ -1,0 +1,307 @@
+"""Runs that survive: kill + resume, determinism, workdir safety, bad input, plots.
+
+All runs are small (ML-100K, uncompressed FedMF, 16 clients, dim 16, <= 30 rounds):
+their cost is mostly XLA compilation (~8 s a run on 2 cores).
+"""
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from fedras_jax import checkpoint, training
+from fedras_jax.federated.round import round_clients
+from fedras_jax.training import (TIMING_FIELDS, NonFiniteUpdateError, TrainConfig, WorkdirError,
+                                 train)
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+RUN = dict(method="uncompressed", rounds=30, clients_per_round=16, dim=16, eval_every=5,
+           checkpoint_every=10)
+TINY = dict(method="uncompressed", rounds=4, clients_per_round=16, dim=16, eval_every=2)
+ML100K_USERS = 943
+
+# The binary, stalled after writing the row of round 15 (past the checkpoint of round
+# 10) so that the test can SIGKILL it mid-run at a known point.
+STALLING_BINARY = """
+import time
+from absl import app
+from fedras_jax import training
+from experiments import train as binary
+write = training._Writer.write
+def stalling_write(self, row):
+  write(self, row)
+  if row["round"] == 15:
+    time.sleep(600)
+training._Writer.write = stalling_write
+app.run(binary.main)
+"""
+
+
+def _flags(data_dir, workdir, **settings):
+  return [f"--data_dir={data_dir}", f"--workdir={workdir}"] + [
+      f"--{k}={v}" for k, v in settings.items()]
+
+
+def _binary(*args, timeout=300, env=None):
+  return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _cached_env(cache_dir):
+  """Environment sharing a persistent XLA compilation cache between processes (the
+  killed and the resumed run load the reference run's executable instead of
+  recompiling it; compiling afresh is covered by the determinism test)."""
+  return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+
+
+def _rows(workdir):
+  return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _untimed(row):
+  return {k: v for k, v in row.items() if k not in TIMING_FIELDS}
+
+
+def _config(data_dir, **settings):
+  return TrainConfig(data_dir=str(data_dir), quiet=True, **settings)
+
+
+@pytest.fixture(scope="module")
+def data_dir(ml100k_path):
+  return ml100k_path.parents[1]
+
+
+@pytest.fixture(scope="module")
+def xla_cache(tmp_path_factory):
+  return tmp_path_factory.mktemp("xla_cache")
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory, xla_cache):
+  """An uninterrupted run of the binary (its workdir; treat it as read-only)."""
+  workdir = tmp_path_factory.mktemp("reference")
+  proc = _binary(*_flags(data_dir, workdir, **RUN), env=_cached_env(xla_cache))
+  assert proc.returncode == 0, proc.stderr
+  (workdir / "stdout.log").write_text(proc.stdout)
+  return workdir
+
+
+def _copy(workdir, tmp_path):
+  return pathlib.Path(shutil.copytree(workdir, tmp_path / "run"))
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(data_dir, reference, tmp_path,
+                                                        xla_cache):
+  workdir = tmp_path / "run"
+  flags = _flags(data_dir, workdir, **RUN)
+  with open(tmp_path / "killed.log", "w") as log:
+    proc = subprocess.Popen([sys.executable, "-c", STALLING_BINARY, *flags], cwd=REPO,
+                            stdout=log, stderr=subprocess.STDOUT, env=_cached_env(xla_cache))
+    try:
+      deadline = time.time() + 240
+      while True:
+        saved = [r for r, _ in checkpoint.list_checkpoints(workdir / "checkpoints")]
+        metrics = workdir / "metrics.jsonl"
+        written = metrics.read_text() if metrics.exists() else ""
+        if saved and max(saved) >= 10 and '"round": 15,' in written:
+          break
+        assert proc.poll() is None, (tmp_path / "killed.log").read_text()
+        assert time.time() < deadline, "no checkpoint within 240 s"
+        time.sleep(0.05)
+      proc.send_signal(signal.SIGKILL)
+    finally:
+      proc.kill()
+      proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  assert [r["round"] for r in _rows(workdir)] == [5, 10, 15]  # 15 is past the checkpoint
+  assert not (workdir / "summary.json").exists()
+
+  resumed = _binary(*flags, env=_cached_env(xla_cache))  # the same command again
+  assert resumed.returncode == 0, resumed.stderr
+  assert "resuming from round 10 of 30" in resumed.stdout
+
+  # No duplicated or lost rows, every number equal to the uninterrupted run's.
+  rows, want = _rows(workdir), _rows(reference)
+  assert [r["round"] for r in rows] == [5, 10, 15, 20, 25, 30]
+  assert [_untimed(r) for r in rows] == [_untimed(r) for r in want]
+  csv_rows = (workdir / "metrics.csv").read_text().splitlines()
+  assert len(csv_rows) == 7 and csv_rows[0].startswith("round,")
+  summary = json.loads((workdir / "summary.json").read_text())
+  expected = json.loads((reference / "summary.json").read_text())
+  assert _untimed(summary["final"]) == _untimed(expected["final"])
+  assert _untimed(summary["best"]) == _untimed(expected["best"])
+  assert summary["resumed_from_round"] == 10 and expected["resumed_from_round"] is None
+  # The final model, bit for bit.
+  assert (workdir / "final_params.msgpack").read_bytes() == \
+      (reference / "final_params.msgpack").read_bytes()
+  params = checkpoint.load_params(workdir / "final_params.msgpack")
+  assert params["users"].shape == (ML100K_USERS, 16) and params["items"].shape == (1682, 16)
+
+
+def test_progress_lines_are_plain_lines(reference):
+  out = (reference / "stdout.log").read_text()
+  assert "\r" not in out
+  lines = [l for l in out.splitlines() if l.startswith("round")]
+  assert len(lines) == 6
+  assert re.match(r"round +30/30  HR@10 0\.\d{4}  NDCG@10 0\.\d{4}  loss \d\.\d{4}  "
+                  r"[\d.]+ rounds/s  ETA \d+s  up [\d.]+ MB  down [\d.]+ MB", lines[-1])
+
+
+def test_same_flags_and_seed_give_identical_metrics(data_dir, reference, tmp_path):
+  # train() in this process against the binary's run of the same flags (another
+  # process, another compilation): every metric and the final model bit for bit.
+  lines = []
+  summary = train(TrainConfig(data_dir=str(data_dir), workdir=str(tmp_path), **RUN),
+                  log=lines.append)
+  expected = json.loads((reference / "summary.json").read_text())
+  for key in ("final", "best"):
+    assert _untimed(summary[key]) == _untimed(expected[key])
+  assert summary["config"] == dict(expected["config"], workdir=str(tmp_path))
+  assert [_untimed(r) for r in _rows(tmp_path)] == [_untimed(r) for r in _rows(reference)]
+  assert (tmp_path / "final_params.msgpack").read_bytes() == \
+      (reference / "final_params.msgpack").read_bytes()
+  assert not any("\r" in l or "\n" in l for l in lines)
+  assert [l.split("/")[0] for l in lines if l.startswith("round")] == [
+      f"round {r:5d}" for r in (5, 10, 15, 20, 25, 30)]
+
+
+def test_rerunning_a_finished_run_resumes_it_without_training(data_dir, reference, tmp_path):
+  workdir = _copy(reference, tmp_path)
+  before = (workdir / "metrics.jsonl").read_text()
+  # data_dir, quiet and checkpoint_every do not count as different flags.
+  summary = train(_config(data_dir, workdir=str(workdir), **dict(RUN, checkpoint_every=7)))
+  assert summary["resumed_from_round"] == 30
+  assert (workdir / "metrics.jsonl").read_text() == before
+  expected = json.loads((reference / "summary.json").read_text())
+  assert summary["final"] == expected["final"]
+
+
+def test_workdir_with_other_flags_is_refused(data_dir, reference, tmp_path):
+  workdir = _copy(reference, tmp_path)
+  before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+  # --data_dir and --quiet may differ; --dim and --rounds may not. The refusal comes
+  # before the data is read (the data_dir here does not exist).
+  proc = _binary(*_flags(tmp_path / "nowhere", workdir, **dict(RUN, dim=32, rounds=31)),
+                 "--quiet")
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: --workdir=") and "--overwrite" in last, last
+  assert "--dim (workdir 16, now 32)" in last and "--rounds (workdir 30, now 31)" in last
+  assert "--data_dir" not in last and "--quiet" not in last
+  assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == before
+  with pytest.raises(WorkdirError, match=r"--seed \(workdir 0, now 1\)"):
+    train(_config(data_dir, workdir=str(workdir), **dict(RUN, seed=1)))
+
+
+def test_overwrite_starts_the_workdir_over(data_dir, reference, tmp_path):
+  workdir = _copy(reference, tmp_path)
+  summary = train(_config(data_dir, workdir=str(workdir), overwrite=True,
+                          **dict(TINY, checkpoint_every=3)))
+  assert summary["resumed_from_round"] is None
+  assert [r["round"] for r in _rows(workdir)] == [2, 4]
+  assert [r for r, _ in checkpoint.list_checkpoints(workdir / "checkpoints")] == [3, 4]
+  assert json.loads((workdir / "config.json").read_text())["rounds"] == 4
+
+
+def _poison_users(monkeypatch, bad):
+  """Makes the user rows of the users ``bad(u)`` NaN at initialisation."""
+  init_states = training.init_states
+
+  def poisoned(*args, **kwargs):
+    server, clients = init_states(*args, **kwargs)
+    ids = np.arange(clients.users.shape[0])
+    return server, clients._replace(users=clients.users.at[bad(ids)].set(np.nan))
+
+  monkeypatch.setattr(training, "init_states", poisoned)
+
+
+def _sampled(round_index, seed=0):
+  return np.asarray(round_clients(jax.random.key(seed), round_index, ML100K_USERS, 16))
+
+
+def test_nonfinite_updates_stop_the_run_naming_round_and_users(data_dir, monkeypatch):
+  _poison_users(monkeypatch, lambda u: u % 4 == 0)
+  expected = sorted(int(u) for u in _sampled(0) if u % 4 == 0)
+  assert expected  # seed 0 samples some of them in round 1
+  with pytest.raises(NonFiniteUpdateError) as e:
+    train(_config(data_dir, on_nonfinite="stop", **TINY))
+  message = str(e.value)
+  assert "\n" not in message
+  assert message.startswith(f"round 1: {len(expected)} of 16 sampled clients sent a "
+                            f"non-finite update (user ids {expected})")
+
+
+def test_nonfinite_updates_are_skipped_counted_and_logged(data_dir, monkeypatch):
+  _poison_users(monkeypatch, lambda u: u % 4 == 0)
+  lines = []
+  summary = train(TrainConfig(data_dir=str(data_dir), **dict(TINY, rounds=2, eval_every=1)),
+                  log=lines.append)
+  per_round = [sum(int(u) % 4 == 0 for u in _sampled(r)) for r in range(2)]
+  assert summary["final"]["skipped_clients"] == sum(per_round) > 0
+  logged = [l for l in lines if "non-finite" in l]
+  assert len(logged) == sum(n > 0 for n in per_round)
+  assert all(l.endswith("skipped them") for l in logged)
+
+
+@pytest.mark.parametrize("setting,message", [
+    (dict(on_nonfinite="ignore"), "--on_nonfinite='ignore' is invalid"),
+    (dict(checkpoint_every=-1), "--checkpoint_every=-1 is invalid"),
+])
+def test_bad_new_settings_are_refused(setting, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    TrainConfig(**setting).validate()
+
+
+def _one_line_error(proc):
+  assert proc.returncode != 0
+  lines = proc.stderr.strip().splitlines()
+  assert lines and lines[-1].startswith("error: "), proc.stderr
+  return lines[-1]
+
+
+def test_missing_data_without_download_is_one_line_error(tmp_path):
+  line = _one_line_error(_binary(f"--data_dir={tmp_path}", "--nodownload", timeout=120))
+  assert f"{tmp_path}/ml-100k/u.data is missing (downloads disabled)" in line
+
+
+def test_malformed_ratings_file_is_one_line_error_naming_file_and_line(tmp_path):
+  ratings = tmp_path / "ml-1m" / "ratings.dat"
+  ratings.parent.mkdir()
+  ratings.write_text("1::1193::5::978300760\n1::oops::3::978302109\n")
+  line = _one_line_error(_binary(f"--data_dir={tmp_path}", "--dataset=ml-1m-raw",
+                                 timeout=120))
+  assert line.startswith(f"error: {ratings}:2: ") and "'oops'" in line
+
+
+def test_plot_writes_a_png(tmp_path):
+  pytest.importorskip("matplotlib")
+  dirs = []
+  for name, scale in (("fedras", 1), ("dense", 32)):
+    workdir = tmp_path / name
+    workdir.mkdir()
+    rows = [dict(round=r, **{"hr@10": 0.1 + r / 100, "ndcg@10": 0.05 + r / 200},
+                 bits_up_total=r * 1000 * scale, bits_down_total=r * 900 * scale,
+                 sim_seconds=r * 0.5 * scale) for r in (5, 10, 15)]
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows)
+                                           + '{"round": 2')  # a torn last line is ignored
+    dirs.append(str(workdir))
+  out = tmp_path / "plots" / "cmp.png"
+  proc = subprocess.run([sys.executable, "-m", "experiments.plot", f"--out={out}", *dirs],
+                        cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  missing = subprocess.run([sys.executable, "-m", "experiments.plot", f"--out={out}",
+                            str(tmp_path / "nothing")], cwd=REPO, capture_output=True,
+                           text=True, timeout=120)
+  assert missing.returncode != 0
+  assert missing.stderr.strip().splitlines()[-1].startswith("error: ")
