@@ -4,16 +4,18 @@ Part 1: this K-Means (jitted Lloyd) vs scikit-learn
 ``KMeans(algorithm="lloyd", n_init=1, init=<same centroids>, max_iter=M,
 tol=0)`` on the same data, same k-means++ initial centroids (drawn once with
 ``sklearn.cluster.kmeans_plusplus``) and the same iteration cap. Reported:
-median wall time (compile time excluded, reported separately) of this
+best-of-R wall time (R interleaved runs; on a shared machine the minimum is
+the least noisy estimate; compile time excluded, reported separately) of this
 ``kmeans``, of ``KMeans.fit`` and of scikit-learn's bare Lloyd loop
 (``_kmeans_single_lloyd`` on the same centred data, i.e. fit() without its
 validation/copy overhead), the ratios sklearn/jax (> 1 = JAX faster), the
-inertia ratio jax/sklearn and the iteration counts. Timed runs are
-interleaved so machine noise hits all alike.
+inertia ratio jax/sklearn and the iteration counts. ``--threads 1`` pins
+both libraries to one thread (the fairer kernel comparison under load).
 
-Part 2: ``encode`` for C client matrices ``[rows, d]`` with per-client budgets:
-one ``jit(vmap(encode))`` call vs C sequential calls of one jitted
-single-client ``encode``.
+Part 2: ``encode`` for C client matrices ``[rows, d]`` (C=256, 32 with
+``--quick``) with per-client budgets: ``jit(vmap(encode))`` with the default
+batching (``lax.map`` on CPU) and with ``vmap_strategy="parallel"`` vs C
+sequential calls of one jitted single-client ``encode``.
 
 Usage::
 
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import jax
@@ -42,13 +43,10 @@ def _data(n, d, k, seed):
     return (centers[lab] + rng.standard_normal((n, d))).astype(np.float32)
 
 
-def _median_time(fn, repeats):
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
+def _time_once(fn):
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def bench_kmeans(sizes, ks, d, iters, repeats, seed=0):
@@ -86,13 +84,14 @@ def bench_kmeans(sizes, ks, d, iters, repeats, seed=0):
                 xc, cc = x - xm, c0 - xm  # fit() centres the data the same way
                 sw = np.ones(n, np.float32)
                 nt = _openmp_effective_n_threads()
-                runs["sk_core"] = lambda: _kmeans_single_lloyd(xc, sw, cc, max_iter=iters, tol=0.0,
-                                                               n_threads=nt)
+                # (it updates centers_init in place: pass a fresh copy every call)
+                runs["sk_core"] = lambda: _kmeans_single_lloyd(xc, sw, cc.copy(), max_iter=iters,
+                                                               tol=0.0, n_threads=nt)
             times = {name: [] for name in runs}
             for _ in range(repeats):  # interleaved
                 for name, run in runs.items():
-                    times[name].append(_median_time(run, 1))
-            med = {name: statistics.median(v) for name, v in times.items()}
+                    times[name].append(_time_once(run))
+            med = {name: min(v) for name, v in times.items()}
             t_core = med.get("sk_core", float("nan"))
             r = dict(
                 n=n, k=k, t_jax=med["jax"], t_fit=med["sk_fit"], t_core=t_core,
@@ -140,8 +139,8 @@ def bench_vmap(clients, n_rows, d, max_k, repeats, seed=0):
     times = {name: [] for name in runs}
     for _ in range(repeats):  # interleaved
         for name, run in runs.items():
-            times[name].append(_median_time(run, 1))
-    med = {name: statistics.median(v) for name, v in times.items()}
+            times[name].append(_time_once(run))
+    med = {name: min(v) for name, v in times.items()}
     seq_name = list(runs)[-1]
     for name in runs:
         first = compile_s[name] - (med[name] if name != seq_name else med[name] / clients)
@@ -166,13 +165,28 @@ def main(argv=None):
     p.add_argument("--clients", type=int, default=256)
     p.add_argument("--client-rows", type=int, default=512)
     p.add_argument("--client-max-k", type=int, default=16)
+    p.add_argument("--threads", type=int, default=None,
+                   help="limit XLA:CPU and scikit-learn/OpenMP to this many threads "
+                        "(must be set before JAX initialises its backend)")
     p.add_argument("--skip-kmeans", action="store_true")
     p.add_argument("--skip-vmap", action="store_true")
     a = p.parse_args(argv)
+    if a.threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(a.threads)
+        if a.threads == 1:
+            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                       " --xla_cpu_multi_thread_eigen=false"
+                                       " intra_op_parallelism_threads=1")
+        try:
+            from threadpoolctl import threadpool_limits
+            threadpool_limits(a.threads)
+        except ImportError:
+            pass
     sizes = a.sizes or ([1000, 20000] if a.quick else [1000, 20000, 200000])
     ks = a.ks or ([16, 64] if a.quick else [16, 64, 256])
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs; "
-          f"d={a.dim}, iteration cap {a.iters}, median of {a.repeats}")
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs "
+          f"(threads: {a.threads or 'all'}); "
+          f"d={a.dim}, iteration cap {a.iters}, best of {a.repeats} interleaved runs")
     if not a.skip_kmeans:
         print("\n| n | K | jax ms | sklearn fit ms | sklearn core ms | fit/jax | core/jax "
               "| inertia jax/sk | iters jax/sk | jax compile s |")

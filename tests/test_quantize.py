@@ -187,6 +187,22 @@ def test_kmeans_reseeds_empty_cluster_at_farthest_point():
     np.testing.assert_array_equal(np.asarray(res.assignment), lab_ref)
 
 
+def test_blocked_distance_path_matches_direct(monkeypatch):
+    from fedras_jax.quantize import lloyd
+
+    rng = np.random.default_rng(18)
+    x = jnp.asarray(rng.standard_normal((300, KD)), jnp.float32)
+    c = jnp.asarray(rng.standard_normal((KMAX, KD)), jnp.float32)
+    active = jnp.arange(KMAX) < 5
+    a_direct = lloyd.nearest_centroid(x, c, active)
+    monkeypatch.setattr(lloyd, "_DIRECT_MAX", 0)
+    monkeypatch.setattr(lloyd, "_BLOCK", 64)  # 300 rows -> 3 steps of 2 blocks, 84 padded rows
+    a_block = lloyd.nearest_centroid(x, c, active)
+    np.testing.assert_array_equal(np.asarray(a_block), np.asarray(a_direct))
+    ref = ((np.asarray(x)[:, None] - np.asarray(c)[None, :5]) ** 2).sum(-1).argmin(1)
+    np.testing.assert_array_equal(np.asarray(a_direct), ref)
+
+
 def test_kmeans_plusplus_finds_separated_blobs():
     rng = np.random.default_rng(4)
     mu = np.eye(KD)[:5] * 50.0

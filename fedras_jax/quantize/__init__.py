@@ -4,7 +4,7 @@ Standalone: depends only on jax/optax, nothing else in ``fedras_jax``.
 
 Modules (one concept each):
 
-* :mod:`~fedras_jax.quantize.kmeans` -- jitted weighted Lloyd K-Means with a
+* :mod:`~fedras_jax.quantize.lloyd` -- jitted weighted Lloyd K-Means with a
   static ``[max_k, d]`` slot buffer, a traced number of live clusters and
   k-means++ seeding.
 * :mod:`~fedras_jax.quantize.bits` -- exact payload bit accounting and the
@@ -49,7 +49,7 @@ from fedras_jax.quantize.bits import (
     payload_bits,
     payload_bits_int32_indices,
 )
-from fedras_jax.quantize.kmeans import (
+from fedras_jax.quantize.lloyd import (
     KMeansResult,
     kmeans,
     kmeans_plusplus,

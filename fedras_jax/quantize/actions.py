@@ -20,12 +20,22 @@ Algorithm of :func:`encode` (all jittable, vmappable; static ``max_k``):
 4. Start with one action, the mean of the live rows. Per-cluster coherence is
    the mean cosine similarity between members and their centroid.
 5. While ``K < k_cap`` and some cluster with >= 2 members has coherence
-   ``< tau``: split the least coherent one -- a new centroid is seeded at its
-   member least aligned (lowest cosine) with its centroid -- and refine all
-   ``K + 1`` centroids with weighted Lloyd (:func:`kmeans` with
-   ``init_centroids``).
+   ``< tau``: split the least coherent one and refine all ``K + 1``
+   centroids with weighted Lloyd (same steps and stopping rule as
+   :func:`~fedras_jax.quantize.lloyd.kmeans`, at most ``max_iters`` per
+   refinement). The split bisects the cluster along the principal direction
+   of its members' unit vectors (power iteration started from the member
+   least aligned with the centroid); the two halves' means become the two
+   new centroids. (Seeding the new centroid *at* the least aligned member,
+   the simpler rule, mostly produces singleton clusters in high dimension.)
 6. Compact: non-empty live clusters move to slots ``0..K-1`` (``active`` is
    a prefix); indices are remapped; ``bits = payload_bits(K, R, d)``.
+   With ``value_bits=16`` the centroids are rounded (after clipping to the
+   format's finite range) to bfloat16 / float16.
+
+Steps 4-5 run as one flat ``lax.while_loop`` whose every step is either one
+Lloyd step or one split test, so batched clients do not wait for each
+other's inner loops.
 
 ``tau_mode="auto"`` replaces ``tau`` by ``cos(theta_1 / 2) =
 sqrt((1 + c_1) / 2)``, where ``c_1`` is the coherence of the single-action
@@ -47,7 +57,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fedras_jax.quantize.bits import max_actions_for_budget, payload_bits
-from fedras_jax.quantize.kmeans import _m_step, nearest_centroid
+from fedras_jax.quantize.lloyd import _m_step, _nearest_prepared, _prepare
 
 __all__ = [
     "NO_UPDATE",
@@ -175,7 +185,8 @@ def encode(
       max_iters: static Lloyd iteration bound per refinement.
       tol: traced relative Lloyd tolerance (see :func:`kmeans`).
       half_dtype: static, ``"bfloat16"`` (default; f32 exponent range) or
-        ``"float16"`` (more mantissa, may flush tiny gradients to 0).
+        ``"float16"`` (more mantissa; tiny values flush to 0, values beyond
+        65504 are clipped).
       vmap_strategy: static; what ``jax.vmap(encode)`` compiles to.
         ``"parallel"``: ordinary batching (all clients in lock-step through
         the while loop: every step costs the split test *and* a Lloyd step for
@@ -255,16 +266,12 @@ def _encode_impl(x, m, budget_bits, tau, r_rows, tol, *, max_k, tau_mode, value_
         tau_eff = tau
     slots = jnp.arange(max_k)
     xc = jnp.where(live[:, None], xs - mean, 0.0)  # centred copy for distances
-    x_sq = jnp.sum(xc * xc, axis=1)
+    prep = _prepare(xc, max_k)
     wx = w[:, None] * xs
     wsum = jnp.maximum(jnp.sum(w), 1e-30)
     var = jnp.sum(w[:, None] * xc**2, axis=0) / wsum
     tol_abs = tol * jnp.mean(var)
 
-    # One flat loop; every step is either one Lloyd step (E+M) of the current
-    # refinement or, once it has converged, the split test (+ a split). Under
-    # vmap, clients thus only wait for the client with the most *total* steps,
-    # not for the slowest refinement of every split round.
     def _bisect(c, a, cos, j, k):
         """Split cluster j along the principal direction of its unit rows.
 
@@ -279,6 +286,7 @@ def _encode_impl(x, m, budget_bits, tau, r_rows, tol, *, max_k, tau_mode, value_
         ubar = jnp.sum(xu * mw[:, None], axis=0) / cnt_j
         dev = (xu - ubar) * mw[:, None]
         seed = jnp.argmin(jnp.where(mem, cos, jnp.inf))
+
         def power(_, v):
             v = dev.T @ (dev @ v)
             return v / jnp.maximum(jnp.sqrt(jnp.sum(v * v)), 1e-30)
@@ -292,16 +300,20 @@ def _encode_impl(x, m, budget_bits, tau, r_rows, tol, *, max_k, tau_mode, value_
         ok = (n_pos > 0) & (n_neg > 0)
         return jnp.where(ok, c.at[j].set(m_neg).at[k].set(m_pos), c.at[k].set(xs[seed]))
 
+    # One flat loop; every step is either one Lloyd step (E+M) of the current
+    # refinement or, once it has converged, the split test (+ a split). Under
+    # vmap, clients thus only wait for the client with the most *total* steps,
+    # not for the slowest refinement of every split round.
     def step(s):
         c, prev, k, it, shift, _, coh, cnt = s
         active = slots < k
-        a, md = nearest_centroid(xc, x_sq, c - mean, active)
+        a = _nearest_prepared(prep, c - mean, active)
         a = jnp.where(live, a, -1)
         strict = (it > 0) & ~jnp.any((a != prev) & live)
         converged = (it == 0) & (k == 1) | strict | (it > 0) & (shift <= tol_abs) | (it >= max_iters)
 
         def refine(_):  # one more Lloyd M-step
-            c_m = _m_step(xs, w, wx, c, active, jnp.clip(a, 0), md, max_k)
+            c_m = _m_step(xs, w, wx, c, active, jnp.clip(a, 0), max_k)
             return c_m, k, it + 1, jnp.sum((c_m - c) ** 2), jnp.bool_(False), coh, cnt
 
         def split_test(_):  # refinement converged: test (c, a), maybe split
@@ -329,7 +341,8 @@ def _encode_impl(x, m, budget_bits, tau, r_rows, tol, *, max_k, tau_mode, value_
     a_c = jnp.clip(a, 0, max_k - 1)
     indices = jnp.where(live & (a >= 0) & keep[a_c], new_pos[a_c], NO_UPDATE).astype(jnp.int32)
     if value_bits == 16:
-        cents = cents.astype(_HALF[half_dtype]).astype(jnp.float32)
+        big = float(jnp.finfo(_HALF[half_dtype]).max)
+        cents = jnp.clip(cents, -big, big).astype(_HALF[half_dtype]).astype(jnp.float32)
     bits = payload_bits(num_actions, r_rows, d, value_bits).astype(jnp.int32)
     return ActionPayload(
         centroids=cents,

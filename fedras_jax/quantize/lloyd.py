@@ -12,16 +12,14 @@ weight means the row has exactly no influence on the fit), centroids
 
 Conventions
 -----------
-* Distances use the matmul form ``||x||^2 - 2 x.c + ||c||^2`` (clipped at 0)
-  on data centred at its weighted mean (less cancellation, as scikit-learn).
-  For large ``n`` the rows are processed in blocks of 4096 (two independent
-  blocks per step, so XLA:CPU runs them on both cores) so the ``[n, max_k]``
+* E-step: exact ``argmin_j ||c_j||^2 - 2 x.c_j`` (the matmul form; the
+  per-row ``||x||^2`` is dropped), ties -> lowest slot, on data centred at its
+  weighted mean (less cancellation, as scikit-learn does). XLA:CPU fuses the
+  matmul with the epilogue and runs the argmin as one 2-thread reduction.
+  When ``n * max_k > 2**25`` the rows are blocked once (outside the Lloyd
+  loop; blocks of 4096 rows, two per loop step) so the ``[n, max_k]``
   distance matrix is never materialised.
-* The argmin is a single integer ``min`` over ``bitcast(d2) | slot`` keys (the
-  low ``ceil(log2(max_k))`` mantissa bits carry the slot id). Exact except that
-  two distances within a relative ``2**-(23 - ceil(log2 max_k))`` of each other
-  count as a tie, broken towards the lower slot (2e-6 for max_k=16, 3e-5 for
-  max_k=256; comparable to float32 round-off of the matmul form itself).
+* Inertia and the re-seeding distances use the direct ``||x - c_a||^2``.
 * ``tol`` is relative, as in scikit-learn: Lloyd stops when the total squared
   centroid shift is ``<= tol * mean_j Var_w[x[:, j]]`` (weighted variance over
   rows with positive weight), or when no assignment of a positively weighted
@@ -51,9 +49,9 @@ __all__ = [
     "nearest_centroid",
 ]
 
-_BLOCK = 4096  # rows per distance block
-_STREAMS = 2  # independent blocks per loop step (one per XLA:CPU core)
-_DIRECT_MAX = _BLOCK * _STREAMS  # up to this many rows: one block, no loop
+_BLOCK = 4096  # rows per distance block (large problems only)
+_STREAMS = 2  # independent blocks per loop step (XLA:CPU runs them concurrently)
+_DIRECT_MAX = 1 << 25  # n * max_k up to this: one [n, max_k] distance block (128 MiB)
 
 
 class KMeansResult(NamedTuple):
@@ -74,55 +72,70 @@ class KMeansResult(NamedTuple):
     iters: jax.Array
 
 
-def _slot_bits(max_k: int) -> int:
-    return max(0, (max_k - 1).bit_length())
+class _Prepared(NamedTuple):
+    """Rows laid out once for repeated E-steps (see :func:`_prepare`)."""
+
+    x: jax.Array  # [n, d]
+    xb: Optional[jax.Array]  # [n_pad / (_STREAMS * _BLOCK), _STREAMS, _BLOCK, d] or None
 
 
-def _block_nearest(xb, xqb, c, c_sq, slot_bits):
-    """Nearest active centroid for one block. xb [m, d] -> ([m] int32, [m] f32)."""
-    d2 = xqb[:, None] + c_sq[None, :] - 2.0 * jnp.dot(xb, c.T)
-    d2 = jnp.maximum(d2, 0.0)  # +inf stays +inf for inactive slots
-    low = (1 << slot_bits) - 1
-    keys = lax.bitcast_convert_type(d2, jnp.int32)  # monotone for d2 >= 0
-    keys = (keys & jnp.int32(~low)) | jnp.arange(c.shape[0], dtype=jnp.int32)
-    kmin = jnp.min(keys, axis=1)
-    idx = kmin & jnp.int32(low)
-    dmin = lax.bitcast_convert_type(kmin & jnp.int32(~low), jnp.float32)
-    return idx, dmin
+def _prepare(x, max_k: int) -> _Prepared:
+    """Block the rows once (outside the Lloyd loop) when ``n * max_k`` is large."""
+    n, d = x.shape
+    if n * max_k <= _DIRECT_MAX:
+        return _Prepared(x, None)
+    step = _BLOCK * _STREAMS
+    n_pad = -(-n // step) * step
+    xb = jnp.pad(x, ((0, n_pad - n), (0, 0))).reshape(-1, _STREAMS, _BLOCK, d)
+    return _Prepared(x, xb)
 
 
-def nearest_centroid(x, x_sq, centroids, active):
-    """Nearest active centroid of every row.
+def _nearest_prepared(prep: _Prepared, centroids, active):
+    """Exact nearest active centroid (ties -> lowest slot). Returns ``[n]`` int32."""
+    c = jnp.where(active[:, None], centroids, 0.0)
+    # ||x||^2 is constant per row and dropped; +inf marks inactive slots.
+    c_sq = jnp.where(active, jnp.sum(c * c, axis=1), jnp.inf)
+
+    def block(xb):
+        return lax.argmin(c_sq[None, :] - 2.0 * jnp.dot(xb, c.T), 1, jnp.int32)
+
+    if prep.xb is None:
+        return block(prep.x)
+    n = prep.x.shape[0]
+    idx = lax.map(lambda xb: jnp.stack([block(xb[s]) for s in range(_STREAMS)]), prep.xb)
+    return idx.reshape(-1)[:n]
+
+
+def nearest_centroid(x, centroids, active):
+    """Nearest active centroid of every row (exact argmin, ties -> lowest slot).
 
     Args:
       x: ``[n, d]`` float32 (finite).
-      x_sq: ``[n]`` float32, ``sum(x**2, 1)``.
       centroids: ``[max_k, d]`` float32.
       active: ``[max_k]`` bool (at least one True).
 
     Returns:
-      ``(assignment [n] int32, min_sq_dist [n] float32)``; the distance is
-      truncated to the precision described in the module docstring.
+      ``[n]`` int32 assignment.
     """
-    n, d = x.shape
+    return _nearest_prepared(_prepare(x, centroids.shape[0]), centroids, active)
+
+
+def _gather_rows(centroids, assignment):
+    """``centroids[assignment]`` ``[n, d]``, exactly.
+
+    XLA:CPU gathers rows slowly; for few slots a one-hot matmul is several
+    times faster and still exact (one product by 1.0, the rest by 0.0).
+    """
     max_k = centroids.shape[0]
-    c = jnp.where(active[:, None], centroids, 0.0)
-    c_sq = jnp.where(active, jnp.sum(c * c, axis=1), jnp.inf)
-    sb = _slot_bits(max_k)
-    if n <= _DIRECT_MAX:
-        return _block_nearest(x, x_sq, c, c_sq, sb)
-    step = _BLOCK * _STREAMS
-    n_pad = -(-n // step) * step
-    xp = jnp.pad(x, ((0, n_pad - n), (0, 0))).reshape(-1, _STREAMS, _BLOCK, d)
-    xqp = jnp.pad(x_sq, (0, n_pad - n)).reshape(-1, _STREAMS, _BLOCK)
+    if max_k <= 64:
+        return jnp.dot(jax.nn.one_hot(assignment, max_k, dtype=centroids.dtype), centroids,
+                       precision=lax.Precision.HIGHEST)
+    return centroids[assignment]
 
-    def body(args):
-        xb, xqb = args
-        outs = [_block_nearest(xb[s], xqb[s], c, c_sq, sb) for s in range(_STREAMS)]
-        return (jnp.stack([o[0] for o in outs]), jnp.stack([o[1] for o in outs]))
 
-    idx, dmin = lax.map(body, (xp, xqp))
-    return idx.reshape(-1)[:n], dmin.reshape(-1)[:n]
+def _row_sq_dist(x, centroids, assignment):
+    """``||x_i - c_{a_i}||^2`` (direct form, no cancellation). ``[n]``."""
+    return jnp.sum((x - _gather_rows(centroids, assignment)) ** 2, axis=1)
 
 
 def _sanitize(x, weights):
@@ -135,7 +148,7 @@ def _sanitize(x, weights):
     return x, w, finite
 
 
-def _m_step(x, w, wx, centroids, active, assignment, min_d2, max_k):
+def _m_step(x, w, wx, centroids, active, assignment, max_k):
     """Weighted means + farthest-point re-seeding of empty live clusters."""
     n = x.shape[0]
     sums = jax.ops.segment_sum(wx, assignment, num_segments=max_k)
@@ -145,7 +158,7 @@ def _m_step(x, w, wx, centroids, active, assignment, min_d2, max_k):
 
     def reseed(new):
         kk = min(max_k, n)
-        score = jnp.where(w > 0, min_d2, -jnp.inf)
+        score = jnp.where(w > 0, _row_sq_dist(x, centroids, assignment), -jnp.inf)
         vals, idx = lax.top_k(score, kk)
         rank = jnp.cumsum(empty.astype(jnp.int32)) - 1
         rank_c = jnp.clip(rank, 0, kk - 1)
@@ -170,9 +183,9 @@ def lloyd_step(x, centroids, active, weights=None):
     x, w, _ = _sanitize(x, weights)
     max_k = centroids.shape[0]
     c = jnp.where(active[:, None], jnp.asarray(centroids, jnp.float32), 0.0)
-    a, md = nearest_centroid(x, jnp.sum(x * x, 1), c, active)
-    inertia = jnp.sum(w * jnp.sum((x - c[a]) ** 2, axis=1))
-    new = _m_step(x, w, w[:, None] * x, c, active, a, md, max_k)
+    a = nearest_centroid(x, c, active)
+    inertia = jnp.sum(w * _row_sq_dist(x, c, a))
+    new = _m_step(x, w, w[:, None] * x, c, active, a, max_k)
     return new, a, inertia
 
 
@@ -269,14 +282,22 @@ def kmeans(
     Returns:
       :class:`KMeansResult`.
     """
-    x, w, finite = _sanitize(x, weights)
+    # Few [n, d] temporaries (each costs a pass and fresh pages): masks and
+    # moments are reductions; only the centred copy is materialised.
+    x = jnp.asarray(x, jnp.float32)
     n, d = x.shape
+    finite = jnp.all(jnp.isfinite(x), axis=1)
+    if weights is None:
+        w = finite.astype(jnp.float32)
+    else:
+        w = jnp.asarray(weights, jnp.float32)
+        w = jnp.where(finite & (w > 0), w, 0.0)
     k = jnp.clip(jnp.asarray(max_k if k is None else k, jnp.int32), 1, max_k)
     active = jnp.arange(max_k) < k
     # Work on data centred at the weighted mean (as scikit-learn does): the
     # matmul-form distances lose less precision; results are shifted back.
     wsum = jnp.maximum(jnp.sum(w), 1e-30)
-    mean = jnp.sum(w[:, None] * x, axis=0) / wsum
+    mean = jnp.sum(jnp.where(w[:, None] > 0, x, 0.0) * w[:, None], axis=0) / wsum
     x = jnp.where(finite[:, None], x - mean, 0.0)
     if init_centroids is None:
         c0, _ = kmeans_plusplus(x, key, max_k=max_k, k=k, weights=w)
@@ -284,8 +305,9 @@ def kmeans(
         c0 = jnp.asarray(init_centroids, jnp.float32) - mean
     c0 = jnp.where(active[:, None], c0, 0.0)
 
-    x_sq = jnp.sum(x * x, axis=1)
-    wx = w[:, None] * x
+    prep = _prepare(x, max_k)
+    # Unit weights: non-finite rows are already zero in x, so x is w * x.
+    wx = x if weights is None else w[:, None] * x
     pos = w > 0
     var = jnp.sum(w[:, None] * x**2, axis=0) / wsum
     tol_abs = jnp.asarray(tol, jnp.float32) * jnp.mean(var)
@@ -296,9 +318,9 @@ def kmeans(
 
     def body(s):
         c, prev, it, _ = s
-        a, md = nearest_centroid(x, x_sq, c, active)
+        a = _nearest_prepared(prep, c, active)
         strict = (it > 0) & ~jnp.any((a != prev) & pos)
-        c_new = _m_step(x, w, wx, c, active, a, md, max_k)
+        c_new = _m_step(x, w, wx, c, active, a, max_k)
         shift = jnp.sum((c_new - c) ** 2)
         c_out = jnp.where(strict, c, c_new)
         done = strict | (shift <= tol_abs)
@@ -306,8 +328,8 @@ def kmeans(
 
     init = (c0, jnp.full((n,), -1, jnp.int32), jnp.int32(0), jnp.bool_(False))
     c, _, iters, _ = lax.while_loop(cond, body, init)
-    a, _ = nearest_centroid(x, x_sq, c, active)
-    inertia = jnp.sum(w * jnp.sum((x - c[a]) ** 2, axis=1))
+    a = _nearest_prepared(prep, c, active)
+    inertia = jnp.sum(w * _row_sq_dist(x, c, a))
     a = jnp.where(finite, a, -1)
     c = jnp.where(active[:, None], c + mean, 0.0)
     return KMeansResult(c, a, active, inertia, iters)
