@@ -18,12 +18,11 @@ import optax
 
 from fedras_jax import data as data_lib
 from fedras_jax.compress import dense_bits
-from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams,
-                                  client_data_from_split, init_states, make_round,
-                                  plan_capacity)
-from fedras_jax.federated.bandwidth import draw_bandwidth
+from fedras_jax.federated import (LocalHParams, RoundHParams, client_data_from_split,
+                                  init_states, make_round)
 from fedras_jax.metrics import make_evaluate
-from fedras_jax.training import TrainConfig, build_compressors, build_model
+from fedras_jax.training import (TrainConfig, build_bandwidth, build_compressors, build_model,
+                                 build_round_config)
 
 SWEEPABLE = ("user_lr", "item_lr", "dense_lr", "weight_decay", "fluctuation", "payload_ratio")
 
@@ -52,15 +51,7 @@ def sweep(base: TrainConfig, seeds: Sequence[int], grid: Dict[str, Sequence[floa
   split = data_lib.load_dataset(base.dataset, base.data_dir, seed=base.seed,
                                 download=base.download)
   model = build_model(base)
-  capacity = plan_capacity(
-      split.num_train_per_user, np.diff(split.seen_indptr), split.num_items,
-      seed=list(seeds), rounds=base.rounds, clients_per_round=base.clients_per_round,
-      local_epochs=base.local_epochs, batch_size=base.batch_size, neg_ratio=base.neg_ratio,
-      num_lanes=base.num_lanes)
-  round_config = RoundConfig(
-      clients_per_round=base.clients_per_round, local_epochs=base.local_epochs,
-      batch_size=base.batch_size, neg_ratio=base.neg_ratio, num_lanes=base.num_lanes,
-      aggregation=base.aggregation, **capacity._asdict())
+  round_config = build_round_config(base, split, seeds)
   server_opt = optax.sgd(base.server_lr)
   dense_round_bits = dense_bits(split.num_items, model.item_dim)
   # Static compressor bounds come from the largest payload ratio of the sweep.
@@ -70,15 +61,8 @@ def sweep(base: TrainConfig, seeds: Sequence[int], grid: Dict[str, Sequence[floa
   round_fn = make_round(model, client_data_from_split(split), round_config, server_opt,
                         uplink=uplink, downlink=downlink)
 
-  def bandwidth_of(c):
-    ratio = 1.0 if c.method == "uncompressed" and c.bandwidth == "uniform" else c.payload_ratio
-    return draw_bandwidth(c.bandwidth, split.num_users, dense_round_bits, seed=c.seed,
-                          payload_ratio=ratio,
-                          tiers=[float(t) for t in c.bandwidth_tiers.split(",")],
-                          sigma=c.bandwidth_sigma)
-
   states = [init_states(model, split.num_users, split.num_items, server_opt, seed=c.seed,
-                        bandwidth=bandwidth_of(c)) for c in configs]
+                        bandwidth=build_bandwidth(c, split.num_users, dense_round_bits)) for c in configs]
   server, clients = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
   hp = RoundHParams(
       local=LocalHParams(*(jnp.asarray([getattr(c, f) for c in configs], jnp.float32)

@@ -32,7 +32,6 @@ import time
 from typing import Callable, List, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -165,6 +164,29 @@ def build_compressors(config: TrainConfig, num_items: int, item_dim: int):
                        value_bits=config.value_bits)
   down = up if config.downlink_compression else identity(num_items)
   return up, down
+
+
+def build_round_config(config: TrainConfig, split, seeds) -> RoundConfig:
+  """The static round shape fitting every round of ``config`` for all ``seeds``."""
+  capacity = plan_capacity(
+      split.num_train_per_user, np.diff(split.seen_indptr), split.num_items, seed=list(seeds),
+      rounds=config.rounds, clients_per_round=config.clients_per_round,
+      local_epochs=config.local_epochs, batch_size=config.batch_size,
+      neg_ratio=config.neg_ratio, num_lanes=config.num_lanes)
+  return RoundConfig(
+      clients_per_round=config.clients_per_round, local_epochs=config.local_epochs,
+      batch_size=config.batch_size, neg_ratio=config.neg_ratio, num_lanes=config.num_lanes,
+      aggregation=config.aggregation, **capacity._asdict())
+
+
+def build_bandwidth(config: TrainConfig, num_users: int, dense_round_bits: int):
+  """``[num_users]`` bandwidths of ``config`` (uncompressed + uniform: the dense size)."""
+  ratio = (1.0 if config.method == "uncompressed" and config.bandwidth == "uniform"
+           else config.payload_ratio)
+  return draw_bandwidth(config.bandwidth, num_users, dense_round_bits, seed=config.seed,
+                        payload_ratio=ratio,
+                        tiers=[float(t) for t in config.bandwidth_tiers.split(",")],
+                        sigma=config.bandwidth_sigma)
 
 
 def build_model(config: TrainConfig):
@@ -332,22 +354,10 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
   say(f"{config.dataset}: {split.num_users} users, {split.num_items} items, "
       f"{len(split.train_items)} training interactions")
   model = build_model(config)
-  capacity = plan_capacity(
-      split.num_train_per_user, np.diff(split.seen_indptr), split.num_items, seed=config.seed,
-      rounds=config.rounds, clients_per_round=config.clients_per_round,
-      local_epochs=config.local_epochs, batch_size=config.batch_size,
-      neg_ratio=config.neg_ratio, num_lanes=config.num_lanes)
-  round_config = RoundConfig(
-      clients_per_round=config.clients_per_round, local_epochs=config.local_epochs,
-      batch_size=config.batch_size, neg_ratio=config.neg_ratio, num_lanes=config.num_lanes,
-      aggregation=config.aggregation, **capacity._asdict())
+  round_config = build_round_config(config, split, seeds=[config.seed])
   server_opt = optax.sgd(config.server_lr)
   dense_round_bits = dense_bits(split.num_items, model.item_dim)
-  bandwidth = draw_bandwidth(
-      config.bandwidth, split.num_users, dense_round_bits, seed=config.seed,
-      payload_ratio=1.0 if config.method == "uncompressed" and config.bandwidth == "uniform"
-      else config.payload_ratio,
-      tiers=[float(t) for t in config.bandwidth_tiers.split(",")], sigma=config.bandwidth_sigma)
+  bandwidth = build_bandwidth(config, split.num_users, dense_round_bits)
   server, clients = init_states(model, split.num_users, split.num_items, server_opt,
                                 seed=config.seed, bandwidth=bandwidth)
   uplink, downlink = build_compressors(config, split.num_items, model.item_dim)
@@ -466,7 +476,10 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
                  train_seconds=host["train_seconds"],
                  client_updates_per_second=m * host["timed_rounds"]
                  / max(host["train_seconds"], 1e-9),
-                 capacity=capacity._asdict(), config=dataclasses.asdict(config),
+                 capacity=dict(slot_capacity=round_config.slot_capacity,
+                               client_buckets=round_config.client_buckets,
+                               max_lane_steps=round_config.max_lane_steps),
+                 config=dataclasses.asdict(config),
                  resumed_from_round=start_round or None)
   writer.summary(summary)
   say(f"done: HR@10 {row['hr@10']:.4f}  NDCG@10 {row['ndcg@10']:.4f}  "

@@ -7,7 +7,7 @@ import pytest
 
 from fedras_jax import quantize
 from fedras_jax.compress import fedras, identity
-from fedras_jax.federated import RoundHParams, init_states, make_round
+from fedras_jax.federated import init_states, make_round
 from fedras_jax.models import get_model
 
 from test_round import HP, M, config

@@ -1,5 +1,5 @@
 """Applying a per-matrix compressor to every client of a round at once."""
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -32,7 +32,3 @@ def aggregate_item_updates(rows, items, touched, *, num_items: int, num_clients,
     divisor = jnp.asarray(num_clients, rows.dtype)
   return sums / jnp.broadcast_to(divisor, counts.shape)[:, None], counts
 
-
-def average_dense(dense_deltas):
-  """FedAvg mean over the leading client axis of a pytree of ``[M, ...]`` deltas."""
-  return jax.tree.map(lambda x: jnp.mean(x, axis=0), dense_deltas)

@@ -24,12 +24,12 @@ import optax
 
 from fedras_jax.compress.base import Compressor, dense_bits, identity
 from fedras_jax.compress.roundtrip import roundtrip, roundtrip_clients
-from fedras_jax.federated.aggregation import AGGREGATIONS, aggregate_item_updates, average_dense
+from fedras_jax.federated.aggregation import AGGREGATIONS, aggregate_item_updates
 from fedras_jax.federated.client_data import ClientData
 from fedras_jax.federated.local_data import client_plan, client_sizes, slot_item
 from fedras_jax.federated.local_training import (LocalHParams, lane_schedule,
                                                  packed_client_updates, slot_layout)
-from fedras_jax.models.base import Params, RecModel
+from fedras_jax.models.base import RecModel
 
 # fold_in purposes of the round key.
 _SAMPLE, _CLIENT, _BANDWIDTH, _UPLINK, _DOWNLINK = range(5)
