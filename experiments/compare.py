@@ -1,6 +1,6 @@
 """The paper's comparison: methods x payload ratios x models x datasets x seeds.
 
-    python -m experiments.compare --methods=uncompressed,fedras,topk,svd,embedding_kmeans \
+    python -m experiments.compare --methods=uncompressed,fedras,topk,svd,colr,embedding_kmeans \
         --ratios=1/8,1/32 --models=mf --datasets=ml-100k --seeds=0 --rounds=300 \
         --outdir=runs/compare
 
@@ -23,7 +23,7 @@ from fedras_jax import flags as flag_lib
 from fedras_jax.runtime import tune_host_allocator
 from fedras_jax.training import TrainConfig, train
 
-flags.DEFINE_string("methods", "uncompressed,fedras,topk,svd,embedding_kmeans", "methods")
+flags.DEFINE_string("methods", "uncompressed,fedras,topk,svd,colr,embedding_kmeans", "methods")
 flags.DEFINE_string("ratios", "1/2,1/4,1/8,1/16,1/32,1/64", "payload ratios (fractions)")
 flags.DEFINE_string("models", "mf", "models")
 flags.DEFINE_string("datasets", "ml-100k", "datasets")

@@ -34,9 +34,12 @@ HELP = {
     "weight_decay": "L2 coefficient on the parameters a step touches",
     "server_lr": "server SGD step applied to the aggregated update",
     "aggregation": "inverse_frequency (FedRAS) | fedavg",
-    "method": "fedras (action sharing) | fedras_fixed_k | uncompressed | topk | svd | embedding_kmeans",
+    "method": "fedras (action sharing) | fedras_fixed_k | uncompressed | topk | svd | colr | "
+              "embedding_kmeans",
     "payload_ratio": "payload budget as a fraction of the dense float32 item table (1/32 = 0.03125)",
     "downlink_compression": "compress the server's update too (--nodownlink_compression: dense)",
+    "downlink_feedback": "server keeps what its lossy downlink did not send and sends it later "
+                         "(error feedback; --nodownlink_feedback: drop it)",
     "max_k": "static bound on actions per payload (0: from the payload ratio, at most 128)",
     "tau": "cosine threshold of the split test when --tau_mode=fixed (> 1: always use the budget's K)",
     "tau_mode": "fixed | auto (threshold from the data, see BUILD.md)",

@@ -100,6 +100,7 @@ class TrainConfig:
   method: str = "fedras"
   payload_ratio: float = 1 / 32
   downlink_compression: bool = True
+  downlink_feedback: bool = True
   max_k: int = 0
   tau: float = 0.9
   tau_mode: str = "auto"
@@ -176,7 +177,8 @@ def build_round_config(config: TrainConfig, split, seeds) -> RoundConfig:
   return RoundConfig(
       clients_per_round=config.clients_per_round, local_epochs=config.local_epochs,
       batch_size=config.batch_size, neg_ratio=config.neg_ratio, num_lanes=config.num_lanes,
-      aggregation=config.aggregation, **capacity._asdict())
+      aggregation=config.aggregation, downlink_feedback=config.downlink_feedback,
+      **capacity._asdict())
 
 
 def build_bandwidth(config: TrainConfig, num_users: int, dense_round_bits: int):

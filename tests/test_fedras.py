@@ -1,4 +1,6 @@
 """FedRAS in the round: exactness at a large budget, per-client budgets, exact bits."""
+import dataclasses
+
 import chex
 import jax
 import numpy as np
@@ -86,3 +88,34 @@ def test_fluctuation_changes_budgets_within_bounds(synthetic):
   budget = np.asarray(metrics.budget_up)
   assert np.all(budget >= np.floor(0.7 * dense / 4)) and np.all(budget <= 1.3 * dense / 4)
   assert len(np.unique(budget)) == M
+
+
+def _round(synthetic, downlink, feedback):
+  model = get_model("mf", dim=DIM)
+  cfg = dataclasses.replace(config(synthetic), downlink_feedback=feedback)
+  return model, jax.jit(make_round(model, synthetic.data, cfg, downlink=downlink))
+
+
+@pytest.mark.parametrize("feedback", [True, False])
+def test_downlink_error_feedback_loses_nothing(synthetic, feedback):
+  # K <= 2 actions for the server update: lossy. From the same state, the lossy
+  # round's applied update plus its new residual must equal the dense update plus
+  # the old residual (nothing lost, only delayed); without feedback the residual
+  # stays zero and the difference is lost.
+  lossy = fedras(synthetic.num_items, max_k=2, tau=2.0, tau_mode="fixed", dense_fallback=False)
+  model, lossy_round = _round(synthetic, lossy, feedback)
+  _, dense_round = _round(synthetic, identity(synthetic.num_items), feedback)
+  server, clients = init_states(model, synthetic.num_users, synthetic.num_items, optax.sgd(1.0),
+                                seed=0)
+  for _ in range(3):
+    dense_server, _, _ = dense_round(server, clients, HP)
+    new_server, clients, _ = lossy_round(server, clients, HP)
+    np.testing.assert_array_equal(dense_server.residual, server.residual)
+    if feedback:
+      np.testing.assert_allclose(new_server.items + new_server.residual,
+                                 dense_server.items + server.residual, atol=1e-6)
+      assert float(np.abs(new_server.residual).max()) > 1e-4, "the downlink was lossy"
+    else:
+      np.testing.assert_array_equal(new_server.residual, 0.0)
+      assert float(np.abs(new_server.items - dense_server.items).max()) > 1e-4
+    server = new_server

@@ -17,8 +17,13 @@ the update (e.g. K-Means of item embeddings): ``roundtrip``/``roundtrip_clients`
 then need ``base_rows`` (the rows the update applies to), encode ``rows +
 base_rows`` and return ``decoded - base_rows`` on the rows the payload's ``sent``
 ``[n]`` bool field marks (0 elsewhere: rows not sent keep their base row).
+
+``basis`` marks methods that own the client's parameterisation (CoLR):
+``basis(key) -> B [r, d]``. The round then draws one basis key per round, trains
+every client's item rows in ``B``'s row space (item-row gradients times
+``B^T B``) and passes that key, not a per-client one, to ``encode``.
 """
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +35,16 @@ class Compressor(NamedTuple):
   decode: Callable[[Any], jax.Array]
   lossless: bool = False
   on_embeddings: bool = False  # codes base_rows + update (see the module docstring)
+  basis: Optional[Callable[[jax.Array], jax.Array]] = None  # shared round subspace
+
+
+def round_values(values, value_bits: int):
+  """What a receiver gets from ``value_bits`` 32 (as is) or 16 (bfloat16, clipped to its
+  finite range) float values."""
+  if value_bits == 16:
+    big = float(jnp.finfo(jnp.bfloat16).max)
+    return jnp.clip(values, -big, big).astype(jnp.bfloat16).astype(jnp.float32)
+  return values
 
 
 def dense_bits(num_rows: int, dim: int, value_bits: int = 32) -> int:

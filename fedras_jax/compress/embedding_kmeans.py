@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from fedras_jax import quantize
-from fedras_jax.compress.base import Compressor
+from fedras_jax.compress.base import Compressor, round_values
 
 
 class EmbeddingKMeansPayload(NamedTuple):
@@ -74,9 +74,7 @@ def embedding_kmeans(num_index_rows: int, *, max_k: int, value_bits: int = 32,
     num_actions = jnp.sum(keep, dtype=jnp.int32)
     centroids = jnp.zeros((max_k, d), jnp.float32).at[jnp.where(keep, new_pos, max_k)].set(
         fit.centroids, mode="drop")
-    if value_bits == 16:
-      big = float(jnp.finfo(jnp.bfloat16).max)
-      centroids = jnp.clip(centroids, -big, big).astype(jnp.bfloat16).astype(jnp.float32)
+    centroids = round_values(centroids, value_bits)
     sent = live & (fit.assignment >= 0) & keep[slot]
     indices = jnp.where(sent, new_pos[slot], quantize.NO_UPDATE).astype(jnp.int32)
     return EmbeddingKMeansPayload(

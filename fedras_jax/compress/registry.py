@@ -13,15 +13,18 @@ them, and the reported bits are then below the budget):
   in ``[64, num_items * item_dim]``.
 * svd: ``max_rank`` = the budget's rank rounded up to a multiple of 8, in
   ``[1, item_dim]`` (the SVD's cost does not depend on it).
+* colr: the fixed ``rank``: the largest whose ``A [num_items, r]`` fits the nominal
+  budget (``floor(payload_ratio * item_dim)``), at least 1.
 """
 from fedras_jax import quantize
 from fedras_jax.compress.base import Compressor, dense_bits, identity
+from fedras_jax.compress.colr import colr, colr_bits
 from fedras_jax.compress.embedding_kmeans import embedding_kmeans
 from fedras_jax.compress.fedras import fedras
 from fedras_jax.compress.svd import svd, svd_bits
 from fedras_jax.compress.topk import topk, topk_bits
 
-COMPRESSORS = ("uncompressed", "identity", "fedras", "fedras_fixed_k", "topk", "svd",
+COMPRESSORS = ("uncompressed", "identity", "fedras", "fedras_fixed_k", "topk", "svd", "colr",
                "embedding_kmeans")
 
 FIXED_K_TAU = 2.0  # > 1: no cluster is ever coherent enough, so K is always the budget's
@@ -60,6 +63,12 @@ def auto_max_rank(num_items: int, item_dim: int, payload_ratio: float,
   return max(1, min(item_dim, _round_up(max(r, 1), 8)))
 
 
+def colr_rank(num_items: int, item_dim: int, payload_ratio: float, value_bits: int = 32) -> int:
+  """The largest CoLR rank whose payload fits the nominal budget, in ``[1, item_dim]``."""
+  budget = nominal_budget_bits(num_items, item_dim, payload_ratio)
+  return max(1, min(item_dim, budget // colr_bits(1, num_items, value_bits)))
+
+
 def make_compressor(name: str, num_items: int, item_dim: int, *, payload_ratio: float,
                     max_k: int = 0, tau: float = 0.9, tau_mode: str = "auto",
                     value_bits: int = 32) -> Compressor:
@@ -89,6 +98,9 @@ def make_compressor(name: str, num_items: int, item_dim: int, *, payload_ratio: 
     return comp._replace(name="fedras_fixed_k")
   if name == "embedding_kmeans":
     return embedding_kmeans(num_items, max_k=max_k, value_bits=value_bits)
+  if name == "colr":
+    return colr(num_items, item_dim, rank=colr_rank(num_items, item_dim, payload_ratio,
+                                                    value_bits), value_bits=value_bits)
   if name == "topk":
     return topk(num_items, max_entries=auto_max_entries(num_items, item_dim, payload_ratio,
                                                         value_bits), value_bits=value_bits)

@@ -35,7 +35,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedras_jax.compress.base import Compressor
+from fedras_jax.compress.base import Compressor, round_values
 
 
 def svd_bits(rank, num_index_rows: int, dim: int, value_bits: int = 32):
@@ -65,13 +65,6 @@ class SVDPayload(NamedTuple):
   vt: jax.Array
   rank: jax.Array
   bits: jax.Array
-
-
-def _round_values(values, value_bits):
-  if value_bits == 16:
-    big = float(jnp.finfo(jnp.bfloat16).max)
-    return jnp.clip(values, -big, big).astype(jnp.bfloat16).astype(jnp.float32)
-  return values
 
 
 _EPS = float(jnp.finfo(jnp.float32).eps)
@@ -125,9 +118,9 @@ def svd(num_index_rows: int, *, max_rank: int, value_bits: int = 32,
                                     value_bits=value_bits), numerical_rank)
     keep = jnp.arange(p) < r
     u = jnp.where(live[:, None] & keep[None, :], u, 0.0)
-    return SVDPayload(u=_round_values(u, value_bits),
-                      s=_round_values(jnp.where(keep, s, 0.0), value_bits),
-                      vt=_round_values(jnp.where(keep[:, None], vt, 0.0), value_bits),
+    return SVDPayload(u=round_values(u, value_bits),
+                      s=round_values(jnp.where(keep, s, 0.0), value_bits),
+                      vt=round_values(jnp.where(keep[:, None], vt, 0.0), value_bits),
                       rank=r, bits=svd_bits(r, num_index_rows, d, value_bits))
 
   def decode(payload: SVDPayload):

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fedras_jax.compress.base import Compressor
+from fedras_jax.compress.base import Compressor, round_values
 
 METHODS = ("top_k", "threshold")
 
@@ -93,13 +93,6 @@ def _threshold_select(mag, k):
   return (above | (ties & (tie_rank <= room))) & (k > 0)
 
 
-def _round_values(values, value_bits):
-  if value_bits == 16:
-    big = float(jnp.finfo(jnp.bfloat16).max)
-    return jnp.clip(values, -big, big).astype(jnp.bfloat16).astype(jnp.float32)
-  return values
-
-
 def topk(num_index_rows: int, *, max_entries: int, value_bits: int = 32,
          method: str = "top_k") -> Compressor:
   """TopK sparsification behind the compressor contract.
@@ -136,7 +129,7 @@ def topk(num_index_rows: int, *, max_entries: int, value_bits: int = 32,
       flat = jnp.nonzero(sel, size=slots, fill_value=0)[0]
     indices = jnp.where(keep, flat, -1).astype(jnp.int32)
     values = jnp.where(keep, x[flat], 0.0)
-    return TopKPayload(values=_round_values(values, value_bits), indices=indices, num_entries=k,
+    return TopKPayload(values=round_values(values, value_bits), indices=indices, num_entries=k,
                        bits=topk_bits(k, num_index_rows, d, value_bits=value_bits),
                        layout=jnp.zeros((n, d, 0), jnp.float32))
 

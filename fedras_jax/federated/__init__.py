@@ -3,8 +3,8 @@ from fedras_jax.federated.aggregation import AGGREGATIONS, aggregate_item_update
 from fedras_jax.federated.client_data import ClientData, client_data_from_csr, client_data_from_split
 from fedras_jax.federated.local_data import ClientPlan, client_plan, minibatch, slot_item, unseen_item
 from fedras_jax.federated.local_training import (ClientOutput, LocalHParams, client_update,
-                                                 packed_client_updates, slot_layout)
+                                                 local_step, packed_client_updates, slot_layout)
 from fedras_jax.federated.round import (ClientStates, RoundConfig, RoundHParams, RoundMetrics,
                                         ServerState, Capacity, client_keys, init_states,
-                                        make_round, plan_capacity, round_clients,
-                                        sample_clients)
+                                        make_round, plan_capacity, round_basis_key,
+                                        round_clients, sample_clients)

@@ -28,12 +28,15 @@ class LocalHParams(NamedTuple):
 
   user_lr: SGD step of the private user row; item_lr: of item rows;
   dense_lr: of shared dense weights (NCF); weight_decay: L2 coefficient applied to
-  the parameters a step touches.
+  the parameters a step touches. item_projection: optional ``[item_dim, item_dim]``
+  applied to every item-row gradient (``G @ P``): the round sets it for methods
+  that train item rows in a subspace (CoLR, see ``compress.colr``); None: plain SGD.
   """
   user_lr: Any = 1.0
   item_lr: Any = 1.0
   dense_lr: Any = 0.1
   weight_decay: Any = 0.0
+  item_projection: Any = None
 
 
 def local_step(model: RecModel, hp: LocalHParams, user, rows, dense, labels, valid):
@@ -57,6 +60,8 @@ def local_step(model: RecModel, hp: LocalHParams, user, rows, dense, labels, val
   wd = hp.weight_decay
   g_user = g_user + wd * active * user
   g_rows = g_rows + wd * weights[:, None] * rows
+  if hp.item_projection is not None:
+    g_rows = jnp.matmul(g_rows, hp.item_projection, precision=jax.lax.Precision.HIGHEST)
   new_dense = jax.tree.map(lambda p, g: p - hp.dense_lr * (g + wd * active * p), dense, g_dense)
   return user - hp.user_lr * g_user, -hp.item_lr * g_rows, new_dense, loss
 

@@ -4,7 +4,8 @@
     -> packed local training of the M clients (lanes, see ``local_training``)
     -> uplink compressor per client (vmap, each with its own bit budget)
     -> aggregation by item id (inverse frequency or FedAvg) + FedAvg of dense params
-    -> server optimizer -> downlink compressor on the server update
+    -> server optimizer -> downlink compressor on the server update plus the
+       residual it failed to send before (error feedback, ``downlink_feedback``)
     -> the decoded update is applied, so the server model is what clients rebuild
     -> private user rows scattered back into the stacked client states.
 
@@ -32,7 +33,7 @@ from fedras_jax.federated.local_training import (LocalHParams, lane_schedule,
 from fedras_jax.models.base import RecModel
 
 # fold_in purposes of the round key.
-_SAMPLE, _CLIENT, _BANDWIDTH, _UPLINK, _DOWNLINK = range(5)
+_SAMPLE, _CLIENT, _BANDWIDTH, _UPLINK, _DOWNLINK, _BASIS = range(6)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +45,9 @@ class RoundConfig:
     ``count`` largest remaining clients of a round have at most ``width`` slots
     (how compressors pad clients); max_lane_steps: >= the busiest lane's SGD
     steps (all three from ``plan_capacity``). num_lanes: ``W`` lanes of packed
-    local training.
+    local training. downlink_feedback: the server keeps what its lossy downlink
+    failed to send (``ServerState.residual``) and adds it to the next round's
+    update (error feedback), so nothing of the aggregate is lost, only delayed.
   """
   clients_per_round: int
   slot_capacity: int
@@ -55,6 +58,7 @@ class RoundConfig:
   neg_ratio: int = 4
   num_lanes: int = 8
   aggregation: str = "inverse_frequency"
+  downlink_feedback: bool = True
 
   def __post_init__(self):
     if self.aggregation not in AGGREGATIONS:
@@ -91,8 +95,11 @@ class RoundHParams(NamedTuple):
 
 class ServerState(NamedTuple):
   """items ``[I, item_dim]`` and dense: the shared model as clients rebuild it;
-  opt_state: server optimizer state; round: int32; key: the run's base PRNG key."""
+  residual ``[I, item_dim]``: server update not yet sent (downlink error feedback;
+  zero with a lossless downlink); opt_state: server optimizer state; round: int32;
+  key: the run's base PRNG key."""
   items: jax.Array
+  residual: jax.Array
   dense: Any
   opt_state: Any
   round: jax.Array
@@ -130,8 +137,8 @@ def init_states(model: RecModel, num_users: int, num_items: int, server_opt, *, 
   shared = (params.items, params.dense)
   if bandwidth is None:
     bandwidth = jnp.full((num_users,), jnp.inf, jnp.float32)
-  server = ServerState(items=params.items, dense=params.dense,
-                       opt_state=server_opt.init(shared), round=jnp.int32(0), key=key)
+  server = ServerState(items=params.items, residual=jnp.zeros_like(params.items),
+                       dense=params.dense, opt_state=server_opt.init(shared), round=jnp.int32(0), key=key)
   return server, ClientStates(users=params.users, bandwidth=jnp.asarray(bandwidth, jnp.float32))
 
 
@@ -155,6 +162,11 @@ def client_keys(base_key, round_index, users) -> jax.Array:
   """``[M]`` local-training keys of ``users`` in a round: (seed, round, user) only."""
   key = jax.random.fold_in(round_key(base_key, round_index), _CLIENT)
   return jax.vmap(jax.random.fold_in, (None, 0))(key, users)
+
+
+def round_basis_key(base_key, round_index):
+  """The key of a round's shared subspace (``Compressor.basis``, e.g. CoLR's ``B``)."""
+  return jax.random.fold_in(round_key(base_key, round_index), _BASIS)
 
 
 class Capacity(NamedTuple):
@@ -282,8 +294,14 @@ def make_round(model: RecModel, data: ClientData, config: RoundConfig,
     slot_plans = jax.tree.map(lambda x: x[layout.client], plans)
     items_of_slot = jax.vmap(slot_item, (None, 0, 0))(data, slot_plans, layout.local)
 
+    # Methods with a shared round subspace (CoLR) train the item rows inside it.
+    basis_key = round_basis_key(server.key, server.round)
+    local_hp = hp.local
+    if uplink.basis is not None:
+      b = uplink.basis(basis_key)
+      local_hp = local_hp._replace(item_projection=b.T @ b)
     trained = packed_client_updates(
-        model, hp.local, plans, layout, items_of_slot, server.items, server.dense,
+        model, local_hp, plans, layout, items_of_slot, server.items, server.dense,
         clients.users[sampled], num_lanes=config.num_lanes,
         max_iters=config.max_lane_steps, batch_size=config.batch_size, mesh=mesh)
 
@@ -296,7 +314,10 @@ def make_round(model: RecModel, data: ClientData, config: RoundConfig,
                                 maxval=1.0)
     bandwidth = clients.bandwidth[sampled] * (1.0 + hp.fluctuation * wiggle)
     budget = _bits(bandwidth * hp.round_seconds)
-    up_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(key, _UPLINK), sampled)
+    if uplink.basis is None:
+      up_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(key, _UPLINK), sampled)
+    else:
+      up_keys = jnp.broadcast_to(basis_key, sampled.shape)
     up = roundtrip_clients(uplink, deltas, layout.offset, plans.num_slots, budget, up_keys,
                            buckets=config.client_buckets, lossless_bits=dense_table_bits,
                            base_rows=server.items[items_of_slot] if uplink.on_embeddings else None)
@@ -312,9 +333,17 @@ def make_round(model: RecModel, data: ClientData, config: RoundConfig,
     updates, opt_state = server_opt.update(neg_grad, server.opt_state, (server.items, server.dense))
     item_step, dense_step = updates
 
-    down = roundtrip(downlink, item_step, counts > 0, _bits(hp.downlink_budget_bits),
-                     jax.random.fold_in(key, _DOWNLINK), lossless_bits=dense_table_bits,
+    if config.downlink_feedback and not downlink.lossless:
+      item_step = item_step + server.residual
+      send = jnp.any(item_step != 0, axis=1)
+    else:
+      send = counts > 0
+    down = roundtrip(downlink, item_step, send, _bits(hp.downlink_budget_bits),
+                     jax.random.fold_in(key, _DOWNLINK) if downlink.basis is None else basis_key,
+                     lossless_bits=dense_table_bits,
                      base_rows=server.items if downlink.on_embeddings else None)
+    residual = (item_step - down.decoded if config.downlink_feedback and not downlink.lossless
+                else server.residual)
     if uplink.lossless and downlink.lossless:
       info_loss = jnp.float32(0.0)
     else:  # The same state's update had nothing been compressed.
@@ -336,10 +365,10 @@ def make_round(model: RecModel, data: ClientData, config: RoundConfig,
         error_up=(jnp.zeros((m,)) if uplink.lossless
                   else _relative_error(up.decoded, deltas, layout.client, m)),
         error_down=(jnp.float32(0.0) if downlink.lossless else _relative_error(
-            down.decoded, jnp.where((counts > 0)[:, None], item_step, 0.0))),
+            down.decoded, jnp.where(send[:, None], item_step, 0.0))),
         info_loss=info_loss, touched_items=jnp.sum(counts > 0), skipped=jnp.sum(~ok),
         sim_seconds=jnp.max(seconds))
-    server = ServerState(items=server.items + down.decoded,
+    server = ServerState(items=server.items + down.decoded, residual=residual,
                          dense=jax.tree.map(jnp.add, server.dense, dense_step),
                          opt_state=opt_state, round=server.round + 1, key=server.key)
     clients = clients._replace(users=clients.users.at[sampled].set(new_users))

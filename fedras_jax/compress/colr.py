@@ -1,0 +1,79 @@
+"""CoLR (Nguyen et al., WWW 2024): low-rank updates in a subspace shared per round.
+
+Each round the server draws ``B [r, d]`` from the round's key (orthonormal rows
+scaled by ``sqrt(d / r)``, so ``B B^T = (d / r) I_r``). A client freezes its item
+rows ``Q`` and trains only ``A [n, r]`` (initialised at 0), its rows being
+``Q + A B``; it uploads ``A``; the server averages ``A`` per item and merges
+``Q += A_avg B``.
+
+With plain SGD this is local training of the rows themselves with every item-row
+gradient ``G`` replaced by ``G B^T B`` (the gradient of ``A`` is ``G B^T`` and its
+step moves the rows by ``-lr G B^T B``), so the round trains CoLR through the
+compressor's ``basis``: the round draws ``B`` once, projects the clients' item-row
+gradients with ``B^T B`` (``LocalHParams.item_projection``) and hands every client
+and the server the same basis key. The update then lies in ``B``'s row space,
+``encode`` recovers ``A = X B^T (r / d)`` exactly and ``decode`` is ``A B``; since
+decode is linear, averaging decoded updates per item is averaging ``A``. At
+``r = d``, ``B^T B = I``: the round equals the uncompressed one.
+
+Payload: ``A`` over the catalog, ``bits = num_index_rows * r * value_bits``
+(``B`` comes from the shared seed). ``r`` is static: CoLR is a fixed-rate method,
+its rate chosen from the nominal budget, whatever a client's bandwidth this round.
+"""
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fedras_jax.compress.base import Compressor, round_values
+
+
+class CoLRPayload(NamedTuple):
+  """a ``[n, r]``: the low-rank factor (masked rows zero); basis ``[r, d]``: the
+  round's ``B``, rebuilt by the receiver from the shared key (not counted);
+  bits: exact payload size."""
+  a: jax.Array
+  basis: jax.Array
+  bits: jax.Array
+
+
+def colr_bits(rank: int, num_index_rows: int, value_bits: int = 32) -> int:
+  """``num_index_rows * rank * value_bits``: the ``A`` factor over the catalog."""
+  return int(num_index_rows) * int(rank) * int(value_bits)
+
+
+def colr_basis(key, rank: int, dim: int) -> jax.Array:
+  """``[rank, dim]`` random orthonormal rows scaled by ``sqrt(dim / rank)``."""
+  if not 1 <= rank <= dim:
+    raise ValueError(f"CoLR rank must be in [1, {dim}], got {rank}")
+  q, _ = jnp.linalg.qr(jax.random.normal(key, (dim, rank), jnp.float32))
+  return jnp.sqrt(dim / rank) * q.T
+
+
+def colr(num_index_rows: int, dim: int, *, rank: int, value_bits: int = 32) -> Compressor:
+  """CoLR's payload behind the compressor contract (see the module docstring).
+
+  ``encode`` projects any ``[n, d]`` rows onto ``B``'s row space (exact for
+  updates trained by the round, which stay there); ``key`` must be the round's
+  shared basis key, which the round passes when ``compressor.basis`` is set.
+  """
+  if value_bits not in (16, 32):
+    raise ValueError(f"value_bits must be 16 or 32, got {value_bits}")
+  colr_basis(jax.random.key(0), rank, dim)  # validates rank eagerly
+
+  def basis(key):
+    return colr_basis(key, rank, dim)
+
+  def encode(rows, mask, budget_bits, key):
+    del budget_bits  # fixed rate
+    b = basis(key)
+    live = mask & jnp.all(jnp.isfinite(rows), axis=1)
+    x = jnp.where(live[:, None], rows, 0.0)
+    a = jnp.matmul(x, b.T, precision=jax.lax.Precision.HIGHEST) * (rank / dim)
+    return CoLRPayload(a=round_values(a, value_bits), basis=b,
+                       bits=jnp.int32(colr_bits(rank, num_index_rows, value_bits)))
+
+  def decode(payload: CoLRPayload):
+    return jnp.matmul(payload.a, payload.basis, precision=jax.lax.Precision.HIGHEST)
+
+  return Compressor(name="colr", encode=encode, decode=decode, basis=basis)
