@@ -19,7 +19,7 @@ from absl import app, flags
 import experiments.train  # noqa: F401  (defines one flag per TrainConfig field)
 from fedras_jax import flags as flag_lib
 from fedras_jax.runtime import tune_host_allocator
-from fedras_jax.sweep import summarize, sweep
+from fedras_jax.sweep import parse_grid, summarize, sweep
 from fedras_jax.training import TrainConfig
 
 flags.DEFINE_string("seeds", "0,1,2,3", "comma-separated seeds, vmapped")
@@ -30,16 +30,6 @@ flags.DEFINE_boolean("bench", False, "time the seeds vmapped against one run per
 FLAGS = flags.FLAGS
 
 
-def parse_grid(text: str, cast):
-  grid = {}
-  for part in filter(None, text.split(";")):
-    name, _, values = part.partition("=")
-    if not values:
-      raise ValueError(f"bad grid entry {part!r}: expected name=v1,v2")
-    grid[name.strip()] = [cast(v) for v in values.split(",")]
-  return grid
-
-
 def _auto(v: str):
   for cast in (int, float):
     try:
@@ -47,6 +37,24 @@ def _auto(v: str):
     except ValueError:
       pass
   return v
+
+
+def bench(base: TrainConfig, seeds, grid):
+  """Prints the time of the seeds vmapped in one program against one run per seed."""
+  t0 = time.time()
+  batched = sweep(base, seeds, grid)[0]
+  batched_total = time.time() - t0
+  t0 = time.time()
+  singles = [sweep(base, [s], grid)[0] for s in seeds]
+  sequential_total = time.time() - t0
+  train = sum(r["train_seconds"] for r in singles)
+  print(f"{len(seeds)} seeds x {base.rounds} rounds, method {base.method}:")
+  print(f"  vmapped in one program: {batched_total:.1f}s "
+        f"(compile {batched['compile_seconds']:.1f}s, rounds {batched['train_seconds']:.1f}s)")
+  print(f"  one run per seed:       {sequential_total:.1f}s "
+        f"(compile {sum(r['compile_seconds'] for r in singles):.1f}s, rounds {train:.1f}s)")
+  print(f"  ratio vmapped / sequential: {batched_total / sequential_total:.2f} in all, "
+        f"{batched['train_seconds'] / train:.2f} without compilation")
 
 
 def main(argv):
@@ -61,16 +69,7 @@ def main(argv):
   except ValueError as e:
     sys.exit(f"error: {e}")
   if FLAGS.bench:
-    quiet = dataclasses.replace(base, quiet=True)
-    t0 = time.time()
-    sweep(quiet, seeds, grid)
-    batched = time.time() - t0
-    t0 = time.time()
-    for s in seeds:
-      sweep(quiet, [s], grid)
-    sequential = time.time() - t0
-    print(f"{len(seeds)} seeds vmapped: {batched:.1f}s; {len(seeds)} runs one by one: "
-          f"{sequential:.1f}s; ratio {batched / sequential:.2f} (both include compilation)")
+    bench(dataclasses.replace(base, quiet=True), seeds, grid)
     return
   rows = []
   for point in (dict(zip(shape_grid, v)) for v in itertools.product(*shape_grid.values())):

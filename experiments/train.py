@@ -49,6 +49,8 @@ HELP = {
     "bandwidth_sigma": "log-normal sigma",
     "fluctuation": "per-round bandwidth fluctuation f: budget x (1 + U(-f, f))",
     "compute_seconds": "simulated local compute seconds per round",
+    "validation": "hold out one more interaction per user and score on it, with its own "
+                  "negatives (for tuning; never the test items)",
     "num_lanes": "lanes of packed local training (speed only; results do not change)",
     "eval_every": "evaluate every N rounds (and at the end)",
     "seed": "seed of sampling, negatives and initialisation",

@@ -16,15 +16,25 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fedras_jax import data as data_lib
 from fedras_jax.compress import dense_bits
 from fedras_jax.federated import (LocalHParams, RoundHParams, client_data_from_split,
                                   init_states, make_round)
 from fedras_jax.metrics import make_evaluate
 from fedras_jax.training import (TrainConfig, build_bandwidth, build_compressors, build_model,
-                                 build_round_config)
+                                 build_round_config, load_run_data)
 
 SWEEPABLE = ("user_lr", "item_lr", "dense_lr", "weight_decay", "fluctuation", "payload_ratio")
+
+
+def parse_grid(text: str, cast=float) -> Dict[str, list]:
+  """``"item_lr=4,8;user_lr=0.5,1"`` -> ``{"item_lr": [4.0, 8.0], "user_lr": [0.5, 1.0]}``."""
+  grid = {}
+  for part in filter(None, text.split(";")):
+    name, _, values = part.partition("=")
+    if not values:
+      raise ValueError(f"bad grid entry {part!r}: expected name=v1,v2")
+    grid[name.strip()] = [cast(v) for v in values.split(",")]
+  return grid
 
 
 def grid_points(grid: Dict[str, Sequence[float]]) -> List[Dict[str, float]]:
@@ -40,7 +50,9 @@ def sweep(base: TrainConfig, seeds: Sequence[int], grid: Dict[str, Sequence[floa
           log: Callable[[str], None] = print) -> List[dict]:
   """Trains ``len(seeds) * len(grid points)`` runs of ``base`` in one program.
 
-  Returns one dict per run: its seed, its grid values, final HR@K/NDCG@K.
+  Returns one dict per run: its seed, its grid values, final HR@K/NDCG@K, and
+  the program's ``compile_seconds`` (its first round) and ``train_seconds`` (the
+  other rounds and the final evaluation), shared by the runs of one call.
   """
   base.validate()
   points = grid_points(grid) or [{}]
@@ -48,8 +60,7 @@ def sweep(base: TrainConfig, seeds: Sequence[int], grid: Dict[str, Sequence[floa
   configs = [dataclasses.replace(base, seed=s, **p) for s, p in runs]
   for c in configs:
     c.validate()
-  split = data_lib.load_dataset(base.dataset, base.data_dir, seed=base.seed,
-                                download=base.download)
+  split, eval_items, eval_negatives = load_run_data(base)
   model = build_model(base)
   round_config = build_round_config(base, split, seeds)
   server_opt = optax.sgd(base.server_lr)
@@ -73,23 +84,28 @@ def sweep(base: TrainConfig, seeds: Sequence[int], grid: Dict[str, Sequence[floa
       downlink_budget_bits=jnp.asarray([c.payload_ratio * dense_round_bits for c in configs],
                                        jnp.float32))
   batched_round = jax.jit(jax.vmap(round_fn), donate_argnums=(0, 1))
-  evaluate = make_evaluate(model, split.test_item, split.test_negatives)
+  evaluate = make_evaluate(model, eval_items, eval_negatives)
   batched_eval = jax.jit(jax.vmap(evaluate))
   start = time.time()
   for r in range(1, base.rounds + 1):
     server, clients, _ = batched_round(server, clients, hp)
+    if r == 1:  # the first call compiles
+      jax.block_until_ready(server)
+      first_round = time.time()
     if not base.quiet and (r % base.eval_every == 0 or r == base.rounds):
       hr = np.asarray(batched_eval(clients.users, server.items, server.dense)["hr@10"])
       log(f"round {r}/{base.rounds}: HR@10 mean {hr.mean():.4f} (min {hr.min():.4f}, "
           f"max {hr.max():.4f}) over {len(runs)} runs, {time.time() - start:.0f}s")
   scores = jax.device_get(batched_eval(clients.users, server.items, server.dense))
-  return [dict(seed=s, **p, **{k: float(v[i]) for k, v in scores.items()})
+  timing = dict(compile_seconds=first_round - start, train_seconds=time.time() - first_round)
+  return [dict(seed=s, **p, **{k: float(v[i]) for k, v in scores.items()}, **timing)
           for i, (s, p) in enumerate(runs)]
 
 
 def summarize(results: List[dict], metrics=("hr@10", "ndcg@10")) -> List[dict]:
   """One row per grid point: mean and std over seeds of each metric."""
-  keys = [k for k in results[0] if k not in ("seed",) and not k.startswith(("hr@", "ndcg@"))]
+  keys = [k for k in results[0] if k not in ("seed", "compile_seconds", "train_seconds")
+          and not k.startswith(("hr@", "ndcg@"))]
   groups = {}
   for row in results:
     groups.setdefault(tuple(row[k] for k in keys), []).append(row)

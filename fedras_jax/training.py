@@ -119,6 +119,7 @@ class TrainConfig:
   overwrite: bool = False
   download: bool = True
   on_nonfinite: str = "skip"
+  validation: bool = False
 
   def validate(self):
     """Raises ``ValueError`` naming the first bad setting."""
@@ -189,6 +190,28 @@ def build_bandwidth(config: TrainConfig, num_users: int, dense_round_bits: int):
                         payload_ratio=ratio,
                         tiers=[float(t) for t in config.bandwidth_tiers.split(",")],
                         sigma=config.bandwidth_sigma)
+
+
+# Seed offset of the validation negatives: never the test negatives' draw.
+_VALID_NEGATIVES_SEED = 7_919
+
+
+def load_run_data(config: TrainConfig):
+  """``(split, eval_items [U], eval_negatives [U, 99])`` of ``config``.
+
+  With ``config.validation`` one more interaction per user (the latest before the
+  test one) is held out of training and is what runs are scored on, against 99
+  negatives of their own draw: tuning never sees the test items. Otherwise runs
+  are scored on the test items and their saved negatives.
+  """
+  split = data_lib.load_dataset(config.dataset, config.data_dir, seed=config.seed,
+                                num_valid=int(config.validation), download=config.download)
+  if not config.validation:
+    return split, split.test_item, split.test_negatives
+  negatives = data_lib.sample_negatives(
+      split.seen_indptr, split.seen_items, split.num_items, split.test_negatives.shape[1],
+      seed=config.seed + _VALID_NEGATIVES_SEED, name=config.dataset)
+  return split, split.valid_item, negatives
 
 
 def build_model(config: TrainConfig):
@@ -348,8 +371,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
 
   workdir = pathlib.Path(config.workdir) if config.workdir else None
   may_resume = _prepare_workdir(config) if workdir else False
-  split = data_lib.load_dataset(config.dataset, config.data_dir, seed=config.seed,
-                                download=config.download)
+  split, eval_items, eval_negatives = load_run_data(config)
   if config.clients_per_round > split.num_users:
     raise ValueError(f"--clients_per_round={config.clients_per_round} exceeds the number of "
                      f"users of {config.dataset} ({split.num_users})")
@@ -370,7 +392,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
                          dense_lr=config.dense_lr, weight_decay=config.weight_decay),
       fluctuation=config.fluctuation, compute_seconds=config.compute_seconds,
       downlink_budget_bits=float(config.payload_ratio * dense_round_bits))
-  evaluate = make_evaluate(model, split.test_item, split.test_negatives)
+  evaluate = make_evaluate(model, eval_items, eval_negatives)
   m = config.clients_per_round
   # The user rows of the clients a round will sample (to name the ones it drops).
   rows_to_sample = jax.jit(

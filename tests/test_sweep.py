@@ -4,8 +4,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fedras_jax.sweep import grid_points, summarize, sweep
-from fedras_jax.training import TrainConfig, train
+from fedras_jax.sweep import grid_points, parse_grid, summarize, sweep
+from fedras_jax.training import TrainConfig, load_run_data, train
 
 
 def test_sweep_run_equals_single_run(ml100k_path):
@@ -26,3 +26,27 @@ def test_grid_rejects_shape_changing_settings():
       {"item_lr": 1, "user_lr": 3}, {"item_lr": 2, "user_lr": 3}]
   with pytest.raises(ValueError, match="cannot vmap over 'dim'"):
     grid_points({"dim": [8, 16]})
+
+
+def test_parse_grid():
+  assert parse_grid("item_lr=4,8; user_lr=0.5") == {"item_lr": [4.0, 8.0], "user_lr": [0.5]}
+  assert parse_grid("") == {}
+  with pytest.raises(ValueError, match="expected name=v1,v2"):
+    parse_grid("item_lr")
+
+
+def test_validation_scores_a_held_out_interaction_never_the_test_item(ml100k_path):
+  base = TrainConfig(data_dir=str(ml100k_path.parents[1]))
+  split, items, negatives = load_run_data(dataclasses.replace(base, validation=True))
+  test_split, test_items, test_negatives = load_run_data(base)
+  np.testing.assert_array_equal(items, split.valid_item)
+  np.testing.assert_array_equal(split.test_item, test_items)  # same test item either way
+  assert np.all(items >= 0) and not np.any(items == split.test_item)
+  assert len(split.train_items) == len(test_split.train_items) - split.num_users
+  assert negatives.shape == test_negatives.shape
+  assert np.mean(negatives == split.test_negatives) < 0.05, "a draw of its own"
+  for u in range(0, split.num_users, 97):
+    seen = set(split.seen_items[split.seen_indptr[u]:split.seen_indptr[u + 1]].tolist())
+    train_u = split.train_items[split.train_indptr[u]:split.train_indptr[u + 1]]
+    assert items[u] in seen and items[u] not in train_u
+    assert not seen & set(negatives[u].tolist()) and len(set(negatives[u].tolist())) == 99
