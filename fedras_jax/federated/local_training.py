@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 
 from fedras_jax.federated.client_data import ClientData
 from fedras_jax.federated.local_data import ClientPlan, minibatch, slot_item
+from fedras_jax.federated.rows import add_rows, set_rows, take_rows
 from fedras_jax.models.base import RecModel, bce_loss
 
 
@@ -195,6 +196,24 @@ def lane_batches(plans: ClientPlan, layout: SlotLayout, slot_items, *, num_lanes
                      labels=labels, valid=valid)
 
 
+@jax.custom_batching.custom_vmap
+def _shared_trip_count(n):
+  """``n``; under ``vmap`` the batch's maximum, unbatched.
+
+  A ``while_loop`` whose trip count is batched (a sweep's runs) selects its whole
+  carry every iteration, the ``[S, d]`` deltas included; running every run to the
+  longest run's count instead is exact here (steps past a run's end have no valid
+  example: zero updates, dropped writes) and was ~10x faster on CPU.
+  """
+  return n
+
+
+@_shared_trip_count.def_vmap
+def _shared_trip_count_vmap(size, in_batched, n):
+  del size
+  return (jnp.max(n) if in_batched[0] else n), False
+
+
 def run_lanes(model: RecModel, hp: LocalHParams, work: LaneBatches, item_table, dense, users,
               num_slots: int) -> PackedOutput:
   """Runs the lanes of ``work`` (any subset of lanes) to completion.
@@ -205,7 +224,8 @@ def run_lanes(model: RecModel, hp: LocalHParams, work: LaneBatches, item_table, 
   m = users.shape[0]
   client_dense = jax.tree.map(lambda p: jnp.broadcast_to(p, (m,) + p.shape), dense)
   busy = work.valid.any(axis=2)  # [T, W]
-  num_iters = jnp.max(jnp.where(busy, jnp.arange(busy.shape[0])[:, None] + 1, 0))
+  num_iters = _shared_trip_count(
+      jnp.max(jnp.where(busy, jnp.arange(busy.shape[0])[:, None] + 1, 0)))
 
   def lane_step(user, rows, dense_c, labels, valid):
     return local_step(model, hp, user, rows, dense_c, labels, valid)
@@ -213,17 +233,18 @@ def run_lanes(model: RecModel, hp: LocalHParams, work: LaneBatches, item_table, 
   def body(carry):
     t, users, deltas, dense_c, loss_sum = carry
     # An idle lane's client index is m: its reads clamp, its writes are dropped.
+    # (rows.* keep these gathers/scatters fast when a sweep vmaps the round.)
     client, flat = work.client[t], work.flat[t]
-    rows = item_table[work.items[t]] + deltas[flat]
-    lane_dense = jax.tree.map(lambda p: p[jnp.minimum(client, m - 1)], dense_c)
+    rows = take_rows(item_table, work.items[t]) + take_rows(deltas, flat)
+    lane_dense = jax.tree.map(lambda p: take_rows(p, client), dense_c)
     new_user, updates, new_dense, loss = jax.vmap(lane_step)(
-        users[jnp.minimum(client, m - 1)], rows, lane_dense, work.labels[t], work.valid[t])
-    users = users.at[client].set(new_user, mode="drop")
-    dense_c = jax.tree.map(lambda all_p, new_p: all_p.at[client].set(new_p, mode="drop"),
-                           dense_c, new_dense)
+        take_rows(users, client), rows, lane_dense, work.labels[t], work.valid[t])
+    users = set_rows(users, client, new_user)
+    dense_c = jax.tree.map(lambda all_p, new_p: set_rows(all_p, client, new_p), dense_c,
+                           new_dense)
     # Invalid examples have exactly zero updates, so no mask is needed here.
-    deltas = deltas.at[flat.reshape(-1)].add(updates.reshape(-1, updates.shape[-1]))
-    loss_sum = loss_sum.at[client].add(loss, mode="drop")
+    deltas = add_rows(deltas, flat.reshape(-1), updates.reshape(-1, updates.shape[-1]))
+    loss_sum = add_rows(loss_sum, client, loss)
     return t + 1, users, deltas, dense_c, loss_sum
 
   deltas = jnp.zeros((num_slots, item_table.shape[1]), item_table.dtype)
