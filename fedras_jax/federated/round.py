@@ -138,7 +138,8 @@ def init_states(model: RecModel, num_users: int, num_items: int, server_opt, *, 
   if bandwidth is None:
     bandwidth = jnp.full((num_users,), jnp.inf, jnp.float32)
   server = ServerState(items=params.items, residual=jnp.zeros_like(params.items),
-                       dense=params.dense, opt_state=server_opt.init(shared), round=jnp.int32(0), key=key)
+                       dense=params.dense, opt_state=server_opt.init(shared),
+                       round=jnp.int32(0), key=key)
   return server, ClientStates(users=params.users, bandwidth=jnp.asarray(bandwidth, jnp.float32))
 
 
