@@ -17,6 +17,13 @@ Part 2: ``encode`` for C client matrices ``[rows, d]`` (C=256, 32 with
 batching (``lax.map`` on CPU) and with ``vmap_strategy="parallel"`` vs C
 sequential calls of one jitted single-client ``encode``.
 
+Part 3: one large matrix (``[--split-rows, d]``, rows along 50 random
+directions with random magnitudes + Gaussian noise) under a budget allowing
+K = 45 (max_k 48): ``encode`` with one split per split test
+(``max_splits=1``) vs several and the default (every incoherent cluster at
+once). Reported: best-of-R seconds per call, split tests that split, Lloyd
+steps, K, bits and the relative reconstruction error ``||G - G_hat|| / ||G||``.
+
 Usage::
 
     python -m experiments.bench_quantizer --quick
@@ -154,6 +161,32 @@ def bench_vmap(clients, n_rows, d, max_k, repeats, seed=0):
     return med
 
 
+def bench_splits(n, d, max_k, k_budget, noise, repeats, splits=(1, 4, None), ndir=50, seed=0):
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal((ndir, d))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    g = rng.uniform(0.5, 2.0, (n, 1)) * u[rng.integers(0, ndir, n)]
+    g = (g + noise * rng.standard_normal((n, d))).astype(np.float32)
+    gj, key = jnp.asarray(g), jax.random.PRNGKey(seed)
+    budget = q.payload_bits(k_budget, n, d)
+    base = None
+    for s in splits:
+        f = jax.jit(lambda x, b, s=s: q.encode(x, key, budget_bits=b, max_k=max_k, tau=0.95,
+                                               max_splits=s))
+        t = time.perf_counter()
+        p = jax.block_until_ready(f(gj, budget))
+        first = time.perf_counter() - t
+        best = min(_time_once(lambda r=r: jax.block_until_ready(f(gj, budget + 1 + r)))
+                   for r in range(repeats))
+        err = float(np.linalg.norm(np.asarray(q.decode(p)) - g) / np.linalg.norm(g))
+        base = base or (best, err)
+        assert int(p.bits) <= budget
+        print(f"| {s if s is not None else 'all (default)'} | {best:7.2f} | {base[0] / best:5.2f} | "
+              f"{int(p.num_rounds):>3} | {int(p.lloyd_steps):>5} | {int(p.num_actions):>3} | "
+              f"{int(p.bits)} | {err:.4f} | {err / base[1]:.3f} | {max(first - best, 0):6.2f} |",
+              flush=True)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes only (n<=20000, K<=64)")
@@ -170,6 +203,9 @@ def main(argv=None):
                         "(must be set before JAX initialises its backend)")
     p.add_argument("--skip-kmeans", action="store_true")
     p.add_argument("--skip-vmap", action="store_true")
+    p.add_argument("--skip-splits", action="store_true")
+    p.add_argument("--split-rows", type=int, default=10_000)
+    p.add_argument("--split-noise", type=float, default=0.2)
     a = p.parse_args(argv)
     if a.threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(a.threads)
@@ -198,6 +234,12 @@ def main(argv=None):
               "| wall ms | speed-up vs sequential | compile s |")
         print("|---|---|---|---|")
         bench_vmap(clients, a.client_rows, a.dim, a.client_max_k, max(1, a.repeats // 2))
+    if not a.skip_splits:
+        print(f"\n| encode [{a.split_rows}, {a.dim}], K cap 45, max_k 48, noise {a.split_noise}: "
+              "max_splits | s/call | speed-up | split rounds | Lloyd steps | K | bits | rel. error "
+              "| error / S=1 | compile s |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        bench_splits(a.split_rows, a.dim, 48, 45, a.split_noise, max(1, a.repeats // 2))
 
 
 if __name__ == "__main__":

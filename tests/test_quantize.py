@@ -48,6 +48,18 @@ def enc_fixed(g, mask, budget, tau):
 
 @jax.jit
 @chex.assert_max_traces(n=1)
+def enc_split1(g, mask, budget, tau):  # one split per test (enc_fixed: the default, all)
+    return q.encode(g, KEY, budget_bits=budget, max_k=EMAX, tau=tau, mask=mask, max_splits=1)
+
+
+@jax.jit
+@chex.assert_max_traces(n=1)
+def enc_split2(g, mask, budget, tau):
+    return q.encode(g, KEY, budget_bits=budget, max_k=EMAX, tau=tau, mask=mask, max_splits=2)
+
+
+@jax.jit
+@chex.assert_max_traces(n=1)
 def enc_auto(g, mask, budget):
     return q.encode(g, KEY, budget_bits=budget, max_k=EMAX, tau_mode="auto", mask=mask)
 
@@ -440,9 +452,109 @@ def test_no_retrace_across_values():
     for budget, tau in itertools.product((500, 2000), (0.3, 0.9)):
         enc_fixed(g, np.random.default_rng(budget).random(EN) < 0.7, budget, tau)
         enc_auto(g, ALL, budget)
+        enc_split1(g, ALL, budget, tau)
+        enc_split2(g, ALL, budget, tau)
     x = jnp.asarray(np.random.default_rng(16).standard_normal((KN, KD)), jnp.float32)
     for k in (1, 3, KMAX):
         km_init(x, jnp.ones(KN), x[:KMAX], k)
+
+
+# ----------------------------------------------------------------------------
+# Splits per split test (max_splits). The default (every incoherent cluster at
+# once) is what enc_fixed / enc_vmap* above already exercise, vmap included.
+# ----------------------------------------------------------------------------
+SPLITS = {"S=1": enc_split1, "S=2": enc_split2, "S=all": enc_fixed}
+
+
+@pytest.mark.parametrize("splits", ["S=2", "S=all"])
+def test_multi_split_respects_budget_and_stops_coherent(splits):
+    enc = SPLITS[splits]
+    rng = np.random.default_rng(20)
+    cases = [(rng.standard_normal((EN, ED)).astype(np.float32), 0.8),
+             (directions(rng, EN, ED, ndir=5, noise=0.1), 0.95)]
+    mask = rng.random(EN) < 0.85
+    for g, tau in cases:
+        g_garbage = g.copy()
+        g_garbage[~mask] = 100 * rng.standard_normal(((~mask).sum(), ED))
+        for budget in (0, 456, 900, 1500, 2200, 100000):
+            p = enc(jnp.asarray(g), mask, budget, tau)
+            k = int(p.num_actions)
+            k_cap = q.max_actions_for_budget(budget, EN, ED, max_k=EMAX)
+            assert min(1, k_cap) <= k <= k_cap
+            assert int(p.bits) == q.payload_bits(k, EN, ED) <= budget
+            np.testing.assert_array_equal(np.asarray(p.active), np.arange(EMAX) < k)
+            assert np.all(np.asarray(p.centroids)[k:] == 0)
+            idx = np.asarray(p.indices)
+            assert np.all(idx[~mask] == q.NO_UPDATE)
+            if k:
+                assert idx[mask].min() >= 0 and idx[mask].max() < k
+            # Stopped either because every cluster passes the test or the budget ran out.
+            assert k == k_cap or _min_coherence(p) >= tau
+            # Never more split tests than one split per test needs.
+            p1 = enc_split1(jnp.asarray(g), mask, budget, tau)
+            assert int(p.num_rounds) <= int(p1.num_rounds)
+            # Masked rows are inert.
+            for a, b in zip(p, enc(jnp.asarray(g_garbage), mask, budget, tau)):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# Indices of the one-split-per-test encoder (before max_splits existed) on
+# well-separated data (nearest/second-nearest centroid gap >= 0.9 in squared
+# distance, so robust to float noise): rng 27, 7 directions, noise 0.05, K cap 5.
+_GOLDEN_S1 = (
+    "03400142230004300221140020011430220400001442023204203342000001130124001443201300"
+    "00001012220003200302403240023010400401322032040001340400100433114330244104413000"
+    "1201200423402303030042200210001201120403"
+)
+
+
+def test_single_split_reproduces_one_split_per_test_encoder():
+    rng = np.random.default_rng(27)
+    g = jnp.asarray(directions(rng, EN, ED, ndir=7, noise=0.05))
+    budget = q.payload_bits(5, EN, ED)
+    p1 = enc_split1(g, ALL, budget, 0.99)
+    np.testing.assert_array_equal(np.asarray(p1.indices), np.array([int(c) for c in _GOLDEN_S1]))
+    assert int(p1.num_actions) == 5 and int(p1.bits) == budget
+    assert int(p1.num_rounds) == 4  # exactly one new action per split test
+    # The default splits several clusters per test: fewer tests, another partition.
+    pa = enc_fixed(g, ALL, budget, 0.99)
+    assert int(pa.num_actions) == 5 and int(pa.num_rounds) == 3
+    pairs = set(zip(np.asarray(p1.indices).tolist(), np.asarray(pa.indices).tolist()))
+    assert len(pairs) > 5
+
+
+def test_multi_split_reaches_k_cap_in_fewer_rounds():
+    g = jnp.asarray(np.random.default_rng(21).standard_normal((EN, ED)), jnp.float32)
+    # tau > 1: every cluster fails the test, so K grows to the cap.
+    for cap, rounds in [(EMAX, {"S=1": 7, "S=2": 4, "S=all": 3}),  # 1-2-4-8, 1-2-4-6-8
+                        (6, {"S=1": 5, "S=2": 3, "S=all": 3})]:  # 1-2-4-6
+        budget = q.payload_bits(cap, EN, ED)
+        ps = {name: enc(g, ALL, budget, 2.0) for name, enc in SPLITS.items()}
+        for name, p in ps.items():
+            assert int(p.num_actions) == cap and int(p.bits) == budget, name
+            assert int(p.num_rounds) == rounds[name], (name, int(p.num_rounds))
+        assert int(ps["S=all"].lloyd_steps) < int(ps["S=1"].lloyd_steps)
+
+
+def test_multi_split_reconstruction_error_close_to_single_split():
+    for seed in (19, 21):
+        g = directions(np.random.default_rng(seed), EN, ED, ndir=12, noise=0.2)
+        for k in (4, 6, EMAX):
+            budget = q.payload_bits(k, EN, ED)
+            err = {}
+            for name, enc in SPLITS.items():
+                p = enc(jnp.asarray(g), ALL, budget, 2.0)
+                assert int(p.num_actions) == k
+                err[name] = np.linalg.norm(np.asarray(q.decode(p)) - g) / np.linalg.norm(g)
+            assert err["S=all"] <= 1.1 * err["S=1"], (seed, k, err)
+            assert err["S=2"] <= 1.1 * err["S=1"], (seed, k, err)
+
+
+def test_max_splits_is_validated():
+    g = jnp.zeros((4, 2), jnp.float32)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="max_splits"):
+            q.encode(g, KEY, budget_bits=1000, max_k=2, max_splits=bad)
 
 
 # ----------------------------------------------------------------------------
@@ -490,3 +602,23 @@ def test_optax_adapter_trains_and_passes_1d_leaves():
         assert 0 < int(state[0].bits) <= int(0.5 * n_items * dim * 32)
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
     assert not np.array_equal(np.asarray(state[0].key), np.asarray(tx.init(params)[0].key))
+
+
+def test_optax_adapter_forwards_max_splits(monkeypatch):
+    from fedras_jax.quantize import optax_adapter
+
+    seen = []
+
+    def spy(u, key, **kw):  # reuse a compiled encoder instead of compiling encode again
+        seen.append(kw["max_splits"])
+        return enc_split1(u, ALL, kw["budget_bits"], kw["tau"])
+
+    monkeypatch.setattr(optax_adapter, "encode", spy)
+    g = {"emb": jnp.asarray(np.random.default_rng(23).standard_normal((EN, ED)), jnp.float32)}
+    budget = q.payload_bits(EMAX, EN, ED)
+    tx = q.actions_quantizer(budget, max_k=EMAX, tau=2.0, max_splits=1)
+    u, s = tx.update(g, tx.init(g))
+    assert seen == [1]
+    p = enc_split1(g["emb"], ALL, budget, 2.0)
+    np.testing.assert_array_equal(np.asarray(u["emb"]), np.asarray(q.decode(p)))
+    assert int(s.bits) == int(p.bits)

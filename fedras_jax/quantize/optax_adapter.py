@@ -58,6 +58,7 @@ def actions_quantizer(
     value_bits: int = 32,
     max_iters: int = 25,
     seed: int = 0,
+    max_splits: Optional[int] = None,
 ) -> optax.GradientTransformation:
     """Quantize the updates of selected 2-D leaves as actions.
 
@@ -73,6 +74,8 @@ def actions_quantizer(
         called on the *updates* tree at trace time; must select 2-D leaves.
       value_bits, max_iters: forwarded to :func:`encode`.
       seed: seed of the PRNG key in the state.
+      max_splits: clusters split per split test, forwarded to :func:`encode`
+        (``None``: every incoherent cluster at once; ``1``: one per test).
 
     Returns:
       ``optax.GradientTransformation``.
@@ -112,6 +115,7 @@ def actions_quantizer(
                 tau_mode=tau_mode,
                 value_bits=value_bits,
                 max_iters=max_iters,
+                max_splits=max_splits,
             )
             out.append(decode(payload).astype(u.dtype))
             total = total + payload.bits
