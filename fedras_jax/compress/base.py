@@ -38,6 +38,12 @@ class Compressor(NamedTuple):
   basis: Optional[Callable[[jax.Array], jax.Array]] = None  # shared round subspace
 
 
+def check_value_bits(value_bits: int):
+  """Raises ``ValueError`` unless ``value_bits`` is 16 or 32 (what payloads support)."""
+  if value_bits not in (16, 32):
+    raise ValueError(f"value_bits must be 16 or 32, got {value_bits}")
+
+
 def round_values(values, value_bits: int):
   """What a receiver gets from ``value_bits`` 32 (as is) or 16 (bfloat16, clipped to its
   finite range) float values."""

@@ -25,7 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedras_jax.compress.base import Compressor, round_values
+from fedras_jax.compress.base import Compressor, check_value_bits, round_values
 
 
 class CoLRPayload(NamedTuple):
@@ -42,10 +42,14 @@ def colr_bits(rank: int, num_index_rows: int, value_bits: int = 32) -> int:
   return int(num_index_rows) * int(rank) * int(value_bits)
 
 
-def colr_basis(key, rank: int, dim: int) -> jax.Array:
-  """``[rank, dim]`` random orthonormal rows scaled by ``sqrt(dim / rank)``."""
+def _check_rank(rank: int, dim: int):
   if not 1 <= rank <= dim:
     raise ValueError(f"CoLR rank must be in [1, {dim}], got {rank}")
+
+
+def colr_basis(key, rank: int, dim: int) -> jax.Array:
+  """``[rank, dim]`` random orthonormal rows scaled by ``sqrt(dim / rank)``."""
+  _check_rank(rank, dim)
   q, _ = jnp.linalg.qr(jax.random.normal(key, (dim, rank), jnp.float32))
   return jnp.sqrt(dim / rank) * q.T
 
@@ -57,9 +61,8 @@ def colr(num_index_rows: int, dim: int, *, rank: int, value_bits: int = 32) -> C
   updates trained by the round, which stay there); ``key`` must be the round's
   shared basis key, which the round passes when ``compressor.basis`` is set.
   """
-  if value_bits not in (16, 32):
-    raise ValueError(f"value_bits must be 16 or 32, got {value_bits}")
-  colr_basis(jax.random.key(0), rank, dim)  # validates rank eagerly
+  check_value_bits(value_bits)
+  _check_rank(rank, dim)
 
   def basis(key):
     return colr_basis(key, rank, dim)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from fedras_jax import quantize
-from fedras_jax.compress.base import Compressor, round_values
+from fedras_jax.compress.base import Compressor, check_value_bits, round_values
 
 
 class EmbeddingKMeansPayload(NamedTuple):
@@ -51,8 +51,7 @@ def embedding_kmeans(num_index_rows: int, *, max_k: int, value_bits: int = 32,
     value_bits: 32, or 16 (centroids rounded to bfloat16).
     max_iters: Lloyd iteration bound (``quantize.kmeans``; k-means++ seeding).
   """
-  if value_bits not in (16, 32):
-    raise ValueError(f"value_bits must be 16 or 32, got {value_bits}")
+  check_value_bits(value_bits)
   if max_k < 1:
     raise ValueError(f"max_k must be >= 1, got {max_k}")
 

@@ -35,7 +35,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from fedras_jax.compress.base import Compressor, round_values
+from fedras_jax.compress.base import Compressor, check_value_bits, round_values
 
 
 def svd_bits(rank, num_index_rows: int, dim: int, value_bits: int = 32):
@@ -89,8 +89,7 @@ def svd(num_index_rows: int, *, max_rank: int, value_bits: int = 32,
   """
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-  if value_bits not in (16, 32):
-    raise ValueError(f"value_bits must be 16 or 32, got {value_bits}")
+  check_value_bits(value_bits)
   if max_rank < 1:
     raise ValueError(f"max_rank must be >= 1, got {max_rank}")
 

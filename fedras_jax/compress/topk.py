@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fedras_jax.compress.base import Compressor, round_values
+from fedras_jax.compress.base import Compressor, check_value_bits, round_values
 
 METHODS = ("top_k", "threshold")
 
@@ -106,8 +106,7 @@ def topk(num_index_rows: int, *, max_entries: int, value_bits: int = 32,
   """
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-  if value_bits not in (16, 32):
-    raise ValueError(f"value_bits must be 16 or 32, got {value_bits}")
+  check_value_bits(value_bits)
   if max_entries < 1:
     raise ValueError(f"max_entries must be >= 1, got {max_entries}")
 
