@@ -13,10 +13,20 @@ per method to ``compare.png``. Every other flag is a ``TrainConfig`` flag.
 candidates are trained in one vmapped program on the validation split (one more
 interaction per user held out, scored against its own negatives), the best
 validation HR@10 picks the setting, and only that setting is run on the test items.
+With ``--tune_at=1/32`` each method searches once, at that ratio, and uses the
+setting it found at every ratio (a ratio sweep at the cost of one search per method).
+
+Nothing is lost when a comparison is interrupted: every run resumes from its
+workdir (``<outdir>/<run name>``) and a search's results are kept there in
+``tuning.json``, so running the same command again redoes only what is missing.
+Runs may be split over several invocations into one ``--outdir`` (say one per
+method, in parallel); a last invocation over the whole grid then collects every
+row from the workdirs without training again.
 """
 import csv
 import dataclasses
 import itertools
+import json
 import pathlib
 import sys
 from fractions import Fraction
@@ -24,6 +34,7 @@ from fractions import Fraction
 from absl import app, flags
 
 import experiments.train  # noqa: F401  (defines one flag per TrainConfig field)
+from fedras_jax import checkpoint as ckpt_lib
 from fedras_jax import flags as flag_lib
 from fedras_jax.runtime import tune_host_allocator
 from fedras_jax.sweep import grid_points, parse_grid, sweep
@@ -36,6 +47,8 @@ flags.DEFINE_string("datasets", "ml-100k", "datasets")
 flags.DEFINE_string("seeds", "0", "seeds")
 flags.DEFINE_string("outdir", "runs/compare", "where runs, compare.csv/.md/.png go")
 flags.DEFINE_string("tune", "", "per-method search on the validation split, e.g. 'item_lr=4,8,16'")
+flags.DEFINE_string("tune_at", "", "search (--tune) once per method at this payload ratio, "
+                    "e.g. 1/32, and use its setting at every ratio (default: at every ratio)")
 FLAGS = flags.FLAGS
 
 COLUMNS = ("dataset", "model", "method", "payload_ratio", "seed", "rounds", "final_hr@10",
@@ -44,22 +57,36 @@ COLUMNS = ("dataset", "model", "method", "payload_ratio", "seed", "rounds", "fin
            "sim_seconds", "train_seconds")
 
 
+TUNING_FILE = "tuning.json"
+
+
 def tune(config: TrainConfig, grid) -> tuple:
-  """``(config with the grid point of best validation HR@10, that HR@10)``."""
-  results = sweep(dataclasses.replace(config, validation=True, workdir=None, quiet=True),
-                  [config.seed], grid)
+  """``(grid point of best validation HR@10, that HR@10)`` for ``config``.
+
+  The search's results are kept in ``<config.workdir>/tuning.json`` and reused by a
+  later call with the same config and grid (the search is deterministic).
+  """
+  search = dataclasses.replace(config, validation=True, workdir=None, quiet=True,
+                               overwrite=False)
+  key = json.loads(json.dumps({"config": dataclasses.asdict(search), "grid": grid}))
+  path = pathlib.Path(config.workdir) / TUNING_FILE
+  saved = json.loads(path.read_text()) if path.is_file() else {}
+  if {name: saved.get(name) for name in key} == key:
+    results, how = saved["results"], "kept"
+  else:
+    results, how = sweep(search, [config.seed], grid), "tuned"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ckpt_lib.write_atomic(path, json.dumps(dict(key, results=results), indent=1).encode())
   best = max(results, key=lambda r: r["hr@10"])
   point = {name: best[name] for name in grid}
-  print(f"   tuned {point}: validation HR@10 " + ", ".join(
+  print(f"   {how} {point} (payload {config.payload_ratio:g}): validation HR@10 " + ", ".join(
       f"{'/'.join(str(r[n]) for n in grid)}: {r['hr@10']:.4f}" for r in results), flush=True)
-  return dataclasses.replace(config, **point), best["hr@10"]
+  return point, best["hr@10"]
 
 
-def run_row(config: TrainConfig, ratio_text: str, grid) -> dict:
-  valid_hr, tuned = float("nan"), ""
-  if grid:
-    config, valid_hr = tune(config, grid)
-    tuned = ";".join(f"{name}={getattr(config, name)}" for name in grid)
+def run_row(config: TrainConfig, ratio_text: str, point: dict, valid_hr: float) -> dict:
+  config = dataclasses.replace(config, **point)
+  tuned = ";".join(f"{name}={value}" for name, value in point.items())
   summary = train(config)
   final, best = summary["final"], summary["best"]
   return {"dataset": config.dataset, "model": config.model, "method": config.method,
@@ -114,28 +141,39 @@ def main(argv):
     ratios = [(r, float(Fraction(r))) for r in split(FLAGS.ratios)]
     grid = parse_grid(FLAGS.tune, float)
     grid_points(grid)  # names must be sweepable
+    tune_at = (FLAGS.tune_at.strip(), float(Fraction(FLAGS.tune_at))) if FLAGS.tune_at else None
+    if tune_at and not grid:
+      raise ValueError("--tune_at needs --tune")
   except (ValueError, ZeroDivisionError) as e:
     sys.exit(f"error: {e}")
   outdir = pathlib.Path(FLAGS.outdir)
   outdir.mkdir(parents=True, exist_ok=True)
+
+  def run_config(dataset, model, method, ratio, seed):
+    ratio_text, value = ratio
+    name = f"{dataset}_{model}_{method}_{ratio_text.replace('/', 'over')}_s{seed}"
+    config = dataclasses.replace(base, dataset=dataset, model=model, method=method,
+                                 payload_ratio=value, seed=seed, workdir=str(outdir / name))
+    config.validate()
+    return name, config
+
   rows = []
-  for dataset, model, method, (ratio_text, ratio), seed in itertools.product(
+  for dataset, model, method, ratio, seed in itertools.product(
       split(FLAGS.datasets), split(FLAGS.models), split(FLAGS.methods), ratios,
       [int(s) for s in split(FLAGS.seeds)]):
     if method == "uncompressed" and rows and any(
         r["method"] == method and r["dataset"] == dataset and r["model"] == model
         and r["seed"] == seed for r in rows):
       continue  # the dense baseline does not depend on the ratio
-    name = f"{dataset}_{model}_{method}_{ratio_text.replace('/', 'over')}_s{seed}"
-    config = dataclasses.replace(base, dataset=dataset, model=model, method=method,
-                                 payload_ratio=ratio, seed=seed,
-                                 workdir=str(outdir / name))
     try:
-      config.validate()
+      name, config = run_config(dataset, model, method, ratio, seed)
+      search_config = (run_config(dataset, model, method, tune_at, seed)[1] if tune_at
+                       else config)
     except ValueError as e:
       sys.exit(f"error: {e}")
     print(f"== {name}", flush=True)
-    rows.append(run_row(config, ratio_text, grid))
+    point, valid_hr = tune(search_config, grid) if grid else ({}, float("nan"))
+    rows.append(run_row(config, ratio[0], point, valid_hr))
     write_outputs(rows, outdir)  # after every run: nothing is lost if interrupted
   print((outdir / "compare.md").read_text())
 

@@ -25,6 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fedras_jax.compress import linalg
 from fedras_jax.compress.base import Compressor, check_value_bits, round_values
 
 
@@ -50,7 +51,7 @@ def _check_rank(rank: int, dim: int):
 def colr_basis(key, rank: int, dim: int) -> jax.Array:
   """``[rank, dim]`` random orthonormal rows scaled by ``sqrt(dim / rank)``."""
   _check_rank(rank, dim)
-  q, _ = jnp.linalg.qr(jax.random.normal(key, (dim, rank), jnp.float32))
+  q, _ = linalg.qr(jax.random.normal(key, (dim, rank), jnp.float32))
   return jnp.sqrt(dim / rank) * q.T
 
 

@@ -27,7 +27,9 @@ Computing it (``method``):
   ``vmap``) it took 7 to 13 s per call against 0.1 to 1 s for the Gram route
   (a loaded machine; ``jnp.linalg.qr`` alone took 0.4 to 3 s).
 
-Neither cost depends on ``max_rank``.
+Neither cost depends on ``max_rank``. Both go through ``compress.linalg``, whose
+``vmap`` loops over the batch instead of making a batched LAPACK call: independent
+batched LAPACK calls in one program can hang XLA:CPU (see that module).
 """
 import numbers
 from typing import NamedTuple
@@ -35,6 +37,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from fedras_jax.compress import linalg
 from fedras_jax.compress.base import Compressor, check_value_bits, round_values
 
 
@@ -101,10 +104,10 @@ def svd(num_index_rows: int, *, max_rank: int, value_bits: int = 32,
     x = jnp.where(live[:, None], x, 0.0)
     p = min(max_rank, n, d)
     if method == "lapack":
-      u, s, vt = jnp.linalg.svd(x, full_matrices=False)
+      u, s, vt = linalg.svd(x)
       u, s, vt = u[:, :p], s[:p], vt[:p]
     else:  # right singular vectors from the d x d Gram matrix, U S = X V
-      _, v = jnp.linalg.eigh(_mm(x.T, x))
+      _, v = linalg.eigh(_mm(x.T, x))
       v = v[:, ::-1][:, :p]  # descending eigenvalues
       xv = _mm(x, v)
       s = jnp.sqrt(jnp.sum(xv * xv, axis=0))
