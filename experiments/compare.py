@@ -20,8 +20,9 @@ Nothing is lost when a comparison is interrupted: every run resumes from its
 workdir (``<outdir>/<run name>``) and a search's results are kept there in
 ``tuning.json``, so running the same command again redoes only what is missing.
 Runs may be split over several invocations into one ``--outdir`` (say one per
-method, in parallel); a last invocation over the whole grid then collects every
-row from the workdirs without training again.
+method, in parallel); a last invocation over the whole grid with ``--only_finished``
+then tabulates every finished run from the workdirs, trains nothing and names
+the runs that are missing.
 """
 import csv
 import dataclasses
@@ -30,6 +31,7 @@ import json
 import pathlib
 import sys
 from fractions import Fraction
+from typing import Optional
 
 from absl import app, flags
 
@@ -38,7 +40,7 @@ from fedras_jax import checkpoint as ckpt_lib
 from fedras_jax import flags as flag_lib
 from fedras_jax.runtime import tune_host_allocator
 from fedras_jax.sweep import grid_points, parse_grid, sweep
-from fedras_jax.training import TrainConfig, train
+from fedras_jax.training import TrainConfig, config_differences, train
 
 flags.DEFINE_string("methods", "uncompressed,fedras,topk,svd,colr,embedding_kmeans", "methods")
 flags.DEFINE_string("ratios", "1/2,1/4,1/8,1/16,1/32,1/64", "payload ratios (fractions)")
@@ -47,6 +49,8 @@ flags.DEFINE_string("datasets", "ml-100k", "datasets")
 flags.DEFINE_string("seeds", "0", "seeds")
 flags.DEFINE_string("outdir", "runs/compare", "where runs, compare.csv/.md/.png go")
 flags.DEFINE_string("tune", "", "per-method search on the validation split, e.g. 'item_lr=4,8,16'")
+flags.DEFINE_bool("only_finished", False, "train nothing: tabulate the runs of the grid "
+                  "already finished in --outdir, and name the missing ones")
 flags.DEFINE_string("tune_at", "", "search (--tune) once per method at this payload ratio, "
                     "e.g. 1/32, and use its setting at every ratio (default: at every ratio)")
 FLAGS = flags.FLAGS
@@ -60,23 +64,28 @@ COLUMNS = ("dataset", "model", "method", "payload_ratio", "seed", "rounds", "fin
 TUNING_FILE = "tuning.json"
 
 
-def tune(config: TrainConfig, grid) -> tuple:
+def tune(config: TrainConfig, grid, search: bool = True) -> Optional[tuple]:
   """``(grid point of best validation HR@10, that HR@10)`` for ``config``.
 
   The search's results are kept in ``<config.workdir>/tuning.json`` and reused by a
-  later call with the same config and grid (the search is deterministic).
+  later call with the same result-affecting settings and grid (the search is
+  deterministic). With ``search=False`` only kept results are used (None if none).
   """
-  search = dataclasses.replace(config, validation=True, workdir=None, quiet=True,
-                               overwrite=False)
-  key = json.loads(json.dumps({"config": dataclasses.asdict(search), "grid": grid}))
+  candidate = dataclasses.replace(config, validation=True, workdir=None, quiet=True,
+                                  overwrite=False)
+  grid_json = json.loads(json.dumps(grid))
   path = pathlib.Path(config.workdir) / TUNING_FILE
   saved = json.loads(path.read_text()) if path.is_file() else {}
-  if {name: saved.get(name) for name in key} == key:
+  if saved.get("grid") == grid_json and not config_differences(saved["config"], candidate):
     results, how = saved["results"], "kept"
+  elif not search:
+    return None
   else:
-    results, how = sweep(search, [config.seed], grid), "tuned"
+    results, how = sweep(candidate, [config.seed], grid), "tuned"
     path.parent.mkdir(parents=True, exist_ok=True)
-    ckpt_lib.write_atomic(path, json.dumps(dict(key, results=results), indent=1).encode())
+    ckpt_lib.write_atomic(path, json.dumps(dict(config=dataclasses.asdict(candidate),
+                                                grid=grid_json, results=results),
+                                           indent=1).encode())
   best = max(results, key=lambda r: r["hr@10"])
   point = {name: best[name] for name in grid}
   print(f"   {how} {point} (payload {config.payload_ratio:g}): validation HR@10 " + ", ".join(
@@ -84,16 +93,25 @@ def tune(config: TrainConfig, grid) -> tuple:
   return point, best["hr@10"]
 
 
-def run_row(config: TrainConfig, ratio_text: str, point: dict, valid_hr: float) -> dict:
-  config = dataclasses.replace(config, **point)
-  tuned = ";".join(f"{name}={value}" for name, value in point.items())
-  summary = train(config)
+def finished_summary(config: TrainConfig) -> Optional[dict]:
+  """The summary of ``config``'s run in its workdir if that run is finished, else None."""
+  path = pathlib.Path(config.workdir) / "summary.json"
+  if not path.is_file():
+    return None
+  summary = json.loads(path.read_text())
+  finished = summary["final"]["round"] == config.rounds
+  return summary if finished and not config_differences(summary["config"], config) else None
+
+
+def table_row(config: TrainConfig, ratio_text: str, summary: dict, tuned_names,
+              valid_hr: float) -> dict:
   final, best = summary["final"], summary["best"]
   return {"dataset": config.dataset, "model": config.model, "method": config.method,
           "payload_ratio": ratio_text, "seed": config.seed, "rounds": config.rounds,
           "final_hr@10": final["hr@10"], "final_ndcg@10": final["ndcg@10"],
           "best_hr@10": best["hr@10"], "best_ndcg@10": best["ndcg@10"],
-          "tuned": tuned, "valid_hr@10": valid_hr,
+          "tuned": ";".join(f"{name}={summary['config'][name]}" for name in tuned_names),
+          "valid_hr@10": valid_hr,
           "bits_up_total": final["bits_up_total"], "bits_down_total": final["bits_down_total"],
           "compression_up": final["compression_up"],
           "compression_down": final["compression_down"], "sim_seconds": final["sim_seconds"],
@@ -172,9 +190,19 @@ def main(argv):
     except ValueError as e:
       sys.exit(f"error: {e}")
     print(f"== {name}", flush=True)
-    point, valid_hr = tune(search_config, grid) if grid else ({}, float("nan"))
-    rows.append(run_row(config, ratio[0], point, valid_hr))
+    tuned = (tune(search_config, grid, search=not FLAGS.only_finished) if grid
+             else ({}, float("nan")))
+    summary = None
+    if tuned is not None:
+      config = dataclasses.replace(config, **tuned[0])
+      summary = finished_summary(config) if FLAGS.only_finished else train(config)
+    if summary is None:
+      print("   not finished: left out of the table", flush=True)
+      continue
+    rows.append(table_row(config, ratio[0], summary, grid, tuned[1]))
     write_outputs(rows, outdir)  # after every run: nothing is lost if interrupted
+  if not rows:
+    sys.exit(f"error: no finished runs in {outdir}")
   print((outdir / "compare.md").read_text())
 
 

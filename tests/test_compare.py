@@ -1,0 +1,46 @@
+"""experiments/compare.py: the table, --tune_at, kept searches, --only_finished."""
+import csv
+import json
+import subprocess
+import sys
+
+
+def _compare(data_dir, outdir, methods, *extra):
+  cmd = [sys.executable, "-m", "experiments.compare", f"--data_dir={data_dir}",
+         f"--outdir={outdir}", f"--methods={methods}", "--ratios=1/8,1/32", "--rounds=2",
+         "--clients_per_round=8", "--eval_every=2", "--tune=item_lr=4,8", "--tune_at=1/32",
+         *extra]
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(outdir / "compare.csv") as f:
+    return proc.stdout, list(csv.DictReader(f))
+
+
+def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
+  data_dir = ml100k_path.parents[1]
+  out, rows = _compare(data_dir, tmp_path, "uncompressed,svd")
+  # The dense baseline runs once; svd at both ratios.
+  assert [(r["method"], r["payload_ratio"]) for r in rows] == [
+      ("uncompressed", "1/8"), ("svd", "1/8"), ("svd", "1/32")]
+  assert out.count("   tuned ") == 2 and out.count("   kept ") == 1  # svd 1/32 reuses 1/8's
+  for method in ("uncompressed", "svd"):
+    search = json.loads((tmp_path / f"ml-100k_mf_{method}_1over32_s0" / "tuning.json").read_text())
+    assert search["config"]["payload_ratio"] == 1 / 32 and search["config"]["validation"]
+    best = max(search["results"], key=lambda r: r["hr@10"])
+    assert sorted(r["item_lr"] for r in search["results"]) == [4.0, 8.0]
+    for row in (r for r in rows if r["method"] == method):
+      assert row["tuned"] == f"item_lr={best['item_lr']}"
+      assert float(row["valid_hr@10"]) == best["hr@10"]
+      name = f"ml-100k_mf_{method}_{row['payload_ratio'].replace('/', 'over')}_s0"
+      summary = json.loads((tmp_path / name / "summary.json").read_text())
+      assert summary["config"]["item_lr"] == best["item_lr"]
+      assert float(row["final_hr@10"]) == summary["final"]["hr@10"]
+  assert not (tmp_path / "ml-100k_mf_svd_1over8_s0" / "tuning.json").exists()
+  svd_bits = [int(r["bits_up_total"]) for r in rows if r["method"] == "svd"]
+  assert svd_bits[0] > svd_bits[1]  # 1/8 sends more than 1/32
+
+  # Tabulating only: nothing is searched or trained again; topk is named as missing.
+  out2, rows2 = _compare(data_dir, tmp_path, "uncompressed,svd,topk", "--only_finished")
+  assert "   tuned " not in out2 and "compile" not in out2
+  assert out2.count("not finished") == 2
+  assert rows2 == rows
