@@ -76,7 +76,8 @@ def tune(config: TrainConfig, grid, search: bool = True) -> Optional[tuple]:
   grid_json = json.loads(json.dumps(grid))
   path = pathlib.Path(config.workdir) / TUNING_FILE
   saved = json.loads(path.read_text()) if path.is_file() else {}
-  if saved.get("grid") == grid_json and not config_differences(saved["config"], candidate):
+  if (saved.get("grid") == grid_json and "config" in saved and "results" in saved
+      and not config_differences(saved["config"], candidate)):
     results, how = saved["results"], "kept"
   elif not search:
     return None
