@@ -44,8 +44,8 @@ def test_unbatched_argument_is_shared_across_the_batch():
 
 def test_independent_batched_calls_in_one_program_do_not_hang():
   # Four independent vmap(eigh) in one jit: with jnp.linalg.eigh this hung
-  # XLA:CPU within 30 calls in 2 of 3 tries on a loaded 2-core machine (8 of 8
-  # with 4 calls of [8..32, 64, 64]).
+  # XLA:CPU within 30 calls in 2 of 3 tries on a loaded 2-core machine (16 of 18
+  # runs with 4 calls of [8..32, 64, 64]).
   script = textwrap.dedent("""
       import jax, jax.numpy as jnp
       from fedras_jax.compress import linalg

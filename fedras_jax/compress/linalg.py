@@ -1,15 +1,13 @@
 """Dense linear algebra (``eigh``, ``qr``, ``svd``) that never runs batched.
 
-jaxlib 0.10's CPU LAPACK kernels split a batched call (a ``vmap`` of
-``jnp.linalg.eigh``, ``qr``, ``cholesky``, ...) over XLA's intra-op thread pool.
-When two such batched calls are independent in one program, XLA:CPU may run them
-at the same time, and then the program can hang for ever: every pool thread
-waits for work, the caller waits for the result (reproduced on a 2-core machine
-with four independent ``vmap(eigh)`` over ``[16, 64, 64]`` in one ``jit``: a hang
-within 30 calls in 8 runs of 8; one batched call per program, or unbatched calls,
-never hung). A round has one batched call per client bucket plus the downlink's,
-and a vmapped sweep batches every call again, so the SVD baseline hung within its
-first round.
+With jax/jaxlib 0.10.2 on XLA:CPU, a program holding two or more independent
+batched LAPACK calls (a ``vmap`` of ``jnp.linalg.eigh``, ``qr``, ``cholesky``, ...)
+can hang for ever: every thread of the process idle, the caller waiting for the
+result (why was not found). Reproduced on a 2-core machine with four independent
+``vmap(eigh)`` over ``[8..32, 64, 64]`` in one ``jit``: a hang within 30 calls in
+16 of 18 runs; one batched call per program, or unbatched calls, never hung. A
+round has one batched call per client bucket plus the downlink's, and a vmapped
+sweep batches every call again, so the SVD baseline hung within its first round.
 
 These wrappers carry a ``custom_vmap`` rule that runs the batch as a
 ``lax.map`` of unbatched calls (nested ``vmap`` nests the maps), so no batched
