@@ -14,11 +14,13 @@ candidates are trained in one vmapped program on the validation split (one more
 interaction per user held out, scored against its own negatives), the best
 validation HR@10 picks the setting, and only that setting is run on the test items.
 With ``--tune_at=1/32`` each method searches once, at that ratio, and uses the
-setting it found at every ratio (a ratio sweep at the cost of one search per method).
+setting it found at every ratio (a ratio sweep at the cost of one search per method);
+with ``--tune_seed=0`` the search runs at seed 0 only and every seed uses its pick.
 
 Nothing is lost when a comparison is interrupted: every run resumes from its
 workdir (``<outdir>/<run name>``) and a search's results are kept there in
-``tuning.json``, so running the same command again redoes only what is missing.
+``tuning.json``, so running the same command again redoes only what is missing
+(a widened ``--tune`` grid searches only its new points).
 Runs may be split over several invocations into one ``--outdir`` (say one per
 method, in parallel); a last invocation over the whole grid with ``--only_finished``
 then tabulates every finished run from the workdirs, trains nothing and names
@@ -39,8 +41,8 @@ import experiments.train  # noqa: F401  (defines one flag per TrainConfig field)
 from fedras_jax import checkpoint as ckpt_lib
 from fedras_jax import flags as flag_lib
 from fedras_jax.runtime import tune_host_allocator
-from fedras_jax.sweep import grid_points, parse_grid, sweep
-from fedras_jax.training import TrainConfig, config_differences, train
+from fedras_jax.sweep import SWEEPABLE, grid_points, parse_grid, sweep_points
+from fedras_jax.training import TrainConfig, config_differences, recorded_config, train
 
 flags.DEFINE_string("methods", "uncompressed,fedras,topk,svd,colr,embedding_kmeans", "methods")
 flags.DEFINE_string("ratios", "1/2,1/4,1/8,1/16,1/32,1/64", "payload ratios (fractions)")
@@ -53,6 +55,8 @@ flags.DEFINE_bool("only_finished", False, "train nothing: tabulate the runs of t
                   "already finished in --outdir, and name the missing ones")
 flags.DEFINE_string("tune_at", "", "search (--tune) once per method at this payload ratio, "
                     "e.g. 1/32, and use its setting at every ratio (default: at every ratio)")
+flags.DEFINE_integer("tune_seed", None, "search (--tune) at this seed only and use its "
+                     "setting for every seed (default: each seed searches)")
 FLAGS = flags.FLAGS
 
 COLUMNS = ("dataset", "model", "method", "payload_ratio", "seed", "rounds", "final_hr@10",
@@ -67,31 +71,48 @@ TUNING_FILE = "tuning.json"
 def tune(config: TrainConfig, grid, search: bool = True) -> Optional[tuple]:
   """``(grid point of best validation HR@10, that HR@10)`` for ``config``.
 
-  The search's results are kept in ``<config.workdir>/tuning.json`` and reused by a
-  later call with the same result-affecting settings and grid (the search is
-  deterministic). With ``search=False`` only kept results are used (None if none).
+  Every point searched is kept in ``<config.workdir>/tuning.json`` and reused by a
+  later call with the same result-affecting settings: a widened grid searches only
+  its new points (each point's result is its own deterministic run; points searched
+  in different calls ran in different vmapped programs, so they agree with a joint
+  search up to float rounding). With ``search=False`` only kept results are used
+  (None if some point was never searched).
   """
   candidate = dataclasses.replace(config, validation=True, workdir=None, quiet=True,
                                   overwrite=False)
-  grid_json = json.loads(json.dumps(grid))
   path = pathlib.Path(config.workdir) / TUNING_FILE
   saved = json.loads(path.read_text()) if path.is_file() else {}
-  if (saved.get("grid") == grid_json and "config" in saved and "results" in saved
-      and not config_differences(saved["config"], candidate)):
-    results, how = saved["results"], "kept"
-  elif not search:
+  kept = (saved.get("results", []) if "config" in saved
+          and not config_differences(saved["config"], candidate) else [])
+  # A point's full setting: its values, the candidate's for the other sweepable names.
+  key = lambda point: tuple(point.get(name, getattr(candidate, name)) for name in SWEEPABLE)
+  found = {key(r): r for r in kept}
+  missing = [p for p in grid_points(grid) if key(p) not in found]
+  if missing and not search:
     return None
-  else:
-    results, how = sweep(candidate, [config.seed], grid), "tuned"
+  if missing:
+    new = sweep_points(candidate, [config.seed], missing)
+    found.update((key(r), r) for r in new)
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt_lib.write_atomic(path, json.dumps(dict(config=dataclasses.asdict(candidate),
-                                                grid=grid_json, results=results),
-                                           indent=1).encode())
+                                                results=kept + new), indent=1).encode())
+  results = [found[key(p)] for p in grid_points(grid)]
   best = max(results, key=lambda r: r["hr@10"])
   point = {name: best[name] for name in grid}
+  how = (f"tuned ({len(missing)} of {len(results)} points searched)" if missing else "kept")
   print(f"   {how} {point} (payload {config.payload_ratio:g}): validation HR@10 " + ", ".join(
       f"{'/'.join(str(r[n]) for n in grid)}: {r['hr@10']:.4f}" for r in results), flush=True)
   return point, best["hr@10"]
+
+
+def holds_other_pick(config: TrainConfig, grid) -> bool:
+  """True if ``config``'s workdir holds a run that differs from it only in ``grid``'s
+  names: a run at a setting an earlier search picked and the current one does not."""
+  recorded = recorded_config(config.workdir)
+  if recorded is None or not config_differences(recorded, config):
+    return False
+  as_recorded = dataclasses.replace(config, **{n: recorded[n] for n in grid if n in recorded})
+  return not config_differences(recorded, as_recorded)
 
 
 def finished_summary(config: TrainConfig) -> Optional[dict]:
@@ -161,8 +182,8 @@ def main(argv):
     grid = parse_grid(FLAGS.tune, float)
     grid_points(grid)  # names must be sweepable
     tune_at = (FLAGS.tune_at.strip(), float(Fraction(FLAGS.tune_at))) if FLAGS.tune_at else None
-    if tune_at and not grid:
-      raise ValueError("--tune_at needs --tune")
+    if (tune_at or FLAGS.tune_seed is not None) and not grid:
+      raise ValueError("--tune_at and --tune_seed need --tune")
   except (ValueError, ZeroDivisionError) as e:
     sys.exit(f"error: {e}")
   outdir = pathlib.Path(FLAGS.outdir)
@@ -186,8 +207,8 @@ def main(argv):
       continue  # the dense baseline does not depend on the ratio
     try:
       name, config = run_config(dataset, model, method, ratio, seed)
-      search_config = (run_config(dataset, model, method, tune_at, seed)[1] if tune_at
-                       else config)
+      search_seed = seed if FLAGS.tune_seed is None else FLAGS.tune_seed
+      search_config = run_config(dataset, model, method, tune_at or ratio, search_seed)[1]
     except ValueError as e:
       sys.exit(f"error: {e}")
     print(f"== {name}", flush=True)
@@ -196,6 +217,9 @@ def main(argv):
     summary = None
     if tuned is not None:
       config = dataclasses.replace(config, **tuned[0])
+      if not FLAGS.only_finished and holds_other_pick(config, grid):
+        print(f"   replacing the run at an earlier pick with {tuned[0]}", flush=True)
+        config = dataclasses.replace(config, overwrite=True)
       summary = finished_summary(config) if FLAGS.only_finished else train(config)
     if summary is None:
       print("   not finished: left out of the table", flush=True)

@@ -37,25 +37,38 @@ def parse_grid(text: str, cast=float) -> Dict[str, list]:
   return grid
 
 
-def grid_points(grid: Dict[str, Sequence[float]]) -> List[Dict[str, float]]:
-  """The cartesian product of ``grid`` as a list of ``{name: value}``."""
-  for name in grid:
+def _check_sweepable(names):
+  for name in names:
     if name not in SWEEPABLE:
       raise ValueError(f"cannot vmap over {name!r}: sweepable are {SWEEPABLE}")
+
+
+def grid_points(grid: Dict[str, Sequence[float]]) -> List[Dict[str, float]]:
+  """The cartesian product of ``grid`` as a list of ``{name: value}``."""
+  _check_sweepable(grid)
   names = list(grid)
   return [dict(zip(names, values)) for values in itertools.product(*grid.values())]
 
 
 def sweep(base: TrainConfig, seeds: Sequence[int], grid: Dict[str, Sequence[float]],
           log: Callable[[str], None] = print) -> List[dict]:
-  """Trains ``len(seeds) * len(grid points)`` runs of ``base`` in one program.
+  """``sweep_points`` over the cartesian product of ``grid`` (``{name: values}``)."""
+  return sweep_points(base, seeds, grid_points(grid), log)
 
-  Returns one dict per run: its seed, its grid values, final HR@K/NDCG@K, and
+
+def sweep_points(base: TrainConfig, seeds: Sequence[int], points: Sequence[Dict[str, float]],
+                 log: Callable[[str], None] = print) -> List[dict]:
+  """Trains ``len(seeds) * len(points)`` runs of ``base`` in one program.
+
+  ``points`` are ``{name: value}`` settings of ``SWEEPABLE`` names (``[]``: ``base``
+  alone). Returns one dict per run: its seed, its point's values, final HR@K/NDCG@K, and
   the program's ``compile_seconds`` (its first round) and ``train_seconds`` (the
   other rounds and the final evaluation), shared by the runs of one call.
   """
   base.validate()
-  points = grid_points(grid) or [{}]
+  for point in points:
+    _check_sweepable(point)
+  points = list(points) or [{}]
   runs = [(s, p) for p in points for s in seeds]
   configs = [dataclasses.replace(base, seed=s, **p) for s, p in runs]
   for c in configs:

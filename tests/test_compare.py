@@ -44,3 +44,22 @@ def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
   assert "   tuned " not in out2 and "compile" not in out2
   assert out2.count("not finished") == 2
   assert rows2 == rows
+
+  # A widened grid searches only its new point; --tune_seed=0 lends seed 0's search to seed 1.
+  before = json.loads((tmp_path / "ml-100k_mf_svd_1over32_s0" / "tuning.json").read_text())
+  out3, rows3 = _compare(data_dir, tmp_path, "svd", "--ratios=1/32", "--seeds=0,1",
+                         "--tune=item_lr=2,4,8", "--tune_seed=0")
+  assert out3.count("tuned (1 of 3 points searched)") == 1 and out3.count("   kept ") == 1
+  search = json.loads((tmp_path / "ml-100k_mf_svd_1over32_s0" / "tuning.json").read_text())
+  assert search["results"][:2] == before["results"]
+  assert [r["item_lr"] for r in search["results"]] == [4.0, 8.0, 2.0]
+  # The pick: best validation HR@10, ties to the first in grid order.
+  best = max(sorted(search["results"], key=lambda r: r["item_lr"]), key=lambda r: r["hr@10"])
+  assert [(r["seed"], r["tuned"]) for r in rows3] == [("0", f"item_lr={best['item_lr']}"),
+                                                      ("1", f"item_lr={best['item_lr']}")]
+  assert not (tmp_path / "ml-100k_mf_svd_1over32_s1" / "tuning.json").exists()
+  # A run at the earlier pick is replaced by one at the new pick (and only then).
+  earlier = max(before["results"], key=lambda r: r["hr@10"])["item_lr"]
+  assert ("replacing the run" in out3) == (best["item_lr"] != earlier)
+  summary = json.loads((tmp_path / "ml-100k_mf_svd_1over32_s0" / "summary.json").read_text())
+  assert summary["config"]["item_lr"] == best["item_lr"]
