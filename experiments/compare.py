@@ -36,6 +36,7 @@ from fractions import Fraction
 from typing import Optional
 
 from absl import app, flags
+import numpy as np
 
 import experiments.train  # noqa: F401  (defines one flag per TrainConfig field)
 from fedras_jax import checkpoint as ckpt_lib
@@ -140,6 +141,23 @@ def table_row(config: TrainConfig, ratio_text: str, summary: dict, tuned_names,
           "train_seconds": summary["train_seconds"]}
 
 
+def over_seeds(rows) -> list:
+  """Lines of a markdown table: per dataset, model, method and ratio, the mean and
+  (population) std over seeds of the final HR@10 and NDCG@10 and the uplink compression."""
+  groups = {}
+  for r in rows:
+    groups.setdefault((r["dataset"], r["model"], r["method"], r["payload_ratio"]), []).append(r)
+  lines = ["| dataset | model | method | payload_ratio | seeds | final_hr@10 | final_ndcg@10 "
+           "| compression_up |", "|" + "---|" * 8]
+  for key, group in groups.items():
+    stats = [np.asarray([r[c] for r in group], np.float64)
+             for c in ("final_hr@10", "final_ndcg@10")]
+    lines.append("| " + " | ".join(map(str, key)) + f" | {len(group)} | " + " | ".join(
+        f"{v.mean():.4f} ± {v.std():.4f}" for v in stats)
+        + f" | {np.mean([r['compression_up'] for r in group]):.2%} |")
+  return lines
+
+
 def write_outputs(rows, outdir: pathlib.Path):
   with open(outdir / "compare.csv", "w", newline="") as f:
     writer = csv.DictWriter(f, COLUMNS)
@@ -150,6 +168,8 @@ def write_outputs(rows, outdir: pathlib.Path):
   for r in rows:
     lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c])
                                    for c in shown) + " |")
+  if len({r["seed"] for r in rows}) > 1:
+    lines += ["", "Over seeds (mean ± std):", ""] + over_seeds(rows)
   (outdir / "compare.md").write_text("\n".join(lines) + "\n")
   try:
     import matplotlib

@@ -63,3 +63,8 @@ def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
   assert ("replacing the run" in out3) == (best["item_lr"] != earlier)
   summary = json.loads((tmp_path / "ml-100k_mf_svd_1over32_s0" / "summary.json").read_text())
   assert summary["config"]["item_lr"] == best["item_lr"]
+  # compare.md adds the mean and std over seeds (NumPy float64 of the CSV's values).
+  hrs = [float(r["final_hr@10"]) for r in rows3]
+  line = next(l for l in (tmp_path / "compare.md").read_text().splitlines()
+              if l.startswith("| ml-100k | mf | svd | 1/32 | 2 |"))
+  assert f"{sum(hrs) / 2:.4f} ± {abs(hrs[0] - hrs[1]) / 2:.4f}" in line
