@@ -7,7 +7,9 @@
 Every run gets the same rounds, clients per round, learning rates, seeds and test
 candidates (the base flags); one row per run goes to ``compare.csv``, a markdown
 table to ``compare.md`` and, with matplotlib installed, HR@10 against payload ratio
-per method to ``compare.png``. Every other flag is a ``TrainConfig`` flag.
+per method to ``compare.png``. Every other flag is a ``TrainConfig`` flag; ``--models``,
+``--datasets`` and ``--seeds`` default to the single ``--model``, ``--dataset`` and
+``--seed`` (say, of a ``--flagfile``).
 
 ``--tune="item_lr=4,8,16"`` gives every method and ratio the same search: the
 candidates are trained in one vmapped program on the validation split (one more
@@ -47,9 +49,9 @@ from fedras_jax.training import TrainConfig, config_differences, recorded_config
 
 flags.DEFINE_string("methods", "uncompressed,fedras,topk,svd,colr,embedding_kmeans", "methods")
 flags.DEFINE_string("ratios", "1/2,1/4,1/8,1/16,1/32,1/64", "payload ratios (fractions)")
-flags.DEFINE_string("models", "mf", "models")
-flags.DEFINE_string("datasets", "ml-100k", "datasets")
-flags.DEFINE_string("seeds", "0", "seeds")
+flags.DEFINE_string("models", "", "models (default: the --model flag)")
+flags.DEFINE_string("datasets", "", "datasets (default: the --dataset flag)")
+flags.DEFINE_string("seeds", "", "seeds (default: the --seed flag)")
 flags.DEFINE_string("outdir", "runs/compare", "where runs, compare.csv/.md/.png go")
 flags.DEFINE_string("tune", "", "per-method search on the validation split, e.g. 'item_lr=4,8,16'")
 flags.DEFINE_bool("only_finished", False, "train nothing: tabulate the runs of the grid "
@@ -199,6 +201,7 @@ def main(argv):
   try:
     base = flag_lib.config_from_flags(TrainConfig)
     ratios = [(r, float(Fraction(r))) for r in split(FLAGS.ratios)]
+    seeds = [int(s) for s in split(FLAGS.seeds)] or [base.seed]
     grid = parse_grid(FLAGS.tune, float)
     grid_points(grid)  # names must be sweepable
     tune_at = (FLAGS.tune_at.strip(), float(Fraction(FLAGS.tune_at))) if FLAGS.tune_at else None
@@ -219,8 +222,8 @@ def main(argv):
 
   rows = []
   for dataset, model, method, ratio, seed in itertools.product(
-      split(FLAGS.datasets), split(FLAGS.models), split(FLAGS.methods), ratios,
-      [int(s) for s in split(FLAGS.seeds)]):
+      split(FLAGS.datasets) or [base.dataset], split(FLAGS.models) or [base.model],
+      split(FLAGS.methods), ratios, seeds):
     if method == "uncompressed" and rows and any(
         r["method"] == method and r["dataset"] == dataset and r["model"] == model
         and r["seed"] == seed for r in rows):

@@ -16,6 +16,16 @@ def _compare(data_dir, outdir, methods, *extra):
     return proc.stdout, list(csv.DictReader(f))
 
 
+def test_models_default_to_the_model_flag(ml100k_path, tmp_path):
+  """Without --models/--seeds the grid takes --model/--seed (as a flagfile sets them)."""
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.compare", f"--data_dir={ml100k_path.parents[1]}",
+       f"--outdir={tmp_path}", "--methods=svd", "--ratios=1/8", "--model=ncf", "--seed=3",
+       "--only_finished"], capture_output=True, text=True, timeout=300)
+  assert "== ml-100k_ncf_svd_1over8_s3" in proc.stdout, proc.stderr[-2000:]
+  assert "error: no finished runs" in proc.stderr and proc.returncode == 1
+
+
 def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
   data_dir = ml100k_path.parents[1]
   out, rows = _compare(data_dir, tmp_path, "uncompressed,svd")
