@@ -201,6 +201,8 @@ def main(argv):
   try:
     base = flag_lib.config_from_flags(TrainConfig)
     ratios = [(r, float(Fraction(r))) for r in split(FLAGS.ratios)]
+    if not all(s.lstrip("-").isdigit() for s in split(FLAGS.seeds)):
+      raise ValueError(f"--seeds={FLAGS.seeds!r}: expected integers, e.g. 0,1,2")
     seeds = [int(s) for s in split(FLAGS.seeds)] or [base.seed]
     grid = parse_grid(FLAGS.tune, float)
     grid_points(grid)  # names must be sweepable
