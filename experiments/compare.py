@@ -90,7 +90,8 @@ def tune(config: TrainConfig, grid, search: bool = True) -> Optional[tuple]:
   # A point's full setting: its values, the candidate's for the other sweepable names.
   key = lambda point: tuple(point.get(name, getattr(candidate, name)) for name in SWEEPABLE)
   found = {key(r): r for r in kept}
-  missing = [p for p in grid_points(grid) if key(p) not in found]
+  points = grid_points(grid)
+  missing = [p for p in points if key(p) not in found]
   if missing and not search:
     return None
   if missing:
@@ -99,7 +100,7 @@ def tune(config: TrainConfig, grid, search: bool = True) -> Optional[tuple]:
     path.parent.mkdir(parents=True, exist_ok=True)
     ckpt_lib.write_atomic(path, json.dumps(dict(config=dataclasses.asdict(candidate),
                                                 results=kept + new), indent=1).encode())
-  results = [found[key(p)] for p in grid_points(grid)]
+  results = [found[key(p)] for p in points]
   best = max(results, key=lambda r: r["hr@10"])
   point = {name: best[name] for name in grid}
   how = (f"tuned ({len(missing)} of {len(results)} points searched)" if missing else "kept")
@@ -201,9 +202,10 @@ def main(argv):
   try:
     base = flag_lib.config_from_flags(TrainConfig)
     ratios = [(r, float(Fraction(r))) for r in split(FLAGS.ratios)]
-    if not all(s.lstrip("-").isdigit() for s in split(FLAGS.seeds)):
-      raise ValueError(f"--seeds={FLAGS.seeds!r}: expected integers, e.g. 0,1,2")
-    seeds = [int(s) for s in split(FLAGS.seeds)] or [base.seed]
+    try:
+      seeds = [int(s) for s in split(FLAGS.seeds)] or [base.seed]
+    except ValueError:
+      raise ValueError(f"--seeds={FLAGS.seeds!r}: expected integers, e.g. 0,1,2") from None
     grid = parse_grid(FLAGS.tune, float)
     grid_points(grid)  # names must be sweepable
     tune_at = (FLAGS.tune_at.strip(), float(Fraction(FLAGS.tune_at))) if FLAGS.tune_at else None
