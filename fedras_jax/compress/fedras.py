@@ -32,7 +32,7 @@ def sparse_dense_bits(num_rows_sent, num_index_rows, dim, value_bits=32):
 
 
 def fedras(num_index_rows: int, *, max_k: int, tau: float = 0.9, tau_mode: str = "auto",
-           value_bits: int = 32, max_iters: int = 25, dense_fallback: bool = True) -> Compressor:
+           value_bits: int = 32, max_iters: int = 2, dense_fallback: bool = True) -> Compressor:
   """The FedRAS action compressor.
 
   Args:

@@ -19,53 +19,52 @@ Algorithm of :func:`encode` (all jittable, vmappable; static ``max_k``):
    with ``R = num_index_rows`` (default ``n``).
 4. Start with one action, the mean of the live rows. Per-cluster coherence is
    the mean cosine similarity between members and their centroid.
-5. While ``K < k_cap`` and some cluster with >= 2 members has coherence
-   ``< tau`` (the *split test*): split the ``s = min(S, k_cap - K, #such
-   clusters)`` least coherent of them (``S = max_splits``, see below) and
-   refine all ``K + s`` centroids with weighted Lloyd (same steps and
-   stopping rule as :func:`~fedras_jax.quantize.lloyd.kmeans`, at most
-   ``max_iters`` per refinement). A split bisects the cluster along the
-   principal direction of its members' unit vectors (power iteration started
-   from the member least aligned with the centroid); the two halves' means
-   become the two new centroids. (Seeding the new centroid *at* the least
-   aligned member, the simpler rule, mostly produces singleton clusters in
-   high dimension.) Clusters are disjoint, so the ``s`` bisections of one
-   test are independent and run as one batched pass over the rows.
+5. Alternate, until a split test splits nothing: a *refinement* (weighted
+   Lloyd steps on the live actions, same steps and stopping rule as
+   :func:`~fedras_jax.quantize.lloyd.kmeans`, at most ``max_iters`` M-steps)
+   and a *split test*: if ``K < k_cap`` and some cluster with >= 2 members has
+   coherence ``< tau``, split the ``s = min(S, k_cap - K, #such clusters)``
+   least coherent of them (``S = max_splits``). A split bisects the cluster
+   along the principal direction of its members' unit vectors (power
+   iteration started from the member least aligned with the centroid); the
+   two halves' means become the two new centroids. (Seeding the new centroid
+   *at* the least aligned member, the simpler rule, mostly produces singleton
+   clusters in high dimension.) Clusters are disjoint, so the ``s``
+   bisections of one test run as one pass of segment sums over the rows.
 6. Compact: non-empty live clusters move to slots ``0..K-1`` (``active`` is
    a prefix); indices are remapped; ``bits = payload_bits(K, R, d)``.
    With ``value_bits=16`` the centroids are rounded (after clipping to the
    format's finite range) to bfloat16 / float16.
 
-Steps 4-5 run as one flat ``lax.while_loop`` whose every step is either one
-Lloyd step or one split test, so batched clients do not wait for each
-other's inner loops.
+Cost. The loop state is a named :class:`EncodeState`, the rows an
+:class:`EncodeRows`; :func:`refine` and :func:`split_test` are module-level
+steps of :func:`encode_loop`. The live actions are a prefix of the slots, so
+the loop runs in *width tiers* (:func:`width_tiers`: 4, 16, 64, ... slots):
+while ``K <= w`` every E-step, M-step and split test reads only ``w`` slots,
+and a client with 3 actions never pays for ``max_k = 48``. A refinement is
+its own inner ``lax.while_loop`` (no ``lax.cond`` between Lloyd steps and
+split tests: on XLA:CPU a conditional with a large branch slowed the other
+branch's steps 5-10x). ``max_iters`` bounds each refinement; a bisection
+already puts the two halves near a fixed point, and the FedRAS compressor
+uses 2 (``compress.fedras``; measured in BUILD.md).
 
 Splits per test (``max_splits``, static): ``S = 1`` is the classic one
-split per test: every new action is followed by a full Lloyd refinement, so
-reaching ``K`` actions costs ``K - 1`` refinements. ``S = None`` (the
-default) splits every incoherent cluster at once, up to the budget's
-``k_cap``: ``K`` at most doubles per test, so about ``log2(K) + 1``
-refinements. Measured on CPU at ``[10^4, 64]`` (50 noisy directions, budget
-``K = 45``, ``max_k = 48``): 44 -> 6 refinements, 485 -> 111 Lloyd steps,
-1.5 s -> 0.33 s per call (4-5x over noise levels), relative reconstruction
-error within 0.5% of ``S = 1`` (either sign). The trade-offs: a cluster is
-split before the refinement has had the chance to make it coherent, so when
-the budget does *not* bind, ``S > 1`` can end with a few more (still
-coherent) actions, i.e. more bits, than ``S = 1`` (not seen at that size
-with 20-30 directions and a budget for 48); when the budget binds, the last
-test spends the remaining actions on the least coherent clusters of that
-test rather than re-ranking after each split; and the batched bisection of all chosen
-clusters (segment sums over the rows) costs a few Lloyd steps, which under
-``vmap_strategy="parallel"`` (``lax.cond`` becomes a select) is paid on
-every loop step, not only at split tests (still a net win in the CPU
-measurements: 4 x ``[2500, 64]``, ``K = 20``, 3.3 s -> 2.3 s). ``S = 1``
-reproduces the one-split-per-test results exactly.
+split per test: every new action is followed by a refinement, so reaching
+``K`` actions costs ``K - 1`` refinements. ``S = None`` (the default) splits
+every incoherent cluster at once, up to the budget's ``k_cap``: ``K`` at most
+doubles per test, so about ``log2(K) + 1`` refinements when many clusters are
+incoherent. The trade-offs: a cluster is split before the refinement has had
+the chance to make it coherent, so when the budget does *not* bind, ``S > 1``
+can end with a few more (still coherent) actions, i.e. more bits, than
+``S = 1``; when the budget binds, the last test spends the remaining actions
+on the least coherent clusters of that test rather than re-ranking after each
+split.
 
 ``tau_mode="auto"`` replaces ``tau`` by ``cos(theta_1 / 2) =
 sqrt((1 + c_1) / 2)``, where ``c_1`` is the coherence of the single-action
 start (``theta_1 = arccos c_1`` is the mean angle between a row and the
 client's mean gradient): every action must be at least twice as tight in
-angle as one global action. See DESIGN_NOTES.md.
+angle as one global action (BUILD.md, the quantizer's design notes).
 
 The procedure is deterministic given the data; ``key`` is accepted for API
 stability (and vmapped per client) but currently unused.
@@ -81,7 +80,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from fedras_jax.quantize.bits import max_actions_for_budget, payload_bits
-from fedras_jax.quantize.lloyd import _m_step, _nearest_prepared, _prepare
+from fedras_jax.quantize.lloyd import (PreparedRows, assign, prepare_rows,
+                                      update_centroids)
 
 __all__ = [
     "NO_UPDATE",
@@ -90,10 +90,23 @@ __all__ = [
     "decode",
     "cluster_coherence",
     "auto_tau",
+    "EncodeRows",
+    "EncodeState",
+    "bisect_clusters",
+    "encode_loop",
+    "refine",
+    "row_dot",
+    "split_test",
+    "width_tiers",
 ]
 
 NO_UPDATE = -1
 """Reserved index: the row carries no update and decodes to exactly zero."""
+
+_POWER_ITERS = 2  # power-iteration steps of a split direction
+_HALF = {"bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_TIER_GROWTH = 4  # width of each tier of live slots over the previous one
+_VMAP_STRATEGIES = ("auto", "sequential", "parallel")
 
 
 class ActionPayload(NamedTuple):
@@ -159,24 +172,26 @@ def _coherence_unit(xu, centroids, assignment, weights):
     max_k = centroids.shape[0]
     a = jnp.clip(assignment, 0, max_k - 1)
     w = jnp.where(assignment >= 0, weights, 0.0)
-    cos = jnp.sum(xu * _unit_rows(centroids)[a], axis=1)
+    cos = row_dot(xu, _unit_rows(centroids), a)
     s = jax.ops.segment_sum(w * cos, a, num_segments=max_k)
     cnt = jax.ops.segment_sum(w, a, num_segments=max_k)
     coh = jnp.where(cnt > 0, s / jnp.maximum(cnt, 1e-30), 1.0)
     return coh, cnt, cos
 
 
+def row_dot(x, vectors, assignment):
+    """``x_i . vectors[assignment_i]`` for every row, ``[n]``.
+
+    Args:
+      x: ``[n, d]``; vectors: ``[w, d]``; assignment: ``[n]`` int32 in ``[0, w)``.
+    """
+    return jnp.sum(x * vectors[assignment], axis=1)
+
+
 def auto_tau(single_action_coherence):
     """Auto threshold ``sqrt((1 + c1) / 2) = cos(arccos(c1) / 2)``."""
     c1 = jnp.clip(jnp.asarray(single_action_coherence, jnp.float32), -1.0, 1.0)
     return jnp.sqrt((1.0 + c1) / 2.0)
-
-
-_POWER_ITERS = 8  # power-iteration steps of the split direction
-_HALF = {"bfloat16": jnp.bfloat16, "float16": jnp.float16}
-
-
-_VMAP_STRATEGIES = ("auto", "sequential", "parallel")
 
 
 @functools.partial(
@@ -214,28 +229,28 @@ def encode(
       num_index_rows: traced/int R, rows counted as carrying an index in the
         bit accounting (default ``n``).
       value_bits: static, 32 or 16 (16: centroids rounded to ``half_dtype``).
-      max_iters: static Lloyd iteration bound per refinement.
+      max_iters: static bound on the Lloyd M-steps of each refinement (one
+        after every split test).
       tol: traced relative Lloyd tolerance (see :func:`kmeans`).
       half_dtype: static, ``"bfloat16"`` (default; f32 exponent range) or
         ``"float16"`` (more mantissa; tiny values flush to 0, values beyond
         65504 are clipped).
       vmap_strategy: static; what ``jax.vmap(encode)`` compiles to.
         ``"parallel"``: ordinary batching (all clients in lock-step through
-        the while loop: every step costs the split test *and* a Lloyd step for
-        everyone, and the loop runs until the slowest client is done).
-        ``"sequential"``: a ``lax.map`` over the batch inside the same
-        program (each client exits its loop early). ``"auto"`` (default):
-        sequential when the default backend is CPU (2-3x faster there, see
-        DESIGN_NOTES.md), parallel otherwise. Results are identical. Note:
+        the loops: each refinement and each tier runs until the slowest
+        client is done, and a bisection is computed for every client at every
+        split test). ``"sequential"``: a ``lax.map`` over the batch inside the
+        same program (each client exits its loops early). ``"auto"``
+        (default): sequential when the default backend is CPU (2.5x faster
+        there, BUILD.md), parallel otherwise. Results are identical. Note:
         the batching rule is a ``jax.custom_batching`` rule, so ``encode`` is
         not reverse-mode differentiable (it is piecewise constant anyway).
       max_splits: static; at most this many clusters are split per split test
         (the least coherent ones below ``tau``, never beyond the budget's
         ``k_cap``). ``None`` (default): no limit, every incoherent cluster is
         split at once (~``log2(K)`` Lloyd refinements instead of ``K - 1``).
-        ``1``: one split per test (slowest for large K; exactly the results
-        of the one-split-per-test encoder). See the module docstring for the
-        trade-off.
+        ``1``: one split per test (slowest for large K). See the module
+        docstring for the trade-off.
 
     Returns:
       :class:`ActionPayload`.
@@ -278,6 +293,239 @@ def _sequential_core(**static):
     return jax.custom_batching.sequential_vmap(functools.partial(_encode_impl, **static))
 
 
+
+def width_tiers(max_k: int) -> tuple:
+    """Static slot widths ``(4, 16, 64, ..., max_k)`` the encoder's loop runs at.
+
+    While a client has ``K <= w`` live actions, its E-steps, M-steps, split tests
+    and bisections only touch the first ``w`` slots, so the cost of a step follows
+    the live ``K`` (to within a factor 4), not ``max_k``. One split test at most
+    doubles ``K``, so it never skips a tier's successor.
+    """
+    widths, w = [], _TIER_GROWTH
+    while w < max_k:
+        widths.append(w)
+        w *= _TIER_GROWTH
+    return tuple(widths) + (max_k,)
+
+
+class EncodeRows(NamedTuple):
+    """One client's rows as the encoder's loop reads them (fixed during the loop).
+
+    Attributes:
+      xs: ``[n, d]`` live rows scaled by a power of two (zero elsewhere).
+      xu: ``[n, d]`` unit rows of ``xs``.
+      centred: :class:`~fedras_jax.quantize.lloyd.PreparedRows` of ``xs - mean``
+        (zero elsewhere), what distances are computed on.
+      mean: ``[d]`` mean of the live scaled rows.
+      live: ``[n]`` bool; weight: ``[n]`` float32, ``live`` as 0/1.
+      k_cap: ``[]`` int32 most actions the budget allows (and at most ``#live``).
+      tau: ``[]`` float32 split threshold in use.
+      tol_abs: ``[]`` float32 absolute Lloyd tolerance on the squared shift.
+    """
+
+    xs: jax.Array
+    xu: jax.Array
+    centred: PreparedRows
+    mean: jax.Array
+    live: jax.Array
+    weight: jax.Array
+    k_cap: jax.Array
+    tau: jax.Array
+    tol_abs: jax.Array
+
+
+class EncodeState(NamedTuple):
+    """The encoder's loop state (one client).
+
+    Attributes:
+      centroids: ``[max_k, d]`` actions in the scaled space; slots ``>= k`` are
+        unused.
+      assignment: ``[n]`` int32 action of each live row (-1 elsewhere) under the
+        centroids of the previous step.
+      k: ``[]`` int32 live actions (a prefix of the slots).
+      iters: ``[]`` int32 Lloyd steps of the current refinement.
+      shift: ``[]`` float32 squared centroid shift of the last Lloyd step.
+      done: ``[]`` bool, the last split test split nothing.
+      coherence, count: ``[max_k]`` float32 per-action coherence and member count
+        at the last split test.
+      split_tests: ``[]`` int32 split tests that split.
+      lloyd_steps: ``[]`` int32 Lloyd (E+M) steps over all refinements.
+    """
+
+    centroids: jax.Array
+    assignment: jax.Array
+    k: jax.Array
+    iters: jax.Array
+    shift: jax.Array
+    done: jax.Array
+    coherence: jax.Array
+    count: jax.Array
+    split_tests: jax.Array
+    lloyd_steps: jax.Array
+
+
+def _times_power_of_two(x, e):
+    """``x * 2**e`` exactly for a traced scalar int ``e`` in ``[-300, 300]``.
+
+    As two scalar factors, each a normal float32 power of two, so the ``[n, d]``
+    pass is two multiplies (``jnp.ldexp`` lowers to a per-element ``pow``, which
+    XLA:CPU then recomputes in every fusion that reads it).
+    """
+    e = jnp.asarray(e, jnp.int32)
+    half = e // 2
+    f1 = jnp.ldexp(jnp.float32(1.0), half)
+    f2 = jnp.ldexp(jnp.float32(1.0), e - half)
+    return (x * f1) * f2
+
+
+def _pad_slots(v, max_k: int, fill):
+    """``[w]`` -> ``[max_k]``, slots ``>= w`` set to ``fill``."""
+    return jnp.concatenate([v, jnp.full((max_k - v.shape[0],), fill, v.dtype)])
+
+
+def bisect_clusters(rows: EncodeRows, centroids, assignment, cos, selected, new_slot):
+    """Splits every cluster ``j`` with ``selected[j]`` along its principal direction.
+
+    The principal direction of a cluster's unit rows (members' deviations from
+    their mean unit row) comes from power iteration started at the deviation of
+    its least aligned member (deterministic); members on the positive side form
+    the new cluster. The two halves' means replace slot ``j`` and fill slot
+    ``new_slot[j]``; if one half is empty, slot ``new_slot[j]`` is seeded at the
+    least aligned member instead. Clusters are disjoint, so all are split at once:
+    per-cluster sums are segment sums over the rows, and a row's projection on its
+    cluster's direction is :func:`row_dot` (no ``[n, d]`` gather).
+
+    Args:
+      rows: the client's :class:`EncodeRows`.
+      centroids: ``[max_k, d]``; assignment: ``[n]`` int32 (< ``w``, -1 = none);
+      cos: ``[n]`` cosine of each row to its centroid; selected: ``[w]`` bool;
+      new_slot: ``[w]`` int32 distinct free slots (read where selected).
+
+    Returns:
+      ``[max_k, d]`` centroids with the selected clusters split.
+    """
+    w = selected.shape[0]
+    n = rows.xs.shape[0]
+    a_c = jnp.clip(assignment, 0, w - 1)
+    mem = rows.live & (assignment >= 0) & selected[a_c]
+    mw = mem.astype(jnp.float32)
+    cnt = jax.ops.segment_sum(mw, a_c, num_segments=w)
+    ubar = jax.ops.segment_sum(rows.xu * mw[:, None], a_c, num_segments=w) / jnp.maximum(
+        cnt, 1.0)[:, None]
+    # Seed of cluster j: its first member with the smallest cosine (= argmin).
+    min_cos = jax.ops.segment_min(jnp.where(mem, cos, jnp.inf), a_c, num_segments=w)
+    is_min = mem & (cos == min_cos[a_c])
+    seed = jax.ops.segment_min(jnp.where(is_min, jnp.arange(n, dtype=jnp.int32), n), a_c,
+                               num_segments=w)
+    seed = jnp.clip(seed, 0, n - 1)
+
+    def projection(v):  # [w, d] -> [n]: (xu_i - ubar_j) . v_j for members of j, else 0
+        return (row_dot(rows.xu, v, a_c) - jnp.sum(ubar * v, axis=1)[a_c]) * mw
+
+    def power(_, v):  # v_j <- sum over members of dev_i (dev_i . v_j), normalised
+        t = projection(v)
+        v = (jax.ops.segment_sum(rows.xu * t[:, None], a_c, num_segments=w)
+             - ubar * jax.ops.segment_sum(t, a_c, num_segments=w)[:, None])
+        return v / jnp.maximum(jnp.sqrt(jnp.sum(v * v, axis=1, keepdims=True)), 1e-30)
+
+    v = lax.fori_loop(0, _POWER_ITERS, power, rows.xu[seed] - ubar)
+    side = mem & (projection(v) > 0)
+    # Both halves in one segment sum: cluster j's positive side is segment w + j.
+    half = a_c + w * side.astype(jnp.int32)
+    sums = jax.ops.segment_sum(rows.xs * mw[:, None], half, num_segments=2 * w)
+    counts = jax.ops.segment_sum(mw, half, num_segments=2 * w)
+    n_neg, n_pos = counts[:w], counts[w:]
+    m_neg = sums[:w] / jnp.maximum(n_neg, 1.0)[:, None]
+    m_pos = sums[w:] / jnp.maximum(n_pos, 1.0)[:, None]
+    ok = ((n_pos > 0) & (n_neg > 0))[:, None]
+    first = jnp.where(selected[:, None] & ok, m_neg, centroids[:w])
+    second = jnp.where(ok, m_pos, rows.xs[seed])
+    max_k = centroids.shape[0]
+    return centroids.at[:w].set(first).at[jnp.where(selected, new_slot, max_k)].set(
+        second, mode="drop")
+
+
+def refine(rows: EncodeRows, state: EncodeState, *, width: int, max_iters: int):
+    """Lloyd steps on slots ``< width`` until the refinement converges.
+
+    Each step is an E-step, then, unless converged, an M-step. Converged: no live
+    row changed its assignment (strict), the last squared centroid shift was within
+    ``tol_abs``, or ``max_iters`` M-steps were made (and right after a split test
+    left a single action: the mean is already the fixed point). Returns the state
+    with the assignment of the final centroids.
+    """
+    active = jnp.arange(width) < state.k
+
+    def converged(s, a):
+        it = s.iters
+        strict = (it > 0) & ~jnp.any((a != s.assignment) & rows.live)
+        return (((it == 0) & (s.k == 1)) | strict | ((it > 0) & (s.shift <= rows.tol_abs))
+                | (it >= max_iters))
+
+    def body(carry):
+        s, _ = carry
+        c = s.centroids[:width]
+        a = jnp.where(rows.live, assign(rows.centred, c - rows.mean, active), -1)
+        done = converged(s, a)
+        c_new = update_centroids(rows.xs, rows.weight, rows.xs, c, active, jnp.clip(a, 0), width)
+        c_new = jnp.where(done, c, c_new)
+        step = (~done).astype(jnp.int32)
+        s = s._replace(centroids=s.centroids.at[:width].set(c_new), assignment=a,
+                       iters=s.iters + step, shift=jnp.sum((c_new - c) ** 2),
+                       lloyd_steps=s.lloyd_steps + step)
+        return s, done
+
+    state, _ = lax.while_loop(lambda carry: ~carry[1], body, (state, jnp.bool_(False)))
+    return state
+
+
+def split_test(rows: EncodeRows, state: EncodeState, *, width: int,
+               max_splits: int) -> EncodeState:
+    """Tests every action's coherence under the current assignment, splits the worst.
+
+    Splits the ``min(max_splits, k_cap - K, #incoherent)`` least coherent actions
+    with >= 2 members and coherence ``< tau`` (stable: ties -> lowest slot), or
+    marks the state done when there are none (or no budget is left).
+    """
+    max_k = state.centroids.shape[0]
+    slots = jnp.arange(width)
+    a = state.assignment
+    coh, cnt, cos = _coherence_unit(rows.xu, state.centroids[:width], a, rows.weight)
+    cand = (slots < state.k) & (cnt >= 1.5) & (coh < rows.tau)
+    split = (state.k < rows.k_cap) & jnp.any(cand)
+    num = jnp.minimum(jnp.minimum(jnp.sum(cand, dtype=jnp.int32), rows.k_cap - state.k),
+                      max_splits)
+    num = jnp.where(split, num, 0)
+    order = jnp.argsort(jnp.where(cand, coh, jnp.inf), stable=True)
+    rank = jnp.zeros((width,), jnp.int32).at[order].set(slots.astype(jnp.int32))
+    selected = cand & (rank < num)
+    c = lax.cond(split,
+                 lambda: bisect_clusters(rows, state.centroids, a, cos, selected, state.k + rank),
+                 lambda: state.centroids)
+    return state._replace(
+        centroids=c, k=state.k + num, iters=jnp.int32(0), shift=jnp.float32(jnp.inf),
+        done=~split, coherence=_pad_slots(coh, max_k, 1.0), count=_pad_slots(cnt, max_k, 0.0),
+        split_tests=state.split_tests + split.astype(jnp.int32))
+
+
+def encode_loop(rows: EncodeRows, state: EncodeState, *, max_iters: int,
+                max_splits: int) -> EncodeState:
+    """Alternates :func:`refine` and :func:`split_test` until a test splits nothing.
+
+    One ``lax.while_loop`` per width tier (:func:`width_tiers`): a client stays in
+    a tier's loop while its live actions fit the tier's width, and every step of
+    the tier reads and writes only that many slots.
+    """
+    for width in width_tiers(state.centroids.shape[0]):
+        def stage(s, width=width):
+            s = refine(rows, s, width=width, max_iters=max_iters)
+            return split_test(rows, s, width=width, max_splits=max_splits)
+
+        state = lax.while_loop(lambda s, w=width: ~s.done & (s.k <= w), stage, state)
+    return state
+
+
 def _encode_impl(x, m, budget_bits, tau, r_rows, tol, *, max_k, tau_mode, value_bits,
                  max_iters, half_dtype, max_splits):
     """Single-client encoder on sanitized arguments (see :func:`encode`)."""
@@ -292,154 +540,41 @@ def _encode_impl(x, m, budget_bits, tau, r_rows, tol, *, max_k, tau_mode, value_
     # Exact power-of-two rescaling (largest |value| in [0.5, 1)).
     amax = jnp.max(jnp.where(live[:, None], jnp.abs(x0), 0.0))
     _, expo = jnp.frexp(jnp.where(amax > 0, amax, 1.0))
-    xs = jnp.where(live[:, None], jnp.ldexp(x0, -expo), 0.0)
+    xs = jnp.where(live[:, None], _times_power_of_two(x0, -expo), 0.0)
 
     k_budget = max_actions_for_budget(budget_bits, r_rows, d, max_k=max_k, value_bits=value_bits)
     k_cap = jnp.minimum(k_budget, n_live)
 
     # One action: the mean of the live rows (the exact Lloyd fixed point for K=1).
-    mean = jnp.sum(xs * w[:, None], axis=0) / jnp.maximum(n_live, 1).astype(jnp.float32)
+    mean = jnp.sum(xs, axis=0) / jnp.maximum(n_live, 1).astype(jnp.float32)
     c = jnp.zeros((max_k, d), jnp.float32).at[0].set(mean)
     a = jnp.where(live, 0, -1).astype(jnp.int32)
     xu = _unit_rows(xs)
-    coh, cnt, cos = _coherence_unit(xu, c, a, w)
-    if tau_mode == "auto":
-        tau_eff = auto_tau(coh[0])
-    else:
-        tau_eff = tau
-    slots = jnp.arange(max_k)
+    coh, cnt, _ = _coherence_unit(xu, c[:1], a, w)
+    tau_eff = auto_tau(coh[0]) if tau_mode == "auto" else tau
     xc = jnp.where(live[:, None], xs - mean, 0.0)  # centred copy for distances
-    prep = _prepare(xc, max_k)
-    wx = w[:, None] * xs
-    wsum = jnp.maximum(jnp.sum(w), 1e-30)
-    var = jnp.sum(w[:, None] * xc**2, axis=0) / wsum
-    tol_abs = tol * jnp.mean(var)
+    var = jnp.sum(w[:, None] * xc**2, axis=0) / jnp.maximum(jnp.sum(w), 1e-30)
+    rows = EncodeRows(xs=xs, xu=xu, centred=prepare_rows(xc, max_k), mean=mean, live=live,
+                      weight=w, k_cap=k_cap, tau=jnp.asarray(tau_eff, jnp.float32),
+                      tol_abs=tol * jnp.mean(var))
+    state = EncodeState(centroids=c, assignment=a, k=jnp.int32(1), iters=jnp.int32(0),
+                        shift=jnp.float32(jnp.inf), done=jnp.bool_(False),
+                        coherence=_pad_slots(coh, max_k, 1.0), count=_pad_slots(cnt, max_k, 0.0),
+                        split_tests=jnp.int32(0), lloyd_steps=jnp.int32(0))
+    # On exit the centroids are unchanged by the last (converged, no split) step,
+    # so (centroids, assignment, coherence, count) are consistent.
+    state = encode_loop(rows, state, max_iters=max_iters, max_splits=max_splits)
 
-    def _bisect(c, a, cos, j, k):
-        """Split cluster j along the principal direction of its unit rows.
-
-        The power iteration starts from the deviation of the member least
-        aligned with the centroid (deterministic). The two halves' means
-        replace slot j and fill slot k. Falls back to seeding slot k at the
-        least aligned member if one half is empty.
-        """
-        mem = live & (a == j)
-        mw = mem.astype(jnp.float32)
-        cnt_j = jnp.maximum(jnp.sum(mw), 1.0)
-        ubar = jnp.sum(xu * mw[:, None], axis=0) / cnt_j
-        dev = (xu - ubar) * mw[:, None]
-        seed = jnp.argmin(jnp.where(mem, cos, jnp.inf))
-
-        def power(_, v):
-            v = dev.T @ (dev @ v)
-            return v / jnp.maximum(jnp.sqrt(jnp.sum(v * v)), 1e-30)
-
-        v = lax.fori_loop(0, _POWER_ITERS, power, dev[seed])
-        side = mem & (dev @ v > 0)
-        other = mem & ~side
-        n_pos, n_neg = jnp.sum(side), jnp.sum(other)
-        m_pos = jnp.sum(xs * side[:, None], axis=0) / jnp.maximum(n_pos, 1)
-        m_neg = jnp.sum(xs * other[:, None], axis=0) / jnp.maximum(n_neg, 1)
-        ok = (n_pos > 0) & (n_neg > 0)
-        return jnp.where(ok, c.at[j].set(m_neg).at[k].set(m_pos), c.at[k].set(xs[seed]))
-
-    rows = jnp.arange(n, dtype=jnp.int32)
-
-    def _bisect_many(c, a, cos, sel, new_slot):
-        """:func:`_bisect` of every cluster ``j`` with ``sel[j]`` at once.
-
-        The second half of cluster ``j`` fills slot ``new_slot[j]`` (distinct
-        free slots). Clusters are disjoint, so this equals ``_bisect`` applied
-        one cluster after the other (up to float summation order): per-cluster
-        sums are segment sums over the rows, per-row quantities gather their
-        cluster's vector.
-        """
-        a_c = jnp.clip(a, 0, max_k - 1)
-        mem = live & (a >= 0) & sel[a_c]
-        mw = mem.astype(jnp.float32)
-        cnt_j = jnp.maximum(jax.ops.segment_sum(mw, a_c, num_segments=max_k), 1.0)
-        ubar = jax.ops.segment_sum(xu * mw[:, None], a_c, num_segments=max_k) / cnt_j[:, None]
-        dev = (xu - ubar[a_c]) * mw[:, None]
-        # Seed of cluster j: its first member with the smallest cosine (= argmin).
-        min_cos = jax.ops.segment_min(jnp.where(mem, cos, jnp.inf), a_c, num_segments=max_k)
-        is_min = mem & (cos == min_cos[a_c])
-        seed = jax.ops.segment_min(jnp.where(is_min, rows, n), a_c, num_segments=max_k)
-        seed = jnp.clip(seed, 0, n - 1)
-
-        def power(_, v):
-            t = jnp.sum(dev * v[a_c], axis=1)
-            v = jax.ops.segment_sum(dev * t[:, None], a_c, num_segments=max_k)
-            return v / jnp.maximum(jnp.sqrt(jnp.sum(v * v, axis=1, keepdims=True)), 1e-30)
-
-        v = lax.fori_loop(0, _POWER_ITERS, power, dev[seed])
-        side = mem & (jnp.sum(dev * v[a_c], axis=1) > 0)
-        other = mem & ~side
-        sums = jax.ops.segment_sum(
-            jnp.concatenate([xs * side[:, None], xs * other[:, None],
-                             side[:, None].astype(jnp.float32),
-                             other[:, None].astype(jnp.float32)], axis=1),
-            a_c, num_segments=max_k)
-        n_pos, n_neg = sums[:, 2 * d], sums[:, 2 * d + 1]
-        m_pos = sums[:, :d] / jnp.maximum(n_pos, 1.0)[:, None]
-        m_neg = sums[:, d:2 * d] / jnp.maximum(n_neg, 1.0)[:, None]
-        ok = ((n_pos > 0) & (n_neg > 0))[:, None]
-        first = jnp.where(sel[:, None] & ok, m_neg, c)
-        second = jnp.where(ok, m_pos, xs[seed])
-        return first.at[jnp.where(sel, new_slot, max_k)].set(second, mode="drop")
-
-    # One flat loop; every step is either one Lloyd step (E+M) of the current
-    # refinement or, once it has converged, the split test (+ a split). Under
-    # vmap, clients thus only wait for the client with the most *total* steps,
-    # not for the slowest refinement of every split round.
-    def step(s):
-        c, prev, k, it, shift, _, coh, cnt, rounds, steps = s
-        active = slots < k
-        a = _nearest_prepared(prep, c - mean, active)
-        a = jnp.where(live, a, -1)
-        strict = (it > 0) & ~jnp.any((a != prev) & live)
-        converged = (it == 0) & (k == 1) | strict | (it > 0) & (shift <= tol_abs) | (it >= max_iters)
-
-        def refine(_):  # one more Lloyd M-step
-            c_m = _m_step(xs, w, wx, c, active, jnp.clip(a, 0), max_k)
-            return (c_m, k, it + 1, jnp.sum((c_m - c) ** 2), jnp.bool_(False), coh, cnt,
-                    rounds, steps + 1)
-
-        def split_test(_):  # refinement converged: test (c, a), maybe split
-            coh_, cnt_, cos = _coherence_unit(xu, c, a, w)
-            cand = (slots < k) & (cnt_ >= 1.5) & (coh_ < tau_eff)
-            split = (k < k_cap) & jnp.any(cand)
-            if max_splits == 1:  # the one-split-per-test path, kept bit-exact
-                worst = jnp.argmin(jnp.where(cand, coh_, jnp.inf))
-                c_s = jnp.where(split, _bisect(c, a, cos, worst, k), c)
-                num = split.astype(jnp.int32)
-            else:
-                # The num least coherent candidates (stable ranking: ties -> lowest slot).
-                num = jnp.minimum(jnp.minimum(jnp.sum(cand, dtype=jnp.int32), k_cap - k),
-                                  max_splits)
-                num = jnp.where(split, num, 0)
-                order = jnp.argsort(jnp.where(cand, coh_, jnp.inf), stable=True)
-                rank = jnp.zeros((max_k,), jnp.int32).at[order].set(slots.astype(jnp.int32))
-                sel = cand & (rank < num)
-                c_s = jnp.where(split, _bisect_many(c, a, cos, sel, k + rank), c)
-            return (c_s, k + num, jnp.int32(0), jnp.float32(jnp.inf), ~split, coh_, cnt_,
-                    rounds + split.astype(jnp.int32), steps)
-
-        c, k, it, shift, done, coh, cnt, rounds, steps = lax.cond(
-            converged, split_test, refine, None)
-        return c, a, k, it, shift, done, coh, cnt, rounds, steps
-
-    init = (c, a, jnp.int32(1), jnp.int32(0), jnp.float32(jnp.inf), jnp.bool_(False), coh, cnt,
-            jnp.int32(0), jnp.int32(0))
-    # On exit c is unchanged by the last (converged, no split) step, so
-    # (c, a, coh, cnt) are consistent.
-    c, a, k, _, _, _, coh, cnt, rounds, steps = lax.while_loop(lambda s: ~s[5], step, init)
     # Compact non-empty live clusters into a prefix of the slots.
-    keep = (slots < k) & (cnt > 0) & (k_cap > 0)
+    slots = jnp.arange(max_k)
+    keep = (slots < state.k) & (state.count > 0) & (k_cap > 0)
     new_pos = jnp.cumsum(keep.astype(jnp.int32)) - 1
     dest = jnp.where(keep, new_pos, max_k)  # max_k = dropped
     num_actions = jnp.sum(keep).astype(jnp.int32)
-    cents = jnp.zeros((max_k, d), jnp.float32).at[dest].set(jnp.ldexp(c, expo), mode="drop")
-    coh_out = jnp.zeros((max_k,), jnp.float32).at[dest].set(coh, mode="drop")
+    cents = jnp.zeros((max_k, d), jnp.float32).at[dest].set(
+        _times_power_of_two(state.centroids, expo), mode="drop")
+    coh_out = jnp.zeros((max_k,), jnp.float32).at[dest].set(state.coherence, mode="drop")
+    a = state.assignment
     a_c = jnp.clip(a, 0, max_k - 1)
     indices = jnp.where(live & (a >= 0) & keep[a_c], new_pos[a_c], NO_UPDATE).astype(jnp.int32)
     if value_bits == 16:
@@ -453,10 +588,10 @@ def _encode_impl(x, m, budget_bits, tau, r_rows, tol, *, max_k, tau_mode, value_
         num_actions=num_actions,
         bits=bits,
         coherence=coh_out,
-        tau=tau_eff,
+        tau=rows.tau,
         num_nonfinite=num_nonfinite,
-        num_rounds=rounds,
-        lloyd_steps=steps,
+        num_rounds=state.split_tests,
+        lloyd_steps=state.lloyd_steps,
     )
 
 

@@ -14,11 +14,12 @@ Conventions
 -----------
 * E-step: exact ``argmin_j ||c_j||^2 - 2 x.c_j`` (the matmul form; the
   per-row ``||x||^2`` is dropped), ties -> lowest slot, on data centred at its
-  weighted mean (less cancellation, as scikit-learn does). XLA:CPU fuses the
-  matmul with the epilogue and runs the argmin as one 2-thread reduction.
-  When ``n * max_k > 2**25`` the rows are blocked once (outside the Lloyd
-  loop; blocks of 4096 rows, two per loop step) so the ``[n, max_k]``
-  distance matrix is never materialised.
+  weighted mean (less cancellation, as scikit-learn does). Scores are laid
+  out ``[max_k, n]`` and reduced by a pairwise tree of elementwise passes
+  (:func:`_argmin_rows`), 2-3x faster on XLA:CPU than ``lax.argmin``. When
+  ``n * max_k > 2**21`` the rows are blocked once (outside the Lloyd loop;
+  blocks of 8192 rows) so the score block of one ``lax.map`` step stays in
+  cache and the ``[max_k, n]`` matrix is never materialised.
 * Inertia and the re-seeding distances use the direct ``||x - c_a||^2``.
 * ``tol`` is relative, as in scikit-learn: Lloyd stops when the total squared
   centroid shift is ``<= tol * mean_j Var_w[x[:, j]]`` (weighted variance over
@@ -43,15 +44,19 @@ from jax import lax
 
 __all__ = [
     "KMeansResult",
+    "PreparedRows",
+    "assign",
+    "gather_rows",
     "kmeans",
     "kmeans_plusplus",
     "lloyd_step",
     "nearest_centroid",
+    "prepare_rows",
+    "update_centroids",
 ]
 
-_BLOCK = 4096  # rows per distance block (large problems only)
-_STREAMS = 2  # independent blocks per loop step (XLA:CPU runs them concurrently)
-_DIRECT_MAX = 1 << 25  # n * max_k up to this: one [n, max_k] distance block (128 MiB)
+_BLOCK = 8192  # rows per distance block (large problems only)
+_DIRECT_MAX = 1 << 21  # n * max_k up to this: one [max_k, n] score block (8 MiB)
 
 
 class KMeansResult(NamedTuple):
@@ -72,38 +77,73 @@ class KMeansResult(NamedTuple):
     iters: jax.Array
 
 
-class _Prepared(NamedTuple):
-    """Rows laid out once for repeated E-steps (see :func:`_prepare`)."""
+class PreparedRows(NamedTuple):
+    """Rows laid out once for repeated E-steps (see :func:`prepare_rows`).
 
-    x: jax.Array  # [n, d]
-    xb: Optional[jax.Array]  # [n_pad / (_STREAMS * _BLOCK), _STREAMS, _BLOCK, d] or None
+    Attributes:
+      x: ``[n, d]`` the rows.
+      blocks: ``[n_pad / _BLOCK, _BLOCK, d]`` zero-padded row blocks, or None when
+        the rows are scored in one piece.
+    """
+
+    x: jax.Array
+    blocks: Optional[jax.Array]
 
 
-def _prepare(x, max_k: int) -> _Prepared:
-    """Block the rows once (outside the Lloyd loop) when ``n * max_k`` is large."""
+def prepare_rows(x, max_k: int) -> PreparedRows:
+    """Blocks the rows once (outside a Lloyd loop) when ``n * max_k`` is large."""
     n, d = x.shape
-    if n * max_k <= _DIRECT_MAX:
-        return _Prepared(x, None)
-    step = _BLOCK * _STREAMS
-    n_pad = -(-n // step) * step
-    xb = jnp.pad(x, ((0, n_pad - n), (0, 0))).reshape(-1, _STREAMS, _BLOCK, d)
-    return _Prepared(x, xb)
+    if n * max_k <= _DIRECT_MAX or n <= _BLOCK:
+        return PreparedRows(x, None)
+    n_pad = -(-n // _BLOCK) * _BLOCK
+    return PreparedRows(x, jnp.pad(x, ((0, n_pad - n), (0, 0))).reshape(-1, _BLOCK, d))
 
 
-def _nearest_prepared(prep: _Prepared, centroids, active):
-    """Exact nearest active centroid (ties -> lowest slot). Returns ``[n]`` int32."""
+def _argmin_rows(scores):
+    """``argmin`` over axis 0 of ``scores [k, n]`` (ties -> lowest index), ``[n]`` int32.
+
+    A pairwise tree over adjacent slots (slot ``2j`` against ``2j + 1``, then the
+    winners of ``4j..4j+1`` against ``4j+2..4j+3``, ...): every level is one
+    elementwise pass that XLA:CPU vectorises, where ``lax.argmin`` lowers to a
+    variadic reduction 2-3x slower than the matmul that feeds it. The left operand
+    of every comparison covers the lower slots, and it wins ties.
+    """
+    k = scores.shape[0]
+    idx = lax.broadcasted_iota(jnp.int32, scores.shape, 0)
+    while k > 1:
+        if k % 2:  # pad with a slot that never wins
+            scores = jnp.concatenate([scores, jnp.full_like(scores[:1], jnp.inf)])
+            idx = jnp.concatenate([idx, jnp.full_like(idx[:1], k)])
+            k += 1
+        lo, hi = scores[0::2], scores[1::2]
+        take = hi < lo
+        scores = jnp.where(take, hi, lo)
+        idx = jnp.where(take, idx[1::2], idx[0::2])
+        k //= 2
+    return idx[0]
+
+
+def assign(prep: PreparedRows, centroids, active):
+    """Exact nearest active centroid of every prepared row (ties -> lowest slot).
+
+    Args:
+      prep: :func:`prepare_rows` of ``x [n, d]``.
+      centroids: ``[w, d]``; active: ``[w]`` bool (at least one True).
+
+    Returns:
+      ``[n]`` int32 slot of each row.
+    """
     c = jnp.where(active[:, None], centroids, 0.0)
     # ||x||^2 is constant per row and dropped; +inf marks inactive slots.
     c_sq = jnp.where(active, jnp.sum(c * c, axis=1), jnp.inf)
 
-    def block(xb):
-        return lax.argmin(c_sq[None, :] - 2.0 * jnp.dot(xb, c.T), 1, jnp.int32)
+    def block(xb):  # [b, d] -> [b]
+        return _argmin_rows(c_sq[:, None] - 2.0 * jnp.dot(c, xb.T))
 
-    if prep.xb is None:
+    if prep.blocks is None:
         return block(prep.x)
     n = prep.x.shape[0]
-    idx = lax.map(lambda xb: jnp.stack([block(xb[s]) for s in range(_STREAMS)]), prep.xb)
-    return idx.reshape(-1)[:n]
+    return lax.map(block, prep.blocks).reshape(-1)[:n]
 
 
 def nearest_centroid(x, centroids, active):
@@ -117,11 +157,11 @@ def nearest_centroid(x, centroids, active):
     Returns:
       ``[n]`` int32 assignment.
     """
-    return _nearest_prepared(_prepare(x, centroids.shape[0]), centroids, active)
+    return assign(prepare_rows(x, centroids.shape[0]), centroids, active)
 
 
-def _gather_rows(centroids, assignment):
-    """``centroids[assignment]`` ``[n, d]``, exactly.
+def gather_rows(centroids, assignment):
+    """``centroids[assignment]`` ``[n, d]``, exactly (``assignment`` in range).
 
     XLA:CPU gathers rows slowly; for few slots a one-hot matmul is several
     times faster and still exact (one product by 1.0, the rest by 0.0).
@@ -135,7 +175,7 @@ def _gather_rows(centroids, assignment):
 
 def _row_sq_dist(x, centroids, assignment):
     """``||x_i - c_{a_i}||^2`` (direct form, no cancellation). ``[n]``."""
-    return jnp.sum((x - _gather_rows(centroids, assignment)) ** 2, axis=1)
+    return jnp.sum((x - gather_rows(centroids, assignment)) ** 2, axis=1)
 
 
 def _sanitize(x, weights):
@@ -148,8 +188,18 @@ def _sanitize(x, weights):
     return x, w, finite
 
 
-def _m_step(x, w, wx, centroids, active, assignment, max_k):
-    """Weighted means + farthest-point re-seeding of empty live clusters."""
+def update_centroids(x, w, wx, centroids, active, assignment, max_k):
+    """The M-step: weighted means, and farthest-point re-seeding of empty live clusters.
+
+    Args:
+      x: ``[n, d]`` rows; w: ``[n]`` weights; wx: ``w[:, None] * x``;
+      centroids: ``[max_k, d]`` the centroids ``assignment`` was computed with;
+      active: ``[max_k]`` bool; assignment: ``[n]`` int32 in ``[0, max_k)``;
+      max_k: static slot count.
+
+    Returns:
+      ``[max_k, d]`` new centroids (inactive slots zero).
+    """
     n = x.shape[0]
     sums = jax.ops.segment_sum(wx, assignment, num_segments=max_k)
     cnt = jax.ops.segment_sum(w, assignment, num_segments=max_k)
@@ -185,7 +235,7 @@ def lloyd_step(x, centroids, active, weights=None):
     c = jnp.where(active[:, None], jnp.asarray(centroids, jnp.float32), 0.0)
     a = nearest_centroid(x, c, active)
     inertia = jnp.sum(w * _row_sq_dist(x, c, a))
-    new = _m_step(x, w, w[:, None] * x, c, active, a, max_k)
+    new = update_centroids(x, w, w[:, None] * x, c, active, a, max_k)
     return new, a, inertia
 
 
@@ -305,7 +355,7 @@ def kmeans(
         c0 = jnp.asarray(init_centroids, jnp.float32) - mean
     c0 = jnp.where(active[:, None], c0, 0.0)
 
-    prep = _prepare(x, max_k)
+    prep = prepare_rows(x, max_k)
     # Unit weights: non-finite rows are already zero in x, so x is w * x.
     wx = x if weights is None else w[:, None] * x
     pos = w > 0
@@ -318,9 +368,9 @@ def kmeans(
 
     def body(s):
         c, prev, it, _ = s
-        a = _nearest_prepared(prep, c, active)
+        a = assign(prep, c, active)
         strict = (it > 0) & ~jnp.any((a != prev) & pos)
-        c_new = _m_step(x, w, wx, c, active, a, max_k)
+        c_new = update_centroids(x, w, wx, c, active, a, max_k)
         shift = jnp.sum((c_new - c) ** 2)
         c_out = jnp.where(strict, c, c_new)
         done = strict | (shift <= tol_abs)
@@ -328,7 +378,7 @@ def kmeans(
 
     init = (c0, jnp.full((n,), -1, jnp.int32), jnp.int32(0), jnp.bool_(False))
     c, _, iters, _ = lax.while_loop(cond, body, init)
-    a = _nearest_prepared(prep, c, active)
+    a = assign(prep, c, active)
     inertia = jnp.sum(w * _row_sq_dist(x, c, a))
     a = jnp.where(finite, a, -1)
     c = jnp.where(active[:, None], c + mean, 0.0)
