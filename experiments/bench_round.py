@@ -19,8 +19,25 @@ the wall time of the packed round's main pieces, each jitted on its own.
 
     python -m experiments.bench_round --data_dir=/work/shared/data
     python -m experiments.bench_round --data_dir=/work/shared/data --lane_sweep=8,16,32
+
+With ``--methods`` it compares the rounds of compression methods instead: the round
+``experiments/train.py`` runs (``training.build_simulation``, 1/32 both ways unless a
+method is written ``name:uplink``, which keeps the downlink dense), all on the same
+data and seed in one process. Each method trains ``--warmup_rounds`` rounds first
+(a quantizer's cost depends on the state: it grows as training goes), then
+``--rounds`` timed rounds; after every timed full round its four stages
+(``federated.RoundStages``: local training, uplink encode+decode, aggregation with the
+server optimizer, downlink encode+decode with the new states and metrics) are timed
+again one by one, each its own jitted program, on the same state. Ratios are against
+the first method (put ``uncompressed`` first)::
+
+    python -m experiments.bench_round --data_dir=/work/shared/data \
+        --methods=uncompressed,fedras,fedras:uplink,fedras_fixed_k,topk,svd,colr,embedding_kmeans
+    python -m experiments.bench_round --data_dir=/work/shared/data --dataset=ml-1m \
+        --methods=uncompressed,fedras --rounds=10
 """
 import functools
+import json
 import os
 import statistics
 import time
@@ -32,6 +49,7 @@ import numpy as np
 import optax
 
 from fedras_jax import data as data_lib
+from fedras_jax import training
 from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams, aggregate_item_updates,
                                   client_data_from_split, client_keys, client_plan,
                                   client_update, init_states, make_round,
@@ -51,6 +69,15 @@ _SWEEP = flags.DEFINE_string("lane_sweep", "",
                              "comma list of lane counts to also time, e.g. 8,16,32")
 _PIECES = flags.DEFINE_bool("pieces", True, "time the packed round's main pieces")
 _SEED = flags.DEFINE_integer("seed", 0, "seed of sampling, negatives and initialisation")
+_METHODS = flags.DEFINE_list(
+    "methods", [], "compare these methods' rounds, with a stage breakdown (name or "
+    "name:uplink for a dense downlink); empty: the packed round against a per-client loop")
+_DATASET = flags.DEFINE_string("dataset", "ml-100k", "dataset of --methods")
+_METHOD_CLIENTS = flags.DEFINE_integer(
+    "method_clients", 0, "clients per round of --methods (0: 64, or 256 on ml-1m)")
+_WARMUP = flags.DEFINE_integer("warmup_rounds", 20, "rounds trained before timing (--methods)")
+_RATIO = flags.DEFINE_float("payload_ratio", 1 / 32, "payload ratio of --methods")
+_OUT = flags.DEFINE_string("out", None, "also write the --methods results as JSON here")
 
 DATASET, DIM, EPOCHS, BATCH, NEG = "ml-100k", 64, 2, 64, 4
 # The training defaults (experiments/train.py): FedMF, uncompressed.
@@ -333,11 +360,118 @@ def _row(name, times, m, loop_times, compile_s):
         f"{compile_s:9.2f} |")
 
 
+# ---------------------------------------------------------------------------------------
+# Methods compared, stage by stage.
+
+_STAGES = ("local", "uplink", "aggregate", "downlink")
+
+
+def _timed(fn, *args):
+  t = _now()
+  out = jax.block_until_ready(fn(*args))
+  return out, _now() - t
+
+
+class MethodRunner:
+  """One method's round (as ``train`` builds it), warmed up, and its stages jitted alone."""
+
+  def __init__(self, spec: str, split, clients: int, rounds: int):
+    name, _, mode = spec.partition(":")
+    if mode not in ("", "uplink"):
+      raise app.UsageError(f"--methods: {spec!r}: write a method or method:uplink")
+    self.name = spec
+    config = training.TrainConfig(
+        dataset=_DATASET.value, method=name, clients_per_round=clients, rounds=rounds,
+        payload_ratio=_RATIO.value, downlink_compression=mode != "uplink", seed=_SEED.value,
+        quiet=True).validate()
+    sim = training.build_simulation(config, split)
+    self.hp, self.server, self.clients = sim.hp, sim.server, sim.clients
+    self.round = jax.jit(sim.round_fn)
+    st = sim.round_fn.stages
+    self.stages = [jax.jit(f) for f in (st.local, st.uplink, st.aggregate, st.downlink)]
+    t = _now()
+    self.round = self.round.lower(self.server, self.clients, self.hp).compile()
+    self.compile_s = _now() - t
+    self.times = {k: [] for k in ("full",) + _STAGES}
+    self.actions = []
+
+  def warm(self, rounds: int):
+    for _ in range(rounds):
+      self.server, self.clients, _ = self.round(self.server, self.clients, self.hp)
+    jax.block_until_ready(self.server)
+
+  def timed(self):
+    s, c, hp = self.server, self.clients, self.hp
+    (self.server, self.clients, metrics), t = _timed(self.round, s, c, hp)
+    self.times["full"].append(t)
+    self.actions.append(float(np.mean(metrics.num_actions)))
+    local, t = _timed(self.stages[0], s, c, hp)
+    self.times["local"].append(t)
+    up, t = _timed(self.stages[1], s, hp, local)
+    self.times["uplink"].append(t)
+    agg, t = _timed(self.stages[2], s, local, up)
+    self.times["aggregate"].append(t)
+    _, t = _timed(self.stages[3], s, c, hp, local, up, agg)
+    self.times["downlink"].append(t)
+
+
+def compare_methods():
+  """``--methods``: ms per round and per stage of each method, ratios to the first."""
+  dataset = _DATASET.value
+  clients = _METHOD_CLIENTS.value or (256 if dataset.startswith("ml-1m") else 64)
+  split = data_lib.load_dataset(dataset, _DATA_DIR.value, seed=_SEED.value)
+  rounds = _WARMUP.value + _ROUNDS.value + 1
+  print(f"{dataset}: {split.num_users} users, {split.num_items} items; FedMF d=64, "
+        f"{clients} clients/round, payload {_RATIO.value:g}, seed {_SEED.value}; "
+        f"{_WARMUP.value} warm-up rounds, {_ROUNDS.value} timed")
+  runners = []
+  for spec in _METHODS.value:
+    # The first call of every stage program compiles it: one untimed round first.
+    r = MethodRunner(spec, split, clients, rounds)
+    r.warm(_WARMUP.value)
+    r.timed()
+    r.times = {k: [] for k in r.times}
+    r.actions = []
+    runners.append(r)
+    print(f"  {spec}: compiled in {r.compile_s:.1f} s, warmed up", flush=True)
+  for _ in range(_ROUNDS.value):  # round-robin: machine noise hits every method alike
+    for r in runners:
+      r.timed()
+  base = statistics.median(runners[0].times["full"])
+  cols = ("full",) + _STAGES
+  print(f"\nms per round, median of {_ROUNDS.value} (stages: each jitted alone on the same "
+        f"state); x: full round / {runners[0].name}'s")
+  print("| method | round ms | x | " + " | ".join(f"{c} ms" for c in _STAGES)
+        + " | actions | compile s |")
+  print("|---|---|---|" + "---|" * len(_STAGES) + "---|---|")
+  results = []
+  for r in runners:
+    med = {k: 1e3 * statistics.median(r.times[k]) for k in cols}
+    ratio = med["full"] / (1e3 * base)
+    acts = statistics.fmean(r.actions) if r.actions else float("nan")
+    print(f"| {r.name} | {med['full']:.1f} | {ratio:.2f} | "
+          + " | ".join(f"{med[k]:.1f}" for k in _STAGES)
+          + f" | {acts:.1f} | {r.compile_s:.1f} |")
+    results.append(dict(method=r.name, ms=med, ratio=ratio, actions_mean=acts,
+                        compile_s=r.compile_s))
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      json.dump(dict(dataset=dataset, clients=clients, payload_ratio=_RATIO.value,
+                     warmup_rounds=_WARMUP.value, rounds=_ROUNDS.value, seed=_SEED.value,
+                     jax=jax.__version__, cpus=os.cpu_count(), results=results), f, indent=2)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   tuned = tune_host_allocator()
   wall = _now()
+  if _METHODS.value:
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs, "
+          f"malloc tuned: {tuned}")
+    compare_methods()
+    print(f"\ntotal wall time {_now() - wall:.1f} s")
+    return
   split = data_lib.load_dataset(DATASET, _DATA_DIR.value, seed=_SEED.value)
   s = Setting(split, _CLIENTS.value, _SEED.value)
   rounds, loop_rounds = _ROUNDS.value, min(_LOOP_ROUNDS.value, _ROUNDS.value)

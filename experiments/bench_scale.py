@@ -5,7 +5,7 @@ Synthetic data (``fedras_jax.data.synthetic``): Zipf item popularity (exponent
 ``--median_interactions``, clipped to ``[--min_interactions, --max_interactions]``
 and to the catalogue), ``max(2 * clients, --min_users)`` users, leave-one-out.
 The round is the one ``experiments/train.py`` runs (``training.build_round_config``,
-``build_compressors``, ``build_bandwidth``, ``init_states``, ``make_round``): FedMF
+``build_simulation``): FedMF
 d=``--dim``, 2 local epochs, batch 64, 4 negatives per positive, inverse-frequency
 aggregation, ``--method`` (``fedras`` at payload 1/32, or ``uncompressed``, ...).
 
@@ -173,13 +173,9 @@ def clients_by_items(hlo_text: str, clients: int, items: int, dim: int):
 
 def run_single(num_clients: int, num_items: int) -> dict:
   import jax
-  import optax
-
   from fedras_jax import training
-  from fedras_jax.compress import dense_bits
   from fedras_jax.data import synthetic
-  from fedras_jax.federated import RoundHParams, LocalHParams, client_data_from_split
-  from fedras_jax.federated import init_states, make_round
+  from fedras_jax.federated import client_data_from_split
   from fedras_jax.runtime import tune_host_allocator
 
   tuned = tune_host_allocator()
@@ -205,21 +201,11 @@ def run_single(num_clients: int, num_items: int) -> dict:
   out["capacity_s"] = _now() - t
   out["slot_capacity"] = round_config.slot_capacity
   out["buckets"] = [list(b) for b in round_config.client_buckets]
-  model = training.build_model(config)
-  server_opt = optax.sgd(config.server_lr)
-  dense_round_bits = dense_bits(num_items, model.item_dim)
-  bandwidth = training.build_bandwidth(config, num_users, dense_round_bits)
-  server, clients = init_states(model, num_users, num_items, server_opt, seed=config.seed,
-                                bandwidth=bandwidth)
-  uplink, downlink = training.build_compressors(config, num_items, model.item_dim)
+  sim = training.build_simulation(config, split, round_config=round_config)
+  server, clients = sim.server, sim.clients
   data = client_data_from_split(split)
-  round_fn = jax.jit(make_round(model, data, round_config, server_opt, uplink=uplink,
-                                downlink=downlink), donate_argnums=(0, 1))
-  hp = RoundHParams(
-      local=LocalHParams(user_lr=config.user_lr, item_lr=config.item_lr,
-                         dense_lr=config.dense_lr, weight_decay=config.weight_decay),
-      fluctuation=config.fluctuation, compute_seconds=config.compute_seconds,
-      downlink_budget_bits=float(config.payload_ratio * dense_round_bits))
+  round_fn = jax.jit(sim.round_fn, donate_argnums=(0, 1))
+  hp = sim.hp
   leaves = jax.tree.leaves((server, clients, data))
   out["state_bytes"] = int(sum(x.nbytes for x in leaves if hasattr(x, "nbytes")))
   out["item_table_bytes"] = int(server.items.nbytes)

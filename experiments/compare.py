@@ -43,7 +43,7 @@ import numpy as np
 import experiments.train  # noqa: F401  (defines one flag per TrainConfig field)
 from fedras_jax import checkpoint as ckpt_lib
 from fedras_jax import flags as flag_lib
-from fedras_jax.runtime import tune_host_allocator
+from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
 from fedras_jax.sweep import SWEEPABLE, grid_points, parse_grid, sweep_points
 from fedras_jax.training import TrainConfig, config_differences, recorded_config, train
 
@@ -198,6 +198,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   tune_host_allocator()
+  enable_compilation_cache(FLAGS.compilation_cache)
   split = lambda s: [x.strip() for x in s.split(",") if x.strip()]
   try:
     base = flag_lib.config_from_flags(TrainConfig)

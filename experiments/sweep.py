@@ -18,7 +18,7 @@ from absl import app, flags
 
 import experiments.train  # noqa: F401  (defines one flag per TrainConfig field)
 from fedras_jax import flags as flag_lib
-from fedras_jax.runtime import tune_host_allocator
+from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
 from fedras_jax.sweep import parse_grid, summarize, sweep
 from fedras_jax.training import TrainConfig
 
@@ -61,6 +61,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   tune_host_allocator()
+  enable_compilation_cache(FLAGS.compilation_cache)
   try:
     base = flag_lib.config_from_flags(TrainConfig).validate()
     seeds = [int(s) for s in FLAGS.seeds.split(",")]

@@ -11,11 +11,11 @@ printed as one line ``error: ...`` with a non-zero exit status.
 """
 import sys
 
-from absl import app
+from absl import app, flags
 
 from fedras_jax import flags as flag_lib
 from fedras_jax.data import FetchError
-from fedras_jax.runtime import tune_host_allocator
+from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
 from fedras_jax.training import TrainConfig, train
 
 HELP = {
@@ -40,6 +40,8 @@ HELP = {
     "downlink_compression": "compress the server's update too (--nodownlink_compression: dense)",
     "downlink_feedback": "server keeps what its lossy downlink did not send and sends it later "
                          "(error feedback; --nodownlink_feedback: drop it)",
+    "downlink_warm_start": "FedRAS downlink: start each round's clustering from the last "
+                           "round's actions (--nodownlink_warm_start: from one action)",
     "max_k": "static bound on actions per payload (0: from the payload ratio, at most 128)",
     "tau": "cosine threshold of the split test when --tau_mode=fixed (> 1: always use the budget's K)",
     "tau_mode": "fixed | auto (threshold from the data, see BUILD.md)",
@@ -65,12 +67,18 @@ HELP = {
     "init_scale": "std of the normal initialisation of embeddings",
 }
 flag_lib.define_flags(TrainConfig, HELP)
+_CACHE = flags.DEFINE_string(
+    "compilation_cache", None,
+    "directory of JAX's persistent compilation cache: a rerun with the same shapes loads its "
+    "compiled round instead of compiling it (default $FEDRAS_COMPILATION_CACHE or "
+    "~/.cache/fedras_jax/compilation_cache; none: off)")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   tune_host_allocator()
+  enable_compilation_cache(_CACHE.value)
   try:
     config = flag_lib.config_from_flags(TrainConfig).validate()
     train(config)

@@ -1,6 +1,11 @@
 """Process-level settings for the experiment binaries (not applied on import)."""
 import ctypes
 import os
+import pathlib
+from typing import Optional
+
+COMPILATION_CACHE_ENV = "FEDRAS_COMPILATION_CACHE"
+_CACHE_OFF = ("", "none", "off")
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
@@ -22,3 +27,40 @@ def tune_host_allocator() -> bool:
   ok = libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1
   ok &= libc.mallopt(_M_TRIM_THRESHOLD, 1 << 34 if ctypes.sizeof(ctypes.c_long) == 8 else 1 << 30) == 1
   return bool(ok)
+
+
+def default_compilation_cache_dir() -> str:
+  """``$FEDRAS_COMPILATION_CACHE``, else ``~/.cache/fedras_jax/compilation_cache``."""
+  return os.environ.get(COMPILATION_CACHE_ENV) or str(
+      pathlib.Path.home() / ".cache" / "fedras_jax" / "compilation_cache")
+
+
+def enable_compilation_cache(path: Optional[str] = None, warn=print) -> Optional[str]:
+  """Turns on JAX's persistent compilation cache in ``path``; returns the directory in
+  use. ``"none"``/``"off"``/``""``: leave it off. ``None``: ``$FEDRAS_COMPILATION_CACHE``,
+  else a directory already given to JAX (``JAX_COMPILATION_CACHE_DIR``), else
+  ``~/.cache/fedras_jax/compilation_cache``.
+
+  A run started again with the same shapes then loads its compiled round from disk
+  instead of compiling it (seconds on CPU). Programs that compile in under 0.5 s are
+  not stored. Only point it at a directory you alone can write: JAX trusts its
+  contents. A directory that cannot be created is reported through ``warn`` and
+  the cache stays off (the run goes on).
+  """
+  import jax  # here, not at import: the caller may configure jax first
+
+  if path is None:
+    path = (os.environ.get(COMPILATION_CACHE_ENV) or jax.config.jax_compilation_cache_dir
+            or default_compilation_cache_dir())
+  if path.strip().lower() in _CACHE_OFF:
+    return None
+  try:
+    pathlib.Path(path).expanduser().mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    warn(f"warning: compilation cache off: cannot create {path} ({e.strerror or e})")
+    return None
+  path = str(pathlib.Path(path).expanduser())
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  return path

@@ -86,7 +86,8 @@ def sweep_points(base: TrainConfig, seeds: Sequence[int], points: Sequence[Dict[
                         uplink=uplink, downlink=downlink)
 
   states = [init_states(model, split.num_users, split.num_items, server_opt, seed=c.seed,
-                        bandwidth=build_bandwidth(c, split.num_users, dense_round_bits)) for c in configs]
+                        bandwidth=build_bandwidth(c, split.num_users, dense_round_bits),
+                        downlink=downlink) for c in configs]
   server, clients = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
   hp = RoundHParams(
       local=LocalHParams(*(jnp.asarray([getattr(c, f) for c in configs], jnp.float32)

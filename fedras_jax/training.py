@@ -29,7 +29,7 @@ import math
 import pathlib
 import sys
 import time
-from typing import Callable, List, Optional
+from typing import Any, Callable, List, NamedTuple, Optional
 
 import jax
 import numpy as np
@@ -101,6 +101,7 @@ class TrainConfig:
   payload_ratio: float = 1 / 32
   downlink_compression: bool = True
   downlink_feedback: bool = True
+  downlink_warm_start: bool = True
   max_k: int = 0
   tau: float = 0.9
   tau_mode: str = "auto"
@@ -179,6 +180,7 @@ def build_round_config(config: TrainConfig, split, seeds) -> RoundConfig:
       clients_per_round=config.clients_per_round, local_epochs=config.local_epochs,
       batch_size=config.batch_size, neg_ratio=config.neg_ratio, num_lanes=config.num_lanes,
       aggregation=config.aggregation, downlink_feedback=config.downlink_feedback,
+      downlink_warm_start=config.downlink_warm_start,
       **capacity._asdict())
 
 
@@ -190,6 +192,53 @@ def build_bandwidth(config: TrainConfig, num_users: int, dense_round_bits: int):
                         payload_ratio=ratio,
                         tiers=[float(t) for t in config.bandwidth_tiers.split(",")],
                         sigma=config.bandwidth_sigma)
+
+
+def round_hparams(config: TrainConfig, dense_round_bits: int) -> RoundHParams:
+  """The traced round hyper-parameters of ``config``."""
+  return RoundHParams(
+      local=LocalHParams(user_lr=config.user_lr, item_lr=config.item_lr,
+                         dense_lr=config.dense_lr, weight_decay=config.weight_decay),
+      fluctuation=config.fluctuation, compute_seconds=config.compute_seconds,
+      downlink_budget_bits=float(config.payload_ratio * dense_round_bits))
+
+
+class Simulation(NamedTuple):
+  """Everything a run of ``config`` on a split steps through (see ``build_simulation``):
+  the model, static round shape, server optimizer, compressors, the pure (unjitted)
+  ``round_fn`` (``round_fn.stages``: its ``RoundStages``), its hyper-parameters and the
+  initial server and client states."""
+  model: Any
+  round_config: RoundConfig
+  server_opt: Any
+  uplink: Any
+  downlink: Any
+  round_fn: Callable
+  hp: RoundHParams
+  server: Any
+  clients: Any
+  dense_round_bits: int
+
+
+def build_simulation(config: TrainConfig, split, *, round_config: RoundConfig = None
+                     ) -> Simulation:
+  """Model, round and initial states of ``config`` on ``split`` (one place for train,
+  the benchmarks and anything else that steps rounds). ``round_config``: the static
+  round shape if already planned (default ``build_round_config`` for ``config.seed``)."""
+  model = build_model(config)
+  round_config = round_config or build_round_config(config, split, seeds=[config.seed])
+  server_opt = optax.sgd(config.server_lr)
+  dense_round_bits = dense_bits(split.num_items, model.item_dim)
+  bandwidth = build_bandwidth(config, split.num_users, dense_round_bits)
+  uplink, downlink = build_compressors(config, split.num_items, model.item_dim)
+  server, clients = init_states(model, split.num_users, split.num_items, server_opt,
+                                seed=config.seed, bandwidth=bandwidth, downlink=downlink)
+  round_fn = make_round(model, client_data_from_split(split), round_config, server_opt,
+                        uplink=uplink, downlink=downlink)
+  return Simulation(model=model, round_config=round_config, server_opt=server_opt,
+                    uplink=uplink, downlink=downlink, round_fn=round_fn,
+                    hp=round_hparams(config, dense_round_bits), server=server, clients=clients,
+                    dense_round_bits=dense_round_bits)
 
 
 # Seed offset of the validation negatives: never the test negatives' draw.
@@ -377,21 +426,10 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
                      f"users of {config.dataset} ({split.num_users})")
   say(f"{config.dataset}: {split.num_users} users, {split.num_items} items, "
       f"{len(split.train_items)} training interactions")
-  model = build_model(config)
-  round_config = build_round_config(config, split, seeds=[config.seed])
-  server_opt = optax.sgd(config.server_lr)
-  dense_round_bits = dense_bits(split.num_items, model.item_dim)
-  bandwidth = build_bandwidth(config, split.num_users, dense_round_bits)
-  server, clients = init_states(model, split.num_users, split.num_items, server_opt,
-                                seed=config.seed, bandwidth=bandwidth)
-  uplink, downlink = build_compressors(config, split.num_items, model.item_dim)
-  round_fn = jax.jit(make_round(model, client_data_from_split(split), round_config, server_opt,
-                                uplink=uplink, downlink=downlink), donate_argnums=(0, 1))
-  hp = RoundHParams(
-      local=LocalHParams(user_lr=config.user_lr, item_lr=config.item_lr,
-                         dense_lr=config.dense_lr, weight_decay=config.weight_decay),
-      fluctuation=config.fluctuation, compute_seconds=config.compute_seconds,
-      downlink_budget_bits=float(config.payload_ratio * dense_round_bits))
+  sim = build_simulation(config, split)
+  model, round_config, server, clients = sim.model, sim.round_config, sim.server, sim.clients
+  dense_round_bits, hp = sim.dense_round_bits, sim.hp
+  round_fn = jax.jit(sim.round_fn, donate_argnums=(0, 1))
   evaluate = make_evaluate(model, eval_items, eval_negatives)
   m = config.clients_per_round
   # The user rows of the clients a round will sample (to name the ones it drops).

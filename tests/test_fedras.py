@@ -96,20 +96,29 @@ def _round(synthetic, downlink, feedback):
   return model, jax.jit(make_round(model, synthetic.data, cfg, downlink=downlink))
 
 
-@pytest.mark.parametrize("feedback", [True, False])
-def test_downlink_error_feedback_loses_nothing(synthetic, feedback):
+@pytest.mark.parametrize("feedback,warm", [(True, False), (False, False), (True, True)])
+def test_downlink_error_feedback_loses_nothing(synthetic, feedback, warm):
   # K <= 2 actions for the server update: lossy. From the same state, the lossy
   # round's applied update plus its new residual must equal the dense update plus
   # the old residual (nothing lost, only delayed); without feedback the residual
-  # stays zero and the difference is lost.
+  # stays zero and the difference is lost. warm: the downlink starts from the last
+  # round's actions (ServerState.downlink_memory), which must be what it sent.
   lossy = fedras(synthetic.num_items, max_k=2, tau=2.0, tau_mode="fixed", dense_fallback=False)
   model, lossy_round = _round(synthetic, lossy, feedback)
   _, dense_round = _round(synthetic, identity(synthetic.num_items), feedback)
   server, clients = init_states(model, synthetic.num_users, synthetic.num_items, optax.sgd(1.0),
-                                seed=0)
+                                seed=0, downlink=lossy if warm else None)
+  assert bool(jax.tree.leaves(server.downlink_memory)) == warm
   for _ in range(3):
     dense_server, _, _ = dense_round(server, clients, HP)
     new_server, clients, _ = lossy_round(server, clients, HP)
+    if warm:
+      centroids, k = new_server.downlink_memory
+      assert int(k) == 2
+      sent = np.asarray(new_server.items - server.items)
+      sent = sent[np.any(sent != 0, axis=1)]
+      dist = np.abs(sent[:, None] - np.asarray(centroids)[None, :2]).max(-1).min(1)
+      np.testing.assert_allclose(dist, 0.0, atol=1e-6)  # every applied row is a sent action
     np.testing.assert_array_equal(dense_server.residual, server.residual)
     if feedback:
       np.testing.assert_allclose(new_server.items + new_server.residual,

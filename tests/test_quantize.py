@@ -597,6 +597,38 @@ def test_multi_split_reconstruction_error_close_to_single_split():
             assert err["S=2"] <= 1.1 * err["S=1"], (seed, k, err)
 
 
+@jax.jit
+@chex.assert_max_traces(n=1)
+def enc_warm(g, budget, tau, c0, k0):
+    return q.encode(g, KEY, budget_bits=budget, max_k=EMAX, tau=tau, init_centroids=c0,
+                    init_k=k0, max_iters=50)
+
+
+def test_warm_start():
+    rng = np.random.default_rng(31)
+    g = jnp.asarray(directions(rng, EN, ED, ndir=12, noise=0.3))
+    budget = q.payload_bits(6, EN, ED)
+    cold = enc_fixed(g, ALL, budget, 2.0)  # tau > 1: K grows to the budget's 6
+    err = lambda p: float(jnp.linalg.norm(q.decode(p) - g) / jnp.linalg.norm(g))
+    # init_k = 0 is the cold start, whatever the centroids.
+    p0 = enc_warm(g, budget, 2.0, jnp.full((EMAX, ED), 7.0, jnp.float32), jnp.int32(0))
+    np.testing.assert_array_equal(np.asarray(p0.indices), np.asarray(cold.indices))
+    # From its own actions: no split test splits (the budget is spent), and Lloyd from
+    # there never worsens the reconstruction.
+    pw = enc_warm(g, budget, 2.0, cold.centroids, cold.num_actions)
+    assert int(pw.num_actions) == 6 and int(pw.num_rounds) == 0 and int(pw.bits) == budget
+    assert err(pw) <= err(cold) * (1 + 1e-6)
+    # More actions than the budget allows: only the first k_cap are used; fewer: the
+    # split tests go on from there (same budget, same K).
+    p4 = enc_warm(g, q.payload_bits(4, EN, ED), 2.0, cold.centroids, cold.num_actions)
+    assert int(p4.num_actions) == 4 and int(p4.num_rounds) == 0
+    p2 = enc_warm(g, budget, 2.0, cold.centroids, jnp.int32(2))
+    assert int(p2.num_actions) == 6 and int(p2.num_rounds) >= 1
+    # Warm centroids are in the units of g: scaling g and them alike changes nothing.
+    ps = enc_warm(g * 2.0**-60, budget, 2.0, cold.centroids * 2.0**-60, cold.num_actions)
+    np.testing.assert_array_equal(np.asarray(ps.indices), np.asarray(pw.indices))
+
+
 def test_max_splits_is_validated():
     g = jnp.zeros((4, 2), jnp.float32)
     for bad in (0, -1, 1.5):

@@ -1,5 +1,7 @@
 """End to end: the training entry point on real ML-100K, files, and bad flags."""
 import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -40,3 +42,34 @@ def test_bad_flags_fail_fast_naming_the_flag(flag, message):
 def test_clients_per_round_above_users_is_refused(ml100k_path):
   with pytest.raises(ValueError, match="--clients_per_round=5000 exceeds"):
     train(TrainConfig(data_dir=str(ml100k_path.parents[1]), clients_per_round=5000, quiet=True))
+
+
+def _cache_entries(path):
+  return sorted(p.name for p in path.rglob("*") if p.is_file())
+
+
+def test_compilation_cache_is_filled_then_reused(ml100k_path, tmp_path):
+  cache = tmp_path / "cache"
+  flags = [f"--data_dir={ml100k_path.parents[1]}", "--method=uncompressed", "--rounds=2",
+           "--eval_every=2", "--clients_per_round=8", "--dim=8", "--quiet"]
+  def run(*extra, env=None):
+    return subprocess.run([sys.executable, "-m", "experiments.train", *flags, *extra],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, **(env or {})))
+
+  proc = run(f"--compilation_cache={cache}")
+  assert proc.returncode == 0, proc.stderr
+  first = _cache_entries(cache)
+  assert first  # the round (and the evaluation) were stored
+  proc = run(f"--compilation_cache={cache}")
+  assert proc.returncode == 0, proc.stderr
+  assert _cache_entries(cache) == first  # every program was found: nothing new stored
+  # The environment's directory is the default; --compilation_cache=none turns it off.
+  env_cache = tmp_path / "env_cache"
+  proc = run(env={"FEDRAS_COMPILATION_CACHE": str(env_cache)})
+  assert proc.returncode == 0, proc.stderr
+  assert _cache_entries(env_cache)
+  shutil.rmtree(env_cache)
+  proc = run("--compilation_cache=none", env={"FEDRAS_COMPILATION_CACHE": str(env_cache)})
+  assert proc.returncode == 0, proc.stderr
+  assert not env_cache.exists()

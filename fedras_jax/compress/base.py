@@ -18,6 +18,12 @@ then need ``base_rows`` (the rows the update applies to), encode ``rows +
 base_rows`` and return ``decoded - base_rows`` on the rows the payload's ``sent``
 ``[n]`` bool field marks (0 elsewhere: rows not sent keep their base row).
 
+``init_memory`` marks compressors that can start from what they sent last time
+(FedRAS's downlink: the last actions): ``init_memory(num_rows, dim) -> memory`` (a
+pytree, "nothing yet"), and then ``encode(rows, mask, budget_bits, key, memory=m)``
+warm-starts from ``m`` and returns a payload whose ``memory`` field is the next one.
+Without ``memory`` (the default) the encode is cold and stateless.
+
 ``basis`` marks methods that own the client's parameterisation (CoLR):
 ``basis(key) -> B [r, d]``. The round then draws one basis key per round, trains
 every client's item rows in ``B``'s row space (item-row gradients times
@@ -36,6 +42,7 @@ class Compressor(NamedTuple):
   lossless: bool = False
   on_embeddings: bool = False  # codes base_rows + update (see the module docstring)
   basis: Optional[Callable[[jax.Array], jax.Array]] = None  # shared round subspace
+  init_memory: Optional[Callable[[int, int], Any]] = None  # warm start (module docstring)
 
 
 def check_value_bits(value_bits: int):

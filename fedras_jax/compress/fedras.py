@@ -18,12 +18,14 @@ from fedras_jax.compress.base import Compressor
 class FedRASPayload(NamedTuple):
   """actions: the quantizer's ``ActionPayload``; dense_rows ``[n, d]``: the rows
   when sent dense; is_dense: which form was sent; num_actions: K (0 when dense);
-  bits: exact size of what was sent."""
+  bits: exact size of what was sent; memory: ``(centroids [max_k, d], k)``, the
+  actions a warm-started next encode starts from (unchanged when sent dense)."""
   actions: quantize.ActionPayload
   dense_rows: jax.Array
   is_dense: jax.Array
   num_actions: jax.Array
   bits: jax.Array
+  memory: tuple
 
 
 def sparse_dense_bits(num_rows_sent, num_index_rows, dim, value_bits=32):
@@ -41,23 +43,35 @@ def fedras(num_index_rows: int, *, max_k: int, tau: float = 0.9, tau_mode: str =
     max_k: static bound on actions (the budget usually binds first).
     tau, tau_mode: the split test's cosine threshold (see ``quantize.encode``);
       ``tau > 1`` disables adaptivity: every client uses the budget's K.
+    max_iters: Lloyd M-steps per refinement (one after each split test). 2 by default:
+      a bisection already leaves the halves near a fixed point, and more steps cost
+      time without a measurable gain in the round (BUILD.md).
     dense_fallback: send the touched rows uncompressed when that fits the budget.
   """
 
-  def encode(rows, mask, budget_bits, key):
-    actions = quantize.encode(rows, key, budget_bits=budget_bits, max_k=max_k, tau=tau,
-                              tau_mode=tau_mode, mask=mask, num_index_rows=num_index_rows,
-                              value_bits=value_bits, max_iters=max_iters)
+  def init_memory(num_rows: int, dim: int):
+    del num_rows
+    return jnp.zeros((max_k, dim), jnp.float32), jnp.int32(0)
+
+  def encode(rows, mask, budget_bits, key, memory=None):
+    start = init_memory(rows.shape[0], rows.shape[1]) if memory is None else memory
     live = mask & jnp.any(rows != 0, axis=1) & jnp.all(jnp.isfinite(rows), axis=1)
     dense_size = sparse_dense_bits(jnp.sum(live, dtype=jnp.int32), num_index_rows,
                                    rows.shape[1], value_bits)
     is_dense = jnp.bool_(dense_fallback) & (dense_size <= budget_bits)
+    # A client sent dense is not clustered: a zero budget makes the quantizer skip it.
+    actions = quantize.encode(rows, key, budget_bits=jnp.where(is_dense, 0, budget_bits),
+                              max_k=max_k, tau=tau, tau_mode=tau_mode, mask=mask,
+                              num_index_rows=num_index_rows, value_bits=value_bits,
+                              max_iters=max_iters, init_centroids=start[0], init_k=start[1])
     return FedRASPayload(
         actions=actions, dense_rows=jnp.where(live[:, None], rows, 0.0), is_dense=is_dense,
         num_actions=jnp.where(is_dense, 0, actions.num_actions),
-        bits=jnp.where(is_dense, dense_size, actions.bits).astype(jnp.int32))
+        bits=jnp.where(is_dense, dense_size, actions.bits).astype(jnp.int32),
+        memory=jax.tree.map(lambda new, old: jnp.where(is_dense, old, new),
+                            (actions.centroids, actions.num_actions), start))
 
   def decode(payload: FedRASPayload):
     return jnp.where(payload.is_dense, payload.dense_rows, quantize.decode(payload.actions))
 
-  return Compressor(name="fedras", encode=encode, decode=decode)
+  return Compressor(name="fedras", encode=encode, decode=decode, init_memory=init_memory)

@@ -1,5 +1,5 @@
 """Applying a per-matrix compressor to every client of a round at once."""
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -10,10 +10,12 @@ from fedras_jax.compress.base import Compressor
 class Roundtrip(NamedTuple):
   """decoded: rows as the receiver sees them (shape of the input); bits: int32
   payload sizes (``[M]`` for clients); num_actions: actions used (-1 where the
-  compressor has no such notion)."""
+  compressor has no such notion); memory: a warm-started encode's next memory
+  (``roundtrip`` with ``memory``; None otherwise)."""
   decoded: jax.Array
   bits: jax.Array
   num_actions: jax.Array
+  memory: Any = None
 
 
 def _num_actions(payload, shape):
@@ -26,29 +28,37 @@ def _check_base(compressor: Compressor, base_rows):
                      "pass base_rows, the rows the update applies to")
 
 
-def _encode_decode(compressor: Compressor, rows, mask, budget_bits, key, base_rows):
-  """One matrix's ``(payload, decoded update)``; ``base_rows`` only for on_embeddings."""
+def _encode_decode(compressor: Compressor, rows, mask, budget_bits, key, base_rows,
+                   memory=None):
+  """One matrix's ``(payload, decoded update)``; ``base_rows`` only for on_embeddings,
+  ``memory`` only for warm-started compressors."""
+  extra = {} if memory is None else dict(memory=memory)
   if not compressor.on_embeddings:
-    payload = compressor.encode(rows, mask, budget_bits, key)
+    payload = compressor.encode(rows, mask, budget_bits, key, **extra)
     return payload, compressor.decode(payload)
-  payload = compressor.encode(rows + base_rows, mask, budget_bits, key)
+  payload = compressor.encode(rows + base_rows, mask, budget_bits, key, **extra)
   decoded = compressor.decode(payload) - base_rows
   return payload, jnp.where(payload.sent[:, None], decoded, 0.0)
 
 
 def roundtrip(compressor: Compressor, rows, mask, budget_bits, key, *,
-              lossless_bits: int, base_rows=None) -> Roundtrip:
+              lossless_bits: int, base_rows=None, memory=None) -> Roundtrip:
   """encode then decode one matrix ``rows [n, d]`` (a lossless one is skipped).
 
   base_rows: ``[n, d]`` the rows the update applies to (e.g. the item table); needed
-  by (only used for) ``on_embeddings`` compressors.
+  by (only used for) ``on_embeddings`` compressors. memory: warm start of a
+  compressor with ``init_memory`` (the result's ``memory`` is the next one).
   """
   _check_base(compressor, base_rows)
+  if memory is not None and compressor.init_memory is None:
+    raise ValueError(f"compressor {compressor.name!r} keeps no memory (init_memory is None)")
   if compressor.lossless:
     return Roundtrip(jnp.where(mask[:, None], rows, 0.0), jnp.int32(lossless_bits),
-                     jnp.int32(-1))
-  payload, decoded = _encode_decode(compressor, rows, mask, budget_bits, key, base_rows)
-  return Roundtrip(decoded, payload.bits, _num_actions(payload, ()))
+                     jnp.int32(-1), memory)
+  payload, decoded = _encode_decode(compressor, rows, mask, budget_bits, key, base_rows,
+                                    memory)
+  return Roundtrip(decoded, payload.bits, _num_actions(payload, ()),
+                   None if memory is None else payload.memory)
 
 
 def roundtrip_clients(compressor: Compressor, flat_rows, offset, num_slots, budget_bits,

@@ -6,5 +6,6 @@ from fedras_jax.federated.local_training import (ClientOutput, LocalHParams, cli
                                                  local_step, packed_client_updates, slot_layout)
 from fedras_jax.federated.round import (ClientStates, RoundConfig, RoundHParams, RoundMetrics,
                                         ServerState, Capacity, client_keys, init_states,
-                                        make_round, plan_capacity, round_basis_key,
+                                        RoundStages, make_round, make_round_stages, plan_capacity,
+                                        round_basis_key,
                                         round_clients, sample_clients)

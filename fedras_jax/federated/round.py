@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from fedras_jax.compress.base import Compressor, dense_bits, identity
-from fedras_jax.compress.roundtrip import roundtrip, roundtrip_clients
+from fedras_jax.compress.roundtrip import Roundtrip, roundtrip, roundtrip_clients
 from fedras_jax.federated.aggregation import AGGREGATIONS, aggregate_item_updates
 from fedras_jax.federated.client_data import ClientData
 from fedras_jax.federated.local_data import client_plan, client_sizes, slot_item
@@ -48,6 +48,9 @@ class RoundConfig:
     local training. downlink_feedback: the server keeps what its lossy downlink
     failed to send (``ServerState.residual``) and adds it to the next round's
     update (error feedback), so nothing of the aggregate is lost, only delayed.
+    downlink_warm_start: a downlink compressor with memory (FedRAS) starts from the
+    last round's payload (``ServerState.downlink_memory``, when ``init_states`` was
+    given the downlink; otherwise every round starts cold).
   """
   clients_per_round: int
   slot_capacity: int
@@ -59,6 +62,7 @@ class RoundConfig:
   num_lanes: int = 8
   aggregation: str = "inverse_frequency"
   downlink_feedback: bool = True
+  downlink_warm_start: bool = True
 
   def __post_init__(self):
     if self.aggregation not in AGGREGATIONS:
@@ -67,6 +71,8 @@ class RoundConfig:
                  "slot_capacity", "max_lane_steps"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+    if self.neg_ratio < 0:
+      raise ValueError(f"neg_ratio must be >= 0, got {self.neg_ratio}")
     if sum(c for c, _ in self.client_buckets) != self.clients_per_round:
       raise ValueError(f"client_buckets {self.client_buckets} must cover "
                        f"{self.clients_per_round} clients")
@@ -74,8 +80,6 @@ class RoundConfig:
   @property
   def max_client_slots(self) -> int:
     return self.client_buckets[0][1]
-    if self.neg_ratio < 0:
-      raise ValueError(f"neg_ratio must be >= 0, got {self.neg_ratio}")
 
 
 class RoundHParams(NamedTuple):
@@ -97,13 +101,15 @@ class ServerState(NamedTuple):
   """items ``[I, item_dim]`` and dense: the shared model as clients rebuild it;
   residual ``[I, item_dim]``: server update not yet sent (downlink error feedback;
   zero with a lossless downlink); opt_state: server optimizer state; round: int32;
-  key: the run's base PRNG key."""
+  key: the run's base PRNG key; downlink_memory: what a warm-started downlink
+  compressor keeps between rounds (``Compressor.init_memory``; ``()`` = none)."""
   items: jax.Array
   residual: jax.Array
   dense: Any
   opt_state: Any
   round: jax.Array
   key: jax.Array
+  downlink_memory: Any = ()
 
 
 class ClientStates(NamedTuple):
@@ -130,8 +136,10 @@ class RoundMetrics(NamedTuple):
 
 
 def init_states(model: RecModel, num_users: int, num_items: int, server_opt, *, seed: int,
-                bandwidth=None):
-  """Initial ``(ServerState, ClientStates)``; bandwidth ``[U]`` defaults to unlimited."""
+                bandwidth=None, downlink: Compressor = None):
+  """Initial ``(ServerState, ClientStates)``; bandwidth ``[U]`` defaults to unlimited.
+  ``downlink``: a compressor with ``init_memory`` gets its memory in the server state,
+  so a round with ``downlink_warm_start`` starts each round's encode from the last."""
   key = jax.random.key(seed)
   params = model.init(jax.random.fold_in(key, 0), num_users, num_items)
   shared = (params.items, params.dense)
@@ -139,7 +147,10 @@ def init_states(model: RecModel, num_users: int, num_items: int, server_opt, *, 
     bandwidth = jnp.full((num_users,), jnp.inf, jnp.float32)
   server = ServerState(items=params.items, residual=jnp.zeros_like(params.items),
                        dense=params.dense, opt_state=server_opt.init(shared),
-                       round=jnp.int32(0), key=key)
+                       round=jnp.int32(0), key=key,
+                       downlink_memory=(downlink.init_memory(num_items, model.item_dim)
+                                        if downlink is not None and downlink.init_memory
+                                        else ()))
   return server, ClientStates(users=params.users, bandwidth=jnp.asarray(bandwidth, jnp.float32))
 
 
@@ -265,6 +276,55 @@ def _relative_error(decoded, rows, segments=None, num_segments=None):
   return jnp.sqrt(diff / jnp.maximum(norm, 1e-30))
 
 
+class LocalResult(NamedTuple):
+  """What the local stage hands on: the sampled clients, their slot layout and items,
+  the training output, which clients are finite (``ok [M]``, ``slot_ok [S]``), the
+  masked item-row deltas ``[S, d]``, the round's bandwidths and uplink budgets ``[M]``
+  and the uplink keys ``[M]``."""
+  sampled: jax.Array
+  plans: Any
+  layout: Any
+  items_of_slot: jax.Array
+  trained: Any
+  ok: jax.Array
+  slot_ok: jax.Array
+  deltas: jax.Array
+  bandwidth: jax.Array
+  budget: jax.Array
+  up_keys: jax.Array
+
+
+class Aggregate(NamedTuple):
+  """The server's view after aggregation: per-item update and counts, the dense
+  update, the optimizer's steps and state."""
+  item_update: jax.Array
+  counts: jax.Array
+  dense_update: Any
+  neg_grad: Any
+  item_step: jax.Array
+  dense_step: Any
+  opt_state: Any
+
+
+class RoundStages(NamedTuple):
+  """The round as four pure stages (``round_fn`` is their composition), so each can
+  be jitted and timed on its own (``experiments/bench_round.py``):
+
+  * ``local(server, clients, hp) -> LocalResult``: sampling, plans, packed local
+    training, finiteness, bandwidth and budgets;
+  * ``uplink(server, hp, local) -> Roundtrip``: every client's encode + decode;
+  * ``aggregate(server, local, up) -> Aggregate``: per-item aggregation, FedAvg of
+    dense weights, the server optimizer;
+  * ``downlink(server, clients, hp, local, up, agg) -> (server, clients, metrics)``:
+    the server update's encode + decode (with error feedback), the new states and
+    the round's metrics.
+  """
+  local: Any
+  uplink: Any
+  aggregate: Any
+  downlink: Any
+
+
 def make_round(model: RecModel, data: ClientData, config: RoundConfig,
                server_opt: optax.GradientTransformation = None, *,
                uplink: Compressor = None, downlink: Compressor = None, mesh=None):
@@ -275,8 +335,27 @@ def make_round(model: RecModel, data: ClientData, config: RoundConfig,
   ``server_opt`` gets the negated aggregated update as gradient (default
   ``optax.sgd(1.0)``: add the update). ``mesh``: a ``jax.sharding.Mesh`` with a
   ``"clients"`` axis to split local training (the lanes, hence the clients) over
-  devices; results equal the single-device round.
+  devices; results equal the single-device round. ``round_fn.stages`` holds the
+  round's :class:`RoundStages`.
   """
+  stages = make_round_stages(model, data, config, server_opt, uplink=uplink,
+                             downlink=downlink, mesh=mesh)
+
+  def round_fn(server: ServerState, clients: ClientStates, hp: RoundHParams):
+    local = stages.local(server, clients, hp)
+    up = stages.uplink(server, hp, local)
+    agg = stages.aggregate(server, local, up)
+    return stages.downlink(server, clients, hp, local, up, agg)
+
+  round_fn.stages = stages
+  return round_fn
+
+
+def make_round_stages(model: RecModel, data: ClientData, config: RoundConfig,
+                      server_opt: optax.GradientTransformation = None, *,
+                      uplink: Compressor = None, downlink: Compressor = None,
+                      mesh=None) -> RoundStages:
+  """The :class:`RoundStages` of ``make_round`` (same arguments)."""
   server_opt = server_opt or optax.sgd(1.0)
   uplink = uplink or identity(data.num_items)
   downlink = downlink or identity(data.num_items)
@@ -285,7 +364,7 @@ def make_round(model: RecModel, data: ClientData, config: RoundConfig,
     raise ValueError(f"clients_per_round={m} exceeds the number of users {data.num_users}")
   dense_table_bits = dense_bits(data.num_items, model.item_dim)
 
-  def round_fn(server: ServerState, clients: ClientStates, hp: RoundHParams):
+  def local_stage(server: ServerState, clients: ClientStates, hp: RoundHParams) -> LocalResult:
     key = round_key(server.key, server.round)
     sampled = round_clients(server.key, server.round, data.num_users, m)
     plans = jax.vmap(lambda u, k: client_plan(
@@ -314,65 +393,87 @@ def make_round(model: RecModel, data: ClientData, config: RoundConfig,
     wiggle = jax.random.uniform(jax.random.fold_in(key, _BANDWIDTH), (m,), minval=-1.0,
                                 maxval=1.0)
     bandwidth = clients.bandwidth[sampled] * (1.0 + hp.fluctuation * wiggle)
-    budget = _bits(bandwidth * hp.round_seconds)
     if uplink.basis is None:
       up_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(key, _UPLINK), sampled)
     else:
       up_keys = jnp.broadcast_to(basis_key, sampled.shape)
-    up = roundtrip_clients(uplink, deltas, layout.offset, plans.num_slots, budget, up_keys,
-                           buckets=config.client_buckets, lossless_bits=dense_table_bits,
-                           base_rows=server.items[items_of_slot] if uplink.on_embeddings else None)
+    return LocalResult(sampled=sampled, plans=plans, layout=layout, items_of_slot=items_of_slot,
+                       trained=trained, ok=ok, slot_ok=slot_ok, deltas=deltas,
+                       bandwidth=bandwidth, budget=_bits(bandwidth * hp.round_seconds),
+                       up_keys=up_keys)
 
+  def uplink_stage(server: ServerState, hp: RoundHParams, local: LocalResult) -> Roundtrip:
+    del hp
+    return roundtrip_clients(
+        uplink, local.deltas, local.layout.offset, local.plans.num_slots, local.budget,
+        local.up_keys, buckets=config.client_buckets, lossless_bits=dense_table_bits,
+        base_rows=server.items[local.items_of_slot] if uplink.on_embeddings else None)
+
+  def aggregate_stage(server: ServerState, local: LocalResult, up: Roundtrip) -> Aggregate:
     item_update, counts = aggregate_item_updates(
-        up.decoded, items_of_slot, slot_ok, num_items=data.num_items, num_clients=m,
-        rule=config.aggregation)
-    ok_f = ok.astype(jnp.float32)
+        up.decoded, local.items_of_slot, local.slot_ok, num_items=data.num_items,
+        num_clients=m, rule=config.aggregation)
+    ok_f = local.ok.astype(jnp.float32)
     dense_update = jax.tree.map(
         lambda d: jnp.tensordot(ok_f, d, axes=1) / jnp.maximum(jnp.sum(ok_f), 1.0),
-        trained.dense_deltas)
+        local.trained.dense_deltas)
     neg_grad = jax.tree.map(jnp.negative, (item_update, dense_update))
     updates, opt_state = server_opt.update(neg_grad, server.opt_state, (server.items, server.dense))
     item_step, dense_step = updates
+    return Aggregate(item_update=item_update, counts=counts, dense_update=dense_update,
+                     neg_grad=neg_grad, item_step=item_step, dense_step=dense_step,
+                     opt_state=opt_state)
 
+  def downlink_stage(server: ServerState, clients: ClientStates, hp: RoundHParams,
+                     local: LocalResult, up: Roundtrip, agg: Aggregate):
+    key = round_key(server.key, server.round)
+    basis_key = round_basis_key(server.key, server.round)
+    item_step = agg.item_step
     if config.downlink_feedback and not downlink.lossless:
       item_step = item_step + server.residual
       send = jnp.any(item_step != 0, axis=1)
     else:
-      send = counts > 0
+      send = agg.counts > 0
+    warm = (config.downlink_warm_start and downlink.init_memory is not None
+            and bool(jax.tree.leaves(server.downlink_memory)))
     down = roundtrip(downlink, item_step, send, _bits(hp.downlink_budget_bits),
                      jax.random.fold_in(key, _DOWNLINK) if downlink.basis is None else basis_key,
                      lossless_bits=dense_table_bits,
-                     base_rows=server.items if downlink.on_embeddings else None)
+                     base_rows=server.items if downlink.on_embeddings else None,
+                     memory=server.downlink_memory if warm else None)
     residual = (item_step - down.decoded if config.downlink_feedback and not downlink.lossless
                 else server.residual)
     if uplink.lossless and downlink.lossless:
       info_loss = jnp.float32(0.0)
     else:  # The same state's update had nothing been compressed.
-      raw_update, _ = aggregate_item_updates(deltas, items_of_slot, slot_ok,
+      raw_update, _ = aggregate_item_updates(local.deltas, local.items_of_slot, local.slot_ok,
                                              num_items=data.num_items, num_clients=m,
                                              rule=config.aggregation)
-      raw_step, _ = server_opt.update((-raw_update, neg_grad[1]), server.opt_state,
+      raw_step, _ = server_opt.update((-raw_update, agg.neg_grad[1]), server.opt_state,
                                       (server.items, server.dense))
       info_loss = jnp.sqrt(jnp.sum(jnp.square(down.decoded - raw_step[0])))
     dense_count = sum(x.size for x in jax.tree.leaves(server.dense))
     bits_down = down.bits + jnp.int32(32 * dense_count)
     bits_up = up.bits + jnp.int32(32 * dense_count)
 
-    seconds = (bits_up + bits_down) / bandwidth + hp.compute_seconds
-    new_users = jnp.where(ok[:, None], trained.users, clients.users[sampled])
+    sampled, trained = local.sampled, local.trained
+    seconds = (bits_up + bits_down) / local.bandwidth + hp.compute_seconds
+    new_users = jnp.where(local.ok[:, None], trained.users, clients.users[sampled])
     metrics = RoundMetrics(
         sampled=sampled, loss=trained.loss, bits_up=bits_up, bits_down=bits_down,
-        budget_up=budget, num_actions=up.num_actions,
+        budget_up=local.budget, num_actions=up.num_actions,
         error_up=(jnp.zeros((m,)) if uplink.lossless
-                  else _relative_error(up.decoded, deltas, layout.client, m)),
+                  else _relative_error(up.decoded, local.deltas, local.layout.client, m)),
         error_down=(jnp.float32(0.0) if downlink.lossless else _relative_error(
             down.decoded, jnp.where(send[:, None], item_step, 0.0))),
-        info_loss=info_loss, touched_items=jnp.sum(counts > 0), skipped=jnp.sum(~ok),
+        info_loss=info_loss, touched_items=jnp.sum(agg.counts > 0), skipped=jnp.sum(~local.ok),
         sim_seconds=jnp.max(seconds))
     server = ServerState(items=server.items + down.decoded, residual=residual,
-                         dense=jax.tree.map(jnp.add, server.dense, dense_step),
-                         opt_state=opt_state, round=server.round + 1, key=server.key)
+                         dense=jax.tree.map(jnp.add, server.dense, agg.dense_step),
+                         opt_state=agg.opt_state, round=server.round + 1, key=server.key,
+                         downlink_memory=down.memory if warm else server.downlink_memory)
     clients = clients._replace(users=clients.users.at[sampled].set(new_users))
     return server, clients, metrics
 
-  return round_fn
+  return RoundStages(local=local_stage, uplink=uplink_stage, aggregate=aggregate_stage,
+                     downlink=downlink_stage)

@@ -122,8 +122,8 @@ class ActionPayload(NamedTuple):
       bits: ``[]`` int32 exact payload size, ``payload_bits(K, R, d, value_bits)``.
       coherence: ``[max_k]`` float32 mean member/centroid cosine of each action
         (0 for inactive slots). Extra field (diagnostics).
-      tau: ``[]`` float32 threshold actually used (the auto value in auto mode).
-        Extra field.
+      tau: ``[]`` float32 threshold actually used (the auto value in auto mode;
+        1 in auto mode when no row was clustered). Extra field.
       num_nonfinite: ``[]`` int32 number of unmasked rows dropped because they
         contained NaN/inf. Extra field.
       num_rounds: ``[]`` int32 number of split tests that split (each is
@@ -215,6 +215,8 @@ def encode(
     half_dtype: str = "bfloat16",
     vmap_strategy: str = "auto",
     max_splits: int | None = None,
+    init_centroids=None,
+    init_k=None,
 ) -> ActionPayload:
     """Compress ``grads`` ``[n, d]`` into at most ``max_k`` actions within a bit budget.
 
@@ -251,6 +253,13 @@ def encode(
         split at once (~``log2(K)`` Lloyd refinements instead of ``K - 1``).
         ``1``: one split per test (slowest for large K). See the module
         docstring for the trade-off.
+      init_centroids, init_k: optional warm start: ``[max_k, d]`` actions (in
+        the units of ``grads``, e.g. a previous payload's ``centroids``) and a
+        traced int; when ``init_k > 0`` the first ``min(init_k, k_cap)`` of them
+        replace the single-action start and are refined before the first split
+        test (so a sender whose matrix changes slowly, like a server's update
+        from round to round, skips the growth from one action). ``init_k = 0``
+        (or None): the cold start.
 
     Returns:
       :class:`ActionPayload`.
@@ -270,6 +279,7 @@ def encode(
     n = x.shape[0]
     m = jnp.ones((n,), bool) if mask is None else jnp.asarray(mask, bool)
     r_rows = jnp.asarray(n if num_index_rows is None else num_index_rows, jnp.int32)
+    d = x.shape[1]
     args = (
         x,
         m,
@@ -277,6 +287,9 @@ def encode(
         jnp.asarray(tau, jnp.float32),
         r_rows,
         jnp.asarray(tol, jnp.float32),
+        jnp.zeros((max_k, d), jnp.float32) if init_centroids is None
+        else jnp.asarray(init_centroids, jnp.float32),
+        jnp.asarray(0 if init_k is None else init_k, jnp.int32),
     )
     static = dict(max_k=max_k, tau_mode=tau_mode, value_bits=value_bits,
                   max_iters=max_iters, half_dtype=half_dtype, max_splits=max_splits)
@@ -526,8 +539,8 @@ def encode_loop(rows: EncodeRows, state: EncodeState, *, max_iters: int,
     return state
 
 
-def _encode_impl(x, m, budget_bits, tau, r_rows, tol, *, max_k, tau_mode, value_bits,
-                 max_iters, half_dtype, max_splits):
+def _encode_impl(x, m, budget_bits, tau, r_rows, tol, init_centroids, init_k, *, max_k,
+                 tau_mode, value_bits, max_iters, half_dtype, max_splits):
     """Single-client encoder on sanitized arguments (see :func:`encode`)."""
     n, d = x.shape
     finite = jnp.all(jnp.isfinite(x), axis=1)
@@ -537,13 +550,34 @@ def _encode_impl(x, m, budget_bits, tau, r_rows, tol, *, max_k, tau_mode, value_
     w = live.astype(jnp.float32)
     n_live = jnp.sum(live).astype(jnp.int32)
 
+    k_budget = max_actions_for_budget(budget_bits, r_rows, d, max_k=max_k, value_bits=value_bits)
+    k_cap = jnp.minimum(k_budget, n_live)
+    cluster = functools.partial(
+        _cluster_live_rows, x0, live, w, n_live, k_cap, tau, r_rows, tol, init_centroids,
+        init_k, max_k=max_k,
+        tau_mode=tau_mode, value_bits=value_bits, max_iters=max_iters, half_dtype=half_dtype,
+        max_splits=max_splits)
+
+    def nothing_to_send():  # no budget for one action, or no live row: the empty payload
+        return ActionPayload(
+            centroids=jnp.zeros((max_k, d), jnp.float32),
+            indices=jnp.full((n,), NO_UPDATE, jnp.int32), active=jnp.zeros((max_k,), bool),
+            num_actions=jnp.int32(0), bits=jnp.int32(0), coherence=jnp.zeros((max_k,), jnp.float32),
+            tau=jnp.asarray(1.0 if tau_mode == "auto" else tau, jnp.float32),
+            num_nonfinite=jnp.int32(0), num_rounds=jnp.int32(0), lloyd_steps=jnp.int32(0))
+
+    payload = lax.cond(k_cap > 0, cluster, nothing_to_send)
+    return payload._replace(num_nonfinite=num_nonfinite)
+
+
+def _cluster_live_rows(x0, live, w, n_live, k_cap, tau, r_rows, tol, init_centroids, init_k,
+                       *, max_k, tau_mode, value_bits, max_iters, half_dtype, max_splits):
+    """The payload of ``k_cap >= 1`` actions at most for the live rows of ``x0``."""
+    n, d = x0.shape
     # Exact power-of-two rescaling (largest |value| in [0.5, 1)).
     amax = jnp.max(jnp.where(live[:, None], jnp.abs(x0), 0.0))
     _, expo = jnp.frexp(jnp.where(amax > 0, amax, 1.0))
     xs = jnp.where(live[:, None], _times_power_of_two(x0, -expo), 0.0)
-
-    k_budget = max_actions_for_budget(budget_bits, r_rows, d, max_k=max_k, value_bits=value_bits)
-    k_cap = jnp.minimum(k_budget, n_live)
 
     # One action: the mean of the live rows (the exact Lloyd fixed point for K=1).
     mean = jnp.sum(xs, axis=0) / jnp.maximum(n_live, 1).astype(jnp.float32)
@@ -557,7 +591,14 @@ def _encode_impl(x, m, budget_bits, tau, r_rows, tol, *, max_k, tau_mode, value_
     rows = EncodeRows(xs=xs, xu=xu, centred=prepare_rows(xc, max_k), mean=mean, live=live,
                       weight=w, k_cap=k_cap, tau=jnp.asarray(tau_eff, jnp.float32),
                       tol_abs=tol * jnp.mean(var))
-    state = EncodeState(centroids=c, assignment=a, k=jnp.int32(1), iters=jnp.int32(0),
+    # Warm start: the given actions (scaled like the rows), refined before the first test.
+    warm = init_k > 0
+    k0 = jnp.where(warm, jnp.clip(init_k, 1, k_cap), 1)
+    c_warm = jnp.where((jnp.arange(max_k) < k0)[:, None],
+                       _times_power_of_two(jnp.where(jnp.isfinite(init_centroids),
+                                                     init_centroids, 0.0), -expo), 0.0)
+    c = jnp.where(warm, c_warm, c)
+    state = EncodeState(centroids=c, assignment=a, k=k0, iters=jnp.int32(0),
                         shift=jnp.float32(jnp.inf), done=jnp.bool_(False),
                         coherence=_pad_slots(coh, max_k, 1.0), count=_pad_slots(cnt, max_k, 0.0),
                         split_tests=jnp.int32(0), lloyd_steps=jnp.int32(0))
@@ -567,7 +608,7 @@ def _encode_impl(x, m, budget_bits, tau, r_rows, tol, *, max_k, tau_mode, value_
 
     # Compact non-empty live clusters into a prefix of the slots.
     slots = jnp.arange(max_k)
-    keep = (slots < state.k) & (state.count > 0) & (k_cap > 0)
+    keep = (slots < state.k) & (state.count > 0)
     new_pos = jnp.cumsum(keep.astype(jnp.int32)) - 1
     dest = jnp.where(keep, new_pos, max_k)  # max_k = dropped
     num_actions = jnp.sum(keep).astype(jnp.int32)
@@ -589,7 +630,7 @@ def _encode_impl(x, m, budget_bits, tau, r_rows, tol, *, max_k, tau_mode, value_
         bits=bits,
         coherence=coh_out,
         tau=rows.tau,
-        num_nonfinite=num_nonfinite,
+        num_nonfinite=jnp.int32(0),
         num_rounds=state.split_tests,
         lloyd_steps=state.lloyd_steps,
     )
