@@ -220,11 +220,12 @@ class Simulation(NamedTuple):
   dense_round_bits: int
 
 
-def build_simulation(config: TrainConfig, split, *, round_config: RoundConfig = None
-                     ) -> Simulation:
+def build_simulation(config: TrainConfig, split, *, round_config: RoundConfig = None,
+                     mesh=None) -> Simulation:
   """Model, round and initial states of ``config`` on ``split`` (one place for train,
   the benchmarks and anything else that steps rounds). ``round_config``: the static
-  round shape if already planned (default ``build_round_config`` for ``config.seed``)."""
+  round shape if already planned (default ``build_round_config`` for ``config.seed``);
+  ``mesh``: devices to shard local training over (see ``make_round``)."""
   model = build_model(config)
   round_config = round_config or build_round_config(config, split, seeds=[config.seed])
   server_opt = optax.sgd(config.server_lr)
@@ -234,7 +235,7 @@ def build_simulation(config: TrainConfig, split, *, round_config: RoundConfig = 
   server, clients = init_states(model, split.num_users, split.num_items, server_opt,
                                 seed=config.seed, bandwidth=bandwidth, downlink=downlink)
   round_fn = make_round(model, client_data_from_split(split), round_config, server_opt,
-                        uplink=uplink, downlink=downlink)
+                        uplink=uplink, downlink=downlink, mesh=mesh)
   return Simulation(model=model, round_config=round_config, server_opt=server_opt,
                     uplink=uplink, downlink=downlink, round_fn=round_fn,
                     hp=round_hparams(config, dense_round_bits), server=server, clients=clients,
