@@ -38,15 +38,14 @@ Algorithm of :func:`encode` (all jittable, vmappable; static ``max_k``):
 
 Cost. The loop state is a named :class:`EncodeState`, the rows an
 :class:`EncodeRows`; :func:`refine` and :func:`split_test` are module-level
-steps of :func:`encode_loop`. The live actions are a prefix of the slots, so
-the loop runs in *width tiers* (:func:`width_tiers`: 4, 16, 64, ... slots):
-while ``K <= w`` every E-step, M-step and split test reads only ``w`` slots,
-and a client with 3 actions never pays for ``max_k = 48``. A refinement is
-its own inner ``lax.while_loop`` (no ``lax.cond`` between Lloyd steps and
-split tests: on XLA:CPU a conditional with a large branch slowed the other
-branch's steps 5-10x). ``max_iters`` bounds each refinement; a bisection
-already puts the two halves near a fixed point, and the FedRAS compressor
-uses 2 (``compress.fedras``; measured in BUILD.md).
+steps of :func:`encode_loop`. A refinement is its own inner
+``lax.while_loop`` (no ``lax.cond`` choosing between a Lloyd step and a split
+test at every step: on XLA:CPU a conditional with a large branch slowed the
+other branch's steps several-fold). ``max_iters`` bounds each refinement; a
+bisection already puts the two halves near a fixed point, and the FedRAS
+compressor uses 2 (``compress.fedras``; measured in
+docs/design/quantizer_speed.md, with what did not help: slot-width tiers that
+follow the live K, fewer power iterations).
 
 Splits per test (``max_splits``, static): ``S = 1`` is the classic one
 split per test: every new action is followed by a refinement, so reaching
@@ -97,7 +96,6 @@ __all__ = [
     "refine",
     "row_dot",
     "split_test",
-    "width_tiers",
 ]
 
 NO_UPDATE = -1
@@ -105,7 +103,6 @@ NO_UPDATE = -1
 
 _POWER_ITERS = 2  # power-iteration steps of a split direction
 _HALF = {"bfloat16": jnp.bfloat16, "float16": jnp.float16}
-_TIER_GROWTH = 4  # width of each tier of live slots over the previous one
 _VMAP_STRATEGIES = ("auto", "sequential", "parallel")
 
 
@@ -239,7 +236,7 @@ def encode(
         65504 are clipped).
       vmap_strategy: static; what ``jax.vmap(encode)`` compiles to.
         ``"parallel"``: ordinary batching (all clients in lock-step through
-        the loops: each refinement and each tier runs until the slowest
+        the loops: each refinement and the outer loop run until the slowest
         client is done, and a bisection is computed for every client at every
         split test). ``"sequential"``: a ``lax.map`` over the batch inside the
         same program (each client exits its loops early). ``"auto"``
@@ -305,21 +302,6 @@ def _sequential_core(**static):
     """``_encode_impl`` with a batching rule that loops (``lax.map``) over the batch."""
     return jax.custom_batching.sequential_vmap(functools.partial(_encode_impl, **static))
 
-
-
-def width_tiers(max_k: int) -> tuple:
-    """Static slot widths ``(4, 16, 64, ..., max_k)`` the encoder's loop runs at.
-
-    While a client has ``K <= w`` live actions, its E-steps, M-steps, split tests
-    and bisections only touch the first ``w`` slots, so the cost of a step follows
-    the live ``K`` (to within a factor 4), not ``max_k``. One split test at most
-    doubles ``K``, so it never skips a tier's successor.
-    """
-    widths, w = [], _TIER_GROWTH
-    while w < max_k:
-        widths.append(w)
-        w *= _TIER_GROWTH
-    return tuple(widths) + (max_k,)
 
 
 class EncodeRows(NamedTuple):
@@ -392,11 +374,6 @@ def _times_power_of_two(x, e):
     return (x * f1) * f2
 
 
-def _pad_slots(v, max_k: int, fill):
-    """``[w]`` -> ``[max_k]``, slots ``>= w`` set to ``fill``."""
-    return jnp.concatenate([v, jnp.full((max_k - v.shape[0],), fill, v.dtype)])
-
-
 def bisect_clusters(rows: EncodeRows, centroids, assignment, cos, selected, new_slot):
     """Splits every cluster ``j`` with ``selected[j]`` along its principal direction.
 
@@ -411,9 +388,9 @@ def bisect_clusters(rows: EncodeRows, centroids, assignment, cos, selected, new_
 
     Args:
       rows: the client's :class:`EncodeRows`.
-      centroids: ``[max_k, d]``; assignment: ``[n]`` int32 (< ``w``, -1 = none);
-      cos: ``[n]`` cosine of each row to its centroid; selected: ``[w]`` bool;
-      new_slot: ``[w]`` int32 distinct free slots (read where selected).
+      centroids: ``[max_k, d]``; assignment: ``[n]`` int32 (-1 = none);
+      cos: ``[n]`` cosine of each row to its centroid; selected: ``[max_k]`` bool;
+      new_slot: ``[max_k]`` int32 distinct free slots (read where selected).
 
     Returns:
       ``[max_k, d]`` centroids with the selected clusters split.
@@ -459,8 +436,8 @@ def bisect_clusters(rows: EncodeRows, centroids, assignment, cos, selected, new_
         second, mode="drop")
 
 
-def refine(rows: EncodeRows, state: EncodeState, *, width: int, max_iters: int):
-    """Lloyd steps on slots ``< width`` until the refinement converges.
+def refine(rows: EncodeRows, state: EncodeState, *, max_iters: int) -> EncodeState:
+    """Lloyd steps on the live actions until the refinement converges.
 
     Each step is an E-step, then, unless converged, an M-step. Converged: no live
     row changed its assignment (strict), the last squared centroid shift was within
@@ -468,7 +445,8 @@ def refine(rows: EncodeRows, state: EncodeState, *, width: int, max_iters: int):
     left a single action: the mean is already the fixed point). Returns the state
     with the assignment of the final centroids.
     """
-    active = jnp.arange(width) < state.k
+    max_k = state.centroids.shape[0]
+    active = jnp.arange(max_k) < state.k
 
     def converged(s, a):
         it = s.iters
@@ -478,23 +456,21 @@ def refine(rows: EncodeRows, state: EncodeState, *, width: int, max_iters: int):
 
     def body(carry):
         s, _ = carry
-        c = s.centroids[:width]
+        c = s.centroids
         a = jnp.where(rows.live, assign(rows.centred, c - rows.mean, active), -1)
         done = converged(s, a)
-        c_new = update_centroids(rows.xs, rows.weight, rows.xs, c, active, jnp.clip(a, 0), width)
+        c_new = update_centroids(rows.xs, rows.weight, rows.xs, c, active, jnp.clip(a, 0), max_k)
         c_new = jnp.where(done, c, c_new)
         step = (~done).astype(jnp.int32)
-        s = s._replace(centroids=s.centroids.at[:width].set(c_new), assignment=a,
-                       iters=s.iters + step, shift=jnp.sum((c_new - c) ** 2),
-                       lloyd_steps=s.lloyd_steps + step)
+        s = s._replace(centroids=c_new, assignment=a, iters=s.iters + step,
+                       shift=jnp.sum((c_new - c) ** 2), lloyd_steps=s.lloyd_steps + step)
         return s, done
 
     state, _ = lax.while_loop(lambda carry: ~carry[1], body, (state, jnp.bool_(False)))
     return state
 
 
-def split_test(rows: EncodeRows, state: EncodeState, *, width: int,
-               max_splits: int) -> EncodeState:
+def split_test(rows: EncodeRows, state: EncodeState, *, max_splits: int) -> EncodeState:
     """Tests every action's coherence under the current assignment, splits the worst.
 
     Splits the ``min(max_splits, k_cap - K, #incoherent)`` least coherent actions
@@ -502,41 +478,34 @@ def split_test(rows: EncodeRows, state: EncodeState, *, width: int,
     marks the state done when there are none (or no budget is left).
     """
     max_k = state.centroids.shape[0]
-    slots = jnp.arange(width)
+    slots = jnp.arange(max_k)
     a = state.assignment
-    coh, cnt, cos = _coherence_unit(rows.xu, state.centroids[:width], a, rows.weight)
+    coh, cnt, cos = _coherence_unit(rows.xu, state.centroids, a, rows.weight)
     cand = (slots < state.k) & (cnt >= 1.5) & (coh < rows.tau)
     split = (state.k < rows.k_cap) & jnp.any(cand)
     num = jnp.minimum(jnp.minimum(jnp.sum(cand, dtype=jnp.int32), rows.k_cap - state.k),
                       max_splits)
     num = jnp.where(split, num, 0)
     order = jnp.argsort(jnp.where(cand, coh, jnp.inf), stable=True)
-    rank = jnp.zeros((width,), jnp.int32).at[order].set(slots.astype(jnp.int32))
+    rank = jnp.zeros((max_k,), jnp.int32).at[order].set(slots.astype(jnp.int32))
     selected = cand & (rank < num)
     c = lax.cond(split,
                  lambda: bisect_clusters(rows, state.centroids, a, cos, selected, state.k + rank),
                  lambda: state.centroids)
     return state._replace(
         centroids=c, k=state.k + num, iters=jnp.int32(0), shift=jnp.float32(jnp.inf),
-        done=~split, coherence=_pad_slots(coh, max_k, 1.0), count=_pad_slots(cnt, max_k, 0.0),
+        done=~split, coherence=coh, count=cnt,
         split_tests=state.split_tests + split.astype(jnp.int32))
 
 
 def encode_loop(rows: EncodeRows, state: EncodeState, *, max_iters: int,
                 max_splits: int) -> EncodeState:
-    """Alternates :func:`refine` and :func:`split_test` until a test splits nothing.
+    """Alternates :func:`refine` and :func:`split_test` until a test splits nothing."""
 
-    One ``lax.while_loop`` per width tier (:func:`width_tiers`): a client stays in
-    a tier's loop while its live actions fit the tier's width, and every step of
-    the tier reads and writes only that many slots.
-    """
-    for width in width_tiers(state.centroids.shape[0]):
-        def stage(s, width=width):
-            s = refine(rows, s, width=width, max_iters=max_iters)
-            return split_test(rows, s, width=width, max_splits=max_splits)
+    def stage(s):
+        return split_test(rows, refine(rows, s, max_iters=max_iters), max_splits=max_splits)
 
-        state = lax.while_loop(lambda s, w=width: ~s.done & (s.k <= w), stage, state)
-    return state
+    return lax.while_loop(lambda s: ~s.done, stage, state)
 
 
 def _encode_impl(x, m, budget_bits, tau, r_rows, tol, init_centroids, init_k, *, max_k,
@@ -600,7 +569,8 @@ def _cluster_live_rows(x0, live, w, n_live, k_cap, tau, r_rows, tol, init_centro
     c = jnp.where(warm, c_warm, c)
     state = EncodeState(centroids=c, assignment=a, k=k0, iters=jnp.int32(0),
                         shift=jnp.float32(jnp.inf), done=jnp.bool_(False),
-                        coherence=_pad_slots(coh, max_k, 1.0), count=_pad_slots(cnt, max_k, 0.0),
+                        coherence=jnp.ones((max_k,), jnp.float32).at[:1].set(coh),
+                        count=jnp.zeros((max_k,), jnp.float32).at[:1].set(cnt),
                         split_tests=jnp.int32(0), lloyd_steps=jnp.int32(0))
     # On exit the centroids are unchanged by the last (converged, no split) step,
     # so (centroids, assignment, coherence, count) are consistent.
