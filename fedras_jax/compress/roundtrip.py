@@ -3,6 +3,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from fedras_jax.compress.base import Compressor
 
@@ -67,7 +68,8 @@ def roundtrip_clients(compressor: Compressor, flat_rows, offset, num_slots, budg
 
   Args:
     flat_rows: ``[S, d]`` the round's slot rows, client ``c`` owning
-      ``offset[c] : offset[c] + num_slots[c]``; budget_bits: ``[M]``; keys: ``[M]``.
+      ``offset[c] : offset[c] + num_slots[c]`` (clients in order: ``offset``
+      non-decreasing, as ``slot_layout`` makes it); budget_bits: ``[M]``; keys: ``[M]``.
     buckets: static ``((count, width), ...)`` with counts summing to ``M``: the
       ``count`` largest remaining clients are padded to ``width`` rows (widths
       must bound their clients' ``num_slots``; see ``plan_capacity``). Padding
@@ -85,28 +87,39 @@ def roundtrip_clients(compressor: Compressor, flat_rows, offset, num_slots, budg
                      jnp.full((m,), -1, jnp.int32))
   if sum(count for count, _ in buckets) != m:
     raise ValueError(f"buckets {buckets} do not cover {m} clients")
-  capacity = flat_rows.shape[0]
+  capacity, d = flat_rows.shape
   order = jnp.argsort(-num_slots)  # M keys: cheap
-  decoded_flat = jnp.zeros_like(flat_rows)
   bits = jnp.zeros((m,), jnp.int32)
   num_actions = jnp.zeros((m,), jnp.int32)
-  start = 0
+  first_row = jnp.zeros((m,), jnp.int32)  # client -> its first row in the bucket outputs
+  # Each client's rows are one contiguous window of the flat buffer (padded so that
+  # every window fits): a gather of whole windows, not of single rows. Rows past a
+  # client's own are masked (a compressor ignores them; they hold the next client's).
+  widest = max(width for _, width in buckets)
+  pad = lambda x: jnp.concatenate([x, jnp.zeros((widest, d), x.dtype)])
+  rows_pad = pad(flat_rows)
+  base_pad = pad(base_rows) if compressor.on_embeddings else None
+  outputs, start, rows_so_far = [], 0, 0
   for count, width in buckets:
     clients = order[start:start + count]
     start += count
-    local = jnp.arange(width)
-    index = offset[clients, None] + local[None, :]
-    mask = local[None, :] < num_slots[clients, None]
-    gather = jnp.minimum(index, capacity - 1)
-    rows = jnp.where(mask[..., None], flat_rows[gather], 0.0)
-    base = None if not compressor.on_embeddings else jnp.where(mask[..., None],
-                                                               base_rows[gather], 0.0)
+    window = jax.vmap(lambda x, o, w=width: lax.dynamic_slice(x, (o, 0), (w, d)), (None, 0))
+    mask = jnp.arange(width)[None, :] < num_slots[clients, None]
+    rows = window(rows_pad, offset[clients])
+    base = None if base_pad is None else window(base_pad, offset[clients])
     payload, decoded = jax.vmap(
         lambda r, msk, b, k, base: _encode_decode(compressor, r, msk, b, k, base))(
             rows, mask, budget_bits[clients], keys[clients], base)
-    target = jnp.where(mask, index, capacity)
-    decoded_flat = decoded_flat.at[target.reshape(-1)].add(
-        decoded.reshape(-1, decoded.shape[-1]), mode="drop")
+    outputs.append(decoded.reshape(-1, d))
+    first_row = first_row.at[clients].set(rows_so_far + width * jnp.arange(count))
+    rows_so_far += count * width
     bits = bits.at[clients].set(payload.bits)
     num_actions = num_actions.at[clients].set(_num_actions(payload, (count,)))
-  return Roundtrip(decoded_flat, bits, num_actions)
+  # Back to the flat layout by a gather (XLA:CPU gathers rows faster than it
+  # scatters them): slot s of client c, local row s - offset[c].
+  slot = jnp.arange(capacity)
+  owner = jnp.clip(jnp.searchsorted(offset, slot, side="right") - 1, 0, m - 1)
+  local = slot - offset[owner]
+  inside = (local >= 0) & (local < num_slots[owner])
+  decoded = jnp.concatenate(outputs)[jnp.where(inside, first_row[owner] + local, 0)]
+  return Roundtrip(jnp.where(inside[:, None], decoded, 0.0), bits, num_actions)

@@ -439,35 +439,37 @@ def bisect_clusters(rows: EncodeRows, centroids, assignment, cos, selected, new_
 def refine(rows: EncodeRows, state: EncodeState, *, max_iters: int) -> EncodeState:
     """Lloyd steps on the live actions until the refinement converges.
 
-    Each step is an E-step, then, unless converged, an M-step. Converged: no live
-    row changed its assignment (strict), the last squared centroid shift was within
-    ``tol_abs``, or ``max_iters`` M-steps were made (and right after a split test
-    left a single action: the mean is already the fixed point). Returns the state
-    with the assignment of the final centroids.
+    An E-step, then M-step + E-step pairs until converged: no live row changed its
+    assignment (strict), the last squared centroid shift was within ``tol_abs``, or
+    ``max_iters`` M-steps were made (or right after a split test left a single
+    action: the mean is already the fixed point). Returns the state with the
+    assignment of its final centroids.
     """
     max_k = state.centroids.shape[0]
     active = jnp.arange(max_k) < state.k
 
-    def converged(s, a):
-        it = s.iters
-        strict = (it > 0) & ~jnp.any((a != s.assignment) & rows.live)
-        return (((it == 0) & (s.k == 1)) | strict | ((it > 0) & (s.shift <= rows.tol_abs))
+    def e_step(c):
+        return jnp.where(rows.live, assign(rows.centred, c - rows.mean, active), -1)
+
+    def converged(it, shift, a_new, a_old):
+        strict = (it > 0) & ~jnp.any((a_new != a_old) & rows.live)
+        return (((it == 0) & (state.k == 1)) | strict | ((it > 0) & (shift <= rows.tol_abs))
                 | (it >= max_iters))
 
     def body(carry):
-        s, _ = carry
-        c = s.centroids
-        a = jnp.where(rows.live, assign(rows.centred, c - rows.mean, active), -1)
-        done = converged(s, a)
-        c_new = update_centroids(rows.xs, rows.weight, rows.xs, c, active, jnp.clip(a, 0), max_k)
-        c_new = jnp.where(done, c, c_new)
-        step = (~done).astype(jnp.int32)
-        s = s._replace(centroids=c_new, assignment=a, iters=s.iters + step,
-                       shift=jnp.sum((c_new - c) ** 2), lloyd_steps=s.lloyd_steps + step)
-        return s, done
+        s, a, _ = carry
+        c_new = update_centroids(rows.xs, rows.weight, rows.xs, s.centroids, active,
+                                 jnp.clip(a, 0), max_k)
+        shift = jnp.sum((c_new - s.centroids) ** 2)
+        a_next = e_step(c_new)
+        s = s._replace(centroids=c_new, iters=s.iters + 1, shift=shift,
+                       lloyd_steps=s.lloyd_steps + 1)
+        return s, a_next, converged(s.iters, shift, a_next, a)
 
-    state, _ = lax.while_loop(lambda carry: ~carry[1], body, (state, jnp.bool_(False)))
-    return state
+    a = e_step(state.centroids)
+    init = (state, a, converged(state.iters, state.shift, a, state.assignment))
+    state, a, _ = lax.while_loop(lambda carry: ~carry[2], body, init)
+    return state._replace(assignment=a)
 
 
 def split_test(rows: EncodeRows, state: EncodeState, *, max_splits: int) -> EncodeState:
@@ -553,8 +555,9 @@ def _cluster_live_rows(x0, live, w, n_live, k_cap, tau, r_rows, tol, init_centro
     c = jnp.zeros((max_k, d), jnp.float32).at[0].set(mean)
     a = jnp.where(live, 0, -1).astype(jnp.int32)
     xu = _unit_rows(xs)
-    coh, cnt, _ = _coherence_unit(xu, c[:1], a, w)
-    tau_eff = auto_tau(coh[0]) if tau_mode == "auto" else tau
+    # Coherence of the single action: mean over live rows of xu_i . unit(mean).
+    coh1 = jnp.dot(jnp.sum(xu, axis=0), _unit_rows(mean)) / jnp.maximum(n_live, 1)
+    tau_eff = auto_tau(coh1) if tau_mode == "auto" else tau
     xc = jnp.where(live[:, None], xs - mean, 0.0)  # centred copy for distances
     var = jnp.sum(w[:, None] * xc**2, axis=0) / jnp.maximum(jnp.sum(w), 1e-30)
     rows = EncodeRows(xs=xs, xu=xu, centred=prepare_rows(xc, max_k), mean=mean, live=live,
@@ -569,8 +572,8 @@ def _cluster_live_rows(x0, live, w, n_live, k_cap, tau, r_rows, tol, init_centro
     c = jnp.where(warm, c_warm, c)
     state = EncodeState(centroids=c, assignment=a, k=k0, iters=jnp.int32(0),
                         shift=jnp.float32(jnp.inf), done=jnp.bool_(False),
-                        coherence=jnp.ones((max_k,), jnp.float32).at[:1].set(coh),
-                        count=jnp.zeros((max_k,), jnp.float32).at[:1].set(cnt),
+                        coherence=jnp.ones((max_k,), jnp.float32),
+                        count=jnp.zeros((max_k,), jnp.float32),
                         split_tests=jnp.int32(0), lloyd_steps=jnp.int32(0))
     # On exit the centroids are unchanged by the last (converged, no split) step,
     # so (centroids, assignment, coherence, count) are consistent.
