@@ -205,7 +205,7 @@ def run_single(num_clients: int, num_items: int) -> dict:
   server, clients = sim.server, sim.clients
   data = client_data_from_split(split)
   round_fn = jax.jit(sim.round_fn, donate_argnums=(0, 1))
-  hp = sim.hp
+  hp, dense_round_bits = sim.hp, sim.dense_round_bits
   leaves = jax.tree.leaves((server, clients, data))
   out["state_bytes"] = int(sum(x.nbytes for x in leaves if hasattr(x, "nbytes")))
   out["item_table_bytes"] = int(server.items.nbytes)
