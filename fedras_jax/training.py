@@ -144,8 +144,11 @@ class TrainConfig:
     for name in ("dim", "rounds", "clients_per_round", "local_epochs", "batch_size",
                  "num_lanes", "eval_every"):
       checks.append((name, getattr(self, name) > 0, "positive"))
-    for name in ("user_lr", "item_lr", "dense_lr", "weight_decay", "server_lr", "init_scale",
-                 "tau", "bandwidth_sigma", "compute_seconds"):
+    for name in ("user_lr", "item_lr", "dense_lr", "weight_decay", "server_lr",
+                 "compute_seconds"):  # a negative step or duration has no meaning here
+      value = getattr(self, name)
+      checks.append((name, math.isfinite(value) and value >= 0, "finite and >= 0"))
+    for name in ("init_scale", "tau", "bandwidth_sigma"):
       checks.append((name, math.isfinite(getattr(self, name)), "finite"))
     for name, ok, want in checks:
       if not ok:

@@ -31,6 +31,8 @@ def test_short_fedmf_run_beats_random_ranking(ml100k_path, tmp_path):
     ("--dataset=nope", "--dataset='nope' is invalid"),
     ("--rounds=0", "--rounds=0 is invalid"),
     ("--aggregation=median", "--aggregation='median' is invalid"),
+    ("--item_lr=-1", "--item_lr=-1.0 is invalid: must be finite and >= 0"),
+    ("--compute_seconds=-1", "--compute_seconds=-1.0 is invalid: must be finite and >= 0"),
 ])
 def test_bad_flags_fail_fast_naming_the_flag(flag, message):
   proc = subprocess.run([sys.executable, "-m", "experiments.train", flag], capture_output=True,
