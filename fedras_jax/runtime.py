@@ -43,7 +43,7 @@ def enable_compilation_cache(path: Optional[str] = None, warn=print) -> Optional
 
   A run started again with the same shapes then loads its compiled round from disk
   instead of compiling it (seconds on CPU). Programs that compile in under 0.5 s are
-  not stored. Only point it at a directory you alone can write: JAX trusts its
+  not stored (unless ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` says otherwise). Only point it at a directory you alone can write: JAX trusts its
   contents. A directory that cannot be created is reported through ``warn`` and
   the cache stays off (the run goes on).
   """
@@ -61,6 +61,6 @@ def enable_compilation_cache(path: Optional[str] = None, warn=print) -> Optional
     return None
   path = str(pathlib.Path(path).expanduser())
   jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:  # the user's wins
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   return path
