@@ -303,7 +303,6 @@ def _sequential_core(**static):
     return jax.custom_batching.sequential_vmap(functools.partial(_encode_impl, **static))
 
 
-
 class EncodeRows(NamedTuple):
     """One client's rows as the encoder's loop reads them (fixed during the loop).
 
@@ -361,7 +360,8 @@ class EncodeState(NamedTuple):
 
 
 def _times_power_of_two(x, e):
-    """``x * 2**e`` exactly for a traced scalar int ``e`` in ``[-300, 300]``.
+    """``x * 2**e`` for a traced scalar int ``e`` in ``[-252, 254]``, exact wherever
+    the result is a normal float32 (the scaling of the rows and back).
 
     As two scalar factors, each a normal float32 power of two, so the ``[n, d]``
     pass is two multiplies (``jnp.ldexp`` lowers to a per-element ``pow``, which
