@@ -173,6 +173,25 @@ def test_kmeans_matches_numpy_reference(case):
         assert np.all((a[live] >= 0) & (a[live] < k))
 
 
+@pytest.mark.parametrize("strategy", ["sequential", "parallel"])
+def test_vmapped_kmeans_equals_one_call_each(strategy):
+    rng = np.random.default_rng(41)
+    xs = np.stack([blobs(rng, KN, KD, centers=3 + i, scale=2.0) for i in range(3)])
+    ws = rng.uniform(0.2, 2.0, (3, KN)).astype(np.float32)
+    ks = jnp.array([2, 5, KMAX], jnp.int32)
+    keys = jax.random.split(KEY, 3)
+    batched = jax.jit(jax.vmap(lambda x, key, k, w: q.kmeans(
+        x, key, max_k=KMAX, k=k, weights=w, max_iters=30, vmap_strategy=strategy)))(
+            jnp.asarray(xs), keys, ks, jnp.asarray(ws))
+    for i in range(3):
+        one = q.kmeans(jnp.asarray(xs[i]), keys[i], max_k=KMAX, k=ks[i], weights=jnp.asarray(ws[i]),
+                       max_iters=30)
+        np.testing.assert_array_equal(np.asarray(batched.assignment[i]), np.asarray(one.assignment))
+        np.testing.assert_allclose(np.asarray(batched.centroids[i]), np.asarray(one.centroids),
+                                   rtol=1e-5, atol=1e-5)
+        assert int(batched.iters[i]) == int(one.iters)
+
+
 def test_kmeans_inertia_never_increases():
     rng = np.random.default_rng(2)
     x = jnp.asarray(blobs(rng, KN, KD, centers=6, scale=1.5))

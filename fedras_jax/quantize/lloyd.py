@@ -302,7 +302,10 @@ def kmeans_plusplus(x, key, *, max_k: int, k=None, weights=None):
     return cents, active
 
 
-@functools.partial(jax.jit, static_argnames=("max_k", "max_iters"))
+_VMAP_STRATEGIES = ("auto", "sequential", "parallel")
+
+
+@functools.partial(jax.jit, static_argnames=("max_k", "max_iters", "vmap_strategy"))
 def kmeans(
     x,
     key,
@@ -313,12 +316,14 @@ def kmeans(
     init_centroids=None,
     max_iters: int = 50,
     tol=1e-4,
+    vmap_strategy: str = "auto",
 ) -> KMeansResult:
     """Weighted Lloyd K-Means with ``k`` (traced) live clusters out of ``max_k``.
 
     Args:
       x: ``[n, d]`` float32 data.
-      key: PRNG key (used only by k-means++ seeding).
+      key: PRNG key (used only by k-means++ seeding; may be None with
+        ``init_centroids``).
       max_k: static number of centroid slots.
       k: traced int in ``[1, max_k]`` (clipped), number of live clusters;
         default ``max_k``.
@@ -328,36 +333,72 @@ def kmeans(
       max_iters: static bound on the number of Lloyd M-steps.
       tol: traced relative tolerance on the total squared centroid shift
         (scaled by the mean per-feature weighted variance, as in scikit-learn).
+      vmap_strategy: static; what ``jax.vmap(kmeans)`` compiles to, as for
+        ``encode``: ``"sequential"`` (a ``lax.map`` over the batch: each problem
+        stops at its own convergence), ``"parallel"`` (lock-step batching), or
+        ``"auto"`` (sequential on CPU, parallel elsewhere). Results are identical.
 
     Returns:
       :class:`KMeansResult`.
     """
-    # Few [n, d] temporaries (each costs a pass and fresh pages): masks and
-    # moments are reductions; only the centred copy is materialised.
+    if vmap_strategy not in _VMAP_STRATEGIES:
+        raise ValueError(f"vmap_strategy must be one of {_VMAP_STRATEGIES}, got {vmap_strategy!r}")
     x = jnp.asarray(x, jnp.float32)
     n, d = x.shape
+    if key is None:
+        if init_centroids is None:
+            raise ValueError("kmeans needs a key for k-means++ seeding (or init_centroids)")
+        key = jax.random.key(0)  # unused
+    elif not jnp.issubdtype(jnp.asarray(key).dtype, jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(jnp.asarray(key))  # a raw uint32 key
+    args = (x, key, jnp.asarray(max_k if k is None else k, jnp.int32),
+            jnp.ones((n,), jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32),
+            jnp.zeros((max_k, d), jnp.float32) if init_centroids is None
+            else jnp.asarray(init_centroids, jnp.float32),
+            jnp.asarray(tol, jnp.float32))
+    static = dict(max_k=max_k, max_iters=max_iters, unit_weights=weights is None,
+                  seeded=init_centroids is None)
+    if vmap_strategy == "auto":
+        vmap_strategy = "sequential" if jax.default_backend() == "cpu" else "parallel"
+    if vmap_strategy == "parallel":
+        return _kmeans_impl(*args, **static)
+    return _sequential_kmeans(**static)(*args)
+
+
+@functools.lru_cache(maxsize=None)
+def _sequential_kmeans(**static):
+    """``_kmeans_impl`` with a batching rule that loops (``lax.map``) over the batch."""
+    return jax.custom_batching.sequential_vmap(functools.partial(_kmeans_impl, **static))
+
+
+def _kmeans_impl(x, key, k, weights, init_centroids, tol, *, max_k, max_iters, unit_weights,
+                 seeded):
+    """:func:`kmeans` on array arguments (``unit_weights``: ``weights`` is all ones and
+    only finiteness weighs; ``seeded``: k-means++ from ``key``, else ``init_centroids``)."""
+    # Few [n, d] temporaries (each costs a pass and fresh pages): masks and
+    # moments are reductions; only the centred copy is materialised.
+    n, d = x.shape
     finite = jnp.all(jnp.isfinite(x), axis=1)
-    if weights is None:
+    if unit_weights:
         w = finite.astype(jnp.float32)
     else:
-        w = jnp.asarray(weights, jnp.float32)
-        w = jnp.where(finite & (w > 0), w, 0.0)
-    k = jnp.clip(jnp.asarray(max_k if k is None else k, jnp.int32), 1, max_k)
+        w = jnp.where(finite & (weights > 0), weights, 0.0)
+    k = jnp.clip(k, 1, max_k)
     active = jnp.arange(max_k) < k
     # Work on data centred at the weighted mean (as scikit-learn does): the
     # matmul-form distances lose less precision; results are shifted back.
     wsum = jnp.maximum(jnp.sum(w), 1e-30)
     mean = jnp.sum(jnp.where(w[:, None] > 0, x, 0.0) * w[:, None], axis=0) / wsum
     x = jnp.where(finite[:, None], x - mean, 0.0)
-    if init_centroids is None:
+    if seeded:
         c0, _ = kmeans_plusplus(x, key, max_k=max_k, k=k, weights=w)
     else:
-        c0 = jnp.asarray(init_centroids, jnp.float32) - mean
+        c0 = init_centroids - mean
     c0 = jnp.where(active[:, None], c0, 0.0)
 
     prep = prepare_rows(x, max_k)
     # Unit weights: non-finite rows are already zero in x, so x is w * x.
-    wx = x if weights is None else w[:, None] * x
+    wx = x if unit_weights else w[:, None] * x
     pos = w > 0
     var = jnp.sum(w[:, None] * x**2, axis=0) / wsum
     tol_abs = jnp.asarray(tol, jnp.float32) * jnp.mean(var)
