@@ -81,8 +81,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from fedras_jax.quantize.bits import max_actions_for_budget, payload_bits
-from fedras_jax.quantize.lloyd import (PreparedRows, assign, prepare_rows,
-                                      update_centroids)
+from fedras_jax.quantize.lloyd import (PreparedRows, assign, batched_as,
+                                      check_vmap_strategy, prepare_rows, update_centroids)
 
 __all__ = [
     "NO_UPDATE",
@@ -107,7 +107,6 @@ NO_UPDATE = -1
 _POWER_ITERS = 1  # power-iteration steps of a split direction
 _TIER_GROWTH = 8  # width of each tier of live slots over the previous one
 _HALF = {"bfloat16": jnp.bfloat16, "float16": jnp.float16}
-_VMAP_STRATEGIES = ("auto", "sequential", "parallel")
 
 
 class ActionPayload(NamedTuple):
@@ -269,8 +268,7 @@ def encode(
         raise ValueError(f"tau_mode must be 'fixed' or 'auto', got {tau_mode!r}")
     if value_bits not in (16, 32):
         raise ValueError(f"value_bits must be 16 or 32, got {value_bits}")
-    if vmap_strategy not in _VMAP_STRATEGIES:
-        raise ValueError(f"vmap_strategy must be one of {_VMAP_STRATEGIES}, got {vmap_strategy!r}")
+    check_vmap_strategy(vmap_strategy)
     if max_splits is not None and (not isinstance(max_splits, int) or max_splits < 1):
         raise ValueError(f"max_splits must be None or an int >= 1, got {max_splits!r}")
     # More than max_k - 1 splits per test are impossible: normalise (one compile).
@@ -292,19 +290,9 @@ def encode(
         else jnp.asarray(init_centroids, jnp.float32),
         jnp.asarray(0 if init_k is None else init_k, jnp.int32),
     )
-    static = dict(max_k=max_k, tau_mode=tau_mode, value_bits=value_bits,
-                  max_iters=max_iters, half_dtype=half_dtype, max_splits=max_splits)
-    if vmap_strategy == "auto":
-        vmap_strategy = "sequential" if jax.default_backend() == "cpu" else "parallel"
-    if vmap_strategy == "parallel":
-        return _encode_impl(*args, **static)
-    return _sequential_core(**static)(*args)
-
-
-@functools.lru_cache(maxsize=None)
-def _sequential_core(**static):
-    """``_encode_impl`` with a batching rule that loops (``lax.map``) over the batch."""
-    return jax.custom_batching.sequential_vmap(functools.partial(_encode_impl, **static))
+    return batched_as(_encode_impl, vmap_strategy, max_k=max_k, tau_mode=tau_mode,
+                      value_bits=value_bits, max_iters=max_iters, half_dtype=half_dtype,
+                      max_splits=max_splits)(*args)
 
 
 def width_tiers(max_k: int) -> tuple:

@@ -302,7 +302,34 @@ def kmeans_plusplus(x, key, *, max_k: int, k=None, weights=None):
     return cents, active
 
 
-_VMAP_STRATEGIES = ("auto", "sequential", "parallel")
+VMAP_STRATEGIES = ("auto", "sequential", "parallel")
+
+
+def check_vmap_strategy(vmap_strategy: str):
+    """Raises ``ValueError`` unless ``vmap_strategy`` is one of :data:`VMAP_STRATEGIES`."""
+    if vmap_strategy not in VMAP_STRATEGIES:
+        raise ValueError(f"vmap_strategy must be one of {VMAP_STRATEGIES}, got {vmap_strategy!r}")
+
+
+def batched_as(impl, vmap_strategy: str, **static):
+    """``impl`` with ``static`` bound, batching under ``jax.vmap`` by ``vmap_strategy``.
+
+    ``"parallel"``: ordinary (lock-step) batching; ``"sequential"``: a
+    ``jax.custom_batching`` rule that loops (``lax.map``) over the batch, so every
+    problem leaves its loops at its own convergence; ``"auto"``: sequential on CPU,
+    parallel elsewhere. The sequential wrapper is built once per ``(impl, static)``.
+    """
+    check_vmap_strategy(vmap_strategy)
+    if vmap_strategy == "auto":
+        vmap_strategy = "sequential" if jax.default_backend() == "cpu" else "parallel"
+    if vmap_strategy == "parallel":
+        return functools.partial(impl, **static)
+    return _sequential(impl, tuple(sorted(static.items())))
+
+
+@functools.lru_cache(maxsize=None)
+def _sequential(impl, static):
+    return jax.custom_batching.sequential_vmap(functools.partial(impl, **dict(static)))
 
 
 @functools.partial(jax.jit, static_argnames=("max_k", "max_iters", "vmap_strategy"))
@@ -341,8 +368,7 @@ def kmeans(
     Returns:
       :class:`KMeansResult`.
     """
-    if vmap_strategy not in _VMAP_STRATEGIES:
-        raise ValueError(f"vmap_strategy must be one of {_VMAP_STRATEGIES}, got {vmap_strategy!r}")
+    check_vmap_strategy(vmap_strategy)
     x = jnp.asarray(x, jnp.float32)
     n, d = x.shape
     if key is None:
@@ -356,19 +382,8 @@ def kmeans(
             jnp.zeros((max_k, d), jnp.float32) if init_centroids is None
             else jnp.asarray(init_centroids, jnp.float32),
             jnp.asarray(tol, jnp.float32))
-    static = dict(max_k=max_k, max_iters=max_iters, unit_weights=weights is None,
-                  seeded=init_centroids is None)
-    if vmap_strategy == "auto":
-        vmap_strategy = "sequential" if jax.default_backend() == "cpu" else "parallel"
-    if vmap_strategy == "parallel":
-        return _kmeans_impl(*args, **static)
-    return _sequential_kmeans(**static)(*args)
-
-
-@functools.lru_cache(maxsize=None)
-def _sequential_kmeans(**static):
-    """``_kmeans_impl`` with a batching rule that loops (``lax.map``) over the batch."""
-    return jax.custom_batching.sequential_vmap(functools.partial(_kmeans_impl, **static))
+    return batched_as(_kmeans_impl, vmap_strategy, max_k=max_k, max_iters=max_iters,
+                      unit_weights=weights is None, seeded=init_centroids is None)(*args)
 
 
 def _kmeans_impl(x, key, k, weights, init_centroids, tol, *, max_k, max_iters, unit_weights,
