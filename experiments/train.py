@@ -13,6 +13,7 @@ import sys
 
 from absl import app, flags
 
+from fedras_jax import distributed
 from fedras_jax import flags as flag_lib
 from fedras_jax.data import FetchError
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
@@ -54,6 +55,9 @@ HELP = {
     "validation": "hold out one more interaction per user and score on it, with its own "
                   "negatives (for tuning; never the test items)",
     "num_lanes": "lanes of packed local training (speed only; results do not change)",
+    "shard_clients": "shard local training over every device (of every process); on whenever "
+                     "the run spans several processes; --num_lanes must be a multiple of the "
+                     "device count",
     "eval_every": "evaluate every N rounds (and at the end)",
     "seed": "seed of sampling, negatives and initialisation",
     "workdir": "the run's directory: config.json, metrics.jsonl/csv, checkpoints/, summary.json, "
@@ -67,6 +71,15 @@ HELP = {
     "init_scale": "std of the normal initialisation of embeddings",
 }
 flag_lib.define_flags(TrainConfig, HELP)
+flag_lib.define_flags(distributed.ProcessGroup, {
+    "coordinator": "multi-process runs: HOST:PORT of process 0 (give every process the same), "
+                   "or 'auto' to let JAX detect the cluster (Cloud TPU, SLURM, Open MPI); "
+                   "empty: one process. See docs/multihost.md",
+    "num_processes": "with --coordinator=HOST:PORT: how many processes the run has",
+    "process_id": "with --coordinator=HOST:PORT: this process' index, 0 .. num_processes-1; "
+                  "process 0 writes the logs and the workdir",
+    "initialization_timeout": "seconds to wait for every process to join",
+})
 _CACHE = flags.DEFINE_string(
     "compilation_cache", None,
     "directory of JAX's persistent compilation cache: a rerun with the same shapes loads its "
@@ -81,8 +94,9 @@ def main(argv):
   enable_compilation_cache(_CACHE.value)
   try:
     config = flag_lib.config_from_flags(TrainConfig).validate()
+    distributed.initialize(flag_lib.config_from_flags(distributed.ProcessGroup))
     train(config)
-  except (ValueError, OSError, FetchError, FloatingPointError) as e:
+  except (ValueError, OSError, FetchError, FloatingPointError, distributed.DistributedError) as e:
     sys.exit("error: " + " ".join(str(e).splitlines()))
 
 

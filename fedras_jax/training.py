@@ -23,6 +23,7 @@ over); flags in ``NON_RESULT_FIELDS`` do not change a run's numbers and may diff
 """
 import csv
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -37,6 +38,7 @@ import optax
 
 from fedras_jax import checkpoint as ckpt_lib
 from fedras_jax import data as data_lib
+from fedras_jax import distributed
 from fedras_jax.compress import dense_bits, identity
 from fedras_jax.compress.registry import COMPRESSORS, make_compressor
 from fedras_jax.federated import (AGGREGATIONS, LocalHParams, RoundConfig, RoundHParams,
@@ -54,13 +56,14 @@ ON_NONFINITE = ("skip", "stop")
 # Settings that cannot change a run's numbers: where files are, how much is printed,
 # how often state is saved, whether data may be downloaded, and whether a round with
 # non-finite client updates stops the run (if it does not stop, the numbers are those
-# of "skip"). A workdir whose run differs from the flags only in these is the same run
+# of "skip"), and whether local training is sharded over devices (the sharded round
+# equals the single-device one; a run may resume on another number of devices). A workdir whose run differs from the flags only in these is the same run
 # (resumed). Everything else, eval_every and num_lanes included, counts: eval_every
 # decides the rows of metrics.jsonl and the windows their loss/actions average over,
 # and num_lanes changes the packing of local training, hence the compiled program.
 NON_RESULT_FIELDS = frozenset(
     {"data_dir", "workdir", "quiet", "overwrite", "checkpoint_every", "download",
-     "on_nonfinite"})
+     "on_nonfinite", "shard_clients"})
 # Row fields that measure wall time (they differ between otherwise identical runs).
 TIMING_FIELDS = ("seconds_per_round", "wall_seconds")
 
@@ -112,6 +115,7 @@ class TrainConfig:
   fluctuation: float = 0.0
   compute_seconds: float = 0.0
   num_lanes: int = 8
+  shard_clients: bool = False
   eval_every: int = 25
   seed: int = 0
   workdir: Optional[str] = None
@@ -247,6 +251,19 @@ def build_simulation(config: TrainConfig, split, *, round_config: RoundConfig = 
 
 # Seed offset of the validation negatives: never the test negatives' draw.
 _VALID_NEGATIVES_SEED = 7_919
+
+
+def run_mesh(config: TrainConfig):
+  """The ``("clients",)`` mesh over every global device that local training is sharded
+  over (with ``config.shard_clients`` or when the run spans several processes), else
+  None."""
+  if not (config.shard_clients or jax.process_count() > 1):
+    return None
+  mesh = distributed.client_mesh()
+  if config.num_lanes % mesh.size:
+    raise ValueError(f"--num_lanes={config.num_lanes} is invalid: sharding clients over "
+                     f"{mesh.size} devices needs a multiple of {mesh.size}")
+  return mesh
 
 
 def load_run_data(config: TrainConfig):
@@ -413,48 +430,63 @@ def _skipped_users(sampled, rows_before, rows_after, loss, count: int):
 
 def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
   """Runs ``config`` to the end (resuming the run in its workdir if there is one);
-  returns the summary (also written to the workdir)."""
+  returns the summary (also written to the workdir).
+
+  In a multi-process run (see ``fedras_jax.distributed``) every process calls this
+  with the same config; local training is sharded over every global device, and
+  only process 0 logs, holds the workdir and writes files (its summary is the run's).
+  """
   config.validate()
+  writes = distributed.is_writer()
 
   def say(msg: str):
-    if not config.quiet:
+    if not config.quiet and writes:
       log(msg)
       if log is print:
         sys.stdout.flush()
 
   workdir = pathlib.Path(config.workdir) if config.workdir else None
-  may_resume = _prepare_workdir(config) if workdir else False
   split, eval_items, eval_negatives = load_run_data(config)
   if config.clients_per_round > split.num_users:
     raise ValueError(f"--clients_per_round={config.clients_per_round} exceeds the number of "
                      f"users of {config.dataset} ({split.num_users})")
   say(f"{config.dataset}: {split.num_users} users, {split.num_items} items, "
       f"{len(split.train_items)} training interactions")
-  sim = build_simulation(config, split)
-  model, round_config, server, clients = sim.model, sim.round_config, sim.server, sim.clients
+  mesh = run_mesh(config)
+  sim = build_simulation(config, split, mesh=mesh)
+  model, round_config = sim.model, sim.round_config
   dense_round_bits, hp = sim.dense_round_bits, sim.hp
-  round_fn = jax.jit(sim.round_fn, donate_argnums=(0, 1))
+  # Sharded runs keep every state and metric replicated: each process reads its own copy.
+  jit = functools.partial(jax.jit, out_shardings=distributed.replicated(mesh)) if mesh else jax.jit
+  round_fn = jit(sim.round_fn, donate_argnums=(0, 1))
   evaluate = make_evaluate(model, eval_items, eval_negatives)
   m = config.clients_per_round
   # The user rows of the clients a round will sample (to name the ones it drops).
-  rows_to_sample = jax.jit(
-      lambda key, r, users: users[round_clients(key, r, split.num_users, m)])
+  rows_to_sample = jit(lambda key, r, users: users[round_clients(key, r, split.num_users, m)])
 
-  host, start_round = _fresh_host(config), 0
-  if may_resume:
-    found = ckpt_lib.restore_latest(workdir / CHECKPOINT_DIR, (server, clients), warn=log)
-    if found is not None:
-      start_round, (server, clients), host, path = found
-      diffs = config_differences(host["config"], config)
-      if diffs:
-        _refuse(config.workdir, diffs)
-      if int(server.round) != start_round:
-        raise ckpt_lib.CheckpointError(f"{path}: server round {int(server.round)} != "
-                                       f"{start_round}")
-      host["config"] = dataclasses.asdict(config)
-      say(f"resuming from round {start_round} of {config.rounds} ({path})")
-  writer = _Writer(config.workdir, host["rows"])
-  if workdir:
+  def resume():  # the workdir is process 0's alone
+    host, start_round, state = _fresh_host(config), 0, (sim.server, sim.clients)
+    if workdir and _prepare_workdir(config):
+      found = ckpt_lib.restore_latest(workdir / CHECKPOINT_DIR, state, warn=log)
+      if found is not None:
+        start_round, state, host, path = found
+        diffs = config_differences(host["config"], config)
+        if diffs:
+          _refuse(config.workdir, diffs)
+        if int(state[0].round) != start_round:
+          raise ckpt_lib.CheckpointError(f"{path}: server round {int(state[0].round)} != "
+                                         f"{start_round}")
+        host["config"] = dataclasses.asdict(config)
+        say(f"resuming from round {start_round} of {config.rounds} ({path})")
+    return host, (np.int32(start_round), state)
+
+  host, (start_round, (server, clients)) = distributed.on_writer(
+      resume, (np.int32(0), (sim.server, sim.clients)))
+  start_round, host = int(start_round), host or _fresh_host(config)
+  if mesh is not None:
+    server, clients = distributed.replicate((server, clients), mesh)
+  writer = _Writer(config.workdir if writes else None, host["rows"])
+  if workdir and writes:
     ckpt_lib.write_atomic(workdir / CONFIG_FILE,
                           json.dumps(dataclasses.asdict(config), indent=2).encode())
 
@@ -526,7 +558,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
           f"  loss {row['loss']:.4f}  {speed}  ETA {eta:.0f}s"
           f"  up {totals['bits_up'] / 8e6:.1f} MB  down {totals['bits_down'] / 8e6:.1f} MB"
           f"  K {row['actions_mean']:.1f}  sim {totals['sim_seconds']:.0f}s")
-    if workdir and config.checkpoint_every and (r % config.checkpoint_every == 0
+    if workdir and writes and config.checkpoint_every and (r % config.checkpoint_every == 0
                                                 or r == config.rounds):
       host["wall_seconds"] = wall_before + time.time() - start
       if host["compile_seconds"] is None:
@@ -534,7 +566,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
       ckpt_lib.save(workdir / CHECKPOINT_DIR, r, (server, clients), host)
 
   row, best = host["rows"][-1], host["best"]
-  if workdir:
+  if workdir and writes:
     ckpt_lib.save_params(workdir / PARAMS_FILE,
                          dict(users=clients.users, items=server.items, dense=server.dense))
   compile_seconds = compile_seconds if compile_seconds is not None else host["compile_seconds"]

@@ -1,0 +1,149 @@
+"""One simulation over several processes, through JAX's own distributed runtime.
+
+JAX runs multi-host programs "multi-controller": every process runs the same Python
+program on its own data, and a jitted computation over a mesh of all global devices
+is one XLA program whose collectives (here the ``psum`` that merges the sharded local
+training, see ``federated.local_training``) cross process boundaries. Nothing in this
+module moves data itself; it only
+
+* starts the runtime (``initialize``): an explicit coordinator, or JAX's automatic
+  detection on Cloud TPU, SLURM and Open MPI; on CPU it selects the gloo collectives
+  (XLA:CPU has no cross-process collectives without them);
+* builds the ``("clients",)`` mesh over every global device (``client_mesh``);
+* places host state on that mesh, replicated (``replicate``), so every process hands
+  the round the same global arrays;
+* runs set-up that only process 0 may do (the workdir: lock, checkpoint, files) and
+  shares its outcome with the others (``on_writer``), so a failure there stops every
+  process with an error instead of leaving the others waiting in a collective.
+
+Every process loads the data and builds the round itself; every array the round
+returns is replicated, so each process can read metrics without communication, and
+only process 0 (``is_writer``) writes logs and files.
+"""
+import dataclasses
+from typing import Any, Callable, Optional, Tuple
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+CLIENTS_AXIS = "clients"
+AUTO = "auto"
+
+
+class DistributedError(RuntimeError):
+  """A process of a multi-process run cannot go on (bad settings or a failed peer)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessGroup:
+  """How this process joins a run.
+
+  ``coordinator``: ``""`` (one process, the default), ``"auto"`` (JAX detects the
+  cluster: Cloud TPU, SLURM, Open MPI) or ``"HOST:PORT"`` of process 0, in which case
+  ``num_processes`` and ``process_id`` say how many processes there are and which
+  one this is. ``initialization_timeout``: seconds to wait for every peer to join.
+  """
+  coordinator: str = ""
+  num_processes: int = 1
+  process_id: int = 0
+  initialization_timeout: int = 300
+
+  def validate(self) -> "ProcessGroup":
+    if self.coordinator in ("", AUTO):
+      return self
+    host, sep, port = self.coordinator.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+      raise ValueError(f"--coordinator={self.coordinator!r} is invalid: expected HOST:PORT, "
+                       "'auto' or empty")
+    if self.num_processes < 1:
+      raise ValueError(f"--num_processes={self.num_processes} is invalid: must be >= 1")
+    if not 0 <= self.process_id < self.num_processes:
+      raise ValueError(f"--process_id={self.process_id} is invalid: must be in "
+                       f"[0, {self.num_processes}) for --num_processes={self.num_processes}")
+    if self.initialization_timeout < 1:
+      raise ValueError(f"--initialization_timeout={self.initialization_timeout} is invalid: "
+                       "must be >= 1 second")
+    return self
+
+
+def initialize(group: ProcessGroup) -> bool:
+  """Joins the run of ``group`` (call before any JAX computation); True if this
+  process is one of several. With ``coordinator=""`` nothing happens."""
+  group.validate()
+  if not group.coordinator:
+    return False
+  # Cross-process collectives on CPU need an implementation; GPU and TPU ignore it.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if group.coordinator == AUTO:
+    where, args = "cluster detected by JAX", {}
+  else:
+    where = f"coordinator {group.coordinator} as process {group.process_id}"
+    args = dict(coordinator_address=group.coordinator, num_processes=group.num_processes,
+                process_id=group.process_id)
+  try:
+    jax.distributed.initialize(initialization_timeout=group.initialization_timeout, **args)
+  except Exception as e:  # noqa: BLE001 - JAX raises RuntimeError or XlaRuntimeError
+    raise DistributedError(f"could not join the run ({where}): "
+                           + " ".join(str(e).splitlines())[:500]) from None
+  return jax.process_count() > 1
+
+
+def is_writer() -> bool:
+  """Whether this process writes the run's logs and files (process 0)."""
+  return jax.process_index() == 0
+
+
+def client_mesh(devices=None) -> Mesh:
+  """A 1-D ``("clients",)`` mesh over ``devices`` (default: every global device)."""
+  return Mesh(np.asarray(devices if devices is not None else jax.devices()), (CLIENTS_AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """The sharding of an array held whole by every device of ``mesh``."""
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def replicate(tree, mesh: Mesh):
+  """``tree`` (numpy or this process's jax arrays, PRNG keys included) as global
+  arrays replicated over ``mesh``. Every process must pass the same values."""
+  return jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
+
+
+def _to_wire(tree):
+  return jax.tree.map(lambda x: np.asarray(jax.random.key_data(x))
+                      if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else np.asarray(x),
+                      tree)
+
+
+def _from_wire(wire, template):
+  return jax.tree.map(lambda w, t: jax.random.wrap_key_data(w, impl=jax.random.key_impl(t))
+                      if jax.dtypes.issubdtype(t.dtype, jax.dtypes.prng_key) else w,
+                      wire, template)
+
+
+def on_writer(setup: Callable[[], Tuple[Any, Any]], template) -> Tuple[Optional[Any], Any]:
+  """Runs ``setup() -> (private, shared)`` on process 0 only and gives ``shared`` to all.
+
+  ``private`` is whatever only the writer needs (``None`` on the other processes);
+  ``shared`` is a pytree of arrays shaped like ``template`` (PRNG key arrays
+  included), broadcast from process 0. If ``setup`` raises on process 0, it raises
+  there and every other process raises ``DistributedError``. With one process this
+  is just ``setup()``.
+  """
+  if jax.process_count() == 1:
+    return setup()
+  private, shared, failure = None, template, None
+  if is_writer():
+    try:
+      private, shared = setup()
+    except Exception as e:  # noqa: BLE001 - re-raised below, after the peers know
+      failure = e
+  status, wire = multihost_utils.broadcast_one_to_all(
+      (np.int32(failure is not None), _to_wire(shared)))
+  if failure is not None:
+    raise failure
+  if int(status):
+    raise DistributedError("process 0 failed to set up the run (its log says why)")
+  return private, _from_wire(wire, template)

@@ -1,0 +1,123 @@
+"""The train binary over 2 processes x 4 CPU devices (jax.distributed, gloo collectives)
+equals 1 process x 8 devices and 1 process x 1 device; process 0 alone writes the
+workdir, a multi-process run resumes from it, and a failure of process 0's set-up
+stops every process."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from fedras_jax.checkpoint import load_params
+
+ROUNDS = 4
+# Small shapes: compiling the round dominates (three programs per method).
+FLAGS = ("--method={method}", f"--rounds={ROUNDS}", "--eval_every=2", "--checkpoint_every=2",
+         "--clients_per_round=16", "--dim=8", "--compilation_cache=none")
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _run(argv_per_process, devices: int, timeout: float = 400):
+  """Runs one train process per argv (``devices`` simulated CPU devices each);
+  returns their ``CompletedProcess``es. Every child is killed if one hangs."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  procs = [subprocess.Popen([sys.executable, "-m", "experiments.train", *argv], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for argv in argv_per_process]
+  try:
+    outs = [p.communicate(timeout=timeout) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.communicate()
+  return [subprocess.CompletedProcess(p.args, p.returncode, o, e)
+          for p, (o, e) in zip(procs, outs)]
+
+
+def _train(workdir, method, data_dir, *, processes=1, devices=1, extra=()):
+  argv = [f.format(method=method) for f in FLAGS] + [f"--data_dir={data_dir}",
+                                                     f"--workdir={workdir}", *extra]
+  if processes == 1:
+    return _run([argv + (["--shard_clients"] if devices > 1 else [])], devices)
+  port = _free_port()
+  return _run([argv + [f"--coordinator=127.0.0.1:{port}", f"--num_processes={processes}",
+                       f"--process_id={i}"] for i in range(processes)], devices)
+
+
+def _ok(results):
+  for r in results:
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+  return results
+
+
+def _params(workdir):
+  return load_params(workdir / "final_params.msgpack")
+
+
+def _rows(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _assert_same_run(a, b):
+  pa, pb = _params(a), _params(b)
+  for name in ("users", "items"):
+    np.testing.assert_allclose(pa[name], pb[name], rtol=1e-5, atol=1e-6, err_msg=name)
+  for ra, rb in zip(_rows(a), _rows(b), strict=True):
+    assert ra["round"] == rb["round"]
+    assert ra["bits_up_total"] == rb["bits_up_total"]
+    assert ra["bits_down_total"] == rb["bits_down_total"]
+    for key in ("hr@10", "ndcg@10", "loss"):
+      assert ra[key] == pytest.approx(rb[key], rel=1e-5, abs=1e-6), key
+
+
+@pytest.mark.parametrize("method", ["uncompressed", "fedras"])
+def test_two_processes_equal_one_process_and_one_device(ml100k_path, tmp_path, method):
+  data_dir = ml100k_path.parents[1]
+  single, sharded, multi = tmp_path / "1x1", tmp_path / "1x8", tmp_path / "2x4"
+  _ok(_train(single, method, data_dir))
+  _ok(_train(sharded, method, data_dir, devices=8))
+  writer, other = _ok(_train(multi, method, data_dir, processes=2, devices=4))
+  _assert_same_run(sharded, single)
+  _assert_same_run(multi, single)
+  # Process 0 logs and writes; process 1 computes the same rounds silently.
+  assert f"round     {ROUNDS}/{ROUNDS}" in writer.stdout and "done:" in writer.stdout
+  assert "round" not in other.stdout and "done:" not in other.stdout
+  assert [r["round"] for r in _rows(multi)] == [2, 4]  # each row once, not once per process
+
+  if method != "uncompressed":
+    return
+  # Resume: drop the last checkpoint and the final files; the rerun continues from
+  # round 2 (read by process 0, broadcast to process 1) and ends where the first run did.
+  final = _params(multi)
+  for name in ("checkpoints/round_000004.msgpack", "summary.json", "final_params.msgpack"):
+    (multi / name).unlink()
+  writer, _ = _ok(_train(multi, method, data_dir, processes=2, devices=4))
+  assert "resuming from round 2" in writer.stdout
+  for name, value in _params(multi).items():
+    np.testing.assert_array_equal(value, final[name], err_msg=name)
+
+  # A workdir that process 0 refuses (other flags) stops both processes with one line.
+  results = _train(multi, method, data_dir, processes=2, devices=4, extra=["--seed=1"])
+  assert all(r.returncode != 0 for r in results)
+  assert "holds a run with different flags" in results[0].stderr.strip().splitlines()[-1]
+  assert "process 0 failed to set up the run" in results[1].stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--coordinator=localhost"], "--coordinator='localhost' is invalid"),
+    (["--coordinator=127.0.0.1:1234", "--num_processes=2", "--process_id=2"],
+     "--process_id=2 is invalid"),
+])
+def test_bad_process_flags_fail_naming_the_flag(flags, message):
+  (result,) = _run([["--rounds=1", *flags]], devices=1, timeout=120)
+  assert result.returncode != 0
+  assert message in result.stderr.strip().splitlines()[-1]
