@@ -5,7 +5,9 @@
     python -m experiments.sweep --shape_grid="dim=32,64" ...   # one program per shape point
     python -m experiments.sweep --bench --seeds=0,1,2,3,4,5,6,7  # vmapped vs sequential
 
-Every other flag is a ``TrainConfig`` flag (see ``python -m experiments.train --help``).
+Every other flag is a ``TrainConfig`` flag (see ``python -m experiments.train --help``),
+the multi-process ones included (``--coordinator``, ``--num_processes``, ``--process_id``:
+every process runs the same command; process 0 prints and writes ``--output``).
 """
 import csv
 import dataclasses
@@ -17,6 +19,7 @@ import time
 from absl import app, flags
 
 import experiments.train  # noqa: F401  (defines one flag per TrainConfig field)
+from fedras_jax import distributed
 from fedras_jax import flags as flag_lib
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
 from fedras_jax.sweep import parse_grid, summarize, sweep
@@ -67,7 +70,8 @@ def main(argv):
     seeds = [int(s) for s in FLAGS.seeds.split(",")]
     grid = parse_grid(FLAGS.grid, float)
     shape_grid = parse_grid(FLAGS.shape_grid, _auto)
-  except ValueError as e:
+    distributed.initialize(flag_lib.config_from_flags(distributed.ProcessGroup))
+  except (ValueError, distributed.DistributedError) as e:
     sys.exit(f"error: {e}")
   if FLAGS.bench:
     bench(dataclasses.replace(base, quiet=True), seeds, grid)
@@ -77,9 +81,10 @@ def main(argv):
     config = dataclasses.replace(base, **point)
     for row in summarize(sweep(config, seeds, grid)):
       rows.append(dict(point, **row))
-      print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                      for k, v in rows[-1].items()))
-  if FLAGS.output:
+      if distributed.is_writer():
+          print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in rows[-1].items()))
+  if FLAGS.output and distributed.is_writer():
     path = pathlib.Path(FLAGS.output)
     path.parent.mkdir(parents=True, exist_ok=True)
     fields = list(dict.fromkeys(k for r in rows for k in r))

@@ -105,10 +105,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec())
 
 
+def jit(fn, mesh: Optional[Mesh], **kwargs):
+  """``jax.jit(fn, **kwargs)``; with a ``mesh``, every output replicated over it, so
+  each process can read the results without communication."""
+  if mesh is not None:
+    kwargs["out_shardings"] = replicated(mesh)
+  return jax.jit(fn, **kwargs)
+
+
 def replicate(tree, mesh: Mesh):
   """``tree`` (numpy or this process's jax arrays, PRNG keys included) as global
   arrays replicated over ``mesh``. Every process must pass the same values."""
-  return jax.jit(lambda t: t, out_shardings=replicated(mesh))(tree)
+  return jit(lambda t: t, mesh)(tree)
 
 
 def _to_wire(tree):

@@ -5,6 +5,10 @@ round (``RoundHParams``) or of the client state (bandwidth), so ``P`` runs that
 differ only in those and in their seed compile into ONE round program, ``vmap``-ed
 over a leading run axis. Shape-changing settings (dim, model, method, clients per
 round) are separate programs: call ``sweep`` once per grid point of those.
+
+Like ``train``, a sweep may span several processes (``fedras_jax.distributed``):
+local training is then sharded over every global device, every process returns the
+same results, and only process 0 logs.
 """
 import dataclasses
 import itertools
@@ -16,12 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from fedras_jax import distributed
 from fedras_jax.compress import dense_bits
 from fedras_jax.federated import (LocalHParams, RoundHParams, client_data_from_split,
                                   init_states, make_round)
 from fedras_jax.metrics import make_evaluate
 from fedras_jax.training import (TrainConfig, build_bandwidth, build_compressors, build_model,
-                                 build_round_config, load_run_data)
+                                 build_round_config, load_run_data, run_mesh)
 
 SWEEPABLE = ("user_lr", "item_lr", "dense_lr", "weight_decay", "fluctuation", "payload_ratio")
 
@@ -82,8 +87,9 @@ def sweep_points(base: TrainConfig, seeds: Sequence[int], points: Sequence[Dict[
   uplink, downlink = build_compressors(
       dataclasses.replace(base, payload_ratio=max(c.payload_ratio for c in configs)),
       split.num_items, model.item_dim)
+  mesh = run_mesh(base)
   round_fn = make_round(model, client_data_from_split(split), round_config, server_opt,
-                        uplink=uplink, downlink=downlink)
+                        uplink=uplink, downlink=downlink, mesh=mesh)
 
   states = [init_states(model, split.num_users, split.num_items, server_opt, seed=c.seed,
                         bandwidth=build_bandwidth(c, split.num_users, dense_round_bits),
@@ -97,9 +103,11 @@ def sweep_points(base: TrainConfig, seeds: Sequence[int], points: Sequence[Dict[
       compute_seconds=jnp.asarray([c.compute_seconds for c in configs], jnp.float32),
       downlink_budget_bits=jnp.asarray([c.payload_ratio * dense_round_bits for c in configs],
                                        jnp.float32))
-  batched_round = jax.jit(jax.vmap(round_fn), donate_argnums=(0, 1))
+  if mesh is not None:
+    server, clients, hp = distributed.replicate((server, clients, hp), mesh)
+  batched_round = distributed.jit(jax.vmap(round_fn), mesh, donate_argnums=(0, 1))
   evaluate = make_evaluate(model, eval_items, eval_negatives)
-  batched_eval = jax.jit(jax.vmap(evaluate))
+  batched_eval = distributed.jit(jax.vmap(evaluate), mesh)
   start = time.time()
   for r in range(1, base.rounds + 1):
     server, clients, _ = batched_round(server, clients, hp)
@@ -107,9 +115,11 @@ def sweep_points(base: TrainConfig, seeds: Sequence[int], points: Sequence[Dict[
       jax.block_until_ready(server)
       first_round = time.time()
     if not base.quiet and (r % base.eval_every == 0 or r == base.rounds):
+      # Every process evaluates (one program over all devices); process 0 logs.
       hr = np.asarray(batched_eval(clients.users, server.items, server.dense)["hr@10"])
-      log(f"round {r}/{base.rounds}: HR@10 mean {hr.mean():.4f} (min {hr.min():.4f}, "
-          f"max {hr.max():.4f}) over {len(runs)} runs, {time.time() - start:.0f}s")
+      if distributed.is_writer():
+          log(f"round {r}/{base.rounds}: HR@10 mean {hr.mean():.4f} (min {hr.min():.4f}, "
+            f"max {hr.max():.4f}) over {len(runs)} runs, {time.time() - start:.0f}s")
   scores = jax.device_get(batched_eval(clients.users, server.items, server.dense))
   timing = dict(compile_seconds=first_round - start, train_seconds=time.time() - first_round)
   return [dict(seed=s, **p, **{k: float(v[i]) for k, v in scores.items()}, **timing)

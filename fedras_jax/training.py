@@ -23,7 +23,6 @@ over); flags in ``NON_RESULT_FIELDS`` do not change a run's numbers and may diff
 """
 import csv
 import dataclasses
-import functools
 import io
 import json
 import math
@@ -456,13 +455,12 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
   sim = build_simulation(config, split, mesh=mesh)
   model, round_config = sim.model, sim.round_config
   dense_round_bits, hp = sim.dense_round_bits, sim.hp
-  # Sharded runs keep every state and metric replicated: each process reads its own copy.
-  jit = functools.partial(jax.jit, out_shardings=distributed.replicated(mesh)) if mesh else jax.jit
-  round_fn = jit(sim.round_fn, donate_argnums=(0, 1))
+  round_fn = distributed.jit(sim.round_fn, mesh, donate_argnums=(0, 1))
   evaluate = make_evaluate(model, eval_items, eval_negatives)
   m = config.clients_per_round
   # The user rows of the clients a round will sample (to name the ones it drops).
-  rows_to_sample = jit(lambda key, r, users: users[round_clients(key, r, split.num_users, m)])
+  rows_to_sample = distributed.jit(
+      lambda key, r, users: users[round_clients(key, r, split.num_users, m)], mesh)
 
   def resume():  # the workdir is process 0's alone
     host, start_round, state = _fresh_host(config), 0, (sim.server, sim.clients)
