@@ -4,53 +4,38 @@ workdir, a multi-process run resumes from it, and a failure of process 0's set-u
 stops every process."""
 import json
 import os
-import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
+
 from fedras_jax.checkpoint import load_params
+from fedras_jax.launch import launch_local
 
 ROUNDS = 4
+TIMEOUT = 400
 # Small shapes: compiling the round dominates (three programs per method).
 FLAGS = ("--method={method}", f"--rounds={ROUNDS}", "--eval_every=2", "--checkpoint_every=2",
          "--clients_per_round=16", "--dim=8", "--compilation_cache=none")
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
-def _run(argv_per_process, devices: int, timeout: float = 400):
-  """Runs one train process per argv (``devices`` simulated CPU devices each);
-  returns their ``CompletedProcess``es. Every child is killed if one hangs."""
+def _run(argv, devices: int):
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  procs = [subprocess.Popen([sys.executable, "-m", "experiments.train", *argv], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for argv in argv_per_process]
-  try:
-    outs = [p.communicate(timeout=timeout) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-        p.communicate()
-  return [subprocess.CompletedProcess(p.args, p.returncode, o, e)
-          for p, (o, e) in zip(procs, outs)]
+  return subprocess.run([sys.executable, "-m", "experiments.train", *argv], env=env,
+                        capture_output=True, text=True, timeout=TIMEOUT)
 
 
 def _train(workdir, method, data_dir, *, processes=1, devices=1, extra=()):
   argv = [f.format(method=method) for f in FLAGS] + [f"--data_dir={data_dir}",
                                                      f"--workdir={workdir}", *extra]
   if processes == 1:
-    return _run([argv + (["--shard_clients"] if devices > 1 else [])], devices)
-  port = _free_port()
-  return _run([argv + [f"--coordinator=127.0.0.1:{port}", f"--num_processes={processes}",
-                       f"--process_id={i}"] for i in range(processes)], devices)
+    return [_run(argv + (["--shard_clients"] if devices > 1 else []), devices)]
+  # Every child is killed if one fails or hangs: none is left waiting in a collective.
+  return launch_local("experiments.train", argv, num_processes=processes,
+                      devices_per_process=devices, timeout=TIMEOUT, log_dir=workdir.parent)
 
 
 def _ok(results):
@@ -118,6 +103,16 @@ def test_two_processes_equal_one_process_and_one_device(ml100k_path, tmp_path, m
      "--process_id=2 is invalid"),
 ])
 def test_bad_process_flags_fail_naming_the_flag(flags, message):
-  (result,) = _run([["--rounds=1", *flags]], devices=1, timeout=120)
+  result = _run(["--rounds=1", *flags], devices=1)
   assert result.returncode != 0
   assert message in result.stderr.strip().splitlines()[-1]
+
+
+def test_launcher_stops_every_peer_when_one_fails(tmp_path):
+  start = time.time()
+  results = launch_local("tests.launch_probe", [], num_processes=3, log_dir=tmp_path, grace=1.0,
+                         timeout=100)
+  assert time.time() - start < 30  # not the 120 s the hanging peers would take
+  assert [r.returncode for r in results] == [-9, 3, -9]
+  assert "process 1 fails" in results[1].stderr
+  assert "--num_processes=3" in results[2].args and "--process_id=2" in results[2].args

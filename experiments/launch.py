@@ -1,0 +1,48 @@
+"""Runs an experiment binary as several processes on this machine.
+
+    python -m experiments.launch --num_processes=2 --devices_per_process=4 -- \\
+        experiments.train --flagfile=configs/ml100k_mf.flags --workdir=runs/two_processes
+
+starts ``python -m MODULE ARGS --coordinator=127.0.0.1:PORT --num_processes=N
+--process_id=i`` for i = 0 .. N-1 on a free port: JAX's multi-controller model, each
+process a peer of the others through ``jax.distributed``. ``--devices_per_process``
+gives each process that many simulated CPU devices (``XLA_FLAGS``; 0: leave the
+environment alone, e.g. on GPU hosts). Process 0's output is shown as it comes; the
+others' goes to ``--process_logs/process_<i>.log``. If a process fails, the others are
+stopped and the failed ones' last lines are printed; the exit status is non-zero. On a
+cluster, start one process per host (or per accelerator) yourself, see
+docs/multihost.md: this launcher is for one machine (tests, benchmarks, trials).
+"""
+import sys
+
+from absl import app, flags
+
+from fedras_jax.launch import launch_local
+
+_PROCESSES = flags.DEFINE_integer("num_processes", 2, "processes to start")
+_DEVICES = flags.DEFINE_integer("devices_per_process", 0,
+                                "simulated CPU devices per process (0: as the environment says)")
+_TIMEOUT = flags.DEFINE_float("timeout", 0, "seconds before every process is killed (0: none)")
+_LOGS = flags.DEFINE_string("process_logs", None,
+                            "where processes 1.. write their output (default: a temp dir)")
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError("name the module to run: ... -- experiments.train [flags]")
+  try:
+    results = launch_local(argv[1], argv[2:], num_processes=_PROCESSES.value,
+                           devices_per_process=_DEVICES.value, timeout=_TIMEOUT.value or None,
+                           log_dir=_LOGS.value, stream_first=True)
+  except (ValueError, OSError) as e:
+    sys.exit("error: " + " ".join(str(e).splitlines()))
+  failed = [r for r in results if r.returncode != 0]
+  for i, r in enumerate(results):
+    if r.returncode != 0 and r.stderr:  # process 0's own output was shown already
+      print(f"process {i} exited with status {r.returncode}:",
+            *r.stderr.strip().splitlines()[-5:], sep="\n  ", file=sys.stderr)
+  if failed:
+    sys.exit(max(failed[0].returncode, 1))
+
+if __name__ == "__main__":
+  app.run(main)
