@@ -12,6 +12,7 @@ printed as one line ``error: ...`` with a non-zero exit status.
 import sys
 
 from absl import app, flags
+import jax
 
 from fedras_jax import distributed
 from fedras_jax import flags as flag_lib
@@ -98,6 +99,11 @@ def main(argv):
     train(config)
   except (ValueError, OSError, FetchError, FloatingPointError, distributed.DistributedError) as e:
     sys.exit("error: " + " ".join(str(e).splitlines()))
+  except jax.errors.JaxRuntimeError as e:  # a failed peer in one line; a bug with its trace
+    lost = distributed.lost_peer(e)
+    if lost is None:
+      raise
+    sys.exit(f"error: {lost}")
 
 
 if __name__ == "__main__":

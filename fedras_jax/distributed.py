@@ -90,6 +90,17 @@ def initialize(group: ProcessGroup) -> bool:
   return jax.process_count() > 1
 
 
+def lost_peer(error: Exception) -> Optional[DistributedError]:
+  """``error`` (raised by a JAX computation) as a one-line ``DistributedError`` when the
+  run spans several processes: there a runtime failure means a peer died or cannot be
+  reached (its collective timed out). None in a one-process run."""
+  if jax.process_count() == 1 or not isinstance(error, jax.errors.JaxRuntimeError):
+    return None
+  first = (str(error).strip().splitlines() or [""])[0][:300]
+  return DistributedError(f"process {jax.process_index()} lost a peer (it died or cannot be "
+                          f"reached; see the other processes' logs): {first}")
+
+
 def is_writer() -> bool:
   """Whether this process writes the run's logs and files (process 0)."""
   return jax.process_index() == 0
