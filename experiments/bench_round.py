@@ -37,7 +37,6 @@ the first method (put ``uncompressed`` first)::
         --methods=uncompressed,fedras --rounds=10
 """
 import functools
-import json
 import os
 import statistics
 import time
@@ -49,6 +48,8 @@ import numpy as np
 import optax
 
 from fedras_jax import data as data_lib
+from fedras_jax import flags as flag_lib
+from fedras_jax import outputs
 from fedras_jax import training
 from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams, aggregate_item_updates,
                                   client_data_from_split, client_keys, client_plan,
@@ -437,9 +438,7 @@ def _write_markdown(path, dataset, clients, lines):
           f"{time.strftime('%Y-%m-%d', time.gmtime())}",
           "- setting: FedMF d=64, E=2, B=64, 4 negatives, item_lr 8, payload "
           f"{_RATIO.value:g} both ways (`:uplink`: dense downlink), seed {_SEED.value}", ""]
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    f.write("\n".join(head + lines) + "\n")
+  outputs.write_atomic(path, ("\n".join(head + lines) + "\n").encode())
 
 
 def compare_methods():
@@ -487,10 +486,11 @@ def compare_methods():
   if _MARKDOWN.value:
     _write_markdown(_MARKDOWN.value, dataset, clients, lines)
   if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      json.dump(dict(dataset=dataset, clients=clients, payload_ratio=_RATIO.value,
-                     warmup_rounds=_WARMUP.value, rounds=_ROUNDS.value, seed=_SEED.value,
-                     jax=jax.__version__, cpus=os.cpu_count(), results=results), f, indent=2)
+    outputs.write_json(_OUT.value, dict(dataset=dataset, clients=clients,
+                                        payload_ratio=_RATIO.value, warmup_rounds=_WARMUP.value,
+                                        rounds=_ROUNDS.value, seed=_SEED.value,
+                                        jax=jax.__version__, cpus=os.cpu_count(),
+                                        results=results))
 
 
 def main(argv):
@@ -577,4 +577,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flag_lib.run_main(main)

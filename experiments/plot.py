@@ -11,10 +11,12 @@ the simulated seconds (``sim_seconds``). Needs matplotlib (the ``plot`` extra:
 """
 import json
 import pathlib
-import sys
 from typing import List, Sequence, Tuple
 
 from absl import app, flags
+
+from fedras_jax import flags as flag_lib
+from fedras_jax import outputs
 
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "run directories (also accepted as arguments)")
 _LABELS = flags.DEFINE_list("labels", [], "legend labels, one per workdir (default: from each "
@@ -87,8 +89,9 @@ def plot_runs(runs: Sequence[Tuple[str, List[dict]]], out, title: str = "") -> p
     fig.suptitle(title)
   fig.tight_layout()
   out = pathlib.Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(out, dpi=100)
+  with outputs.naming(out):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
   plt.close(fig)
   return out
 
@@ -100,16 +103,14 @@ def main(argv):
   labels = list(_LABELS.value)
   if labels and len(labels) != len(workdirs):
     raise app.UsageError(f"--labels has {len(labels)} entries for {len(workdirs)} workdirs")
+  runs = [(labels[k] if labels else default_label(w), read_rows(w))
+          for k, w in enumerate(workdirs)]
   try:
-    runs = [(labels[k] if labels else default_label(w), read_rows(w))
-            for k, w in enumerate(workdirs)]
     path = plot_runs(runs, _OUT.value, _TITLE.value)
   except ImportError as e:
-    sys.exit(f"error: {e}; install matplotlib (pip install -e '.[plot]')")
-  except (OSError, ValueError) as e:
-    sys.exit("error: " + " ".join(str(e).splitlines()))
+    raise app.UsageError(f"{e}; install matplotlib (pip install -e '.[plot]')") from None
   print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flag_lib.run_main(main)

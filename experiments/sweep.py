@@ -9,17 +9,18 @@ Every other flag is a ``TrainConfig`` flag (see ``python -m experiments.train --
 """
 import csv
 import dataclasses
+import io
 import itertools
 import pathlib
-import sys
 import time
 
 from absl import app, flags
 
 import experiments.train  # noqa: F401  (defines one flag per TrainConfig field)
 from fedras_jax import flags as flag_lib
+from fedras_jax.outputs import write_atomic
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
-from fedras_jax.sweep import parse_grid, summarize, sweep
+from fedras_jax.sweep import grid_points, parse_grid, summarize, sweep
 from fedras_jax.training import TrainConfig
 
 flags.DEFINE_string("seeds", "0,1,2,3", "comma-separated seeds, vmapped")
@@ -28,15 +29,6 @@ flags.DEFINE_string("shape_grid", "", "shape settings, one program each: 'dim=32
 flags.DEFINE_string("output", "", "CSV of one row per configuration (mean/std over seeds)")
 flags.DEFINE_boolean("bench", False, "time the seeds vmapped against one run per seed")
 FLAGS = flags.FLAGS
-
-
-def _auto(v: str):
-  for cast in (int, float):
-    try:
-      return cast(v)
-    except ValueError:
-      pass
-  return v
 
 
 def bench(base: TrainConfig, seeds, grid):
@@ -57,23 +49,38 @@ def bench(base: TrainConfig, seeds, grid):
         f"{batched['train_seconds'] / train:.2f} without compilation")
 
 
+def parse_sweep_flags(base: TrainConfig):
+  """``(seeds, grid, shape_points)`` of the sweep flags; ``ValueError`` naming the flag
+  and the value for anything that is not a valid setting of every run."""
+  seeds = flag_lib.parse_values("--seeds", FLAGS.seeds, int, "an integer")
+  grid = parse_grid(FLAGS.grid)
+  shape_grid = parse_grid(FLAGS.shape_grid, flag="--shape_grid", names=None,
+                          cast=lambda name: flag_lib.field_parser(
+                              TrainConfig, name, f"--shape_grid={FLAGS.shape_grid}"))
+  shape_points = [dict(zip(shape_grid, v)) for v in itertools.product(*shape_grid.values())]
+  for flag, text, points in (("--seeds", FLAGS.seeds, [dict(seed=s) for s in seeds]),
+                             ("--grid", FLAGS.grid, grid_points(grid)),
+                             ("--shape_grid", FLAGS.shape_grid, shape_points)):
+    for point in points:
+      try:
+        dataclasses.replace(base, **point).validate()
+      except ValueError as e:
+        raise ValueError(f"{flag}={text}: {e}") from None
+  return seeds, grid, shape_points
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   tune_host_allocator()
   enable_compilation_cache(FLAGS.compilation_cache)
-  try:
-    base = flag_lib.config_from_flags(TrainConfig).validate()
-    seeds = [int(s) for s in FLAGS.seeds.split(",")]
-    grid = parse_grid(FLAGS.grid, float)
-    shape_grid = parse_grid(FLAGS.shape_grid, _auto)
-  except ValueError as e:
-    sys.exit(f"error: {e}")
+  base = flag_lib.config_from_flags(TrainConfig).validate()
+  seeds, grid, shape_points = parse_sweep_flags(base)
   if FLAGS.bench:
     bench(dataclasses.replace(base, quiet=True), seeds, grid)
     return
   rows = []
-  for point in (dict(zip(shape_grid, v)) for v in itertools.product(*shape_grid.values())):
+  for point in shape_points:
     config = dataclasses.replace(base, **point)
     for row in summarize(sweep(config, seeds, grid)):
       rows.append(dict(point, **row))
@@ -81,13 +88,13 @@ def main(argv):
                       for k, v in rows[-1].items()))
   if FLAGS.output:
     path = pathlib.Path(FLAGS.output)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-      writer = csv.DictWriter(f, fields)
-      writer.writeheader()
-      writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue().encode())
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flag_lib.run_main(main)

@@ -6,15 +6,13 @@
 With --workdir the run checkpoints every --checkpoint_every rounds; running the same
 command again resumes it from the newest checkpoint (bit-identical to an uninterrupted
 run). A workdir holding a run with other flags is refused unless --overwrite. Errors
-(bad flags, missing or malformed data, a refused workdir, --on_nonfinite=stop) are
-printed as one line ``error: ...`` with a non-zero exit status.
+(bad flags, missing or malformed data, a refused or locked workdir, a full disk,
+--on_nonfinite=stop) are printed as one line ``error: ...`` with exit status 1. A
+workdir is locked while a run uses it: a second run on it is refused.
 """
-import sys
-
 from absl import app, flags
 
 from fedras_jax import flags as flag_lib
-from fedras_jax.data import FetchError
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
 from fedras_jax.training import TrainConfig, train
 
@@ -79,12 +77,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   tune_host_allocator()
   enable_compilation_cache(_CACHE.value)
-  try:
-    config = flag_lib.config_from_flags(TrainConfig).validate()
-    train(config)
-  except (ValueError, OSError, FetchError, FloatingPointError) as e:
-    sys.exit("error: " + " ".join(str(e).splitlines()))
+  train(flag_lib.config_from_flags(TrainConfig).validate())
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flag_lib.run_main(main)
