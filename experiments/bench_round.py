@@ -376,18 +376,23 @@ def _timed(fn, *args):
   return out, _now() - t
 
 
+def method_config(spec: str, clients: int, rounds: int) -> training.TrainConfig:
+  """The validated config of a ``--methods`` entry (``method`` or ``method:uplink``)."""
+  name, _, mode = spec.partition(":")
+  if mode not in ("", "uplink"):
+    raise app.UsageError(f"--methods: {spec!r}: write a method or method:uplink")
+  return training.TrainConfig(
+      dataset=_DATASET.value, method=name, clients_per_round=clients, rounds=rounds,
+      payload_ratio=_RATIO.value, downlink_compression=mode != "uplink", seed=_SEED.value,
+      quiet=True).validate()
+
+
 class MethodRunner:
   """One method's round (as ``train`` builds it), warmed up, and its stages jitted alone."""
 
   def __init__(self, spec: str, split, clients: int, rounds: int):
-    name, _, mode = spec.partition(":")
-    if mode not in ("", "uplink"):
-      raise app.UsageError(f"--methods: {spec!r}: write a method or method:uplink")
     self.name = spec
-    config = training.TrainConfig(
-        dataset=_DATASET.value, method=name, clients_per_round=clients, rounds=rounds,
-        payload_ratio=_RATIO.value, downlink_compression=mode != "uplink", seed=_SEED.value,
-        quiet=True).validate()
+    config = method_config(spec, clients, rounds)
     sim = training.build_simulation(config, split)
     self.hp, self.server, self.clients = sim.hp, sim.server, sim.clients
     self.round = jax.jit(sim.round_fn)
@@ -445,8 +450,10 @@ def compare_methods():
   """``--methods``: ms per round and per stage of each method, ratios to the first."""
   dataset = _DATASET.value
   clients = _METHOD_CLIENTS.value or (256 if dataset.startswith("ml-1m") else 64)
-  split = data_lib.load_dataset(dataset, _DATA_DIR.value, seed=_SEED.value)
   rounds = _WARMUP.value + _ROUNDS.value + 1
+  for spec in _METHODS.value:  # every entry is checked before any data is read
+    method_config(spec, clients, rounds)
+  split = data_lib.load_dataset(dataset, _DATA_DIR.value, seed=_SEED.value)
   print(f"{dataset}: {split.num_users} users, {split.num_items} items; FedMF d=64, "
         f"{clients} clients/round, payload {_RATIO.value:g}, seed {_SEED.value}; "
         f"{_WARMUP.value} warm-up rounds, {_ROUNDS.value} timed")

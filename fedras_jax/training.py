@@ -138,7 +138,8 @@ class TrainConfig:
         ("payload_ratio", 0 < self.payload_ratio <= 1, "in (0, 1]"),
         ("fluctuation", 0 <= self.fluctuation < 1, "in [0, 1)"),
         ("max_k", self.max_k >= 0, "non-negative (0: from the budget)"),
-        ("bandwidth_tiers", _tiers_ok(self.bandwidth_tiers), "comma-separated positive numbers"),
+        ("bandwidth_tiers", _tiers_ok(self.bandwidth_tiers),
+         "comma-separated finite positive numbers"),
         ("neg_ratio", self.neg_ratio >= 0, "non-negative"),
         ("init_scale", self.init_scale > 0, "positive"),
         ("checkpoint_every", self.checkpoint_every >= 0, "non-negative (0: off)"),
@@ -162,7 +163,7 @@ class TrainConfig:
 
 def _tiers_ok(text: str) -> bool:
   try:
-    return all(float(t) > 0 for t in text.split(","))
+    return all(math.isfinite(float(t)) and float(t) > 0 for t in text.split(","))
   except ValueError:
     return False
 
