@@ -47,7 +47,11 @@ def read_rows(workdir) -> List[dict]:
       if i == len(lines) - 1:
         break
       raise ValueError(f"{path}:{i + 1}: not a JSON row") from None
-    row["bits_sent"] = row.get("bits_up_total", 0) + row.get("bits_down_total", 0)
+    if not isinstance(row, dict):
+      raise ValueError(f"{path}:{i + 1}: not a JSON object")
+    up, down = row.get("bits_up_total"), row.get("bits_down_total")
+    # null: a number that was not finite (strict JSON); the point is left out
+    row["bits_sent"] = None if up is None or down is None else up + down
     rows.append(row)
   if not rows:
     raise ValueError(f"{path} has no rows yet")
@@ -75,7 +79,8 @@ def plot_runs(runs: Sequence[Tuple[str, List[dict]]], out, title: str = "") -> p
     for j, (x_field, x_name, log_x) in enumerate(AXES):
       ax = axes[i][j]
       for label, rows in runs:
-        points = [(r[x_field], r[metric]) for r in rows if x_field in r and metric in r]
+        points = [(r[x_field], r[metric]) for r in rows
+                  if r.get(x_field) is not None and r.get(metric) is not None]
         if points:
           xs, ys = zip(*points)
           ax.plot(xs, ys, marker="o", markersize=3, label=label)

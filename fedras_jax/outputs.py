@@ -9,6 +9,7 @@ written as ``null``. ``write_atomic`` replaces a file whole; ``naming`` turns an
 into one that names the file being written.
 """
 import contextlib
+import errno
 import json
 import math
 import os
@@ -56,6 +57,8 @@ def write_atomic(path, data: bytes) -> pathlib.Path:
   new one, never a torn one."""
   path = pathlib.Path(path)
   with naming(path):
+    if path.is_dir():
+      raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
