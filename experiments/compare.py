@@ -207,7 +207,12 @@ def main(argv):
       "--ratios", FLAGS.ratios, flag_lib.fraction, what)))
   seeds = (flag_lib.parse_values("--seeds", FLAGS.seeds, int, "an integer") if FLAGS.seeds
            else [base.seed])
+  flag_lib.validate_points(base, "--seeds", FLAGS.seeds, [dict(seed=s) for s in seeds])
+  if FLAGS.tune_seed is not None:
+    flag_lib.validate_points(base, "--tune_seed", FLAGS.tune_seed,
+                             [dict(seed=FLAGS.tune_seed)])
   grid = parse_grid(FLAGS.tune, flag="--tune")
+  flag_lib.validate_points(base, "--tune", FLAGS.tune, grid_points(grid))
   tune_at = ((FLAGS.tune_at.strip(),
               flag_lib.parse_values("--tune_at", FLAGS.tune_at, flag_lib.fraction, what)[0])
              if FLAGS.tune_at else None)

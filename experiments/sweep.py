@@ -58,14 +58,9 @@ def parse_sweep_flags(base: TrainConfig):
                           cast=lambda name: flag_lib.field_parser(
                               TrainConfig, name, f"--shape_grid={FLAGS.shape_grid}"))
   shape_points = [dict(zip(shape_grid, v)) for v in itertools.product(*shape_grid.values())]
-  for flag, text, points in (("--seeds", FLAGS.seeds, [dict(seed=s) for s in seeds]),
-                             ("--grid", FLAGS.grid, grid_points(grid)),
-                             ("--shape_grid", FLAGS.shape_grid, shape_points)):
-    for point in points:
-      try:
-        dataclasses.replace(base, **point).validate()
-      except ValueError as e:
-        raise ValueError(f"{flag}={text}: {e}") from None
+  flag_lib.validate_points(base, "--seeds", FLAGS.seeds, [dict(seed=s) for s in seeds])
+  flag_lib.validate_points(base, "--grid", FLAGS.grid, grid_points(grid))
+  flag_lib.validate_points(base, "--shape_grid", FLAGS.shape_grid, shape_points)
   return seeds, grid, shape_points
 
 

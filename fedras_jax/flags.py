@@ -104,6 +104,17 @@ def parse_values(flag: str, text: str, cast: Callable[[str], Any], what: str) ->
   return out
 
 
+def validate_points(base, flag: str, text: str, points) -> None:
+  """Validates ``base`` with each ``{setting: value}`` of ``points`` (what flag ``flag``
+  with value ``text`` asks for): ``ValueError`` naming the flag, its value and the
+  setting at fault."""
+  for point in points:
+    try:
+      dataclasses.replace(base, **point).validate()
+    except ValueError as e:
+      raise ValueError(f"{flag}={text}: {e}") from None
+
+
 def finite_float(text: str) -> float:
   value = float(text)
   if not math.isfinite(value):
