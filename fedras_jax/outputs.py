@@ -48,6 +48,8 @@ def naming(path):
   except OSError as e:
     if e.filename is not None:
       raise
+    if e.errno is None:
+      raise OSError(f"{path}: {e}") from e
     raise type(e)(e.errno, e.strerror or str(e), str(path)) from e
 
 
