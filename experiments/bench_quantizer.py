@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedras_jax import flags as flag_lib
 from fedras_jax import quantize as q
 
 
@@ -190,22 +191,23 @@ def bench_splits(n, d, max_k, k_budget, noise, repeats, splits=(1, 4, None), ndi
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="small sizes only (n<=20000, K<=64)")
-    p.add_argument("--sizes", type=int, nargs="*", default=None)
-    p.add_argument("--ks", type=int, nargs="*", default=None)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--iters", type=int, default=20, help="Lloyd iteration cap for both")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--clients", type=int, default=256)
-    p.add_argument("--client-rows", type=int, default=512)
-    p.add_argument("--client-max-k", type=int, default=16)
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--sizes", type=flag_lib.positive_int, nargs="*", default=None)
+    p.add_argument("--ks", type=flag_lib.positive_int, nargs="*", default=None)
+    p.add_argument("--dim", type=flag_lib.positive_int, default=64)
+    p.add_argument("--iters", type=flag_lib.positive_int, default=20, help="Lloyd iteration cap for both")
+    p.add_argument("--repeats", type=flag_lib.positive_int, default=5)
+    p.add_argument("--clients", type=flag_lib.positive_int, default=256)
+    p.add_argument("--client-rows", type=flag_lib.positive_int, default=512)
+    p.add_argument("--client-max-k", type=flag_lib.positive_int, default=16)
+    p.add_argument("--threads", type=flag_lib.positive_int, default=None,
                    help="limit XLA:CPU and scikit-learn/OpenMP to this many threads "
                         "(must be set before JAX initialises its backend)")
     p.add_argument("--skip-kmeans", action="store_true")
     p.add_argument("--skip-vmap", action="store_true")
     p.add_argument("--skip-splits", action="store_true")
-    p.add_argument("--split-rows", type=int, default=10_000)
+    p.add_argument("--split-rows", type=flag_lib.positive_int, default=10_000)
     p.add_argument("--split-noise", type=float, default=0.2)
+    p.error = flag_lib.fail  # a usage error is one line "error: ...", not the usage text
     a = p.parse_args(argv)
     if a.threads is not None:
         os.environ["OMP_NUM_THREADS"] = str(a.threads)
@@ -243,4 +245,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    flag_lib.guarded(main)()

@@ -37,7 +37,6 @@ the first method (put ``uncompressed`` first)::
         --methods=uncompressed,fedras --rounds=10
 """
 import functools
-import json
 import os
 import statistics
 import time
@@ -50,6 +49,8 @@ import optax
 
 from experiments import pages
 from fedras_jax import data as data_lib
+from fedras_jax import flags as flag_lib
+from fedras_jax import outputs
 from fedras_jax import training
 from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams, aggregate_item_updates,
                                   client_data_from_split, client_keys, client_plan,
@@ -376,18 +377,23 @@ def _timed(fn, *args):
   return out, _now() - t
 
 
+def method_config(spec: str, clients: int, rounds: int) -> training.TrainConfig:
+  """The validated config of a ``--methods`` entry (``method`` or ``method:uplink``)."""
+  name, _, mode = spec.partition(":")
+  if mode not in ("", "uplink"):
+    raise app.UsageError(f"--methods: {spec!r}: write a method or method:uplink")
+  return training.TrainConfig(
+      dataset=_DATASET.value, method=name, clients_per_round=clients, rounds=rounds,
+      payload_ratio=_RATIO.value, downlink_compression=mode != "uplink", seed=_SEED.value,
+      quiet=True).validate()
+
+
 class MethodRunner:
   """One method's round (as ``train`` builds it), warmed up, and its stages jitted alone."""
 
   def __init__(self, spec: str, split, clients: int, rounds: int):
-    name, _, mode = spec.partition(":")
-    if mode not in ("", "uplink"):
-      raise app.UsageError(f"--methods: {spec!r}: write a method or method:uplink")
     self.name = spec
-    config = training.TrainConfig(
-        dataset=_DATASET.value, method=name, clients_per_round=clients, rounds=rounds,
-        payload_ratio=_RATIO.value, downlink_compression=mode != "uplink", seed=_SEED.value,
-        quiet=True).validate()
+    config = method_config(spec, clients, rounds)
     sim = training.build_simulation(config, split)
     self.hp, self.server, self.clients = sim.hp, sim.server, sim.clients
     self.round = jax.jit(sim.round_fn)
@@ -432,8 +438,10 @@ def compare_methods():
   """``--methods``: ms per round and per stage of each method, ratios to the first."""
   dataset = _DATASET.value
   clients = _METHOD_CLIENTS.value or (256 if dataset.startswith("ml-1m") else 64)
-  split = data_lib.load_dataset(dataset, _DATA_DIR.value, seed=_SEED.value)
   rounds = _WARMUP.value + _ROUNDS.value + 1
+  for spec in _METHODS.value:  # every entry is checked before any data is read
+    method_config(spec, clients, rounds)
+  split = data_lib.load_dataset(dataset, _DATA_DIR.value, seed=_SEED.value)
   print(f"{dataset}: {split.num_users} users, {split.num_items} items; FedMF d=64, "
         f"{clients} clients/round, payload {_RATIO.value:g}, seed {_SEED.value}; "
         f"{_WARMUP.value} warm-up rounds, {_ROUNDS.value} timed")
@@ -473,10 +481,11 @@ def compare_methods():
   if _MARKDOWN.value:
     _write_markdown(_MARKDOWN.value, dataset, clients, lines)
   if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      json.dump(dict(dataset=dataset, clients=clients, payload_ratio=_RATIO.value,
-                     warmup_rounds=_WARMUP.value, rounds=_ROUNDS.value, seed=_SEED.value,
-                     jax=jax.__version__, cpus=os.cpu_count(), results=results), f, indent=2)
+    outputs.write_json(_OUT.value, dict(dataset=dataset, clients=clients,
+                                        payload_ratio=_RATIO.value, warmup_rounds=_WARMUP.value,
+                                        rounds=_ROUNDS.value, seed=_SEED.value,
+                                        jax=jax.__version__, cpus=os.cpu_count(),
+                                        results=results))
 
 
 def main(argv):
@@ -563,4 +572,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flag_lib.run_main(main)

@@ -52,6 +52,9 @@ import time
 from absl import app, flags
 import numpy as np
 
+from fedras_jax import flags as flag_lib
+from fedras_jax import outputs
+
 _METHOD = flags.DEFINE_string("method", "fedras", "compressor (training.METHODS): fedras, "
                               "uncompressed, ...")
 _CLIENTS = flags.DEFINE_string("clients", "64,256,1024,4096",
@@ -385,6 +388,9 @@ def print_curve(title, key, results):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  from fedras_jax import training  # checks the settings every configuration shares
+  training.TrainConfig(method=_METHOD.value, dim=_DIM.value, num_lanes=_LANES.value,
+                       seed=_SEED.value, rounds=_ROUNDS.value).validate()
   if _SINGLE.value:
     res = run_single(_NUM_CLIENTS.value, _NUM_ITEMS.value)
     print(_TAG + json.dumps(res), flush=True)
@@ -397,8 +403,10 @@ def main(argv):
     fixed_items, fixed_clients = 2000, 16
     rounds = rounds if _ROUNDS.present else 2
   else:
-    clients = [int(c) for c in _CLIENTS.value.split(",") if c.strip()]
-    items = [int(i) for i in _ITEMS.value.split(",") if i.strip()]
+    clients = flag_lib.parse_values("--clients", _CLIENTS.value, flag_lib.positive_int,
+                                    "a positive integer")
+    items = flag_lib.parse_values("--items", _ITEMS.value, flag_lib.positive_int,
+                                  "a positive integer")
     fixed_items, fixed_clients = _FIXED_ITEMS.value, _FIXED_CLIENTS.value
   curves = [c.strip() for c in _CURVES.value.split(",") if c.strip()]
   wall = _now()
@@ -451,10 +459,9 @@ def main(argv):
           + (f"{top['median_s']:.2f} s/round" if top.get("median_s") is not None
              else top.get("error", "")))
   if _JSON_OUT.value:
-    with open(_JSON_OUT.value, "w") as f:
-      json.dump(dict(results=results, exponents=exponents), f, indent=1)
+    outputs.write_json(_JSON_OUT.value, dict(results=results, exponents=exponents), indent=1)
   print(f"\ntotal wall time {_now() - wall:.1f} s")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flag_lib.run_main(main)

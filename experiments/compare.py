@@ -30,10 +30,9 @@ the runs that are missing.
 """
 import csv
 import dataclasses
+import io
 import itertools
-import json
 import pathlib
-import sys
 from fractions import Fraction
 from typing import Optional
 
@@ -41,8 +40,8 @@ from absl import app, flags
 import numpy as np
 
 import experiments.train  # noqa: F401  (defines one flag per TrainConfig field)
-from fedras_jax import checkpoint as ckpt_lib
 from fedras_jax import flags as flag_lib
+from fedras_jax import outputs
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
 from fedras_jax.sweep import SWEEPABLE, grid_points, parse_grid, sweep_points
 from fedras_jax.training import TrainConfig, config_differences, recorded_config, train
@@ -84,7 +83,7 @@ def tune(config: TrainConfig, grid, search: bool = True) -> Optional[tuple]:
   candidate = dataclasses.replace(config, validation=True, workdir=None, quiet=True,
                                   overwrite=False)
   path = pathlib.Path(config.workdir) / TUNING_FILE
-  saved = json.loads(path.read_text()) if path.is_file() else {}
+  saved = outputs.read_json(path, "delete it to search again") if path.is_file() else {}
   kept = (saved.get("results", []) if "config" in saved
           and not config_differences(saved["config"], candidate) else [])
   # A point's full setting: its values, the candidate's for the other sweepable names.
@@ -98,8 +97,8 @@ def tune(config: TrainConfig, grid, search: bool = True) -> Optional[tuple]:
     new = sweep_points(candidate, [config.seed], missing)
     found.update((key(r), r) for r in new)
     path.parent.mkdir(parents=True, exist_ok=True)
-    ckpt_lib.write_atomic(path, json.dumps(dict(config=dataclasses.asdict(candidate),
-                                                results=kept + new), indent=1).encode())
+    outputs.write_json(path, dict(config=dataclasses.asdict(candidate), results=kept + new),
+                       indent=1)
   results = [found[key(p)] for p in points]
   best = max(results, key=lambda r: r["hr@10"])
   point = {name: best[name] for name in grid}
@@ -124,7 +123,7 @@ def finished_summary(config: TrainConfig) -> Optional[dict]:
   path = pathlib.Path(config.workdir) / "summary.json"
   if not path.is_file():
     return None
-  summary = json.loads(path.read_text())
+  summary = outputs.read_json(path)
   finished = summary["final"]["round"] == config.rounds
   return summary if finished and not config_differences(summary["config"], config) else None
 
@@ -162,10 +161,11 @@ def over_seeds(rows) -> list:
 
 
 def write_outputs(rows, outdir: pathlib.Path):
-  with open(outdir / "compare.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, COLUMNS)
-    writer.writeheader()
-    writer.writerows(rows)
+  text = io.StringIO(newline="")
+  writer = csv.DictWriter(text, COLUMNS)
+  writer.writeheader()
+  writer.writerows(rows)
+  outputs.write_atomic(outdir / "compare.csv", text.getvalue().encode())
   shown = COLUMNS[:12]
   lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
   for r in rows:
@@ -173,7 +173,7 @@ def write_outputs(rows, outdir: pathlib.Path):
                                    for c in shown) + " |")
   if len({r["seed"] for r in rows}) > 1:
     lines += ["", "Over seeds (mean ± std):", ""] + over_seeds(rows)
-  (outdir / "compare.md").write_text("\n".join(lines) + "\n")
+  outputs.write_atomic(outdir / "compare.md", ("\n".join(lines) + "\n").encode())
   try:
     import matplotlib
     matplotlib.use("Agg")
@@ -191,7 +191,8 @@ def write_outputs(rows, outdir: pathlib.Path):
   ax.set_ylabel("HR@10")
   ax.legend()
   fig.tight_layout()
-  fig.savefig(outdir / "compare.png", dpi=120)
+  with outputs.naming(outdir / "compare.png"):
+    fig.savefig(outdir / "compare.png", dpi=120)
 
 
 def main(argv):
@@ -200,22 +201,26 @@ def main(argv):
   tune_host_allocator()
   enable_compilation_cache(FLAGS.compilation_cache)
   split = lambda s: [x.strip() for x in s.split(",") if x.strip()]
-  try:
-    base = flag_lib.config_from_flags(TrainConfig)
-    ratios = [(r, float(Fraction(r))) for r in split(FLAGS.ratios)]
-    try:
-      seeds = [int(s) for s in split(FLAGS.seeds)] or [base.seed]
-    except ValueError:
-      raise ValueError(f"--seeds={FLAGS.seeds!r}: expected integers, e.g. 0,1,2") from None
-    grid = parse_grid(FLAGS.tune, float)
-    grid_points(grid)  # names must be sweepable
-    tune_at = (FLAGS.tune_at.strip(), float(Fraction(FLAGS.tune_at))) if FLAGS.tune_at else None
-    if (tune_at or FLAGS.tune_seed is not None) and not grid:
-      raise ValueError("--tune_at and --tune_seed need --tune")
-  except (ValueError, ZeroDivisionError) as e:
-    sys.exit(f"error: {e}")
+  base = flag_lib.config_from_flags(TrainConfig)
+  what = "a payload ratio in (0, 1], e.g. 1/32"
+  ratios = list(zip(split(FLAGS.ratios), flag_lib.parse_values(
+      "--ratios", FLAGS.ratios, flag_lib.fraction, what)))
+  seeds = (flag_lib.parse_values("--seeds", FLAGS.seeds, int, "an integer") if FLAGS.seeds
+           else [base.seed])
+  flag_lib.validate_points(base, "--seeds", FLAGS.seeds, [dict(seed=s) for s in seeds])
+  if FLAGS.tune_seed is not None:
+    flag_lib.validate_points(base, "--tune_seed", FLAGS.tune_seed,
+                             [dict(seed=FLAGS.tune_seed)])
+  grid = parse_grid(FLAGS.tune, flag="--tune")
+  flag_lib.validate_points(base, "--tune", FLAGS.tune, grid_points(grid))
+  tune_at = ((FLAGS.tune_at.strip(),
+              flag_lib.parse_values("--tune_at", FLAGS.tune_at, flag_lib.fraction, what)[0])
+             if FLAGS.tune_at else None)
+  if (tune_at or FLAGS.tune_seed is not None) and not grid:
+    raise ValueError("--tune_at and --tune_seed need --tune")
   outdir = pathlib.Path(FLAGS.outdir)
-  outdir.mkdir(parents=True, exist_ok=True)
+  with outputs.naming(outdir):
+    outdir.mkdir(parents=True, exist_ok=True)
 
   def run_config(dataset, model, method, ratio, seed):
     ratio_text, value = ratio
@@ -233,12 +238,9 @@ def main(argv):
         r["method"] == method and r["dataset"] == dataset and r["model"] == model
         and r["seed"] == seed for r in rows):
       continue  # the dense baseline does not depend on the ratio
-    try:
-      name, config = run_config(dataset, model, method, ratio, seed)
-      search_seed = seed if FLAGS.tune_seed is None else FLAGS.tune_seed
-      search_config = run_config(dataset, model, method, tune_at or ratio, search_seed)[1]
-    except ValueError as e:
-      sys.exit(f"error: {e}")
+    name, config = run_config(dataset, model, method, ratio, seed)
+    search_seed = seed if FLAGS.tune_seed is None else FLAGS.tune_seed
+    search_config = run_config(dataset, model, method, tune_at or ratio, search_seed)[1]
     print(f"== {name}", flush=True)
     tuned = (tune(search_config, grid, search=not FLAGS.only_finished) if grid
              else ({}, float("nan")))
@@ -255,9 +257,9 @@ def main(argv):
     rows.append(table_row(config, ratio[0], summary, grid, tuned[1]))
     write_outputs(rows, outdir)  # after every run: nothing is lost if interrupted
   if not rows:
-    sys.exit(f"error: no finished runs in {outdir}")
+    raise ValueError(f"no finished runs in {outdir}")
   print((outdir / "compare.md").read_text())
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flag_lib.run_main(main)

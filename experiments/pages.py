@@ -12,6 +12,8 @@ from typing import Sequence
 
 import jax
 
+from fedras_jax import outputs
+
 
 def _commit() -> str:
   try:
@@ -33,6 +35,4 @@ def write_page(path, title: str, module: str, setting: Sequence[str], body: Sequ
           f"{jax.devices()[0].platform}, jax {jax.__version__}, "
           f"{time.strftime('%Y-%m-%d', time.gmtime())}",
           *(f"- {line}" for line in setting), ""]
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    f.write("\n".join([*head, *body]) + "\n")
+  outputs.write_atomic(path, ("\n".join([*head, *body]) + "\n").encode())

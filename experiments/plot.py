@@ -11,10 +11,12 @@ the simulated seconds (``sim_seconds``). Needs matplotlib (the ``plot`` extra:
 """
 import json
 import pathlib
-import sys
 from typing import List, Sequence, Tuple
 
 from absl import app, flags
+
+from fedras_jax import flags as flag_lib
+from fedras_jax import outputs
 
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "run directories (also accepted as arguments)")
 _LABELS = flags.DEFINE_list("labels", [], "legend labels, one per workdir (default: from each "
@@ -45,7 +47,11 @@ def read_rows(workdir) -> List[dict]:
       if i == len(lines) - 1:
         break
       raise ValueError(f"{path}:{i + 1}: not a JSON row") from None
-    row["bits_sent"] = row.get("bits_up_total", 0) + row.get("bits_down_total", 0)
+    if not isinstance(row, dict):
+      raise ValueError(f"{path}:{i + 1}: not a JSON object")
+    up, down = row.get("bits_up_total"), row.get("bits_down_total")
+    # null: a number that was not finite (strict JSON); the point is left out
+    row["bits_sent"] = None if up is None or down is None else up + down
     rows.append(row)
   if not rows:
     raise ValueError(f"{path} has no rows yet")
@@ -73,7 +79,8 @@ def plot_runs(runs: Sequence[Tuple[str, List[dict]]], out, title: str = "") -> p
     for j, (x_field, x_name, log_x) in enumerate(AXES):
       ax = axes[i][j]
       for label, rows in runs:
-        points = [(r[x_field], r[metric]) for r in rows if x_field in r and metric in r]
+        points = [(r[x_field], r[metric]) for r in rows
+                  if r.get(x_field) is not None and r.get(metric) is not None]
         if points:
           xs, ys = zip(*points)
           ax.plot(xs, ys, marker="o", markersize=3, label=label)
@@ -87,8 +94,9 @@ def plot_runs(runs: Sequence[Tuple[str, List[dict]]], out, title: str = "") -> p
     fig.suptitle(title)
   fig.tight_layout()
   out = pathlib.Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(out, dpi=100)
+  with outputs.naming(out):
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=100)
   plt.close(fig)
   return out
 
@@ -100,16 +108,14 @@ def main(argv):
   labels = list(_LABELS.value)
   if labels and len(labels) != len(workdirs):
     raise app.UsageError(f"--labels has {len(labels)} entries for {len(workdirs)} workdirs")
+  runs = [(labels[k] if labels else default_label(w), read_rows(w))
+          for k, w in enumerate(workdirs)]
   try:
-    runs = [(labels[k] if labels else default_label(w), read_rows(w))
-            for k, w in enumerate(workdirs)]
     path = plot_runs(runs, _OUT.value, _TITLE.value)
   except ImportError as e:
-    sys.exit(f"error: {e}; install matplotlib (pip install -e '.[plot]')")
-  except (OSError, ValueError) as e:
-    sys.exit("error: " + " ".join(str(e).splitlines()))
+    raise app.UsageError(f"{e}; install matplotlib (pip install -e '.[plot]')") from None
   print(f"wrote {path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flag_lib.run_main(main)

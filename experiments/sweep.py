@@ -11,9 +11,9 @@ every process runs the same command; process 0 prints and writes ``--output``).
 """
 import csv
 import dataclasses
+import io
 import itertools
 import pathlib
-import sys
 import time
 
 from absl import app, flags
@@ -21,8 +21,9 @@ from absl import app, flags
 import experiments.train  # noqa: F401  (defines one flag per TrainConfig field)
 from fedras_jax import distributed
 from fedras_jax import flags as flag_lib
+from fedras_jax.outputs import write_atomic
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
-from fedras_jax.sweep import parse_grid, summarize, sweep
+from fedras_jax.sweep import grid_points, parse_grid, summarize, sweep
 from fedras_jax.training import TrainConfig
 
 flags.DEFINE_string("seeds", "0,1,2,3", "comma-separated seeds, vmapped")
@@ -31,15 +32,6 @@ flags.DEFINE_string("shape_grid", "", "shape settings, one program each: 'dim=32
 flags.DEFINE_string("output", "", "CSV of one row per configuration (mean/std over seeds)")
 flags.DEFINE_boolean("bench", False, "time the seeds vmapped against one run per seed")
 FLAGS = flags.FLAGS
-
-
-def _auto(v: str):
-  for cast in (int, float):
-    try:
-      return cast(v)
-    except ValueError:
-      pass
-  return v
 
 
 def bench(base: TrainConfig, seeds, grid):
@@ -60,39 +52,49 @@ def bench(base: TrainConfig, seeds, grid):
         f"{batched['train_seconds'] / train:.2f} without compilation")
 
 
+def parse_sweep_flags(base: TrainConfig):
+  """``(seeds, grid, shape_points)`` of the sweep flags; ``ValueError`` naming the flag
+  and the value for anything that is not a valid setting of every run."""
+  seeds = flag_lib.parse_values("--seeds", FLAGS.seeds, int, "an integer")
+  grid = parse_grid(FLAGS.grid)
+  shape_grid = parse_grid(FLAGS.shape_grid, flag="--shape_grid", names=None,
+                          cast=lambda name: flag_lib.field_parser(
+                              TrainConfig, name, f"--shape_grid={FLAGS.shape_grid}"))
+  shape_points = [dict(zip(shape_grid, v)) for v in itertools.product(*shape_grid.values())]
+  flag_lib.validate_points(base, "--seeds", FLAGS.seeds, [dict(seed=s) for s in seeds])
+  flag_lib.validate_points(base, "--grid", FLAGS.grid, grid_points(grid))
+  flag_lib.validate_points(base, "--shape_grid", FLAGS.shape_grid, shape_points)
+  return seeds, grid, shape_points
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   tune_host_allocator()
   enable_compilation_cache(FLAGS.compilation_cache)
-  try:
-    base = flag_lib.config_from_flags(TrainConfig).validate()
-    seeds = [int(s) for s in FLAGS.seeds.split(",")]
-    grid = parse_grid(FLAGS.grid, float)
-    shape_grid = parse_grid(FLAGS.shape_grid, _auto)
-    distributed.initialize(flag_lib.config_from_flags(distributed.ProcessGroup))
-  except (ValueError, distributed.DistributedError) as e:
-    sys.exit(f"error: {e}")
+  base = flag_lib.config_from_flags(TrainConfig).validate()
+  seeds, grid, shape_points = parse_sweep_flags(base)
+  distributed.initialize(flag_lib.config_from_flags(distributed.ProcessGroup))
   if FLAGS.bench:
     bench(dataclasses.replace(base, quiet=True), seeds, grid)
     return
   rows = []
-  for point in (dict(zip(shape_grid, v)) for v in itertools.product(*shape_grid.values())):
+  for point in shape_points:
     config = dataclasses.replace(base, **point)
     for row in summarize(sweep(config, seeds, grid)):
       rows.append(dict(point, **row))
       if distributed.is_writer():
-          print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+        print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
                         for k, v in rows[-1].items()))
   if FLAGS.output and distributed.is_writer():
     path = pathlib.Path(FLAGS.output)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-      writer = csv.DictWriter(f, fields)
-      writer.writeheader()
-      writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(path, text.getvalue().encode())
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flag_lib.run_main(main)

@@ -6,17 +6,14 @@
 With --workdir the run checkpoints every --checkpoint_every rounds; running the same
 command again resumes it from the newest checkpoint (bit-identical to an uninterrupted
 run). A workdir holding a run with other flags is refused unless --overwrite. Errors
-(bad flags, missing or malformed data, a refused workdir, --on_nonfinite=stop) are
-printed as one line ``error: ...`` with a non-zero exit status.
+(bad flags, missing or malformed data, a refused or locked workdir, a full disk,
+--on_nonfinite=stop) are printed as one line ``error: ...`` with exit status 1. A
+workdir is locked while a run uses it: a second run on it is refused.
 """
-import sys
-
 from absl import app, flags
-import jax
 
 from fedras_jax import distributed
 from fedras_jax import flags as flag_lib
-from fedras_jax.data import FetchError
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
 from fedras_jax.training import TrainConfig, train
 
@@ -93,18 +90,10 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   tune_host_allocator()
   enable_compilation_cache(_CACHE.value)
-  try:
-    config = flag_lib.config_from_flags(TrainConfig).validate()
-    distributed.initialize(flag_lib.config_from_flags(distributed.ProcessGroup))
-    train(config)
-  except (ValueError, OSError, FetchError, FloatingPointError, distributed.DistributedError) as e:
-    sys.exit("error: " + " ".join(str(e).splitlines()))
-  except jax.errors.JaxRuntimeError as e:  # a failed peer in one line; a bug with its trace
-    lost = distributed.lost_peer(e)
-    if lost is None:
-      raise
-    sys.exit(f"error: {lost}")
+  config = flag_lib.config_from_flags(TrainConfig).validate()
+  distributed.initialize(flag_lib.config_from_flags(distributed.ProcessGroup))
+  train(config)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flag_lib.run_main(main)

@@ -8,20 +8,22 @@ A checkpoint is ``<dir>/round_<NNNNNN>.msgpack`` holding
 * ``host``: a JSON string (totals, metrics rows so far, ...). JSON keeps Python
   floats exactly (``repr`` round-trips), so a resumed run continues bit-identically.
 
-Every file is written to a temporary name in the same directory, flushed, fsynced
-and renamed over the target (``os.replace``), so a reader (or a run killed with
-SIGKILL at any instant) sees either the old file or the new one, never a torn one.
+The file is ``MAGIC`` (8 bytes), the sha256 of the rest (32 bytes), then the msgpack
+payload. A file whose checksum does not match (altered in place, a damaged disk) is
+refused like a truncated one: ``restore_latest`` warns and falls back to the previous
+checkpoint. Every file is written to a temporary name in the same directory, flushed,
+fsynced and renamed over the target (``os.replace``), so a reader (or a run killed
+with SIGKILL at any instant) sees either the old file or the new one, never a torn one.
 
 Serialization is ``flax.serialization`` (msgpack, already a flax dependency): the
 state is a few small host-side arrays written synchronously by one process, which
 needs neither orbax's asynchronous, multi-host, directory-per-step machinery nor a
 new dependency.
 """
+import hashlib
 import json
-import os
 import pathlib
 import re
-import uuid
 from typing import Any, List, Optional, Tuple
 
 import jax
@@ -29,36 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-FORMAT = 1
+from fedras_jax.outputs import write_atomic
+
+FORMAT = 2  # 2: checksummed (MAGIC + sha256 + payload); 1 had no checksum
+MAGIC = b"FEDRASCK"
 _NAME = re.compile(r"^round_(\d+)\.msgpack$")
 
 
 class CheckpointError(ValueError):
   """A checkpoint that cannot be read or does not fit the run."""
-
-
-def write_atomic(path, data: bytes) -> pathlib.Path:
-  """Writes ``data`` to ``path`` via a temporary file and ``os.replace``."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-  try:
-    with open(tmp, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
-  try:  # make the rename itself durable (best effort: not every filesystem allows it)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-      os.fsync(fd)
-    finally:
-      os.close(fd)
-  except OSError:
-    pass
-  return path
 
 
 def _is_key(x) -> bool:
@@ -71,21 +52,38 @@ def to_host(tree):
       lambda x: np.asarray(jax.random.key_data(x)) if _is_key(x) else np.asarray(x), tree)
 
 
+def _seal(body: bytes) -> bytes:
+  return MAGIC + hashlib.sha256(body).digest() + body
+
+
+def _unseal(data: bytes, where: str) -> bytes:
+  """The payload of sealed ``data``; ``CheckpointError`` if its checksum does not match."""
+  head = len(MAGIC) + hashlib.sha256().digest_size
+  if len(data) < head or not data.startswith(MAGIC):
+    raise CheckpointError(f"{where}: not a format-{FORMAT} checkpoint (no header; truncated, "
+                          "or written by an older version?)")
+  body = data[head:]
+  if hashlib.sha256(body).digest() != data[len(MAGIC):head]:
+    raise CheckpointError(f"{where}: checksum mismatch (the file was altered or damaged)")
+  return body
+
+
 def tree_to_bytes(tree, **extra) -> bytes:
-  """msgpack bytes of ``{"format", "state": tree, **extra}``."""
+  """Checksummed msgpack bytes of ``{"format", "state": tree, **extra}``."""
   payload = dict(format=FORMAT, state=serialization.to_state_dict(to_host(tree)), **extra)
-  return serialization.msgpack_serialize(payload)
+  return _seal(serialization.msgpack_serialize(payload))
 
 
 def tree_from_bytes(data: bytes, template, where: str = "checkpoint") -> Tuple[Any, dict]:
   """``(tree, payload)``: ``tree`` shaped like ``template`` (device arrays, keys
   re-wrapped), ``payload`` the raw dict (``format``, ``state`` and the extras).
 
-  Raises ``CheckpointError`` if the bytes are not a checkpoint or the structure,
-  a shape or a dtype differs from ``template``.
+  Raises ``CheckpointError`` if the bytes are not a checkpoint, their checksum does
+  not match, or the structure, a shape or a dtype differs from ``template``.
   """
+  body = _unseal(data, where)
   try:
-    payload = serialization.msgpack_restore(data)
+    payload = serialization.msgpack_restore(body)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
       raise CheckpointError(f"{where}: not a format-{FORMAT} checkpoint")
     host_template = to_host(template)
@@ -173,6 +171,7 @@ def save_params(path, params: dict) -> pathlib.Path:
 
 
 def load_params(path) -> dict:
-  """The dict of numpy arrays written by ``save_params``."""
-  payload = serialization.msgpack_restore(pathlib.Path(path).read_bytes())
-  return payload["state"]
+  """The dict of numpy arrays written by ``save_params`` (``CheckpointError`` if the
+  file's checksum does not match)."""
+  body = _unseal(pathlib.Path(path).read_bytes(), str(path))
+  return serialization.msgpack_restore(body)["state"]

@@ -1,8 +1,20 @@
 """absl flags generated from a config dataclass, so binaries and configs never drift."""
 import dataclasses
+import functools
+import math
+import os
+import sys
 import typing
+from fractions import Fraction
+from typing import Any, Callable, NoReturn, Tuple
 
-from absl import flags
+from absl import app, flags
+
+import jax
+
+from fedras_jax import distributed
+from fedras_jax.data import FetchError
+from fedras_jax.workdir_lock import WorkdirLockError
 
 _DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string,
            bool: flags.DEFINE_boolean}
@@ -26,3 +38,127 @@ def define_flags(config_cls, helps: dict, flag_values=flags.FLAGS):
 def config_from_flags(config_cls, flag_values=flags.FLAGS):
   """Builds ``config_cls`` from the parsed flags."""
   return config_cls(**{f.name: flag_values[f.name].value for f in dataclasses.fields(config_cls)})
+
+
+# ------------------------------------------------------------ user errors --
+#
+# Every binary runs its ``main`` through ``run_main``: an error caused by what the user
+# gave (a flag, a data file, a workdir, a full disk) ends the process with one line
+# ``error: ...`` on stderr and exit status 1, never a traceback. Set
+# ``FEDRAS_TRACEBACK=1`` to get the traceback instead (for bug reports).
+
+# Exceptions that report bad input rather than a bug: ValueError covers the data
+# format, checkpoint, workdir and config errors, OSError the files, FloatingPointError
+# a run that diverged (``--on_nonfinite=stop``), ImportError a missing optional extra.
+USER_ERRORS = (ValueError, OSError, FloatingPointError, FetchError, WorkdirLockError,
+               ImportError, app.UsageError, flags.Error, distributed.DistributedError)
+
+
+def one_line(error: BaseException) -> str:
+  """``"error: <message>"`` on one line (an OSError without a message: its type)."""
+  text = " ".join(str(error).split()) or type(error).__name__
+  return f"error: {text}"
+
+
+def fail(error) -> NoReturn:
+  """Exits with status 1 after printing ``one_line(error)`` (or ``error: <str>``)."""
+  sys.exit(one_line(error) if isinstance(error, BaseException) else one_line(ValueError(error)))
+
+
+def _parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(e)
+
+
+def guarded(main):
+  """``main`` with the ``USER_ERRORS`` it raises turned into ``fail``."""
+  @functools.wraps(main)
+  def wrapper(*args, **kwargs):
+    try:
+      return main(*args, **kwargs)
+    except USER_ERRORS as e:
+      if os.environ.get("FEDRAS_TRACEBACK"):
+        raise
+      fail(e)
+    except jax.errors.JaxRuntimeError as e:  # a lost peer in one line; a bug with its trace
+      lost = distributed.lost_peer(e)
+      if lost is None or os.environ.get("FEDRAS_TRACEBACK"):
+        raise
+      fail(lost)
+
+  return wrapper
+
+
+def run_main(main, argv=None):
+  """``absl.app.run(main)``, with flag errors and ``USER_ERRORS`` raised by ``main`` as
+  one line ``error: ...`` and exit status 1."""
+  app.run(guarded(main), argv=argv, flags_parser=_parse_flags)
+
+
+# --------------------------------------------------------- list-valued flags --
+
+def parse_values(flag: str, text: str, cast: Callable[[str], Any], what: str) -> list:
+  """``text`` split at commas, each entry ``cast``; a ``ValueError`` naming ``flag``,
+  the whole value and the entry that is not ``what`` (e.g. "an integer")."""
+  out = []
+  for entry in text.split(","):
+    entry = entry.strip()
+    try:
+      out.append(cast(entry))
+    except (ValueError, TypeError, ArithmeticError):
+      raise ValueError(f"{flag}={text}: {entry!r} is not {what}") from None
+  return out
+
+
+def validate_points(base, flag: str, text: str, points) -> None:
+  """Validates ``base`` with each ``{setting: value}`` of ``points`` (what flag ``flag``
+  with value ``text`` asks for): ``ValueError`` naming the flag, its value and the
+  setting at fault."""
+  for point in points:
+    try:
+      dataclasses.replace(base, **point).validate()
+    except ValueError as e:
+      raise ValueError(f"{flag}={text}: {e}") from None
+
+
+def finite_float(text: str) -> float:
+  value = float(text)
+  if not math.isfinite(value):
+    raise ValueError(text)
+  return value
+
+
+def positive_int(text: str) -> int:
+  value = int(text)
+  if value <= 0:
+    raise ValueError(text)
+  return value
+
+
+def fraction(text: str) -> float:
+  """``"1/32"`` or ``"0.25"`` -> a float in (0, 1]."""
+  value = float(Fraction(text))
+  if not 0 < value <= 1:
+    raise ValueError(text)
+  return value
+
+
+def _boolean(text: str) -> bool:
+  lowered = text.lower()
+  if lowered not in ("true", "false", "1", "0"):
+    raise ValueError(text)
+  return lowered in ("true", "1")
+
+
+def field_parser(config_cls, name: str, flag: str) -> Tuple[Callable[[str], Any], str]:
+  """``(cast, what)`` turning text into a value of ``config_cls``'s field ``name``;
+  ``ValueError`` naming ``flag`` if there is no such field."""
+  hints = typing.get_type_hints(config_cls)
+  if name not in {f.name for f in dataclasses.fields(config_cls)}:
+    raise ValueError(f"{flag}: no setting {name!r} (settings are the flags of "
+                     "experiments.train, e.g. dim, model, method)")
+  tp = _base_type(hints[name])
+  return {int: (int, "an integer"), float: (finite_float, "a finite number"),
+          bool: (_boolean, "true or false"), str: (str, "a string")}[tp]

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 from fedras_jax import distributed
+from fedras_jax import flags as flag_lib
 from fedras_jax.compress import dense_bits
 from fedras_jax.federated import (LocalHParams, RoundHParams, client_data_from_split,
                                   init_states, make_round)
@@ -31,14 +32,28 @@ from fedras_jax.training import (TrainConfig, build_bandwidth, build_compressors
 SWEEPABLE = ("user_lr", "item_lr", "dense_lr", "weight_decay", "fluctuation", "payload_ratio")
 
 
-def parse_grid(text: str, cast=float) -> Dict[str, list]:
-  """``"item_lr=4,8;user_lr=0.5,1"`` -> ``{"item_lr": [4.0, 8.0], "user_lr": [0.5, 1.0]}``."""
+def parse_grid(text: str, cast=flag_lib.finite_float, flag: str = "--grid",
+               names: Sequence[str] = SWEEPABLE,
+               what: str = "a finite number") -> Dict[str, list]:
+  """``"item_lr=4,8;user_lr=0.5,1"`` -> ``{"item_lr": [4.0, 8.0], "user_lr": [0.5, 1.0]}``.
+
+  ``cast``: text -> value, or a callable ``name -> (cast, what)`` for per-name types.
+  ``ValueError`` naming ``flag`` for an entry that is not ``name=v1,v2,...``, a name
+  not in ``names`` (default: the sweepable ones) or a value that ``cast`` refuses.
+  """
   grid = {}
   for part in filter(None, text.split(";")):
     name, _, values = part.partition("=")
-    if not values:
-      raise ValueError(f"bad grid entry {part!r}: expected name=v1,v2")
-    grid[name.strip()] = [cast(v) for v in values.split(",")]
+    name = name.strip()
+    if not values.strip() or not name:
+      raise ValueError(f"{flag}={text}: bad entry {part!r}: expected name=v1,v2")
+    if names is not None and name not in names:
+      raise ValueError(f"{flag}={text}: cannot sweep {name!r} here: sweepable are "
+                       f"{', '.join(names)}")
+    if name in grid:
+      raise ValueError(f"{flag}={text}: {name!r} appears twice")
+    entry_cast, entry_what = cast(name) if names is None else (cast, what)
+    grid[name] = flag_lib.parse_values(f"{flag}={name}", values, entry_cast, entry_what)
   return grid
 
 

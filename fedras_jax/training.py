@@ -5,8 +5,10 @@ flags); ``train(config)`` runs it and returns the summary.
 
 The workdir holds the run:
 
+* ``.lock``: held while a run uses the workdir (``workdir_lock``);
 * ``config.json``: the config the run was started with;
-* ``metrics.jsonl`` and ``metrics.csv``: one row per evaluation;
+* ``metrics.jsonl`` and ``metrics.csv``: one row per evaluation (JSON files are strict:
+  a non-finite number, e.g. the loss of a diverged run, is ``null``; ``outputs.dumps``);
 * ``checkpoints/round_NNNNNN.msgpack``: every ``checkpoint_every`` rounds and at the
   last round (the newest two are kept): server state, stacked client states, the
   round counter and the host-side totals, metrics rows so far and best row
@@ -21,10 +23,10 @@ checkpoint's rows, so rows written after it are dropped, not duplicated. A workd
 holding a run with different flags is refused unless ``overwrite`` (which starts
 over); flags in ``NON_RESULT_FIELDS`` do not change a run's numbers and may differ.
 """
+import contextlib
 import csv
 import dataclasses
 import io
-import json
 import math
 import pathlib
 import sys
@@ -38,6 +40,7 @@ import optax
 from fedras_jax import checkpoint as ckpt_lib
 from fedras_jax import data as data_lib
 from fedras_jax import distributed
+from fedras_jax import outputs
 from fedras_jax.compress import dense_bits, identity
 from fedras_jax.compress.registry import COMPRESSORS, make_compressor
 from fedras_jax.federated import (AGGREGATIONS, LocalHParams, RoundConfig, RoundHParams,
@@ -47,6 +50,7 @@ from fedras_jax.federated.bandwidth import BANDWIDTHS, draw_bandwidth
 from fedras_jax.federated.round import round_clients
 from fedras_jax.metrics import make_evaluate
 from fedras_jax.models import MODELS, get_model
+from fedras_jax.workdir_lock import WorkdirLock
 
 DATASETS = ("ml-100k", "ml-1m", "ml-1m-raw", "lastfm-2k")
 METHODS = tuple(m for m in COMPRESSORS if m != "identity")
@@ -138,11 +142,13 @@ class TrainConfig:
         ("payload_ratio", 0 < self.payload_ratio <= 1, "in (0, 1]"),
         ("fluctuation", 0 <= self.fluctuation < 1, "in [0, 1)"),
         ("max_k", self.max_k >= 0, "non-negative (0: from the budget)"),
-        ("bandwidth_tiers", _tiers_ok(self.bandwidth_tiers), "comma-separated positive numbers"),
+        ("bandwidth_tiers", _tiers_ok(self.bandwidth_tiers),
+         "comma-separated finite positive numbers"),
         ("neg_ratio", self.neg_ratio >= 0, "non-negative"),
         ("init_scale", self.init_scale > 0, "positive"),
         ("checkpoint_every", self.checkpoint_every >= 0, "non-negative (0: off)"),
         ("on_nonfinite", self.on_nonfinite in ON_NONFINITE, f"one of {ON_NONFINITE}"),
+        ("seed", 0 <= self.seed < 2**32, "an integer in [0, 2^32)"),
     ]
     for name in ("dim", "rounds", "clients_per_round", "local_epochs", "batch_size",
                  "num_lanes", "eval_every"):
@@ -161,7 +167,7 @@ class TrainConfig:
 
 def _tiers_ok(text: str) -> bool:
   try:
-    return all(float(t) > 0 for t in text.split(","))
+    return all(math.isfinite(float(t)) and float(t) > 0 for t in text.split(","))
   except ValueError:
     return False
 
@@ -309,22 +315,24 @@ class _Writer:
       for name in ("metrics.jsonl", "metrics.csv"):
         (self.dir / name).unlink(missing_ok=True)
       return
-    ckpt_lib.write_atomic(self.dir / "metrics.jsonl",
-                          "".join(json.dumps(r) + "\n" for r in rows).encode())
+    outputs.write_atomic(self.dir / "metrics.jsonl",
+                         "".join(outputs.dumps(r) + "\n" for r in rows).encode())
     text = io.StringIO(newline="")
     writer = csv.DictWriter(text, self.fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
-    ckpt_lib.write_atomic(self.dir / "metrics.csv", text.getvalue().encode())
+    outputs.write_atomic(self.dir / "metrics.csv", text.getvalue().encode())
 
   def write(self, row: dict):
     if not self.dir:
       return
-    with open(self.dir / "metrics.jsonl", "a") as f:
-      f.write(json.dumps(row) + "\n")
+    path = self.dir / "metrics.jsonl"
+    with outputs.naming(path), open(path, "a") as f:
+      f.write(outputs.dumps(row) + "\n")
     new = self.fields is None
     self.fields = self.fields or list(row)
-    with open(self.dir / "metrics.csv", "a", newline="") as f:
+    path = self.dir / "metrics.csv"
+    with outputs.naming(path), open(path, "a", newline="") as f:
       writer = csv.DictWriter(f, self.fields, extrasaction="ignore")
       if new:
         writer.writeheader()
@@ -332,7 +340,7 @@ class _Writer:
 
   def summary(self, summary: dict):
     if self.dir:
-      ckpt_lib.write_atomic(self.dir / "summary.json", json.dumps(summary, indent=2).encode())
+      outputs.write_json(self.dir / "summary.json", summary)
 
 
 # ------------------------------------------------------------------ workdir --
@@ -341,14 +349,18 @@ def recorded_config(workdir) -> Optional[dict]:
   """The config of the run held in ``workdir`` (``config.json``, else the one in
   ``summary.json``), or None if it holds none."""
   workdir = pathlib.Path(workdir)
-  for name, get in ((CONFIG_FILE, lambda d: d), ("summary.json", lambda d: d.get("config"))):
+  for name, get in ((CONFIG_FILE, lambda d: d),
+                    ("summary.json", lambda d: d.get("config") if isinstance(d, dict) else d)):
     path = workdir / name
     if path.exists():
+      remedy = "use --overwrite to start over"
       try:
-        return get(json.loads(path.read_text()))
-      except (ValueError, AttributeError) as e:
-        raise WorkdirError(f"{path} is not readable JSON ({e}); use --overwrite to start "
-                           "over") from None
+        recorded = get(outputs.read_json(path, remedy))
+      except ValueError as e:
+        raise WorkdirError(str(e)) from None
+      if not isinstance(recorded, dict):
+        raise WorkdirError(f"{path} holds no config; {remedy}")
+      return recorded
   return None
 
 
@@ -434,8 +446,18 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
   In a multi-process run (see ``fedras_jax.distributed``) every process calls this
   with the same config; local training is sharded over every global device, and
   only process 0 logs, holds the workdir and writes files (its summary is the run's).
+
+  The workdir is locked for the whole run (``workdir_lock``, by process 0): another
+  run on it raises ``WorkdirLockError`` before anything in it is read or changed.
   """
   config.validate()
+  with contextlib.ExitStack() as hold:
+    return _run(config, log, hold)
+
+
+def _run(config: TrainConfig, log: Callable[[str], None], hold: contextlib.ExitStack) -> dict:
+  """``train`` of a validated ``config``; process 0 enters the workdir's lock into
+  ``hold`` (released when ``train`` returns) before it reads or changes the workdir."""
   writes = distributed.is_writer()
 
   def say(msg: str):
@@ -464,6 +486,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
 
   def resume():  # the workdir is process 0's alone
     host, start_round, state = _fresh_host(config), 0, (sim.server, sim.clients)
+    if workdir:
+      hold.enter_context(WorkdirLock(config.workdir, warn=log))
     if workdir and _prepare_workdir(config):
       found = ckpt_lib.restore_latest(workdir / CHECKPOINT_DIR, state, warn=log)
       if found is not None:
@@ -485,8 +509,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
     server, clients = distributed.replicate((server, clients), mesh)
   writer = _Writer(config.workdir if writes else None, host["rows"])
   if workdir and writes:
-    ckpt_lib.write_atomic(workdir / CONFIG_FILE,
-                          json.dumps(dataclasses.asdict(config), indent=2).encode())
+    outputs.write_json(workdir / CONFIG_FILE, dataclasses.asdict(config))
 
   totals, window = host["totals"], host["window"]
   wall_before, start = host["wall_seconds"], time.time()

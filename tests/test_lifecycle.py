@@ -186,6 +186,33 @@ def test_rerunning_a_finished_run_resumes_it_without_training(data_dir, referenc
   assert summary["final"] == expected["final"]
 
 
+def test_altered_newest_checkpoint_falls_back_to_the_previous_one(data_dir, reference,
+                                                                  tmp_path):
+  """4 KiB in the middle of the newest checkpoint overwritten with 0xFF (same size):
+  its checksum does not match, so the run warns, resumes from the one before and ends
+  exactly where the uninterrupted run did."""
+  workdir = _copy(reference, tmp_path)
+  (workdir / "summary.json").unlink()
+  saved = checkpoint.list_checkpoints(workdir / "checkpoints")
+  assert [r for r, _ in saved] == [20, 30]
+  newest = saved[-1][1]
+  data = bytearray(newest.read_bytes())
+  middle = (len(data) - 4096) // 2
+  data[middle:middle + 4096] = b"\xff" * 4096
+  newest.write_bytes(bytes(data))
+  lines = []
+  summary = train(TrainConfig(data_dir=str(data_dir), workdir=str(workdir), **RUN),
+                  log=lines.append)
+  warnings = [l for l in lines if l.startswith("warning:")]
+  assert len(warnings) == 1 and str(newest) in warnings[0] and "checksum mismatch" in warnings[0]
+  assert summary["resumed_from_round"] == 20
+  expected = json.loads((reference / "summary.json").read_text())
+  assert _untimed(summary["final"]) == _untimed(expected["final"])
+  assert [_untimed(r) for r in _rows(workdir)] == [_untimed(r) for r in _rows(reference)]
+  assert (workdir / "final_params.msgpack").read_bytes() == \
+      (reference / "final_params.msgpack").read_bytes()
+
+
 def test_workdir_with_other_flags_is_refused(data_dir, reference, tmp_path):
   workdir = _copy(reference, tmp_path)
   before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}

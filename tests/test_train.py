@@ -54,10 +54,14 @@ def test_compilation_cache_is_filled_then_reused(ml100k_path, tmp_path):
   cache = tmp_path / "cache"
   flags = [f"--data_dir={ml100k_path.parents[1]}", "--method=uncompressed", "--rounds=2",
            "--eval_every=2", "--clients_per_round=8", "--dim=8", "--quiet"]
+  # Store every program, however fast it compiled: on a busy machine a program near the
+  # default 0.5 s threshold could be stored by one run and not by the other.
+  every_program = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+
   def run(*extra, env=None):
     return subprocess.run([sys.executable, "-m", "experiments.train", *flags, *extra],
                           capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, **(env or {})))
+                          env=dict(os.environ, **every_program, **(env or {})))
 
   proc = run(f"--compilation_cache={cache}")
   assert proc.returncode == 0, proc.stderr

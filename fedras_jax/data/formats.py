@@ -27,6 +27,7 @@ an error. ``\\r\\n`` line endings are accepted.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 
@@ -46,6 +47,7 @@ __all__ = [
 ]
 
 _SNIPPET = 60  # characters of an offending line quoted in messages
+_ID_LIMIT = 2**31  # ids kept verbatim (NCF files) are int32 downstream
 
 
 class DataFormatError(ValueError):
@@ -129,9 +131,9 @@ def _columns(path, lines: list[str], sep: str, nfields: int,
             else:
                 try:
                     parsed = _KINDS[kind](value)
-                    ok = bool(np.isfinite(parsed))
-                    if kind == "int" and abs(parsed) >= 2**63:
-                        ok = False
+                    # (np.isfinite of a Python int beyond int64 is a TypeError)
+                    ok = (abs(parsed) < 2**63 if kind == "int"
+                          else math.isfinite(parsed))
                 except (ValueError, OverflowError):
                     ok = False
             if not ok:
@@ -303,8 +305,8 @@ def parse_ncf_rating(path, name: str = "ml-1m",
         "user": (0, "int"), "item": (1, "int"), "rating": (2, "float"),
         "timestamp": (3, "int")})
     users, items = c["user"], c["item"]
-    nu = int(users.max()) + 1 if num_users is None else num_users
-    ni = int(items.max()) + 1 if num_items is None else num_items
+    nu = min(int(users.max()) + 1, _ID_LIMIT) if num_users is None else num_users
+    ni = min(int(items.max()) + 1, _ID_LIMIT) if num_items is None else num_items
     for field, arr, hi in (("user", users, nu), ("item", items, ni)):
         bad = np.flatnonzero((arr < 0) | (arr >= hi))
         if bad.size:
@@ -368,8 +370,12 @@ def parse_ncf_test_negatives(path) -> TestNegatives:
             raise DataFormatError(
                 path, lineno, f"negative item {_quote(bad)} is not an "
                 "integer") from None
-        if min(row) < 0 or int(m.group(1)) < 0 or int(m.group(2)) < 0:
+        ids = row + [int(m.group(1)), int(m.group(2))]
+        if min(ids) < 0:
             raise DataFormatError(path, lineno, "negative id on line")
+        if max(ids) >= _ID_LIMIT:
+            raise DataFormatError(path, lineno, f"id {max(ids)} is too large "
+                                  f"(ids must be below 2^31)")
         users.append(int(m.group(1)))
         items.append(int(m.group(2)))
         negs.append(row)

@@ -1,0 +1,99 @@
+"""Output files: strict JSON, atomic writes, and write errors that name the file.
+
+Every JSON file the library and the binaries write (``metrics.jsonl``,
+``summary.json``, ``config.json``, ``tuning.json``, benchmark results) goes through
+``dumps``: strict RFC 8259 JSON, with a non-finite float (NaN, +-Infinity, which
+Python's ``json`` would write as the non-standard literals ``NaN`` / ``Infinity``)
+written as ``null``. ``write_atomic`` replaces a file whole; ``naming`` turns an
+``OSError`` without a file name (a full disk: ``[Errno 28] No space left on device``)
+into one that names the file being written.
+"""
+import contextlib
+import errno
+import json
+import math
+import os
+import pathlib
+import uuid
+
+import numpy as np
+
+
+def json_safe(obj):
+  """``obj`` with every non-finite float (Python or numpy) replaced by None, numpy
+  scalars and arrays as Python numbers and lists, tuples as lists."""
+  if isinstance(obj, dict):
+    return {k: json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [json_safe(v) for v in obj]
+  if isinstance(obj, np.ndarray):
+    return json_safe(obj.tolist())
+  if isinstance(obj, np.generic):
+    obj = obj.item()
+  if isinstance(obj, float) and not math.isfinite(obj):
+    return None
+  return obj
+
+
+def dumps(obj, **kwargs) -> str:
+  """``json.dumps`` of ``json_safe(obj)`` that never writes ``NaN`` or ``Infinity``."""
+  return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
+@contextlib.contextmanager
+def naming(path):
+  """Re-raises an ``OSError`` raised inside without a file name as one naming ``path``."""
+  try:
+    yield
+  except OSError as e:
+    if e.filename is not None:
+      raise
+    if e.errno is None:
+      raise OSError(f"{path}: {e}") from e
+    raise type(e)(e.errno, e.strerror or str(e), str(path)) from e
+
+
+def write_atomic(path, data: bytes) -> pathlib.Path:
+  """Writes ``data`` to ``path`` via a temporary file in the same directory, fsync and
+  ``os.replace``: a reader (or a run killed at any instant) sees the old file or the
+  new one, never a torn one."""
+  path = pathlib.Path(path)
+  with naming(path):
+    if path.is_dir():
+      raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+      with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, path)
+    finally:
+      tmp.unlink(missing_ok=True)
+  try:  # make the rename itself durable (best effort: not every filesystem allows it)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+      os.fsync(fd)
+    finally:
+      os.close(fd)
+  except OSError:
+    pass
+  return path
+
+
+def write_json(path, obj, indent=2) -> pathlib.Path:
+  """Writes ``obj`` as strict JSON (``dumps``) to ``path``, atomically."""
+  return write_atomic(path, (dumps(obj, indent=indent) + "\n").encode())
+
+
+def read_json(path, remedy: str = ""):
+  """The JSON in ``path``; a ``ValueError`` naming the file (and ``remedy``, e.g. "use
+  --overwrite to start over") if it is not JSON."""
+  with open(path) as f:
+    text = f.read()
+  try:
+    return json.loads(text)
+  except ValueError as e:
+    raise ValueError(f"{path} is not readable JSON ({e})" + (f"; {remedy}" if remedy else "")
+                     ) from None
