@@ -44,7 +44,7 @@ from fedras_jax.federated import (AGGREGATIONS, LocalHParams, RoundConfig, Round
                                   plan_capacity)
 from fedras_jax.federated.bandwidth import BANDWIDTHS, draw_bandwidth
 from fedras_jax.federated.round import round_clients
-from fedras_jax.metrics import make_evaluate
+from fedras_jax.metrics import PROTOCOLS, make_evaluate
 from fedras_jax.models import MODELS, get_model
 
 DATASETS = ("ml-100k", "ml-1m", "ml-1m-raw", "lastfm-2k")
@@ -121,11 +121,18 @@ class TrainConfig:
   download: bool = True
   on_nonfinite: str = "skip"
   validation: bool = False
+  eval_protocol: str = "both"
+  data_columns: str = ""
+  min_rating: Optional[float] = None
+  min_user_interactions: int = 0
+  min_item_interactions: int = 0
+  kcore: bool = False
 
   def validate(self):
     """Raises ``ValueError`` naming the first bad setting."""
     checks = [
-        ("dataset", self.dataset in DATASETS, f"one of {DATASETS}"),
+        ("dataset", self.dataset in DATASETS or data_lib.is_path(self.dataset),
+         f"one of {DATASETS} or a path to an interaction file (.inter, .csv, .tsv)"),
         ("model", self.model in MODELS, f"one of {sorted(MODELS)}"),
         ("aggregation", self.aggregation in AGGREGATIONS, f"one of {AGGREGATIONS}"),
         ("method", self.method in METHODS, f"one of {METHODS}"),
@@ -140,6 +147,7 @@ class TrainConfig:
         ("init_scale", self.init_scale > 0, "positive"),
         ("checkpoint_every", self.checkpoint_every >= 0, "non-negative (0: off)"),
         ("on_nonfinite", self.on_nonfinite in ON_NONFINITE, f"one of {ON_NONFINITE}"),
+        ("eval_protocol", self.eval_protocol in PROTOCOLS, f"one of {PROTOCOLS}"),
     ]
     for name in ("dim", "rounds", "clients_per_round", "local_epochs", "batch_size",
                  "num_lanes", "eval_every"):
@@ -153,7 +161,25 @@ class TrainConfig:
     for name, ok, want in checks:
       if not ok:
         raise ValueError(f"--{name}={getattr(self, name)!r} is invalid: must be {want}")
+    options = self.file_options()
+    if self.dataset in DATASETS and options != data_lib.FileOptions():
+      raise ValueError("--data_columns, --min_rating, --min_user_interactions, "
+                       "--min_item_interactions and --kcore apply to --dataset=PATH only, "
+                       f"not to --dataset={self.dataset}")
+    options.check()
     return self
+
+  def file_options(self):
+    """How ``--dataset=PATH`` is read (see ``fedras_jax.data.userfile``)."""
+    return data_lib.FileOptions(
+        columns=self.data_columns, min_rating=self.min_rating,
+        min_user_interactions=self.min_user_interactions,
+        min_item_interactions=self.min_item_interactions, kcore=self.kcore)
+
+
+def dataset_label(dataset: str) -> str:
+  """A dataset's short name: its name, or a file's name without the suffix."""
+  return pathlib.Path(dataset).stem if data_lib.is_path(dataset) else dataset
 
 
 def _tiers_ok(text: str) -> bool:
@@ -257,8 +283,10 @@ def load_run_data(config: TrainConfig):
   negatives of their own draw: tuning never sees the test items. Otherwise runs
   are scored on the test items and their saved negatives.
   """
-  split = data_lib.load_dataset(config.dataset, config.data_dir, seed=config.seed,
-                                num_valid=int(config.validation), download=config.download)
+  split = data_lib.load_dataset(
+      config.dataset, config.data_dir, seed=config.seed, num_valid=int(config.validation),
+      download=config.download,
+      file_options=None if config.dataset in DATASETS else config.file_options())
   if not config.validation:
     return split, split.test_item, split.test_negatives
   negatives = data_lib.sample_negatives(
@@ -424,6 +452,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
 
   workdir = pathlib.Path(config.workdir) if config.workdir else None
   may_resume = _prepare_workdir(config) if workdir else False
+  if workdir:
+    say(f"writing to {workdir}")
   split, eval_items, eval_negatives = load_run_data(config)
   if config.clients_per_round > split.num_users:
     raise ValueError(f"--clients_per_round={config.clients_per_round} exceeds the number of "
@@ -434,7 +464,10 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
   model, round_config, server, clients = sim.model, sim.round_config, sim.server, sim.clients
   dense_round_bits, hp = sim.dense_round_bits, sim.hp
   round_fn = jax.jit(sim.round_fn, donate_argnums=(0, 1))
-  evaluate = make_evaluate(model, eval_items, eval_negatives)
+  evaluate = make_evaluate(model, eval_items, eval_negatives, protocol=config.eval_protocol,
+                           train_indptr=split.train_indptr, train_items=split.train_items,
+                           num_items=split.num_items)
+  primary = primary_metric(config)
   m = config.clients_per_round
   # The user rows of the clients a round will sample (to name the ones it drops).
   rows_to_sample = jax.jit(
@@ -518,13 +551,12 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
         values.clear()
       host["rows"].append(row)
       writer.write(row)
-      if host["best"] is None or row["hr@10"] > host["best"]["hr@10"]:
+      if host["best"] is None or row[primary] > host["best"][primary]:
         host["best"] = row
       eta = per_round * (config.rounds - r)
       speed = f"{1 / per_round:.1f} rounds/s" if per_round > 0 else "- rounds/s"
-      say(f"round {r:5d}/{config.rounds}  HR@10 {row['hr@10']:.4f}  NDCG@10 {row['ndcg@10']:.4f}"
-          f"  loss {row['loss']:.4f}  {speed}  ETA {eta:.0f}s"
-          f"  up {totals['bits_up'] / 8e6:.1f} MB  down {totals['bits_down'] / 8e6:.1f} MB"
+      say(f"round {r:5d}/{config.rounds}  {scores_text(row)}  loss {row['loss']:.4f}  {speed}"
+          f"  ETA {eta:.0f}s  up {totals['bits_up'] / 8e6:.1f} MB  down {totals['bits_down'] / 8e6:.1f} MB"
           f"  K {row['actions_mean']:.1f}  sim {totals['sim_seconds']:.0f}s")
     if workdir and config.checkpoint_every and (r % config.checkpoint_every == 0
                                                 or r == config.rounds):
@@ -548,6 +580,25 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
                  config=dataclasses.asdict(config),
                  resumed_from_round=start_round or None)
   writer.summary(summary)
-  say(f"done: HR@10 {row['hr@10']:.4f}  NDCG@10 {row['ndcg@10']:.4f}  "
-      f"(compile {compile_seconds or 0.0:.1f}s, {host['train_seconds']:.1f}s training)")
+  where = f", files in {config.workdir}" if config.workdir else ""
+  log(f"done: {scores_text(row)}  (compile {compile_seconds or 0.0:.1f}s, "
+      f"{host['train_seconds']:.1f}s training{where})")
+  if log is print:
+    sys.stdout.flush()
   return summary
+
+
+def primary_metric(config: TrainConfig) -> str:
+  """The metric a run's best row is chosen by: sampled HR@10, full-ranking HR@10
+  when only that is computed."""
+  return "full_hr@10" if config.eval_protocol == "full" else "hr@10"
+
+
+def scores_text(row: dict) -> str:
+  """``HR@10 x  NDCG@10 y  full HR@10 z  NDCG@10 w`` (the protocols ``row`` has)."""
+  parts = []
+  for prefix, label in (("", ""), ("full_", "full ")):
+    if f"{prefix}hr@10" in row:
+      parts.append(f"{label}HR@10 {row[prefix + 'hr@10']:.4f}  "
+                   f"NDCG@10 {row[prefix + 'ndcg@10']:.4f}")
+  return "  ".join(parts)
