@@ -4,7 +4,8 @@
 rows (any other columns are ignored):
 
 * **Delimiter**: tab, ``::``, ``,``, ``;``, ``|`` or a space: the first that
-  splits the first lines (up to 50) into the same number (>= 2) of fields.
+  splits the first line into n >= 2 fields and most of the first 50 lines
+  into n too (the others are then reported as malformed, by line).
   Quoted fields are not supported.
 * **Header**: a RecBole header (``name:type`` fields, always present in a
   ``.inter`` file) or a first line naming a known column (``user``,
@@ -123,13 +124,15 @@ def is_path(dataset: str) -> bool:
 def _delimiter(path, lines: list[str]) -> str:
     sample = lines[:_SNIFF_LINES]
     for sep in DELIMITERS:
-        counts = {len(s.split(sep)) for s in sample}
-        if len(counts) == 1 and counts.pop() >= 2:
+        n = len(lines[0].split(sep))
+        if n >= 2 and 2 * sum(len(s.split(sep)) == n for s in sample) > len(
+                sample):
             return sep
     tried = ", ".join(repr(d) for d in DELIMITERS)
     raise formats.DataFormatError(
         path, 1, f"cannot detect the delimiter: none of {tried} splits the "
-        f"first {len(sample)} lines into the same number (>= 2) of fields")
+        f"first line and most of the first {len(sample)} lines into the same "
+        "number (>= 2) of fields")
 
 
 def _header_columns(fields: list[str]) -> tuple[list[str], bool] | None:
