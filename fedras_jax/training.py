@@ -452,14 +452,14 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
 
   workdir = pathlib.Path(config.workdir) if config.workdir else None
   may_resume = _prepare_workdir(config) if workdir else False
-  if workdir:
-    say(f"writing to {workdir}")
   split, eval_items, eval_negatives = load_run_data(config)
   if config.clients_per_round > split.num_users:
     raise ValueError(f"--clients_per_round={config.clients_per_round} exceeds the number of "
                      f"users of {config.dataset} ({split.num_users})")
   say(f"{config.dataset}: {split.num_users} users, {split.num_items} items, "
       f"{len(split.train_items)} training interactions")
+  if workdir:
+    say(f"writing to {workdir}")
   sim = build_simulation(config, split)
   model, round_config, server, clients = sim.model, sim.round_config, sim.server, sim.clients
   dense_round_bits, hp = sim.dense_round_bits, sim.hp

@@ -4,7 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedras_jax.metrics import hit_and_ndcg, make_evaluate, make_full_ranks, rank_of_positive
+from fedras_jax.metrics import (hit_and_ndcg, make_evaluate, make_full_ranks, make_sampled_ranks,
+                                rank_of_positive)
 from fedras_jax.models import get_model
 
 
@@ -134,3 +135,19 @@ def test_full_ranks_of_neumf_equal_ranking_all_scores_at_once():
     others[train[u]] = False
     others[t] = False
     assert ranks[u] == np.sum(s[others] >= s[t])
+
+
+def test_full_rank_is_never_better_than_the_sampled_rank():
+  # The sampled negatives are items the user never interacted with, a subset of the
+  # full protocol's candidates: per user, full rank >= sampled rank.
+  users, items, targets, train, indptr, flat, held = _tied_problem(seed=3, num_items=200)
+  rng = np.random.default_rng(3)
+  negatives = np.stack([rng.choice(np.setdiff1d(np.arange(200), np.r_[train[u], t, held[u]]),
+                                   20, replace=False) for u, t in enumerate(targets)])
+  model = get_model("mf", dim=3)
+  u32, i32 = jnp.asarray(users, jnp.float32), jnp.asarray(items, jnp.float32)
+  full = make_full_ranks(model, targets, indptr, flat, 200, user_batch=5, item_chunk=64)(
+      u32, i32, {})
+  sampled = make_sampled_ranks(model, targets, negatives, chunk=4)(u32, i32, {})
+  assert (np.asarray(full) >= np.asarray(sampled)).all()
+  assert (np.asarray(full) > np.asarray(sampled)).any()
