@@ -45,7 +45,8 @@ from fedras_jax import checkpoint as ckpt_lib
 from fedras_jax import flags as flag_lib
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
 from fedras_jax.sweep import SWEEPABLE, grid_points, parse_grid, sweep_points
-from fedras_jax.training import TrainConfig, config_differences, recorded_config, train
+from fedras_jax.training import (TrainConfig, config_differences, dataset_label,
+                                 recorded_config, train)
 
 flags.DEFINE_string("methods", "uncompressed,fedras,topk,svd,colr,embedding_kmeans", "methods")
 flags.DEFINE_string("ratios", "1/2,1/4,1/8,1/16,1/32,1/64", "payload ratios (fractions)")
@@ -224,7 +225,8 @@ def main(argv):
 
   def run_config(dataset, model, method, ratio, seed):
     ratio_text, value = ratio
-    name = f"{dataset}_{model}_{method}_{ratio_text.replace('/', 'over')}_s{seed}"
+    name = (f"{dataset_label(dataset)}_{model}_{method}_{ratio_text.replace('/', 'over')}"
+            f"_s{seed}")
     config = dataclasses.replace(base, dataset=dataset, model=model, method=method,
                                  payload_ratio=value, seed=seed, workdir=str(outdir / name))
     config.validate()
