@@ -52,6 +52,13 @@ def test_header_and_delimiter_are_detected_ids_remapped(tmp_path, sep):
     assert inter.num_interactions == 9
 
 
+def test_a_byte_order_mark_and_spaces_around_fields_are_ignored(tmp_path):
+    text = "\ufeffUserID, ItemID\n 7, x\n7 ,y\n"
+    inter = data.parse_interaction_file(write(tmp_path / "r.csv", text))
+    assert list(inter.raw_user_ids) == [7] and inter.num_interactions == 2
+    assert list(inter.raw_item_ids) == ["x", "y"]
+
+
 def test_headerless_file_needs_data_columns(tmp_path):
     path = write(tmp_path / "r.csv", "3,10,5,7\n3,11,1,8\n20,10,2,9\n")
     with pytest.raises(ValueError, match="--data_columns"):

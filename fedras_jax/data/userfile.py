@@ -139,8 +139,8 @@ def _header_columns(fields: list[str]) -> tuple[list[str], bool] | None:
     """Column names of a header line, and whether it is RecBole-typed."""
     typed = all(":" in f and f.partition(":")[0] and f.partition(":")[2]
                 for f in fields)
-    names = [f.partition(":")[0].strip().lower() if typed
-             else f.strip().strip('"').lower() for f in fields]
+    names = [(f.partition(":")[0] if typed else f).strip().strip('"')
+             .lstrip("\ufeff").lower() for f in fields]
     if typed or any(n in _BY_NAME for n in names):
         return names, typed
     return None
@@ -226,8 +226,9 @@ def parse_interaction_file(path, options: FileOptions = FileOptions(), *,
     if not keep.any():
         raise formats.DataFormatError(
             path, None, f"no rating >= --min_rating={options.min_rating}")
-    inter = from_raw_ids(name, formats._numeric_tokens(c["user"][keep]),
-                         formats._numeric_tokens(c["item"][keep]), ts[keep])
+    ids = {col: formats._numeric_tokens(np.char.strip(c[col][keep]))
+           for col in ("user", "item")}
+    inter = from_raw_ids(name, ids["user"], ids["item"], ts[keep])
     inter = filter_counts(inter, options.min_user_interactions,
                           options.min_item_interactions, kcore=options.kcore)
     if inter.num_interactions == 0:
