@@ -556,8 +556,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
       eta = per_round * (config.rounds - r)
       speed = f"{1 / per_round:.1f} rounds/s" if per_round > 0 else "- rounds/s"
       say(f"round {r:5d}/{config.rounds}  {scores_text(row)}  loss {row['loss']:.4f}  {speed}"
-          f"  ETA {eta:.0f}s  up {totals['bits_up'] / 8e6:.1f} MB  down {totals['bits_down'] / 8e6:.1f} MB"
-          f"  K {row['actions_mean']:.1f}  sim {totals['sim_seconds']:.0f}s")
+          f"  ETA {eta:.0f}s  up {totals['bits_up'] / 8e6:.1f} MB"
+          f"  down {totals['bits_down'] / 8e6:.1f} MB  K {row['actions_mean']:.1f}"
+          f"  sim {totals['sim_seconds']:.0f}s")
     if workdir and config.checkpoint_every and (r % config.checkpoint_every == 0
                                                 or r == config.rounds):
       host["wall_seconds"] = wall_before + time.time() - start
