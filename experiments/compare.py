@@ -44,7 +44,8 @@ from fedras_jax import flags as flag_lib
 from fedras_jax import outputs
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
 from fedras_jax.sweep import SWEEPABLE, grid_points, parse_grid, sweep_points
-from fedras_jax.training import TrainConfig, config_differences, recorded_config, train
+from fedras_jax.training import (TrainConfig, config_differences, dataset_label,
+                                 recorded_config, train)
 
 flags.DEFINE_string("methods", "uncompressed,fedras,topk,svd,colr,embedding_kmeans", "methods")
 flags.DEFINE_string("ratios", "1/2,1/4,1/8,1/16,1/32,1/64", "payload ratios (fractions)")
@@ -62,8 +63,8 @@ flags.DEFINE_integer("tune_seed", None, "search (--tune) at this seed only and u
 FLAGS = flags.FLAGS
 
 COLUMNS = ("dataset", "model", "method", "payload_ratio", "seed", "rounds", "final_hr@10",
-           "final_ndcg@10", "best_hr@10", "best_ndcg@10", "tuned", "valid_hr@10",
-           "bits_up_total", "bits_down_total", "compression_up", "compression_down",
+           "final_ndcg@10", "final_full_hr@10", "final_full_ndcg@10", "best_hr@10",
+           "best_ndcg@10", "tuned", "valid_hr@10", "bits_up_total", "bits_down_total", "compression_up", "compression_down",
            "sim_seconds", "train_seconds")
 
 
@@ -133,8 +134,11 @@ def table_row(config: TrainConfig, ratio_text: str, summary: dict, tuned_names,
   final, best = summary["final"], summary["best"]
   return {"dataset": config.dataset, "model": config.model, "method": config.method,
           "payload_ratio": ratio_text, "seed": config.seed, "rounds": config.rounds,
-          "final_hr@10": final["hr@10"], "final_ndcg@10": final["ndcg@10"],
-          "best_hr@10": best["hr@10"], "best_ndcg@10": best["ndcg@10"],
+          # A protocol the run did not compute (--eval_protocol) is left empty.
+          **{f"{which}_{prefix}{m}@10": row.get(f"{prefix}{m}@10", "")
+             for which, row in (("final", final), ("best", best))
+             for prefix in ("", "full_") for m in ("hr", "ndcg")
+             if f"{which}_{prefix}{m}@10" in COLUMNS},
           "tuned": ";".join(f"{name}={summary['config'][name]}" for name in tuned_names),
           "valid_hr@10": valid_hr,
           "bits_up_total": final["bits_up_total"], "bits_down_total": final["bits_down_total"],
@@ -145,17 +149,19 @@ def table_row(config: TrainConfig, ratio_text: str, summary: dict, tuned_names,
 
 def over_seeds(rows) -> list:
   """Lines of a markdown table: per dataset, model, method and ratio, the mean and
-  (population) std over seeds of the final HR@10 and NDCG@10 and the uplink compression."""
+  (population) std over seeds of the final HR@10 and NDCG@10 (sampled and full ranking)
+  and the uplink compression."""
   groups = {}
   for r in rows:
     groups.setdefault((r["dataset"], r["model"], r["method"], r["payload_ratio"]), []).append(r)
-  lines = ["| dataset | model | method | payload_ratio | seeds | final_hr@10 | final_ndcg@10 "
-           "| compression_up |", "|" + "---|" * 8]
+  metrics = ("final_hr@10", "final_ndcg@10", "final_full_hr@10", "final_full_ndcg@10")
+  lines = ["| dataset | model | method | payload_ratio | seeds | " + " | ".join(metrics)
+           + " | compression_up |", "|" + "---|" * 10]
   for key, group in groups.items():
-    stats = [np.asarray([r[c] for r in group], np.float64)
-             for c in ("final_hr@10", "final_ndcg@10")]
+    stats = [np.asarray([r[c] if r[c] != "" else np.nan for r in group], np.float64)
+             for c in metrics]
     lines.append("| " + " | ".join(map(str, key)) + f" | {len(group)} | " + " | ".join(
-        f"{v.mean():.4f} ± {v.std():.4f}" for v in stats)
+        f"{v.mean():.4f} ± {v.std():.4f}" if np.isfinite(v).all() else "" for v in stats)
         + f" | {np.mean([r['compression_up'] for r in group]):.2%} |")
   return lines
 
@@ -166,7 +172,7 @@ def write_outputs(rows, outdir: pathlib.Path):
   writer.writeheader()
   writer.writerows(rows)
   outputs.write_atomic(outdir / "compare.csv", text.getvalue().encode())
-  shown = COLUMNS[:12]
+  shown = COLUMNS[:14]
   lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
   for r in rows:
     lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c])
@@ -224,7 +230,8 @@ def main(argv):
 
   def run_config(dataset, model, method, ratio, seed):
     ratio_text, value = ratio
-    name = f"{dataset}_{model}_{method}_{ratio_text.replace('/', 'over')}_s{seed}"
+    name = (f"{dataset_label(dataset)}_{model}_{method}_{ratio_text.replace('/', 'over')}"
+            f"_s{seed}")
     config = dataclasses.replace(base, dataset=dataset, model=model, method=method,
                                  payload_ratio=value, seed=seed, workdir=str(outdir / name))
     config.validate()

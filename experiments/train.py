@@ -2,23 +2,42 @@
 
     python -m experiments.train                      # FedMF on ML-100K, defaults
     python -m experiments.train --flagfile=configs/ml100k_mf.flags --workdir=/tmp/run
+    python -m experiments.train --dataset=ratings.csv --data_columns=user,item,rating,timestamp
 
-With --workdir the run checkpoints every --checkpoint_every rounds; running the same
+Without --workdir a run writes to runs/<dataset>-<model>-<method>-<UTC time>/ under the
+current directory (printed at the start and in the final line); --workdir=none writes
+no files. The run checkpoints every --checkpoint_every rounds; running the same
 command again resumes it from the newest checkpoint (bit-identical to an uninterrupted
 run). A workdir holding a run with other flags is refused unless --overwrite. Errors
 (bad flags, missing or malformed data, a refused or locked workdir, a full disk,
 --on_nonfinite=stop) are printed as one line ``error: ...`` with exit status 1. A
 workdir is locked while a run uses it: a second run on it is refused.
 """
+import dataclasses
+import os
+import time
+
 from absl import app, flags
 
 from fedras_jax import distributed
 from fedras_jax import flags as flag_lib
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
-from fedras_jax.training import TrainConfig, train
+from fedras_jax.training import TrainConfig, dataset_label, train
 
 HELP = {
-    "dataset": "ml-100k | ml-1m (standard NCF split) | ml-1m-raw | lastfm-2k",
+    "dataset": "ml-100k | ml-1m (standard NCF split) | ml-1m-raw | lastfm-2k | a path to an "
+               "interaction file (RecBole .inter, CSV or TSV; see --data_columns)",
+    "data_columns": "--dataset=PATH without a header: the columns in order, e.g. "
+                    "user,item,rating,timestamp (other names: ignored columns); with a header "
+                    "the columns are found by name",
+    "min_rating": "--dataset=PATH: keep rows with rating >= this as interactions (default: "
+                  "every row is one)",
+    "min_user_interactions": "--dataset=PATH: drop users with fewer interactions (0: keep all)",
+    "min_item_interactions": "--dataset=PATH: drop items with fewer interactions (0: keep all)",
+    "kcore": "--dataset=PATH: repeat the two filters until both hold (a k-core); default: "
+             "one pass, both counted on the unfiltered data",
+    "eval_protocol": "sampled (the positive among 99 sampled negatives) | full (among every "
+                     "item not in the user's training data) | both",
     "data_dir": "where datasets live (default $FEDRAS_DATA or ~/.cache/fedras_jax)",
     "model": "mf | ncf",
     "dim": "embedding size (NCF: MLP embedding size; GMF gets dim/4)",
@@ -58,7 +77,8 @@ HELP = {
                      "device count",
     "eval_every": "evaluate every N rounds (and at the end)",
     "seed": "seed of sampling, negatives and initialisation",
-    "workdir": "the run's directory: config.json, metrics.jsonl/csv, checkpoints/, summary.json, "
+    "workdir": "the run's directory (default runs/<dataset>-<model>-<method>-<time>; none: no "
+               "files): config.json, metrics.jsonl/csv, checkpoints/, summary.json, "
                "final_params.msgpack; rerunning the same command resumes the run",
     "quiet": "print only the final line",
     "checkpoint_every": "save a checkpoint every N rounds and at the end (0: never; needs --workdir)",
@@ -85,12 +105,22 @@ _CACHE = flags.DEFINE_string(
     "~/.cache/fedras_jax/compilation_cache; none: off)")
 
 
+def default_workdir(config: TrainConfig, now=None):
+  """``config.workdir``; unset: ``runs/<dataset>-<model>-<method>-<UTC time>``; "none": None."""
+  if config.workdir is not None:
+    return None if config.workdir.lower() == "none" else config.workdir
+  stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(now))
+  return os.path.join("runs", f"{dataset_label(config.dataset)}-{config.model}-"
+                      f"{config.method}-{stamp}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   tune_host_allocator()
   enable_compilation_cache(_CACHE.value)
-  config = flag_lib.config_from_flags(TrainConfig).validate()
+  config = flag_lib.config_from_flags(TrainConfig)
+  config = dataclasses.replace(config, workdir=default_workdir(config)).validate()
   distributed.initialize(flag_lib.config_from_flags(distributed.ProcessGroup))
   train(config)
 

@@ -48,7 +48,7 @@ from fedras_jax.federated import (AGGREGATIONS, LocalHParams, RoundConfig, Round
                                   plan_capacity)
 from fedras_jax.federated.bandwidth import BANDWIDTHS, draw_bandwidth
 from fedras_jax.federated.round import round_clients
-from fedras_jax.metrics import make_evaluate
+from fedras_jax.metrics import PROTOCOLS, make_evaluate
 from fedras_jax.models import MODELS, get_model
 from fedras_jax.workdir_lock import WorkdirLock
 
@@ -128,11 +128,18 @@ class TrainConfig:
   download: bool = True
   on_nonfinite: str = "skip"
   validation: bool = False
+  eval_protocol: str = "both"
+  data_columns: str = ""
+  min_rating: Optional[float] = None
+  min_user_interactions: int = 0
+  min_item_interactions: int = 0
+  kcore: bool = False
 
   def validate(self):
     """Raises ``ValueError`` naming the first bad setting."""
     checks = [
-        ("dataset", self.dataset in DATASETS, f"one of {DATASETS}"),
+        ("dataset", self.dataset in DATASETS or data_lib.is_path(self.dataset),
+         f"one of {DATASETS} or a path to an interaction file (.inter, .csv, .tsv)"),
         ("model", self.model in MODELS, f"one of {sorted(MODELS)}"),
         ("aggregation", self.aggregation in AGGREGATIONS, f"one of {AGGREGATIONS}"),
         ("method", self.method in METHODS, f"one of {METHODS}"),
@@ -149,6 +156,7 @@ class TrainConfig:
         ("checkpoint_every", self.checkpoint_every >= 0, "non-negative (0: off)"),
         ("on_nonfinite", self.on_nonfinite in ON_NONFINITE, f"one of {ON_NONFINITE}"),
         ("seed", 0 <= self.seed < 2**32, "an integer in [0, 2^32)"),
+        ("eval_protocol", self.eval_protocol in PROTOCOLS, f"one of {PROTOCOLS}"),
     ]
     for name in ("dim", "rounds", "clients_per_round", "local_epochs", "batch_size",
                  "num_lanes", "eval_every"):
@@ -162,7 +170,25 @@ class TrainConfig:
     for name, ok, want in checks:
       if not ok:
         raise ValueError(f"--{name}={getattr(self, name)!r} is invalid: must be {want}")
+    options = self.file_options()
+    if self.dataset in DATASETS and options != data_lib.FileOptions():
+      raise ValueError("--data_columns, --min_rating, --min_user_interactions, "
+                       "--min_item_interactions and --kcore apply to --dataset=PATH only, "
+                       f"not to --dataset={self.dataset}")
+    options.check()
     return self
+
+  def file_options(self):
+    """How ``--dataset=PATH`` is read (see ``fedras_jax.data.userfile``)."""
+    return data_lib.FileOptions(
+        columns=self.data_columns, min_rating=self.min_rating,
+        min_user_interactions=self.min_user_interactions,
+        min_item_interactions=self.min_item_interactions, kcore=self.kcore)
+
+
+def dataset_label(dataset: str) -> str:
+  """A dataset's short name: its name, or a file's name without the suffix."""
+  return pathlib.Path(dataset).stem if data_lib.is_path(dataset) else dataset
 
 
 def _tiers_ok(text: str) -> bool:
@@ -279,8 +305,10 @@ def load_run_data(config: TrainConfig):
   negatives of their own draw: tuning never sees the test items. Otherwise runs
   are scored on the test items and their saved negatives.
   """
-  split = data_lib.load_dataset(config.dataset, config.data_dir, seed=config.seed,
-                                num_valid=int(config.validation), download=config.download)
+  split = data_lib.load_dataset(
+      config.dataset, config.data_dir, seed=config.seed, num_valid=int(config.validation),
+      download=config.download,
+      file_options=None if config.dataset in DATASETS else config.file_options())
   if not config.validation:
     return split, split.test_item, split.test_negatives
   negatives = data_lib.sample_negatives(
@@ -474,11 +502,16 @@ def _run(config: TrainConfig, log: Callable[[str], None], hold: contextlib.ExitS
   say(f"{config.dataset}: {split.num_users} users, {split.num_items} items, "
       f"{len(split.train_items)} training interactions")
   mesh = run_mesh(config)
+  if workdir:
+    say(f"writing to {workdir}")
   sim = build_simulation(config, split, mesh=mesh)
   model, round_config = sim.model, sim.round_config
   dense_round_bits, hp = sim.dense_round_bits, sim.hp
   round_fn = distributed.jit(sim.round_fn, mesh, donate_argnums=(0, 1))
-  evaluate = make_evaluate(model, eval_items, eval_negatives)
+  evaluate = make_evaluate(model, eval_items, eval_negatives, protocol=config.eval_protocol,
+                           train_indptr=split.train_indptr, train_items=split.train_items,
+                           num_items=split.num_items)
+  primary = primary_metric(config)
   m = config.clients_per_round
   # The user rows of the clients a round will sample (to name the ones it drops).
   rows_to_sample = distributed.jit(
@@ -571,14 +604,14 @@ def _run(config: TrainConfig, log: Callable[[str], None], hold: contextlib.ExitS
         values.clear()
       host["rows"].append(row)
       writer.write(row)
-      if host["best"] is None or row["hr@10"] > host["best"]["hr@10"]:
+      if host["best"] is None or row[primary] > host["best"][primary]:
         host["best"] = row
       eta = per_round * (config.rounds - r)
       speed = f"{1 / per_round:.1f} rounds/s" if per_round > 0 else "- rounds/s"
-      say(f"round {r:5d}/{config.rounds}  HR@10 {row['hr@10']:.4f}  NDCG@10 {row['ndcg@10']:.4f}"
-          f"  loss {row['loss']:.4f}  {speed}  ETA {eta:.0f}s"
-          f"  up {totals['bits_up'] / 8e6:.1f} MB  down {totals['bits_down'] / 8e6:.1f} MB"
-          f"  K {row['actions_mean']:.1f}  sim {totals['sim_seconds']:.0f}s")
+      say(f"round {r:5d}/{config.rounds}  {scores_text(row)}  loss {row['loss']:.4f}  {speed}"
+          f"  ETA {eta:.0f}s  up {totals['bits_up'] / 8e6:.1f} MB"
+          f"  down {totals['bits_down'] / 8e6:.1f} MB  K {row['actions_mean']:.1f}"
+          f"  sim {totals['sim_seconds']:.0f}s")
     if workdir and writes and config.checkpoint_every and (r % config.checkpoint_every == 0
                                                 or r == config.rounds):
       host["wall_seconds"] = wall_before + time.time() - start
@@ -601,6 +634,26 @@ def _run(config: TrainConfig, log: Callable[[str], None], hold: contextlib.ExitS
                  config=dataclasses.asdict(config),
                  resumed_from_round=start_round or None)
   writer.summary(summary)
-  say(f"done: HR@10 {row['hr@10']:.4f}  NDCG@10 {row['ndcg@10']:.4f}  "
-      f"(compile {compile_seconds or 0.0:.1f}s, {host['train_seconds']:.1f}s training)")
+  if writes:  # the final line, printed also with --quiet
+    where = f", files in {config.workdir}" if config.workdir else ""
+    log(f"done: {scores_text(row)}  (compile {compile_seconds or 0.0:.1f}s, "
+        f"{host['train_seconds']:.1f}s training{where})")
+    if log is print:
+      sys.stdout.flush()
   return summary
+
+
+def primary_metric(config: TrainConfig) -> str:
+  """The metric a run's best row is chosen by: sampled HR@10, full-ranking HR@10
+  when only that is computed."""
+  return "full_hr@10" if config.eval_protocol == "full" else "hr@10"
+
+
+def scores_text(row: dict) -> str:
+  """``HR@10 x  NDCG@10 y  full HR@10 z  NDCG@10 w`` (the protocols ``row`` has)."""
+  parts = []
+  for prefix, label in (("", ""), ("full_", "full ")):
+    if f"{prefix}hr@10" in row:
+      parts.append(f"{label}HR@10 {row[prefix + 'hr@10']:.4f}  "
+                   f"NDCG@10 {row[prefix + 'ndcg@10']:.4f}")
+  return "  ".join(parts)

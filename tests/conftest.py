@@ -1,13 +1,45 @@
-"""Shared fixtures: a small ragged synthetic dataset and the ML-100K path."""
+"""Shared fixtures: a small ragged synthetic dataset and the real data files.
+
+Real data is found as the library finds it: ``$FEDRAS_DATA`` (else the cache
+``~/.cache/fedras_jax``), then the cache, then ``../shared/data`` (CI). A file the library
+can fetch (ML-100K) is fetched into the library's data directory when absent, as
+``python -m experiments.train`` does; ``FEDRAS_TEST_DOWNLOAD=0`` forbids that (the tests
+needing it then skip, saying why).
+"""
+import os
 import pathlib
 
 import numpy as np
 import pytest
 
+from fedras_jax.data import datasets, fetch
 from fedras_jax.federated import client_data_from_csr
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
-ML100K = SHARED / "ml-100k" / "u.data"
+
+
+def data_dirs():
+  """Where real data is looked up, in order."""
+  dirs = [fetch.default_data_dir(), fetch.default_data_dir("~/.cache/fedras_jax"), SHARED]
+  return list(dict.fromkeys(dirs))
+
+
+def find_data_file(relpath: str, download: bool = True) -> pathlib.Path:
+  """``<data dir>/relpath`` of the first of ``data_dirs()`` holding it, else fetched into
+  the library's data directory when the library can fetch it; else the test skips."""
+  for d in data_dirs():
+    if (d / relpath).is_file():
+      return d / relpath
+  spec = datasets.FILES.get(relpath)
+  where = ", ".join(str(d) for d in data_dirs())
+  if spec is None or not spec.sources:
+    pytest.skip(f"{relpath} is in none of {where} and cannot be fetched (put it there)")
+  if not download or os.environ.get("FEDRAS_TEST_DOWNLOAD", "1") == "0":
+    pytest.skip(f"{relpath} is in none of {where}; fetching disabled (FEDRAS_TEST_DOWNLOAD=0)")
+  try:
+    return fetch.ensure_file(spec, fetch.default_data_dir())
+  except fetch.FetchError as e:
+    pytest.skip(f"{relpath} is in none of {where} and could not be fetched: {e}")
 
 
 class Synthetic:
@@ -38,6 +70,5 @@ def synthetic():
 
 @pytest.fixture(scope="session")
 def ml100k_path():
-  if not ML100K.exists():
-    pytest.skip(f"ML-100K not found at {ML100K}")
-  return ML100K
+  """``<data dir>/ml-100k/u.data`` (found or fetched, see the module docstring)."""
+  return find_data_file("ml-100k/u.data")

@@ -45,6 +45,9 @@ def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
       summary = json.loads((tmp_path / name / "summary.json").read_text())
       assert summary["config"]["item_lr"] == best["item_lr"]
       assert float(row["final_hr@10"]) == summary["final"]["hr@10"]
+      # Both protocols, next to each other (--eval_protocol defaults to both).
+      assert float(row["final_full_hr@10"]) == summary["final"]["full_hr@10"]
+      assert float(row["final_full_ndcg@10"]) == summary["final"]["full_ndcg@10"]
   assert not (tmp_path / "ml-100k_mf_svd_1over8_s0" / "tuning.json").exists()
   svd_bits = [int(r["bits_up_total"]) for r in rows if r["method"] == "svd"]
   assert svd_bits[0] > svd_bits[1]  # 1/8 sends more than 1/32
@@ -78,3 +81,6 @@ def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
   line = next(l for l in (tmp_path / "compare.md").read_text().splitlines()
               if l.startswith("| ml-100k | mf | svd | 1/32 | 2 |"))
   assert f"{sum(hrs) / 2:.4f} ± {abs(hrs[0] - hrs[1]) / 2:.4f}" in line
+  full = [float(r["final_full_hr@10"]) for r in rows3]
+  assert f"{sum(full) / 2:.4f} ± {abs(full[0] - full[1]) / 2:.4f}" in line
+  assert "final_full_hr@10" in (tmp_path / "compare.md").read_text().splitlines()[0]

@@ -1,4 +1,4 @@
-"""Tests of fedras_jax.data (offline; real-data tests skip without ../shared)."""
+"""Tests of fedras_jax.data (offline but for ML-100K, found or fetched: see conftest)."""
 
 import hashlib
 import io
@@ -15,13 +15,9 @@ from fedras_jax import data
 from fedras_jax.data import datasets as datasets_lib
 from fedras_jax.data import fetch
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
-ML100K = SHARED / "ml-100k" / "u.data"
-ML1M_NEG = SHARED / "ml-1m" / "ml-1m.test.negative"
+from conftest import find_data_file
 
-needs_ml100k = pytest.mark.skipif(not ML100K.exists(),
-                                  reason=f"{ML100K} absent")
+REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def write(path, text):
@@ -34,10 +30,10 @@ def write(path, text):
 # ------------------------------------------------------------- real data --
 
 @pytest.fixture(scope="module")
-def ml100k_raw():
+def ml100k_raw(ml100k_path):
     """Pure-Python reading of u.data: list of (user, item, ts) in file order."""
     rows = []
-    with open(ML100K) as f:
+    with open(ml100k_path) as f:
         for line in f:
             u, i, _, t = line.split("\t")
             rows.append((int(u), int(i), int(t)))
@@ -45,8 +41,8 @@ def ml100k_raw():
 
 
 @pytest.fixture(scope="module")
-def ml100k_inter():
-    return data.parse_movielens_100k(ML100K)
+def ml100k_inter(ml100k_path):
+    return data.parse_movielens_100k(ml100k_path)
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +50,6 @@ def ml100k_split(ml100k_inter):
     return data.leave_one_out(ml100k_inter, seed=0)
 
 
-@needs_ml100k
 def test_ml100k_parse(ml100k_inter):
     inter = ml100k_inter
     assert (inter.num_users, inter.num_items) == (943, 1682)
@@ -66,7 +61,6 @@ def test_ml100k_parse(ml100k_inter):
     np.testing.assert_array_equal(inter.raw_item_ids, np.arange(1, 1683))
 
 
-@needs_ml100k
 def test_ml100k_split_against_pure_python(ml100k_raw, ml100k_split):
     split = ml100k_split
     assert (split.num_users, split.num_items) == (943, 1682)
@@ -94,7 +88,6 @@ def test_ml100k_split_against_pure_python(ml100k_raw, ml100k_split):
     assert split.num_train_per_user.sum() == split.train_items.shape[0]
 
 
-@needs_ml100k
 def test_ml100k_split_deterministic_per_seed(ml100k_inter, ml100k_split):
     again = data.leave_one_out(ml100k_inter, seed=0)
     np.testing.assert_array_equal(again.test_negatives,
@@ -104,7 +97,6 @@ def test_ml100k_split_deterministic_per_seed(ml100k_inter, ml100k_split):
     assert (other.test_negatives != ml100k_split.test_negatives).any()
 
 
-@needs_ml100k
 def test_ml100k_validation_item_is_second_latest(ml100k_raw, ml100k_inter):
     split = data.leave_one_out(ml100k_inter, num_valid=1, seed=0)
     by_user = {}
@@ -119,7 +111,6 @@ def test_ml100k_validation_item_is_second_latest(ml100k_raw, ml100k_inter):
     assert stats["valid"] == 943 and stats["interactions"] == 100_000
 
 
-@needs_ml100k
 def test_ml100k_describe(ml100k_split):
     stats = data.describe(ml100k_split)
     assert stats["users"] == 943 and stats["items"] == 1682
@@ -129,16 +120,15 @@ def test_ml100k_describe(ml100k_split):
     assert stats["test_negatives_seen"] == 0
 
 
-@needs_ml100k
-def test_load_dataset_caches(tmp_path, ml100k_split):
+def test_load_dataset_caches(tmp_path, ml100k_path, ml100k_split):
     # A symlink, never a copy of the dataset.
     (tmp_path / "ml-100k").mkdir()
-    (tmp_path / "ml-100k" / "u.data").symlink_to(ML100K)
+    (tmp_path / "ml-100k" / "u.data").symlink_to(ml100k_path)
     split = data.load_dataset("ml-100k", tmp_path, seed=0, download=False)
     np.testing.assert_array_equal(split.test_negatives,
                                   ml100k_split.test_negatives)
     cached = list((tmp_path / "splits").glob("*.npz"))
-    assert [p.name for p in cached] == ["ml-100k_seed0_valid0_neg99_v1.npz"]
+    assert [p.name for p in cached] == ["ml-100k_seed0_valid0_neg99_v2.npz"]
     again = data.load_dataset("ml-100k", tmp_path, seed=0, download=False)
     np.testing.assert_array_equal(again.train_items, split.train_items)
     data.load_dataset("ml-100k", tmp_path, seed=1, num_valid=1,
@@ -146,9 +136,10 @@ def test_load_dataset_caches(tmp_path, ml100k_split):
     assert len(list((tmp_path / "splits").glob("*.npz"))) == 2
 
 
-@pytest.mark.skipif(not ML1M_NEG.exists(), reason=f"{ML1M_NEG} absent")
 def test_ncf_test_negatives_file():
-    neg = data.parse_ncf_test_negatives(ML1M_NEG)
+    # The NCF release's file cannot be fetched: this test needs it by hand.
+    neg = data.parse_ncf_test_negatives(
+        find_data_file("ml-1m/ml-1m.test.negative"))
     assert neg.negatives.shape == (6040, 99)
     np.testing.assert_array_equal(neg.users, np.arange(6040))
     assert neg.negatives.min() >= 0 and neg.negatives.max() < 3706

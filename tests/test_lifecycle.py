@@ -153,7 +153,8 @@ def test_progress_lines_are_plain_lines(reference):
   assert "\r" not in out
   lines = [l for l in out.splitlines() if l.startswith("round")]
   assert len(lines) == 6
-  assert re.match(r"round +30/30  HR@10 0\.\d{4}  NDCG@10 0\.\d{4}  loss \d\.\d{4}  "
+  assert re.match(r"round +30/30  HR@10 0\.\d{4}  NDCG@10 0\.\d{4}  "
+                  r"full HR@10 0\.\d{4}  NDCG@10 0\.\d{4}  loss \d\.\d{4}  "
                   r"[\d.]+ rounds/s  ETA \d+s  up [\d.]+ MB  down [\d.]+ MB", lines[-1])
 
 

@@ -1,13 +1,26 @@
 """End to end: the training entry point on real ML-100K, files, and bad flags."""
 import json
 import os
+import pathlib
 import shutil
 import subprocess
+import re
 import sys
 
 import pytest
 
 from fedras_jax.training import TrainConfig, train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SMALL = ["--method=uncompressed", "--rounds=2", "--eval_every=2", "--clients_per_round=8",
+         "--dim=8"]
+
+
+def _train_binary(*args, cwd=REPO):
+  """``python -m experiments.train`` of this checkout, run in ``cwd``."""
+  env = dict(os.environ, PYTHONPATH=str(REPO))
+  return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=cwd,
+                        capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_short_fedmf_run_beats_random_ranking(ml100k_path, tmp_path):
@@ -17,8 +30,15 @@ def test_short_fedmf_run_beats_random_ranking(ml100k_path, tmp_path):
   summary = train(config)
   # Random ranking of 1 positive among 100 candidates gives HR@10 = 0.10.
   assert summary["final"]["hr@10"] > 0.25
+  # Full ranking (the default --eval_protocol=both): among ~1,600 items random gives
+  # ~0.006, and it can never beat the sampled protocol's ranks.
+  final = summary["final"]
+  assert 0.03 < final["full_hr@10"] <= final["hr@10"]
+  assert 0 < final["full_ndcg@10"] <= final["ndcg@10"]
   rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [r["round"] for r in rows] == [20, 40]
+  assert all("full_hr@10" in r and "hr@10" in r for r in rows)
+  assert "full_hr@10" in (tmp_path / "metrics.csv").read_text().splitlines()[0]
   assert rows[1]["loss"] < rows[0]["loss"]
   assert (tmp_path / "metrics.csv").read_text().startswith("round,")
   saved = json.loads((tmp_path / "summary.json").read_text())
@@ -53,7 +73,8 @@ def _cache_entries(path):
 def test_compilation_cache_is_filled_then_reused(ml100k_path, tmp_path):
   cache = tmp_path / "cache"
   flags = [f"--data_dir={ml100k_path.parents[1]}", "--method=uncompressed", "--rounds=2",
-           "--eval_every=2", "--clients_per_round=8", "--dim=8", "--quiet"]
+           "--eval_every=2", "--clients_per_round=8", "--dim=8", "--quiet",
+           "--workdir=none"]
   # Store every program, however fast it compiled: on a busy machine a program near the
   # default 0.5 s threshold could be stored by one run and not by the other.
   every_program = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
@@ -79,3 +100,65 @@ def test_compilation_cache_is_filled_then_reused(ml100k_path, tmp_path):
   proc = run("--compilation_cache=none", env={"FEDRAS_COMPILATION_CACHE": str(env_cache)})
   assert proc.returncode == 0, proc.stderr
   assert not env_cache.exists()
+
+
+def test_a_run_without_workdir_leaves_files_and_quiet_prints_the_final_line(ml100k_path,
+                                                                           tmp_path):
+  proc = _train_binary(f"--data_dir={ml100k_path.parents[1]}", "--quiet", *SMALL, cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  (line,) = proc.stdout.splitlines()
+  assert line.startswith("done: HR@10 ") and " full HR@10 " in line
+  (run,) = (tmp_path / "runs").iterdir()
+  assert re.fullmatch(r"ml-100k-mf-uncompressed-\d{8}-\d{6}", run.name)
+  assert line.endswith(f"files in {os.path.join('runs', run.name)})")
+  summary = json.loads((run / "summary.json").read_text())
+  assert summary["final"]["round"] == 2 and (run / "metrics.csv").exists()
+  # Not quiet: where the files go is said before the first round too.
+  proc = _train_binary(f"--data_dir={ml100k_path.parents[1]}", *SMALL, "--workdir=none",
+                       cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr
+  assert "writing to" not in proc.stdout and len(list((tmp_path / "runs").iterdir())) == 1
+  assert proc.stdout.splitlines()[-1].startswith("done: ")
+
+
+def test_own_csv_and_inter_files_train(ml100k_path, tmp_path):
+  """The acceptance command of issue #15 on ML-100K exported as a headerless CSV, and the
+  same data as a RecBole .inter file."""
+  raw = ml100k_path.read_text()
+  csv_path = tmp_path / "ratings.csv"
+  csv_path.write_text(raw.replace("\t", ","))
+  proc = _train_binary(f"--dataset={csv_path}", "--data_columns=user,item,rating,timestamp",
+                       "--min_user_interactions=5", f"--data_dir={tmp_path / 'dd'}",
+                       f"--workdir={tmp_path / 'run'}", *SMALL)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.startswith(f"{csv_path}: 943 users, 1682 items, 99057 training")
+  assert proc.stdout.splitlines()[1] == f"writing to {tmp_path / 'run'}"
+  csv_summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+  inter_path = tmp_path / "ratings.inter"
+  inter_path.write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + raw)
+  summary = train(TrainConfig(dataset=str(inter_path), data_dir=str(tmp_path / "dd"),
+                              quiet=True, **{a[2:].split("=")[0]: type_(a.split("=")[1])
+                                             for a, type_ in zip(SMALL, (str, int, int, int,
+                                                                         int))}))
+  # The same interactions, the same split and seed: the same run.
+  assert summary["final"]["hr@10"] == csv_summary["final"]["hr@10"]
+  assert summary["final"]["full_hr@10"] == csv_summary["final"]["full_hr@10"]
+  # A malformed line: one line naming file and line; nothing cached from it.
+  bad = tmp_path / "bad.csv"
+  bad.write_text("1,2,5,10\n1,3,5,11\n1,x4,5\n")
+  proc = _train_binary(f"--dataset={bad}", "--data_columns=user,item,rating,timestamp",
+                       f"--data_dir={tmp_path / 'dd2'}", *SMALL)
+  assert proc.returncode != 0
+  assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {bad}:3: expected 4 fields")
+  assert not (tmp_path / "dd2").exists()
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--dataset=/nonexistent/r.csv", "--dataset=/nonexistent/r.csv: no such file"),
+    ("--min_rating=4", "apply to --dataset=PATH only"),
+    ("--eval_protocol=all", "--eval_protocol='all' is invalid"),
+])
+def test_bad_data_flags_are_one_line_errors(flag, message, tmp_path):
+  proc = _train_binary(flag, f"--data_dir={tmp_path}", "--nodownload", cwd=tmp_path)
+  assert proc.returncode != 0
+  assert message in proc.stderr.strip().splitlines()[-1]

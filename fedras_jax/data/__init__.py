@@ -8,8 +8,9 @@ Typical use::
 
 Modules: `interactions` (the container), `formats` (parsers), `fetch`
 (obtaining files with sha256 checks), `negatives` (test-negative sampling),
-`split` (leave-one-out, `Split`, save/load, stats), `datasets` (named
-datasets, cache). Only numpy and the standard library are imported.
+`split` (leave-one-out, `Split`, save/load, stats), `userfile` (a user's
+own CSV / TSV / ``.inter`` file), `datasets` (named datasets and files,
+cache). Only numpy and the standard library are imported.
 """
 
 from fedras_jax.data.datasets import (DATASETS, dataset_files, load_dataset,
@@ -25,9 +26,11 @@ from fedras_jax.data.formats import (DataFormatError, TestNegatives,
                                      parse_recbole_inter)
 from fedras_jax.data.interactions import Interactions
 from fedras_jax.data.negatives import sample_negatives
-from fedras_jax.data.split import (EmptyClientError, Split, build_split,
-                                   describe, leave_one_out, load_split,
-                                   save_split)
+from fedras_jax.data.split import (EmptyClientError, Split, StaleSplitError,
+                                   build_split, describe, leave_one_out,
+                                   load_split, save_split)
+from fedras_jax.data.userfile import (FileOptions, is_path,
+                                      parse_interaction_file)
 
 __all__ = [
     "DATASETS",
@@ -36,10 +39,12 @@ __all__ = [
     "EmptyClientError",
     "FetchContext",
     "FetchError",
+    "FileOptions",
     "Interactions",
     "PipWheelSource",
     "RemoteFile",
     "Split",
+    "StaleSplitError",
     "TestNegatives",
     "ZipUrlSource",
     "build_split",
@@ -47,10 +52,12 @@ __all__ = [
     "default_data_dir",
     "describe",
     "ensure_file",
+    "is_path",
     "leave_one_out",
     "load_dataset",
     "load_split",
     "ncf_split",
+    "parse_interaction_file",
     "parse_lastfm_user_artists",
     "parse_movielens_100k",
     "parse_movielens_1m",

@@ -15,15 +15,26 @@ Names and the files they read (relative to the data directory, see
   leave-one-out.
 * ``"lastfm-2k"``: ``lastfm-2k/user_artists.dat`` (HetRec 2011), supplied by
   hand; line order is time.
+* a path (``userfile.is_path``): a user's RecBole ``.inter``, CSV or TSV file,
+  read by `userfile.parse_interaction_file` with `userfile.FileOptions`.
 
 Splits are cached as ``<cache_dir>/<name>_seed<s>_valid<v>_neg<k>[_ncfneg]
-_v<format>.npz`` (default cache_dir: ``<data_dir>/splits``), so every method
-and every run is scored on the same candidates.
+_v<format>.npz`` (a file: ``<stem>-<sha256 of its bytes, 16 hex>-<hash of the
+options, 8 hex>_seed...``; default cache_dir: ``<data_dir>/splits``), so every
+method and every run is scored on the same candidates. A cached split carries
+the sha256 of every source file and the options it was built with, and a
+sha256 of its own content: before it is used, the source files are hashed
+again, and a split built from other bytes or options, or whose content does
+not match, is rebuilt (with a warning), never served stale. Nothing is cached
+from a file that failed to parse.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
+import json
 import logging
 import pathlib
 from typing import Callable
@@ -32,10 +43,11 @@ import numpy as np
 
 from fedras_jax.data import fetch
 from fedras_jax.data import formats
+from fedras_jax.data import userfile
 from fedras_jax.data.interactions import Interactions
-from fedras_jax.data.split import (SPLIT_FORMAT_VERSION, Split, build_split,
-                                   latest_rows, leave_one_out, load_split,
-                                   save_split)
+from fedras_jax.data.split import (SPLIT_FORMAT_VERSION, EmptyClientError,
+                                   Split, build_split, latest_rows,
+                                   leave_one_out, load_split, save_split)
 
 __all__ = ["DATASETS", "FILES", "dataset_files", "load_dataset",
            "ncf_split"]
@@ -245,7 +257,8 @@ def dataset_files(name: str) -> tuple[fetch.RemoteFile, ...]:
 def _check_name(name: str):
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: "
-                         f"{', '.join(sorted(DATASETS))}")
+                         f"{', '.join(sorted(DATASETS))}, or a path to an "
+                         "interaction file")
 
 
 def cache_path(name: str, cache_dir, *, seed: int, num_valid: int,
@@ -259,14 +272,17 @@ def cache_path(name: str, cache_dir, *, seed: int, num_valid: int,
 def load_dataset(name: str, data_dir=None, *, seed: int = 0,
                  num_valid: int = 0, num_test_negatives: int = 99,
                  cache: bool = True, cache_dir=None, download: bool = True,
-                 fetch_context: fetch.FetchContext | None = None) -> Split:
-    """The leave-one-out `Split` of a named dataset, cached on disk.
+                 fetch_context: fetch.FetchContext | None = None,
+                 file_options: userfile.FileOptions | None = None) -> Split:
+    """The leave-one-out `Split` of a named dataset or a file, cached on disk.
 
     Args:
-        name: "ml-100k", "ml-1m", "ml-1m-raw" or "lastfm-2k".
+        name: "ml-100k", "ml-1m", "ml-1m-raw", "lastfm-2k", or the path of an
+            interaction file (see `userfile`).
         data_dir: data directory (default ``$FEDRAS_DATA``, else
             ``~/.cache/fedras_jax``); missing files are fetched into it.
-        seed: seed of the test-negative sampling.
+        seed: seed of the test-negative sampling (and, for a file without
+            timestamps, of the random order).
         num_valid: 0 or 1 validation positive per user.
         num_test_negatives: K test negatives per user.
         cache: read / write the split cache.
@@ -274,34 +290,79 @@ def load_dataset(name: str, data_dir=None, *, seed: int = 0,
             A cache that cannot be written is skipped with a warning.
         download: fetch missing files (else: error saying where to put them).
         fetch_context: injected fetch I/O (tests); default: real network/pip.
+        file_options: how a file is read and filtered (a path only).
 
     Returns:
         A `Split` (see `split.Split` for fields and shapes).
     """
-    _check_name(name)
     if num_valid not in (0, 1):
         raise ValueError(f"num_valid must be 0 or 1, got {num_valid}")
+    options = file_options or userfile.FileOptions()
+    is_file = name not in DATASETS and userfile.is_path(name)
+    if not is_file:
+        _check_name(name)
+        if not options.is_default:
+            raise ValueError("--data_columns, --min_rating, --min_*_interactions"
+                             f" and --kcore apply to a file, not to {name!r}")
     data_dir = fetch.default_data_dir(data_dir)
     cache_dir = data_dir / "splits" if cache_dir is None else pathlib.Path(
         cache_dir)
-    ncf_neg = name == "ml-1m" and (data_dir / _NCF_NEGATIVES).exists()
-    key = cache_path(name, cache_dir, seed=seed, num_valid=num_valid,
+    if is_file:
+        path = pathlib.Path(name).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"--dataset={name}: no such file")
+        paths = [path]
+        sources = {str(path.resolve()): fetch.sha256_file(path)}
+        options = options.check()
+        opts = dataclasses.asdict(options)
+        tag = hashlib.sha256(json.dumps(opts, sort_keys=True).encode())
+        stem = f"{path.stem}-{sources[str(path.resolve())][:16]}-" \
+            f"{tag.hexdigest()[:8]}"
+        ncf_neg = False
+    else:
+        relpaths = DATASETS[name][0]
+        with (fetch.FetchContext() if fetch_context is None
+              else contextlib.nullcontext(fetch_context)) as ctx:
+            paths = [fetch.ensure_file(FILES[p], data_dir, download=download,
+                                       ctx=ctx) for p in relpaths]
+        neg = _ncf_negative_path(data_dir) if name == "ml-1m" else None
+        ncf_neg = neg is not None
+        named = list(zip(relpaths, paths)) + (
+            [(_NCF_NEGATIVES, neg)] if ncf_neg else [])
+        sources = {rel: fetch.sha256_file(p) for rel, p in named}
+        stem, opts = name, {}
+    key = cache_path(stem, cache_dir, seed=seed, num_valid=num_valid,
                      num_test_negatives=num_test_negatives,
                      ncf_negatives=ncf_neg)
+    metadata = dict(dataset=name if not is_file else paths[0].name,
+                    sources=sources, seed=seed, num_valid=num_valid,
+                    num_test_negatives=num_test_negatives, options=opts)
     if cache and key.exists():
         try:
-            return load_split(key)
-        except Exception as e:  # noqa: BLE001 - corrupt cache: rebuild
-            _log.warning("ignoring unreadable cached split %s: %s", key, e)
-    relpaths, builder = DATASETS[name]
-    with (fetch.FetchContext() if fetch_context is None
-          else contextlib.nullcontext(fetch_context)) as ctx:
-        paths = [fetch.ensure_file(FILES[p], data_dir, download=download,
-                                   ctx=ctx) for p in relpaths]
-    split = builder(paths, data_dir, seed, num_valid, num_test_negatives)
+            return load_split(key, metadata)
+        except Exception as e:  # noqa: BLE001 - stale or corrupt: rebuild
+            _log.warning("rebuilding the cached split %s: %s", key, e)
+    if is_file:
+        split = _file_split(paths[0], options, seed, num_valid,
+                            num_test_negatives)
+    else:
+        split = DATASETS[name][1](paths, data_dir, seed, num_valid,
+                                  num_test_negatives)
     if cache:
         try:
-            save_split(key, split)
+            save_split(key, split, metadata)
         except OSError as e:
             _log.warning("could not cache split at %s: %s", key, e)
     return split
+
+
+def _file_split(path, options: userfile.FileOptions, seed: int,
+                num_valid: int, k: int) -> Split:
+    inter = userfile.parse_interaction_file(path, options, seed=seed)
+    try:
+        return leave_one_out(inter, num_test_negatives=k,
+                             num_valid=num_valid, seed=seed)
+    except EmptyClientError as e:
+        raise EmptyClientError(
+            f"{path}: {e} (--min_user_interactions={2 + num_valid} drops "
+            "such users)") from None
