@@ -1,0 +1,126 @@
+"""Per-block view of the FedRAS uplink on a model whose item row has several blocks.
+
+NeuMF's item row is ``[GMF (dim/4) | MLP (dim)]``. From each checkpoint of a run (a
+``checkpoints/round_*.msgpack`` of ``experiments/train.py`` with the same flags), this
+re-runs the round's local training on the saved state and reports, per block, the
+clients' gradient (update) norms and the relative quantization error of the FedRAS
+uplink, for the compressor as configured (``--method``, ``--payload_ratio``) and for
+variants that treat the blocks separately:
+
+* ``joint``: the compressor as it is (one codebook over the whole row);
+* ``scaled``: each block divided by its per-client RMS before clustering, multiplied
+  back after (the scales cost 32 bits each);
+* ``separate``: each block clustered on its own, the budget split by block width.
+
+    python -m experiments.block_error --flagfile=configs/ml100k_ncf.flags \
+        --data_dir=/work/data --ckpt_dir=/work/runs/ncf14/fedras/checkpoints
+"""
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+import experiments.train  # noqa: F401  (defines the TrainConfig flags)
+from fedras_jax import checkpoint as ckpt_lib
+from fedras_jax import flags as flag_lib
+from fedras_jax.compress.roundtrip import roundtrip_clients
+from fedras_jax.compress.registry import make_compressor
+from fedras_jax.training import TrainConfig, build_simulation, load_run_data
+
+_CKPT = flags.DEFINE_string("ckpt_dir", None, "checkpoints/ of a run with the same flags")
+_OUT = flags.DEFINE_string("out", None, "also write the rows as JSON lines here")
+_VARIANTS = flags.DEFINE_list("variants", ["joint", "scaled", "separate"], "what to measure")
+
+
+def main(argv):
+  del argv
+  config = flag_lib.config_from_flags(TrainConfig).validate()
+  split, _, _ = load_run_data(config)
+  sim = build_simulation(config, split)
+  gmf = max(1, config.dim // 4) if config.model == "ncf" else sim.model.item_dim
+  d = sim.model.item_dim
+  blocks = [(0, gmf), (gmf, d)] if gmf < d else [(0, d)]
+  m = config.clients_per_round
+  stages = sim.round_fn.stages
+  local_fn = jax.jit(stages.local)
+  buckets = sim.round_config.client_buckets
+
+  def comp(width, ratio):
+    return make_compressor(config.method, split.num_items, width, payload_ratio=ratio,
+                           max_k=config.max_k, tau=config.tau, tau_mode=config.tau_mode,
+                           value_bits=config.value_bits)
+
+  full = comp(d, config.payload_ratio)
+  parts = [comp(b - a, config.payload_ratio) for a, b in blocks]
+
+  def per_client(x, client):  # [S] -> [M]
+    return jax.ops.segment_sum(x, client, num_segments=m)
+
+  def block_errors(decoded, rows, client):
+    out = []
+    for a, b in blocks:
+      diff = per_client(jnp.sum(jnp.square(decoded[:, a:b] - rows[:, a:b]), 1), client)
+      norm = per_client(jnp.sum(jnp.square(rows[:, a:b]), 1), client)
+      out.append(jnp.sqrt(diff / jnp.maximum(norm, 1e-30)))
+    diff = per_client(jnp.sum(jnp.square(decoded - rows), 1), client)
+    norm = per_client(jnp.sum(jnp.square(rows), 1), client)
+    return jnp.stack(out + [jnp.sqrt(diff / jnp.maximum(norm, 1e-30))])  # [B + 1, M]
+
+  @jax.jit
+  def measure(local):
+    rows, client = local.deltas, local.layout.client
+    args = (local.layout.offset, local.plans.num_slots)
+    res = {}
+    counts = per_client(jnp.any(rows != 0, axis=1).astype(jnp.float32), client)
+    norms = jnp.stack([jnp.sqrt(per_client(jnp.sum(jnp.square(rows[:, a:b]), 1), client))
+                       for a, b in blocks])  # [B, M]
+    res["norm"] = norms
+    res["rms"] = norms / jnp.sqrt(jnp.array([b - a for a, b in blocks], jnp.float32))[:, None]
+    res["rows"] = counts
+    if "joint" in _VARIANTS.value:
+      up = roundtrip_clients(full, rows, *args, local.budget, local.up_keys, buckets=buckets,
+                                lossless_bits=0)
+      res["joint"] = block_errors(up.decoded, rows, client)
+      res["joint_k"] = up.num_actions
+    if "scaled" in _VARIANTS.value:
+      scale = res["rms"].T[client]  # [S, B]
+      cols = jnp.concatenate([jnp.repeat(scale[:, i:i + 1], b - a, axis=1)
+                              for i, (a, b) in enumerate(blocks)], axis=1)
+      cols = jnp.where(cols > 0, cols, 1.0)
+      up = roundtrip_clients(full, rows / cols, *args, local.budget - 32 * len(blocks),
+                                local.up_keys, buckets=buckets, lossless_bits=0)
+      res["scaled"] = block_errors(up.decoded * cols, rows, client)
+      res["scaled_k"] = up.num_actions
+    if "separate" in _VARIANTS.value:
+      dec, ks = [], []
+      for (a, b), c in zip(blocks, parts):
+        share = (local.budget * (b - a)) // d
+        up = roundtrip_clients(c, rows[:, a:b], *args, share, local.up_keys,
+                                  buckets=buckets, lossless_bits=0)
+        dec.append(up.decoded)
+        ks.append(up.num_actions)
+      res["separate"] = block_errors(jnp.concatenate(dec, axis=1), rows, client)
+      res["separate_k"] = jnp.stack(ks)
+    return res
+
+  template = (sim.server, sim.clients)
+  out = open(_OUT.value, "w") if _OUT.value else None
+  for round_index, path in ckpt_lib.list_checkpoints(pathlib.Path(_CKPT.value)):
+    (server, clients), _ = ckpt_lib.tree_from_bytes(path.read_bytes(), template, where=str(path))
+    local = local_fn(server, clients, sim.hp)
+    res = jax.device_get(measure(local))
+    row = {"round": round_index, "blocks": blocks}
+    for k, v in res.items():
+      row[k] = np.mean(np.asarray(v, np.float64), axis=-1).round(4).tolist()
+    print(json.dumps(row), flush=True)
+    if out:
+      out.write(json.dumps(row) + "\n")
+  if out:
+    out.close()
+
+
+if __name__ == "__main__":
+  flag_lib.run_main(main)
