@@ -10,7 +10,8 @@ variants that treat the blocks separately:
 * ``joint``: the compressor as it is (one codebook over the whole row);
 * ``scaled``: each block divided by its per-client RMS before clustering, multiplied
   back after (the scales cost 32 bits each);
-* ``separate``: each block clustered on its own, the budget split by block width.
+* ``separate``: each block clustered on its own, the budget split by block width;
+* ``fixed_k``: one codebook, ``fedras_fixed_k`` (always the budget's K: no split test).
 
     python -m experiments.block_error --flagfile=configs/ml100k_ncf.flags \
         --data_dir=/work/data --ckpt_dir=/work/runs/ncf14/fedras/checkpoints
@@ -28,11 +29,13 @@ from fedras_jax import checkpoint as ckpt_lib
 from fedras_jax import flags as flag_lib
 from fedras_jax.compress.roundtrip import roundtrip_clients
 from fedras_jax.compress.registry import make_compressor
+from fedras_jax.quantize import auto_tau
 from fedras_jax.training import TrainConfig, build_simulation, load_run_data
 
 _CKPT = flags.DEFINE_string("ckpt_dir", None, "checkpoints/ of a run with the same flags")
 _OUT = flags.DEFINE_string("out", None, "also write the rows as JSON lines here")
-_VARIANTS = flags.DEFINE_list("variants", ["joint", "scaled", "separate"], "what to measure")
+_VARIANTS = flags.DEFINE_list("variants", ["joint", "scaled", "separate", "fixed_k"],
+                              "what to measure")
 
 
 def main(argv):
@@ -48,12 +51,13 @@ def main(argv):
   local_fn = jax.jit(stages.local)
   buckets = sim.round_config.client_buckets
 
-  def comp(width, ratio):
-    return make_compressor(config.method, split.num_items, width, payload_ratio=ratio,
+  def comp(width, ratio, method=config.method):
+    return make_compressor(method, split.num_items, width, payload_ratio=ratio,
                            max_k=config.max_k, tau=config.tau, tau_mode=config.tau_mode,
                            value_bits=config.value_bits)
 
   full = comp(d, config.payload_ratio)
+  fixed = comp(d, config.payload_ratio, "fedras_fixed_k")
   parts = [comp(b - a, config.payload_ratio) for a, b in blocks]
 
   def per_client(x, client):  # [S] -> [M]
@@ -80,11 +84,23 @@ def main(argv):
     res["norm"] = norms
     res["rms"] = norms / jnp.sqrt(jnp.array([b - a for a, b in blocks], jnp.float32))[:, None]
     res["rows"] = counts
+    # The auto split threshold sqrt((1 + c1) / 2), c1: mean cosine of a row to its
+    # client's mean row (the single-action start of the split test).
+    live = jnp.any(rows != 0, axis=1)
+    mean = jax.ops.segment_sum(rows, client, num_segments=m)[client]
+    unit = lambda v: v / jnp.maximum(jnp.linalg.norm(v, axis=1, keepdims=True), 1e-30)
+    cos = jnp.where(live, jnp.sum(unit(rows) * unit(mean), axis=1), 0.0)
+    res["auto_tau"] = auto_tau(per_client(cos, client) / jnp.maximum(counts, 1.0))
     if "joint" in _VARIANTS.value:
       up = roundtrip_clients(full, rows, *args, local.budget, local.up_keys, buckets=buckets,
                                 lossless_bits=0)
       res["joint"] = block_errors(up.decoded, rows, client)
       res["joint_k"] = up.num_actions
+    if "fixed_k" in _VARIANTS.value:
+      up = roundtrip_clients(fixed, rows, *args, local.budget, local.up_keys, buckets=buckets,
+                             lossless_bits=0)
+      res["fixed_k"] = block_errors(up.decoded, rows, client)
+      res["fixed_k_k"] = up.num_actions
     if "scaled" in _VARIANTS.value:
       scale = res["rms"].T[client]  # [S, B]
       cols = jnp.concatenate([jnp.repeat(scale[:, i:i + 1], b - a, axis=1)
