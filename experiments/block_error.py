@@ -38,6 +38,23 @@ _VARIANTS = flags.DEFINE_list("variants", ["joint", "scaled", "separate", "fixed
                               "what to measure")
 
 
+def block_relative_errors(decoded, rows, client, blocks, num_clients):
+  """``[B + 1, M]``: per client, ``||decoded_b - rows_b|| / ||rows_b||`` over its slot
+  rows for each column block ``(start, stop)`` of ``blocks``, then for the whole row.
+
+  Args:
+    decoded, rows: ``[S, d]`` flat slot rows; client: ``[S]`` the client of each slot.
+  """
+  def rel(cols):
+    diff = jnp.sum(jnp.square(decoded[:, cols] - rows[:, cols]), axis=1)
+    norm = jnp.sum(jnp.square(rows[:, cols]), axis=1)
+    diff = jax.ops.segment_sum(diff, client, num_segments=num_clients)
+    norm = jax.ops.segment_sum(norm, client, num_segments=num_clients)
+    return jnp.sqrt(diff / jnp.maximum(norm, 1e-30))
+
+  return jnp.stack([rel(slice(a, b)) for a, b in blocks] + [rel(slice(None))])
+
+
 def main(argv):
   del argv
   config = flag_lib.config_from_flags(TrainConfig).validate()
@@ -64,14 +81,7 @@ def main(argv):
     return jax.ops.segment_sum(x, client, num_segments=m)
 
   def block_errors(decoded, rows, client):
-    out = []
-    for a, b in blocks:
-      diff = per_client(jnp.sum(jnp.square(decoded[:, a:b] - rows[:, a:b]), 1), client)
-      norm = per_client(jnp.sum(jnp.square(rows[:, a:b]), 1), client)
-      out.append(jnp.sqrt(diff / jnp.maximum(norm, 1e-30)))
-    diff = per_client(jnp.sum(jnp.square(decoded - rows), 1), client)
-    norm = per_client(jnp.sum(jnp.square(rows), 1), client)
-    return jnp.stack(out + [jnp.sqrt(diff / jnp.maximum(norm, 1e-30))])  # [B + 1, M]
+    return block_relative_errors(decoded, rows, client, blocks, m)
 
   @jax.jit
   def measure(local):
