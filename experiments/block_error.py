@@ -1,0 +1,152 @@
+"""Per-block view of the FedRAS uplink on a model whose item row has several blocks.
+
+NeuMF's item row is ``[GMF (dim/4) | MLP (dim)]``. From each checkpoint of a run (a
+``checkpoints/round_*.msgpack`` of ``experiments/train.py`` with the same flags), this
+re-runs the round's local training on the saved state and reports, per block, the
+clients' gradient (update) norms and the relative quantization error of the FedRAS
+uplink, for the compressor as configured (``--method``, ``--payload_ratio``) and for
+variants that treat the blocks separately:
+
+* ``joint``: the compressor as it is (one codebook over the whole row);
+* ``scaled``: each block divided by its per-client RMS before clustering, multiplied
+  back after (the scales cost 32 bits each);
+* ``separate``: each block clustered on its own, the budget split by block width;
+* ``fixed_k``: one codebook, ``fedras_fixed_k`` (always the budget's K: no split test).
+
+    python -m experiments.block_error --flagfile=configs/ml100k_ncf.flags \
+        --data_dir=/work/data --ckpt_dir=/work/runs/ncf14/fedras/checkpoints
+"""
+import json
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+import experiments.train  # noqa: F401  (defines the TrainConfig flags)
+from fedras_jax import checkpoint as ckpt_lib
+from fedras_jax import flags as flag_lib
+from fedras_jax.compress.roundtrip import roundtrip_clients
+from fedras_jax.compress.registry import make_compressor
+from fedras_jax.quantize import auto_tau
+from fedras_jax.training import TrainConfig, build_simulation, load_run_data
+
+_CKPT = flags.DEFINE_string("ckpt_dir", None, "checkpoints/ of a run with the same flags")
+_OUT = flags.DEFINE_string("out", None, "also write the rows as JSON lines here")
+_VARIANTS = flags.DEFINE_list("variants", ["joint", "scaled", "separate", "fixed_k"],
+                              "what to measure")
+
+
+def block_relative_errors(decoded, rows, client, blocks, num_clients):
+  """``[B + 1, M]``: per client, ``||decoded_b - rows_b|| / ||rows_b||`` over its slot
+  rows for each column block ``(start, stop)`` of ``blocks``, then for the whole row.
+
+  Args:
+    decoded, rows: ``[S, d]`` flat slot rows; client: ``[S]`` the client of each slot.
+  """
+  def rel(cols):
+    diff = jnp.sum(jnp.square(decoded[:, cols] - rows[:, cols]), axis=1)
+    norm = jnp.sum(jnp.square(rows[:, cols]), axis=1)
+    diff = jax.ops.segment_sum(diff, client, num_segments=num_clients)
+    norm = jax.ops.segment_sum(norm, client, num_segments=num_clients)
+    return jnp.sqrt(diff / jnp.maximum(norm, 1e-30))
+
+  return jnp.stack([rel(slice(a, b)) for a, b in blocks] + [rel(slice(None))])
+
+
+def main(argv):
+  del argv
+  config = flag_lib.config_from_flags(TrainConfig).validate()
+  split, _, _ = load_run_data(config)
+  sim = build_simulation(config, split)
+  gmf = max(1, config.dim // 4) if config.model == "ncf" else sim.model.item_dim
+  d = sim.model.item_dim
+  blocks = [(0, gmf), (gmf, d)] if gmf < d else [(0, d)]
+  m = config.clients_per_round
+  stages = sim.round_fn.stages
+  local_fn = jax.jit(stages.local)
+  buckets = sim.round_config.client_buckets
+
+  def comp(width, ratio, method=config.method):
+    return make_compressor(method, split.num_items, width, payload_ratio=ratio,
+                           max_k=config.max_k, tau=config.tau, tau_mode=config.tau_mode,
+                           value_bits=config.value_bits)
+
+  full = comp(d, config.payload_ratio)
+  fixed = comp(d, config.payload_ratio, "fedras_fixed_k")
+  parts = [comp(b - a, config.payload_ratio) for a, b in blocks]
+
+  def per_client(x, client):  # [S] -> [M]
+    return jax.ops.segment_sum(x, client, num_segments=m)
+
+  def block_errors(decoded, rows, client):
+    return block_relative_errors(decoded, rows, client, blocks, m)
+
+  @jax.jit
+  def measure(local):
+    rows, client = local.deltas, local.layout.client
+    args = (local.layout.offset, local.plans.num_slots)
+    res = {}
+    counts = per_client(jnp.any(rows != 0, axis=1).astype(jnp.float32), client)
+    norms = jnp.stack([jnp.sqrt(per_client(jnp.sum(jnp.square(rows[:, a:b]), 1), client))
+                       for a, b in blocks])  # [B, M]
+    res["norm"] = norms
+    res["rms"] = norms / jnp.sqrt(jnp.array([b - a for a, b in blocks], jnp.float32))[:, None]
+    res["rows"] = counts
+    # The auto split threshold sqrt((1 + c1) / 2), c1: mean cosine of a row to its
+    # client's mean row (the single-action start of the split test).
+    live = jnp.any(rows != 0, axis=1)
+    mean = jax.ops.segment_sum(rows, client, num_segments=m)[client]
+    unit = lambda v: v / jnp.maximum(jnp.linalg.norm(v, axis=1, keepdims=True), 1e-30)
+    cos = jnp.where(live, jnp.sum(unit(rows) * unit(mean), axis=1), 0.0)
+    res["auto_tau"] = auto_tau(per_client(cos, client) / jnp.maximum(counts, 1.0))
+    if "joint" in _VARIANTS.value:
+      up = roundtrip_clients(full, rows, *args, local.budget, local.up_keys, buckets=buckets,
+                                lossless_bits=0)
+      res["joint"] = block_errors(up.decoded, rows, client)
+      res["joint_k"] = up.num_actions
+    if "fixed_k" in _VARIANTS.value:
+      up = roundtrip_clients(fixed, rows, *args, local.budget, local.up_keys, buckets=buckets,
+                             lossless_bits=0)
+      res["fixed_k"] = block_errors(up.decoded, rows, client)
+      res["fixed_k_k"] = up.num_actions
+    if "scaled" in _VARIANTS.value:
+      scale = res["rms"].T[client]  # [S, B]
+      cols = jnp.concatenate([jnp.repeat(scale[:, i:i + 1], b - a, axis=1)
+                              for i, (a, b) in enumerate(blocks)], axis=1)
+      cols = jnp.where(cols > 0, cols, 1.0)
+      up = roundtrip_clients(full, rows / cols, *args, local.budget - 32 * len(blocks),
+                                local.up_keys, buckets=buckets, lossless_bits=0)
+      res["scaled"] = block_errors(up.decoded * cols, rows, client)
+      res["scaled_k"] = up.num_actions
+    if "separate" in _VARIANTS.value:
+      dec, ks = [], []
+      for (a, b), c in zip(blocks, parts):
+        share = (local.budget * (b - a)) // d
+        up = roundtrip_clients(c, rows[:, a:b], *args, share, local.up_keys,
+                                  buckets=buckets, lossless_bits=0)
+        dec.append(up.decoded)
+        ks.append(up.num_actions)
+      res["separate"] = block_errors(jnp.concatenate(dec, axis=1), rows, client)
+      res["separate_k"] = jnp.stack(ks)
+    return res
+
+  template = (sim.server, sim.clients)
+  out = open(_OUT.value, "w") if _OUT.value else None
+  for round_index, path in ckpt_lib.list_checkpoints(pathlib.Path(_CKPT.value)):
+    (server, clients), _ = ckpt_lib.tree_from_bytes(path.read_bytes(), template, where=str(path))
+    local = local_fn(server, clients, sim.hp)
+    res = jax.device_get(measure(local))
+    row = {"round": round_index, "blocks": blocks}
+    for k, v in res.items():
+      row[k] = np.mean(np.asarray(v, np.float64), axis=-1).round(4).tolist()
+    print(json.dumps(row), flush=True)
+    if out:
+      out.write(json.dumps(row) + "\n")
+  if out:
+    out.close()
+
+
+if __name__ == "__main__":
+  flag_lib.run_main(main)
