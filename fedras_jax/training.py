@@ -53,6 +53,9 @@ from fedras_jax.models import MODELS, get_model
 from fedras_jax.workdir_lock import WorkdirLock
 
 DATASETS = ("ml-100k", "ml-1m", "ml-1m-raw", "lastfm-2k")
+# The settings of --dataset=PATH (``TrainConfig.file_options``).
+FILE_OPTION_FLAGS = ("data_columns", "min_rating", "min_user_interactions",
+                     "min_item_interactions", "kcore")
 METHODS = tuple(m for m in COMPRESSORS if m != "identity")
 ON_NONFINITE = ("skip", "stop")
 
@@ -170,12 +173,12 @@ class TrainConfig:
     for name, ok, want in checks:
       if not ok:
         raise ValueError(f"--{name}={getattr(self, name)!r} is invalid: must be {want}")
-    options = self.file_options()
-    if self.dataset in DATASETS and options != data_lib.FileOptions():
-      raise ValueError("--data_columns, --min_rating, --min_user_interactions, "
-                       "--min_item_interactions and --kcore apply to --dataset=PATH only, "
-                       f"not to --dataset={self.dataset}")
-    options.check()
+    if self.dataset in DATASETS:
+      for name in FILE_OPTION_FLAGS:
+        if getattr(self, name) != getattr(TrainConfig, name):
+          raise ValueError(f"--{name}={getattr(self, name)!r} applies to --dataset=PATH "
+                           f"only, not to --dataset={self.dataset}")
+    self.file_options().check()
     return self
 
   def file_options(self):

@@ -155,7 +155,7 @@ def test_own_csv_and_inter_files_train(ml100k_path, tmp_path):
 
 @pytest.mark.parametrize("flag,message", [
     ("--dataset=/nonexistent/r.csv", "--dataset=/nonexistent/r.csv: no such file"),
-    ("--min_rating=4", "apply to --dataset=PATH only"),
+    ("--min_rating=4", "--min_rating=4.0 applies to --dataset=PATH only"),
     ("--eval_protocol=all", "--eval_protocol='all' is invalid"),
 ])
 def test_bad_data_flags_are_one_line_errors(flag, message, tmp_path):
