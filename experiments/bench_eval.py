@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from fedras_jax import data as data_lib
+from fedras_jax import flags as flag_lib
 from fedras_jax.data.synthetic import synthetic_split
 from fedras_jax.metrics import full_ranking_blocks, make_evaluate
 from fedras_jax.models import get_model
@@ -94,4 +95,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flag_lib.run_main(main)

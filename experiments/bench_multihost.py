@@ -20,6 +20,7 @@ import tempfile
 from absl import app, flags
 
 from experiments import pages
+from fedras_jax import flags as flag_lib
 from fedras_jax.launch import launch_local
 
 _METHODS = flags.DEFINE_list("methods", ["uncompressed", "fedras"], "train --method values")
@@ -102,8 +103,13 @@ def main(argv):
         [f"setting: experiments.train defaults (ML-100K FedMF, 64 clients, d=64) "
          f"{' '.join('--' + f for f in _TRAIN_FLAGS.value)}, {_ROUNDS.value} rounds; "
          "processes are peers on this machine over gloo (localhost TCP); simulated CPU devices "
-         "share the machine's cores"], lines)
+         "share the machine's cores",
+         "HR@10: each run's final. Every layout computes the same round up to float rounding "
+         "(the sum order of a sharded reduction); FedRAS's K-Means assignments can turn a "
+         "last-bit difference into another trajectory after some tens of rounds, so its "
+         "single-device HR@10 may differ from the sharded layouts' (tests/test_multihost.py "
+         "checks equality over a few rounds)"], lines)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  flag_lib.run_main(main)

@@ -17,6 +17,7 @@ import sys
 
 from absl import app, flags
 
+from fedras_jax import flags as flag_lib
 from fedras_jax.launch import launch_local
 
 _PROCESSES = flags.DEFINE_integer("num_processes", 2, "processes to start")
@@ -30,12 +31,9 @@ _LOGS = flags.DEFINE_string("process_logs", None,
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError("name the module to run: ... -- experiments.train [flags]")
-  try:
-    results = launch_local(argv[1], argv[2:], num_processes=_PROCESSES.value,
-                           devices_per_process=_DEVICES.value, timeout=_TIMEOUT.value or None,
-                           log_dir=_LOGS.value, stream_first=True)
-  except (ValueError, OSError) as e:
-    sys.exit("error: " + " ".join(str(e).splitlines()))
+  results = launch_local(argv[1], argv[2:], num_processes=_PROCESSES.value,
+                         devices_per_process=_DEVICES.value, timeout=_TIMEOUT.value or None,
+                         log_dir=_LOGS.value, stream_first=True)
   failed = [r for r in results if r.returncode != 0]
   for i, r in enumerate(results):
     if r.returncode != 0 and r.stderr:  # process 0's own output was shown already
@@ -45,4 +43,4 @@ def main(argv):
     sys.exit(max(failed[0].returncode, 1))
 
 if __name__ == "__main__":
-  app.run(main)
+  flag_lib.run_main(main)
