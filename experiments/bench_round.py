@@ -21,7 +21,7 @@ the wall time of the packed round's main pieces, each jitted on its own.
     python -m experiments.bench_round --data_dir=/work/shared/data --lane_sweep=8,16,32
 
 With ``--methods`` it compares the rounds of compression methods instead: the round
-``experiments/train.py`` runs (``training.build_simulation``, 1/32 both ways unless a
+``experiments/train.py`` runs (``experiment.build_simulation``, 1/32 both ways unless a
 method is written ``name:uplink``, which keeps the downlink dense), all on the same
 data and seed in one process. Each method trains ``--warmup_rounds`` rounds first
 (a quantizer's cost depends on the state: it grows as training goes), then
@@ -51,7 +51,8 @@ from experiments import pages
 from fedras_jax import data as data_lib
 from fedras_jax import flags as flag_lib
 from fedras_jax import outputs
-from fedras_jax import training
+from fedras_jax.config import TrainConfig
+from fedras_jax.experiment import build_simulation
 from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams, aggregate_item_updates,
                                   client_data_from_split, client_keys, client_plan,
                                   client_update, init_states, make_round,
@@ -377,12 +378,12 @@ def _timed(fn, *args):
   return out, _now() - t
 
 
-def method_config(spec: str, clients: int, rounds: int) -> training.TrainConfig:
+def method_config(spec: str, clients: int, rounds: int) -> TrainConfig:
   """The validated config of a ``--methods`` entry (``method`` or ``method:uplink``)."""
   name, _, mode = spec.partition(":")
   if mode not in ("", "uplink"):
     raise app.UsageError(f"--methods: {spec!r}: write a method or method:uplink")
-  return training.TrainConfig(
+  return TrainConfig(
       dataset=_DATASET.value, method=name, clients_per_round=clients, rounds=rounds,
       payload_ratio=_RATIO.value, downlink_compression=mode != "uplink", seed=_SEED.value,
       quiet=True).validate()
@@ -394,7 +395,7 @@ class MethodRunner:
   def __init__(self, spec: str, split, clients: int, rounds: int):
     self.name = spec
     config = method_config(spec, clients, rounds)
-    sim = training.build_simulation(config, split)
+    sim = build_simulation(config, split)
     self.hp, self.server, self.clients = sim.hp, sim.server, sim.clients
     self.round = jax.jit(sim.round_fn)
     st = sim.round_fn.stages

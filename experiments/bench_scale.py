@@ -4,7 +4,7 @@ Synthetic data (``fedras_jax.data.synthetic``): Zipf item popularity (exponent
 ``--zipf``, item 0 the most popular), ragged users (lognormal sizes, median
 ``--median_interactions``, clipped to ``[--min_interactions, --max_interactions]``
 and to the catalogue), ``max(2 * clients, --min_users)`` users, leave-one-out.
-The round is the one ``experiments/train.py`` runs (``training.build_round_config``,
+The round is the one ``experiments/train.py`` runs (``experiment.build_round_config``,
 ``build_simulation``): FedMF
 d=``--dim``, 2 local epochs, batch 64, 4 negatives per positive, inverse-frequency
 aggregation, ``--method`` (``fedras`` at payload 1/32, or ``uncompressed``, ...).
@@ -55,7 +55,7 @@ import numpy as np
 from fedras_jax import flags as flag_lib
 from fedras_jax import outputs
 
-_METHOD = flags.DEFINE_string("method", "fedras", "compressor (training.METHODS): fedras, "
+_METHOD = flags.DEFINE_string("method", "fedras", "compressor (config.METHODS): fedras, "
                               "uncompressed, ...")
 _CLIENTS = flags.DEFINE_string("clients", "64,256,1024,4096",
                                "clients-per-round curve (at --fixed_items)")
@@ -176,7 +176,8 @@ def clients_by_items(hlo_text: str, clients: int, items: int, dim: int):
 
 def run_single(num_clients: int, num_items: int) -> dict:
   import jax
-  from fedras_jax import training
+  from fedras_jax import experiment
+  from fedras_jax.config import TrainConfig
   from fedras_jax.data import synthetic
   from fedras_jax.federated import client_data_from_split
   from fedras_jax.runtime import tune_host_allocator
@@ -195,16 +196,15 @@ def run_single(num_clients: int, num_items: int) -> dict:
   out["interactions"] = int(split.seen_items.shape[0])
 
   rounds = _ROUNDS.value
-  config = training.TrainConfig(method=_METHOD.value, dim=_DIM.value, rounds=rounds + 1,
-                                clients_per_round=num_clients, num_lanes=_LANES.value,
-                                downlink_compression=_DOWNLINK.value, seed=_SEED.value,
-                                quiet=True)
+  config = TrainConfig(method=_METHOD.value, dim=_DIM.value, rounds=rounds + 1,
+                       clients_per_round=num_clients, num_lanes=_LANES.value,
+                       downlink_compression=_DOWNLINK.value, seed=_SEED.value, quiet=True)
   t = _now()
-  round_config = training.build_round_config(config, split, seeds=[config.seed])
+  round_config = experiment.build_round_config(config, split, seeds=[config.seed])
   out["capacity_s"] = _now() - t
   out["slot_capacity"] = round_config.slot_capacity
   out["buckets"] = [list(b) for b in round_config.client_buckets]
-  sim = training.build_simulation(config, split, round_config=round_config)
+  sim = experiment.build_simulation(config, split, round_config=round_config)
   server, clients = sim.server, sim.clients
   data = client_data_from_split(split)
   round_fn = jax.jit(sim.round_fn, donate_argnums=(0, 1))
@@ -388,9 +388,9 @@ def print_curve(title, key, results):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  from fedras_jax import training  # checks the settings every configuration shares
-  training.TrainConfig(method=_METHOD.value, dim=_DIM.value, num_lanes=_LANES.value,
-                       seed=_SEED.value, rounds=_ROUNDS.value).validate()
+  from fedras_jax.config import TrainConfig  # checks what every configuration shares
+  TrainConfig(method=_METHOD.value, dim=_DIM.value, num_lanes=_LANES.value,
+              seed=_SEED.value, rounds=_ROUNDS.value).validate()
   if _SINGLE.value:
     res = run_single(_NUM_CLIENTS.value, _NUM_ITEMS.value)
     print(_TAG + json.dumps(res), flush=True)

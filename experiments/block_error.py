@@ -24,13 +24,15 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-import experiments.train  # noqa: F401  (defines the TrainConfig flags)
 from fedras_jax import checkpoint as ckpt_lib
 from fedras_jax import flags as flag_lib
-from fedras_jax.compress.roundtrip import roundtrip_clients
 from fedras_jax.compress.registry import make_compressor
+from fedras_jax.compress.roundtrip import roundtrip_clients
+from fedras_jax.config import TrainConfig
+from fedras_jax.experiment import build_simulation, load_run_data
 from fedras_jax.quantize import auto_tau
-from fedras_jax.training import TrainConfig, build_simulation, load_run_data
+
+flag_lib.define_train_flags()
 
 _CKPT = flags.DEFINE_string("ckpt_dir", None, "checkpoints/ of a run with the same flags")
 _OUT = flags.DEFINE_string("out", None, "also write the rows as JSON lines here")

@@ -39,13 +39,15 @@ from typing import Optional
 from absl import app, flags
 import numpy as np
 
-import experiments.train  # noqa: F401  (defines one flag per TrainConfig field)
 from fedras_jax import flags as flag_lib
 from fedras_jax import outputs
+from fedras_jax.config import TrainConfig, dataset_label
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
 from fedras_jax.sweep import SWEEPABLE, grid_points, parse_grid, sweep_points
-from fedras_jax.training import (TrainConfig, config_differences, dataset_label,
-                                 recorded_config, train)
+from fedras_jax.training import train
+from fedras_jax.workdir import config_differences, recorded_config
+
+flag_lib.define_train_flags()
 
 flags.DEFINE_string("methods", "uncompressed,fedras,topk,svd,colr,embedding_kmeans", "methods")
 flags.DEFINE_string("ratios", "1/2,1/4,1/8,1/16,1/32,1/64", "payload ratios (fractions)")

@@ -18,13 +18,14 @@ import time
 
 from absl import app, flags
 
-import experiments.train  # noqa: F401  (defines one flag per TrainConfig field)
 from fedras_jax import distributed
 from fedras_jax import flags as flag_lib
+from fedras_jax.config import TrainConfig
 from fedras_jax.outputs import write_atomic
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
 from fedras_jax.sweep import grid_points, parse_grid, summarize, sweep
-from fedras_jax.training import TrainConfig
+
+flag_lib.define_train_flags()
 
 flags.DEFINE_string("seeds", "0,1,2,3", "comma-separated seeds, vmapped")
 flags.DEFINE_string("grid", "", "traced settings, vmapped: 'item_lr=4,8;user_lr=0.5,1'")

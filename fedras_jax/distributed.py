@@ -45,10 +45,17 @@ class ProcessGroup:
   ``num_processes`` and ``process_id`` say how many processes there are and which
   one this is. ``initialization_timeout``: seconds to wait for every peer to join.
   """
-  coordinator: str = ""
-  num_processes: int = 1
-  process_id: int = 0
-  initialization_timeout: int = 300
+  coordinator: str = dataclasses.field(default="", metadata=dict(help=(
+      "multi-process runs: HOST:PORT of process 0 (give every process the same), or "
+      "'auto' to let JAX detect the cluster (Cloud TPU, SLURM, Open MPI); empty: one "
+      "process. See docs/multihost.md")))
+  num_processes: int = dataclasses.field(default=1, metadata=dict(
+      help="with --coordinator=HOST:PORT: how many processes the run has"))
+  process_id: int = dataclasses.field(default=0, metadata=dict(help=(
+      "with --coordinator=HOST:PORT: this process' index, 0 .. num_processes-1; process 0 "
+      "writes the logs and the workdir")))
+  initialization_timeout: int = dataclasses.field(default=300, metadata=dict(
+      help="seconds to wait for every process to join"))
 
   def validate(self) -> "ProcessGroup":
     if self.coordinator in ("", AUTO):

@@ -13,6 +13,7 @@ from absl import app, flags
 import jax
 
 from fedras_jax import distributed
+from fedras_jax.config import TrainConfig
 from fedras_jax.data import FetchError
 from fedras_jax.workdir_lock import WorkdirLockError
 
@@ -26,13 +27,29 @@ def _base_type(tp):
   return tp
 
 
-def define_flags(config_cls, helps: dict, flag_values=flags.FLAGS):
-  """Defines one absl flag per field of ``config_cls`` (default: the field default)."""
+def define_flags(config_cls, flag_values=flags.FLAGS):
+  """Defines one absl flag per field of ``config_cls``: the field's default, and its
+  ``metadata["help"]`` as the help text."""
   hints = typing.get_type_hints(config_cls)
   for field in dataclasses.fields(config_cls):
     tp = _base_type(hints[field.name])
-    _DEFINE[tp](field.name, field.default, helps.get(field.name, field.name),
+    _DEFINE[tp](field.name, field.default, field.metadata.get("help", field.name),
                 flag_values=flag_values)
+
+
+def define_train_flags(flag_values=flags.FLAGS):
+  """The flags of a binary that trains: one per ``TrainConfig`` field, the process
+  group's (``distributed.ProcessGroup``) and ``--compilation_cache``; once per
+  ``flag_values`` (binaries that import one another share them)."""
+  if "compilation_cache" in flag_values:
+    return
+  define_flags(TrainConfig, flag_values)
+  define_flags(distributed.ProcessGroup, flag_values)
+  flags.DEFINE_string(
+      "compilation_cache", None,
+      "directory of JAX's persistent compilation cache: a rerun with the same shapes loads "
+      "its compiled round instead of compiling it (default $FEDRAS_COMPILATION_CACHE or "
+      "~/.cache/fedras_jax/compilation_cache; none: off)", flag_values=flag_values)
 
 
 def config_from_flags(config_cls, flag_values=flags.FLAGS):

@@ -26,8 +26,9 @@ from fedras_jax.compress import dense_bits
 from fedras_jax.federated import (LocalHParams, RoundHParams, client_data_from_split,
                                   init_states, make_round)
 from fedras_jax.metrics import make_evaluate
-from fedras_jax.training import (TrainConfig, build_bandwidth, build_compressors, build_model,
-                                 build_round_config, load_run_data, run_mesh)
+from fedras_jax.config import TrainConfig
+from fedras_jax.experiment import (build_bandwidth, build_compressors, build_model,
+                                   build_round_config, load_run_data, run_mesh)
 
 SWEEPABLE = ("user_lr", "item_lr", "dense_lr", "weight_decay", "fluctuation", "payload_ratio")
 

@@ -13,9 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedras_jax import checkpoint, outputs, training
+from fedras_jax import checkpoint, experiment, outputs
 from fedras_jax import flags as flag_lib
-from fedras_jax.training import TrainConfig, train
+from fedras_jax.config import TrainConfig
+from fedras_jax.training import train
+from fedras_jax import workdir as workdir_lib
 from fedras_jax.workdir_lock import LOCK_FILE, WorkdirLock, WorkdirLockError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -107,13 +109,13 @@ def test_a_run_with_nan_losses_writes_strict_json_and_takes_over_a_dead_lock(
   """Poisoned user rows make some clients' loss NaN (the row's mean loss is NaN): every
   JSON file of the workdir still parses strictly, with null where the NaN was. The
   workdir's lock file was left by a dead process: the run takes it over, warning."""
-  init_states = training.init_states
+  init_states = experiment.init_states
 
   def poisoned(*args, **kwargs):
     server, clients = init_states(*args, **kwargs)
     return server, clients._replace(users=clients.users.at[::4].set(jnp.nan))
 
-  monkeypatch.setattr(training, "init_states", poisoned)
+  monkeypatch.setattr(experiment, "init_states", poisoned)
   dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                         capture_output=True, text=True, check=True)
   (tmp_path / LOCK_FILE).write_text(json.dumps(
@@ -182,7 +184,7 @@ def test_final_params_are_checksummed(tmp_path):
 # ----------------------------------------------------- errors naming the file --
 
 def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
-  writer = training._Writer(str(tmp_path))
+  writer = workdir_lib.MetricsWriter(str(tmp_path))
   (tmp_path / "metrics.jsonl").symlink_to("/dev/full")  # every write: ENOSPC
   with pytest.raises(OSError) as e:
     writer.write(dict(round=1, loss=0.5))

@@ -17,10 +17,11 @@ import jax
 import numpy as np
 import pytest
 
-from fedras_jax import checkpoint, training
+from fedras_jax import checkpoint, experiment
+from fedras_jax.config import TrainConfig
 from fedras_jax.federated.round import round_clients
-from fedras_jax.training import (TIMING_FIELDS, NonFiniteUpdateError, TrainConfig, WorkdirError,
-                                 train)
+from fedras_jax.training import NonFiniteUpdateError, train
+from fedras_jax.workdir import TIMING_FIELDS, WorkdirError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RUN = dict(method="uncompressed", rounds=30, clients_per_round=16, dim=16, eval_every=5,
@@ -33,14 +34,14 @@ ML100K_USERS = 943
 STALLING_BINARY = """
 import time
 from absl import app
-from fedras_jax import training
+from fedras_jax import workdir
 from experiments import train as binary
-write = training._Writer.write
+write = workdir.MetricsWriter.write
 def stalling_write(self, row):
   write(self, row)
   if row["round"] == 15:
     time.sleep(600)
-training._Writer.write = stalling_write
+workdir.MetricsWriter.write = stalling_write
 app.run(binary.main)
 """
 
@@ -243,14 +244,14 @@ def test_overwrite_starts_the_workdir_over(data_dir, reference, tmp_path):
 
 def _poison_users(monkeypatch, bad):
   """Makes the user rows of the users ``bad(u)`` NaN at initialisation."""
-  init_states = training.init_states
+  init_states = experiment.init_states
 
   def poisoned(*args, **kwargs):
     server, clients = init_states(*args, **kwargs)
     ids = np.arange(clients.users.shape[0])
     return server, clients._replace(users=clients.users.at[bad(ids)].set(np.nan))
 
-  monkeypatch.setattr(training, "init_states", poisoned)
+  monkeypatch.setattr(experiment, "init_states", poisoned)
 
 
 def _sampled(round_index, seed=0):

@@ -21,7 +21,7 @@ from fedras_jax import flags as flag_lib
 from fedras_jax.data import formats
 from fedras_jax.data.formats import DataFormatError
 from fedras_jax.sweep import SWEEPABLE, parse_grid
-from fedras_jax.training import TrainConfig
+from fedras_jax.config import TrainConfig
 
 FEW = settings(max_examples=40, deadline=None, derandomize=bool(os.environ.get("CI")),
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 
 from fedras_jax.sweep import grid_points, parse_grid, summarize, sweep
-from fedras_jax.training import TrainConfig, load_run_data, train
+from fedras_jax.config import TrainConfig
+from fedras_jax.experiment import load_run_data
+from fedras_jax.training import train
 
 
 def test_sweep_run_equals_single_run(ml100k_path):

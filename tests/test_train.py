@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from fedras_jax.training import TrainConfig, train
+from fedras_jax.config import TrainConfig
+from fedras_jax.training import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SMALL = ["--method=uncompressed", "--rounds=2", "--eval_every=2", "--clients_per_round=8",

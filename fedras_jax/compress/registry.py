@@ -8,7 +8,7 @@ them, and the reported bits are then below the budget):
 
 * fedras, fedras_fixed_k, embedding_kmeans: ``max_k`` (when 0) is the budget's K
   (``quantize.max_actions_for_budget``) rounded up to a multiple of 16, in
-  ``[16, 128]`` (the rule ``training.build_compressors`` uses).
+  ``[16, 128]`` (the rule ``experiment.build_compressors`` uses).
 * topk: ``max_entries`` = the budget's entry count rounded up to a multiple of 64,
   in ``[64, num_items * item_dim]``.
 * svd: ``max_rank`` = the budget's rank rounded up to a multiple of 8, in
