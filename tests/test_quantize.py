@@ -524,9 +524,9 @@ def np_encode(g, k_cap, tau, *, max_splits, max_iters=25, tol=1e-4, power_iters=
     algorithm in ``quantize.actions`` (refinement, split test, bisection), not
     from its code; assumes no cluster empties (well-separated test data).
     """
-    from fedras_jax.quantize import actions
+    from fedras_jax.quantize import encode_loop
 
-    power_iters = actions._POWER_ITERS if power_iters is None else power_iters
+    power_iters = encode_loop._POWER_ITERS if power_iters is None else power_iters
     x = np.asarray(g, np.float64)
     n = len(x)
     xu = x / np.linalg.norm(x, axis=1, keepdims=True)

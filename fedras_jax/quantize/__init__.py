@@ -38,7 +38,6 @@ from fedras_jax.quantize.actions import (
     NO_UPDATE,
     ActionPayload,
     auto_tau,
-    cluster_coherence,
     decode,
     encode,
 )
@@ -49,6 +48,7 @@ from fedras_jax.quantize.bits import (
     payload_bits,
     payload_bits_int32_indices,
 )
+from fedras_jax.quantize.encode_loop import cluster_coherence
 from fedras_jax.quantize.lloyd import (
     KMeansResult,
     kmeans,
