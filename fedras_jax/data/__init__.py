@@ -26,9 +26,10 @@ from fedras_jax.data.formats import (DataFormatError, TestNegatives,
                                      parse_recbole_inter)
 from fedras_jax.data.interactions import Interactions
 from fedras_jax.data.negatives import sample_negatives
-from fedras_jax.data.split import (EmptyClientError, Split, StaleSplitError,
-                                   build_split, describe, leave_one_out,
-                                   load_split, save_split)
+from fedras_jax.data.split import (EmptyClientError, Split, build_split,
+                                   describe, leave_one_out)
+from fedras_jax.data.split_file import (StaleSplitError, load_split,
+                                        save_split)
 from fedras_jax.data.userfile import (FileOptions, is_path,
                                       parse_interaction_file)
 

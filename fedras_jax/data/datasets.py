@@ -45,9 +45,10 @@ from fedras_jax.data import fetch
 from fedras_jax.data import formats
 from fedras_jax.data import userfile
 from fedras_jax.data.interactions import Interactions
-from fedras_jax.data.split import (SPLIT_FORMAT_VERSION, EmptyClientError,
-                                   Split, build_split, latest_rows,
-                                   leave_one_out, load_split, save_split)
+from fedras_jax.data.split import (EmptyClientError, Split, build_split,
+                                   latest_rows, leave_one_out)
+from fedras_jax.data.split_file import (SPLIT_FORMAT_VERSION, load_split,
+                                        save_split)
 
 __all__ = ["DATASETS", "FILES", "dataset_files", "load_dataset",
            "ncf_split"]
