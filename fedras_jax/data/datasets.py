@@ -37,7 +37,7 @@ import hashlib
 import json
 import logging
 import pathlib
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -313,29 +313,10 @@ def load_dataset(name: str, data_dir=None, *, seed: int = 0,
     cache_dir = data_dir / "splits" if cache_dir is None else pathlib.Path(
         cache_dir)
     if is_file:
-        path = pathlib.Path(name).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"--dataset={name}: no such file")
-        paths = [path]
-        sources = {str(path.resolve()): fetch.sha256_file(path)}
-        options = options.check()
-        opts = dataclasses.asdict(options)
-        tag = hashlib.sha256(json.dumps(opts, sort_keys=True).encode())
-        stem = f"{path.stem}-{sources[str(path.resolve())][:16]}-" \
-            f"{tag.hexdigest()[:8]}"
-        ncf_neg = False
+        src = _file_sources(name, options)
     else:
-        relpaths = DATASETS[name][0]
-        with (fetch.FetchContext() if fetch_context is None
-              else contextlib.nullcontext(fetch_context)) as ctx:
-            paths = [fetch.ensure_file(FILES[p], data_dir, download=download,
-                                       ctx=ctx) for p in relpaths]
-        neg = _ncf_negative_path(data_dir) if name == "ml-1m" else None
-        ncf_neg = neg is not None
-        named = list(zip(relpaths, paths)) + (
-            [(_NCF_NEGATIVES, neg)] if ncf_neg else [])
-        sources = {rel: fetch.sha256_file(p) for rel, p in named}
-        stem, opts = name, {}
+        src = _named_sources(name, data_dir, download, fetch_context)
+    paths, sources, stem, opts, ncf_neg = src
     key = cache_path(stem, cache_dir, seed=seed, num_valid=num_valid,
                      num_test_negatives=num_test_negatives,
                      ncf_negatives=ncf_neg)
@@ -359,6 +340,42 @@ def load_dataset(name: str, data_dir=None, *, seed: int = 0,
         except OSError as e:
             _log.warning("could not cache split at %s: %s", key, e)
     return split
+
+
+class _Sources(NamedTuple):
+    """What a split is built from: the files, their sha256 (by name), the stem of
+    its cache file, the file options (a file only) and whether the NCF negatives
+    file is used."""
+    paths: list
+    sha256: dict
+    stem: str
+    options: dict
+    ncf_negatives: bool
+
+
+def _file_sources(name: str, options: userfile.FileOptions) -> _Sources:
+    path = pathlib.Path(name).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"--dataset={name}: no such file")
+    digest = fetch.sha256_file(path)
+    opts = dataclasses.asdict(options.check())
+    tag = hashlib.sha256(json.dumps(opts, sort_keys=True).encode()).hexdigest()
+    return _Sources([path], {str(path.resolve()): digest},
+                    f"{path.stem}-{digest[:16]}-{tag[:8]}", opts, False)
+
+
+def _named_sources(name: str, data_dir: pathlib.Path, download: bool,
+                   fetch_context) -> _Sources:
+    relpaths = DATASETS[name][0]
+    with (fetch.FetchContext() if fetch_context is None
+          else contextlib.nullcontext(fetch_context)) as ctx:
+        paths = [fetch.ensure_file(FILES[p], data_dir, download=download,
+                                   ctx=ctx) for p in relpaths]
+    neg = _ncf_negative_path(data_dir) if name == "ml-1m" else None
+    named = list(zip(relpaths, paths)) + (
+        [(_NCF_NEGATIVES, neg)] if neg is not None else [])
+    return _Sources(paths, {rel: fetch.sha256_file(p) for rel, p in named},
+                    name, {}, neg is not None)
 
 
 def _file_split(path, options: userfile.FileOptions, seed: int,
