@@ -44,6 +44,12 @@ __all__ = [
     "parse_ncf_rating",
     "parse_ncf_test_negatives",
     "parse_recbole_inter",
+    # Building blocks of parsers (``userfile`` uses them too).
+    "numeric_tokens",
+    "quote_snippet",
+    "read_columns",
+    "read_lines",
+    "timestamps_to_int64",
 ]
 
 _SNIPPET = 60  # characters of an offending line quoted in messages
@@ -61,11 +67,11 @@ class DataFormatError(ValueError):
         super().__init__(f"{where}: {self.problem}")
 
 
-def _quote(text: str) -> str:
+def quote_snippet(text: str) -> str:
     return repr(text if len(text) <= _SNIPPET else text[:_SNIPPET] + "...")
 
 
-def _read_lines(path) -> list[str]:
+def read_lines(path) -> list[str]:
     """Lines of a text file; trailing blank lines dropped, ``\\r`` stripped."""
     with open(path, "rb") as f:
         data = f.read()
@@ -89,7 +95,7 @@ _EXPECTED = {"int": "an integer", "float": "a finite number",
              "token": "a non-empty token"}
 
 
-def _columns(path, lines: list[str], sep: str, nfields: int,
+def read_columns(path, lines: list[str], sep: str, nfields: int,
              wanted: dict[str, tuple[int, str]], first_line: int = 1):
     """Splits `lines` into fields and converts the `wanted` columns.
 
@@ -123,7 +129,7 @@ def _columns(path, lines: list[str], sep: str, nfields: int,
             raise DataFormatError(
                 path, lineno, f"expected {nfields} fields separated by "
                 f"{sep!r}, got {len(parts)} (truncated or malformed line?): "
-                f"{_quote(s)}")
+                f"{quote_snippet(s)}")
         for name, (j, kind) in wanted.items():
             value = parts[j]
             if kind == "token":
@@ -139,7 +145,7 @@ def _columns(path, lines: list[str], sep: str, nfields: int,
             if not ok:
                 raise DataFormatError(
                     path, lineno, f"field {j + 1} ({name}) is "
-                    f"{_quote(value)}, expected {_EXPECTED[kind]}")
+                    f"{quote_snippet(value)}, expected {_EXPECTED[kind]}")
             values[name].append(parsed)
     dtypes = {"int": np.int64, "float": np.float64, "token": str}
     return {name: np.asarray(values[name], dtype=dtypes[kind])
@@ -147,7 +153,7 @@ def _columns(path, lines: list[str], sep: str, nfields: int,
 
 
 def _columns_fast(lines, sep, nfields, wanted):
-    """Vectorised `_columns`; raises ValueError on anything unusual."""
+    """Vectorised `read_columns`; raises ValueError on anything unusual."""
     kinds = {kind for _, kind in wanted.values()}
     numeric = "token" not in kinds and len(wanted) == nfields
     if numeric and (len(sep) == 1 or not any("\t" in s for s in lines)):
@@ -181,14 +187,14 @@ def _columns_fast(lines, sep, nfields, wanted):
     return out
 
 
-def _timestamps_to_int64(ts: np.ndarray) -> np.ndarray:
+def timestamps_to_int64(ts: np.ndarray) -> np.ndarray:
     """Float timestamps -> int64; non-integral ones -> their dense rank."""
     if np.all(ts == np.floor(ts)) and np.all(np.abs(ts) < 2.0**62):
         return ts.astype(np.int64)
     return np.unique(ts, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
-def _numeric_tokens(col: np.ndarray) -> np.ndarray:
+def numeric_tokens(col: np.ndarray) -> np.ndarray:
     """Token ids that are all canonical decimal integers -> int64.
 
     (So "10" sorts after "9". Tokens with leading zeros stay strings: "007"
@@ -203,8 +209,8 @@ def _numeric_tokens(col: np.ndarray) -> np.ndarray:
 
 
 def _standard_4col(path, name: str, sep: str) -> Interactions:
-    lines = _read_lines(path)
-    c = _columns(path, lines, sep, 4, {
+    lines = read_lines(path)
+    c = read_columns(path, lines, sep, 4, {
         "user": (0, "int"), "item": (1, "int"), "rating": (2, "float"),
         "timestamp": (3, "int")})
     return from_raw_ids(name, c["user"], c["item"], c["timestamp"])
@@ -234,14 +240,14 @@ def parse_recbole_inter(path, name: str | None = None, *,
     """
     if name is None:
         name = os.path.splitext(os.path.basename(str(path)))[0]
-    lines = _read_lines(path)
+    lines = read_lines(path)
     header = lines[0].split("\t")
     names = []
     for field in header:
         base, colon, ftype = field.partition(":")
         if not colon or not base or not ftype:
             raise DataFormatError(
-                path, 1, f"header field {_quote(field)} is not 'name:type' "
+                path, 1, f"header field {quote_snippet(field)} is not 'name:type' "
                 "(is this a RecBole .inter file?)")
         names.append(base)
     wanted = {}
@@ -256,13 +262,13 @@ def parse_recbole_inter(path, name: str | None = None, *,
                 f"{', '.join(names)})")
     if len(lines) < 2:
         raise DataFormatError(path, 1, "header only, no interactions")
-    c = _columns(path, lines[1:], "\t", len(header), wanted, first_line=2)
+    c = read_columns(path, lines[1:], "\t", len(header), wanted, first_line=2)
     if "timestamp" in c:
-        ts = _timestamps_to_int64(c["timestamp"])
+        ts = timestamps_to_int64(c["timestamp"])
     else:
         ts = np.arange(len(lines) - 1, dtype=np.int64)
-    return from_raw_ids(name, _numeric_tokens(c["user"]),
-                        _numeric_tokens(c["item"]), ts)
+    return from_raw_ids(name, numeric_tokens(c["user"]),
+                        numeric_tokens(c["item"]), ts)
 
 
 _LASTFM_HEADER = ["userID", "artistID", "weight"]
@@ -276,14 +282,14 @@ def parse_lastfm_user_artists(path, name: str = "lastfm-2k") -> Interactions:
     (``timestamps[k]`` = data-row index), so the leave-one-out test item is a
     user's last line.
     """
-    lines = _read_lines(path)
+    lines = read_lines(path)
     if lines[0].split("\t") != _LASTFM_HEADER:
         raise DataFormatError(
             path, 1, f"expected header {'<TAB>'.join(_LASTFM_HEADER)!r}, "
-            f"got {_quote(lines[0])}")
+            f"got {quote_snippet(lines[0])}")
     if len(lines) < 2:
         raise DataFormatError(path, 1, "header only, no interactions")
-    c = _columns(path, lines[1:], "\t", 3, {
+    c = read_columns(path, lines[1:], "\t", 3, {
         "user": (0, "int"), "item": (1, "int"), "weight": (2, "float")},
         first_line=2)
     return from_raw_ids(name, c["user"], c["item"],
@@ -300,8 +306,8 @@ def parse_ncf_rating(path, name: str = "ml-1m",
     `num_users` / `num_items` default to max id + 1; ids outside the given
     range raise `DataFormatError` naming the line.
     """
-    lines = _read_lines(path)
-    c = _columns(path, lines, "\t", 4, {
+    lines = read_lines(path)
+    c = read_columns(path, lines, "\t", 4, {
         "user": (0, "int"), "item": (1, "int"), "rating": (2, "float"),
         "timestamp": (3, "int")})
     users, items = c["user"], c["item"]
@@ -344,7 +350,7 @@ def parse_ncf_test_negatives(path) -> TestNegatives:
     Every line must have the same number K >= 1 of non-negative integer
     negatives.
     """
-    lines = _read_lines(path)
+    lines = read_lines(path)
     users, items, negs = [], [], []
     k_expected = None
     for k, s in enumerate(lines):
@@ -353,7 +359,7 @@ def parse_ncf_test_negatives(path) -> TestNegatives:
         m = _PAIR.fullmatch(parts[0].replace(" ", ""))
         if m is None:
             raise DataFormatError(
-                path, lineno, f"first field {_quote(parts[0])} is not "
+                path, lineno, f"first field {quote_snippet(parts[0])} is not "
                 "'(user,item)'")
         if k_expected is None:
             k_expected = len(parts) - 1
@@ -368,7 +374,7 @@ def parse_ncf_test_negatives(path) -> TestNegatives:
         except ValueError:
             bad = next(v for v in parts[1:] if not re.fullmatch(r"\d+", v))
             raise DataFormatError(
-                path, lineno, f"negative item {_quote(bad)} is not an "
+                path, lineno, f"negative item {quote_snippet(bad)} is not an "
                 "integer") from None
         ids = row + [int(m.group(1)), int(m.group(2))]
         if min(ids) < 0:

@@ -182,35 +182,22 @@ def parse_interaction_file(path, options: FileOptions = FileOptions(), *,
     options.check()
     if name is None:
         name = os.path.splitext(os.path.basename(str(path)))[0]
-    lines = formats._read_lines(path)
+    lines = formats.read_lines(path)
     is_inter = str(path).lower().endswith(".inter")
     sep = "\t" if is_inter else _delimiter(path, lines)
     header = _header_columns(lines[0].split(sep))
     if is_inter and (header is None or not header[1]):
         raise formats.DataFormatError(
             path, 1, "a RecBole .inter file starts with a 'name:type' header, "
-            f"got {formats._quote(lines[0])}")
+            f"got {formats.quote_snippet(lines[0])}")
     nfields = len(lines[0].split(sep))
-    if options.columns:
-        names = [c.strip().lower() for c in options.columns.split(",")]
-        if len(names) != nfields:
-            raise ValueError(
-                f"--data_columns={options.columns!r} names {len(names)} "
-                f"columns but {path} has {nfields} fields per line "
-                f"(separated by {sep!r})")
-        source = "--data_columns"
-    elif header is not None:
-        names, source = header[0], "the header"
-    else:
-        raise ValueError(
-            f"{path} has no header naming its columns: name them with "
-            "--data_columns, e.g. --data_columns=user,item,rating,timestamp")
+    names, source = _column_names(path, options, header, nfields, sep)
     wanted = _wanted(path, names, source)
     first = 2 if header is not None else 1
     rows = lines[first - 1:]
     if not rows:
         raise formats.DataFormatError(path, 1, "header only, no interactions")
-    c = formats._columns(path, rows, sep, nfields, wanted, first_line=first)
+    c = formats.read_columns(path, rows, sep, nfields, wanted, first_line=first)
     n = len(rows)
     keep = np.ones(n, dtype=bool)
     if options.min_rating is not None:
@@ -220,13 +207,13 @@ def parse_interaction_file(path, options: FileOptions = FileOptions(), *,
                              f"{', '.join(names)})")
         keep = c["rating"] >= options.min_rating
     if "timestamp" in c:
-        ts = formats._timestamps_to_int64(c["timestamp"])
+        ts = formats.timestamps_to_int64(c["timestamp"])
     else:
         ts = np.random.default_rng(seed).permutation(n).astype(np.int64)
     if not keep.any():
         raise formats.DataFormatError(
             path, None, f"no rating >= --min_rating={options.min_rating}")
-    ids = {col: formats._numeric_tokens(np.char.strip(c[col][keep]))
+    ids = {col: formats.numeric_tokens(np.char.strip(c[col][keep]))
            for col in ("user", "item")}
     inter = from_raw_ids(name, ids["user"], ids["item"], ts[keep])
     inter = filter_counts(inter, options.min_user_interactions,
@@ -237,6 +224,25 @@ def parse_interaction_file(path, options: FileOptions = FileOptions(), *,
             f"{options.min_user_interactions} / --min_item_interactions="
             f"{options.min_item_interactions}")
     return inter
+
+
+def _column_names(path, options: FileOptions, header, nfields: int,
+                  sep: str) -> tuple[list[str], str]:
+    """``(column names, where they come from)``: ``--data_columns``, else the
+    header; a ValueError when neither names the ``nfields`` columns."""
+    if options.columns:
+        names = [c.strip().lower() for c in options.columns.split(",")]
+        if len(names) != nfields:
+            raise ValueError(
+                f"--data_columns={options.columns!r} names {len(names)} "
+                f"columns but {path} has {nfields} fields per line "
+                f"(separated by {sep!r})")
+        return names, "--data_columns"
+    if header is not None:
+        return header[0], "the header"
+    raise ValueError(
+        f"{path} has no header naming its columns: name them with "
+        "--data_columns, e.g. --data_columns=user,item,rating,timestamp")
 
 
 def filter_counts(inter: Interactions, min_user: int, min_item: int, *,
