@@ -289,16 +289,23 @@ def _encode_impl(x, m, budget_bits, tau, r_rows, tol, init_centroids, init_k, *,
 def _cluster_live_rows(x0, live, w, n_live, k_cap, tau, r_rows, tol, init_centroids, init_k,
                        *, max_k, tau_mode, value_bits, max_iters, half_dtype, max_splits):
     """The payload of ``k_cap >= 1`` actions at most for the live rows of ``x0``."""
-    n, d = x0.shape
-    # Exact power-of-two rescaling (largest |value| in [0.5, 1)).
+    rows, expo = _encode_rows(x0, live, w, n_live, k_cap, tau, tol, max_k=max_k,
+                              tau_mode=tau_mode)
+    state = _initial_state(rows, expo, init_centroids, init_k)
+    # On exit the centroids are unchanged by the last (converged, no split) step,
+    # so (centroids, assignment, coherence, count) are consistent.
+    state = encode_loop(rows, state, max_iters=max_iters, max_splits=max_splits)
+    return _compact(rows, state, expo, r_rows, value_bits=value_bits, half_dtype=half_dtype)
+
+
+def _encode_rows(x0, live, w, n_live, k_cap, tau, tol, *, max_k, tau_mode):
+    """``(EncodeRows, expo)``: the live rows of ``x0`` ``[n, d]`` scaled by ``2**-expo``
+    (largest ``|value|`` in ``[0.5, 1)``, exact), their unit rows, centred copy,
+    split threshold and Lloyd tolerance."""
     amax = jnp.max(jnp.where(live[:, None], jnp.abs(x0), 0.0))
     _, expo = jnp.frexp(jnp.where(amax > 0, amax, 1.0))
     xs = jnp.where(live[:, None], _times_power_of_two(x0, -expo), 0.0)
-
-    # One action: the mean of the live rows (the exact Lloyd fixed point for K=1).
     mean = jnp.sum(xs, axis=0) / jnp.maximum(n_live, 1).astype(jnp.float32)
-    c = jnp.zeros((max_k, d), jnp.float32).at[0].set(mean)
-    a = jnp.where(live, 0, -1).astype(jnp.int32)
     xu = unit_rows(xs)
     # Coherence of the single action: mean over live rows of xu_i . unit(mean).
     coh1 = jnp.dot(jnp.sum(xu, axis=0), unit_rows(mean)) / jnp.maximum(n_live, 1)
@@ -308,23 +315,34 @@ def _cluster_live_rows(x0, live, w, n_live, k_cap, tau, r_rows, tol, init_centro
     rows = EncodeRows(xs=xs, xu=xu, centred=prepare_rows(xc, max_k), mean=mean, live=live,
                       weight=w, k_cap=k_cap, tau=jnp.asarray(tau_eff, jnp.float32),
                       tol_abs=tol * jnp.mean(var))
-    # Warm start: the given actions (scaled like the rows), refined before the first test.
+    return rows, expo
+
+
+def _initial_state(rows: EncodeRows, expo, init_centroids, init_k) -> EncodeState:
+    """One action, the mean of the live rows (the exact Lloyd fixed point for K=1), or,
+    warm (``init_k > 0``), the given actions scaled like the rows, refined before the
+    first split test."""
+    max_k, d = init_centroids.shape
+    c = jnp.zeros((max_k, d), jnp.float32).at[0].set(rows.mean)
+    a = jnp.where(rows.live, 0, -1).astype(jnp.int32)
     warm = init_k > 0
-    k0 = jnp.where(warm, jnp.clip(init_k, 1, k_cap), 1)
+    k0 = jnp.where(warm, jnp.clip(init_k, 1, rows.k_cap), 1)
     c_warm = jnp.where((jnp.arange(max_k) < k0)[:, None],
                        _times_power_of_two(jnp.where(jnp.isfinite(init_centroids),
                                                      init_centroids, 0.0), -expo), 0.0)
     c = jnp.where(warm, c_warm, c)
-    state = EncodeState(centroids=c, assignment=a, k=k0, iters=jnp.int32(0),
-                        shift=jnp.float32(jnp.inf), done=jnp.bool_(False),
-                        coherence=jnp.ones((max_k,), jnp.float32),
-                        count=jnp.zeros((max_k,), jnp.float32),
-                        split_tests=jnp.int32(0), lloyd_steps=jnp.int32(0))
-    # On exit the centroids are unchanged by the last (converged, no split) step,
-    # so (centroids, assignment, coherence, count) are consistent.
-    state = encode_loop(rows, state, max_iters=max_iters, max_splits=max_splits)
+    return EncodeState(centroids=c, assignment=a, k=k0, iters=jnp.int32(0),
+                       shift=jnp.float32(jnp.inf), done=jnp.bool_(False),
+                       coherence=jnp.ones((max_k,), jnp.float32),
+                       count=jnp.zeros((max_k,), jnp.float32),
+                       split_tests=jnp.int32(0), lloyd_steps=jnp.int32(0))
 
-    # Compact non-empty live clusters into a prefix of the slots.
+
+def _compact(rows: EncodeRows, state: EncodeState, expo, r_rows, *, value_bits,
+             half_dtype) -> ActionPayload:
+    """The payload of the loop's final ``state``: non-empty live clusters moved to a
+    prefix of the slots and scaled back, indices remapped, bits counted."""
+    max_k, d = state.centroids.shape
     slots = jnp.arange(max_k)
     keep = (slots < state.k) & (state.count > 0)
     new_pos = jnp.cumsum(keep.astype(jnp.int32)) - 1
@@ -335,7 +353,8 @@ def _cluster_live_rows(x0, live, w, n_live, k_cap, tau, r_rows, tol, init_centro
     coh_out = jnp.zeros((max_k,), jnp.float32).at[dest].set(state.coherence, mode="drop")
     a = state.assignment
     a_c = jnp.clip(a, 0, max_k - 1)
-    indices = jnp.where(live & (a >= 0) & keep[a_c], new_pos[a_c], NO_UPDATE).astype(jnp.int32)
+    indices = jnp.where(rows.live & (a >= 0) & keep[a_c], new_pos[a_c],
+                        NO_UPDATE).astype(jnp.int32)
     if value_bits == 16:
         big = float(jnp.finfo(_HALF[half_dtype]).max)
         cents = jnp.clip(cents, -big, big).astype(_HALF[half_dtype]).astype(jnp.float32)
