@@ -80,9 +80,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from fedras_jax.quantize.batching import batched_as, check_vmap_strategy
 from fedras_jax.quantize.bits import max_actions_for_budget, payload_bits
 from fedras_jax.quantize.encode_loop import EncodeRows, EncodeState, encode_loop, unit_rows
-from fedras_jax.quantize.lloyd import batched_as, check_vmap_strategy, prepare_rows
+from fedras_jax.quantize.lloyd import prepare_rows
 
 __all__ = [
     "NO_UPDATE",

@@ -42,6 +42,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from fedras_jax.quantize.batching import batched_as, check_vmap_strategy
+
 __all__ = [
     "KMeansResult",
     "PreparedRows",
@@ -300,36 +302,6 @@ def kmeans_plusplus(x, key, *, max_k: int, k=None, weights=None):
     cents, _, _ = lax.fori_loop(1, max_k, body, (cents, closest, key))
     active = jnp.arange(max_k) < k
     return cents, active
-
-
-VMAP_STRATEGIES = ("auto", "sequential", "parallel")
-
-
-def check_vmap_strategy(vmap_strategy: str):
-    """Raises ``ValueError`` unless ``vmap_strategy`` is one of :data:`VMAP_STRATEGIES`."""
-    if vmap_strategy not in VMAP_STRATEGIES:
-        raise ValueError(f"vmap_strategy must be one of {VMAP_STRATEGIES}, got {vmap_strategy!r}")
-
-
-def batched_as(impl, vmap_strategy: str, **static):
-    """``impl`` with ``static`` bound, batching under ``jax.vmap`` by ``vmap_strategy``.
-
-    ``"parallel"``: ordinary (lock-step) batching; ``"sequential"``: a
-    ``jax.custom_batching`` rule that loops (``lax.map``) over the batch, so every
-    problem leaves its loops at its own convergence; ``"auto"``: sequential on CPU,
-    parallel elsewhere. The sequential wrapper is built once per ``(impl, static)``.
-    """
-    check_vmap_strategy(vmap_strategy)
-    if vmap_strategy == "auto":
-        vmap_strategy = "sequential" if jax.default_backend() == "cpu" else "parallel"
-    if vmap_strategy == "parallel":
-        return functools.partial(impl, **static)
-    return _sequential(impl, tuple(sorted(static.items())))
-
-
-@functools.lru_cache(maxsize=None)
-def _sequential(impl, static):
-    return jax.custom_batching.sequential_vmap(functools.partial(impl, **dict(static)))
 
 
 @functools.partial(jax.jit, static_argnames=("max_k", "max_iters", "vmap_strategy"))
