@@ -23,12 +23,12 @@ import optax
 from fedras_jax import distributed
 from fedras_jax import flags as flag_lib
 from fedras_jax.compress import dense_bits
-from fedras_jax.federated import (LocalHParams, RoundHParams, client_data_from_split,
-                                  init_states, make_round)
-from fedras_jax.metrics import make_evaluate
 from fedras_jax.config import TrainConfig
 from fedras_jax.experiment import (build_bandwidth, build_compressors, build_model,
-                                   build_round_config, load_run_data, run_mesh)
+                                   build_round_config, load_run_data, round_hparams,
+                                   run_mesh)
+from fedras_jax.federated import client_data_from_split, init_states, make_round
+from fedras_jax.metrics import make_evaluate
 
 SWEEPABLE = ("user_lr", "item_lr", "dense_lr", "weight_decay", "fluctuation", "payload_ratio")
 
@@ -111,14 +111,8 @@ def sweep_points(base: TrainConfig, seeds: Sequence[int], points: Sequence[Dict[
                         bandwidth=build_bandwidth(c, split.num_users, dense_round_bits),
                         downlink=downlink) for c in configs]
   server, clients = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-  hp = RoundHParams(
-      local=LocalHParams(*(jnp.asarray([getattr(c, f) for c in configs], jnp.float32)
-                           for f in ("user_lr", "item_lr", "dense_lr", "weight_decay"))),
-      fluctuation=jnp.asarray([c.fluctuation for c in configs], jnp.float32),
-      round_seconds=jnp.ones(len(configs), jnp.float32),
-      compute_seconds=jnp.asarray([c.compute_seconds for c in configs], jnp.float32),
-      downlink_budget_bits=jnp.asarray([c.payload_ratio * dense_round_bits for c in configs],
-                                       jnp.float32))
+  hp = jax.tree.map(lambda *xs: jnp.asarray(xs, jnp.float32),
+                    *[round_hparams(c, dense_round_bits) for c in configs])
   if mesh is not None:
     server, clients, hp = distributed.replicate((server, clients, hp), mesh)
   batched_round = distributed.jit(jax.vmap(round_fn), mesh, donate_argnums=(0, 1))
@@ -134,8 +128,8 @@ def sweep_points(base: TrainConfig, seeds: Sequence[int], points: Sequence[Dict[
       # Every process evaluates (one program over all devices); process 0 logs.
       hr = np.asarray(batched_eval(clients.users, server.items, server.dense)["hr@10"])
       if distributed.is_writer():
-          log(f"round {r}/{base.rounds}: HR@10 mean {hr.mean():.4f} (min {hr.min():.4f}, "
-            f"max {hr.max():.4f}) over {len(runs)} runs, {time.time() - start:.0f}s")
+        log(f"round {r}/{base.rounds}: HR@10 mean {hr.mean():.4f} (min {hr.min():.4f}, "
+          f"max {hr.max():.4f}) over {len(runs)} runs, {time.time() - start:.0f}s")
   scores = jax.device_get(batched_eval(clients.users, server.items, server.dense))
   timing = dict(compile_seconds=first_round - start, train_seconds=time.time() - first_round)
   return [dict(seed=s, **p, **{k: float(v[i]) for k, v in scores.items()}, **timing)
