@@ -1,0 +1,44 @@
+"""Every flagfile in configs/ parses into a valid ``TrainConfig`` with the settings its
+comment line promises (a renamed or removed flag would make a config unusable)."""
+import pathlib
+
+from absl import flags
+import pytest
+
+from fedras_jax import flags as flag_lib
+from fedras_jax.config import TrainConfig
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.flags"))
+
+
+def _config(path: pathlib.Path, monkeypatch) -> TrainConfig:
+  monkeypatch.chdir(REPO)  # flagfiles include one another by repo-relative paths
+  values = flags.FlagValues()
+  flag_lib.define_train_flags(values)
+  values(["prog", f"--flagfile={path.relative_to(REPO)}"])
+  return flag_lib.config_from_flags(TrainConfig, values).validate()
+
+
+def test_there_are_configs():
+  assert len(CONFIGS) >= 7, CONFIGS
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_config_parses_and_validates(path, monkeypatch):
+  config = _config(path, monkeypatch)
+  dataset, model = path.stem.split("_")[:2]
+  assert config.dataset == {"ml100k": "ml-100k", "ml1m": "ml-1m"}[dataset]
+  assert config.model == model
+  assert config.payload_ratio == 1 / 32 and config.seed == 0
+
+
+def test_derived_configs_override_their_base(monkeypatch):
+  base = _config(REPO / "configs/ml100k_ncf.flags", monkeypatch)
+  fixed = _config(REPO / "configs/ml100k_ncf_fedras.flags", monkeypatch)
+  assert (base.method, base.value_bits) == ("fedras", 32)
+  assert (fixed.method, fixed.value_bits) == ("fedras_fixed_k", 16)
+  assert fixed.dim == base.dim and fixed.item_lr == base.item_lr
+  tiers = _config(REPO / "configs/ml100k_mf_tiers.flags", monkeypatch)
+  assert (tiers.bandwidth, tiers.bandwidth_tiers, tiers.fluctuation) == ("tiers", "4,16,32,64",
+                                                                         0.3)
