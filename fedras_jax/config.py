@@ -90,7 +90,7 @@ class TrainConfig:
       "cosine threshold of the split test when --tau_mode=fixed (> 1: always use the budget's "
       "K)")
   tau_mode: str = setting("compression", "auto",
-      "fixed | auto (threshold from the data, see BUILD.md)")
+      "fixed | auto (threshold from the data, see docs/design/quantizer.md)")
   value_bits: int = setting("compression", 32, "bits per centroid value: 32 or 16")
   bandwidth: str = setting("federated", "uniform",
       "uniform | tiers | lognormal client bandwidths (bits per simulated second)")

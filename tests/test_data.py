@@ -137,7 +137,7 @@ def test_load_dataset_caches(tmp_path, ml100k_path, ml100k_split):
 
 
 def test_ncf_test_negatives_file():
-    # The NCF release's file cannot be fetched: this test needs it by hand.
+    # Found where the library looks, else fetched from the NCF release (GitHub).
     neg = data.parse_ncf_test_negatives(
         find_data_file("ml-1m/ml-1m.test.negative"))
     assert neg.negatives.shape == (6040, 99)

@@ -45,7 +45,7 @@ def fedras(num_index_rows: int, *, max_k: int, tau: float = 0.9, tau_mode: str =
       ``tau > 1`` disables adaptivity: every client uses the budget's K.
     max_iters: Lloyd M-steps per refinement (one after each split test). 2 by default:
       a bisection already leaves the halves near a fixed point, and more steps cost
-      time without a measurable gain in the round (BUILD.md).
+      time without a measurable gain in the round (docs/design/quantizer_speed.md).
     dense_fallback: send the touched rows uncompressed when that fits the budget.
   """
 

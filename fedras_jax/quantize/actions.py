@@ -65,7 +65,7 @@ split.
 sqrt((1 + c_1) / 2)``, where ``c_1`` is the coherence of the single-action
 start (``theta_1 = arccos c_1`` is the mean angle between a row and the
 client's mean gradient): every action must be at least twice as tight in
-angle as one global action (BUILD.md, the quantizer's design notes).
+angle as one global action (docs/design/quantizer.md).
 
 The procedure is deterministic given the data; ``key`` is accepted for API
 stability (and vmapped per client) but currently unused.
@@ -189,8 +189,8 @@ def encode(
         client is done, and a bisection is computed for every client at every
         split test). ``"sequential"``: a ``lax.map`` over the batch inside the
         same program (each client exits its loops early). ``"auto"``
-        (default): sequential when the default backend is CPU (2.5x faster
-        there, BUILD.md), parallel otherwise. Results are identical. Note:
+        (default): sequential when the default backend is CPU (several times
+        faster there, docs/benchmarks.md), parallel otherwise. Results are identical. Note:
         the batching rule is a ``jax.custom_batching`` rule, so ``encode`` is
         not reverse-mode differentiable (it is piecewise constant anyway).
       max_splits: static; at most this many clusters are split per split test
