@@ -22,7 +22,7 @@ from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams,
                                   plan_capacity)
 from fedras_jax.federated.bandwidth import draw_bandwidth
 from fedras_jax.metrics import make_evaluate
-from fedras_jax.models import get_model
+from fedras_jax.models import model_for_run
 import numpy as np
 
 
@@ -146,12 +146,8 @@ def load_run_data(config: TrainConfig):
 
 
 def build_model(config: TrainConfig):
-  if config.model == "mf":
-    return get_model("mf", dim=config.dim, init_scale=config.init_scale)
-  # NeuMF: GMF branch of dim/4 and MLP branch of dim (defaults 16 and 64).
-  return get_model("ncf", gmf_dim=max(1, config.dim // 4), mlp_dim=config.dim,
-                   layers=(2 * config.dim, config.dim, config.dim // 2, config.dim // 4),
-                   init_scale=config.init_scale)
+  """The model of ``config`` (``models.MODELS``)."""
+  return model_for_run(config.model, config.dim, config.init_scale)
 
 
 class Experiment(NamedTuple):

@@ -49,3 +49,10 @@ def ncf(gmf_dim: int = 16, mlp_dim: int = 64, layers: Sequence[int] = (128, 64, 
     return head.apply({"params": dense}, gmf, mlp_in)
 
   return RecModel(name="ncf", user_dim=dim, item_dim=dim, init=init, score=score)
+
+
+def ncf_for_run(dim: int, init_scale: float) -> RecModel:
+  """NeuMF of a run's ``--dim``: GMF branch of ``dim / 4``, MLP branch of ``dim``, tower
+  ``2 dim, dim, dim / 2, dim / 4`` (``--dim=64``: GMF 16, MLP 64, 128-64-32-16)."""
+  return ncf(gmf_dim=max(1, dim // 4), mlp_dim=dim, layers=(2 * dim, dim, dim // 2, dim // 4),
+             init_scale=init_scale)
