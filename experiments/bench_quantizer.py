@@ -30,8 +30,6 @@ Usage::
     python -m experiments.bench_quantizer             # full grid
 """
 
-from __future__ import annotations
-
 import argparse
 import os
 import time
@@ -131,7 +129,7 @@ def bench_vmap(clients, n_rows, d, max_k, repeats, seed=0):
 
     single = jax.jit(enc("auto"))
     variants = {
-        f"jit(vmap(encode)), default strategy (CPU: lax.map)": jax.jit(jax.vmap(enc("auto"))),
+        "jit(vmap(encode)), default strategy (CPU: lax.map)": jax.jit(jax.vmap(enc("auto"))),
         "jit(vmap(encode)), vmap_strategy='parallel'": jax.jit(jax.vmap(enc("parallel"))),
     }
     runs = {

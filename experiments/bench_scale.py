@@ -452,12 +452,12 @@ def main(argv):
     top = max(done, key=lambda r: (r["items"], r["clients"]))
     dev = top.get("device_peak_bytes")
     gib = lambda b: "-" if b is None else f"{b / 2**30:.2f} GiB"
+    speed = (top.get("error", "") if top.get("median_s") is None
+             else f"{top['median_s']:.2f} s/round")
     print(f"\nlargest catalogue: {top['items']} items x {top['clients']} clients: peak RSS "
           f"{gib(top.get('peak_rss'))} while running rounds, {gib(top.get('compile_peak_rss'))} "
           f"while compiling; XLA temp {gib(top.get('xla_temp_bytes'))}; device peak "
-          f"{'n/a' if dev is None else gib(dev)}; "
-          + (f"{top['median_s']:.2f} s/round" if top.get("median_s") is not None
-             else top.get("error", "")))
+          f"{'n/a' if dev is None else gib(dev)}; {speed}")
   if _JSON_OUT.value:
     outputs.write_json(_JSON_OUT.value, dict(results=results, exponents=exponents), indent=1)
   print(f"\ntotal wall time {_now() - wall:.1f} s")

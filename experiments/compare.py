@@ -134,13 +134,13 @@ def finished_summary(config: TrainConfig) -> Optional[dict]:
 def table_row(config: TrainConfig, ratio_text: str, summary: dict, tuned_names,
               valid_hr: float) -> dict:
   final, best = summary["final"], summary["best"]
+  # A protocol the run did not compute (--eval_protocol) is left empty.
+  scores = {f"{which}_{prefix}{m}@10": row.get(f"{prefix}{m}@10", "")
+            for which, row in (("final", final), ("best", best))
+            for prefix in ("", "full_") for m in ("hr", "ndcg")
+            if f"{which}_{prefix}{m}@10" in COLUMNS}
   return {"dataset": config.dataset, "model": config.model, "method": config.method,
-          "payload_ratio": ratio_text, "seed": config.seed, "rounds": config.rounds,
-          # A protocol the run did not compute (--eval_protocol) is left empty.
-          **{f"{which}_{prefix}{m}@10": row.get(f"{prefix}{m}@10", "")
-             for which, row in (("final", final), ("best", best))
-             for prefix in ("", "full_") for m in ("hr", "ndcg")
-             if f"{which}_{prefix}{m}@10" in COLUMNS},
+          "payload_ratio": ratio_text, "seed": config.seed, "rounds": config.rounds, **scores,
           "tuned": ";".join(f"{name}={summary['config'][name]}" for name in tuned_names),
           "valid_hr@10": valid_hr,
           "bits_up_total": final["bits_up_total"], "bits_down_total": final["bits_down_total"],

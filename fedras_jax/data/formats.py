@@ -24,8 +24,6 @@ header). Blank lines are errors except at the end of a file; an empty file is
 an error. ``\\r\\n`` line endings are accepted.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import math
 import os
@@ -35,22 +33,6 @@ import numpy as np
 
 from fedras_jax.data.interactions import Interactions, from_raw_ids
 
-__all__ = [
-    "DataFormatError",
-    "TestNegatives",
-    "parse_lastfm_user_artists",
-    "parse_movielens_100k",
-    "parse_movielens_1m",
-    "parse_ncf_rating",
-    "parse_ncf_test_negatives",
-    "parse_recbole_inter",
-    # Building blocks of parsers (``userfile`` uses them too).
-    "numeric_tokens",
-    "quote_snippet",
-    "read_columns",
-    "read_lines",
-    "timestamps_to_int64",
-]
 
 _SNIPPET = 60  # characters of an offending line quoted in messages
 _ID_LIMIT = 2**31  # ids kept verbatim (NCF files) are int32 downstream

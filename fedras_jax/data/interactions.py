@@ -11,14 +11,11 @@ Rows are kept in file order. Duplicate (user, item) pairs are collapsed to one
 row: the earliest one (smallest timestamp; ties -> the earlier line).
 """
 
-from __future__ import annotations
-
 import dataclasses
 import logging
 
 import numpy as np
 
-__all__ = ["Interactions", "dedupe_keep_earliest", "from_raw_ids"]
 
 _log = logging.getLogger(__name__)
 

@@ -1,10 +1,7 @@
 """Uniform negative sampling without replacement, excluding seen items."""
 
-from __future__ import annotations
-
 import numpy as np
 
-__all__ = ["sample_negatives"]
 
 # Random keys drawn per chunk of users (float64 each): bounds peak memory.
 _CHUNK_ELEMENTS = 1 << 22

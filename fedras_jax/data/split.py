@@ -12,8 +12,6 @@ on the same candidates (file format: ``split_file``).
 Shapes: U = num_users, I = num_items, K = num_test_negatives.
 """
 
-from __future__ import annotations
-
 import dataclasses
 
 import numpy as np
@@ -21,13 +19,6 @@ import numpy as np
 from fedras_jax.data.interactions import Interactions, frozen_array
 from fedras_jax.data.negatives import sample_negatives
 
-__all__ = [
-    "EmptyClientError",
-    "Split",
-    "build_split",
-    "describe",
-    "leave_one_out",
-]
 
 class EmptyClientError(ValueError):
     """A user has too few interactions for the split (an empty client)."""

@@ -6,8 +6,6 @@ that, which ``load_split`` checks: an altered or damaged file, or one built from
 data or options, raises ``StaleSplitError`` (the dataset cache then rebuilds it).
 """
 
-from __future__ import annotations
-
 import hashlib
 import json
 import os
@@ -18,7 +16,6 @@ import numpy as np
 
 from fedras_jax.data.split import Split
 
-__all__ = ["SPLIT_FORMAT_VERSION", "StaleSplitError", "load_split", "save_split"]
 
 # 2: the file carries a sha256 of its content and the metadata it was built from.
 SPLIT_FORMAT_VERSION = 2

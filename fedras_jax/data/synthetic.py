@@ -28,8 +28,6 @@ over the items a user never interacted with, distinct (the distribution of
 `negatives.sample_negatives`, drawn the same two ways).
 """
 
-from __future__ import annotations
-
 import math
 
 import numpy as np
@@ -37,13 +35,6 @@ import numpy as np
 from fedras_jax.data.interactions import Interactions
 from fedras_jax.data.split import Split, build_split, latest_rows
 
-__all__ = [
-    "interaction_counts",
-    "sample_distinct",
-    "synthetic_interactions",
-    "synthetic_split",
-    "zipf_popularity",
-]
 
 # Elements of one [users, items] key block of the exponential-keys method.
 _KEY_BLOCK = 1 << 22

@@ -30,8 +30,6 @@ rows (any other columns are ignored):
 Malformed input raises `formats.DataFormatError` (``<file>:<line>: ...``).
 """
 
-from __future__ import annotations
-
 import dataclasses
 import os
 
@@ -40,8 +38,6 @@ import numpy as np
 from fedras_jax.data import formats
 from fedras_jax.data.interactions import Interactions, from_raw_ids
 
-__all__ = ["COLUMN_NAMES", "FileOptions", "filter_counts", "is_path",
-           "parse_interaction_file"]
 
 SUFFIXES = (".inter", ".csv", ".tsv", ".txt", ".dat")
 DELIMITERS = ("\t", "::", ",", ";", "|", " ")

@@ -71,8 +71,6 @@ The procedure is deterministic given the data; ``key`` is accepted for API
 stability (and vmapped per client) but currently unused.
 """
 
-from __future__ import annotations
-
 import functools
 from typing import NamedTuple
 
@@ -85,13 +83,6 @@ from fedras_jax.quantize.bits import max_actions_for_budget, payload_bits
 from fedras_jax.quantize.encode_loop import EncodeRows, EncodeState, encode_loop, unit_rows
 from fedras_jax.quantize.lloyd import prepare_rows
 
-__all__ = [
-    "NO_UPDATE",
-    "ActionPayload",
-    "encode",
-    "decode",
-    "auto_tau",
-]
 
 NO_UPDATE = -1
 """Reserved index: the row carries no update and decodes to exactly zero."""

@@ -8,13 +8,10 @@ On XLA:CPU the loop over problems measured faster (docs/design/quantizer_speed.m
 so ``"auto"`` picks it there and lock step elsewhere.
 """
 
-from __future__ import annotations
-
 import functools
 
 import jax
 
-__all__ = ["VMAP_STRATEGIES", "batched_as", "check_vmap_strategy"]
 
 VMAP_STRATEGIES = ("auto", "sequential", "parallel")
 

@@ -16,20 +16,11 @@ The published FedRAS/FedPAQ-style numbers count a full int32 per index;
 All traced arithmetic is int32: budgets must be below 2**31 bits (256 MiB).
 """
 
-from __future__ import annotations
-
 import numbers
 
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = [
-    "payload_bits",
-    "payload_bits_int32_indices",
-    "max_actions_for_budget",
-    "compression_rate",
-    "index_bits",
-]
 
 
 def _is_concrete_int(v) -> bool:

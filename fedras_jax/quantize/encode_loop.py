@@ -9,8 +9,6 @@ prefix of the slots, so the loop runs in width tiers (:func:`width_tiers`). Ever
 function here is pure, jittable and works on one client; ``encode`` vmaps them.
 """
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 import jax
@@ -19,18 +17,6 @@ from jax import lax
 
 from fedras_jax.quantize.lloyd import PreparedRows, assign, update_centroids
 
-__all__ = [
-    "EncodeRows",
-    "EncodeState",
-    "bisect_clusters",
-    "cluster_coherence",
-    "encode_loop",
-    "refine",
-    "row_dot",
-    "split_test",
-    "unit_rows",
-    "width_tiers",
-]
 
 _POWER_ITERS = 1  # power-iteration steps of a split direction
 _TIER_GROWTH = 8  # width of each tier of live slots over the previous one

@@ -32,8 +32,6 @@ Conventions
   not influence the fit, the stopping test or the re-seeding.
 """
 
-from __future__ import annotations
-
 import functools
 import math
 from typing import NamedTuple, Optional
@@ -44,18 +42,6 @@ from jax import lax
 
 from fedras_jax.quantize.batching import batched_as, check_vmap_strategy
 
-__all__ = [
-    "KMeansResult",
-    "PreparedRows",
-    "assign",
-    "gather_rows",
-    "kmeans",
-    "kmeans_plusplus",
-    "lloyd_step",
-    "nearest_centroid",
-    "prepare_rows",
-    "update_centroids",
-]
 
 _BLOCK = 8192  # rows per distance block (large problems only)
 _DIRECT_MAX = 1 << 21  # n * max_k up to this: one [max_k, n] score block (8 MiB)

@@ -15,8 +15,6 @@ The state carries a PRNG key (split every step, folded per leaf) and the total
 payload bits of the last update, for logging.
 """
 
-from __future__ import annotations
-
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -25,7 +23,6 @@ import optax
 
 from fedras_jax.quantize.actions import decode, encode
 
-__all__ = ["ActionsQuantizerState", "actions_quantizer", "default_leaf_filter"]
 
 
 class ActionsQuantizerState(NamedTuple):
