@@ -58,12 +58,18 @@ def bench(name: str) -> dict:
   model = get_model("mf", dim=_DIM.value, init_scale=0.1)
   params = model.init(jax.random.key(0), split.num_users, split.num_items)
   args = (params.users, params.items, params.dense)
-  result = dict(case=name, users=split.num_users, items=split.num_items,
+  result = dict(case=name,
+                users=split.num_users,
+                items=split.num_items,
                 train=int(split.train_items.shape[0]),
                 blocks=full_ranking_blocks(model, split.num_users, split.num_items))
   for protocol in ("sampled", "full"):
-    evaluate = make_evaluate(model, split.test_item, split.test_negatives, protocol=protocol,
-                             train_indptr=split.train_indptr, train_items=split.train_items,
+    evaluate = make_evaluate(model,
+                             split.test_item,
+                             split.test_negatives,
+                             protocol=protocol,
+                             train_indptr=split.train_indptr,
+                             train_items=split.train_items,
                              num_items=split.num_items)
     first, seconds, metrics = timed(evaluate, *args)
     key = "full_hr@10" if protocol == "full" else "hr@10"
@@ -88,10 +94,12 @@ def main(argv):
       r = bench(name)
     except (ValueError, OSError, data_lib.FetchError) as e:
       sys.exit("error: " + " ".join(str(e).splitlines()))
-    print(f"| {r['case']} | {r['users']:,} | {r['items']:,} | {r['train']:,} | "
-          f"{r['blocks'][0]} x {r['blocks'][1]:,} | {r['sampled']['seconds']:.4f} | "
-          f"{r['full']['seconds']:.3f} | {r['ratio']:.1f}x | "
-          f"{r['full']['first_call_s']:.2f} | {r['peak_rss_mib']:,.0f} |", flush=True)
+    print(
+        f"| {r['case']} | {r['users']:,} | {r['items']:,} | {r['train']:,} | "
+        f"{r['blocks'][0]} x {r['blocks'][1]:,} | {r['sampled']['seconds']:.4f} | "
+        f"{r['full']['seconds']:.3f} | {r['ratio']:.1f}x | "
+        f"{r['full']['first_call_s']:.2f} | {r['peak_rss_mib']:,.0f} |",
+        flush=True)
 
 
 if __name__ == "__main__":

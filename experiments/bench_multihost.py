@@ -45,19 +45,30 @@ def _layout(text: str):
 
 def run_layout(method: str, processes: int, devices: int, workdir: str) -> dict:
   """One run of ``method`` as ``processes`` x ``devices``; process 0's summary."""
-  args = [f"--method={method}", f"--rounds={_ROUNDS.value}", f"--eval_every={_ROUNDS.value}",
-          "--checkpoint_every=0", f"--workdir={workdir}", "--quiet", "--compilation_cache=none",
-          *(f"--{f}" for f in _TRAIN_FLAGS.value)]
+  args = [
+      f"--method={method}", f"--rounds={_ROUNDS.value}", f"--eval_every={_ROUNDS.value}",
+      "--checkpoint_every=0", f"--workdir={workdir}", "--quiet", "--compilation_cache=none",
+      *(f"--{f}" for f in _TRAIN_FLAGS.value)
+  ]
   if _DATA_DIR.value:
     args.append(f"--data_dir={_DATA_DIR.value}")
   if processes == 1:
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-    results = [subprocess.run([sys.executable, "-m", "experiments.train", *args,
-                               *(["--shard_clients"] if devices > 1 else [])],
-                              env=env, capture_output=True, text=True)]
+    results = [
+        subprocess.run([
+            sys.executable, "-m", "experiments.train", *args,
+            *(["--shard_clients"] if devices > 1 else [])
+        ],
+                       env=env,
+                       capture_output=True,
+                       text=True)
+    ]
   else:
-    results = launch_local("experiments.train", args, num_processes=processes,
-                           devices_per_process=devices, log_dir=workdir + ".logs")
+    results = launch_local("experiments.train",
+                           args,
+                           num_processes=processes,
+                           devices_per_process=devices,
+                           log_dir=workdir + ".logs")
   for i, r in enumerate(results):
     if r.returncode:
       raise RuntimeError(f"{method} {processes}x{devices}: process {i} failed: "
@@ -75,8 +86,10 @@ def main(argv):
     layouts = [_layout(t) for t in _LAYOUTS.value]
   except ValueError as e:
     sys.exit(f"error: {e}")
-  lines = ["| method | layout | ms/round | x same devices in 1 process | compile s | HR@10 |",
-           "|---|---|---|---|---|---|"]
+  lines = [
+      "| method | layout | ms/round | x same devices in 1 process | compile s | HR@10 |",
+      "|---|---|---|---|---|---|"
+  ]
   print(lines[0])
   with tempfile.TemporaryDirectory() as tmp:
     for method in _METHODS.value:
@@ -99,16 +112,17 @@ def main(argv):
   if _MARKDOWN.value:
     pages.write_page(
         _MARKDOWN.value, "Multi-process overhead: one run as processes x devices",
-        "experiments.bench_multihost",
-        [f"setting: experiments.train defaults (ML-100K FedMF, 64 clients, d=64) "
-         f"{' '.join('--' + f for f in _TRAIN_FLAGS.value)}, {_ROUNDS.value} rounds; "
-         "processes are peers on this machine over gloo (localhost TCP); simulated CPU devices "
-         "share the machine's cores",
-         "HR@10: each run's final. Every layout computes the same round up to float rounding "
-         "(the sum order of a sharded reduction); FedRAS's K-Means assignments can turn a "
-         "last-bit difference into another trajectory after some tens of rounds, so its "
-         "single-device HR@10 may differ from the sharded layouts' (tests/test_multihost.py "
-         "checks equality over a few rounds)"], lines)
+        "experiments.bench_multihost", [
+            f"setting: experiments.train defaults (ML-100K FedMF, 64 clients, d=64) "
+            f"{' '.join('--' + f for f in _TRAIN_FLAGS.value)}, {_ROUNDS.value} rounds; "
+            "processes are peers on this machine over gloo (localhost TCP); simulated CPU devices "
+            "share the machine's cores",
+            "HR@10: each run's final. Every layout computes the same round up to float rounding "
+            "(the sum order of a sharded reduction); FedRAS's K-Means assignments can turn a "
+            "last-bit difference into another trajectory after some tens of rounds, so its "
+            "single-device HR@10 may differ from the sharded layouts' (tests/test_multihost.py "
+            "checks equality over a few rounds)"
+        ], lines)
 
 
 if __name__ == "__main__":

@@ -43,204 +43,219 @@ from fedras_jax import quantize as q
 
 
 def _data(n, d, k, seed):
-    rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((2 * k, d)) * 2.0
-    lab = rng.integers(0, 2 * k, n)
-    return (centers[lab] + rng.standard_normal((n, d))).astype(np.float32)
+  rng = np.random.default_rng(seed)
+  centers = rng.standard_normal((2 * k, d)) * 2.0
+  lab = rng.integers(0, 2 * k, n)
+  return (centers[lab] + rng.standard_normal((n, d))).astype(np.float32)
 
 
 def _time_once(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
 
 
 def bench_kmeans(sizes, ks, d, iters, repeats, seed=0):
-    from sklearn.cluster import KMeans, kmeans_plusplus
+  from sklearn.cluster import KMeans, kmeans_plusplus
 
-    try:  # scikit-learn's Lloyd loop without fit()'s validation/copy overhead
-        from sklearn.cluster._kmeans import _kmeans_single_lloyd
-        from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
-    except ImportError:  # private API moved
-        _kmeans_single_lloyd = None
+  try:  # scikit-learn's Lloyd loop without fit()'s validation/copy overhead
+    from sklearn.cluster._kmeans import _kmeans_single_lloyd
+    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+  except ImportError:  # private API moved
+    _kmeans_single_lloyd = None
 
-    rows = []
-    for n in sizes:
-        for k in ks:
-            if k >= n:
-                continue
-            x = _data(n, d, k, seed)
-            c0, _ = kmeans_plusplus(x, k, random_state=seed)
-            c0 = c0.astype(np.float32)
-            xj, cj = jnp.asarray(x), jnp.asarray(c0)
-            key = jax.random.PRNGKey(seed)
+  rows = []
+  for n in sizes:
+    for k in ks:
+      if k >= n:
+        continue
+      x = _data(n, d, k, seed)
+      c0, _ = kmeans_plusplus(x, k, random_state=seed)
+      c0 = c0.astype(np.float32)
+      xj, cj = jnp.asarray(x), jnp.asarray(c0)
+      key = jax.random.PRNGKey(seed)
 
-            def run_jax():
-                r = q.kmeans(xj, key, max_k=k, init_centroids=cj, max_iters=iters, tol=0.0)
-                return jax.block_until_ready(r)
+      def run_jax():
+        r = q.kmeans(xj, key, max_k=k, init_centroids=cj, max_iters=iters, tol=0.0)
+        return jax.block_until_ready(r)
 
-            t = time.perf_counter()
-            res = run_jax()  # first call: trace + compile + run
-            first = time.perf_counter() - t
-            km = KMeans(k, init=c0, n_init=1, max_iter=iters, tol=0.0, algorithm="lloyd")
-            km.fit(x)  # warm-up (thread pools, BLAS)
-            runs = {"jax": run_jax, "sk_fit": lambda: km.fit(x)}
-            if _kmeans_single_lloyd is not None:
-                xm = x.mean(0)
-                xc, cc = x - xm, c0 - xm  # fit() centres the data the same way
-                sw = np.ones(n, np.float32)
-                nt = _openmp_effective_n_threads()
-                # (it updates centers_init in place: pass a fresh copy every call)
-                runs["sk_core"] = lambda: _kmeans_single_lloyd(xc, sw, cc.copy(), max_iter=iters,
-                                                               tol=0.0, n_threads=nt)
-            times = {name: [] for name in runs}
-            for _ in range(repeats):  # interleaved
-                for name, run in runs.items():
-                    times[name].append(_time_once(run))
-            med = {name: min(v) for name, v in times.items()}
-            t_core = med.get("sk_core", float("nan"))
-            r = dict(
-                n=n, k=k, t_jax=med["jax"], t_fit=med["sk_fit"], t_core=t_core,
-                inertia_ratio=float(res.inertia) / km.inertia_,
-                it_jax=int(res.iters), it_sk=int(km.n_iter_),
-                compile=max(first - med["jax"], 0.0),
-            )
-            rows.append(r)
-            print(
-                f"| {n:>7} | {k:>4} | {r['t_jax']*1e3:9.1f} | {r['t_fit']*1e3:9.1f} | {t_core*1e3:9.1f} | "
-                f"{r['t_fit']/r['t_jax']:6.2f} | {t_core/r['t_jax']:6.2f} | {r['inertia_ratio']:.6f} | "
-                f"{r['it_jax']:>3}/{r['it_sk']:<3} | {r['compile']:6.2f} |",
-                flush=True,
-            )
-    return rows
+      t = time.perf_counter()
+      res = run_jax()  # first call: trace + compile + run
+      first = time.perf_counter() - t
+      km = KMeans(k, init=c0, n_init=1, max_iter=iters, tol=0.0, algorithm="lloyd")
+      km.fit(x)  # warm-up (thread pools, BLAS)
+      runs = {"jax": run_jax, "sk_fit": lambda: km.fit(x)}
+      if _kmeans_single_lloyd is not None:
+        xm = x.mean(0)
+        xc, cc = x - xm, c0 - xm  # fit() centres the data the same way
+        sw = np.ones(n, np.float32)
+        nt = _openmp_effective_n_threads()
+        # (it updates centers_init in place: pass a fresh copy every call)
+        runs["sk_core"] = lambda: _kmeans_single_lloyd(
+            xc, sw, cc.copy(), max_iter=iters, tol=0.0, n_threads=nt)
+      times = {name: [] for name in runs}
+      for _ in range(repeats):  # interleaved
+        for name, run in runs.items():
+          times[name].append(_time_once(run))
+      med = {name: min(v) for name, v in times.items()}
+      t_core = med.get("sk_core", float("nan"))
+      r = dict(n=n,
+               k=k,
+               t_jax=med["jax"],
+               t_fit=med["sk_fit"],
+               t_core=t_core,
+               inertia_ratio=float(res.inertia) / km.inertia_,
+               it_jax=int(res.iters),
+               it_sk=int(km.n_iter_),
+               compile=max(first - med["jax"], 0.0),
+              )
+      rows.append(r)
+      print(
+          f"| {n:>7} | {k:>4} | {r['t_jax']*1e3:9.1f} | {r['t_fit']*1e3:9.1f} | {t_core*1e3:9.1f} | "
+          f"{r['t_fit']/r['t_jax']:6.2f} | {t_core/r['t_jax']:6.2f} | {r['inertia_ratio']:.6f} | "
+          f"{r['it_jax']:>3}/{r['it_sk']:<3} | {r['compile']:6.2f} |",
+          flush=True,
+      )
+  return rows
 
 
 def bench_vmap(clients, n_rows, d, max_k, repeats, seed=0):
-    rng = np.random.default_rng(seed)
-    gs = jnp.asarray(rng.standard_normal((clients, n_rows, d)), jnp.float32)
-    full = q.payload_bits(max_k, n_rows, d)
-    budgets = jnp.asarray(rng.integers(full // 8, full + 1, clients), jnp.int32)
-    keys = jax.random.split(jax.random.PRNGKey(seed), clients)
-    tau = 0.7
+  rng = np.random.default_rng(seed)
+  gs = jnp.asarray(rng.standard_normal((clients, n_rows, d)), jnp.float32)
+  full = q.payload_bits(max_k, n_rows, d)
+  budgets = jnp.asarray(rng.integers(full // 8, full + 1, clients), jnp.int32)
+  keys = jax.random.split(jax.random.PRNGKey(seed), clients)
+  tau = 0.7
 
-    def enc(strategy):
-        return lambda g, k, b: q.encode(g, k, budget_bits=b, max_k=max_k, tau=tau,
-                                        vmap_strategy=strategy)
+  def enc(strategy):
+    return lambda g, k, b: q.encode(
+        g, k, budget_bits=b, max_k=max_k, tau=tau, vmap_strategy=strategy)
 
-    single = jax.jit(enc("auto"))
-    variants = {
-        "jit(vmap(encode)), default strategy (CPU: lax.map)": jax.jit(jax.vmap(enc("auto"))),
-        "jit(vmap(encode)), vmap_strategy='parallel'": jax.jit(jax.vmap(enc("parallel"))),
-    }
-    runs = {
-        name: (lambda f=f: jax.block_until_ready(f(gs, keys, budgets))) for name, f in variants.items()
-    }
-    runs[f"{clients} sequential calls of jit(encode)"] = lambda: jax.block_until_ready(
-        [single(gs[i], keys[i], budgets[i]) for i in range(clients)])
-    compile_s = {}
+  single = jax.jit(enc("auto"))
+  variants = {
+      "jit(vmap(encode)), default strategy (CPU: lax.map)": jax.jit(jax.vmap(enc("auto"))),
+      "jit(vmap(encode)), vmap_strategy='parallel'": jax.jit(jax.vmap(enc("parallel"))),
+  }
+  runs = {
+      name: (lambda f=f: jax.block_until_ready(f(gs, keys, budgets)))
+      for name, f in variants.items()
+  }
+  runs[f"{clients} sequential calls of jit(encode)"] = lambda: jax.block_until_ready(
+      [single(gs[i], keys[i], budgets[i]) for i in range(clients)])
+  compile_s = {}
+  for name, run in runs.items():
+    t = time.perf_counter()
+    run()
+    compile_s[name] = time.perf_counter() - t  # first call (includes one run)
+  times = {name: [] for name in runs}
+  for _ in range(repeats):  # interleaved
     for name, run in runs.items():
-        t = time.perf_counter()
-        run()
-        compile_s[name] = time.perf_counter() - t  # first call (includes one run)
-    times = {name: [] for name in runs}
-    for _ in range(repeats):  # interleaved
-        for name, run in runs.items():
-            times[name].append(_time_once(run))
-    med = {name: min(v) for name, v in times.items()}
-    seq_name = list(runs)[-1]
-    for name in runs:
-        first = compile_s[name] - (med[name] if name != seq_name else med[name] / clients)
-        print(f"| {name} | {med[name]*1e3:9.1f} | {med[seq_name] / med[name]:5.2f} | {max(first, 0):6.2f} |")
-    pb = list(variants.values())[0](gs, keys, budgets)
-    pp = list(variants.values())[1](gs, keys, budgets)
-    assert bool(jnp.all(pb.bits <= budgets))
-    assert bool(jnp.all(pb.indices == pp.indices))
-    print(f"mean actions {float(pb.num_actions.mean()):.2f} (budget allows {full // 8}..{full} bits, "
-          f"max_k={max_k}), mean bits/budget {float((pb.bits / budgets).mean()):.3f}")
-    return med
+      times[name].append(_time_once(run))
+  med = {name: min(v) for name, v in times.items()}
+  seq_name = list(runs)[-1]
+  for name in runs:
+    first = compile_s[name] - (med[name] if name != seq_name else med[name] / clients)
+    print(
+        f"| {name} | {med[name]*1e3:9.1f} | {med[seq_name] / med[name]:5.2f} | {max(first, 0):6.2f} |"
+    )
+  pb = list(variants.values())[0](gs, keys, budgets)
+  pp = list(variants.values())[1](gs, keys, budgets)
+  assert bool(jnp.all(pb.bits <= budgets))
+  assert bool(jnp.all(pb.indices == pp.indices))
+  print(f"mean actions {float(pb.num_actions.mean()):.2f} (budget allows {full // 8}..{full} bits, "
+        f"max_k={max_k}), mean bits/budget {float((pb.bits / budgets).mean()):.3f}")
+  return med
 
 
 def bench_splits(n, d, max_k, k_budget, noise, repeats, splits=(1, 4, None), ndir=50, seed=0):
-    rng = np.random.default_rng(seed)
-    u = rng.standard_normal((ndir, d))
-    u /= np.linalg.norm(u, axis=1, keepdims=True)
-    g = rng.uniform(0.5, 2.0, (n, 1)) * u[rng.integers(0, ndir, n)]
-    g = (g + noise * rng.standard_normal((n, d))).astype(np.float32)
-    gj, key = jnp.asarray(g), jax.random.PRNGKey(seed)
-    budget = q.payload_bits(k_budget, n, d)
-    base = None
-    for s in splits:
-        f = jax.jit(lambda x, b, s=s: q.encode(x, key, budget_bits=b, max_k=max_k, tau=0.95,
-                                               max_splits=s))
-        t = time.perf_counter()
-        p = jax.block_until_ready(f(gj, budget))
-        first = time.perf_counter() - t
-        best = min(_time_once(lambda r=r: jax.block_until_ready(f(gj, budget + 1 + r)))
-                   for r in range(repeats))
-        err = float(np.linalg.norm(np.asarray(q.decode(p)) - g) / np.linalg.norm(g))
-        base = base or (best, err)
-        assert int(p.bits) <= budget
-        print(f"| {s if s is not None else 'all (default)'} | {best:7.2f} | {base[0] / best:5.2f} | "
-              f"{int(p.num_rounds):>3} | {int(p.lloyd_steps):>5} | {int(p.num_actions):>3} | "
-              f"{int(p.bits)} | {err:.4f} | {err / base[1]:.3f} | {max(first - best, 0):6.2f} |",
-              flush=True)
+  rng = np.random.default_rng(seed)
+  u = rng.standard_normal((ndir, d))
+  u /= np.linalg.norm(u, axis=1, keepdims=True)
+  g = rng.uniform(0.5, 2.0, (n, 1)) * u[rng.integers(0, ndir, n)]
+  g = (g + noise * rng.standard_normal((n, d))).astype(np.float32)
+  gj, key = jnp.asarray(g), jax.random.PRNGKey(seed)
+  budget = q.payload_bits(k_budget, n, d)
+  base = None
+  for s in splits:
+    f = jax.jit(
+        lambda x, b, s=s: q.encode(x, key, budget_bits=b, max_k=max_k, tau=0.95, max_splits=s))
+    t = time.perf_counter()
+    p = jax.block_until_ready(f(gj, budget))
+    first = time.perf_counter() - t
+    best = min(
+        _time_once(lambda r=r: jax.block_until_ready(f(gj, budget + 1 + r)))
+        for r in range(repeats))
+    err = float(np.linalg.norm(np.asarray(q.decode(p)) - g) / np.linalg.norm(g))
+    base = base or (best, err)
+    assert int(p.bits) <= budget
+    print(
+        f"| {s if s is not None else 'all (default)'} | {best:7.2f} | {base[0] / best:5.2f} | "
+        f"{int(p.num_rounds):>3} | {int(p.lloyd_steps):>5} | {int(p.num_actions):>3} | "
+        f"{int(p.bits)} | {err:.4f} | {err / base[1]:.3f} | {max(first - best, 0):6.2f} |",
+        flush=True)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="small sizes only (n<=20000, K<=64)")
-    p.add_argument("--sizes", type=flag_lib.positive_int, nargs="*", default=None)
-    p.add_argument("--ks", type=flag_lib.positive_int, nargs="*", default=None)
-    p.add_argument("--dim", type=flag_lib.positive_int, default=64)
-    p.add_argument("--iters", type=flag_lib.positive_int, default=20, help="Lloyd iteration cap for both")
-    p.add_argument("--repeats", type=flag_lib.positive_int, default=5)
-    p.add_argument("--clients", type=flag_lib.positive_int, default=256)
-    p.add_argument("--client-rows", type=flag_lib.positive_int, default=512)
-    p.add_argument("--client-max-k", type=flag_lib.positive_int, default=16)
-    p.add_argument("--threads", type=flag_lib.positive_int, default=None,
-                   help="limit XLA:CPU and scikit-learn/OpenMP to this many threads "
-                        "(must be set before JAX initialises its backend)")
-    p.add_argument("--skip-kmeans", action="store_true")
-    p.add_argument("--skip-vmap", action="store_true")
-    p.add_argument("--skip-splits", action="store_true")
-    p.add_argument("--split-rows", type=flag_lib.positive_int, default=10_000)
-    p.add_argument("--split-noise", type=float, default=0.2)
-    p.error = flag_lib.fail  # a usage error is one line "error: ...", not the usage text
-    a = p.parse_args(argv)
-    if a.threads is not None:
-        os.environ["OMP_NUM_THREADS"] = str(a.threads)
-        if a.threads == 1:
-            os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                                       " --xla_cpu_multi_thread_eigen=false"
-                                       " intra_op_parallelism_threads=1")
-        try:
-            from threadpoolctl import threadpool_limits
-            threadpool_limits(a.threads)
-        except ImportError:
-            pass
-    sizes = a.sizes or ([1000, 20000] if a.quick else [1000, 20000, 200000])
-    ks = a.ks or ([16, 64] if a.quick else [16, 64, 256])
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs "
-          f"(threads: {a.threads or 'all'}); "
-          f"d={a.dim}, iteration cap {a.iters}, best of {a.repeats} interleaved runs")
-    if not a.skip_kmeans:
-        print("\n| n | K | jax ms | sklearn fit ms | sklearn core ms | fit/jax | core/jax "
-              "| inertia jax/sk | iters jax/sk | jax compile s |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        bench_kmeans(sizes, ks, a.dim, a.iters, a.repeats)
-    if not a.skip_vmap:
-        clients = 32 if a.quick else a.clients
-        print(f"\n| encode {clients} clients x [{a.client_rows}, {a.dim}], max_k={a.client_max_k} "
-              "| wall ms | speed-up vs sequential | compile s |")
-        print("|---|---|---|---|")
-        bench_vmap(clients, a.client_rows, a.dim, a.client_max_k, max(1, a.repeats // 2))
-    if not a.skip_splits:
-        print(f"\n| encode [{a.split_rows}, {a.dim}], K cap 45, max_k 48, noise {a.split_noise}: "
-              "max_splits | s/call | speed-up | split rounds | Lloyd steps | K | bits | rel. error "
-              "| error / S=1 | compile s |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        bench_splits(a.split_rows, a.dim, 48, 45, a.split_noise, max(1, a.repeats // 2))
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--quick", action="store_true", help="small sizes only (n<=20000, K<=64)")
+  p.add_argument("--sizes", type=flag_lib.positive_int, nargs="*", default=None)
+  p.add_argument("--ks", type=flag_lib.positive_int, nargs="*", default=None)
+  p.add_argument("--dim", type=flag_lib.positive_int, default=64)
+  p.add_argument("--iters",
+                 type=flag_lib.positive_int,
+                 default=20,
+                 help="Lloyd iteration cap for both")
+  p.add_argument("--repeats", type=flag_lib.positive_int, default=5)
+  p.add_argument("--clients", type=flag_lib.positive_int, default=256)
+  p.add_argument("--client-rows", type=flag_lib.positive_int, default=512)
+  p.add_argument("--client-max-k", type=flag_lib.positive_int, default=16)
+  p.add_argument("--threads",
+                 type=flag_lib.positive_int,
+                 default=None,
+                 help="limit XLA:CPU and scikit-learn/OpenMP to this many threads "
+                 "(must be set before JAX initialises its backend)")
+  p.add_argument("--skip-kmeans", action="store_true")
+  p.add_argument("--skip-vmap", action="store_true")
+  p.add_argument("--skip-splits", action="store_true")
+  p.add_argument("--split-rows", type=flag_lib.positive_int, default=10_000)
+  p.add_argument("--split-noise", type=float, default=0.2)
+  p.error = flag_lib.fail  # a usage error is one line "error: ...", not the usage text
+  a = p.parse_args(argv)
+  if a.threads is not None:
+    os.environ["OMP_NUM_THREADS"] = str(a.threads)
+    if a.threads == 1:
+      os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                 + " --xla_cpu_multi_thread_eigen=false"
+                                 " intra_op_parallelism_threads=1")
+    try:
+      from threadpoolctl import threadpool_limits
+      threadpool_limits(a.threads)
+    except ImportError:
+      pass
+  sizes = a.sizes or ([1000, 20000] if a.quick else [1000, 20000, 200000])
+  ks = a.ks or ([16, 64] if a.quick else [16, 64, 256])
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs "
+        f"(threads: {a.threads or 'all'}); "
+        f"d={a.dim}, iteration cap {a.iters}, best of {a.repeats} interleaved runs")
+  if not a.skip_kmeans:
+    print("\n| n | K | jax ms | sklearn fit ms | sklearn core ms | fit/jax | core/jax "
+          "| inertia jax/sk | iters jax/sk | jax compile s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    bench_kmeans(sizes, ks, a.dim, a.iters, a.repeats)
+  if not a.skip_vmap:
+    clients = 32 if a.quick else a.clients
+    print(f"\n| encode {clients} clients x [{a.client_rows}, {a.dim}], max_k={a.client_max_k} "
+          "| wall ms | speed-up vs sequential | compile s |")
+    print("|---|---|---|---|")
+    bench_vmap(clients, a.client_rows, a.dim, a.client_max_k, max(1, a.repeats // 2))
+  if not a.skip_splits:
+    print(f"\n| encode [{a.split_rows}, {a.dim}], K cap 45, max_k 48, noise {a.split_noise}: "
+          "max_splits | s/call | speed-up | split rounds | Lloyd steps | K | bits | rel. error "
+          "| error / S=1 | compile s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    bench_splits(a.split_rows, a.dim, 48, 45, a.split_noise, max(1, a.repeats // 2))
 
 
 if __name__ == "__main__":
-    flag_lib.guarded(main)()
+  flag_lib.guarded(main)()

@@ -54,10 +54,9 @@ from fedras_jax import outputs
 from fedras_jax.config import TrainConfig
 from fedras_jax.experiment import build_simulation
 from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams, aggregate_item_updates,
-                                  client_data_from_split, client_keys, client_plan,
-                                  client_update, init_states, make_round,
-                                  packed_client_updates, plan_capacity, round_clients,
-                                  slot_item, slot_layout)
+                                  client_data_from_split, client_keys, client_plan, client_update,
+                                  init_states, make_round, packed_client_updates, plan_capacity,
+                                  round_clients, slot_item, slot_layout)
 from fedras_jax.federated.local_data import client_sizes
 from fedras_jax.federated.local_training import lane_batches, lane_schedule
 from fedras_jax.models import get_model
@@ -76,8 +75,8 @@ _METHODS = flags.DEFINE_list(
     "methods", [], "compare these methods' rounds, with a stage breakdown (name or "
     "name:uplink for a dense downlink); empty: the packed round against a per-client loop")
 _DATASET = flags.DEFINE_string("dataset", "ml-100k", "dataset of --methods")
-_METHOD_CLIENTS = flags.DEFINE_integer(
-    "method_clients", 0, "clients per round of --methods (0: 64, or 256 on ml-1m)")
+_METHOD_CLIENTS = flags.DEFINE_integer("method_clients", 0,
+                                       "clients per round of --methods (0: 64, or 256 on ml-1m)")
 _WARMUP = flags.DEFINE_integer("warmup_rounds", 20, "rounds trained before timing (--methods)")
 _RATIO = flags.DEFINE_float("payload_ratio", 1 / 32, "payload ratio of --methods")
 _OUT = flags.DEFINE_string("out", None, "also write the --methods results as JSON here")
@@ -106,20 +105,34 @@ class Setting:
     self.num_users, self.num_items = split.num_users, split.num_items
     self.num_pos = np.asarray(split.num_train_per_user, np.int64)
     self.num_seen = np.diff(split.seen_indptr)
-    _, self.steps = client_sizes(self.num_pos, self.num_seen, self.num_items, neg_ratio=NEG,
-                                 epochs=EPOCHS, batch_size=BATCH)
+    _, self.steps = client_sizes(self.num_pos,
+                                 self.num_seen,
+                                 self.num_items,
+                                 neg_ratio=NEG,
+                                 epochs=EPOCHS,
+                                 batch_size=BATCH)
 
   def config(self, num_lanes, rounds):
-    cap = plan_capacity(self.num_pos, self.num_seen, self.num_items, seed=self.seed,
-                        rounds=rounds, clients_per_round=self.m, local_epochs=EPOCHS,
-                        batch_size=BATCH, neg_ratio=NEG, num_lanes=num_lanes)
-    return RoundConfig(clients_per_round=self.m, local_epochs=EPOCHS, batch_size=BATCH,
-                       neg_ratio=NEG, num_lanes=num_lanes, aggregation="inverse_frequency",
+    cap = plan_capacity(self.num_pos,
+                        self.num_seen,
+                        self.num_items,
+                        seed=self.seed,
+                        rounds=rounds,
+                        clients_per_round=self.m,
+                        local_epochs=EPOCHS,
+                        batch_size=BATCH,
+                        neg_ratio=NEG,
+                        num_lanes=num_lanes)
+    return RoundConfig(clients_per_round=self.m,
+                       local_epochs=EPOCHS,
+                       batch_size=BATCH,
+                       neg_ratio=NEG,
+                       num_lanes=num_lanes,
+                       aggregation="inverse_frequency",
                        **cap._asdict())
 
   def init(self):
-    return init_states(self.model, self.num_users, self.num_items, optax.sgd(1.0),
-                       seed=self.seed)
+    return init_states(self.model, self.num_users, self.num_items, optax.sgd(1.0), seed=self.seed)
 
   def sampled(self, rounds):
     """``[rounds, M]`` host array: the users of rounds ``0..rounds-1``."""
@@ -162,9 +175,9 @@ def make_pieces(s: Setting, cfg: RoundConfig):
   @jax.jit
   def prep(server):
     sampled = round_clients(server.key, server.round, s.num_users, m)
-    plans = jax.vmap(lambda u, k: client_plan(s.data, u, k, neg_ratio=NEG, epochs=EPOCHS,
-                                              batch_size=BATCH))(
-        sampled, client_keys(server.key, server.round, sampled))
+    plans = jax.vmap(
+        lambda u, k: client_plan(s.data, u, k, neg_ratio=NEG, epochs=EPOCHS, batch_size=BATCH))(
+            sampled, client_keys(server.key, server.round, sampled))
     layout = slot_layout(plans.num_slots, cfg.slot_capacity)
     slot_plans = jax.tree.map(lambda x: x[layout.client], plans)
     items_of_slot = jax.vmap(slot_item, (None, 0, 0))(s.data, slot_plans, layout.local)
@@ -173,21 +186,37 @@ def make_pieces(s: Setting, cfg: RoundConfig):
   @jax.jit
   def schedule(prepared):
     _, plans, layout, items_of_slot = prepared
-    return lane_batches(plans, layout, items_of_slot, num_lanes=cfg.num_lanes,
-                        max_iters=cfg.max_lane_steps, batch_size=BATCH)
+    return lane_batches(plans,
+                        layout,
+                        items_of_slot,
+                        num_lanes=cfg.num_lanes,
+                        max_iters=cfg.max_lane_steps,
+                        batch_size=BATCH)
 
   @jax.jit
   def train(server, clients, hp, prepared):
     sampled, plans, layout, items_of_slot = prepared
-    return packed_client_updates(s.model, hp.local, plans, layout, items_of_slot, server.items,
-                                 server.dense, clients.users[sampled], num_lanes=cfg.num_lanes,
-                                 max_iters=cfg.max_lane_steps, batch_size=BATCH)
+    return packed_client_updates(s.model,
+                                 hp.local,
+                                 plans,
+                                 layout,
+                                 items_of_slot,
+                                 server.items,
+                                 server.dense,
+                                 clients.users[sampled],
+                                 num_lanes=cfg.num_lanes,
+                                 max_iters=cfg.max_lane_steps,
+                                 batch_size=BATCH)
 
   @jax.jit
   def aggregate(prepared, trained):
     _, _, layout, items_of_slot = prepared
-    return aggregate_item_updates(trained.deltas, items_of_slot, layout.valid,
-                                  num_items=s.num_items, num_clients=m, rule=cfg.aggregation)
+    return aggregate_item_updates(trained.deltas,
+                                  items_of_slot,
+                                  layout.valid,
+                                  num_items=s.num_items,
+                                  num_clients=m,
+                                  rule=cfg.aggregation)
 
   return prep, schedule, train, aggregate
 
@@ -242,13 +271,24 @@ def make_loop(s: Setting, cfg: RoundConfig):
 
   @jax.jit
   def plan_fn(user, key_data):
-    return client_plan(s.data, user, jax.random.wrap_key_data(key_data), neg_ratio=NEG,
-                       epochs=EPOCHS, batch_size=BATCH)
+    return client_plan(s.data,
+                       user,
+                       jax.random.wrap_key_data(key_data),
+                       neg_ratio=NEG,
+                       epochs=EPOCHS,
+                       batch_size=BATCH)
 
   @jax.jit
   def update_fn(plan, items, dense, users):
-    return client_update(s.model, local, s.data, plan, items, dense, users[plan.user],
-                         max_slots=cfg.max_client_slots, batch_size=BATCH)
+    return client_update(s.model,
+                         local,
+                         s.data,
+                         plan,
+                         items,
+                         dense,
+                         users[plan.user],
+                         max_slots=cfg.max_client_slots,
+                         batch_size=BATCH)
 
   @functools.partial(jax.jit, donate_argnums=(0,))
   def accumulate(acc, user, out):
@@ -261,8 +301,8 @@ def make_loop(s: Setting, cfg: RoundConfig):
 
   @jax.jit
   def start(items, dense, users):
-    return (jnp.zeros_like(items), jnp.zeros(num_items, jnp.int32),
-            jax.tree.map(jnp.zeros_like, dense), users)
+    return (jnp.zeros_like(items), jnp.zeros(num_items,
+                                             jnp.int32), jax.tree.map(jnp.zeros_like, dense), users)
 
   @jax.jit
   def finish(items, dense, acc):
@@ -383,10 +423,14 @@ def method_config(spec: str, clients: int, rounds: int) -> TrainConfig:
   name, _, mode = spec.partition(":")
   if mode not in ("", "uplink"):
     raise app.UsageError(f"--methods: {spec!r}: write a method or method:uplink")
-  return TrainConfig(
-      dataset=_DATASET.value, method=name, clients_per_round=clients, rounds=rounds,
-      payload_ratio=_RATIO.value, downlink_compression=mode != "uplink", seed=_SEED.value,
-      quiet=True).validate()
+  return TrainConfig(dataset=_DATASET.value,
+                     method=name,
+                     clients_per_round=clients,
+                     rounds=rounds,
+                     payload_ratio=_RATIO.value,
+                     downlink_compression=mode != "uplink",
+                     seed=_SEED.value,
+                     quiet=True).validate()
 
 
 class MethodRunner:
@@ -430,9 +474,10 @@ def _write_markdown(path, dataset, clients, lines):
   """The table as a page stating how it was made (generated: edit the benchmark)."""
   pages.write_page(
       path, f"Round cost by method: {dataset}, {clients} clients per round",
-      "experiments.bench_round",
-      [f"setting: FedMF d=64, E=2, B=64, 4 negatives, item_lr 8, payload {_RATIO.value:g} both "
-       f"ways (`:uplink`: dense downlink), seed {_SEED.value}"], lines)
+      "experiments.bench_round", [
+          f"setting: FedMF d=64, E=2, B=64, 4 negatives, item_lr 8, payload {_RATIO.value:g} both "
+          f"ways (`:uplink`: dense downlink), seed {_SEED.value}"
+      ], lines)
 
 
 def compare_methods():
@@ -461,13 +506,13 @@ def compare_methods():
       r.timed()
   base = statistics.median(runners[0].times["full"])
   cols = ("full",) + _STAGES
-  lines = [f"ms per round, median of {_ROUNDS.value} timed rounds after {_WARMUP.value} "
-           f"warm-up rounds (stages: each jitted alone on the same state); x: full round / "
-           f"{runners[0].name}'s; actions: mean K of the uplink (-1: not an action method)",
-           "",
-           "| method | round ms | x | " + " | ".join(f"{c} ms" for c in _STAGES)
-           + " | actions | compile s |",
-           "|---|---|---|" + "---|" * len(_STAGES) + "---|---|"]
+  lines = [
+      f"ms per round, median of {_ROUNDS.value} timed rounds after {_WARMUP.value} "
+      f"warm-up rounds (stages: each jitted alone on the same state); x: full round / "
+      f"{runners[0].name}'s; actions: mean K of the uplink (-1: not an action method)", "",
+      "| method | round ms | x | " + " | ".join(f"{c} ms" for c in _STAGES)
+      + " | actions | compile s |", "|---|---|---|" + "---|" * len(_STAGES) + "---|---|"
+  ]
   results = []
   for r in runners:
     med = {k: 1e3 * statistics.median(r.times[k]) for k in cols}
@@ -476,17 +521,23 @@ def compare_methods():
     lines.append(f"| {r.name} | {med['full']:.1f} | {ratio:.2f} | "
                  + " | ".join(f"{med[k]:.1f}" for k in _STAGES)
                  + f" | {acts:.1f} | {r.compile_s:.1f} |")
-    results.append(dict(method=r.name, ms=med, ratio=ratio, actions_mean=acts,
-                        compile_s=r.compile_s))
+    results.append(
+        dict(method=r.name, ms=med, ratio=ratio, actions_mean=acts, compile_s=r.compile_s))
   print("\n" + "\n".join(lines))
   if _MARKDOWN.value:
     _write_markdown(_MARKDOWN.value, dataset, clients, lines)
   if _OUT.value:
-    outputs.write_json(_OUT.value, dict(dataset=dataset, clients=clients,
-                                        payload_ratio=_RATIO.value, warmup_rounds=_WARMUP.value,
-                                        rounds=_ROUNDS.value, seed=_SEED.value,
-                                        jax=jax.__version__, cpus=os.cpu_count(),
-                                        results=results))
+    outputs.write_json(
+        _OUT.value,
+        dict(dataset=dataset,
+             clients=clients,
+             payload_ratio=_RATIO.value,
+             warmup_rounds=_WARMUP.value,
+             rounds=_ROUNDS.value,
+             seed=_SEED.value,
+             jax=jax.__version__,
+             cpus=os.cpu_count(),
+             results=results))
 
 
 def main(argv):
@@ -548,8 +599,8 @@ def main(argv):
 
   sampled = s.sampled(total)[1:]
   padding_stats(s, sampled, lanes, {w: c.max_lane_steps for w, c in cfgs.items()})
-  slots = (s.num_pos[sampled] + np.minimum(NEG * s.num_pos[sampled],
-                                           s.num_items - s.num_seen[sampled])).sum(axis=1)
+  slots = (s.num_pos[sampled]
+           + np.minimum(NEG * s.num_pos[sampled], s.num_items - s.num_seen[sampled])).sum(axis=1)
   print(f"slot buffer: {slots.mean():.0f} of {cfg.slot_capacity} slots used per round "
         f"({1 - slots.mean() / cfg.slot_capacity:.1%} padding); the loop pads each client to "
         f"max_client_slots={cfg.max_client_slots} (mean use "
@@ -559,8 +610,9 @@ def main(argv):
     p = bench_pieces(s, cfg, rounds, packed[main_w])
     print(f"\nPacked round W={main_w}: its stages, each jitted alone, timed right after the full "
           f"round on each of rounds 1..{rounds}; ms min / median")
-    for key, name in (("full", "full round (make_round)"),
-                      ("prep", "sample + plans + slot layout + slot items"),
+    for key, name in (("full",
+                       "full round (make_round)"), ("prep",
+                                                    "sample + plans + slot layout + slot items"),
                       ("train", "local training (packed_client_updates)"),
                       ("schedule", "  of which lane_batches precompute"),
                       ("while_loop", "  of which the while_loop (train - precompute)"),

@@ -69,12 +69,15 @@ _ROUNDS = flags.DEFINE_integer("rounds", 3, "timed rounds per configuration (aft
 _ROUND_BUDGET = flags.DEFINE_float(
     "round_budget_s", 120.0, "stop timing a configuration's rounds once they took this long "
     "(at least 1 timed round, none when the warm-up alone took longer: it is then the measure)")
-_DOWNLINK = flags.DEFINE_bool("downlink_compression", True, "compress the server's update "
-                              "too (as training; --nodownlink_compression: dense downlink)")
-_COMPILE_ONLY = flags.DEFINE_bool("compile_only", False, "compile each configuration, run no "
-                                  "round (memory plan and compile cost only)")
-_QUICK = flags.DEFINE_bool("quick", False, "small maxima: clients 16..128 at 2000 items, "
-                           "items 10^3..10^5 at 16 clients, 2 timed rounds")
+_DOWNLINK = flags.DEFINE_bool(
+    "downlink_compression", True, "compress the server's update "
+    "too (as training; --nodownlink_compression: dense downlink)")
+_COMPILE_ONLY = flags.DEFINE_bool(
+    "compile_only", False, "compile each configuration, run no "
+    "round (memory plan and compile cost only)")
+_QUICK = flags.DEFINE_bool(
+    "quick", False, "small maxima: clients 16..128 at 2000 items, "
+    "items 10^3..10^5 at 16 clients, 2 timed rounds")
 _DIM = flags.DEFINE_integer("dim", 64, "embedding size")
 _LANES = flags.DEFINE_integer("num_lanes", 8, "lanes of packed local training")
 _ZIPF = flags.DEFINE_float("zipf", 1.1, "Zipf exponent of item popularity")
@@ -139,8 +142,10 @@ def _device_peak(jax):
 
 
 _SHAPE = re.compile(r"\b(pred|s8|u8|s16|u16|bf16|f16|s32|u32|f32|s64|u64|f64)\[([0-9,]*)\]")
-_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4,
-          "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8}
+_BYTES = {
+    "pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4,
+    "f32": 4, "s64": 8, "u64": 8, "f64": 8
+}
 
 
 def hlo_arrays(hlo_text: str, top: int = 4):
@@ -183,22 +188,36 @@ def run_single(num_clients: int, num_items: int) -> dict:
   from fedras_jax.runtime import tune_host_allocator
 
   tuned = tune_host_allocator()
-  out = dict(method=_METHOD.value, downlink_compression=_DOWNLINK.value, clients=num_clients,
-             items=num_items, dim=_DIM.value, malloc_tuned=tuned,
+  out = dict(method=_METHOD.value,
+             downlink_compression=_DOWNLINK.value,
+             clients=num_clients,
+             items=num_items,
+             dim=_DIM.value,
+             malloc_tuned=tuned,
              platform=jax.devices()[0].platform)
   num_users = max(2 * num_clients, _MIN_USERS.value)
   t = _now()
-  split = synthetic.synthetic_split(
-      num_users, num_items, exponent=_ZIPF.value, median=_MEDIAN.value, sigma=_SIGMA.value,
-      min_interactions=_MIN_INTER.value, max_interactions=_MAX_INTER.value, seed=_SEED.value)
+  split = synthetic.synthetic_split(num_users,
+                                    num_items,
+                                    exponent=_ZIPF.value,
+                                    median=_MEDIAN.value,
+                                    sigma=_SIGMA.value,
+                                    min_interactions=_MIN_INTER.value,
+                                    max_interactions=_MAX_INTER.value,
+                                    seed=_SEED.value)
   out["data_s"] = _now() - t
   out["users"] = num_users
   out["interactions"] = int(split.seen_items.shape[0])
 
   rounds = _ROUNDS.value
-  config = TrainConfig(method=_METHOD.value, dim=_DIM.value, rounds=rounds + 1,
-                       clients_per_round=num_clients, num_lanes=_LANES.value,
-                       downlink_compression=_DOWNLINK.value, seed=_SEED.value, quiet=True)
+  config = TrainConfig(method=_METHOD.value,
+                       dim=_DIM.value,
+                       rounds=rounds + 1,
+                       clients_per_round=num_clients,
+                       num_lanes=_LANES.value,
+                       downlink_compression=_DOWNLINK.value,
+                       seed=_SEED.value,
+                       quiet=True)
   t = _now()
   round_config = experiment.build_round_config(config, split, seeds=[config.seed])
   out["capacity_s"] = _now() - t
@@ -257,8 +276,8 @@ def run_single(num_clients: int, num_items: int) -> dict:
   out["median_s"] = statistics.median(times[1:] or times)
   out["updates_per_s"] = num_clients / out["median_s"]
   out["peak_rss"] = _peak_rss(resettable)
-  out["rss_growth"] = out["peak_rss"] - (out["rss_before_compile"] if not resettable
-                                         else out["rss_before_rounds"])
+  out["rss_growth"] = out["peak_rss"] - (out["rss_before_compile"]
+                                         if not resettable else out["rss_before_rounds"])
   out["device_peak_bytes"] = _device_peak(jax)
   m = jax.device_get(metrics)
   out["touched_items"] = int(m.touched_items)
@@ -285,16 +304,24 @@ def growth_exponent(x, y):
 
 def _child(num_clients, num_items, rounds):
   """Runs one configuration in a fresh interpreter; its result dict (or an error)."""
-  args = [sys.executable, "-m", "experiments.bench_scale", "--single",
-          f"--num_clients={num_clients}", f"--num_items={num_items}"]
+  args = [
+      sys.executable, "-m", "experiments.bench_scale", "--single", f"--num_clients={num_clients}",
+      f"--num_items={num_items}"
+  ]
   for f in (_METHOD, _DIM, _LANES, _ZIPF, _MEDIAN, _SIGMA, _MIN_INTER, _MAX_INTER, _MIN_USERS,
             _SEED, _ROUND_BUDGET):
     args.append(f"--{f.name}={f.value}")
-  args += [f"--rounds={rounds}", "--downlink_compression" if _DOWNLINK.value
-           else "--nodownlink_compression", f"--compile_only={_COMPILE_ONLY.value}"]
+  args += [
+      f"--rounds={rounds}",
+      "--downlink_compression" if _DOWNLINK.value else "--nodownlink_compression",
+      f"--compile_only={_COMPILE_ONLY.value}"
+  ]
   t = _now()
   try:
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=_TIMEOUT.value,
+    proc = subprocess.run(args,
+                          capture_output=True,
+                          text=True,
+                          timeout=_TIMEOUT.value,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     stdout, why = proc.stdout, f"exit {proc.returncode}"
   except subprocess.TimeoutExpired as e:
@@ -389,8 +416,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from fedras_jax.config import TrainConfig  # checks what every configuration shares
-  TrainConfig(method=_METHOD.value, dim=_DIM.value, num_lanes=_LANES.value,
-              seed=_SEED.value, rounds=_ROUNDS.value).validate()
+  TrainConfig(method=_METHOD.value,
+              dim=_DIM.value,
+              num_lanes=_LANES.value,
+              seed=_SEED.value,
+              rounds=_ROUNDS.value).validate()
   if _SINGLE.value:
     res = run_single(_NUM_CLIENTS.value, _NUM_ITEMS.value)
     print(_TAG + json.dumps(res), flush=True)
@@ -416,10 +446,11 @@ def main(argv):
         f"per configuration a fresh process: compile, 1 warm-up round, up to {rounds} timed "
         f"rounds (at most {_ROUND_BUDGET.value:g} s of them)"
         + ("; COMPILE ONLY" if _COMPILE_ONLY.value else ""))
-  print(f"synthetic data: Zipf({_ZIPF.value}) item popularity, users lognormal(median "
-        f"{_MEDIAN.value:g}, sigma {_SIGMA.value:g}) clipped to [{_MIN_INTER.value}, "
-        f"{_MAX_INTER.value}] interactions, users = max(2 x clients, {_MIN_USERS.value})",
-        flush=True)
+  print(
+      f"synthetic data: Zipf({_ZIPF.value}) item popularity, users lognormal(median "
+      f"{_MEDIAN.value:g}, sigma {_SIGMA.value:g}) clipped to [{_MIN_INTER.value}, "
+      f"{_MAX_INTER.value}] interactions, users = max(2 x clients, {_MIN_USERS.value})",
+      flush=True)
   runs = []
   if "clients" in curves:
     runs += [("clients", m, fixed_items) for m in clients]
@@ -429,15 +460,17 @@ def main(argv):
   for curve, m, i in runs:
     res = _child(m, i, rounds)
     results.setdefault(curve, []).append(res)
-    print(f"  clients={m} items={i}: "
-          + (f"{res['median_s']:.3f} s/round" if res.get("median_s") is not None else "")
-          + (f" {res['error']}" if res.get("error") else "")
-          + f" ({res['wall_s']:.0f} s)", flush=True)
+    print(f"  clients={m} items={i}: " +
+          (f"{res['median_s']:.3f} s/round" if res.get("median_s") is not None else "") +
+          (f" {res['error']}" if res.get("error") else "") + f" ({res['wall_s']:.0f} s)",
+          flush=True)
   exponents = {}
-  titles = {"clients": f"Clients per round ({fixed_items} items, {_METHOD.value}, downlink "
-                       f"{down})",
-            "items": f"Catalogue size ({fixed_clients} clients per round, {_METHOD.value}, "
-                     f"downlink {down})"}
+  titles = {
+      "clients": f"Clients per round ({fixed_items} items, {_METHOD.value}, downlink "
+                 f"{down})",
+      "items": f"Catalogue size ({fixed_clients} clients per round, {_METHOD.value}, "
+               f"downlink {down})"
+  }
   for curve, res in results.items():
     exponents[curve] = print_curve(titles[curve], curve, res)
   print("\nslots S: the round's static slot buffer (positives + distinct negatives of the "
@@ -452,8 +485,8 @@ def main(argv):
     top = max(done, key=lambda r: (r["items"], r["clients"]))
     dev = top.get("device_peak_bytes")
     gib = lambda b: "-" if b is None else f"{b / 2**30:.2f} GiB"
-    speed = (top.get("error", "") if top.get("median_s") is None
-             else f"{top['median_s']:.2f} s/round")
+    speed = (top.get("error", "")
+             if top.get("median_s") is None else f"{top['median_s']:.2f} s/round")
     print(f"\nlargest catalogue: {top['items']} items x {top['clients']} clients: peak RSS "
           f"{gib(top.get('peak_rss'))} while running rounds, {gib(top.get('compile_peak_rss'))} "
           f"while compiling; XLA temp {gib(top.get('xla_temp_bytes'))}; device peak "

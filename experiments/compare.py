@@ -56,19 +56,21 @@ flags.DEFINE_string("datasets", "", "datasets (default: the --dataset flag)")
 flags.DEFINE_string("seeds", "", "seeds (default: the --seed flag)")
 flags.DEFINE_string("outdir", "runs/compare", "where runs, compare.csv/.md/.png go")
 flags.DEFINE_string("tune", "", "per-method search on the validation split, e.g. 'item_lr=4,8,16'")
-flags.DEFINE_bool("only_finished", False, "train nothing: tabulate the runs of the grid "
-                  "already finished in --outdir, and name the missing ones")
-flags.DEFINE_string("tune_at", "", "search (--tune) once per method at this payload ratio, "
-                    "e.g. 1/32, and use its setting at every ratio (default: at every ratio)")
-flags.DEFINE_integer("tune_seed", None, "search (--tune) at this seed only and use its "
-                     "setting for every seed (default: each seed searches)")
+flags.DEFINE_bool(
+    "only_finished", False, "train nothing: tabulate the runs of the grid "
+    "already finished in --outdir, and name the missing ones")
+flags.DEFINE_string(
+    "tune_at", "", "search (--tune) once per method at this payload ratio, "
+    "e.g. 1/32, and use its setting at every ratio (default: at every ratio)")
+flags.DEFINE_integer(
+    "tune_seed", None, "search (--tune) at this seed only and use its "
+    "setting for every seed (default: each seed searches)")
 FLAGS = flags.FLAGS
 
 COLUMNS = ("dataset", "model", "method", "payload_ratio", "seed", "rounds", "final_hr@10",
-           "final_ndcg@10", "final_full_hr@10", "final_full_ndcg@10", "best_hr@10",
-           "best_ndcg@10", "tuned", "valid_hr@10", "bits_up_total", "bits_down_total", "compression_up", "compression_down",
-           "sim_seconds", "train_seconds")
-
+           "final_ndcg@10", "final_full_hr@10", "final_full_ndcg@10", "best_hr@10", "best_ndcg@10",
+           "tuned", "valid_hr@10", "bits_up_total", "bits_down_total", "compression_up",
+           "compression_down", "sim_seconds", "train_seconds")
 
 TUNING_FILE = "tuning.json"
 
@@ -83,12 +85,15 @@ def tune(config: TrainConfig, grid, search: bool = True) -> Optional[tuple]:
   search up to float rounding). With ``search=False`` only kept results are used
   (None if some point was never searched).
   """
-  candidate = dataclasses.replace(config, validation=True, workdir=None, quiet=True,
+  candidate = dataclasses.replace(config,
+                                  validation=True,
+                                  workdir=None,
+                                  quiet=True,
                                   overwrite=False)
   path = pathlib.Path(config.workdir) / TUNING_FILE
   saved = outputs.read_json(path, "delete it to search again") if path.is_file() else {}
-  kept = (saved.get("results", []) if "config" in saved
-          and not config_differences(saved["config"], candidate) else [])
+  kept = (saved.get("results", [])
+          if "config" in saved and not config_differences(saved["config"], candidate) else [])
   # A point's full setting: its values, the candidate's for the other sweepable names.
   key = lambda point: tuple(point.get(name, getattr(candidate, name)) for name in SWEEPABLE)
   found = {key(r): r for r in kept}
@@ -100,14 +105,16 @@ def tune(config: TrainConfig, grid, search: bool = True) -> Optional[tuple]:
     new = sweep_points(candidate, [config.seed], missing)
     found.update((key(r), r) for r in new)
     path.parent.mkdir(parents=True, exist_ok=True)
-    outputs.write_json(path, dict(config=dataclasses.asdict(candidate), results=kept + new),
+    outputs.write_json(path,
+                       dict(config=dataclasses.asdict(candidate), results=kept + new),
                        indent=1)
   results = [found[key(p)] for p in points]
   best = max(results, key=lambda r: r["hr@10"])
   point = {name: best[name] for name in grid}
   how = (f"tuned ({len(missing)} of {len(results)} points searched)" if missing else "kept")
-  print(f"   {how} {point} (payload {config.payload_ratio:g}): validation HR@10 " + ", ".join(
-      f"{'/'.join(str(r[n]) for n in grid)}: {r['hr@10']:.4f}" for r in results), flush=True)
+  print(f"   {how} {point} (payload {config.payload_ratio:g}): validation HR@10 "
+        + ", ".join(f"{'/'.join(str(r[n]) for n in grid)}: {r['hr@10']:.4f}" for r in results),
+        flush=True)
   return point, best["hr@10"]
 
 
@@ -135,18 +142,22 @@ def table_row(config: TrainConfig, ratio_text: str, summary: dict, tuned_names,
               valid_hr: float) -> dict:
   final, best = summary["final"], summary["best"]
   # A protocol the run did not compute (--eval_protocol) is left empty.
-  scores = {f"{which}_{prefix}{m}@10": row.get(f"{prefix}{m}@10", "")
-            for which, row in (("final", final), ("best", best))
-            for prefix in ("", "full_") for m in ("hr", "ndcg")
-            if f"{which}_{prefix}{m}@10" in COLUMNS}
-  return {"dataset": config.dataset, "model": config.model, "method": config.method,
-          "payload_ratio": ratio_text, "seed": config.seed, "rounds": config.rounds, **scores,
-          "tuned": ";".join(f"{name}={summary['config'][name]}" for name in tuned_names),
-          "valid_hr@10": valid_hr,
-          "bits_up_total": final["bits_up_total"], "bits_down_total": final["bits_down_total"],
-          "compression_up": final["compression_up"],
-          "compression_down": final["compression_down"], "sim_seconds": final["sim_seconds"],
-          "train_seconds": summary["train_seconds"]}
+  scores = {
+      f"{which}_{prefix}{m}@10": row.get(f"{prefix}{m}@10", "")
+      for which, row in (("final", final), ("best", best))
+      for prefix in ("", "full_")
+      for m in ("hr", "ndcg")
+      if f"{which}_{prefix}{m}@10" in COLUMNS
+  }
+  return {
+      "dataset": config.dataset, "model": config.model, "method": config.method,
+      "payload_ratio": ratio_text, "seed": config.seed, "rounds": config.rounds,
+      **scores, "tuned": ";".join(f"{name}={summary['config'][name]}" for name in tuned_names
+                                 ), "valid_hr@10": valid_hr,
+      "bits_up_total": final["bits_up_total"], "bits_down_total": final["bits_down_total"],
+      "compression_up": final["compression_up"], "compression_down": final["compression_down"],
+      "sim_seconds": final["sim_seconds"], "train_seconds": summary["train_seconds"]
+  }
 
 
 def over_seeds(rows) -> list:
@@ -157,14 +168,17 @@ def over_seeds(rows) -> list:
   for r in rows:
     groups.setdefault((r["dataset"], r["model"], r["method"], r["payload_ratio"]), []).append(r)
   metrics = ("final_hr@10", "final_ndcg@10", "final_full_hr@10", "final_full_ndcg@10")
-  lines = ["| dataset | model | method | payload_ratio | seeds | " + " | ".join(metrics)
-           + " | compression_up |", "|" + "---|" * 10]
+  lines = [
+      "| dataset | model | method | payload_ratio | seeds | " + " | ".join(metrics)
+      + " | compression_up |", "|" + "---|" * 10
+  ]
   for key, group in groups.items():
-    stats = [np.asarray([r[c] if r[c] != "" else np.nan for r in group], np.float64)
-             for c in metrics]
+    stats = [
+        np.asarray([r[c] if r[c] != "" else np.nan for r in group], np.float64) for c in metrics
+    ]
     lines.append("| " + " | ".join(map(str, key)) + f" | {len(group)} | " + " | ".join(
         f"{v.mean():.4f} ± {v.std():.4f}" if np.isfinite(v).all() else "" for v in stats)
-        + f" | {np.mean([r['compression_up'] for r in group]):.2%} |")
+                 + f" | {np.mean([r['compression_up'] for r in group]):.2%} |")
   return lines
 
 
@@ -177,8 +191,8 @@ def write_outputs(rows, outdir: pathlib.Path):
   shown = COLUMNS[:14]
   lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
   for r in rows:
-    lines.append("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c])
-                                   for c in shown) + " |")
+    lines.append("| " + " | ".join(
+        f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in shown) + " |")
   if len({r["seed"] for r in rows}) > 1:
     lines += ["", "Over seeds (mean ± std):", ""] + over_seeds(rows)
   outputs.write_atomic(outdir / "compare.md", ("\n".join(lines) + "\n").encode())
@@ -192,7 +206,8 @@ def write_outputs(rows, outdir: pathlib.Path):
   fig, ax = plt.subplots(figsize=(6, 4))
   for method in dict.fromkeys(r["method"] for r in rows):
     pts = sorted((float(Fraction(r["payload_ratio"])), r["final_hr@10"])
-                 for r in rows if r["method"] == method)
+                 for r in rows
+                 if r["method"] == method)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
   ax.set_xscale("log", base=2)
   ax.set_xlabel("payload ratio (of the dense float32 item table)")
@@ -211,14 +226,14 @@ def main(argv):
   split = lambda s: [x.strip() for x in s.split(",") if x.strip()]
   base = flag_lib.config_from_flags(TrainConfig)
   what = "a payload ratio in (0, 1], e.g. 1/32"
-  ratios = list(zip(split(FLAGS.ratios), flag_lib.parse_values(
-      "--ratios", FLAGS.ratios, flag_lib.fraction, what)))
-  seeds = (flag_lib.parse_values("--seeds", FLAGS.seeds, int, "an integer") if FLAGS.seeds
-           else [base.seed])
+  ratios = list(
+      zip(split(FLAGS.ratios),
+          flag_lib.parse_values("--ratios", FLAGS.ratios, flag_lib.fraction, what)))
+  seeds = (flag_lib.parse_values("--seeds", FLAGS.seeds, int, "an integer")
+           if FLAGS.seeds else [base.seed])
   flag_lib.validate_points(base, "--seeds", FLAGS.seeds, [dict(seed=s) for s in seeds])
   if FLAGS.tune_seed is not None:
-    flag_lib.validate_points(base, "--tune_seed", FLAGS.tune_seed,
-                             [dict(seed=FLAGS.tune_seed)])
+    flag_lib.validate_points(base, "--tune_seed", FLAGS.tune_seed, [dict(seed=FLAGS.tune_seed)])
   grid = parse_grid(FLAGS.tune, flag="--tune")
   flag_lib.validate_points(base, "--tune", FLAGS.tune, grid_points(grid))
   tune_at = ((FLAGS.tune_at.strip(),
@@ -234,25 +249,30 @@ def main(argv):
     ratio_text, value = ratio
     name = (f"{dataset_label(dataset)}_{model}_{method}_{ratio_text.replace('/', 'over')}"
             f"_s{seed}")
-    config = dataclasses.replace(base, dataset=dataset, model=model, method=method,
-                                 payload_ratio=value, seed=seed, workdir=str(outdir / name))
+    config = dataclasses.replace(base,
+                                 dataset=dataset,
+                                 model=model,
+                                 method=method,
+                                 payload_ratio=value,
+                                 seed=seed,
+                                 workdir=str(outdir / name))
     config.validate()
     return name, config
 
   rows = []
   for dataset, model, method, ratio, seed in itertools.product(
-      split(FLAGS.datasets) or [base.dataset], split(FLAGS.models) or [base.model],
-      split(FLAGS.methods), ratios, seeds):
-    if method == "uncompressed" and rows and any(
-        r["method"] == method and r["dataset"] == dataset and r["model"] == model
-        and r["seed"] == seed for r in rows):
+      split(FLAGS.datasets) or [base.dataset],
+      split(FLAGS.models) or [base.model], split(FLAGS.methods), ratios, seeds):
+    if method == "uncompressed" and rows and any(r["method"] == method and r["dataset"] == dataset
+                                                 and r["model"] == model and r["seed"] == seed
+                                                 for r in rows):
       continue  # the dense baseline does not depend on the ratio
     name, config = run_config(dataset, model, method, ratio, seed)
     search_seed = seed if FLAGS.tune_seed is None else FLAGS.tune_seed
     search_config = run_config(dataset, model, method, tune_at or ratio, search_seed)[1]
     print(f"== {name}", flush=True)
-    tuned = (tune(search_config, grid, search=not FLAGS.only_finished) if grid
-             else ({}, float("nan")))
+    tuned = (tune(search_config, grid, search=not FLAGS.only_finished) if grid else
+             ({}, float("nan")))
     summary = None
     if tuned is not None:
       config = dataclasses.replace(config, **tuned[0])

@@ -31,16 +31,23 @@ _LOGS = flags.DEFINE_string("process_logs", None,
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError("name the module to run: ... -- experiments.train [flags]")
-  results = launch_local(argv[1], argv[2:], num_processes=_PROCESSES.value,
-                         devices_per_process=_DEVICES.value, timeout=_TIMEOUT.value or None,
-                         log_dir=_LOGS.value, stream_first=True)
+  results = launch_local(argv[1],
+                         argv[2:],
+                         num_processes=_PROCESSES.value,
+                         devices_per_process=_DEVICES.value,
+                         timeout=_TIMEOUT.value or None,
+                         log_dir=_LOGS.value,
+                         stream_first=True)
   failed = [r for r in results if r.returncode != 0]
   for i, r in enumerate(results):
     if r.returncode != 0 and r.stderr:  # process 0's own output was shown already
       print(f"process {i} exited with status {r.returncode}:",
-            *r.stderr.strip().splitlines()[-5:], sep="\n  ", file=sys.stderr)
+            *r.stderr.strip().splitlines()[-5:],
+            sep="\n  ",
+            file=sys.stderr)
   if failed:
     sys.exit(max(failed[0].returncode, 1))
+
 
 if __name__ == "__main__":
   flag_lib.run_main(main)

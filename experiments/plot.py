@@ -19,14 +19,14 @@ from fedras_jax import flags as flag_lib
 from fedras_jax import outputs
 
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "run directories (also accepted as arguments)")
-_LABELS = flags.DEFINE_list("labels", [], "legend labels, one per workdir (default: from each "
-                            "run's config: method, dataset and the directory name)")
+_LABELS = flags.DEFINE_list(
+    "labels", [], "legend labels, one per workdir (default: from each "
+    "run's config: method, dataset and the directory name)")
 _OUT = flags.DEFINE_string("out", "metrics.png", "PNG file to write")
 _TITLE = flags.DEFINE_string("title", "", "figure title")
 
 METRICS = (("hr@10", "HR@10"), ("ndcg@10", "NDCG@10"))
-AXES = (("round", "round", False),
-        ("bits_sent", "bits sent, up + down (all clients)", True),
+AXES = (("round", "round", False), ("bits_sent", "bits sent, up + down (all clients)", True),
         ("sim_seconds", "simulated seconds", False))
 
 
@@ -73,13 +73,16 @@ def plot_runs(runs: Sequence[Tuple[str, List[dict]]], out, title: str = "") -> p
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
 
-  fig, axes = plt.subplots(len(METRICS), len(AXES), figsize=(5 * len(AXES), 3.6 * len(METRICS)),
+  fig, axes = plt.subplots(len(METRICS),
+                           len(AXES),
+                           figsize=(5 * len(AXES), 3.6 * len(METRICS)),
                            squeeze=False)
   for i, (metric, metric_name) in enumerate(METRICS):
     for j, (x_field, x_name, log_x) in enumerate(AXES):
       ax = axes[i][j]
       for label, rows in runs:
-        points = [(r[x_field], r[metric]) for r in rows
+        points = [(r[x_field], r[metric])
+                  for r in rows
                   if r.get(x_field) is not None and r.get(metric) is not None]
         if points:
           xs, ys = zip(*points)
@@ -108,8 +111,7 @@ def main(argv):
   labels = list(_LABELS.value)
   if labels and len(labels) != len(workdirs):
     raise app.UsageError(f"--labels has {len(labels)} entries for {len(workdirs)} workdirs")
-  runs = [(labels[k] if labels else default_label(w), read_rows(w))
-          for k, w in enumerate(workdirs)]
+  runs = [(labels[k] if labels else default_label(w), read_rows(w)) for k, w in enumerate(workdirs)]
   try:
     path = plot_runs(runs, _OUT.value, _TITLE.value)
   except ImportError as e:

@@ -58,7 +58,9 @@ def parse_sweep_flags(base: TrainConfig):
   and the value for anything that is not a valid setting of every run."""
   seeds = flag_lib.parse_values("--seeds", FLAGS.seeds, int, "an integer")
   grid = parse_grid(FLAGS.grid)
-  shape_grid = parse_grid(FLAGS.shape_grid, flag="--shape_grid", names=None,
+  shape_grid = parse_grid(FLAGS.shape_grid,
+                          flag="--shape_grid",
+                          names=None,
                           cast=lambda name: flag_lib.field_parser(
                               TrainConfig, name, f"--shape_grid={FLAGS.shape_grid}"))
   shape_points = [dict(zip(shape_grid, v)) for v in itertools.product(*shape_grid.values())]
@@ -85,8 +87,8 @@ def main(argv):
     for row in summarize(sweep(config, seeds, grid)):
       rows.append(dict(point, **row))
       if distributed.is_writer():
-        print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
-                        for k, v in rows[-1].items()))
+        print(", ".join(
+            f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()))
   if FLAGS.output and distributed.is_writer():
     path = pathlib.Path(FLAGS.output)
     fields = list(dict.fromkeys(k for r in rows for k in r))

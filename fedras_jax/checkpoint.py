@@ -48,8 +48,8 @@ def _is_key(x) -> bool:
 
 def to_host(tree):
   """``tree`` with every leaf a numpy array (PRNG keys as their uint32 key data)."""
-  return jax.tree.map(
-      lambda x: np.asarray(jax.random.key_data(x)) if _is_key(x) else np.asarray(x), tree)
+  return jax.tree.map(lambda x: np.asarray(jax.random.key_data(x))
+                      if _is_key(x) else np.asarray(x), tree)
 
 
 def _seal(body: bytes) -> bytes:
@@ -95,8 +95,8 @@ def tree_from_bytes(data: bytes, template, where: str = "checkpoint") -> Tuple[A
   want = jax.tree.structure(host_template)
   if jax.tree.structure(restored) != want:
     raise CheckpointError(f"{where}: state structure differs from this run's")
-  for (key_path, t), r in zip(jax.tree_util.tree_flatten_with_path(host_template)[0],
-                              jax.tree.leaves(restored)):
+  for (key_path, t), r in zip(
+      jax.tree_util.tree_flatten_with_path(host_template)[0], jax.tree.leaves(restored)):
     r = np.asarray(r)
     if r.shape != t.shape or r.dtype != t.dtype:
       raise CheckpointError(
@@ -137,8 +137,9 @@ def save(directory, round_index: int, state, host: dict, keep: int = 2) -> pathl
   return path
 
 
-def restore_latest(directory, template, warn=print) -> Optional[Tuple[int, Any, dict,
-                                                                       pathlib.Path]]:
+def restore_latest(directory,
+                   template,
+                   warn=print) -> Optional[Tuple[int, Any, dict, pathlib.Path]]:
   """``(round, state, host, path)`` of the newest readable checkpoint, or None if
   there is none. An unreadable newest file (``warn``-ed) falls back to an older one;
   if none is readable, raises ``CheckpointError``."""

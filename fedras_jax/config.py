@@ -21,8 +21,8 @@ from fedras_jax.models import MODELS
 GROUPS = ("data", "model", "federated", "compression", "run")
 DATASETS = ("ml-100k", "ml-1m", "ml-1m-raw", "lastfm-2k")
 # The settings of --dataset=PATH (``TrainConfig.file_options``).
-FILE_OPTION_FLAGS = ("data_columns", "min_rating", "min_user_interactions",
-                     "min_item_interactions", "kcore")
+FILE_OPTION_FLAGS = ("data_columns", "min_rating", "min_user_interactions", "min_item_interactions",
+                     "kcore")
 METHODS = tuple(m for m in COMPRESSORS if m != "identity")
 ON_NONFINITE = ("skip", "stop")
 
@@ -35,9 +35,10 @@ ON_NONFINITE = ("skip", "stop")
 # Everything else, eval_every and num_lanes included, counts: eval_every decides the
 # rows of metrics.jsonl and the windows their loss/actions average over, and num_lanes
 # changes the packing of local training, hence the compiled program.
-NON_RESULT_FIELDS = frozenset(
-    {"data_dir", "workdir", "quiet", "overwrite", "checkpoint_every", "download",
-     "on_nonfinite", "shard_clients"})
+NON_RESULT_FIELDS = frozenset({
+    "data_dir", "workdir", "quiet", "overwrite", "checkpoint_every", "download", "on_nonfinite",
+    "shard_clients"
+})
 
 
 def setting(group: str, default, help_text: str):
@@ -50,17 +51,18 @@ def setting(group: str, default, help_text: str):
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Every setting of a run (defaults: FedRAS-compressed FedMF on ML-100K)."""
-  dataset: str = setting("data", "ml-100k",
+  dataset: str = setting(
+      "data", "ml-100k",
       "ml-100k | ml-1m (standard NCF split) | ml-1m-raw | lastfm-2k | a path to an interaction "
       "file (RecBole .inter, CSV or TSV; see --data_columns)")
-  data_dir: Optional[str] = setting("data", None,
-      "where datasets live (default $FEDRAS_DATA or ~/.cache/fedras_jax)")
+  data_dir: Optional[str] = setting(
+      "data", None, "where datasets live (default $FEDRAS_DATA or ~/.cache/fedras_jax)")
   model: str = setting("model", "mf", "mf | ncf")
   dim: int = setting("model", 64, "embedding size (NCF: MLP embedding size; GMF gets dim/4)")
   init_scale: float = setting("model", 0.01, "std of the normal initialisation of embeddings")
   rounds: int = setting("federated", 300, "federated rounds")
   clients_per_round: int = setting("federated", 64,
-      "clients sampled per round (uniform, without replacement)")
+                                   "clients sampled per round (uniform, without replacement)")
   local_epochs: int = setting("federated", 2, "local epochs per round")
   batch_size: int = setting("federated", 64, "local minibatch size")
   neg_ratio: int = setting("federated", 4, "training negatives per positive, re-drawn every round")
@@ -70,102 +72,116 @@ class TrainConfig:
   weight_decay: float = setting("federated", 0.0, "L2 coefficient on the parameters a step touches")
   server_lr: float = setting("federated", 1.0, "server SGD step applied to the aggregated update")
   aggregation: str = setting("federated", "inverse_frequency",
-      "inverse_frequency (FedRAS) | fedavg")
-  method: str = setting("compression", "fedras",
+                             "inverse_frequency (FedRAS) | fedavg")
+  method: str = setting(
+      "compression", "fedras",
       "fedras (action sharing) | fedras_fixed_k | uncompressed | topk | svd | colr | "
       "embedding_kmeans")
-  payload_ratio: float = setting("compression", 1 / 32,
+  payload_ratio: float = setting(
+      "compression", 1 / 32,
       "payload budget as a fraction of the dense float32 item table (1/32 = 0.03125)")
-  downlink_compression: bool = setting("compression", True,
-      "compress the server's update too (--nodownlink_compression: dense)")
-  downlink_feedback: bool = setting("compression", True,
+  downlink_compression: bool = setting(
+      "compression", True, "compress the server's update too (--nodownlink_compression: dense)")
+  downlink_feedback: bool = setting(
+      "compression", True,
       "server keeps what its lossy downlink did not send and sends it later (error feedback; "
       "--nodownlink_feedback: drop it)")
-  downlink_warm_start: bool = setting("compression", True,
+  downlink_warm_start: bool = setting(
+      "compression", True,
       "FedRAS downlink: start each round's clustering from the last round's actions "
       "(--nodownlink_warm_start: from one action)")
-  max_k: int = setting("compression", 0,
+  max_k: int = setting(
+      "compression", 0,
       "static bound on actions per payload (0: from the payload ratio, at most 128)")
-  tau: float = setting("compression", 0.9,
+  tau: float = setting(
+      "compression", 0.9,
       "cosine threshold of the split test when --tau_mode=fixed (> 1: always use the budget's "
       "K)")
   tau_mode: str = setting("compression", "auto",
-      "fixed | auto (threshold from the data, see docs/design/quantizer.md)")
+                          "fixed | auto (threshold from the data, see docs/design/quantizer.md)")
   value_bits: int = setting("compression", 32, "bits per centroid value: 32 or 16")
-  bandwidth: str = setting("federated", "uniform",
+  bandwidth: str = setting(
+      "federated", "uniform",
       "uniform | tiers | lognormal client bandwidths (bits per simulated second)")
   bandwidth_tiers: str = setting("federated", "4,16,32,64",
-      "tiers as divisors of the dense payload, e.g. 4,16,32,64")
+                                 "tiers as divisors of the dense payload, e.g. 4,16,32,64")
   bandwidth_sigma: float = setting("federated", 1.0, "log-normal sigma")
   fluctuation: float = setting("federated", 0.0,
-      "per-round bandwidth fluctuation f: budget x (1 + U(-f, f))")
+                               "per-round bandwidth fluctuation f: budget x (1 + U(-f, f))")
   compute_seconds: float = setting("federated", 0.0, "simulated local compute seconds per round")
   num_lanes: int = setting("run", 8,
-      "lanes of packed local training (speed only; results do not change)")
-  shard_clients: bool = setting("run", False,
+                           "lanes of packed local training (speed only; results do not change)")
+  shard_clients: bool = setting(
+      "run", False,
       "shard local training over every device (of every process); on whenever the run spans "
       "several processes; --num_lanes must be a multiple of the device count")
   eval_every: int = setting("run", 25, "evaluate every N rounds (and at the end)")
   seed: int = setting("federated", 0, "seed of sampling, negatives and initialisation")
-  workdir: Optional[str] = setting("run", None,
+  workdir: Optional[str] = setting(
+      "run", None,
       "the run's directory (default runs/<dataset>-<model>-<method>-<time>; none: no files): "
       "config.json, metrics.jsonl/csv, checkpoints/, summary.json, final_params.msgpack; "
       "rerunning the same command resumes the run")
   quiet: bool = setting("run", False, "print only the final line")
-  checkpoint_every: int = setting("run", 50,
-      "save a checkpoint every N rounds and at the end (0: never; needs --workdir)")
-  overwrite: bool = setting("run", False,
-      "replace the run in --workdir (default: resume it; refuse if its flags differ)")
-  download: bool = setting("data", True,
+  checkpoint_every: int = setting(
+      "run", 50, "save a checkpoint every N rounds and at the end (0: never; needs --workdir)")
+  overwrite: bool = setting(
+      "run", False, "replace the run in --workdir (default: resume it; refuse if its flags differ)")
+  download: bool = setting(
+      "data", True,
       "fetch missing data files (--nodownload: fail at once, saying where to put them)")
-  on_nonfinite: str = setting("run", "skip",
+  on_nonfinite: str = setting(
+      "run", "skip",
       "skip (drop clients whose update is non-finite, count and log them) | stop (fail naming "
       "the round and the clients)")
-  validation: bool = setting("data", False,
+  validation: bool = setting(
+      "data", False,
       "hold out one more interaction per user and score on it, with its own negatives (for "
       "tuning; never the test items)")
-  eval_protocol: str = setting("run", "both",
+  eval_protocol: str = setting(
+      "run", "both",
       "sampled (the positive among 99 sampled negatives) | full (among every item not in the "
       "user's training data) | both")
-  data_columns: str = setting("data", "",
+  data_columns: str = setting(
+      "data", "",
       "--dataset=PATH without a header: the columns in order, e.g. user,item,rating,timestamp "
       "(other names: ignored columns); with a header the columns are found by name")
-  min_rating: Optional[float] = setting("data", None,
+  min_rating: Optional[float] = setting(
+      "data", None,
       "--dataset=PATH: keep rows with rating >= this as interactions (default: every row is "
       "one)")
-  min_user_interactions: int = setting("data", 0,
-      "--dataset=PATH: drop users with fewer interactions (0: keep all)")
-  min_item_interactions: int = setting("data", 0,
-      "--dataset=PATH: drop items with fewer interactions (0: keep all)")
-  kcore: bool = setting("data", False,
+  min_user_interactions: int = setting(
+      "data", 0, "--dataset=PATH: drop users with fewer interactions (0: keep all)")
+  min_item_interactions: int = setting(
+      "data", 0, "--dataset=PATH: drop items with fewer interactions (0: keep all)")
+  kcore: bool = setting(
+      "data", False,
       "--dataset=PATH: repeat the two filters until both hold (a k-core); default: one pass, "
       "both counted on the unfiltered data")
 
   def validate(self):
     """Raises ``ValueError`` naming the first bad setting."""
-    checks = [
-        ("dataset", self.dataset in DATASETS or data_lib.is_path(self.dataset),
-         f"one of {DATASETS} or a path to an interaction file (.inter, .csv, .tsv)"),
-        ("model", self.model in MODELS, f"one of {sorted(MODELS)}"),
-        ("aggregation", self.aggregation in AGGREGATIONS, f"one of {AGGREGATIONS}"),
-        ("method", self.method in METHODS, f"one of {METHODS}"),
-        ("bandwidth", self.bandwidth in BANDWIDTHS, f"one of {BANDWIDTHS}"),
-        ("tau_mode", self.tau_mode in ("fixed", "auto"), "fixed or auto"),
-        ("value_bits", self.value_bits in (16, 32), "16 or 32"),
-        ("payload_ratio", 0 < self.payload_ratio <= 1, "in (0, 1]"),
-        ("fluctuation", 0 <= self.fluctuation < 1, "in [0, 1)"),
-        ("max_k", self.max_k >= 0, "non-negative (0: from the budget)"),
-        ("bandwidth_tiers", _tiers_ok(self.bandwidth_tiers),
-         "comma-separated finite positive numbers"),
-        ("neg_ratio", self.neg_ratio >= 0, "non-negative"),
-        ("init_scale", self.init_scale > 0, "positive"),
-        ("checkpoint_every", self.checkpoint_every >= 0, "non-negative (0: off)"),
-        ("on_nonfinite", self.on_nonfinite in ON_NONFINITE, f"one of {ON_NONFINITE}"),
-        ("seed", 0 <= self.seed < 2**32, "an integer in [0, 2^32)"),
-        ("eval_protocol", self.eval_protocol in PROTOCOLS, f"one of {PROTOCOLS}"),
-    ]
-    for name in ("dim", "rounds", "clients_per_round", "local_epochs", "batch_size",
-                 "num_lanes", "eval_every"):
+    checks = [("dataset", self.dataset in DATASETS or data_lib.is_path(self.dataset),
+               f"one of {DATASETS} or a path to an interaction file (.inter, .csv, .tsv)"),
+              ("model", self.model in MODELS, f"one of {sorted(MODELS)}"),
+              ("aggregation", self.aggregation in AGGREGATIONS, f"one of {AGGREGATIONS}"),
+              ("method", self.method in METHODS, f"one of {METHODS}"),
+              ("bandwidth", self.bandwidth in BANDWIDTHS, f"one of {BANDWIDTHS}"),
+              ("tau_mode", self.tau_mode in ("fixed", "auto"), "fixed or auto"),
+              ("value_bits", self.value_bits in (16, 32), "16 or 32"),
+              ("payload_ratio", 0 < self.payload_ratio <= 1, "in (0, 1]"),
+              ("fluctuation", 0 <= self.fluctuation < 1, "in [0, 1)"),
+              ("max_k", self.max_k >= 0, "non-negative (0: from the budget)"),
+              ("bandwidth_tiers", _tiers_ok(self.bandwidth_tiers),
+               "comma-separated finite positive numbers"),
+              ("neg_ratio", self.neg_ratio >= 0, "non-negative"),
+              ("init_scale", self.init_scale > 0, "positive"),
+              ("checkpoint_every", self.checkpoint_every >= 0, "non-negative (0: off)"),
+              ("on_nonfinite", self.on_nonfinite in ON_NONFINITE, f"one of {ON_NONFINITE}"),
+              ("seed", 0 <= self.seed < 2**32, "an integer in [0, 2^32)"),
+              ("eval_protocol", self.eval_protocol in PROTOCOLS, f"one of {PROTOCOLS}"),]
+    for name in ("dim", "rounds", "clients_per_round", "local_epochs", "batch_size", "num_lanes",
+                 "eval_every"):
       checks.append((name, getattr(self, name) > 0, "positive"))
     for name in ("user_lr", "item_lr", "dense_lr", "weight_decay", "server_lr",
                  "compute_seconds"):  # a negative step or duration has no meaning here
@@ -186,10 +202,11 @@ class TrainConfig:
 
   def file_options(self):
     """How ``--dataset=PATH`` is read (see ``fedras_jax.data.userfile``)."""
-    return data_lib.FileOptions(
-        columns=self.data_columns, min_rating=self.min_rating,
-        min_user_interactions=self.min_user_interactions,
-        min_item_interactions=self.min_item_interactions, kcore=self.kcore)
+    return data_lib.FileOptions(columns=self.data_columns,
+                                min_rating=self.min_rating,
+                                min_user_interactions=self.min_user_interactions,
+                                min_item_interactions=self.min_item_interactions,
+                                kcore=self.kcore)
 
 
 def dataset_label(dataset: str) -> str:

@@ -45,17 +45,21 @@ class ProcessGroup:
   ``num_processes`` and ``process_id`` say how many processes there are and which
   one this is. ``initialization_timeout``: seconds to wait for every peer to join.
   """
-  coordinator: str = dataclasses.field(default="", metadata=dict(help=(
-      "multi-process runs: HOST:PORT of process 0 (give every process the same), or "
-      "'auto' to let JAX detect the cluster (Cloud TPU, SLURM, Open MPI); empty: one "
-      "process. See docs/multihost.md")))
-  num_processes: int = dataclasses.field(default=1, metadata=dict(
-      help="with --coordinator=HOST:PORT: how many processes the run has"))
-  process_id: int = dataclasses.field(default=0, metadata=dict(help=(
-      "with --coordinator=HOST:PORT: this process' index, 0 .. num_processes-1; process 0 "
-      "writes the logs and the workdir")))
-  initialization_timeout: int = dataclasses.field(default=300, metadata=dict(
-      help="seconds to wait for every process to join"))
+  coordinator: str = dataclasses.field(
+      default="",
+      metadata=dict(
+          help=("multi-process runs: HOST:PORT of process 0 (give every process the same), or "
+                "'auto' to let JAX detect the cluster (Cloud TPU, SLURM, Open MPI); empty: one "
+                "process. See docs/multihost.md")))
+  num_processes: int = dataclasses.field(
+      default=1, metadata=dict(help="with --coordinator=HOST:PORT: how many processes the run has"))
+  process_id: int = dataclasses.field(
+      default=0,
+      metadata=dict(help=(
+          "with --coordinator=HOST:PORT: this process' index, 0 .. num_processes-1; process 0 "
+          "writes the logs and the workdir")))
+  initialization_timeout: int = dataclasses.field(
+      default=300, metadata=dict(help="seconds to wait for every process to join"))
 
   def validate(self) -> "ProcessGroup":
     if self.coordinator in ("", AUTO):
@@ -87,7 +91,8 @@ def initialize(group: ProcessGroup) -> bool:
     where, args = "cluster detected by JAX", {}
   else:
     where = f"coordinator {group.coordinator} as process {group.process_id}"
-    args = dict(coordinator_address=group.coordinator, num_processes=group.num_processes,
+    args = dict(coordinator_address=group.coordinator,
+                num_processes=group.num_processes,
                 process_id=group.process_id)
   try:
     jax.distributed.initialize(initialization_timeout=group.initialization_timeout, **args)
@@ -138,15 +143,15 @@ def replicate(tree, mesh: Mesh):
 
 
 def _to_wire(tree):
-  return jax.tree.map(lambda x: np.asarray(jax.random.key_data(x))
-                      if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else np.asarray(x),
-                      tree)
+  return jax.tree.map(
+      lambda x: np.asarray(jax.random.key_data(x))
+      if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else np.asarray(x), tree)
 
 
 def _from_wire(wire, template):
-  return jax.tree.map(lambda w, t: jax.random.wrap_key_data(w, impl=jax.random.key_impl(t))
-                      if jax.dtypes.issubdtype(t.dtype, jax.dtypes.prng_key) else w,
-                      wire, template)
+  return jax.tree.map(
+      lambda w, t: jax.random.wrap_key_data(w, impl=jax.random.key_impl(t))
+      if jax.dtypes.issubdtype(t.dtype, jax.dtypes.prng_key) else w, wire, template)
 
 
 def on_writer(setup: Callable[[], Tuple[Any, Any]], template) -> Tuple[Optional[Any], Any]:

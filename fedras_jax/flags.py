@@ -17,8 +17,10 @@ from fedras_jax.config import TrainConfig
 from fedras_jax.data import FetchError
 from fedras_jax.workdir_lock import WorkdirLockError
 
-_DEFINE = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string,
-           bool: flags.DEFINE_boolean}
+_DEFINE = {
+    int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string,
+    bool: flags.DEFINE_boolean
+}
 
 
 def _base_type(tp):
@@ -33,7 +35,9 @@ def define_flags(config_cls, flag_values=flags.FLAGS):
   hints = typing.get_type_hints(config_cls)
   for field in dataclasses.fields(config_cls):
     tp = _base_type(hints[field.name])
-    _DEFINE[tp](field.name, field.default, field.metadata.get("help", field.name),
+    _DEFINE[tp](field.name,
+                field.default,
+                field.metadata.get("help", field.name),
                 flag_values=flag_values)
 
 
@@ -46,10 +50,11 @@ def define_train_flags(flag_values=flags.FLAGS):
   define_flags(TrainConfig, flag_values)
   define_flags(distributed.ProcessGroup, flag_values)
   flags.DEFINE_string(
-      "compilation_cache", None,
-      "directory of JAX's persistent compilation cache: a rerun with the same shapes loads "
+      "compilation_cache",
+      None, "directory of JAX's persistent compilation cache: a rerun with the same shapes loads "
       "its compiled round instead of compiling it (default $FEDRAS_COMPILATION_CACHE or "
-      "~/.cache/fedras_jax/compilation_cache; none: off)", flag_values=flag_values)
+      "~/.cache/fedras_jax/compilation_cache; none: off)",
+      flag_values=flag_values)
 
 
 def config_from_flags(config_cls, flag_values=flags.FLAGS):
@@ -67,8 +72,8 @@ def config_from_flags(config_cls, flag_values=flags.FLAGS):
 # Exceptions that report bad input rather than a bug: ValueError covers the data
 # format, checkpoint, workdir and config errors, OSError the files, FloatingPointError
 # a run that diverged (``--on_nonfinite=stop``), ImportError a missing optional extra.
-USER_ERRORS = (ValueError, OSError, FloatingPointError, FetchError, WorkdirLockError,
-               ImportError, app.UsageError, flags.Error, distributed.DistributedError)
+USER_ERRORS = (ValueError, OSError, FloatingPointError, FetchError, WorkdirLockError, ImportError,
+               app.UsageError, flags.Error, distributed.DistributedError)
 
 
 def one_line(error: BaseException) -> str:
@@ -91,6 +96,7 @@ def _parse_flags(argv):
 
 def guarded(main):
   """``main`` with the ``USER_ERRORS`` it raises turned into ``fail``."""
+
   @functools.wraps(main)
   def wrapper(*args, **kwargs):
     try:
@@ -115,6 +121,7 @@ def run_main(main, argv=None):
 
 
 # --------------------------------------------------------- list-valued flags --
+
 
 def parse_values(flag: str, text: str, cast: Callable[[str], Any], what: str) -> list:
   """``text`` split at commas, each entry ``cast``; a ``ValueError`` naming ``flag``,
@@ -177,5 +184,7 @@ def field_parser(config_cls, name: str, flag: str) -> Tuple[Callable[[str], Any]
     raise ValueError(f"{flag}: no setting {name!r} (settings are the flags of "
                      "experiments.train, e.g. dim, model, method)")
   tp = _base_type(hints[name])
-  return {int: (int, "an integer"), float: (finite_float, "a finite number"),
-          bool: (_boolean, "true or false"), str: (str, "a string")}[tp]
+  return {
+      int: (int, "an integer"), float: (finite_float, "a finite number"),
+      bool: (_boolean, "true or false"), str: (str, "a string")
+  }[tp]

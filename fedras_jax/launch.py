@@ -23,9 +23,14 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def launch_local(module: str, args: Sequence[str], *, num_processes: int,
-                 devices_per_process: int = 0, timeout: Optional[float] = None,
-                 log_dir=None, stream_first: bool = False,
+def launch_local(module: str,
+                 args: Sequence[str],
+                 *,
+                 num_processes: int,
+                 devices_per_process: int = 0,
+                 timeout: Optional[float] = None,
+                 log_dir=None,
+                 stream_first: bool = False,
                  grace: float = 10.0) -> List[subprocess.CompletedProcess]:
   """Runs ``python -m module args`` as ``num_processes`` peers on this machine.
 
@@ -48,8 +53,10 @@ def launch_local(module: str, args: Sequence[str], *, num_processes: int,
   port = free_port()
   procs, logs = [], []
   for i in range(num_processes):
-    argv = [sys.executable, "-m", module, *args, f"--coordinator=127.0.0.1:{port}",
-            f"--num_processes={num_processes}", f"--process_id={i}"]
+    argv = [
+        sys.executable, "-m", module, *args, f"--coordinator=127.0.0.1:{port}",
+        f"--num_processes={num_processes}", f"--process_id={i}"
+    ]
     out, err = log_dir / f"process_{i}.log", log_dir / f"process_{i}.err"
     logs.append((out, err))
     if i == 0 and stream_first:
@@ -70,8 +77,9 @@ def launch_local(module: str, args: Sequence[str], *, num_processes: int,
       if p.poll() is None:
         p.kill()
       p.wait()
-  return [subprocess.CompletedProcess(
-      p.args, p.returncode,
-      "" if (i == 0 and stream_first) else out.read_text(),
-      "" if (i == 0 and stream_first) else err.read_text())
-      for i, (p, (out, err)) in enumerate(zip(procs, logs))]
+  return [
+      subprocess.CompletedProcess(p.args, p.returncode, "" if
+                                  (i == 0 and stream_first) else out.read_text(), "" if
+                                  (i == 0 and stream_first) else err.read_text())
+      for i, (p, (out, err)) in enumerate(zip(procs, logs))
+  ]

@@ -39,8 +39,7 @@ def rank_of_positive(pos_scores, neg_scores, ignore=None):
   return jnp.where(jnp.isfinite(pos_scores), ranks, neg_scores.shape[1])
 
 
-def hit_and_ndcg(ranks, ks: Sequence[int] = (5, 10, 20),
-                 prefix: str = "") -> Dict[str, jax.Array]:
+def hit_and_ndcg(ranks, ks: Sequence[int] = (5, 10, 20), prefix: str = "") -> Dict[str, jax.Array]:
   """``{"hr@K": mean hit, "ndcg@K": mean 1/log2(rank + 2) within top K}`` (keys prefixed)."""
   out = {}
   ranks = jnp.asarray(ranks)
@@ -51,9 +50,15 @@ def hit_and_ndcg(ranks, ks: Sequence[int] = (5, 10, 20),
   return out
 
 
-def make_evaluate(model: RecModel, test_items: np.ndarray, test_negatives: np.ndarray, *,
-                  ks: Sequence[int] = (5, 10, 20), chunk: int = 512,
-                  protocol: str = "sampled", train_indptr=None, train_items=None,
+def make_evaluate(model: RecModel,
+                  test_items: np.ndarray,
+                  test_negatives: np.ndarray,
+                  *,
+                  ks: Sequence[int] = (5, 10, 20),
+                  chunk: int = 512,
+                  protocol: str = "sampled",
+                  train_indptr=None,
+                  train_items=None,
                   num_items: int = None):
   """Builds a jitted ``evaluate(users [U, du], items [I, di], dense) -> metrics``.
 
@@ -80,7 +85,10 @@ def make_evaluate(model: RecModel, test_items: np.ndarray, test_negatives: np.nd
   return evaluate
 
 
-def make_sampled_ranks(model: RecModel, test_items: np.ndarray, test_negatives: np.ndarray, *,
+def make_sampled_ranks(model: RecModel,
+                       test_items: np.ndarray,
+                       test_negatives: np.ndarray,
+                       *,
                        chunk: int = 512):
   """``ranks(users, items, dense) -> [U]`` ranks among the sampled candidates."""
   num_users = len(test_items)
@@ -90,8 +98,7 @@ def make_sampled_ranks(model: RecModel, test_items: np.ndarray, test_negatives: 
   candidates = jnp.asarray(candidates.reshape(padded // chunk, chunk, -1), jnp.int32)
 
   def ranks(users, items, dense):
-    users = jnp.pad(users, ((0, padded - num_users), (0, 0))).reshape(
-        padded // chunk, chunk, -1)
+    users = jnp.pad(users, ((0, padded - num_users), (0, 0))).reshape(padded // chunk, chunk, -1)
 
     def scores(args):
       u, c = args
@@ -114,8 +121,13 @@ def full_ranking_blocks(model: RecModel, num_users: int, num_items: int):
   return user_batch, item_chunk
 
 
-def make_full_ranks(model: RecModel, targets: np.ndarray, train_indptr: np.ndarray,
-                    train_items: np.ndarray, num_items: int, *, user_batch: int = None,
+def make_full_ranks(model: RecModel,
+                    targets: np.ndarray,
+                    train_indptr: np.ndarray,
+                    train_items: np.ndarray,
+                    num_items: int,
+                    *,
+                    user_batch: int = None,
                     item_chunk: int = None):
   """``ranks(users [U, du], items [I, di], dense) -> [U]`` full-ranking ranks.
 

@@ -95,5 +95,5 @@ def read_json(path, remedy: str = ""):
   try:
     return json.loads(text)
   except ValueError as e:
-    raise ValueError(f"{path} is not readable JSON ({e})" + (f"; {remedy}" if remedy else "")
-                     ) from None
+    raise ValueError(f"{path} is not readable JSON ({e})"
+                     + (f"; {remedy}" if remedy else "")) from None

@@ -25,7 +25,8 @@ def tune_host_allocator() -> bool:
   except OSError:
     return False
   ok = libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1
-  ok &= libc.mallopt(_M_TRIM_THRESHOLD, 1 << 34 if ctypes.sizeof(ctypes.c_long) == 8 else 1 << 30) == 1
+  ok &= libc.mallopt(_M_TRIM_THRESHOLD,
+                     1 << 34 if ctypes.sizeof(ctypes.c_long) == 8 else 1 << 30) == 1
   return bool(ok)
 
 

@@ -25,15 +25,16 @@ from fedras_jax import flags as flag_lib
 from fedras_jax.compress import dense_bits
 from fedras_jax.config import TrainConfig
 from fedras_jax.experiment import (build_bandwidth, build_compressors, build_model,
-                                   build_round_config, load_run_data, round_hparams,
-                                   run_mesh)
+                                   build_round_config, load_run_data, round_hparams, run_mesh)
 from fedras_jax.federated import client_data_from_split, init_states, make_round
 from fedras_jax.metrics import make_evaluate
 
 SWEEPABLE = ("user_lr", "item_lr", "dense_lr", "weight_decay", "fluctuation", "payload_ratio")
 
 
-def parse_grid(text: str, cast=flag_lib.finite_float, flag: str = "--grid",
+def parse_grid(text: str,
+               cast=flag_lib.finite_float,
+               flag: str = "--grid",
                names: Sequence[str] = SWEEPABLE,
                what: str = "a finite number") -> Dict[str, list]:
   """``"item_lr=4,8;user_lr=0.5,1"`` -> ``{"item_lr": [4.0, 8.0], "user_lr": [0.5, 1.0]}``.
@@ -71,13 +72,17 @@ def grid_points(grid: Dict[str, Sequence[float]]) -> List[Dict[str, float]]:
   return [dict(zip(names, values)) for values in itertools.product(*grid.values())]
 
 
-def sweep(base: TrainConfig, seeds: Sequence[int], grid: Dict[str, Sequence[float]],
+def sweep(base: TrainConfig,
+          seeds: Sequence[int],
+          grid: Dict[str, Sequence[float]],
           log: Callable[[str], None] = print) -> List[dict]:
   """``sweep_points`` over the cartesian product of ``grid`` (``{name: values}``)."""
   return sweep_points(base, seeds, grid_points(grid), log)
 
 
-def sweep_points(base: TrainConfig, seeds: Sequence[int], points: Sequence[Dict[str, float]],
+def sweep_points(base: TrainConfig,
+                 seeds: Sequence[int],
+                 points: Sequence[Dict[str, float]],
                  log: Callable[[str], None] = print) -> List[dict]:
   """Trains ``len(seeds) * len(points)`` runs of ``base`` in one program.
 
@@ -104,12 +109,23 @@ def sweep_points(base: TrainConfig, seeds: Sequence[int], points: Sequence[Dict[
       dataclasses.replace(base, payload_ratio=max(c.payload_ratio for c in configs)),
       split.num_items, model.item_dim)
   mesh = run_mesh(base)
-  round_fn = make_round(model, client_data_from_split(split), round_config, server_opt,
-                        uplink=uplink, downlink=downlink, mesh=mesh)
+  round_fn = make_round(model,
+                        client_data_from_split(split),
+                        round_config,
+                        server_opt,
+                        uplink=uplink,
+                        downlink=downlink,
+                        mesh=mesh)
 
-  states = [init_states(model, split.num_users, split.num_items, server_opt, seed=c.seed,
-                        bandwidth=build_bandwidth(c, split.num_users, dense_round_bits),
-                        downlink=downlink) for c in configs]
+  states = [
+      init_states(model,
+                  split.num_users,
+                  split.num_items,
+                  server_opt,
+                  seed=c.seed,
+                  bandwidth=build_bandwidth(c, split.num_users, dense_round_bits),
+                  downlink=downlink) for c in configs
+  ]
   server, clients = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
   hp = jax.tree.map(lambda *xs: jnp.asarray(xs, jnp.float32),
                     *[round_hparams(c, dense_round_bits) for c in configs])
@@ -129,17 +145,22 @@ def sweep_points(base: TrainConfig, seeds: Sequence[int], points: Sequence[Dict[
       hr = np.asarray(batched_eval(clients.users, server.items, server.dense)["hr@10"])
       if distributed.is_writer():
         log(f"round {r}/{base.rounds}: HR@10 mean {hr.mean():.4f} (min {hr.min():.4f}, "
-          f"max {hr.max():.4f}) over {len(runs)} runs, {time.time() - start:.0f}s")
+            f"max {hr.max():.4f}) over {len(runs)} runs, {time.time() - start:.0f}s")
   scores = jax.device_get(batched_eval(clients.users, server.items, server.dense))
   timing = dict(compile_seconds=first_round - start, train_seconds=time.time() - first_round)
-  return [dict(seed=s, **p, **{k: float(v[i]) for k, v in scores.items()}, **timing)
-          for i, (s, p) in enumerate(runs)]
+  return [
+      dict(seed=s, **p, **{k: float(v[i])
+                           for k, v in scores.items()}, **timing)
+      for i, (s, p) in enumerate(runs)
+  ]
 
 
 def summarize(results: List[dict], metrics=("hr@10", "ndcg@10")) -> List[dict]:
   """One row per grid point: mean and std over seeds of each metric."""
-  keys = [k for k in results[0] if k not in ("seed", "compile_seconds", "train_seconds")
-          and not k.startswith(("hr@", "ndcg@"))]
+  keys = [
+      k for k in results[0] if k not in ("seed", "compile_seconds",
+                                         "train_seconds") and not k.startswith(("hr@", "ndcg@"))
+  ]
   groups = {}
   for row in results:
     groups.setdefault(tuple(row[k] for k in keys), []).append(row)

@@ -88,8 +88,8 @@ def recorded_config(workdir) -> Optional[dict]:
   """The config of the run held in ``workdir`` (``config.json``, else the one in
   ``summary.json``), or None if it holds none."""
   workdir = pathlib.Path(workdir)
-  for name, get in ((CONFIG_FILE, lambda d: d),
-                    ("summary.json", lambda d: d.get("config") if isinstance(d, dict) else d)):
+  for name, get in ((CONFIG_FILE, lambda d: d), ("summary.json", lambda d: d.get("config")
+                                                 if isinstance(d, dict) else d)):
     path = workdir / name
     if path.exists():
       remedy = "use --overwrite to start over"

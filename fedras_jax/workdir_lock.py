@@ -82,9 +82,10 @@ class WorkdirLock:
       if previous.strip():
         self.warn(f"warning: taking over the lock {self.path} left by a run that no longer "
                   f"runs ({_owner(previous)})")
-      info = dict(pid=os.getpid(), host=socket.gethostname(),
-                  started=datetime.datetime.now(datetime.timezone.utc).isoformat(
-                      timespec="seconds"))
+      info = dict(pid=os.getpid(),
+                  host=socket.gethostname(),
+                  started=datetime.datetime.now(
+                      datetime.timezone.utc).isoformat(timespec="seconds"))
       os.ftruncate(fd, 0)
       os.pwrite(fd, (dumps(info) + "\n").encode(), 0)
     self._fd = fd

@@ -59,8 +59,7 @@ class Synthetic:
     self.train_indptr = np.r_[0, np.cumsum([len(t) for t in self.train])]
     self.seen_indptr = np.r_[0, np.cumsum([len(s) for s in self.seen])]
     self.data = client_data_from_csr(self.train_indptr, np.concatenate(self.train),
-                                     self.seen_indptr, np.concatenate(self.seen),
-                                     self.num_items)
+                                     self.seen_indptr, np.concatenate(self.seen), self.num_items)
 
 
 @pytest.fixture(scope="session")

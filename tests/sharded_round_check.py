@@ -31,8 +31,11 @@ def main():
   for uplink in (identity(synthetic.num_items), fedras(synthetic.num_items, max_k=8)):
     results = []
     for m in (None, mesh):
-      server, clients = init_states(model, synthetic.num_users, synthetic.num_items,
-                                    optax.sgd(1.0), seed=0)
+      server, clients = init_states(model,
+                                    synthetic.num_users,
+                                    synthetic.num_items,
+                                    optax.sgd(1.0),
+                                    seed=0)
       round_fn = jax.jit(make_round(model, synthetic.data, cfg, uplink=uplink, mesh=m))
       for _ in range(3):
         server, clients, metrics = round_fn(server, clients, HP)

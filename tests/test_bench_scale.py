@@ -23,8 +23,11 @@ def test_single_draws_follow_popularity():
   num_items, users = 50, 40000
   p = synthetic.zipf_popularity(num_items, 1.2)
   for method in ("rejection", "keys"):
-    _, items = synthetic.sample_distinct(np.random.default_rng(1), np.ones(users, int),
-                                         num_items, popularity=p, method=method)
+    _, items = synthetic.sample_distinct(np.random.default_rng(1),
+                                         np.ones(users, int),
+                                         num_items,
+                                         popularity=p,
+                                         method=method)
     freq = np.bincount(items, minlength=num_items) / users
     assert 0.5 * np.abs(freq - p).sum() < 0.02, method  # total variation
     assert freq[:5].sum() > 0.5  # the head dominates
@@ -36,9 +39,12 @@ def test_distinct_and_exclusion(method):
   counts = rng.integers(0, 40, 300)
   excl_counts = rng.integers(0, 30, 300)
   excl_ptr, excl = synthetic.sample_distinct(rng, excl_counts, 200)
-  ptr, items = synthetic.sample_distinct(
-      rng, counts, 200, popularity=synthetic.zipf_popularity(200, 1.1),
-      exclude=(excl_ptr, excl), method=method)
+  ptr, items = synthetic.sample_distinct(rng,
+                                         counts,
+                                         200,
+                                         popularity=synthetic.zipf_popularity(200, 1.1),
+                                         exclude=(excl_ptr, excl),
+                                         method=method)
   assert np.array_equal(np.diff(ptr), counts)
   for got, banned in zip(rows(ptr, items), rows(excl_ptr, excl)):
     assert len(np.unique(got)) == len(got)
@@ -51,7 +57,10 @@ def test_methods_agree_on_inclusion():
   counts = np.full(6000, 10)
   freq = {}
   for method in ("rejection", "keys"):
-    _, items = synthetic.sample_distinct(np.random.default_rng(2), counts, 60, popularity=p,
+    _, items = synthetic.sample_distinct(np.random.default_rng(2),
+                                         counts,
+                                         60,
+                                         popularity=p,
                                          method=method)
     freq[method] = np.bincount(items, minlength=60) / 6000
   assert np.abs(freq["rejection"] - freq["keys"]).max() < 0.03
@@ -64,8 +73,13 @@ def test_too_many_items_refused():
 
 
 def test_synthetic_split():
-  split = synthetic.synthetic_split(400, 3000, min_interactions=5, max_interactions=250,
-                                    num_test_negatives=20, num_valid=1, seed=3)
+  split = synthetic.synthetic_split(400,
+                                    3000,
+                                    min_interactions=5,
+                                    max_interactions=250,
+                                    num_test_negatives=20,
+                                    num_valid=1,
+                                    seed=3)
   sizes = split.num_seen_per_user
   assert sizes.min() >= 5 and sizes.max() <= 250
   assert 40 <= np.median(sizes) <= 90  # lognormal median 64
@@ -74,8 +88,13 @@ def test_synthetic_split():
   assert counts[:10].mean() > 10 * counts[-1000:].mean()  # long tail
   for u in range(0, 400, 37):  # negatives are never seen items
     assert not np.intersect1d(split.test_negatives[u], split.user_seen_items(u)).size
-  again = synthetic.synthetic_split(400, 3000, min_interactions=5, max_interactions=250,
-                                    num_test_negatives=20, num_valid=1, seed=3)
+  again = synthetic.synthetic_split(400,
+                                    3000,
+                                    min_interactions=5,
+                                    max_interactions=250,
+                                    num_test_negatives=20,
+                                    num_valid=1,
+                                    seed=3)
   assert np.array_equal(again.seen_items, split.seen_items)
   assert np.array_equal(again.test_negatives, split.test_negatives)
   data = client_data_from_split(split)

@@ -6,10 +6,11 @@ import sys
 
 
 def _compare(data_dir, outdir, methods, *extra):
-  cmd = [sys.executable, "-m", "experiments.compare", f"--data_dir={data_dir}",
-         f"--outdir={outdir}", f"--methods={methods}", "--ratios=1/8,1/32", "--rounds=2",
-         "--clients_per_round=8", "--eval_every=2", "--tune=item_lr=4,8", "--tune_at=1/32",
-         *extra]
+  cmd = [
+      sys.executable, "-m", "experiments.compare", f"--data_dir={data_dir}", f"--outdir={outdir}",
+      f"--methods={methods}", "--ratios=1/8,1/32", "--rounds=2", "--clients_per_round=8",
+      "--eval_every=2", "--tune=item_lr=4,8", "--tune_at=1/32", *extra
+  ]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(outdir / "compare.csv") as f:
@@ -18,10 +19,14 @@ def _compare(data_dir, outdir, methods, *extra):
 
 def test_models_default_to_the_model_flag(ml100k_path, tmp_path):
   """Without --models/--seeds the grid takes --model/--seed (as a flagfile sets them)."""
-  proc = subprocess.run(
-      [sys.executable, "-m", "experiments.compare", f"--data_dir={ml100k_path.parents[1]}",
-       f"--outdir={tmp_path}", "--methods=svd", "--ratios=1/8", "--model=ncf", "--seed=3",
-       "--only_finished"], capture_output=True, text=True, timeout=300)
+  proc = subprocess.run([
+      sys.executable, "-m", "experiments.compare", f"--data_dir={ml100k_path.parents[1]}",
+      f"--outdir={tmp_path}", "--methods=svd", "--ratios=1/8", "--model=ncf", "--seed=3",
+      "--only_finished"
+  ],
+                        capture_output=True,
+                        text=True,
+                        timeout=300)
   assert "== ml-100k_ncf_svd_1over8_s3" in proc.stdout, proc.stderr[-2000:]
   assert "error: no finished runs" in proc.stderr and proc.returncode == 1
 
@@ -30,8 +35,8 @@ def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
   data_dir = ml100k_path.parents[1]
   out, rows = _compare(data_dir, tmp_path, "uncompressed,svd")
   # The dense baseline runs once; svd at both ratios.
-  assert [(r["method"], r["payload_ratio"]) for r in rows] == [
-      ("uncompressed", "1/8"), ("svd", "1/8"), ("svd", "1/32")]
+  assert [(r["method"], r["payload_ratio"]) for r in rows] == [("uncompressed", "1/8"),
+                                                               ("svd", "1/8"), ("svd", "1/32")]
   assert out.count("   tuned ") == 2 and out.count("   kept ") == 1  # svd 1/32 reuses 1/8's
   for method in ("uncompressed", "svd"):
     search = json.loads((tmp_path / f"ml-100k_mf_{method}_1over32_s0" / "tuning.json").read_text())

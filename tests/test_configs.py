@@ -40,5 +40,4 @@ def test_derived_configs_override_their_base(monkeypatch):
   assert (fixed.method, fixed.value_bits) == ("fedras_fixed_k", 16)
   assert fixed.dim == base.dim and fixed.item_lr == base.item_lr
   tiers = _config(REPO / "configs/ml100k_mf_tiers.flags", monkeypatch)
-  assert (tiers.bandwidth, tiers.bandwidth_tiers, tiers.fluctuation) == ("tiers", "4,16,32,64",
-                                                                         0.3)
+  assert (tiers.bandwidth, tiers.bandwidth_tiers, tiers.fluctuation) == ("tiers", "4,16,32,64", 0.3)

@@ -21,7 +21,11 @@ from fedras_jax import workdir as workdir_lib
 from fedras_jax.workdir_lock import LOCK_FILE, WorkdirLock, WorkdirLockError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-TINY = dict(method="uncompressed", rounds=4, clients_per_round=16, dim=16, eval_every=2,
+TINY = dict(method="uncompressed",
+            rounds=4,
+            clients_per_round=16,
+            dim=16,
+            eval_every=2,
             checkpoint_every=2)
 
 # Takes the lock of argv[1], says so, then waits to be killed.
@@ -36,12 +40,15 @@ time.sleep(600)
 
 def _strict_json(text):
   """``json.loads`` that fails on the non-standard ``NaN`` / ``Infinity`` literals."""
+
   def refuse(literal):
     raise AssertionError(f"non-standard JSON literal {literal}")
+
   return json.loads(text, parse_constant=refuse)
 
 
 # ------------------------------------------------------------------ the lock --
+
 
 def test_a_held_workdir_is_refused_naming_it_and_its_owner(tmp_path):
   warnings = []
@@ -61,8 +68,8 @@ def test_a_held_workdir_is_refused_naming_it_and_its_owner(tmp_path):
 
 
 def test_the_lock_of_a_killed_run_is_taken_over_with_a_warning(tmp_path):
-  holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], cwd=REPO,
-                            stdout=subprocess.PIPE, text=True)
+  holder = subprocess.Popen(
+      [sys.executable, "-c", HOLDER, str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == "held"
     with pytest.raises(WorkdirLockError, match=f"pid {holder.pid} on "):
@@ -83,10 +90,14 @@ def test_second_run_on_a_workdir_in_use_is_refused_and_touches_nothing(ml100k_pa
   --overwrite, which would otherwise clear the workdir), in one line, exit status 1."""
   (tmp_path / "metrics.jsonl").write_text('{"round": 2}\n')
   with WorkdirLock(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "experiments.train", f"--data_dir={ml100k_path.parents[1]}",
-         f"--workdir={tmp_path}", "--overwrite", "--rounds=2", "--compilation_cache=none"],
-        cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([
+        sys.executable, "-m", "experiments.train", f"--data_dir={ml100k_path.parents[1]}",
+        f"--workdir={tmp_path}", "--overwrite", "--rounds=2", "--compilation_cache=none"
+    ],
+                          cwd=REPO,
+                          capture_output=True,
+                          text=True,
+                          timeout=300)
   assert proc.returncode == 1
   assert "Traceback" not in proc.stderr
   last = proc.stderr.strip().splitlines()[-1]
@@ -97,11 +108,20 @@ def test_second_run_on_a_workdir_in_use_is_refused_and_touches_nothing(ml100k_pa
 
 # -------------------------------------------------------- strict JSON output --
 
+
 def test_dumps_writes_non_finite_numbers_as_null():
-  obj = dict(a=float("nan"), b=[1.0, float("inf"), -float("inf")], c=np.float32("nan"),
-             d=np.array([0.5, np.nan]), e=(np.int64(3), "x"), f=None)
-  assert _strict_json(outputs.dumps(obj)) == dict(a=None, b=[1.0, None, None], c=None,
-                                                  d=[0.5, None], e=[3, "x"], f=None)
+  obj = dict(a=float("nan"),
+             b=[1.0, float("inf"), -float("inf")],
+             c=np.float32("nan"),
+             d=np.array([0.5, np.nan]),
+             e=(np.int64(3), "x"),
+             f=None)
+  assert _strict_json(outputs.dumps(obj)) == dict(a=None,
+                                                  b=[1.0, None, None],
+                                                  c=None,
+                                                  d=[0.5, None],
+                                                  e=[3, "x"],
+                                                  f=None)
 
 
 def test_a_run_with_nan_losses_writes_strict_json_and_takes_over_a_dead_lock(
@@ -117,14 +137,17 @@ def test_a_run_with_nan_losses_writes_strict_json_and_takes_over_a_dead_lock(
 
   monkeypatch.setattr(experiment, "init_states", poisoned)
   dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                        capture_output=True, text=True, check=True)
-  (tmp_path / LOCK_FILE).write_text(json.dumps(
-      dict(pid=int(dead.stdout), host=socket.gethostname(), started="earlier")))
+                        capture_output=True,
+                        text=True,
+                        check=True)
+  (tmp_path / LOCK_FILE).write_text(
+      json.dumps(dict(pid=int(dead.stdout), host=socket.gethostname(), started="earlier")))
   lines = []
-  summary = train(TrainConfig(data_dir=str(ml100k_path.parents[1]), workdir=str(tmp_path),
-                              **TINY), log=lines.append)
-  assert any(l.startswith("warning: taking over the lock") and f"pid {int(dead.stdout)}" in l
-             for l in lines), lines
+  summary = train(TrainConfig(data_dir=str(ml100k_path.parents[1]), workdir=str(tmp_path), **TINY),
+                  log=lines.append)
+  assert any(
+      l.startswith("warning: taking over the lock") and f"pid {int(dead.stdout)}" in l
+      for l in lines), lines
   assert not (tmp_path / LOCK_FILE).exists()
   assert summary["final"]["skipped_clients"] > 0 and math.isnan(summary["final"]["loss"])
   rows = [_strict_json(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -135,6 +158,7 @@ def test_a_run_with_nan_losses_writes_strict_json_and_takes_over_a_dead_lock(
 
 
 # ------------------------------------------------------ checksummed checkpoints --
+
 
 def _state(value):
   return dict(table=jnp.full((64, 64), value, jnp.float32), step=jnp.asarray(value, jnp.int32))
@@ -164,7 +188,8 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, da
   else:
     newest.write_bytes(newest.read_bytes()[:size // 2])
   warnings = []
-  round_index, state, host, path = checkpoint.restore_latest(tmp_path, _state(0),
+  round_index, state, host, path = checkpoint.restore_latest(tmp_path,
+                                                             _state(0),
                                                              warn=warnings.append)
   assert (round_index, host, path) == (1, dict(round=1), checkpoint.path_for(tmp_path, 1))
   np.testing.assert_array_equal(state["table"], np.ones((64, 64), np.float32))
@@ -183,6 +208,7 @@ def test_final_params_are_checksummed(tmp_path):
 
 # ----------------------------------------------------- errors naming the file --
 
+
 def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
   writer = workdir_lib.MetricsWriter(str(tmp_path))
   (tmp_path / "metrics.jsonl").symlink_to("/dev/full")  # every write: ENOSPC
@@ -200,6 +226,7 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
 
 
 def test_write_atomic_names_the_file_on_a_write_error(tmp_path, monkeypatch):
+
   def no_space(fd):
     raise OSError(28, "No space left on device")
 
@@ -211,6 +238,7 @@ def test_write_atomic_names_the_file_on_a_write_error(tmp_path, monkeypatch):
 
 
 # --------------------------------------------- every binary: one-line errors --
+
 
 def _lastfm_with_a_huge_id(data_dir):
   path = data_dir / "lastfm-2k" / "user_artists.dat"
@@ -247,10 +275,13 @@ def test_binaries_refuse_bad_input_in_one_line(tmp_path):
   for module, args, _ in cases:
     extra = quick if module in ("train", "sweep", "compare") and not any(
         a.startswith("--data_dir") for a in args) else []
-    running.append(subprocess.Popen(
-        [sys.executable, "-m", f"experiments.{module}", *extra, *args], cwd=REPO,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        env=dict(os.environ, JAX_PLATFORMS="cpu")))
+    running.append(
+        subprocess.Popen([sys.executable, "-m", f"experiments.{module}", *extra, *args],
+                         cwd=REPO,
+                         stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE,
+                         text=True,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu")))
     if len(running) % 4 == 0:  # a few at a time on a small machine
       running[-4].wait(timeout=300)
   for (module, args, want), proc in zip(cases, running):

@@ -24,7 +24,11 @@ from fedras_jax.training import NonFiniteUpdateError, train
 from fedras_jax.workdir import TIMING_FIELDS, WorkdirError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-RUN = dict(method="uncompressed", rounds=30, clients_per_round=16, dim=16, eval_every=5,
+RUN = dict(method="uncompressed",
+           rounds=30,
+           clients_per_round=16,
+           dim=16,
+           eval_every=5,
            checkpoint_every=10)
 TINY = dict(method="uncompressed", rounds=4, clients_per_round=16, dim=16, eval_every=2)
 ML100K_USERS = 943
@@ -47,20 +51,25 @@ app.run(binary.main)
 
 
 def _flags(data_dir, workdir, **settings):
-  return [f"--data_dir={data_dir}", f"--workdir={workdir}"] + [
-      f"--{k}={v}" for k, v in settings.items()]
+  return [f"--data_dir={data_dir}", f"--workdir={workdir}"
+         ] + [f"--{k}={v}" for k, v in settings.items()]
 
 
 def _binary(*args, timeout=300, env=None):
-  return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=timeout, env=env)
+  return subprocess.run([sys.executable, "-m", "experiments.train", *args],
+                        cwd=REPO,
+                        capture_output=True,
+                        text=True,
+                        timeout=timeout,
+                        env=env)
 
 
 def _cached_env(cache_dir):
   """Environment sharing a persistent XLA compilation cache between processes (the
   killed and the resumed run load the reference run's executable instead of
   recompiling it; compiling afresh is covered by the determinism test)."""
-  return dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+  return dict(os.environ,
+              JAX_COMPILATION_CACHE_DIR=str(cache_dir),
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 
@@ -101,13 +110,15 @@ def _copy(workdir, tmp_path):
   return pathlib.Path(shutil.copytree(workdir, tmp_path / "run"))
 
 
-def test_killed_run_resumes_to_the_uninterrupted_result(data_dir, reference, tmp_path,
-                                                        xla_cache):
+def test_killed_run_resumes_to_the_uninterrupted_result(data_dir, reference, tmp_path, xla_cache):
   workdir = tmp_path / "run"
   flags = _flags(data_dir, workdir, **RUN)
   with open(tmp_path / "killed.log", "w") as log:
-    proc = subprocess.Popen([sys.executable, "-c", STALLING_BINARY, *flags], cwd=REPO,
-                            stdout=log, stderr=subprocess.STDOUT, env=_cached_env(xla_cache))
+    proc = subprocess.Popen([sys.executable, "-c", STALLING_BINARY, *flags],
+                            cwd=REPO,
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                            env=_cached_env(xla_cache))
     try:
       deadline = time.time() + 240
       while True:
@@ -154,9 +165,10 @@ def test_progress_lines_are_plain_lines(reference):
   assert "\r" not in out
   lines = [l for l in out.splitlines() if l.startswith("round")]
   assert len(lines) == 6
-  assert re.match(r"round +30/30  HR@10 0\.\d{4}  NDCG@10 0\.\d{4}  "
-                  r"full HR@10 0\.\d{4}  NDCG@10 0\.\d{4}  loss \d\.\d{4}  "
-                  r"[\d.]+ rounds/s  ETA \d+s  up [\d.]+ MB  down [\d.]+ MB", lines[-1])
+  assert re.match(
+      r"round +30/30  HR@10 0\.\d{4}  NDCG@10 0\.\d{4}  "
+      r"full HR@10 0\.\d{4}  NDCG@10 0\.\d{4}  loss \d\.\d{4}  "
+      r"[\d.]+ rounds/s  ETA \d+s  up [\d.]+ MB  down [\d.]+ MB", lines[-1])
 
 
 def test_same_flags_and_seed_give_identical_metrics(data_dir, reference, tmp_path):
@@ -173,8 +185,8 @@ def test_same_flags_and_seed_give_identical_metrics(data_dir, reference, tmp_pat
   assert (tmp_path / "final_params.msgpack").read_bytes() == \
       (reference / "final_params.msgpack").read_bytes()
   assert not any("\r" in l or "\n" in l for l in lines)
-  assert [l.split("/")[0] for l in lines if l.startswith("round")] == [
-      f"round {r:5d}" for r in (5, 10, 15, 20, 25, 30)]
+  assert [l.split("/")[0] for l in lines if l.startswith("round")
+         ] == [f"round {r:5d}" for r in (5, 10, 15, 20, 25, 30)]
 
 
 def test_rerunning_a_finished_run_resumes_it_without_training(data_dir, reference, tmp_path):
@@ -188,8 +200,7 @@ def test_rerunning_a_finished_run_resumes_it_without_training(data_dir, referenc
   assert summary["final"] == expected["final"]
 
 
-def test_altered_newest_checkpoint_falls_back_to_the_previous_one(data_dir, reference,
-                                                                  tmp_path):
+def test_altered_newest_checkpoint_falls_back_to_the_previous_one(data_dir, reference, tmp_path):
   """4 KiB in the middle of the newest checkpoint overwritten with 0xFF (same size):
   its checksum does not match, so the run warns, resumes from the one before and ends
   exactly where the uninterrupted run did."""
@@ -220,8 +231,7 @@ def test_workdir_with_other_flags_is_refused(data_dir, reference, tmp_path):
   before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
   # --data_dir and --quiet may differ; --dim and --rounds may not. The refusal comes
   # before the data is read (the data_dir here does not exist).
-  proc = _binary(*_flags(tmp_path / "nowhere", workdir, **dict(RUN, dim=32, rounds=31)),
-                 "--quiet")
+  proc = _binary(*_flags(tmp_path / "nowhere", workdir, **dict(RUN, dim=32, rounds=31)), "--quiet")
   assert proc.returncode != 0
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("error: --workdir=") and "--overwrite" in last, last
@@ -234,8 +244,8 @@ def test_workdir_with_other_flags_is_refused(data_dir, reference, tmp_path):
 
 def test_overwrite_starts_the_workdir_over(data_dir, reference, tmp_path):
   workdir = _copy(reference, tmp_path)
-  summary = train(_config(data_dir, workdir=str(workdir), overwrite=True,
-                          **dict(TINY, checkpoint_every=3)))
+  summary = train(
+      _config(data_dir, workdir=str(workdir), overwrite=True, **dict(TINY, checkpoint_every=3)))
   assert summary["resumed_from_round"] is None
   assert [r["round"] for r in _rows(workdir)] == [2, 4]
   assert [r for r, _ in checkpoint.list_checkpoints(workdir / "checkpoints")] == [3, 4]
@@ -282,10 +292,9 @@ def test_nonfinite_updates_are_skipped_counted_and_logged(data_dir, monkeypatch)
   assert all(l.endswith("skipped them") for l in logged)
 
 
-@pytest.mark.parametrize("setting,message", [
-    (dict(on_nonfinite="ignore"), "--on_nonfinite='ignore' is invalid"),
-    (dict(checkpoint_every=-1), "--checkpoint_every=-1 is invalid"),
-])
+@pytest.mark.parametrize("setting,message",
+                         [(dict(on_nonfinite="ignore"), "--on_nonfinite='ignore' is invalid"),
+                          (dict(checkpoint_every=-1), "--checkpoint_every=-1 is invalid"),])
 def test_bad_new_settings_are_refused(setting, message):
   with pytest.raises(ValueError, match=re.escape(message)):
     TrainConfig(**setting).validate()
@@ -307,8 +316,7 @@ def test_malformed_ratings_file_is_one_line_error_naming_file_and_line(tmp_path)
   ratings = tmp_path / "ml-1m" / "ratings.dat"
   ratings.parent.mkdir()
   ratings.write_text("1::1193::5::978300760\n1::oops::3::978302109\n")
-  line = _one_line_error(_binary(f"--data_dir={tmp_path}", "--dataset=ml-1m-raw",
-                                 timeout=120))
+  line = _one_line_error(_binary(f"--data_dir={tmp_path}", "--dataset=ml-1m-raw", timeout=120))
   assert line.startswith(f"error: {ratings}:2: ") and "'oops'" in line
 
 
@@ -318,19 +326,30 @@ def test_plot_writes_a_png(tmp_path):
   for name, scale in (("fedras", 1), ("dense", 32)):
     workdir = tmp_path / name
     workdir.mkdir()
-    rows = [dict(round=r, **{"hr@10": 0.1 + r / 100, "ndcg@10": 0.05 + r / 200},
-                 bits_up_total=r * 1000 * scale, bits_down_total=r * 900 * scale,
-                 sim_seconds=r * 0.5 * scale) for r in (5, 10, 15)]
+    rows = [
+        dict(round=r,
+             **{"hr@10": 0.1 + r / 100, "ndcg@10": 0.05 + r / 200},
+             bits_up_total=r * 1000 * scale,
+             bits_down_total=r * 900 * scale,
+             sim_seconds=r * 0.5 * scale) for r in (5, 10, 15)
+    ]
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows)
                                            + '{"round": 2')  # a torn last line is ignored
     dirs.append(str(workdir))
   out = tmp_path / "plots" / "cmp.png"
   proc = subprocess.run([sys.executable, "-m", "experiments.plot", f"--out={out}", *dirs],
-                        cwd=REPO, capture_output=True, text=True, timeout=120)
+                        cwd=REPO,
+                        capture_output=True,
+                        text=True,
+                        timeout=120)
   assert proc.returncode == 0, proc.stderr
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  missing = subprocess.run([sys.executable, "-m", "experiments.plot", f"--out={out}",
-                            str(tmp_path / "nothing")], cwd=REPO, capture_output=True,
-                           text=True, timeout=120)
+  missing = subprocess.run(
+      [sys.executable, "-m", "experiments.plot", f"--out={out}",
+       str(tmp_path / "nothing")],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120)
   assert missing.returncode != 0
   assert missing.stderr.strip().splitlines()[-1].startswith("error: ")

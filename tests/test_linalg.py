@@ -17,8 +17,10 @@ A = RNG.standard_normal((3, 2, 12, 5)).astype(np.float32)  # [batch, batch, m, n
 def test_nested_vmap_matches_numpy_float64():
   gram = np.einsum("abmi,abmj->abij", A, A)
   w, v = jax.jit(jax.vmap(jax.vmap(linalg.eigh)))(jnp.asarray(gram))
-  np.testing.assert_allclose(np.asarray(w), np.linalg.eigvalsh(gram.astype(np.float64)),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(w),
+                             np.linalg.eigvalsh(gram.astype(np.float64)),
+                             rtol=1e-4,
+                             atol=1e-4)
   recon = np.einsum("abik,abk,abjk->abij", np.asarray(v), np.asarray(w), np.asarray(v))
   np.testing.assert_allclose(recon, gram, rtol=1e-4, atol=1e-3)
 
@@ -26,11 +28,13 @@ def test_nested_vmap_matches_numpy_float64():
   assert q.shape == (3, 2, 12, 5) and r.shape == (3, 2, 5, 5)
   np.testing.assert_allclose(np.einsum("abmi,abij->abmj", q, r), A, atol=1e-5)
   np.testing.assert_allclose(np.einsum("abmi,abmj->abij", q, q),
-                             np.broadcast_to(np.eye(5), (3, 2, 5, 5)), atol=1e-5)
+                             np.broadcast_to(np.eye(5), (3, 2, 5, 5)),
+                             atol=1e-5)
 
   u, s, vt = jax.jit(jax.vmap(jax.vmap(linalg.svd)))(jnp.asarray(A))
-  np.testing.assert_allclose(np.asarray(s), np.linalg.svd(A.astype(np.float64),
-                                                          compute_uv=False), rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(s),
+                             np.linalg.svd(A.astype(np.float64), compute_uv=False),
+                             rtol=1e-4)
   np.testing.assert_allclose(np.einsum("abmk,abk,abkn->abmn", u, s, vt), A, atol=1e-4)
 
 
@@ -56,7 +60,10 @@ def test_independent_batched_calls_in_one_program_do_not_hang():
       print("done")
   """)
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-  proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                        timeout=120, env=env)
+  proc = subprocess.run([sys.executable, "-c", script],
+                        capture_output=True,
+                        text=True,
+                        timeout=120,
+                        env=env)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert proc.stdout.strip() == "done"

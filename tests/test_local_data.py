@@ -13,8 +13,9 @@ EPOCHS, BATCH, RATIO = 2, 4, 2
 def plans(synthetic):
   users = jnp.arange(synthetic.num_users)
   keys = jax.random.split(jax.random.key(3), synthetic.num_users)
-  return jax.jit(jax.vmap(lambda u, k: client_plan(
-      synthetic.data, u, k, neg_ratio=RATIO, epochs=EPOCHS, batch_size=BATCH)))(users, keys)
+  return jax.jit(
+      jax.vmap(lambda u, k: client_plan(
+          synthetic.data, u, k, neg_ratio=RATIO, epochs=EPOCHS, batch_size=BATCH)))(users, keys)
 
 
 def test_unseen_item_matches_numpy(synthetic):
@@ -55,5 +56,5 @@ def test_each_example_once_per_epoch(synthetic, plans):
     # Negative example q uses slot n_pos + q mod n_neg_slots.
     q = np.arange(RATIO * n_pos)
     expected = EPOCHS * np.bincount(q % n_neg_slots, minlength=n_neg_slots)
-    np.testing.assert_array_equal(np.bincount(used[used >= n_pos] - n_pos,
-                                              minlength=n_neg_slots), expected)
+    np.testing.assert_array_equal(np.bincount(used[used >= n_pos] - n_pos, minlength=n_neg_slots),
+                                  expected)

@@ -43,6 +43,7 @@ def test_evaluate_scores_candidates_with_the_model():
 
 # ------------------------------------------------------------ full ranking --
 
+
 def _full_ranks_oracle(users, items, targets, train):
   """NumPy float64: per user, items j not in train[u], j != target, scoring >= target."""
   scores = np.asarray(users, np.float64) @ np.asarray(items, np.float64).T
@@ -85,8 +86,9 @@ def _tied_problem(seed=0, num_users=11, num_items=37, dim=3):
 def test_full_ranks_equal_a_float64_oracle_with_ties_and_exclusions(blocks):
   users, items, targets, train, indptr, flat, held = _tied_problem()
   model = get_model("mf", dim=3)
-  ranks = jax.jit(make_full_ranks(model, targets, indptr, flat, len(items), **blocks))(
-      jnp.asarray(users, jnp.float32), jnp.asarray(items, jnp.float32), {})
+  ranks = jax.jit(make_full_ranks(model, targets, indptr, flat, len(items),
+                                  **blocks))(jnp.asarray(users, jnp.float32),
+                                             jnp.asarray(items, jnp.float32), {})
   expected = _full_ranks_oracle(users, items, targets, train)
   np.testing.assert_array_equal(ranks, expected)
   # The case is not trivial: ties with the target, and training items that would
@@ -94,8 +96,13 @@ def test_full_ranks_equal_a_float64_oracle_with_ties_and_exclusions(blocks):
   scores = users @ items.T
   assert any((scores[u] == scores[u, t]).sum() > 1 for u, t in enumerate(targets))
   assert any((scores[u, train[u]] >= scores[u, t]).any() for u, t in enumerate(targets))
-  evaluate = make_evaluate(model, targets, np.asarray(held)[:, None], ks=(1, 5, 10),
-                           protocol="both", train_indptr=indptr, train_items=flat,
+  evaluate = make_evaluate(model,
+                           targets,
+                           np.asarray(held)[:, None],
+                           ks=(1, 5, 10),
+                           protocol="both",
+                           train_indptr=indptr,
+                           train_items=flat,
                            num_items=len(items))
   m = evaluate(jnp.asarray(users, jnp.float32), jnp.asarray(items, jnp.float32), {})
   for key, value in _oracle_metrics(expected, (1, 5, 10)).items():
@@ -116,9 +123,14 @@ def test_a_nan_positive_is_a_miss_in_both_protocols():
   model = get_model("mf", dim=2)
   users = jnp.array([[1.0, 0.0], [jnp.nan, 0.0]])
   items = jnp.array([[0.0, 0.0], [2.0, 0.0], [0.5, 0.5], [0.0, 3.0]])
-  evaluate = make_evaluate(model, np.array([1, 1]), np.array([[0, 2], [0, 2]]), ks=(1,),
-                           protocol="both", train_indptr=np.array([0, 1, 2]),
-                           train_items=np.array([3, 3]), num_items=4)
+  evaluate = make_evaluate(model,
+                           np.array([1, 1]),
+                           np.array([[0, 2], [0, 2]]),
+                           ks=(1,),
+                           protocol="both",
+                           train_indptr=np.array([0, 1, 2]),
+                           train_items=np.array([3, 3]),
+                           num_items=4)
   m = evaluate(users, items, {})
   np.testing.assert_allclose([m["hr@1"], m["full_hr@1"]], [0.5, 0.5])
 
@@ -127,8 +139,8 @@ def test_full_ranks_of_neumf_equal_ranking_all_scores_at_once():
   users, items, targets, train, indptr, flat, _ = _tied_problem(seed=2, num_items=300)
   model = get_model("ncf", gmf_dim=2, mlp_dim=4, layers=(8, 4), init_scale=0.5)
   params = model.init(jax.random.key(0), 11, 300)
-  ranks = make_full_ranks(model, targets, indptr, flat, 300, user_batch=4, item_chunk=128)(
-      params.users, params.items, params.dense)
+  ranks = make_full_ranks(model, targets, indptr, flat, 300, user_batch=4,
+                          item_chunk=128)(params.users, params.items, params.dense)
   for u, t in enumerate(targets):
     s = np.asarray(model.score(params.users[u], params.items, params.dense), np.float64)
     others = np.ones(300, bool)
@@ -142,12 +154,14 @@ def test_full_rank_is_never_better_than_the_sampled_rank():
   # full protocol's candidates: per user, full rank >= sampled rank.
   users, items, targets, train, indptr, flat, held = _tied_problem(seed=3, num_items=200)
   rng = np.random.default_rng(3)
-  negatives = np.stack([rng.choice(np.setdiff1d(np.arange(200), np.r_[train[u], t, held[u]]),
-                                   20, replace=False) for u, t in enumerate(targets)])
+  negatives = np.stack([
+      rng.choice(np.setdiff1d(np.arange(200), np.r_[train[u], t, held[u]]), 20, replace=False)
+      for u, t in enumerate(targets)
+  ])
   model = get_model("mf", dim=3)
   u32, i32 = jnp.asarray(users, jnp.float32), jnp.asarray(items, jnp.float32)
-  full = make_full_ranks(model, targets, indptr, flat, 200, user_batch=5, item_chunk=64)(
-      u32, i32, {})
+  full = make_full_ranks(model, targets, indptr, flat, 200, user_batch=5, item_chunk=64)(u32, i32,
+                                                                                         {})
   sampled = make_sampled_ranks(model, targets, negatives, chunk=4)(u32, i32, {})
   assert (np.asarray(full) >= np.asarray(sampled)).all()
   assert (np.asarray(full) > np.asarray(sampled)).any()

@@ -16,7 +16,8 @@ def _cosine_mf(dim: int = 8, init_scale: float = 0.01) -> RecModel:
   def init(key, num_users, num_items):
     ku, ki = jax.random.split(key)
     return Params(users=init_scale * jax.random.normal(ku, (num_users, dim)),
-                  items=init_scale * jax.random.normal(ki, (num_items, dim)), dense={})
+                  items=init_scale * jax.random.normal(ki, (num_items, dim)),
+                  dense={})
 
   def score(user, rows, dense):
     del dense
@@ -40,8 +41,7 @@ def test_a_registered_model_is_what_a_run_with_its_name_trains(registered):
   params = model.init(jax.random.PRNGKey(0), 3, 5)
   user, rows = np.asarray(params.users[1], np.float64), np.asarray(params.items, np.float64)
   expected = 5.0 * rows @ user / (np.linalg.norm(rows, axis=1) * np.linalg.norm(user))
-  np.testing.assert_allclose(model.score(params.users[1], params.items, {}), expected,
-                             rtol=1e-5)
+  np.testing.assert_allclose(model.score(params.users[1], params.items, {}), expected, rtol=1e-5)
 
 
 def test_unregistered_and_duplicate_names_are_refused():

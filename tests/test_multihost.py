@@ -22,20 +22,28 @@ FLAGS = ("--method={method}", f"--rounds={ROUNDS}", "--eval_every=2", "--checkpo
 
 
 def _run(argv, devices: int):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
+  env = dict(os.environ,
+             JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  return subprocess.run([sys.executable, "-m", "experiments.train", *argv], env=env,
-                        capture_output=True, text=True, timeout=TIMEOUT)
+  return subprocess.run([sys.executable, "-m", "experiments.train", *argv],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                        timeout=TIMEOUT)
 
 
 def _train(workdir, method, data_dir, *, processes=1, devices=1, extra=()):
-  argv = [f.format(method=method) for f in FLAGS] + [f"--data_dir={data_dir}",
-                                                     f"--workdir={workdir}", *extra]
+  argv = [f.format(method=method) for f in FLAGS
+         ] + [f"--data_dir={data_dir}", f"--workdir={workdir}", *extra]
   if processes == 1:
     return [_run(argv + (["--shard_clients"] if devices > 1 else []), devices)]
   # Every child is killed if one fails or hangs: none is left waiting in a collective.
-  return launch_local("experiments.train", argv, num_processes=processes,
-                      devices_per_process=devices, timeout=TIMEOUT, log_dir=workdir.parent)
+  return launch_local("experiments.train",
+                      argv,
+                      num_processes=processes,
+                      devices_per_process=devices,
+                      timeout=TIMEOUT,
+                      log_dir=workdir.parent)
 
 
 def _ok(results):
@@ -97,11 +105,10 @@ def test_two_processes_equal_one_process_and_one_device(ml100k_path, tmp_path, m
   assert "process 0 failed to set up the run" in results[1].stderr.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--coordinator=localhost"], "--coordinator='localhost' is invalid"),
-    (["--coordinator=127.0.0.1:1234", "--num_processes=2", "--process_id=2"],
-     "--process_id=2 is invalid"),
-])
+@pytest.mark.parametrize("flags,message",
+                         [(["--coordinator=localhost"], "--coordinator='localhost' is invalid"),
+                          (["--coordinator=127.0.0.1:1234", "--num_processes=2", "--process_id=2"
+                           ], "--process_id=2 is invalid"),])
 def test_bad_process_flags_fail_naming_the_flag(flags, message):
   result = _run(["--rounds=1", *flags], devices=1)
   assert result.returncode != 0
@@ -110,7 +117,10 @@ def test_bad_process_flags_fail_naming_the_flag(flags, message):
 
 def test_launcher_stops_every_peer_when_one_fails(tmp_path):
   start = time.time()
-  results = launch_local("tests.launch_probe", [], num_processes=3, log_dir=tmp_path, grace=1.0,
+  results = launch_local("tests.launch_probe", [],
+                         num_processes=3,
+                         log_dir=tmp_path,
+                         grace=1.0,
                          timeout=100)
   assert time.time() - start < 30  # not the 120 s the hanging peers would take
   assert [r.returncode for r in results] == [-9, 3, -9]

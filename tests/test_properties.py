@@ -23,22 +23,25 @@ from fedras_jax.data.formats import DataFormatError
 from fedras_jax.sweep import SWEEPABLE, parse_grid
 from fedras_jax.config import TrainConfig
 
-FEW = settings(max_examples=40, deadline=None, derandomize=bool(os.environ.get("CI")),
+FEW = settings(max_examples=40,
+               deadline=None,
+               derandomize=bool(os.environ.get("CI")),
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 PARSE = settings(FEW, max_examples=100)  # a parse takes well under a millisecond
 
 # A field: a valid small id, or something odd (ids at and beyond the int32 and int64
 # limits, floats of every kind, odd text).
 VALID = st.integers(0, 30).map(str)
-BOUNDARY = st.sampled_from([2**31 - 1, 2**31, 2**63 - 1, 2**63, 2**64, 2**64 + 7, 10**30,
-                            -2**63 - 1, -1]).map(str)
+BOUNDARY = st.sampled_from(
+    [2**31 - 1, 2**31, 2**63 - 1, 2**63, 2**64, 2**64 + 7, 10**30, -2**63 - 1, -1]).map(str)
 ODD = st.one_of(
     BOUNDARY, BOUNDARY,
     st.integers(-2**70, 2**70).map(str),
     st.floats(allow_nan=True, allow_infinity=True).map(repr),
-    st.sampled_from(["", " ", "nan", "-inf", "1e400", "0x10", "1_0", "\u0663", "(1,2)",
-                     "\x00", "007", "-0", "2e3"]),
-    st.text(max_size=6),
+    st.sampled_from([
+        "", " ", "nan", "-inf", "1e400", "0x10", "1_0", "\u0663", "(1,2)", "\x00", "007", "-0",
+        "2e3"
+    ]), st.text(max_size=6),
 )
 
 
@@ -72,12 +75,14 @@ def _lines(sep, nfields):
 
 def _negatives_lines():
   pair = st.tuples(VALID, VALID).map(lambda p: f"({p[0]},{p[1]})")
-  valid = st.tuples(pair, st.lists(VALID, min_size=3, max_size=3).map("\t".join)).map(
-      "\t".join)
-  odd_pair = st.one_of(st.tuples(st.one_of(VALID, BOUNDARY), st.one_of(VALID, BOUNDARY)).map(
-      lambda p: f"({p[0]},{p[1]})"), ODD)
-  odd = st.one_of(st.tuples(odd_pair, st.lists(VALID, min_size=3, max_size=3).map(
-      "\t".join)).map("\t".join), st.tuples(pair, _odd_row("\t", 3)).map("\t".join))
+  valid = st.tuples(pair, st.lists(VALID, min_size=3, max_size=3).map("\t".join)).map("\t".join)
+  odd_pair = st.one_of(
+      st.tuples(st.one_of(VALID, BOUNDARY),
+                st.one_of(VALID, BOUNDARY)).map(lambda p: f"({p[0]},{p[1]})"), ODD)
+  odd = st.one_of(
+      st.tuples(odd_pair,
+                st.lists(VALID, min_size=3, max_size=3).map("\t".join)).map("\t".join),
+      st.tuples(pair, _odd_row("\t", 3)).map("\t".join))
   return _file_lines(valid, odd)
 
 
@@ -85,11 +90,11 @@ def _negatives_lines():
 PARSERS = {
     "ml-100k": (formats.parse_movielens_100k, None, _lines("\t", 4)),
     "ml-1m-raw": (formats.parse_movielens_1m, None, _lines("::", 4)),
-    "ncf-rating": (formats.parse_ncf_rating, None, _lines("\t", 4)),
-    "lastfm": (formats.parse_lastfm_user_artists, "userID\tartistID\tweight", _lines("\t", 3)),
-    "recbole": (formats.parse_recbole_inter,
-                "user_id:token\titem_id:token\ttimestamp:float", _lines("\t", 3)),
-    "ncf-negatives": (formats.parse_ncf_test_negatives, None, _negatives_lines()),
+    "ncf-rating": (formats.parse_ncf_rating, None, _lines("\t", 4)), "lastfm":
+        (formats.parse_lastfm_user_artists, "userID\tartistID\tweight", _lines("\t", 3)), "recbole":
+            (formats.parse_recbole_inter, "user_id:token\titem_id:token\ttimestamp:float",
+             _lines("\t", 3)), "ncf-negatives": (formats.parse_ncf_test_negatives, None,
+                                                 _negatives_lines()),
 }
 
 
@@ -117,14 +122,16 @@ def test_parsers_parse_or_raise_a_one_line_data_error(name, scratch):
   path = scratch / f"{name}.txt"
 
   @PARSE
-  @given(lines=lines, newline=st.sampled_from(["\n", "\r\n"]),
+  @given(lines=lines,
+         newline=st.sampled_from(["\n", "\r\n"]),
          raw=st.one_of(st.none(), st.binary(max_size=40)))
   def check(lines, newline, raw):
     if raw is not None:
       path.write_bytes(raw)
     else:
       path.write_text(newline.join(([header] if header else []) + lines) + newline,
-                      encoding="utf-8", errors="surrogatepass")
+                      encoding="utf-8",
+                      errors="surrogatepass")
     try:
       result = parse(path)
     except DataFormatError as e:
@@ -139,12 +146,14 @@ def test_parsers_parse_or_raise_a_one_line_data_error(name, scratch):
 def test_a_huge_id_names_the_file_and_line(tmp_path):
   path = tmp_path / "user_artists.dat"
   path.write_text("userID\tartistID\tweight\n1\t2\t3\n2\t18446744073709551616\t5\n")
-  with pytest.raises(DataFormatError, match=rf"^{path}:3: field 2 \(item\) is "
-                                            r"'18446744073709551616', expected an integer$"):
+  with pytest.raises(DataFormatError,
+                     match=rf"^{path}:3: field 2 \(item\) is "
+                     r"'18446744073709551616', expected an integer$"):
     formats.parse_lastfm_user_artists(path)
 
 
 # ------------------------------------------------------------------- flags --
+
 
 def _field_values(field):
   if field.type in (int, "int"):
@@ -156,9 +165,11 @@ def _field_values(field):
   return st.one_of(st.just(field.default), st.text(max_size=8))
 
 
-CHANGED = st.lists(st.sampled_from([f for f in dataclasses.fields(TrainConfig)
-                                    if f.name not in ("data_dir", "workdir")]),
-                   min_size=1, max_size=3, unique_by=lambda f: f.name)
+CHANGED = st.lists(st.sampled_from(
+    [f for f in dataclasses.fields(TrainConfig) if f.name not in ("data_dir", "workdir")]),
+                   min_size=1,
+                   max_size=3,
+                   unique_by=lambda f: f.name)
 
 
 @FEW
@@ -174,13 +185,13 @@ def test_config_validation_accepts_or_names_the_bad_flag(data, fields):
     name = message[2:message.index("=")]
     assert message.startswith("--") and name in values, message
     return
-  for name in ("user_lr", "item_lr", "dense_lr", "weight_decay", "server_lr",
-               "compute_seconds"):
+  for name in ("user_lr", "item_lr", "dense_lr", "weight_decay", "server_lr", "compute_seconds"):
     value = getattr(config, name)
     assert math.isfinite(value) and value >= 0, name
   assert 0 <= config.seed < 2**32 and 0 < config.payload_ratio <= 1
-  assert all(getattr(config, n) > 0 for n in ("dim", "rounds", "clients_per_round",
-                                              "batch_size", "eval_every"))
+  assert all(
+      getattr(config, n) > 0
+      for n in ("dim", "rounds", "clients_per_round", "batch_size", "eval_every"))
   assert all(math.isfinite(float(t)) and float(t) > 0 for t in config.bandwidth_tiers.split(","))
 
 
@@ -207,7 +218,9 @@ def test_grid_flags_parse_or_name_the_flag_and_value(text):
 @given(text=GRID_TEXT)
 def test_shape_grid_values_have_the_setting_type_or_name_the_flag(text):
   try:
-    grid = parse_grid(text, flag="--shape_grid", names=None,
+    grid = parse_grid(text,
+                      flag="--shape_grid",
+                      names=None,
                       cast=lambda n: flag_lib.field_parser(TrainConfig, n, "--shape_grid"))
   except ValueError as e:
     assert str(e).startswith("--shape_grid")

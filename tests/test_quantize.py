@@ -28,13 +28,13 @@ KEY = jax.random.PRNGKey(0)
 @jax.jit
 @chex.assert_max_traces(n=1)
 def km_init(x, w, c0, k):
-    return q.kmeans(x, None, max_k=KMAX, k=k, weights=w, init_centroids=c0, max_iters=50, tol=0.0)
+  return q.kmeans(x, None, max_k=KMAX, k=k, weights=w, init_centroids=c0, max_iters=50, tol=0.0)
 
 
 @jax.jit
 @chex.assert_max_traces(n=1)
 def km_pp(x, key, k):
-    return q.kmeans(x, key, max_k=KMAX, k=k, max_iters=50)
+  return q.kmeans(x, key, max_k=KMAX, k=k, max_iters=50)
 
 
 lloyd_step = jax.jit(q.lloyd_step)
@@ -43,40 +43,40 @@ lloyd_step = jax.jit(q.lloyd_step)
 @jax.jit
 @chex.assert_max_traces(n=1)
 def enc_fixed(g, mask, budget, tau):
-    return q.encode(g, KEY, budget_bits=budget, max_k=EMAX, tau=tau, mask=mask)
+  return q.encode(g, KEY, budget_bits=budget, max_k=EMAX, tau=tau, mask=mask)
 
 
 @jax.jit
 @chex.assert_max_traces(n=1)
 def enc_split1(g, mask, budget, tau):  # one split per test (enc_fixed: the default, all)
-    return q.encode(g, KEY, budget_bits=budget, max_k=EMAX, tau=tau, mask=mask, max_splits=1)
+  return q.encode(g, KEY, budget_bits=budget, max_k=EMAX, tau=tau, mask=mask, max_splits=1)
 
 
 @jax.jit
 @chex.assert_max_traces(n=1)
 def enc_split2(g, mask, budget, tau):
-    return q.encode(g, KEY, budget_bits=budget, max_k=EMAX, tau=tau, mask=mask, max_splits=2)
+  return q.encode(g, KEY, budget_bits=budget, max_k=EMAX, tau=tau, mask=mask, max_splits=2)
 
 
 @jax.jit
 @chex.assert_max_traces(n=1)
 def enc_auto(g, mask, budget):
-    return q.encode(g, KEY, budget_bits=budget, max_k=EMAX, tau_mode="auto", mask=mask)
+  return q.encode(g, KEY, budget_bits=budget, max_k=EMAX, tau_mode="auto", mask=mask)
 
 
 @jax.jit
 @chex.assert_max_traces(n=1)
 def enc_vmap(gs, keys, masks, budgets, taus):  # default strategy: lax.map on CPU
-    f = lambda g, k, m, b, t: q.encode(g, k, budget_bits=b, max_k=EMAX, tau=t, mask=m)
-    return jax.vmap(f)(gs, keys, masks, budgets, taus)
+  f = lambda g, k, m, b, t: q.encode(g, k, budget_bits=b, max_k=EMAX, tau=t, mask=m)
+  return jax.vmap(f)(gs, keys, masks, budgets, taus)
 
 
 @jax.jit
 @chex.assert_max_traces(n=1)
 def enc_vmap_parallel(gs, keys, masks, budgets, taus):  # true lock-step batching
-    f = lambda g, k, m, b, t: q.encode(
-        g, k, budget_bits=b, max_k=EMAX, tau=t, mask=m, vmap_strategy="parallel")
-    return jax.vmap(f)(gs, keys, masks, budgets, taus)
+  f = lambda g, k, m, b, t: q.encode(
+      g, k, budget_bits=b, max_k=EMAX, tau=t, mask=m, vmap_strategy="parallel")
+  return jax.vmap(f)(gs, keys, masks, budgets, taus)
 
 
 ALL = np.ones((EN,), bool)
@@ -86,55 +86,55 @@ ALL = np.ones((EN,), bool)
 # Independent NumPy float64 reference.
 # ----------------------------------------------------------------------------
 def np_lloyd(x, c0, w, max_iters=50):
-    """Weighted Lloyd, float64, tol=0, scikit-learn stopping + farthest reseed."""
-    x = np.asarray(x, np.float64)
-    c = np.asarray(c0, np.float64).copy()
-    w = np.asarray(w, np.float64)
-    k = c.shape[0]
-    old = np.full(x.shape[0], -1)
-    iters = max_iters
-    for i in range(max_iters):
-        d2 = ((x[:, None, :] - c[None]) ** 2).sum(-1)
-        lab = d2.argmin(1)
-        if i > 0 and np.array_equal(lab, old):
-            iters = i + 1
-            break
-        new = c.copy()
-        cw = np.array([w[lab == j].sum() for j in range(k)])
-        for j in range(k):
-            if cw[j] > 0:
-                new[j] = (w[lab == j, None] * x[lab == j]).sum(0) / cw[j]
-        empty = np.flatnonzero(cw == 0)
-        if empty.size:
-            md = d2[np.arange(len(x)), lab]
-            order = np.argsort(-md, kind="stable")
-            for r, j in enumerate(empty):
-                if md[order[r]] > 0:
-                    new[j] = x[order[r]]
-        shift = ((new - c) ** 2).sum()
-        c, old = new, lab
-        if shift <= 0:
-            iters = i + 1
-            break
-    d2 = ((x[:, None, :] - c[None]) ** 2).sum(-1)
+  """Weighted Lloyd, float64, tol=0, scikit-learn stopping + farthest reseed."""
+  x = np.asarray(x, np.float64)
+  c = np.asarray(c0, np.float64).copy()
+  w = np.asarray(w, np.float64)
+  k = c.shape[0]
+  old = np.full(x.shape[0], -1)
+  iters = max_iters
+  for i in range(max_iters):
+    d2 = ((x[:, None, :] - c[None])**2).sum(-1)
     lab = d2.argmin(1)
-    inertia = (w * d2[np.arange(len(x)), lab]).sum()
-    return c, lab, inertia, iters
+    if i > 0 and np.array_equal(lab, old):
+      iters = i + 1
+      break
+    new = c.copy()
+    cw = np.array([w[lab == j].sum() for j in range(k)])
+    for j in range(k):
+      if cw[j] > 0:
+        new[j] = (w[lab == j, None] * x[lab == j]).sum(0) / cw[j]
+    empty = np.flatnonzero(cw == 0)
+    if empty.size:
+      md = d2[np.arange(len(x)), lab]
+      order = np.argsort(-md, kind="stable")
+      for r, j in enumerate(empty):
+        if md[order[r]] > 0:
+          new[j] = x[order[r]]
+    shift = ((new - c)**2).sum()
+    c, old = new, lab
+    if shift <= 0:
+      iters = i + 1
+      break
+  d2 = ((x[:, None, :] - c[None])**2).sum(-1)
+  lab = d2.argmin(1)
+  inertia = (w * d2[np.arange(len(x)), lab]).sum()
+  return c, lab, inertia, iters
 
 
 def blobs(rng, n, d, centers, scale=3.0, std=1.0):
-    mu = rng.standard_normal((centers, d)) * scale
-    lab = rng.integers(0, centers, n)
-    return (mu[lab] + std * rng.standard_normal((n, d))).astype(np.float32)
+  mu = rng.standard_normal((centers, d)) * scale
+  lab = rng.integers(0, centers, n)
+  return (mu[lab] + std * rng.standard_normal((n, d))).astype(np.float32)
 
 
 def directions(rng, n, d, ndir, noise):
-    """Rows along ``ndir`` random directions with random magnitudes + noise."""
-    u = rng.standard_normal((ndir, d))
-    u /= np.linalg.norm(u, axis=1, keepdims=True)
-    lab = rng.integers(0, ndir, n)
-    mag = rng.uniform(0.5, 2.0, (n, 1))
-    return (mag * u[lab] + noise * rng.standard_normal((n, d))).astype(np.float32)
+  """Rows along ``ndir`` random directions with random magnitudes + noise."""
+  u = rng.standard_normal((ndir, d))
+  u /= np.linalg.norm(u, axis=1, keepdims=True)
+  lab = rng.integers(0, ndir, n)
+  mag = rng.uniform(0.5, 2.0, (n, 1))
+  return (mag * u[lab] + noise * rng.standard_normal((n, d))).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------
@@ -142,340 +142,346 @@ def directions(rng, n, d, ndir, noise):
 # ----------------------------------------------------------------------------
 @pytest.mark.parametrize("case", ["all_live", "masked_and_inactive", "weighted"])
 def test_kmeans_matches_numpy_reference(case):
-    rng = np.random.default_rng(1)
-    x = blobs(rng, KN, KD, centers=5, scale=2.0)
-    w = np.ones(KN, np.float32)
-    k = KMAX
-    if case == "weighted":
-        w = rng.uniform(0.2, 3.0, KN).astype(np.float32)
-    c0 = x[rng.choice(KN, KMAX, replace=False)].copy()
-    if case == "masked_and_inactive":
-        k = 4
-        dead = rng.choice(KN, 40, replace=False)
-        w[dead] = 0.0
-        x[dead[:20]] = 1e6  # garbage far away: must have no influence
-        x[dead[20], 0] = np.nan
-        x[dead[21], 1] = np.inf
-        c0[k:] = 1e3  # garbage in inactive slots
-        c0[:k] = x[np.setdiff1d(np.arange(KN), dead)[:k]]
-    res = km_init(jnp.asarray(x), jnp.asarray(w), jnp.asarray(c0), k)
-    live = w > 0
-    c_ref, lab_ref, inertia_ref, it_ref = np_lloyd(x[live], c0[:k], w[live])
-    np.testing.assert_array_equal(np.asarray(res.assignment)[live], lab_ref)
-    np.testing.assert_allclose(np.asarray(res.centroids)[:k], c_ref, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(float(res.inertia), inertia_ref, rtol=1e-5)
-    assert int(res.iters) == it_ref
-    assert np.all(np.asarray(res.centroids)[k:] == 0)
-    np.testing.assert_array_equal(np.asarray(res.active), np.arange(KMAX) < k)
-    if case == "masked_and_inactive":
-        a = np.asarray(res.assignment)
-        assert a[dead[20]] == -1 and a[dead[21]] == -1  # non-finite rows
-        assert np.all((a[live] >= 0) & (a[live] < k))
+  rng = np.random.default_rng(1)
+  x = blobs(rng, KN, KD, centers=5, scale=2.0)
+  w = np.ones(KN, np.float32)
+  k = KMAX
+  if case == "weighted":
+    w = rng.uniform(0.2, 3.0, KN).astype(np.float32)
+  c0 = x[rng.choice(KN, KMAX, replace=False)].copy()
+  if case == "masked_and_inactive":
+    k = 4
+    dead = rng.choice(KN, 40, replace=False)
+    w[dead] = 0.0
+    x[dead[:20]] = 1e6  # garbage far away: must have no influence
+    x[dead[20], 0] = np.nan
+    x[dead[21], 1] = np.inf
+    c0[k:] = 1e3  # garbage in inactive slots
+    c0[:k] = x[np.setdiff1d(np.arange(KN), dead)[:k]]
+  res = km_init(jnp.asarray(x), jnp.asarray(w), jnp.asarray(c0), k)
+  live = w > 0
+  c_ref, lab_ref, inertia_ref, it_ref = np_lloyd(x[live], c0[:k], w[live])
+  np.testing.assert_array_equal(np.asarray(res.assignment)[live], lab_ref)
+  np.testing.assert_allclose(np.asarray(res.centroids)[:k], c_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(float(res.inertia), inertia_ref, rtol=1e-5)
+  assert int(res.iters) == it_ref
+  assert np.all(np.asarray(res.centroids)[k:] == 0)
+  np.testing.assert_array_equal(np.asarray(res.active), np.arange(KMAX) < k)
+  if case == "masked_and_inactive":
+    a = np.asarray(res.assignment)
+    assert a[dead[20]] == -1 and a[dead[21]] == -1  # non-finite rows
+    assert np.all((a[live] >= 0) & (a[live] < k))
 
 
 @pytest.mark.parametrize("strategy", ["sequential", "parallel"])
 def test_vmapped_kmeans_equals_one_call_each(strategy):
-    rng = np.random.default_rng(41)
-    xs = np.stack([blobs(rng, KN, KD, centers=3 + i, scale=2.0) for i in range(3)])
-    ws = rng.uniform(0.2, 2.0, (3, KN)).astype(np.float32)
-    ks = jnp.array([2, 5, KMAX], jnp.int32)
-    keys = jax.random.split(KEY, 3)
-    batched = jax.jit(jax.vmap(lambda x, key, k, w: q.kmeans(
-        x, key, max_k=KMAX, k=k, weights=w, max_iters=30, vmap_strategy=strategy)))(
-            jnp.asarray(xs), keys, ks, jnp.asarray(ws))
-    for i in range(3):
-        one = q.kmeans(jnp.asarray(xs[i]), keys[i], max_k=KMAX, k=ks[i], weights=jnp.asarray(ws[i]),
-                       max_iters=30)
-        np.testing.assert_array_equal(np.asarray(batched.assignment[i]), np.asarray(one.assignment))
-        np.testing.assert_allclose(np.asarray(batched.centroids[i]), np.asarray(one.centroids),
-                                   rtol=1e-5, atol=1e-5)
-        assert int(batched.iters[i]) == int(one.iters)
+  rng = np.random.default_rng(41)
+  xs = np.stack([blobs(rng, KN, KD, centers=3 + i, scale=2.0) for i in range(3)])
+  ws = rng.uniform(0.2, 2.0, (3, KN)).astype(np.float32)
+  ks = jnp.array([2, 5, KMAX], jnp.int32)
+  keys = jax.random.split(KEY, 3)
+  batched = jax.jit(
+      jax.vmap(lambda x, key, k, w: q.kmeans(
+          x, key, max_k=KMAX, k=k, weights=w, max_iters=30, vmap_strategy=strategy)))(
+              jnp.asarray(xs), keys, ks, jnp.asarray(ws))
+  for i in range(3):
+    one = q.kmeans(jnp.asarray(xs[i]),
+                   keys[i],
+                   max_k=KMAX,
+                   k=ks[i],
+                   weights=jnp.asarray(ws[i]),
+                   max_iters=30)
+    np.testing.assert_array_equal(np.asarray(batched.assignment[i]), np.asarray(one.assignment))
+    np.testing.assert_allclose(np.asarray(batched.centroids[i]),
+                               np.asarray(one.centroids),
+                               rtol=1e-5,
+                               atol=1e-5)
+    assert int(batched.iters[i]) == int(one.iters)
 
 
 def test_kmeans_inertia_never_increases():
-    rng = np.random.default_rng(2)
-    x = jnp.asarray(blobs(rng, KN, KD, centers=6, scale=1.5))
-    c = jnp.asarray(np.asarray(x)[:KMAX])  # poor init: first rows
-    active = jnp.arange(KMAX) < 6
-    hist = []
-    for _ in range(15):
-        c, _, inertia = lloyd_step(x, c, active)
-        hist.append(float(inertia))
-    hist = np.array(hist)
-    assert np.all(np.diff(hist) <= 1e-6 * hist[:-1]), hist
-    assert hist[-1] < hist[0]
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(blobs(rng, KN, KD, centers=6, scale=1.5))
+  c = jnp.asarray(np.asarray(x)[:KMAX])  # poor init: first rows
+  active = jnp.arange(KMAX) < 6
+  hist = []
+  for _ in range(15):
+    c, _, inertia = lloyd_step(x, c, active)
+    hist.append(float(inertia))
+  hist = np.array(hist)
+  assert np.all(np.diff(hist) <= 1e-6 * hist[:-1]), hist
+  assert hist[-1] < hist[0]
 
 
 def test_kmeans_reseeds_empty_cluster_at_farthest_point():
-    rng = np.random.default_rng(3)
-    x = blobs(rng, KN, KD, centers=3)
-    c0 = x[:KMAX].copy()
-    c0[2] = 1e3  # far from everything: empty after the first E-step
-    res = km_init(jnp.asarray(x), jnp.ones(KN), jnp.asarray(c0), 5)
-    counts = np.bincount(np.asarray(res.assignment), minlength=KMAX)
-    assert np.all(counts[:5] > 0) and np.all(counts[5:] == 0)
-    c_ref, lab_ref, _, _ = np_lloyd(x, c0[:5], np.ones(KN))
-    np.testing.assert_array_equal(np.asarray(res.assignment), lab_ref)
+  rng = np.random.default_rng(3)
+  x = blobs(rng, KN, KD, centers=3)
+  c0 = x[:KMAX].copy()
+  c0[2] = 1e3  # far from everything: empty after the first E-step
+  res = km_init(jnp.asarray(x), jnp.ones(KN), jnp.asarray(c0), 5)
+  counts = np.bincount(np.asarray(res.assignment), minlength=KMAX)
+  assert np.all(counts[:5] > 0) and np.all(counts[5:] == 0)
+  c_ref, lab_ref, _, _ = np_lloyd(x, c0[:5], np.ones(KN))
+  np.testing.assert_array_equal(np.asarray(res.assignment), lab_ref)
 
 
 def test_blocked_distance_path_matches_direct(monkeypatch):
-    from fedras_jax.quantize import lloyd
+  from fedras_jax.quantize import lloyd
 
-    rng = np.random.default_rng(18)
-    x = jnp.asarray(rng.standard_normal((300, KD)), jnp.float32)
-    c = jnp.asarray(rng.standard_normal((KMAX, KD)), jnp.float32)
-    active = jnp.arange(KMAX) < 5
-    a_direct = lloyd.nearest_centroid(x, c, active)
-    monkeypatch.setattr(lloyd, "_DIRECT_MAX", 0)
-    monkeypatch.setattr(lloyd, "_BLOCK", 64)  # 300 rows -> 5 blocks, 20 padded rows
-    a_block = lloyd.nearest_centroid(x, c, active)
-    np.testing.assert_array_equal(np.asarray(a_block), np.asarray(a_direct))
-    ref = ((np.asarray(x)[:, None] - np.asarray(c)[None, :5]) ** 2).sum(-1).argmin(1)
-    np.testing.assert_array_equal(np.asarray(a_direct), ref)
+  rng = np.random.default_rng(18)
+  x = jnp.asarray(rng.standard_normal((300, KD)), jnp.float32)
+  c = jnp.asarray(rng.standard_normal((KMAX, KD)), jnp.float32)
+  active = jnp.arange(KMAX) < 5
+  a_direct = lloyd.nearest_centroid(x, c, active)
+  monkeypatch.setattr(lloyd, "_DIRECT_MAX", 0)
+  monkeypatch.setattr(lloyd, "_BLOCK", 64)  # 300 rows -> 5 blocks, 20 padded rows
+  a_block = lloyd.nearest_centroid(x, c, active)
+  np.testing.assert_array_equal(np.asarray(a_block), np.asarray(a_direct))
+  ref = ((np.asarray(x)[:, None] - np.asarray(c)[None, :5])**2).sum(-1).argmin(1)
+  np.testing.assert_array_equal(np.asarray(a_direct), ref)
 
 
 def test_kmeans_plusplus_finds_separated_blobs():
-    rng = np.random.default_rng(4)
-    mu = np.eye(KD)[:5] * 50.0
-    lab = rng.integers(0, 5, KN)
-    x = (mu[lab] + 0.1 * rng.standard_normal((KN, KD))).astype(np.float32)
-    res = km_pp(jnp.asarray(x), jax.random.PRNGKey(7), 5)
-    a = np.asarray(res.assignment)
-    # one cluster per blob (a perfect partition up to relabelling)
-    assert len({(i, j) for i, j in zip(lab, a)}) == 5
-    assert float(res.inertia) < KN * KD * 0.1**2 * 2
-    res2 = km_pp(jnp.asarray(x), jax.random.PRNGKey(8), 3)  # new k: no retrace
-    assert np.asarray(res2.active).sum() == 3
+  rng = np.random.default_rng(4)
+  mu = np.eye(KD)[:5] * 50.0
+  lab = rng.integers(0, 5, KN)
+  x = (mu[lab] + 0.1 * rng.standard_normal((KN, KD))).astype(np.float32)
+  res = km_pp(jnp.asarray(x), jax.random.PRNGKey(7), 5)
+  a = np.asarray(res.assignment)
+  # one cluster per blob (a perfect partition up to relabelling)
+  assert len({(i, j) for i, j in zip(lab, a)}) == 5
+  assert float(res.inertia) < KN * KD * 0.1**2 * 2
+  res2 = km_pp(jnp.asarray(x), jax.random.PRNGKey(8), 3)  # new k: no retrace
+  assert np.asarray(res2.active).sum() == 3
 
 
 # ----------------------------------------------------------------------------
 # Bit accounting.
 # ----------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    "k,r,d,vb,expected",
-    [
-        (0, 100, 64, 32, 0),
-        (1, 10, 4, 32, 128 + 10 * 1),
-        (2, 10, 4, 32, 256 + 10 * 2),
-        (3, 10, 4, 32, 384 + 10 * 2),
-        (4, 10, 4, 32, 512 + 10 * 3),
-        (7, 5, 2, 16, 224 + 5 * 3),
-        (8, 5, 2, 16, 256 + 5 * 4),
-        (255, 1000, 64, 32, 255 * 64 * 32 + 1000 * 8),
-        (256, 1000, 64, 32, 256 * 64 * 32 + 1000 * 9),
-    ],
-)
+@pytest.mark.parametrize("k,r,d,vb,expected", [(0, 100, 64, 32, 0), (1, 10, 4, 32, 128 + 10 * 1),
+                                               (2, 10, 4, 32, 256 + 10 * 2),
+                                               (3, 10, 4, 32, 384 + 10 * 2),
+                                               (4, 10, 4, 32, 512 + 10 * 3),
+                                               (7, 5, 2, 16, 224 + 5 * 3),
+                                               (8, 5, 2, 16, 256 + 5 * 4),
+                                               (255, 1000, 64, 32, 255 * 64 * 32 + 1000 * 8),
+                                               (256, 1000, 64, 32, 256 * 64 * 32 + 1000 * 9),],
+                        )
 def test_payload_bits_hand_computed(k, r, d, vb, expected):
-    assert q.payload_bits(k, r, d, vb) == expected
-    assert int(jax.jit(q.payload_bits, static_argnums=(2, 3))(jnp.int32(k), jnp.int32(r), d, vb)) == expected
+  assert q.payload_bits(k, r, d, vb) == expected
+  assert int(jax.jit(q.payload_bits, static_argnums=(2, 3))(jnp.int32(k), jnp.int32(r), d,
+                                                            vb)) == expected
 
 
 def test_int32_index_convention():
-    assert q.payload_bits_int32_indices(2, 10, 4) == 256 + 320
-    assert q.payload_bits_int32_indices(0, 10, 4) == 0
-    assert int(q.payload_bits_int32_indices(jnp.int32(3), 7, 4, 16)) == 3 * 4 * 16 + 7 * 32
-    assert q.compression_rate(0, 10, 4) == 1.0
-    np.testing.assert_allclose(float(q.compression_rate(jnp.int32(640), 10, 4)), 0.5)
+  assert q.payload_bits_int32_indices(2, 10, 4) == 256 + 320
+  assert q.payload_bits_int32_indices(0, 10, 4) == 0
+  assert int(q.payload_bits_int32_indices(jnp.int32(3), 7, 4, 16)) == 3 * 4 * 16 + 7 * 32
+  assert q.compression_rate(0, 10, 4) == 1.0
+  np.testing.assert_allclose(float(q.compression_rate(jnp.int32(640), 10, 4)), 0.5)
 
 
 def test_max_actions_for_budget_is_largest_fitting_k():
-    max_k, r, d = 16, 50, 8
+  max_k, r, d = 16, 50, 8
 
-    @jax.jit
-    def traced(budgets, rows):
-        return jax.vmap(lambda b, rr: q.max_actions_for_budget(b, rr, d, max_k=max_k))(budgets, rows)
+  @jax.jit
+  def traced(budgets, rows):
+    return jax.vmap(lambda b, rr: q.max_actions_for_budget(b, rr, d, max_k=max_k))(budgets, rows)
 
-    cases = [(b, rr) for b in list(range(0, 5000, 37)) + [10**6] for rr in (0, 1, r, 300)]
-    got = np.asarray(traced(jnp.array([c[0] for c in cases]), jnp.array([c[1] for c in cases])))
-    for (b, rr), g in zip(cases, got):
-        brute = max([k for k in range(max_k + 1) if q.payload_bits(k, rr, d) <= b])
-        assert g == brute == q.max_actions_for_budget(b, rr, d, max_k=max_k), (b, rr)
+  cases = [(b, rr) for b in list(range(0, 5000, 37)) + [10**6] for rr in (0, 1, r, 300)]
+  got = np.asarray(traced(jnp.array([c[0] for c in cases]), jnp.array([c[1] for c in cases])))
+  for (b, rr), g in zip(cases, got):
+    brute = max([k for k in range(max_k + 1) if q.payload_bits(k, rr, d) <= b])
+    assert g == brute == q.max_actions_for_budget(b, rr, d, max_k=max_k), (b, rr)
 
 
 # ----------------------------------------------------------------------------
 # Encode / decode.
 # ----------------------------------------------------------------------------
 def _min_coherence(p):
-    coh = np.asarray(p.coherence)[np.asarray(p.active)]
-    idx = np.asarray(p.indices)
-    cnt = np.bincount(idx[idx >= 0], minlength=EMAX)[: coh.size]
-    return coh[cnt >= 2].min() if np.any(cnt >= 2) else 1.0
+  coh = np.asarray(p.coherence)[np.asarray(p.active)]
+  idx = np.asarray(p.indices)
+  cnt = np.bincount(idx[idx >= 0], minlength=EMAX)[:coh.size]
+  return coh[cnt >= 2].min() if np.any(cnt >= 2) else 1.0
 
 
 def _single_action_coherence(g):
-    m = g.mean(0)
-    cos = g @ m / (np.linalg.norm(g, axis=1) * np.linalg.norm(m))
-    return cos.mean()
+  m = g.mean(0)
+  cos = g @ m / (np.linalg.norm(g, axis=1) * np.linalg.norm(m))
+  return cos.mean()
 
 
 @pytest.mark.parametrize("budget", [456, 900, 1500, 2200, 2848, 100000])
 def test_split_respects_budget_and_improves_coherence(budget):
-    rng = np.random.default_rng(5)
-    g = rng.standard_normal((EN, ED)).astype(np.float32)  # incoherent
-    tau = 0.8
-    p = enc_fixed(jnp.asarray(g), ALL, budget, tau)
-    k = int(p.num_actions)
-    k_cap = q.max_actions_for_budget(budget, EN, ED, max_k=EMAX)
-    assert 1 <= k <= k_cap
-    assert int(p.bits) == q.payload_bits(k, EN, ED) <= budget
-    np.testing.assert_array_equal(np.asarray(p.active), np.arange(EMAX) < k)
-    assert np.all(np.asarray(p.centroids)[k:] == 0)
-    idx = np.asarray(p.indices)
-    assert idx.min() >= 0 and idx.max() < k
-    # Stopped either because every cluster passes the test or the budget ran out.
-    assert k == k_cap or _min_coherence(p) >= tau
-    if k > 1:
-        assert _min_coherence(p) > _single_action_coherence(g)
+  rng = np.random.default_rng(5)
+  g = rng.standard_normal((EN, ED)).astype(np.float32)  # incoherent
+  tau = 0.8
+  p = enc_fixed(jnp.asarray(g), ALL, budget, tau)
+  k = int(p.num_actions)
+  k_cap = q.max_actions_for_budget(budget, EN, ED, max_k=EMAX)
+  assert 1 <= k <= k_cap
+  assert int(p.bits) == q.payload_bits(k, EN, ED) <= budget
+  np.testing.assert_array_equal(np.asarray(p.active), np.arange(EMAX) < k)
+  assert np.all(np.asarray(p.centroids)[k:] == 0)
+  idx = np.asarray(p.indices)
+  assert idx.min() >= 0 and idx.max() < k
+  # Stopped either because every cluster passes the test or the budget ran out.
+  assert k == k_cap or _min_coherence(p) >= tau
+  if k > 1:
+    assert _min_coherence(p) > _single_action_coherence(g)
 
 
 @pytest.mark.parametrize("mode", ["fixed", "auto"])
 def test_coherent_data_uses_fewer_actions(mode):
-    rng = np.random.default_rng(6)
-    g = jnp.asarray(directions(rng, EN, ED, ndir=3, noise=0.02))
-    budget = 100000  # allows EMAX actions
-    p = enc_fixed(g, ALL, budget, 0.95) if mode == "fixed" else enc_auto(g, ALL, budget)
-    assert int(p.num_actions) == 3 < EMAX
-    assert _min_coherence(p) >= float(p.tau)
-    if mode == "auto":
-        c1 = _single_action_coherence(np.asarray(g))
-        np.testing.assert_allclose(float(p.tau), np.sqrt((1 + c1) / 2), rtol=1e-5)
-        # incoherent data under auto mode still splits (up to the budget)
-        p2 = enc_auto(jnp.asarray(rng.standard_normal((EN, ED)), jnp.float32), ALL, budget)
-        assert int(p2.num_actions) > 3
+  rng = np.random.default_rng(6)
+  g = jnp.asarray(directions(rng, EN, ED, ndir=3, noise=0.02))
+  budget = 100000  # allows EMAX actions
+  p = enc_fixed(g, ALL, budget, 0.95) if mode == "fixed" else enc_auto(g, ALL, budget)
+  assert int(p.num_actions) == 3 < EMAX
+  assert _min_coherence(p) >= float(p.tau)
+  if mode == "auto":
+    c1 = _single_action_coherence(np.asarray(g))
+    np.testing.assert_allclose(float(p.tau), np.sqrt((1 + c1) / 2), rtol=1e-5)
+    # incoherent data under auto mode still splits (up to the budget)
+    p2 = enc_auto(jnp.asarray(rng.standard_normal((EN, ED)), jnp.float32), ALL, budget)
+    assert int(p2.num_actions) > 3
 
 
 def test_zero_budget_gives_empty_payload():
-    g = jnp.asarray(np.random.default_rng(7).standard_normal((EN, ED)), jnp.float32)
-    cost_k1 = q.payload_bits(1, EN, ED)
-    for budget in (0, cost_k1 - 1):
-        p = enc_fixed(g, ALL, budget, 0.8)
-        assert int(p.num_actions) == 0 and int(p.bits) == 0
-        assert np.all(np.asarray(p.indices) == q.NO_UPDATE)
-        assert not np.any(np.asarray(p.active))
-        assert np.all(np.asarray(q.decode(p)) == 0)
-    p = enc_fixed(g, ALL, cost_k1, 0.8)
-    assert int(p.num_actions) == 1 and int(p.bits) == cost_k1
+  g = jnp.asarray(np.random.default_rng(7).standard_normal((EN, ED)), jnp.float32)
+  cost_k1 = q.payload_bits(1, EN, ED)
+  for budget in (0, cost_k1 - 1):
+    p = enc_fixed(g, ALL, budget, 0.8)
+    assert int(p.num_actions) == 0 and int(p.bits) == 0
+    assert np.all(np.asarray(p.indices) == q.NO_UPDATE)
+    assert not np.any(np.asarray(p.active))
+    assert np.all(np.asarray(q.decode(p)) == 0)
+  p = enc_fixed(g, ALL, cost_k1, 0.8)
+  assert int(p.num_actions) == 1 and int(p.bits) == cost_k1
 
 
 def test_reconstruction_error_falls_with_budget():
-    rng = np.random.default_rng(8)
-    g = rng.standard_normal((EN, ED)).astype(np.float32)
-    errs = []
-    for k in range(1, EMAX + 1):
-        budget = q.payload_bits(k, EN, ED)
-        p = enc_fixed(jnp.asarray(g), ALL, budget, 2.0)  # tau > 1: always split
-        assert int(p.num_actions) == k
-        errs.append(np.linalg.norm(np.asarray(q.decode(p)) - g) / np.linalg.norm(g))
-    assert np.all(np.diff(errs) <= 1e-6), errs
-    assert errs[-1] < 0.8 * errs[0]
+  rng = np.random.default_rng(8)
+  g = rng.standard_normal((EN, ED)).astype(np.float32)
+  errs = []
+  for k in range(1, EMAX + 1):
+    budget = q.payload_bits(k, EN, ED)
+    p = enc_fixed(jnp.asarray(g), ALL, budget, 2.0)  # tau > 1: always split
+    assert int(p.num_actions) == k
+    errs.append(np.linalg.norm(np.asarray(q.decode(p)) - g) / np.linalg.norm(g))
+  assert np.all(np.diff(errs) <= 1e-6), errs
+  assert errs[-1] < 0.8 * errs[0]
 
 
 def test_exact_when_actions_cover_distinct_rows():
-    rng = np.random.default_rng(9)
-    distinct = rng.standard_normal((5, ED)).astype(np.float32)
-    g = distinct[rng.integers(0, 5, EN)]
-    g[:7] = 0.0  # zero rows: reserved code, still exact
-    p = enc_fixed(jnp.asarray(g), ALL, 10**6, 0.999)
-    assert int(p.num_actions) == 5
-    np.testing.assert_allclose(np.asarray(q.decode(p)), g, rtol=1e-6, atol=1e-6)
-    assert np.all(np.asarray(p.indices)[:7] == q.NO_UPDATE)
+  rng = np.random.default_rng(9)
+  distinct = rng.standard_normal((5, ED)).astype(np.float32)
+  g = distinct[rng.integers(0, 5, EN)]
+  g[:7] = 0.0  # zero rows: reserved code, still exact
+  p = enc_fixed(jnp.asarray(g), ALL, 10**6, 0.999)
+  assert int(p.num_actions) == 5
+  np.testing.assert_allclose(np.asarray(q.decode(p)), g, rtol=1e-6, atol=1e-6)
+  assert np.all(np.asarray(p.indices)[:7] == q.NO_UPDATE)
 
 
 def test_mask_rows_are_inert_and_reserved():
-    rng = np.random.default_rng(10)
-    g = directions(rng, EN, ED, ndir=4, noise=0.3)
-    mask = rng.random(EN) < 0.6
-    g2 = g.copy()
-    g2[~mask] = rng.standard_normal(((~mask).sum(), ED)) * 100  # garbage in masked rows
-    p1 = enc_fixed(jnp.asarray(g), mask, 1500, 0.9)
-    p2 = enc_fixed(jnp.asarray(g2), mask, 1500, 0.9)
-    for a, b in zip(p1, p2):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert np.all(np.asarray(p1.indices)[~mask] == q.NO_UPDATE)
-    assert np.all(np.asarray(q.decode(p1))[~mask] == 0)
+  rng = np.random.default_rng(10)
+  g = directions(rng, EN, ED, ndir=4, noise=0.3)
+  mask = rng.random(EN) < 0.6
+  g2 = g.copy()
+  g2[~mask] = rng.standard_normal(((~mask).sum(), ED)) * 100  # garbage in masked rows
+  p1 = enc_fixed(jnp.asarray(g), mask, 1500, 0.9)
+  p2 = enc_fixed(jnp.asarray(g2), mask, 1500, 0.9)
+  for a, b in zip(p1, p2):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert np.all(np.asarray(p1.indices)[~mask] == q.NO_UPDATE)
+  assert np.all(np.asarray(q.decode(p1))[~mask] == 0)
 
 
 def test_nonfinite_rows_are_dropped_and_counted():
-    rng = np.random.default_rng(11)
-    g = directions(rng, EN, ED, ndir=4, noise=0.3)
-    bad = np.array([3, 50, 51, 199])
-    g_bad = g.copy()
-    g_bad[3, 0] = np.nan
-    g_bad[50] = np.inf
-    g_bad[51, 2] = -np.inf
-    g_bad[199] = np.nan
-    mask = ALL.copy()
-    mask[199] = False  # masked NaN row: not counted
-    p = enc_fixed(jnp.asarray(g_bad), mask, 1500, 0.9)
-    assert int(p.num_nonfinite) == 3
-    assert np.all(np.asarray(p.indices)[bad] == q.NO_UPDATE)
-    dec = np.asarray(q.decode(p))
-    assert np.all(np.isfinite(dec)) and np.all(dec[bad] == 0)
-    assert np.all(np.isfinite(np.asarray(p.centroids)))
-    # identical to encoding with those rows masked out
-    m2 = ALL.copy()
-    m2[bad] = False
-    p_ref = enc_fixed(jnp.asarray(g), m2, 1500, 0.9)
-    np.testing.assert_array_equal(np.asarray(p.indices), np.asarray(p_ref.indices))
-    np.testing.assert_array_equal(np.asarray(p.centroids), np.asarray(p_ref.centroids))
-    # an all-NaN matrix gives the empty payload
-    p_nan = enc_fixed(jnp.asarray(np.full((EN, ED), np.nan, np.float32)), ALL, 1500, 0.9)
-    assert int(p_nan.num_actions) == 0 and int(p_nan.bits) == 0
-    assert int(p_nan.num_nonfinite) == EN
-    assert np.all(np.asarray(q.decode(p_nan)) == 0)
+  rng = np.random.default_rng(11)
+  g = directions(rng, EN, ED, ndir=4, noise=0.3)
+  bad = np.array([3, 50, 51, 199])
+  g_bad = g.copy()
+  g_bad[3, 0] = np.nan
+  g_bad[50] = np.inf
+  g_bad[51, 2] = -np.inf
+  g_bad[199] = np.nan
+  mask = ALL.copy()
+  mask[199] = False  # masked NaN row: not counted
+  p = enc_fixed(jnp.asarray(g_bad), mask, 1500, 0.9)
+  assert int(p.num_nonfinite) == 3
+  assert np.all(np.asarray(p.indices)[bad] == q.NO_UPDATE)
+  dec = np.asarray(q.decode(p))
+  assert np.all(np.isfinite(dec)) and np.all(dec[bad] == 0)
+  assert np.all(np.isfinite(np.asarray(p.centroids)))
+  # identical to encoding with those rows masked out
+  m2 = ALL.copy()
+  m2[bad] = False
+  p_ref = enc_fixed(jnp.asarray(g), m2, 1500, 0.9)
+  np.testing.assert_array_equal(np.asarray(p.indices), np.asarray(p_ref.indices))
+  np.testing.assert_array_equal(np.asarray(p.centroids), np.asarray(p_ref.centroids))
+  # an all-NaN matrix gives the empty payload
+  p_nan = enc_fixed(jnp.asarray(np.full((EN, ED), np.nan, np.float32)), ALL, 1500, 0.9)
+  assert int(p_nan.num_actions) == 0 and int(p_nan.bits) == 0
+  assert int(p_nan.num_nonfinite) == EN
+  assert np.all(np.asarray(q.decode(p_nan)) == 0)
 
 
 def test_tiny_and_huge_gradients_are_scale_equivariant():
-    rng = np.random.default_rng(12)
-    g = directions(rng, EN, ED, ndir=5, noise=0.3)
-    p = enc_fixed(jnp.asarray(g), ALL, 1500, 0.9)
-    for s in (2.0**-100, 2.0**90):
-        ps = enc_fixed(jnp.asarray(g * np.float32(s)), ALL, 1500, 0.9)
-        np.testing.assert_array_equal(np.asarray(ps.indices), np.asarray(p.indices))
-        np.testing.assert_allclose(np.asarray(ps.centroids), np.asarray(p.centroids) * s, rtol=1e-6)
+  rng = np.random.default_rng(12)
+  g = directions(rng, EN, ED, ndir=5, noise=0.3)
+  p = enc_fixed(jnp.asarray(g), ALL, 1500, 0.9)
+  for s in (2.0**-100, 2.0**90):
+    ps = enc_fixed(jnp.asarray(g * np.float32(s)), ALL, 1500, 0.9)
+    np.testing.assert_array_equal(np.asarray(ps.indices), np.asarray(p.indices))
+    np.testing.assert_allclose(np.asarray(ps.centroids), np.asarray(p.centroids) * s, rtol=1e-6)
 
 
 @pytest.mark.parametrize("batched", [enc_vmap, enc_vmap_parallel], ids=["auto", "parallel"])
 def test_vmap_equals_loop_without_retrace(batched):
-    rng = np.random.default_rng(13)
-    b = 4
-    gs = np.stack([directions(rng, EN, ED, ndir=2 + i, noise=0.2 * i) for i in range(b)])
-    masks = rng.random((b, EN)) < 0.8
-    keys = jax.random.split(KEY, b)
-    for budgets, taus in [([456, 1100, 2000, 100000], [0.9, 0.8, 0.95, 0.7]),
-                          ([3000, 700, 0, 1800], [0.5, 0.99, 0.9, 0.85])]:
-        pb = batched(jnp.asarray(gs), keys, jnp.asarray(masks), jnp.array(budgets), jnp.array(taus))
-        for i in range(b):
-            pi = enc_fixed(jnp.asarray(gs[i]), masks[i], budgets[i], taus[i])
-            np.testing.assert_array_equal(np.asarray(pb.indices[i]), np.asarray(pi.indices))
-            np.testing.assert_allclose(np.asarray(pb.centroids[i]), np.asarray(pi.centroids),
-                                       rtol=1e-5, atol=1e-6)
-            assert int(pb.bits[i]) == int(pi.bits) <= budgets[i]
-            assert int(pb.num_actions[i]) == int(pi.num_actions)
+  rng = np.random.default_rng(13)
+  b = 4
+  gs = np.stack([directions(rng, EN, ED, ndir=2 + i, noise=0.2 * i) for i in range(b)])
+  masks = rng.random((b, EN)) < 0.8
+  keys = jax.random.split(KEY, b)
+  for budgets, taus in [([456, 1100, 2000, 100000], [0.9, 0.8, 0.95, 0.7]),
+                        ([3000, 700, 0, 1800], [0.5, 0.99, 0.9, 0.85])]:
+    pb = batched(jnp.asarray(gs), keys, jnp.asarray(masks), jnp.array(budgets), jnp.array(taus))
+    for i in range(b):
+      pi = enc_fixed(jnp.asarray(gs[i]), masks[i], budgets[i], taus[i])
+      np.testing.assert_array_equal(np.asarray(pb.indices[i]), np.asarray(pi.indices))
+      np.testing.assert_allclose(np.asarray(pb.centroids[i]),
+                                 np.asarray(pi.centroids),
+                                 rtol=1e-5,
+                                 atol=1e-6)
+      assert int(pb.bits[i]) == int(pi.bits) <= budgets[i]
+      assert int(pb.num_actions[i]) == int(pi.num_actions)
 
 
 def test_value_bits_16_rounds_centroids_and_counts_16_bits():
-    rng = np.random.default_rng(14)
-    g = jnp.asarray(rng.standard_normal((64, 4)), jnp.float32)
-    budget = q.payload_bits(3, 64, 4, 16)
-    p = q.encode(g, KEY, budget_bits=budget, max_k=4, tau=2.0, value_bits=16)
-    assert int(p.num_actions) == 3 and int(p.bits) == budget  # 3 fits at 16 bits
-    assert q.max_actions_for_budget(budget, 64, 4, max_k=4, value_bits=32) < 3
-    c = np.asarray(p.centroids)
-    np.testing.assert_array_equal(c, np.asarray(jnp.asarray(c).astype(jnp.bfloat16).astype(jnp.float32)))
+  rng = np.random.default_rng(14)
+  g = jnp.asarray(rng.standard_normal((64, 4)), jnp.float32)
+  budget = q.payload_bits(3, 64, 4, 16)
+  p = q.encode(g, KEY, budget_bits=budget, max_k=4, tau=2.0, value_bits=16)
+  assert int(p.num_actions) == 3 and int(p.bits) == budget  # 3 fits at 16 bits
+  assert q.max_actions_for_budget(budget, 64, 4, max_k=4, value_bits=32) < 3
+  c = np.asarray(p.centroids)
+  np.testing.assert_array_equal(c,
+                                np.asarray(jnp.asarray(c).astype(jnp.bfloat16).astype(jnp.float32)))
 
 
 def test_no_retrace_across_values():
-    # Every shared function was compiled once; calling again with new values must not retrace.
-    g = jnp.asarray(np.random.default_rng(15).standard_normal((EN, ED)), jnp.float32)
-    for budget, tau in itertools.product((500, 2000), (0.3, 0.9)):
-        enc_fixed(g, np.random.default_rng(budget).random(EN) < 0.7, budget, tau)
-        enc_auto(g, ALL, budget)
-        enc_split1(g, ALL, budget, tau)
-        enc_split2(g, ALL, budget, tau)
-    x = jnp.asarray(np.random.default_rng(16).standard_normal((KN, KD)), jnp.float32)
-    for k in (1, 3, KMAX):
-        km_init(x, jnp.ones(KN), x[:KMAX], k)
+  # Every shared function was compiled once; calling again with new values must not retrace.
+  g = jnp.asarray(np.random.default_rng(15).standard_normal((EN, ED)), jnp.float32)
+  for budget, tau in itertools.product((500, 2000), (0.3, 0.9)):
+    enc_fixed(g, np.random.default_rng(budget).random(EN) < 0.7, budget, tau)
+    enc_auto(g, ALL, budget)
+    enc_split1(g, ALL, budget, tau)
+    enc_split2(g, ALL, budget, tau)
+  x = jnp.asarray(np.random.default_rng(16).standard_normal((KN, KD)), jnp.float32)
+  for k in (1, 3, KMAX):
+    km_init(x, jnp.ones(KN), x[:KMAX], k)
 
 
 # ----------------------------------------------------------------------------
@@ -487,236 +493,244 @@ SPLITS = {"S=1": enc_split1, "S=2": enc_split2, "S=all": enc_fixed}
 
 @pytest.mark.parametrize("splits", ["S=2", "S=all"])
 def test_multi_split_respects_budget_and_stops_coherent(splits):
-    enc = SPLITS[splits]
-    rng = np.random.default_rng(20)
-    cases = [(rng.standard_normal((EN, ED)).astype(np.float32), 0.8),
-             (directions(rng, EN, ED, ndir=5, noise=0.1), 0.95)]
-    mask = rng.random(EN) < 0.85
-    for g, tau in cases:
-        g_garbage = g.copy()
-        g_garbage[~mask] = 100 * rng.standard_normal(((~mask).sum(), ED))
-        for budget in (0, 456, 900, 1500, 2200, 100000):
-            p = enc(jnp.asarray(g), mask, budget, tau)
-            k = int(p.num_actions)
-            k_cap = q.max_actions_for_budget(budget, EN, ED, max_k=EMAX)
-            assert min(1, k_cap) <= k <= k_cap
-            assert int(p.bits) == q.payload_bits(k, EN, ED) <= budget
-            np.testing.assert_array_equal(np.asarray(p.active), np.arange(EMAX) < k)
-            assert np.all(np.asarray(p.centroids)[k:] == 0)
-            idx = np.asarray(p.indices)
-            assert np.all(idx[~mask] == q.NO_UPDATE)
-            if k:
-                assert idx[mask].min() >= 0 and idx[mask].max() < k
-            # Stopped either because every cluster passes the test or the budget ran out.
-            assert k == k_cap or _min_coherence(p) >= tau
-            # Never more split tests than one split per test needs.
-            p1 = enc_split1(jnp.asarray(g), mask, budget, tau)
-            assert int(p.num_rounds) <= int(p1.num_rounds)
-            # Masked rows are inert.
-            for a, b in zip(p, enc(jnp.asarray(g_garbage), mask, budget, tau)):
-                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  enc = SPLITS[splits]
+  rng = np.random.default_rng(20)
+  cases = [(rng.standard_normal((EN, ED)).astype(np.float32), 0.8),
+           (directions(rng, EN, ED, ndir=5, noise=0.1), 0.95)]
+  mask = rng.random(EN) < 0.85
+  for g, tau in cases:
+    g_garbage = g.copy()
+    g_garbage[~mask] = 100 * rng.standard_normal(((~mask).sum(), ED))
+    for budget in (0, 456, 900, 1500, 2200, 100000):
+      p = enc(jnp.asarray(g), mask, budget, tau)
+      k = int(p.num_actions)
+      k_cap = q.max_actions_for_budget(budget, EN, ED, max_k=EMAX)
+      assert min(1, k_cap) <= k <= k_cap
+      assert int(p.bits) == q.payload_bits(k, EN, ED) <= budget
+      np.testing.assert_array_equal(np.asarray(p.active), np.arange(EMAX) < k)
+      assert np.all(np.asarray(p.centroids)[k:] == 0)
+      idx = np.asarray(p.indices)
+      assert np.all(idx[~mask] == q.NO_UPDATE)
+      if k:
+        assert idx[mask].min() >= 0 and idx[mask].max() < k
+      # Stopped either because every cluster passes the test or the budget ran out.
+      assert k == k_cap or _min_coherence(p) >= tau
+      # Never more split tests than one split per test needs.
+      p1 = enc_split1(jnp.asarray(g), mask, budget, tau)
+      assert int(p.num_rounds) <= int(p1.num_rounds)
+      # Masked rows are inert.
+      for a, b in zip(p, enc(jnp.asarray(g_garbage), mask, budget, tau)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def np_encode(g, k_cap, tau, *, max_splits, max_iters=25, tol=1e-4, power_iters=None):
-    """Float64 NumPy re-implementation of ``encode`` (fixed tau, all rows live).
+  """Float64 NumPy re-implementation of ``encode`` (fixed tau, all rows live).
 
-    Returns ``(indices [n], num_split_tests_that_split)``. Written from the
-    algorithm in ``quantize.actions`` (refinement, split test, bisection), not
-    from its code; assumes no cluster empties (well-separated test data).
-    """
-    from fedras_jax.quantize import encode_loop
+  Returns ``(indices [n], num_split_tests_that_split)``. Written from the
+  algorithm in ``quantize.actions`` (refinement, split test, bisection), not
+  from its code; assumes no cluster empties (well-separated test data).
+  """
+  from fedras_jax.quantize import encode_loop
 
-    power_iters = encode_loop._POWER_ITERS if power_iters is None else power_iters
-    x = np.asarray(g, np.float64)
-    n = len(x)
-    xu = x / np.linalg.norm(x, axis=1, keepdims=True)
-    var = ((x - x.mean(0)) ** 2).mean(0)
-    tol_abs = tol * var.mean()
+  power_iters = encode_loop._POWER_ITERS if power_iters is None else power_iters
+  x = np.asarray(g, np.float64)
+  n = len(x)
+  xu = x / np.linalg.norm(x, axis=1, keepdims=True)
+  var = ((x - x.mean(0))**2).mean(0)
+  tol_abs = tol * var.mean()
 
-    def unit(v):
-        nrm = np.linalg.norm(v, axis=-1, keepdims=True)
-        return v / np.where(nrm > 0, nrm, 1.0)
+  def unit(v):
+    nrm = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.where(nrm > 0, nrm, 1.0)
 
-    c, k, a, tests = [x.mean(0)], 1, np.zeros(n, int), 0
-    while True:
-        it, shift, prev = 0, np.inf, a
-        while True:  # refinement
-            cc = np.array(c[:k])
-            d2 = ((x[:, None] - cc[None]) ** 2).sum(-1)
-            a_new = d2.argmin(1)
-            strict = it > 0 and np.array_equal(a_new, prev)
-            if (it == 0 and k == 1) or strict or (it > 0 and shift <= tol_abs) or it >= max_iters:
-                a = a_new
-                break
-            new = np.array([x[a_new == j].mean(0) for j in range(k)])
-            shift = ((new - cc) ** 2).sum()
-            c, prev, it = list(new), a_new, it + 1
-        cos = np.sum(xu * unit(np.array(c))[a], axis=1)
-        cnt = np.bincount(a, minlength=k)
-        coh = np.array([cos[a == j].mean() if cnt[j] else 1.0 for j in range(k)])
-        cand = (cnt >= 2) & (coh < tau)
-        if k >= k_cap or not cand.any():
-            return a, tests
-        num = min(int(cand.sum()), k_cap - k, max_splits)
-        chosen = np.argsort(np.where(cand, coh, np.inf), kind="stable")[:num]
-        c = c + [None] * num
-        for r, j in enumerate(chosen):
-            mem = np.flatnonzero(a == j)
-            ubar = xu[mem].mean(0)
-            dev = xu[mem] - ubar
-            seed = mem[np.argmin(cos[mem])]
-            v = xu[seed] - ubar
-            for _ in range(power_iters):
-                v = dev.T @ (dev @ v)
-                v /= np.linalg.norm(v)
-            side = dev @ v > 0
-            c[j], c[k + r] = x[mem[~side]].mean(0), x[mem[side]].mean(0)
-        k += num
-        tests += 1
+  c, k, a, tests = [x.mean(0)], 1, np.zeros(n, int), 0
+  while True:
+    it, shift, prev = 0, np.inf, a
+    while True:  # refinement
+      cc = np.array(c[:k])
+      d2 = ((x[:, None] - cc[None])**2).sum(-1)
+      a_new = d2.argmin(1)
+      strict = it > 0 and np.array_equal(a_new, prev)
+      if (it == 0 and k == 1) or strict or (it > 0 and shift <= tol_abs) or it >= max_iters:
+        a = a_new
+        break
+      new = np.array([x[a_new == j].mean(0) for j in range(k)])
+      shift = ((new - cc)**2).sum()
+      c, prev, it = list(new), a_new, it + 1
+    cos = np.sum(xu * unit(np.array(c))[a], axis=1)
+    cnt = np.bincount(a, minlength=k)
+    coh = np.array([cos[a == j].mean() if cnt[j] else 1.0 for j in range(k)])
+    cand = (cnt >= 2) & (coh < tau)
+    if k >= k_cap or not cand.any():
+      return a, tests
+    num = min(int(cand.sum()), k_cap - k, max_splits)
+    chosen = np.argsort(np.where(cand, coh, np.inf), kind="stable")[:num]
+    c = c + [None] * num
+    for r, j in enumerate(chosen):
+      mem = np.flatnonzero(a == j)
+      ubar = xu[mem].mean(0)
+      dev = xu[mem] - ubar
+      seed = mem[np.argmin(cos[mem])]
+      v = xu[seed] - ubar
+      for _ in range(power_iters):
+        v = dev.T @ (dev @ v)
+        v /= np.linalg.norm(v)
+      side = dev @ v > 0
+      c[j], c[k + r] = x[mem[~side]].mean(0), x[mem[side]].mean(0)
+    k += num
+    tests += 1
 
 
 @pytest.mark.parametrize("splits", ["S=1", "S=all"])
 def test_encode_matches_numpy_reference(splits):
-    # Well-separated data (7 noisy directions), budget for 5 actions: the
-    # partition is robust to float32 noise, so the indices must agree exactly.
-    rng = np.random.default_rng(27)
-    g = directions(rng, EN, ED, ndir=7, noise=0.05)
-    budget = q.payload_bits(5, EN, ED)
-    p = SPLITS[splits](jnp.asarray(g), ALL, budget, 0.99)
-    ref, tests = np_encode(g, 5, 0.99, max_splits=1 if splits == "S=1" else EMAX)
-    np.testing.assert_array_equal(np.asarray(p.indices), ref)
-    assert int(p.num_actions) == 5 and int(p.bits) == budget
-    assert int(p.num_rounds) == tests == (4 if splits == "S=1" else 3)  # 1-2-3-4-5 / 1-2-4-5
+  # Well-separated data (7 noisy directions), budget for 5 actions: the
+  # partition is robust to float32 noise, so the indices must agree exactly.
+  rng = np.random.default_rng(27)
+  g = directions(rng, EN, ED, ndir=7, noise=0.05)
+  budget = q.payload_bits(5, EN, ED)
+  p = SPLITS[splits](jnp.asarray(g), ALL, budget, 0.99)
+  ref, tests = np_encode(g, 5, 0.99, max_splits=1 if splits == "S=1" else EMAX)
+  np.testing.assert_array_equal(np.asarray(p.indices), ref)
+  assert int(p.num_actions) == 5 and int(p.bits) == budget
+  assert int(p.num_rounds) == tests == (4 if splits == "S=1" else 3)  # 1-2-3-4-5 / 1-2-4-5
 
 
 def test_multi_split_reaches_k_cap_in_fewer_rounds():
-    g = jnp.asarray(np.random.default_rng(21).standard_normal((EN, ED)), jnp.float32)
-    # tau > 1: every cluster fails the test, so K grows to the cap.
-    for cap, rounds in [(EMAX, {"S=1": 7, "S=2": 4, "S=all": 3}),  # 1-2-4-8, 1-2-4-6-8
-                        (6, {"S=1": 5, "S=2": 3, "S=all": 3})]:  # 1-2-4-6
-        budget = q.payload_bits(cap, EN, ED)
-        ps = {name: enc(g, ALL, budget, 2.0) for name, enc in SPLITS.items()}
-        for name, p in ps.items():
-            assert int(p.num_actions) == cap and int(p.bits) == budget, name
-            assert int(p.num_rounds) == rounds[name], (name, int(p.num_rounds))
-        assert int(ps["S=all"].lloyd_steps) < int(ps["S=1"].lloyd_steps)
+  g = jnp.asarray(np.random.default_rng(21).standard_normal((EN, ED)), jnp.float32)
+  # tau > 1: every cluster fails the test, so K grows to the cap.
+  for cap, rounds in [
+      (EMAX, {"S=1": 7, "S=2": 4, "S=all": 3}),  # 1-2-4-8, 1-2-4-6-8
+      (6, {"S=1": 5, "S=2": 3, "S=all": 3})
+  ]:  # 1-2-4-6
+    budget = q.payload_bits(cap, EN, ED)
+    ps = {name: enc(g, ALL, budget, 2.0) for name, enc in SPLITS.items()}
+    for name, p in ps.items():
+      assert int(p.num_actions) == cap and int(p.bits) == budget, name
+      assert int(p.num_rounds) == rounds[name], (name, int(p.num_rounds))
+    assert int(ps["S=all"].lloyd_steps) < int(ps["S=1"].lloyd_steps)
 
 
 def test_multi_split_reconstruction_error_close_to_single_split():
-    for seed in (19, 21):
-        g = directions(np.random.default_rng(seed), EN, ED, ndir=12, noise=0.2)
-        for k in (4, 6, EMAX):
-            budget = q.payload_bits(k, EN, ED)
-            err = {}
-            for name, enc in SPLITS.items():
-                p = enc(jnp.asarray(g), ALL, budget, 2.0)
-                assert int(p.num_actions) == k
-                err[name] = np.linalg.norm(np.asarray(q.decode(p)) - g) / np.linalg.norm(g)
-            assert err["S=all"] <= 1.1 * err["S=1"], (seed, k, err)
-            assert err["S=2"] <= 1.1 * err["S=1"], (seed, k, err)
+  for seed in (19, 21):
+    g = directions(np.random.default_rng(seed), EN, ED, ndir=12, noise=0.2)
+    for k in (4, 6, EMAX):
+      budget = q.payload_bits(k, EN, ED)
+      err = {}
+      for name, enc in SPLITS.items():
+        p = enc(jnp.asarray(g), ALL, budget, 2.0)
+        assert int(p.num_actions) == k
+        err[name] = np.linalg.norm(np.asarray(q.decode(p)) - g) / np.linalg.norm(g)
+      assert err["S=all"] <= 1.1 * err["S=1"], (seed, k, err)
+      assert err["S=2"] <= 1.1 * err["S=1"], (seed, k, err)
 
 
 @jax.jit
 @chex.assert_max_traces(n=1)
 def enc_warm(g, budget, tau, c0, k0):
-    return q.encode(g, KEY, budget_bits=budget, max_k=EMAX, tau=tau, init_centroids=c0,
-                    init_k=k0, max_iters=50)
+  return q.encode(g,
+                  KEY,
+                  budget_bits=budget,
+                  max_k=EMAX,
+                  tau=tau,
+                  init_centroids=c0,
+                  init_k=k0,
+                  max_iters=50)
 
 
 def test_warm_start():
-    rng = np.random.default_rng(31)
-    g = jnp.asarray(directions(rng, EN, ED, ndir=12, noise=0.3))
-    budget = q.payload_bits(6, EN, ED)
-    cold = enc_fixed(g, ALL, budget, 2.0)  # tau > 1: K grows to the budget's 6
-    err = lambda p: float(jnp.linalg.norm(q.decode(p) - g) / jnp.linalg.norm(g))
-    # init_k = 0 is the cold start, whatever the centroids.
-    p0 = enc_warm(g, budget, 2.0, jnp.full((EMAX, ED), 7.0, jnp.float32), jnp.int32(0))
-    np.testing.assert_array_equal(np.asarray(p0.indices), np.asarray(cold.indices))
-    # From its own actions: no split test splits (the budget is spent), and Lloyd from
-    # there never worsens the reconstruction.
-    pw = enc_warm(g, budget, 2.0, cold.centroids, cold.num_actions)
-    assert int(pw.num_actions) == 6 and int(pw.num_rounds) == 0 and int(pw.bits) == budget
-    assert err(pw) <= err(cold) * (1 + 1e-6)
-    # More actions than the budget allows: only the first k_cap are used; fewer: the
-    # split tests go on from there (same budget, same K).
-    p4 = enc_warm(g, q.payload_bits(4, EN, ED), 2.0, cold.centroids, cold.num_actions)
-    assert int(p4.num_actions) == 4 and int(p4.num_rounds) == 0
-    p2 = enc_warm(g, budget, 2.0, cold.centroids, jnp.int32(2))
-    assert int(p2.num_actions) == 6 and int(p2.num_rounds) >= 1
-    # Warm centroids are in the units of g: scaling g and them alike changes nothing.
-    ps = enc_warm(g * 2.0**-60, budget, 2.0, cold.centroids * 2.0**-60, cold.num_actions)
-    np.testing.assert_array_equal(np.asarray(ps.indices), np.asarray(pw.indices))
+  rng = np.random.default_rng(31)
+  g = jnp.asarray(directions(rng, EN, ED, ndir=12, noise=0.3))
+  budget = q.payload_bits(6, EN, ED)
+  cold = enc_fixed(g, ALL, budget, 2.0)  # tau > 1: K grows to the budget's 6
+  err = lambda p: float(jnp.linalg.norm(q.decode(p) - g) / jnp.linalg.norm(g))
+  # init_k = 0 is the cold start, whatever the centroids.
+  p0 = enc_warm(g, budget, 2.0, jnp.full((EMAX, ED), 7.0, jnp.float32), jnp.int32(0))
+  np.testing.assert_array_equal(np.asarray(p0.indices), np.asarray(cold.indices))
+  # From its own actions: no split test splits (the budget is spent), and Lloyd from
+  # there never worsens the reconstruction.
+  pw = enc_warm(g, budget, 2.0, cold.centroids, cold.num_actions)
+  assert int(pw.num_actions) == 6 and int(pw.num_rounds) == 0 and int(pw.bits) == budget
+  assert err(pw) <= err(cold) * (1 + 1e-6)
+  # More actions than the budget allows: only the first k_cap are used; fewer: the
+  # split tests go on from there (same budget, same K).
+  p4 = enc_warm(g, q.payload_bits(4, EN, ED), 2.0, cold.centroids, cold.num_actions)
+  assert int(p4.num_actions) == 4 and int(p4.num_rounds) == 0
+  p2 = enc_warm(g, budget, 2.0, cold.centroids, jnp.int32(2))
+  assert int(p2.num_actions) == 6 and int(p2.num_rounds) >= 1
+  # Warm centroids are in the units of g: scaling g and them alike changes nothing.
+  ps = enc_warm(g * 2.0**-60, budget, 2.0, cold.centroids * 2.0**-60, cold.num_actions)
+  np.testing.assert_array_equal(np.asarray(ps.indices), np.asarray(pw.indices))
 
 
 def test_max_splits_is_validated():
-    g = jnp.zeros((4, 2), jnp.float32)
-    for bad in (0, -1, 1.5):
-        with pytest.raises(ValueError, match="max_splits"):
-            q.encode(g, KEY, budget_bits=1000, max_k=2, max_splits=bad)
+  g = jnp.zeros((4, 2), jnp.float32)
+  for bad in (0, -1, 1.5):
+    with pytest.raises(ValueError, match="max_splits"):
+      q.encode(g, KEY, budget_bits=1000, max_k=2, max_splits=bad)
 
 
 # ----------------------------------------------------------------------------
 # Optax adapter.
 # ----------------------------------------------------------------------------
 def test_optax_adapter_trains_and_passes_1d_leaves():
-    rng = np.random.default_rng(17)
-    n_items, dim, batch = 40, 8, 32
-    true_emb = jnp.asarray(rng.standard_normal((n_items, dim)), jnp.float32)
-    true_w = jnp.asarray(rng.standard_normal(dim), jnp.float32)
-    params = {
-        "emb": jnp.asarray(0.1 * rng.standard_normal((n_items, dim)), jnp.float32),
-        "w": jnp.asarray(true_w + 0.5 * rng.standard_normal(dim), jnp.float32),
-        "b": jnp.zeros((), jnp.float32),
-    }
+  rng = np.random.default_rng(17)
+  n_items, dim, batch = 40, 8, 32
+  true_emb = jnp.asarray(rng.standard_normal((n_items, dim)), jnp.float32)
+  true_w = jnp.asarray(rng.standard_normal(dim), jnp.float32)
+  params = {
+      "emb": jnp.asarray(0.1 * rng.standard_normal((n_items, dim)), jnp.float32),
+      "w": jnp.asarray(true_w + 0.5 * rng.standard_normal(dim), jnp.float32), "b": jnp.zeros(
+          (), jnp.float32),
+  }
 
-    def loss_fn(p, idx):
-        y = true_emb[idx] @ true_w + 1.0
-        return jnp.mean((p["emb"][idx] @ p["w"] + p["b"] - y) ** 2)
+  def loss_fn(p, idx):
+    y = true_emb[idx] @ true_w + 1.0
+    return jnp.mean((p["emb"][idx] @ p["w"] + p["b"] - y)**2)
 
-    quant = q.actions_quantizer(payload_ratio=0.5, max_k=8, tau=0.9)
-    tx = optax.chain(quant, optax.sgd(0.05))
-    plain = optax.sgd(0.05)
+  quant = q.actions_quantizer(payload_ratio=0.5, max_k=8, tau=0.9)
+  tx = optax.chain(quant, optax.sgd(0.05))
+  plain = optax.sgd(0.05)
 
-    @jax.jit
-    def step(p, s, idx):
-        loss, g = jax.value_and_grad(loss_fn)(p, idx)
-        u, s = tx.update(g, s, p)
-        u_plain, _ = plain.update(g, plain.init(p), p)
-        return optax.apply_updates(p, u), s, loss, u, u_plain, g
+  @jax.jit
+  def step(p, s, idx):
+    loss, g = jax.value_and_grad(loss_fn)(p, idx)
+    u, s = tx.update(g, s, p)
+    u_plain, _ = plain.update(g, plain.init(p), p)
+    return optax.apply_updates(p, u), s, loss, u, u_plain, g
 
-    state = tx.init(params)
-    losses = []
-    for t in range(40):
-        idx = jnp.asarray(rng.integers(0, n_items, batch))
-        params, state, loss, u, u_plain, g = step(params, state, idx)
-        losses.append(float(loss))
-        # 1-D / scalar leaves: exactly the plain-SGD update
-        np.testing.assert_array_equal(np.asarray(u["w"]), np.asarray(u_plain["w"]))
-        np.testing.assert_array_equal(np.asarray(u["b"]), np.asarray(u_plain["b"]))
-        # untouched embedding rows stay exactly zero
-        untouched = np.ones(n_items, bool)
-        untouched[np.asarray(idx)] = False
-        assert np.all(np.asarray(u["emb"])[untouched] == 0)
-        assert 0 < int(state[0].bits) <= int(0.5 * n_items * dim * 32)
-    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
-    assert not np.array_equal(np.asarray(state[0].key), np.asarray(tx.init(params)[0].key))
+  state = tx.init(params)
+  losses = []
+  for t in range(40):
+    idx = jnp.asarray(rng.integers(0, n_items, batch))
+    params, state, loss, u, u_plain, g = step(params, state, idx)
+    losses.append(float(loss))
+    # 1-D / scalar leaves: exactly the plain-SGD update
+    np.testing.assert_array_equal(np.asarray(u["w"]), np.asarray(u_plain["w"]))
+    np.testing.assert_array_equal(np.asarray(u["b"]), np.asarray(u_plain["b"]))
+    # untouched embedding rows stay exactly zero
+    untouched = np.ones(n_items, bool)
+    untouched[np.asarray(idx)] = False
+    assert np.all(np.asarray(u["emb"])[untouched] == 0)
+    assert 0 < int(state[0].bits) <= int(0.5 * n_items * dim * 32)
+  assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
+  assert not np.array_equal(np.asarray(state[0].key), np.asarray(tx.init(params)[0].key))
 
 
 def test_optax_adapter_forwards_max_splits(monkeypatch):
-    from fedras_jax.quantize import optax_adapter
+  from fedras_jax.quantize import optax_adapter
 
-    seen = []
+  seen = []
 
-    def spy(u, key, **kw):  # reuse a compiled encoder instead of compiling encode again
-        seen.append(kw["max_splits"])
-        return enc_split1(u, ALL, kw["budget_bits"], kw["tau"])
+  def spy(u, key, **kw):  # reuse a compiled encoder instead of compiling encode again
+    seen.append(kw["max_splits"])
+    return enc_split1(u, ALL, kw["budget_bits"], kw["tau"])
 
-    monkeypatch.setattr(optax_adapter, "encode", spy)
-    g = {"emb": jnp.asarray(np.random.default_rng(23).standard_normal((EN, ED)), jnp.float32)}
-    budget = q.payload_bits(EMAX, EN, ED)
-    tx = q.actions_quantizer(budget, max_k=EMAX, tau=2.0, max_splits=1)
-    u, s = tx.update(g, tx.init(g))
-    assert seen == [1]
-    p = enc_split1(g["emb"], ALL, budget, 2.0)
-    np.testing.assert_array_equal(np.asarray(u["emb"]), np.asarray(q.decode(p)))
-    assert int(s.bits) == int(p.bits)
+  monkeypatch.setattr(optax_adapter, "encode", spy)
+  g = {"emb": jnp.asarray(np.random.default_rng(23).standard_normal((EN, ED)), jnp.float32)}
+  budget = q.payload_bits(EMAX, EN, ED)
+  tx = q.actions_quantizer(budget, max_k=EMAX, tau=2.0, max_splits=1)
+  u, s = tx.update(g, tx.init(g))
+  assert seen == [1]
+  p = enc_split1(g["emb"], ALL, budget, 2.0)
+  np.testing.assert_array_equal(np.asarray(u["emb"]), np.asarray(q.decode(p)))
+  assert int(s.bits) == int(p.bits)

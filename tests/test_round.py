@@ -9,8 +9,8 @@ import optax
 import pytest
 
 from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams, aggregate_item_updates,
-                                  client_keys, client_plan, client_update, init_states,
-                                  make_round, plan_capacity, round_clients)
+                                  client_keys, client_plan, client_update, init_states, make_round,
+                                  plan_capacity, round_clients)
 from fedras_jax.models import get_model
 
 M, EPOCHS, BATCH, RATIO = 5, 2, 4, 2
@@ -19,17 +19,32 @@ MODELS = {"mf": dict(dim=8), "ncf": dict(gmf_dim=4, mlp_dim=8, layers=(16, 8, 4)
 
 
 def config(synthetic, aggregation="inverse_frequency", lanes=2, extra=0):
-  cap = plan_capacity(np.diff(synthetic.train_indptr), np.diff(synthetic.seen_indptr),
-                      synthetic.num_items, seed=0, rounds=3, clients_per_round=M,
-                      local_epochs=EPOCHS, batch_size=BATCH, neg_ratio=RATIO, num_lanes=lanes)
-  return RoundConfig(clients_per_round=M, slot_capacity=cap.slot_capacity + extra,
+  cap = plan_capacity(np.diff(synthetic.train_indptr),
+                      np.diff(synthetic.seen_indptr),
+                      synthetic.num_items,
+                      seed=0,
+                      rounds=3,
+                      clients_per_round=M,
+                      local_epochs=EPOCHS,
+                      batch_size=BATCH,
+                      neg_ratio=RATIO,
+                      num_lanes=lanes)
+  return RoundConfig(clients_per_round=M,
+                     slot_capacity=cap.slot_capacity + extra,
                      client_buckets=tuple((c, w + extra) for c, w in cap.client_buckets),
-                     max_lane_steps=cap.max_lane_steps + extra, local_epochs=EPOCHS,
-                     batch_size=BATCH, neg_ratio=RATIO, num_lanes=lanes, aggregation=aggregation)
+                     max_lane_steps=cap.max_lane_steps + extra,
+                     local_epochs=EPOCHS,
+                     batch_size=BATCH,
+                     neg_ratio=RATIO,
+                     num_lanes=lanes,
+                     aggregation=aggregation)
 
 
 def run_rounds(model, synthetic, cfg, rounds=2, users=None):
-  server, clients = init_states(model, synthetic.num_users, synthetic.num_items, optax.sgd(1.0),
+  server, clients = init_states(model,
+                                synthetic.num_users,
+                                synthetic.num_items,
+                                optax.sgd(1.0),
                                 seed=0)
   if users is not None:
     clients = clients._replace(users=users)
@@ -46,10 +61,15 @@ def reference_round(model, synthetic, cfg, server, clients):
   data = synthetic.data
   sampled = round_clients(server.key, server.round, data.num_users, M)
   keys = client_keys(server.key, server.round, sampled)
-  plan_fn = jax.jit(functools.partial(client_plan, data, neg_ratio=RATIO, epochs=EPOCHS,
-                                      batch_size=BATCH))
-  update_fn = jax.jit(functools.partial(client_update, model, HP.local, data,
-                                        max_slots=cfg.max_client_slots, batch_size=BATCH))
+  plan_fn = jax.jit(
+      functools.partial(client_plan, data, neg_ratio=RATIO, epochs=EPOCHS, batch_size=BATCH))
+  update_fn = jax.jit(
+      functools.partial(client_update,
+                        model,
+                        HP.local,
+                        data,
+                        max_slots=cfg.max_client_slots,
+                        batch_size=BATCH))
   sums = np.zeros(server.items.shape, np.float64)
   counts = np.zeros(data.num_items)
   users = np.array(clients.users)
@@ -69,8 +89,8 @@ def reference_round(model, synthetic, cfg, server, clients):
   return items, users, dense
 
 
-@pytest.mark.parametrize("model_name,aggregation", [
-    ("mf", "inverse_frequency"), ("mf", "fedavg"), ("ncf", "inverse_frequency")])
+@pytest.mark.parametrize("model_name,aggregation", [("mf", "inverse_frequency"), ("mf", "fedavg"),
+                                                    ("ncf", "inverse_frequency")])
 def test_round_equals_per_client_loop(synthetic, model_name, aggregation):
   model = get_model(model_name, **MODELS[model_name])
   cfg = config(synthetic, aggregation)
@@ -87,8 +107,10 @@ def test_padding_is_inert(synthetic):
   """Bigger slot buffers, more idle lane iterations and more lanes change nothing."""
   model = get_model("mf", **MODELS["mf"])
   _, (server_a, clients_a, metrics_a) = run_rounds(model, synthetic, config(synthetic), rounds=2)
-  _, (server_b, clients_b, metrics_b) = run_rounds(
-      model, synthetic, config(synthetic, lanes=3, extra=37), rounds=2)
+  _, (server_b, clients_b, metrics_b) = run_rounds(model,
+                                                   synthetic,
+                                                   config(synthetic, lanes=3, extra=37),
+                                                   rounds=2)
   np.testing.assert_allclose(server_a.items, server_b.items, atol=1e-6)
   np.testing.assert_allclose(clients_a.users, clients_b.users, atol=1e-6)
   np.testing.assert_allclose(metrics_a.loss, metrics_b.loss, atol=1e-6)
@@ -99,7 +121,10 @@ def test_round_compiles_once(synthetic):
   cfg = config(synthetic)
   round_fn = jax.jit(chex.assert_max_traces(make_round(model, synthetic.data, cfg), n=1),
                      donate_argnums=(0, 1))
-  server, clients = init_states(model, synthetic.num_users, synthetic.num_items, optax.sgd(1.0),
+  server, clients = init_states(model,
+                                synthetic.num_users,
+                                synthetic.num_items,
+                                optax.sgd(1.0),
                                 seed=1)
   for lr in (0.5, 1.0, 2.0):  # traced hyper-parameters do not retrace either
     hp = HP._replace(local=HP.local._replace(item_lr=lr))
@@ -111,7 +136,10 @@ def test_round_compiles_once(synthetic):
 def test_nonfinite_client_is_skipped(synthetic):
   model = get_model("mf", **MODELS["mf"])
   cfg = config(synthetic)
-  server, clients = init_states(model, synthetic.num_users, synthetic.num_items, optax.sgd(1.0),
+  server, clients = init_states(model,
+                                synthetic.num_users,
+                                synthetic.num_items,
+                                optax.sgd(1.0),
                                 seed=0)
   victim = int(round_clients(server.key, 0, synthetic.num_users, M)[0])
   users = clients.users.at[victim].set(jnp.nan)
@@ -126,7 +154,11 @@ def test_aggregation_hand_case():
   rows = jnp.array([[3.0], [6.0], [0.0], [9.0], [1.0], [2.0], [5.0]])
   items = jnp.array([0, 1, 0, 2, 0, 1, 2])
   touched = jnp.array([True, True, True, True, True, True, False])
-  inv, counts = aggregate_item_updates(rows, items, touched, num_items=4, num_clients=3,
+  inv, counts = aggregate_item_updates(rows,
+                                       items,
+                                       touched,
+                                       num_items=4,
+                                       num_clients=3,
                                        rule="inverse_frequency")
   avg, _ = aggregate_item_updates(rows, items, touched, num_items=4, num_clients=3, rule="fedavg")
   np.testing.assert_array_equal(counts, [3, 2, 1, 0])

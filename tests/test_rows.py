@@ -24,14 +24,14 @@ def reference(op, table, idx, values):
   return table
 
 
-@pytest.mark.parametrize("batched", [(True, True, True), (True, False, True),
-                                     (False, True, True), (True, True, False)])
+@pytest.mark.parametrize("batched", [(True, True, True), (True, False, True), (False, True, True),
+                                     (True, True, False)])
 def test_add_rows_under_vmap_equals_a_loop(batched):
   args = (TABLES, IDX, VALUES)
   axes = tuple(0 if b else None for b in batched)
   pick = lambda a, b, p: a[p] if b else a[0]
-  out = jax.jit(jax.vmap(add_rows, in_axes=axes, axis_size=P))(
-      *(a if b else a[0] for a, b in zip(args, batched)))
+  out = jax.jit(jax.vmap(add_rows, in_axes=axes,
+                         axis_size=P))(*(a if b else a[0] for a, b in zip(args, batched)))
   for p in range(P):
     want = reference("add", *(pick(a, b, p) for a, b in zip(args, batched)))
     np.testing.assert_allclose(out[p], want, rtol=1e-6)
@@ -50,12 +50,14 @@ def test_set_rows_and_take_rows_under_vmap_equal_a_loop():
 
 def test_unbatched_calls_and_nested_vmap():
   np.testing.assert_allclose(add_rows(jnp.asarray(TABLES[0]), IDX[0], VALUES[0]),
-                             reference("add", TABLES[0], IDX[0], VALUES[0]), rtol=1e-6)
+                             reference("add", TABLES[0], IDX[0], VALUES[0]),
+                             rtol=1e-6)
   nested = jax.vmap(jax.vmap(add_rows))(jnp.stack([TABLES, TABLES]), jnp.stack([IDX, IDX]),
                                         jnp.stack([VALUES, -VALUES]))
   for p in range(P):
-    np.testing.assert_allclose(nested[1, p], reference("add", TABLES[p], IDX[p], -VALUES[p]),
+    np.testing.assert_allclose(nested[1, p],
+                               reference("add", TABLES[p], IDX[p], -VALUES[p]),
                                rtol=1e-6)
-  loss = jax.vmap(add_rows)(jnp.zeros((P, 4)), jnp.array([[0, 4], [3, 3], [1, -2]]),
-                            jnp.ones((P, 2)))
+  loss = jax.vmap(add_rows)(jnp.zeros((P, 4)), jnp.array([[0, 4], [3, 3], [1, -2]]), jnp.ones(
+      (P, 2)))
   np.testing.assert_array_equal(loss, [[1, 0, 0, 0], [0, 0, 0, 2], [0, 1, 0, 0]])

@@ -18,7 +18,9 @@ PATHS = ("fedras_jax", "experiments", "tests")
 def _run(module: str, *args: str) -> subprocess.CompletedProcess:
   if importlib.util.find_spec(module) is None:
     pytest.skip(f"{module} is not installed (the test extra pins it: pip install -e '.[test]')")
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
+  return subprocess.run([sys.executable, "-m", module, *args],
+                        cwd=ROOT,
+                        capture_output=True,
                         text=True)
 
 
@@ -27,8 +29,8 @@ def test_formatting():
              os.path.join(ROOT, "pyproject.toml"), *PATHS)
   files = sorted(set(re.findall(r"^--- (\S+)\s+\(original\)$", res.stdout, re.M)))
   assert res.returncode == 0, (f"yapf would reformat {len(files)} file(s): {' '.join(files)}\n"
-                               f"fix with: yapf -i -r -p {' '.join(PATHS)}\n"
-                               + res.stderr + res.stdout[:5000])
+                               f"fix with: yapf -i -r -p {' '.join(PATHS)}\n" + res.stderr
+                               + res.stdout[:5000])
 
 
 def test_lint():

@@ -11,8 +11,14 @@ from fedras_jax.training import train
 
 
 def test_sweep_run_equals_single_run(ml100k_path):
-  base = TrainConfig(data_dir=str(ml100k_path.parents[1]), method="uncompressed", rounds=6,
-                     eval_every=6, clients_per_round=8, dim=8, quiet=True, checkpoint_every=0)
+  base = TrainConfig(data_dir=str(ml100k_path.parents[1]),
+                     method="uncompressed",
+                     rounds=6,
+                     eval_every=6,
+                     clients_per_round=8,
+                     dim=8,
+                     quiet=True,
+                     checkpoint_every=0)
   results = sweep(base, seeds=[0, 1], grid={"item_lr": [4.0, 8.0]})
   assert [(r["seed"], r["item_lr"]) for r in results] == [(0, 4.0), (1, 4.0), (0, 8.0), (1, 8.0)]
   alone = train(dataclasses.replace(base, item_lr=8.0))["final"]
@@ -24,8 +30,8 @@ def test_sweep_run_equals_single_run(ml100k_path):
 
 
 def test_grid_rejects_shape_changing_settings():
-  assert grid_points({"item_lr": [1, 2], "user_lr": [3]}) == [
-      {"item_lr": 1, "user_lr": 3}, {"item_lr": 2, "user_lr": 3}]
+  assert grid_points({"item_lr": [1, 2], "user_lr": [3]}) == [{"item_lr": 1, "user_lr": 3},
+                                                              {"item_lr": 2, "user_lr": 3}]
   with pytest.raises(ValueError, match="cannot vmap over 'dim'"):
     grid_points({"dim": [8, 16]})
 

@@ -13,21 +13,29 @@ from fedras_jax.config import TrainConfig
 from fedras_jax.training import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SMALL = ["--method=uncompressed", "--rounds=2", "--eval_every=2", "--clients_per_round=8",
-         "--dim=8"]
+SMALL = [
+    "--method=uncompressed", "--rounds=2", "--eval_every=2", "--clients_per_round=8", "--dim=8"
+]
 
 
 def _train_binary(*args, cwd=REPO):
   """``python -m experiments.train`` of this checkout, run in ``cwd``."""
   env = dict(os.environ, PYTHONPATH=str(REPO))
-  return subprocess.run([sys.executable, "-m", "experiments.train", *args], cwd=cwd,
-                        capture_output=True, text=True, timeout=300, env=env)
+  return subprocess.run([sys.executable, "-m", "experiments.train", *args],
+                        cwd=cwd,
+                        capture_output=True,
+                        text=True,
+                        timeout=300,
+                        env=env)
 
 
 def test_short_fedmf_run_beats_random_ranking(ml100k_path, tmp_path):
-  config = TrainConfig(data_dir=str(ml100k_path.parents[1]), method="uncompressed", rounds=40,
+  config = TrainConfig(data_dir=str(ml100k_path.parents[1]),
+                       method="uncompressed",
+                       rounds=40,
                        eval_every=20,
-                       workdir=str(tmp_path), quiet=True)
+                       workdir=str(tmp_path),
+                       quiet=True)
   summary = train(config)
   # Random ranking of 1 positive among 100 candidates gives HR@10 = 0.10.
   assert summary["final"]["hr@10"] > 0.25
@@ -48,16 +56,17 @@ def test_short_fedmf_run_beats_random_ranking(ml100k_path, tmp_path):
   assert saved["final"]["bits_up_total"] == 40 * 64 * 1682 * 64 * 32
 
 
-@pytest.mark.parametrize("flag,message", [
-    ("--dataset=nope", "--dataset='nope' is invalid"),
-    ("--rounds=0", "--rounds=0 is invalid"),
-    ("--aggregation=median", "--aggregation='median' is invalid"),
-    ("--item_lr=-1", "--item_lr=-1.0 is invalid: must be finite and >= 0"),
-    ("--compute_seconds=-1", "--compute_seconds=-1.0 is invalid: must be finite and >= 0"),
-])
+@pytest.mark.parametrize(
+    "flag,message",
+    [("--dataset=nope", "--dataset='nope' is invalid"), ("--rounds=0", "--rounds=0 is invalid"),
+     ("--aggregation=median", "--aggregation='median' is invalid"),
+     ("--item_lr=-1", "--item_lr=-1.0 is invalid: must be finite and >= 0"),
+     ("--compute_seconds=-1", "--compute_seconds=-1.0 is invalid: must be finite and >= 0"),])
 def test_bad_flags_fail_fast_naming_the_flag(flag, message):
-  proc = subprocess.run([sys.executable, "-m", "experiments.train", flag], capture_output=True,
-                        text=True, timeout=120)
+  proc = subprocess.run([sys.executable, "-m", "experiments.train", flag],
+                        capture_output=True,
+                        text=True,
+                        timeout=120)
   assert proc.returncode != 0
   assert message in proc.stderr.strip().splitlines()[-1]
 
@@ -73,16 +82,19 @@ def _cache_entries(path):
 
 def test_compilation_cache_is_filled_then_reused(ml100k_path, tmp_path):
   cache = tmp_path / "cache"
-  flags = [f"--data_dir={ml100k_path.parents[1]}", "--method=uncompressed", "--rounds=2",
-           "--eval_every=2", "--clients_per_round=8", "--dim=8", "--quiet",
-           "--workdir=none"]
+  flags = [
+      f"--data_dir={ml100k_path.parents[1]}", "--method=uncompressed", "--rounds=2",
+      "--eval_every=2", "--clients_per_round=8", "--dim=8", "--quiet", "--workdir=none"
+  ]
   # Store every program, however fast it compiled: on a busy machine a program near the
   # default 0.5 s threshold could be stored by one run and not by the other.
   every_program = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
 
   def run(*extra, env=None):
     return subprocess.run([sys.executable, "-m", "experiments.train", *flags, *extra],
-                          capture_output=True, text=True, timeout=300,
+                          capture_output=True,
+                          text=True,
+                          timeout=300,
                           env=dict(os.environ, **every_program, **(env or {})))
 
   proc = run(f"--compilation_cache={cache}")
@@ -103,8 +115,7 @@ def test_compilation_cache_is_filled_then_reused(ml100k_path, tmp_path):
   assert not env_cache.exists()
 
 
-def test_a_run_without_workdir_leaves_files_and_quiet_prints_the_final_line(ml100k_path,
-                                                                           tmp_path):
+def test_a_run_without_workdir_leaves_files_and_quiet_prints_the_final_line(ml100k_path, tmp_path):
   proc = _train_binary(f"--data_dir={ml100k_path.parents[1]}", "--quiet", *SMALL, cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr
   (line,) = proc.stdout.splitlines()
@@ -115,7 +126,9 @@ def test_a_run_without_workdir_leaves_files_and_quiet_prints_the_final_line(ml10
   summary = json.loads((run / "summary.json").read_text())
   assert summary["final"]["round"] == 2 and (run / "metrics.csv").exists()
   # Not quiet: where the files go is said before the first round too.
-  proc = _train_binary(f"--data_dir={ml100k_path.parents[1]}", *SMALL, "--workdir=none",
+  proc = _train_binary(f"--data_dir={ml100k_path.parents[1]}",
+                       *SMALL,
+                       "--workdir=none",
                        cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr
   assert "writing to" not in proc.stdout and len(list((tmp_path / "runs").iterdir())) == 1
@@ -137,10 +150,14 @@ def test_own_csv_and_inter_files_train(ml100k_path, tmp_path):
   csv_summary = json.loads((tmp_path / "run" / "summary.json").read_text())
   inter_path = tmp_path / "ratings.inter"
   inter_path.write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + raw)
-  summary = train(TrainConfig(dataset=str(inter_path), data_dir=str(tmp_path / "dd"),
-                              quiet=True, **{a[2:].split("=")[0]: type_(a.split("=")[1])
-                                             for a, type_ in zip(SMALL, (str, int, int, int,
-                                                                         int))}))
+  summary = train(
+      TrainConfig(dataset=str(inter_path),
+                  data_dir=str(tmp_path / "dd"),
+                  quiet=True,
+                  **{
+                      a[2:].split("=")[0]: type_(a.split("=")[1])
+                      for a, type_ in zip(SMALL, (str, int, int, int, int))
+                  }))
   # The same interactions, the same split and seed: the same run.
   assert summary["final"]["hr@10"] == csv_summary["final"]["hr@10"]
   assert summary["final"]["full_hr@10"] == csv_summary["final"]["full_hr@10"]
@@ -154,11 +171,10 @@ def test_own_csv_and_inter_files_train(ml100k_path, tmp_path):
   assert not (tmp_path / "dd2").exists()
 
 
-@pytest.mark.parametrize("flag,message", [
-    ("--dataset=/nonexistent/r.csv", "--dataset=/nonexistent/r.csv: no such file"),
-    ("--min_rating=4", "--min_rating=4.0 applies to --dataset=PATH only"),
-    ("--eval_protocol=all", "--eval_protocol='all' is invalid"),
-])
+@pytest.mark.parametrize(
+    "flag,message", [("--dataset=/nonexistent/r.csv", "--dataset=/nonexistent/r.csv: no such file"),
+                     ("--min_rating=4", "--min_rating=4.0 applies to --dataset=PATH only"),
+                     ("--eval_protocol=all", "--eval_protocol='all' is invalid"),])
 def test_bad_data_flags_are_one_line_errors(flag, message, tmp_path):
   proc = _train_binary(flag, f"--data_dir={tmp_path}", "--nodownload", cwd=tmp_path)
   assert proc.returncode != 0

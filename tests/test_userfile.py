@@ -25,277 +25,263 @@ dave,m7,4,400
 
 
 def write(path, text):
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(text)
+  return path
 
 
 def rows_of(inter):
-    """{(raw user, raw item): timestamp} of an `Interactions`."""
-    return {(str(inter.raw_user_ids[u]), str(inter.raw_item_ids[i])): int(t)
-            for u, i, t in zip(inter.users, inter.items, inter.timestamps)}
+  """{(raw user, raw item): timestamp} of an `Interactions`."""
+  return {(str(inter.raw_user_ids[u]), str(inter.raw_item_ids[i])): int(t)
+          for u, i, t in zip(inter.users, inter.items, inter.timestamps)}
 
 
 # ------------------------------------------------------------- parsing --
 
+
 @pytest.mark.parametrize("sep", [",", "\t", ";", "|", "::"])
 def test_header_and_delimiter_are_detected_ids_remapped(tmp_path, sep):
-    text = HEADER_CSV.replace(",", sep)
-    inter = data.parse_interaction_file(write(tmp_path / "r.csv", text))
-    assert (inter.num_users, inter.num_items) == (4, 7)
-    # String ids are remapped in sorted order; raw ids kept.
-    assert list(inter.raw_user_ids) == ["alice", "bob", "carol", "dave"]
-    assert list(inter.raw_item_ids) == ["m1", "m2", "m3", "m4", "m5", "m6",
-                                        "m7"]
-    assert rows_of(inter)[("carol", "m5")] == 301
-    assert inter.num_interactions == 9
+  text = HEADER_CSV.replace(",", sep)
+  inter = data.parse_interaction_file(write(tmp_path / "r.csv", text))
+  assert (inter.num_users, inter.num_items) == (4, 7)
+  # String ids are remapped in sorted order; raw ids kept.
+  assert list(inter.raw_user_ids) == ["alice", "bob", "carol", "dave"]
+  assert list(inter.raw_item_ids) == ["m1", "m2", "m3", "m4", "m5", "m6", "m7"]
+  assert rows_of(inter)[("carol", "m5")] == 301
+  assert inter.num_interactions == 9
 
 
 def test_a_byte_order_mark_and_spaces_around_fields_are_ignored(tmp_path):
-    text = "\ufeffUserID, ItemID\n 7, x\n7 ,y\n"
-    inter = data.parse_interaction_file(write(tmp_path / "r.csv", text))
-    assert list(inter.raw_user_ids) == [7] and inter.num_interactions == 2
-    assert list(inter.raw_item_ids) == ["x", "y"]
+  text = "\ufeffUserID, ItemID\n 7, x\n7 ,y\n"
+  inter = data.parse_interaction_file(write(tmp_path / "r.csv", text))
+  assert list(inter.raw_user_ids) == [7] and inter.num_interactions == 2
+  assert list(inter.raw_item_ids) == ["x", "y"]
 
 
 def test_headerless_file_needs_data_columns(tmp_path):
-    path = write(tmp_path / "r.csv", "3,10,5,7\n3,11,1,8\n20,10,2,9\n")
-    with pytest.raises(ValueError, match="--data_columns"):
-        data.parse_interaction_file(path)
-    opts = data.FileOptions(columns="user,item,rating,timestamp")
-    inter = data.parse_interaction_file(path, opts)
-    # Numeric ids sort numerically (3 before 20), not as strings.
-    assert list(inter.raw_user_ids) == [3, 20]
-    assert rows_of(inter) == {("3", "10"): 7, ("3", "11"): 8, ("20", "10"): 9}
-    # Columns named in another order, one ignored.
-    opts = data.FileOptions(columns="item,user,skip,time")
-    inter = data.parse_interaction_file(path, opts)
-    assert list(inter.raw_user_ids) == [10, 11]
-    with pytest.raises(ValueError, match="names 3 columns but .* 4 fields"):
-        data.parse_interaction_file(path, data.FileOptions(
-            columns="user,item,rating"))
-    with pytest.raises(ValueError, match="exactly one item column"):
-        data.FileOptions(columns="user,rating").check()
+  path = write(tmp_path / "r.csv", "3,10,5,7\n3,11,1,8\n20,10,2,9\n")
+  with pytest.raises(ValueError, match="--data_columns"):
+    data.parse_interaction_file(path)
+  opts = data.FileOptions(columns="user,item,rating,timestamp")
+  inter = data.parse_interaction_file(path, opts)
+  # Numeric ids sort numerically (3 before 20), not as strings.
+  assert list(inter.raw_user_ids) == [3, 20]
+  assert rows_of(inter) == {("3", "10"): 7, ("3", "11"): 8, ("20", "10"): 9}
+  # Columns named in another order, one ignored.
+  opts = data.FileOptions(columns="item,user,skip,time")
+  inter = data.parse_interaction_file(path, opts)
+  assert list(inter.raw_user_ids) == [10, 11]
+  with pytest.raises(ValueError, match="names 3 columns but .* 4 fields"):
+    data.parse_interaction_file(path, data.FileOptions(columns="user,item,rating"))
+  with pytest.raises(ValueError, match="exactly one item column"):
+    data.FileOptions(columns="user,rating").check()
 
 
 def test_min_rating_keeps_rows_at_or_above_it(tmp_path):
-    path = write(tmp_path / "r.csv", HEADER_CSV)
-    inter = data.parse_interaction_file(path, data.FileOptions(min_rating=4))
-    assert set(rows_of(inter)) == {("alice", "m1"), ("alice", "m3"),
-                                   ("bob", "m4"), ("carol", "m5"),
-                                   ("carol", "m6"), ("dave", "m7")}
-    nocol = write(tmp_path / "n.csv", "user,item\na,b\na,c\n")
-    with pytest.raises(ValueError, match="--min_rating=4.0 needs a rating"):
-        data.parse_interaction_file(nocol, data.FileOptions(min_rating=4.0))
+  path = write(tmp_path / "r.csv", HEADER_CSV)
+  inter = data.parse_interaction_file(path, data.FileOptions(min_rating=4))
+  assert set(rows_of(inter)) == {("alice", "m1"), ("alice", "m3"), ("bob", "m4"), ("carol", "m5"),
+                                 ("carol", "m6"), ("dave", "m7")}
+  nocol = write(tmp_path / "n.csv", "user,item\na,b\na,c\n")
+  with pytest.raises(ValueError, match="--min_rating=4.0 needs a rating"):
+    data.parse_interaction_file(nocol, data.FileOptions(min_rating=4.0))
 
 
 def test_filters_one_pass_and_kcore_hand_computed(tmp_path):
-    # Items: m1 (alice, bob), m2 (alice, carol), others once. Users: alice 3,
-    # bob 2, carol 3, dave 1.
-    path = write(tmp_path / "r.csv", HEADER_CSV)
-    one = data.parse_interaction_file(path, data.FileOptions(
-        min_user_interactions=2, min_item_interactions=2))
-    # One pass, counts on the unfiltered data: users >= 2 and items >= 2.
-    assert set(rows_of(one)) == {("alice", "m1"), ("alice", "m2"),
-                                 ("bob", "m1"), ("carol", "m2")}
-    assert list(one.raw_user_ids) == ["alice", "bob", "carol"]
-    assert (one.num_users, one.num_items) == (3, 2)
-    # k-core: bob and carol now have 1 interaction each -> dropped, then m1
-    # and m2 have 1 user -> dropped, then alice has 0: nothing is left.
-    with pytest.raises(data.DataFormatError, match="no interactions left"):
-        data.parse_interaction_file(path, data.FileOptions(
-            min_user_interactions=2, min_item_interactions=2, kcore=True))
-    two = data.parse_interaction_file(path, data.FileOptions(
-        min_user_interactions=2, min_item_interactions=1, kcore=True))
-    assert set(rows_of(two)) == {k for k in rows_of(
-        data.parse_interaction_file(path)) if k[0] != "dave"}
+  # Items: m1 (alice, bob), m2 (alice, carol), others once. Users: alice 3,
+  # bob 2, carol 3, dave 1.
+  path = write(tmp_path / "r.csv", HEADER_CSV)
+  one = data.parse_interaction_file(
+      path, data.FileOptions(min_user_interactions=2, min_item_interactions=2))
+  # One pass, counts on the unfiltered data: users >= 2 and items >= 2.
+  assert set(rows_of(one)) == {("alice", "m1"), ("alice", "m2"), ("bob", "m1"), ("carol", "m2")}
+  assert list(one.raw_user_ids) == ["alice", "bob", "carol"]
+  assert (one.num_users, one.num_items) == (3, 2)
+  # k-core: bob and carol now have 1 interaction each -> dropped, then m1
+  # and m2 have 1 user -> dropped, then alice has 0: nothing is left.
+  with pytest.raises(data.DataFormatError, match="no interactions left"):
+    data.parse_interaction_file(
+        path, data.FileOptions(min_user_interactions=2, min_item_interactions=2, kcore=True))
+  two = data.parse_interaction_file(
+      path, data.FileOptions(min_user_interactions=2, min_item_interactions=1, kcore=True))
+  assert set(
+      rows_of(two)) == {k for k in rows_of(data.parse_interaction_file(path)) if k[0] != "dave"}
 
 
 def test_kcore_against_a_brute_force_fixed_point():
-    rng = np.random.default_rng(0)
-    users = rng.integers(0, 60, 600)
-    items = rng.zipf(1.5, 600) % 80
-    inter = data.interactions.from_raw_ids("t", users, items,
-                                           np.arange(600))
-    out = userfile.filter_counts(inter, 5, 4, kcore=True)
-    pairs = {(int(u), int(i)) for u, i in zip(inter.raw_user_ids[inter.users],
-                                              inter.raw_item_ids[inter.items])}
-    while True:  # brute force on Python sets
-        uc, ic = {}, {}
-        for u, i in pairs:
-            uc[u] = uc.get(u, 0) + 1
-            ic[i] = ic.get(i, 0) + 1
-        keep = {(u, i) for u, i in pairs if uc[u] >= 5 and ic[i] >= 4}
-        if keep == pairs:
-            break
-        pairs = keep
-    got = {(int(u), int(i)) for u, i in zip(out.raw_user_ids[out.users],
-                                            out.raw_item_ids[out.items])}
-    assert got == pairs and len(pairs) > 50
-    assert out.num_users == len({u for u, _ in pairs})
+  rng = np.random.default_rng(0)
+  users = rng.integers(0, 60, 600)
+  items = rng.zipf(1.5, 600) % 80
+  inter = data.interactions.from_raw_ids("t", users, items, np.arange(600))
+  out = userfile.filter_counts(inter, 5, 4, kcore=True)
+  pairs = {(int(u), int(i))
+           for u, i in zip(inter.raw_user_ids[inter.users], inter.raw_item_ids[inter.items])}
+  while True:  # brute force on Python sets
+    uc, ic = {}, {}
+    for u, i in pairs:
+      uc[u] = uc.get(u, 0) + 1
+      ic[i] = ic.get(i, 0) + 1
+    keep = {(u, i) for u, i in pairs if uc[u] >= 5 and ic[i] >= 4}
+    if keep == pairs:
+      break
+    pairs = keep
+  got = {(int(u), int(i)) for u, i in zip(out.raw_user_ids[out.users], out.raw_item_ids[out.items])}
+  assert got == pairs and len(pairs) > 50
+  assert out.num_users == len({u for u, _ in pairs})
 
 
 def test_without_timestamps_the_held_out_item_is_seeded_random(tmp_path):
-    rng = np.random.default_rng(1)
-    lines = ["user,item"] + [f"u{u},i{i}" for u in range(30)
-                             for i in rng.choice(120, 6, replace=False)]
-    path = write(tmp_path / "r.csv", "\n".join(lines) + "\n")
-    split = lambda seed: data.load_dataset(
-        str(path), tmp_path, seed=seed, num_test_negatives=5, cache=False)
-    a, b, c = split(0), split(0), split(1)
-    np.testing.assert_array_equal(a.test_item, b.test_item)
-    assert (a.test_item != c.test_item).any()
-    # Not simply the last line of each user.
-    inter = data.parse_interaction_file(path)
-    last = [int(inter.items[np.flatnonzero(inter.users == u)[-1]])
-            for u in range(30)]
-    assert (a.test_item != np.asarray(last)).any()
+  rng = np.random.default_rng(1)
+  lines = ["user,item"
+          ] + [f"u{u},i{i}" for u in range(30) for i in rng.choice(120, 6, replace=False)]
+  path = write(tmp_path / "r.csv", "\n".join(lines) + "\n")
+  split = lambda seed: data.load_dataset(
+      str(path), tmp_path, seed=seed, num_test_negatives=5, cache=False)
+  a, b, c = split(0), split(0), split(1)
+  np.testing.assert_array_equal(a.test_item, b.test_item)
+  assert (a.test_item != c.test_item).any()
+  # Not simply the last line of each user.
+  inter = data.parse_interaction_file(path)
+  last = [int(inter.items[np.flatnonzero(inter.users == u)[-1]]) for u in range(30)]
+  assert (a.test_item != np.asarray(last)).any()
 
 
 def test_recbole_inter_file(tmp_path):
-    path = write(tmp_path / "x.inter",
-                 "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-                 "u1\ti1\t5\t10\nu1\ti2\t4\t11\nu2\ti1\t3\t12\n")
-    inter = data.parse_interaction_file(path)
-    assert rows_of(inter) == {("u1", "i1"): 10, ("u1", "i2"): 11,
-                              ("u2", "i1"): 12}
-    bad = write(tmp_path / "y.inter", "user\titem\nu1\ti1\n")
-    with pytest.raises(data.DataFormatError, match="name:type"):
-        data.parse_interaction_file(bad)
+  path = write(
+      tmp_path / "x.inter", "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+      "u1\ti1\t5\t10\nu1\ti2\t4\t11\nu2\ti1\t3\t12\n")
+  inter = data.parse_interaction_file(path)
+  assert rows_of(inter) == {("u1", "i1"): 10, ("u1", "i2"): 11, ("u2", "i1"): 12}
+  bad = write(tmp_path / "y.inter", "user\titem\nu1\ti1\n")
+  with pytest.raises(data.DataFormatError, match="name:type"):
+    data.parse_interaction_file(bad)
 
 
-@pytest.mark.parametrize("text,line,what", [
-    ("user,item,rating\na,b,5\na,c\n", 3, "expected 3 fields"),
-    ("user,item,rating\na,b,5\na,c,five\n", 3, "'five'"),
-    ("user,item,rating\na,b,5\n\na,c,1\n", 3, "blank line"),
-    ("user,item,timestamp\na,b,1\n,c,2\n", 3, "user"),
-])
-def test_malformed_line_is_one_line_error_and_nothing_is_cached(
-        tmp_path, text, line, what):
-    path = write(tmp_path / "bad.csv", text)
-    with pytest.raises(data.DataFormatError) as e:
-        data.load_dataset(str(path), tmp_path / "dd", num_test_negatives=1)
-    msg = str(e.value)
-    assert msg.startswith(f"{path}:{line}: ") and "\n" not in msg
-    assert what in msg
-    assert not list((tmp_path / "dd").rglob("*.npz"))
+@pytest.mark.parametrize("text,line,what",
+                         [("user,item,rating\na,b,5\na,c\n", 3, "expected 3 fields"),
+                          ("user,item,rating\na,b,5\na,c,five\n", 3, "'five'"),
+                          ("user,item,rating\na,b,5\n\na,c,1\n", 3, "blank line"),
+                          ("user,item,timestamp\na,b,1\n,c,2\n", 3, "user"),])
+def test_malformed_line_is_one_line_error_and_nothing_is_cached(tmp_path, text, line, what):
+  path = write(tmp_path / "bad.csv", text)
+  with pytest.raises(data.DataFormatError) as e:
+    data.load_dataset(str(path), tmp_path / "dd", num_test_negatives=1)
+  msg = str(e.value)
+  assert msg.startswith(f"{path}:{line}: ") and "\n" not in msg
+  assert what in msg
+  assert not list((tmp_path / "dd").rglob("*.npz"))
 
 
 def test_ml100k_as_csv_and_inter_give_the_ml100k_split(tmp_path, ml100k_path):
-    raw = ml100k_path.read_text()
-    csv = write(tmp_path / "ratings.csv", raw.replace("\t", ","))
-    inter = write(tmp_path / "ratings.inter",
-                  "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
-                  + raw)
-    reference = data.leave_one_out(data.parse_movielens_100k(ml100k_path))
-    for path, columns in ((csv, "user,item,rating,timestamp"), (inter, "")):
-        split = data.load_dataset(str(path), tmp_path / "dd",
-                                  file_options=data.FileOptions(columns))
-        for field in ("train_items", "train_indptr", "test_item",
-                      "test_negatives"):
-            np.testing.assert_array_equal(getattr(split, field),
-                                          getattr(reference, field))
+  raw = ml100k_path.read_text()
+  csv = write(tmp_path / "ratings.csv", raw.replace("\t", ","))
+  inter = write(tmp_path / "ratings.inter",
+                "user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + raw)
+  reference = data.leave_one_out(data.parse_movielens_100k(ml100k_path))
+  for path, columns in ((csv, "user,item,rating,timestamp"), (inter, "")):
+    split = data.load_dataset(str(path), tmp_path / "dd", file_options=data.FileOptions(columns))
+    for field in ("train_items", "train_indptr", "test_item", "test_negatives"):
+      np.testing.assert_array_equal(getattr(split, field), getattr(reference, field))
 
 
 # ------------------------------------------------------- cache integrity --
 
+
 def _cached(tmp_path):
-    return sorted((tmp_path / "dd" / "splits").glob("*.npz"))
+  return sorted((tmp_path / "dd" / "splits").glob("*.npz"))
 
 
 def test_an_edited_file_is_never_served_stale(tmp_path, caplog):
-    path = write(tmp_path / "r.csv", HEADER_CSV)
-    load = lambda **kw: data.load_dataset(
-        str(path), tmp_path / "dd", num_test_negatives=1,
-        file_options=data.FileOptions(min_user_interactions=2), **kw)
-    first = load()
-    assert first.num_users == 3 and len(_cached(tmp_path)) == 1
-    write(path, HEADER_CSV.replace("carol,m6,5,302", "carol,m1,5,302"))
+  path = write(tmp_path / "r.csv", HEADER_CSV)
+  load = lambda **kw: data.load_dataset(str(path),
+                                        tmp_path / "dd",
+                                        num_test_negatives=1,
+                                        file_options=data.FileOptions(min_user_interactions=2),
+                                        **kw)
+  first = load()
+  assert first.num_users == 3 and len(_cached(tmp_path)) == 1
+  write(path, HEADER_CSV.replace("carol,m6,5,302", "carol,m1,5,302"))
+  second = load()
+  # carol's latest item was m6 (id 5 of m1..m6), it is now m1 (id 0).
+  assert first.test_item[2] == 5 and second.test_item[2] == 0
+  # Other options, another cache entry; the same options, the same split.
+  assert len(_cached(tmp_path)) == 2
+  np.testing.assert_array_equal(load().test_item, second.test_item)
+
+
+def test_a_cached_split_of_a_named_dataset_notices_a_replaced_file(tmp_path, caplog):
+  # Last.fm-2K: no known sha256, so only the cache's own record can notice.
+  lastfm = lambda order: "userID\tartistID\tweight\n" + "".join(f"{u}\t{i}\t1\n" for u in (2, 3)
+                                                                for i in order(u))
+  path = write(tmp_path / "dd" / "lastfm-2k" / "user_artists.dat",
+               lastfm(lambda u: range(u * 3 - 6, u * 3 + 1)))
+  load = lambda: data.load_dataset("lastfm-2k", tmp_path / "dd", num_test_negatives=2)
+  first = load()
+  np.testing.assert_array_equal(first.test_item, [6, 9])
+  assert len(_cached(tmp_path)) == 1
+  # Same size, other content: user 3's last artist is now 3, not 9.
+  write(path, lastfm(lambda u: range(7) if u == 2 else range(9, 2, -1)))
+  with caplog.at_level(logging.WARNING):
     second = load()
-    # carol's latest item was m6 (id 5 of m1..m6), it is now m1 (id 0).
-    assert first.test_item[2] == 5 and second.test_item[2] == 0
-    # Other options, another cache entry; the same options, the same split.
-    assert len(_cached(tmp_path)) == 2
-    np.testing.assert_array_equal(load().test_item, second.test_item)
+  assert "built from other data or options (differs in sources)" in caplog.text
+  np.testing.assert_array_equal(second.test_item, [6, 3])
+  assert len(_cached(tmp_path)) == 1  # rebuilt in place
+  # Random bytes where the file was: a one-line error, never the old split.
+  path.write_bytes(os.urandom(4096))
+  with pytest.raises(data.DataFormatError) as e:
+    load()
+  assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
 
 
-def test_a_cached_split_of_a_named_dataset_notices_a_replaced_file(
-        tmp_path, caplog):
-    # Last.fm-2K: no known sha256, so only the cache's own record can notice.
-    lastfm = lambda order: "userID\tartistID\tweight\n" + "".join(
-        f"{u}\t{i}\t1\n" for u in (2, 3) for i in order(u))
-    path = write(tmp_path / "dd" / "lastfm-2k" / "user_artists.dat",
-                 lastfm(lambda u: range(u * 3 - 6, u * 3 + 1)))
-    load = lambda: data.load_dataset("lastfm-2k", tmp_path / "dd",
-                                     num_test_negatives=2)
-    first = load()
-    np.testing.assert_array_equal(first.test_item, [6, 9])
-    assert len(_cached(tmp_path)) == 1
-    # Same size, other content: user 3's last artist is now 3, not 9.
-    write(path, lastfm(lambda u: range(7) if u == 2 else range(9, 2, -1)))
-    with caplog.at_level(logging.WARNING):
-        second = load()
-    assert "built from other data or options (differs in sources)" in caplog.text
-    np.testing.assert_array_equal(second.test_item, [6, 3])
-    assert len(_cached(tmp_path)) == 1  # rebuilt in place
-    # Random bytes where the file was: a one-line error, never the old split.
-    path.write_bytes(os.urandom(4096))
-    with pytest.raises(data.DataFormatError) as e:
-        load()
-    assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
-
-
-def test_replaced_ml100k_is_refused_before_its_cached_split_is_used(
-        tmp_path, ml100k_path):
-    target = tmp_path / "dd" / "ml-100k" / "u.data"
-    target.parent.mkdir(parents=True)
-    target.symlink_to(ml100k_path)
-    data.load_dataset("ml-100k", tmp_path / "dd")
-    assert len(_cached(tmp_path)) == 1
-    target.unlink()
-    for other in (ml100k_path.read_bytes().replace(b"\t5\t", b"\t4\t"),
-                  os.urandom(4096)):
-        target.write_bytes(other)
-        with pytest.raises(data.ChecksumError) as e:
-            data.load_dataset("ml-100k", tmp_path / "dd", download=False)
-        assert str(target) in str(e.value) and "\n" not in str(e.value)
+def test_replaced_ml100k_is_refused_before_its_cached_split_is_used(tmp_path, ml100k_path):
+  target = tmp_path / "dd" / "ml-100k" / "u.data"
+  target.parent.mkdir(parents=True)
+  target.symlink_to(ml100k_path)
+  data.load_dataset("ml-100k", tmp_path / "dd")
+  assert len(_cached(tmp_path)) == 1
+  target.unlink()
+  for other in (ml100k_path.read_bytes().replace(b"\t5\t", b"\t4\t"), os.urandom(4096)):
+    target.write_bytes(other)
+    with pytest.raises(data.ChecksumError) as e:
+      data.load_dataset("ml-100k", tmp_path / "dd", download=False)
+    assert str(target) in str(e.value) and "\n" not in str(e.value)
 
 
 def test_an_altered_cache_file_is_rebuilt(tmp_path, caplog):
-    path = write(tmp_path / "r.csv", HEADER_CSV)
-    load = lambda: data.load_dataset(
-        str(path), tmp_path / "dd", num_test_negatives=1,
-        file_options=data.FileOptions(min_user_interactions=2))
-    first = load()
-    (cached,) = _cached(tmp_path)
-    with np.load(cached) as z:
-        arrays = dict(z)
-    arrays["test_item"] = arrays["test_item"][::-1].copy()  # still valid
-    with open(cached, "wb") as f:
-        np.savez(f, **arrays)
-    with pytest.raises(data.StaleSplitError, match="does not match its sha"):
-        data.load_split(cached)
-    with caplog.at_level(logging.WARNING):
-        again = load()
-    assert "rebuilding the cached split" in caplog.text
-    np.testing.assert_array_equal(again.test_item, first.test_item)
-    data.load_split(cached)  # rewritten whole
+  path = write(tmp_path / "r.csv", HEADER_CSV)
+  load = lambda: data.load_dataset(str(path),
+                                   tmp_path / "dd",
+                                   num_test_negatives=1,
+                                   file_options=data.FileOptions(min_user_interactions=2))
+  first = load()
+  (cached,) = _cached(tmp_path)
+  with np.load(cached) as z:
+    arrays = dict(z)
+  arrays["test_item"] = arrays["test_item"][::-1].copy()  # still valid
+  with open(cached, "wb") as f:
+    np.savez(f, **arrays)
+  with pytest.raises(data.StaleSplitError, match="does not match its sha"):
+    data.load_split(cached)
+  with caplog.at_level(logging.WARNING):
+    again = load()
+  assert "rebuilding the cached split" in caplog.text
+  np.testing.assert_array_equal(again.test_item, first.test_item)
+  data.load_split(cached)  # rewritten whole
 
 
 def test_split_metadata_mismatch_names_the_keys(tmp_path):
-    split = data.leave_one_out(data.parse_interaction_file(
-        write(tmp_path / "r.csv", HEADER_CSV),
-        data.FileOptions(min_user_interactions=2)), num_test_negatives=1)
-    path = data.save_split(tmp_path / "s.npz", split, dict(seed=0, x=[1]))
-    data.load_split(path, dict(seed=0, x=[1]))
-    with pytest.raises(data.StaleSplitError, match=r"differs in seed, y"):
-        data.load_split(path, dict(seed=1, x=[1], y=2))
+  split = data.leave_one_out(data.parse_interaction_file(write(tmp_path / "r.csv", HEADER_CSV),
+                                                         data.FileOptions(min_user_interactions=2)),
+                             num_test_negatives=1)
+  path = data.save_split(tmp_path / "s.npz", split, dict(seed=0, x=[1]))
+  data.load_split(path, dict(seed=0, x=[1]))
+  with pytest.raises(data.StaleSplitError, match=r"differs in seed, y"):
+    data.load_split(path, dict(seed=1, x=[1], y=2))
 
 
 def test_named_datasets_refuse_file_options():
-    with pytest.raises(ValueError, match="apply to a file"):
-        data.load_dataset("ml-100k", file_options=data.FileOptions(
-            min_rating=4))
-    assert userfile.is_path("ratings.csv") and userfile.is_path("a/b")
-    assert not userfile.is_path("ml-100k") and not userfile.is_path("nope")
+  with pytest.raises(ValueError, match="apply to a file"):
+    data.load_dataset("ml-100k", file_options=data.FileOptions(min_rating=4))
+  assert userfile.is_path("ratings.csv") and userfile.is_path("a/b")
+  assert not userfile.is_path("ml-100k") and not userfile.is_path("nope")

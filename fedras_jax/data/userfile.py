@@ -38,235 +38,233 @@ import numpy as np
 from fedras_jax.data import formats
 from fedras_jax.data.interactions import Interactions, from_raw_ids
 
-
 SUFFIXES = (".inter", ".csv", ".tsv", ".txt", ".dat")
 DELIMITERS = ("\t", "::", ",", ";", "|", " ")
 _SNIFF_LINES = 50
 
 # Header names (lower case, RecBole ``:type`` suffix removed) of each column.
 COLUMN_NAMES = {
-    "user": ("user", "user_id", "userid", "uid", "reviewerid", "customer_id",
-             "customerid", "visitorid"),
-    "item": ("item", "item_id", "itemid", "iid", "movie", "movie_id",
-             "movieid", "product", "product_id", "productid", "asin",
-             "business_id", "artist", "artist_id", "artistid", "track_id",
-             "book_id", "isbn"),
-    "rating": ("rating", "score", "stars", "overall", "weight",
-               "preference"),
-    "timestamp": ("timestamp", "time", "ts", "unixreviewtime",
-                  "unix_timestamp"),
+    "user": ("user", "user_id", "userid", "uid", "reviewerid", "customer_id", "customerid",
+             "visitorid"),
+    "item": ("item", "item_id", "itemid", "iid", "movie", "movie_id", "movieid", "product",
+             "product_id", "productid", "asin", "business_id", "artist", "artist_id", "artistid",
+             "track_id", "book_id", "isbn"),
+    "rating": ("rating", "score", "stars", "overall", "weight", "preference"), "timestamp":
+        ("timestamp", "time", "ts", "unixreviewtime", "unix_timestamp"),
 }
 _BY_NAME = {n: col for col, names in COLUMN_NAMES.items() for n in names}
 
 
 @dataclasses.dataclass(frozen=True)
 class FileOptions:
-    """How `parse_interaction_file` reads and filters a file (see module doc).
+  """How `parse_interaction_file` reads and filters a file (see module doc).
 
-    Attributes:
-        columns: comma-separated column names in file order ("" : from the
-            header).
-        min_rating: keep rows with rating >= this (None: every row).
-        min_user_interactions: drop users with fewer interactions (0: none).
-        min_item_interactions: drop items with fewer interactions (0: none).
-        kcore: repeat the two filters until both hold.
-    """
+  Attributes:
+      columns: comma-separated column names in file order ("" : from the
+          header).
+      min_rating: keep rows with rating >= this (None: every row).
+      min_user_interactions: drop users with fewer interactions (0: none).
+      min_item_interactions: drop items with fewer interactions (0: none).
+      kcore: repeat the two filters until both hold.
+  """
 
-    columns: str = ""
-    min_rating: float | None = None
-    min_user_interactions: int = 0
-    min_item_interactions: int = 0
-    kcore: bool = False
+  columns: str = ""
+  min_rating: float | None = None
+  min_user_interactions: int = 0
+  min_item_interactions: int = 0
+  kcore: bool = False
 
-    def check(self):
-        """Raises ValueError naming the flag of a bad option."""
-        for flag in ("min_user_interactions", "min_item_interactions"):
-            if getattr(self, flag) < 0:
-                raise ValueError(f"--{flag}={getattr(self, flag)} is invalid:"
-                                 " must be >= 0")
-        if self.min_rating is not None and not np.isfinite(self.min_rating):
-            raise ValueError(f"--min_rating={self.min_rating} is invalid: "
-                             "must be finite")
-        if self.columns:
-            names = [c.strip().lower() for c in self.columns.split(",")]
-            found = [_BY_NAME.get(n) for n in names]
-            for col in ("user", "item"):
-                if found.count(col) != 1:
-                    raise ValueError(
-                        f"--data_columns={self.columns!r} is invalid: must "
-                        f"name exactly one {col} column (e.g. "
-                        "user,item,rating,timestamp)")
-            for col in ("rating", "timestamp"):
-                if found.count(col) > 1:
-                    raise ValueError(f"--data_columns={self.columns!r} is "
-                                     f"invalid: two {col} columns")
-        return self
+  def check(self):
+    """Raises ValueError naming the flag of a bad option."""
+    for flag in ("min_user_interactions", "min_item_interactions"):
+      if getattr(self, flag) < 0:
+        raise ValueError(f"--{flag}={getattr(self, flag)} is invalid:"
+                         " must be >= 0")
+    if self.min_rating is not None and not np.isfinite(self.min_rating):
+      raise ValueError(f"--min_rating={self.min_rating} is invalid: "
+                       "must be finite")
+    if self.columns:
+      names = [c.strip().lower() for c in self.columns.split(",")]
+      found = [_BY_NAME.get(n) for n in names]
+      for col in ("user", "item"):
+        if found.count(col) != 1:
+          raise ValueError(f"--data_columns={self.columns!r} is invalid: must "
+                           f"name exactly one {col} column (e.g. "
+                           "user,item,rating,timestamp)")
+      for col in ("rating", "timestamp"):
+        if found.count(col) > 1:
+          raise ValueError(f"--data_columns={self.columns!r} is "
+                           f"invalid: two {col} columns")
+    return self
 
-    @property
-    def is_default(self) -> bool:
-        return self == FileOptions()
+  @property
+  def is_default(self) -> bool:
+    return self == FileOptions()
 
 
 def is_path(dataset: str) -> bool:
-    """Whether `dataset` names a file rather than a registered dataset.
+  """Whether `dataset` names a file rather than a registered dataset.
 
-    A path: it holds a directory separator, ends with one of `SUFFIXES`, or
-    is an existing file.
-    """
-    return (os.sep in dataset or "/" in dataset
-            or dataset.lower().endswith(SUFFIXES) or os.path.isfile(dataset))
+  A path: it holds a directory separator, ends with one of `SUFFIXES`, or
+  is an existing file.
+  """
+  return (os.sep in dataset or "/" in dataset or dataset.lower().endswith(SUFFIXES)
+          or os.path.isfile(dataset))
 
 
 def _delimiter(path, lines: list[str]) -> str:
-    sample = lines[:_SNIFF_LINES]
-    for sep in DELIMITERS:
-        n = len(lines[0].split(sep))
-        if n >= 2 and 2 * sum(len(s.split(sep)) == n for s in sample) > len(
-                sample):
-            return sep
-    tried = ", ".join(repr(d) for d in DELIMITERS)
-    raise formats.DataFormatError(
-        path, 1, f"cannot detect the delimiter: none of {tried} splits the "
-        f"first line and most of the first {len(sample)} lines into the same "
-        "number (>= 2) of fields")
+  sample = lines[:_SNIFF_LINES]
+  for sep in DELIMITERS:
+    n = len(lines[0].split(sep))
+    if n >= 2 and 2 * sum(len(s.split(sep)) == n for s in sample) > len(sample):
+      return sep
+  tried = ", ".join(repr(d) for d in DELIMITERS)
+  raise formats.DataFormatError(
+      path, 1, f"cannot detect the delimiter: none of {tried} splits the "
+      f"first line and most of the first {len(sample)} lines into the same "
+      "number (>= 2) of fields")
 
 
 def _header_columns(fields: list[str]) -> tuple[list[str], bool] | None:
-    """Column names of a header line, and whether it is RecBole-typed."""
-    typed = all(":" in f and f.partition(":")[0] and f.partition(":")[2]
-                for f in fields)
-    names = [(f.partition(":")[0] if typed else f).strip().strip('"')
-             .lstrip("\ufeff").lower() for f in fields]
-    if typed or any(n in _BY_NAME for n in names):
-        return names, typed
-    return None
+  """Column names of a header line, and whether it is RecBole-typed."""
+  typed = all(":" in f and f.partition(":")[0] and f.partition(":")[2] for f in fields)
+  names = [(f.partition(":")[0] if typed else f).strip().strip('"').lstrip("\ufeff").lower()
+           for f in fields]
+  if typed or any(n in _BY_NAME for n in names):
+    return names, typed
+  return None
 
 
 def _wanted(path, names: list[str], source: str) -> dict:
-    """column -> (field index, kind) for the known names among `names`."""
-    wanted = {}
-    for j, n in enumerate(names):
-        col = _BY_NAME.get(n)
-        if col is not None and col not in wanted:
-            kind = "token" if col in ("user", "item") else "float"
-            wanted[col] = (j, kind)
-    for col in ("user", "item"):
-        if col not in wanted:
-            raise formats.DataFormatError(
-                path, 1, f"{source} has no {col} column (columns: "
-                f"{', '.join(names)}; known {col} names: "
-                f"{', '.join(COLUMN_NAMES[col])})")
-    return wanted
+  """column -> (field index, kind) for the known names among `names`."""
+  wanted = {}
+  for j, n in enumerate(names):
+    col = _BY_NAME.get(n)
+    if col is not None and col not in wanted:
+      kind = "token" if col in ("user", "item") else "float"
+      wanted[col] = (j, kind)
+  for col in ("user", "item"):
+    if col not in wanted:
+      raise formats.DataFormatError(
+          path, 1, f"{source} has no {col} column (columns: "
+          f"{', '.join(names)}; known {col} names: "
+          f"{', '.join(COLUMN_NAMES[col])})")
+  return wanted
 
 
-def parse_interaction_file(path, options: FileOptions = FileOptions(), *,
-                           seed: int = 0, name: str | None = None
-                           ) -> Interactions:
-    """Reads a user-supplied interaction file (see the module docstring).
+def parse_interaction_file(path,
+                           options: FileOptions = FileOptions(),
+                           *,
+                           seed: int = 0,
+                           name: str | None = None) -> Interactions:
+  """Reads a user-supplied interaction file (see the module docstring).
 
-    Args:
-        path: the file.
-        options: columns, implicit-feedback threshold, filters.
-        seed: seed of the random order of a file without timestamps.
-        name: dataset name (default: the file name without its suffix).
+  Args:
+      path: the file.
+      options: columns, implicit-feedback threshold, filters.
+      seed: seed of the random order of a file without timestamps.
+      name: dataset name (default: the file name without its suffix).
 
-    Raises:
-        formats.DataFormatError: malformed file (names file and line), or
-            nothing left after filtering.
-        ValueError: a bad option (names the flag).
-    """
-    options.check()
-    if name is None:
-        name = os.path.splitext(os.path.basename(str(path)))[0]
-    lines = formats.read_lines(path)
-    is_inter = str(path).lower().endswith(".inter")
-    sep = "\t" if is_inter else _delimiter(path, lines)
-    header = _header_columns(lines[0].split(sep))
-    if is_inter and (header is None or not header[1]):
-        raise formats.DataFormatError(
-            path, 1, "a RecBole .inter file starts with a 'name:type' header, "
-            f"got {formats.quote_snippet(lines[0])}")
-    nfields = len(lines[0].split(sep))
-    names, source = _column_names(path, options, header, nfields, sep)
-    wanted = _wanted(path, names, source)
-    first = 2 if header is not None else 1
-    rows = lines[first - 1:]
-    if not rows:
-        raise formats.DataFormatError(path, 1, "header only, no interactions")
-    c = formats.read_columns(path, rows, sep, nfields, wanted, first_line=first)
-    n = len(rows)
-    keep = np.ones(n, dtype=bool)
-    if options.min_rating is not None:
-        if "rating" not in c:
-            raise ValueError(f"--min_rating={options.min_rating} needs a "
-                             f"rating column; {path} has none ({source}: "
-                             f"{', '.join(names)})")
-        keep = c["rating"] >= options.min_rating
-    if "timestamp" in c:
-        ts = formats.timestamps_to_int64(c["timestamp"])
-    else:
-        ts = np.random.default_rng(seed).permutation(n).astype(np.int64)
-    if not keep.any():
-        raise formats.DataFormatError(
-            path, None, f"no rating >= --min_rating={options.min_rating}")
-    ids = {col: formats.numeric_tokens(np.char.strip(c[col][keep]))
-           for col in ("user", "item")}
-    inter = from_raw_ids(name, ids["user"], ids["item"], ts[keep])
-    inter = filter_counts(inter, options.min_user_interactions,
-                          options.min_item_interactions, kcore=options.kcore)
-    if inter.num_interactions == 0:
-        raise formats.DataFormatError(
-            path, None, "no interactions left after --min_user_interactions="
-            f"{options.min_user_interactions} / --min_item_interactions="
-            f"{options.min_item_interactions}")
-    return inter
+  Raises:
+      formats.DataFormatError: malformed file (names file and line), or
+          nothing left after filtering.
+      ValueError: a bad option (names the flag).
+  """
+  options.check()
+  if name is None:
+    name = os.path.splitext(os.path.basename(str(path)))[0]
+  lines = formats.read_lines(path)
+  is_inter = str(path).lower().endswith(".inter")
+  sep = "\t" if is_inter else _delimiter(path, lines)
+  header = _header_columns(lines[0].split(sep))
+  if is_inter and (header is None or not header[1]):
+    raise formats.DataFormatError(
+        path, 1, "a RecBole .inter file starts with a 'name:type' header, "
+        f"got {formats.quote_snippet(lines[0])}")
+  nfields = len(lines[0].split(sep))
+  names, source = _column_names(path, options, header, nfields, sep)
+  wanted = _wanted(path, names, source)
+  first = 2 if header is not None else 1
+  rows = lines[first - 1:]
+  if not rows:
+    raise formats.DataFormatError(path, 1, "header only, no interactions")
+  c = formats.read_columns(path, rows, sep, nfields, wanted, first_line=first)
+  n = len(rows)
+  keep = np.ones(n, dtype=bool)
+  if options.min_rating is not None:
+    if "rating" not in c:
+      raise ValueError(f"--min_rating={options.min_rating} needs a "
+                       f"rating column; {path} has none ({source}: "
+                       f"{', '.join(names)})")
+    keep = c["rating"] >= options.min_rating
+  if "timestamp" in c:
+    ts = formats.timestamps_to_int64(c["timestamp"])
+  else:
+    ts = np.random.default_rng(seed).permutation(n).astype(np.int64)
+  if not keep.any():
+    raise formats.DataFormatError(path, None, f"no rating >= --min_rating={options.min_rating}")
+  ids = {col: formats.numeric_tokens(np.char.strip(c[col][keep])) for col in ("user", "item")}
+  inter = from_raw_ids(name, ids["user"], ids["item"], ts[keep])
+  inter = filter_counts(inter,
+                        options.min_user_interactions,
+                        options.min_item_interactions,
+                        kcore=options.kcore)
+  if inter.num_interactions == 0:
+    raise formats.DataFormatError(
+        path, None, "no interactions left after --min_user_interactions="
+        f"{options.min_user_interactions} / --min_item_interactions="
+        f"{options.min_item_interactions}")
+  return inter
 
 
 def _column_names(path, options: FileOptions, header, nfields: int,
                   sep: str) -> tuple[list[str], str]:
-    """``(column names, where they come from)``: ``--data_columns``, else the
-    header; a ValueError when neither names the ``nfields`` columns."""
-    if options.columns:
-        names = [c.strip().lower() for c in options.columns.split(",")]
-        if len(names) != nfields:
-            raise ValueError(
-                f"--data_columns={options.columns!r} names {len(names)} "
-                f"columns but {path} has {nfields} fields per line "
-                f"(separated by {sep!r})")
-        return names, "--data_columns"
-    if header is not None:
-        return header[0], "the header"
-    raise ValueError(
-        f"{path} has no header naming its columns: name them with "
-        "--data_columns, e.g. --data_columns=user,item,rating,timestamp")
+  """``(column names, where they come from)``: ``--data_columns``, else the
+  header; a ValueError when neither names the ``nfields`` columns."""
+  if options.columns:
+    names = [c.strip().lower() for c in options.columns.split(",")]
+    if len(names) != nfields:
+      raise ValueError(f"--data_columns={options.columns!r} names {len(names)} "
+                       f"columns but {path} has {nfields} fields per line "
+                       f"(separated by {sep!r})")
+    return names, "--data_columns"
+  if header is not None:
+    return header[0], "the header"
+  raise ValueError(f"{path} has no header naming its columns: name them with "
+                   "--data_columns, e.g. --data_columns=user,item,rating,timestamp")
 
 
-def filter_counts(inter: Interactions, min_user: int, min_item: int, *,
+def filter_counts(inter: Interactions,
+                  min_user: int,
+                  min_item: int,
+                  *,
                   kcore: bool = False) -> Interactions:
-    """Drops users with < `min_user` and items with < `min_item` interactions.
+  """Drops users with < `min_user` and items with < `min_item` interactions.
 
-    One pass with both counts taken on `inter`, or (``kcore``) repeated until
-    every user has >= `min_user` and every item >= `min_item`. Remaining ids
-    are remapped to 0..n-1 in their old order (raw ids follow them).
-    """
-    users, items = inter.users, inter.items
-    keep = np.ones(inter.num_interactions, dtype=bool)
-    while True:
-        uc = np.bincount(users[keep], minlength=inter.num_users)
-        ic = np.bincount(items[keep], minlength=inter.num_items)
-        new = keep & (uc[users] >= min_user) & (ic[items] >= min_item)
-        done = (new == keep).all()
-        keep = new
-        if done or not kcore:
-            break
-    if keep.all():
-        return inter
-    kept_u, new_u = np.unique(users[keep], return_inverse=True)
-    kept_i, new_i = np.unique(items[keep], return_inverse=True)
-    raw = lambda ids, kept: None if ids is None else ids[kept]
-    return Interactions(
-        users=new_u.reshape(-1), items=new_i.reshape(-1),
-        timestamps=inter.timestamps[keep], num_users=len(kept_u),
-        num_items=len(kept_i), name=inter.name,
-        raw_user_ids=raw(inter.raw_user_ids, kept_u),
-        raw_item_ids=raw(inter.raw_item_ids, kept_i))
+  One pass with both counts taken on `inter`, or (``kcore``) repeated until
+  every user has >= `min_user` and every item >= `min_item`. Remaining ids
+  are remapped to 0..n-1 in their old order (raw ids follow them).
+  """
+  users, items = inter.users, inter.items
+  keep = np.ones(inter.num_interactions, dtype=bool)
+  while True:
+    uc = np.bincount(users[keep], minlength=inter.num_users)
+    ic = np.bincount(items[keep], minlength=inter.num_items)
+    new = keep & (uc[users] >= min_user) & (ic[items] >= min_item)
+    done = (new == keep).all()
+    keep = new
+    if done or not kcore:
+      break
+  if keep.all():
+    return inter
+  kept_u, new_u = np.unique(users[keep], return_inverse=True)
+  kept_i, new_i = np.unique(items[keep], return_inverse=True)
+  raw = lambda ids, kept: None if ids is None else ids[kept]
+  return Interactions(users=new_u.reshape(-1),
+                      items=new_i.reshape(-1),
+                      timestamps=inter.timestamps[keep],
+                      num_users=len(kept_u),
+                      num_items=len(kept_i),
+                      name=inter.name,
+                      raw_user_ids=raw(inter.raw_user_ids, kept_u),
+                      raw_item_ids=raw(inter.raw_item_ids, kept_i))

@@ -7,5 +7,4 @@ from fedras_jax.federated.local_training import (ClientOutput, LocalHParams, cli
 from fedras_jax.federated.round import (ClientStates, RoundConfig, RoundHParams, RoundMetrics,
                                         ServerState, Capacity, client_keys, init_states,
                                         RoundStages, make_round, make_round_stages, plan_capacity,
-                                        round_basis_key,
-                                        round_clients, sample_clients)
+                                        round_basis_key, round_clients, sample_clients)

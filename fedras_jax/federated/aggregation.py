@@ -5,8 +5,7 @@ import jax.numpy as jnp
 AGGREGATIONS = ("inverse_frequency", "fedavg")
 
 
-def aggregate_item_updates(rows, items, touched, *, num_items: int, num_clients,
-                           rule: str):
+def aggregate_item_updates(rows, items, touched, *, num_items: int, num_clients, rule: str):
   """Aggregates clients' item-row updates by item id, without a dense per-client table.
 
   Args:
@@ -23,12 +22,10 @@ def aggregate_item_updates(rows, items, touched, *, num_items: int, num_clients,
   if rule not in AGGREGATIONS:
     raise ValueError(f"unknown aggregation {rule!r}; choose one of {AGGREGATIONS}")
   ids = jnp.where(touched, items, num_items)
-  sums = jax.ops.segment_sum(jnp.where(touched[:, None], rows, 0.0), ids,
-                             num_segments=num_items)
+  sums = jax.ops.segment_sum(jnp.where(touched[:, None], rows, 0.0), ids, num_segments=num_items)
   counts = jax.ops.segment_sum(touched.astype(jnp.int32), ids, num_segments=num_items)
   if rule == "inverse_frequency":
     divisor = jnp.maximum(counts, 1).astype(rows.dtype)
   else:
     divisor = jnp.asarray(num_clients, rows.dtype)
   return sums / jnp.broadcast_to(divisor, counts.shape)[:, None], counts
-

@@ -9,8 +9,13 @@ import numpy as np
 BANDWIDTHS = ("uniform", "tiers", "lognormal")
 
 
-def draw_bandwidth(mode: str, num_users: int, dense_bits: int, *, seed: int,
-                   payload_ratio: float = 1.0, tiers=(4, 16, 32, 64),
+def draw_bandwidth(mode: str,
+                   num_users: int,
+                   dense_bits: int,
+                   *,
+                   seed: int,
+                   payload_ratio: float = 1.0,
+                   tiers=(4, 16, 32, 64),
                    sigma: float = 1.0) -> np.ndarray:
   """``[num_users]`` float32 bandwidths (bits per simulated second).
 

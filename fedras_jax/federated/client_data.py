@@ -47,17 +47,16 @@ def client_data_from_csr(train_indptr, train_items, seen_indptr, seen_items,
   if train_indptr[-1] >= 2**31 or seen_indptr[-1] >= 2**31:
     raise ValueError("more than 2**31 interactions do not fit int32 offsets")
   max_seen = int(np.max(np.diff(seen_indptr), initial=0))
-  return ClientData(
-      train_indptr=jnp.asarray(train_indptr, jnp.int32),
-      train_items=jnp.asarray(train_items, jnp.int32),
-      seen_indptr=jnp.asarray(seen_indptr, jnp.int32),
-      seen_items=jnp.asarray(seen_items, jnp.int32),
-      num_users=len(train_indptr) - 1,
-      num_items=int(num_items),
-      search_steps=max(1, math.ceil(math.log2(max_seen + 1))))
+  return ClientData(train_indptr=jnp.asarray(train_indptr, jnp.int32),
+                    train_items=jnp.asarray(train_items, jnp.int32),
+                    seen_indptr=jnp.asarray(seen_indptr, jnp.int32),
+                    seen_items=jnp.asarray(seen_items, jnp.int32),
+                    num_users=len(train_indptr) - 1,
+                    num_items=int(num_items),
+                    search_steps=max(1, math.ceil(math.log2(max_seen + 1))))
 
 
 def client_data_from_split(split) -> ClientData:
   """Builds ``ClientData`` from a ``fedras_jax.data.Split``."""
-  return client_data_from_csr(split.train_indptr, split.train_items,
-                              split.seen_indptr, split.seen_items, split.num_items)
+  return client_data_from_csr(split.train_indptr, split.train_items, split.seen_indptr,
+                              split.seen_items, split.num_items)

@@ -75,8 +75,8 @@ class ClientPlan(NamedTuple):
   perm_shift: jax.Array
 
 
-def client_sizes(num_pos: np.ndarray, num_seen: np.ndarray, num_items: int, *,
-                 neg_ratio: int, epochs: int, batch_size: int):
+def client_sizes(num_pos: np.ndarray, num_seen: np.ndarray, num_items: int, *, neg_ratio: int,
+                 epochs: int, batch_size: int):
   """Host-side ``(num_slots, num_steps)`` of clients, as ``client_plan`` computes them."""
   num_pos = np.asarray(num_pos, np.int64)
   num_neg = neg_ratio * num_pos
@@ -85,8 +85,8 @@ def client_sizes(num_pos: np.ndarray, num_seen: np.ndarray, num_items: int, *,
   return num_slots, num_steps
 
 
-def client_plan(data: ClientData, user: jax.Array, key: jax.Array, *, neg_ratio: int,
-                epochs: int, batch_size: int) -> ClientPlan:
+def client_plan(data: ClientData, user: jax.Array, key: jax.Array, *, neg_ratio: int, epochs: int,
+                batch_size: int) -> ClientPlan:
   """The plan of ``user`` for the round whose client key is ``key``."""
   num_pos = data.num_train[user]
   num_unseen = data.num_items - data.num_seen[user]
@@ -96,14 +96,18 @@ def client_plan(data: ClientData, user: jax.Array, key: jax.Array, *, neg_ratio:
   steps_per_epoch = (num_examples + batch_size - 1) // batch_size
   rand = jax.random.randint(key, (2 + 2 * epochs,), 0, 2**30, jnp.int32)
   epoch_rand = rand[2:].reshape(epochs, 2)
-  return ClientPlan(
-      user=user, num_pos=num_pos, num_unseen=num_unseen, num_neg_slots=num_neg_slots,
-      num_slots=num_pos + num_neg_slots, num_examples=num_examples,
-      steps_per_epoch=steps_per_epoch, num_steps=epochs * steps_per_epoch,
-      neg_offset=rand[0] % jnp.maximum(num_unseen, 1),
-      neg_stride=coprime_prime(rand[1], num_unseen),
-      perm_mult=jax.vmap(coprime_prime, (0, None))(epoch_rand[:, 0], num_examples),
-      perm_shift=epoch_rand[:, 1] % jnp.maximum(num_examples, 1))
+  return ClientPlan(user=user,
+                    num_pos=num_pos,
+                    num_unseen=num_unseen,
+                    num_neg_slots=num_neg_slots,
+                    num_slots=num_pos + num_neg_slots,
+                    num_examples=num_examples,
+                    steps_per_epoch=steps_per_epoch,
+                    num_steps=epochs * steps_per_epoch,
+                    neg_offset=rand[0] % jnp.maximum(num_unseen, 1),
+                    neg_stride=coprime_prime(rand[1], num_unseen),
+                    perm_mult=jax.vmap(coprime_prime, (0, None))(epoch_rand[:, 0], num_examples),
+                    perm_shift=epoch_rand[:, 1] % jnp.maximum(num_examples, 1))
 
 
 def unseen_item(data: ClientData, user: jax.Array, rank: jax.Array) -> jax.Array:
@@ -143,8 +147,7 @@ def minibatch(plan: ClientPlan, step: jax.Array, batch_size: int):
   ``valid`` is False past the end of the epoch (and for every position when
   ``step >= num_steps``), which makes the SGD step an exact no-op there.
   """
-  epoch = jnp.minimum(step // jnp.maximum(plan.steps_per_epoch, 1),
-                      plan.perm_mult.shape[0] - 1)
+  epoch = jnp.minimum(step // jnp.maximum(plan.steps_per_epoch, 1), plan.perm_mult.shape[0] - 1)
   position = (step % jnp.maximum(plan.steps_per_epoch, 1)) * batch_size + jnp.arange(batch_size)
   example = (plan.perm_mult[epoch] * position + plan.perm_shift[epoch]) % jnp.maximum(
       plan.num_examples, 1)

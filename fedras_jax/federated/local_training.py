@@ -55,8 +55,8 @@ def local_step(model: RecModel, hp: LocalHParams, user, rows, dense, labels, val
   def loss_fn(user, rows, dense):
     return bce_loss(model.score(user, rows, dense), labels, weights)
 
-  loss, (g_user, g_rows, g_dense) = jax.value_and_grad(loss_fn, argnums=(0, 1, 2))(
-      user, rows, dense)
+  loss, (g_user, g_rows, g_dense) = jax.value_and_grad(loss_fn, argnums=(0, 1, 2))(user, rows,
+                                                                                   dense)
   active = jnp.any(valid).astype(jnp.float32)
   wd = hp.weight_decay
   g_user = g_user + wd * active * user
@@ -83,9 +83,8 @@ class ClientOutput(NamedTuple):
   loss: jax.Array
 
 
-def client_update(model: RecModel, hp: LocalHParams, data: ClientData, plan: ClientPlan,
-                  item_table, dense, user_row, *, max_slots: int,
-                  batch_size: int) -> ClientOutput:
+def client_update(model: RecModel, hp: LocalHParams, data: ClientData, plan: ClientPlan, item_table,
+                  dense, user_row, *, max_slots: int, batch_size: int) -> ClientOutput:
   """Trains one client for ``plan.num_steps`` SGD steps; ``max_slots`` >= num_slots."""
   slots = jnp.arange(max_slots)
   items = slot_item(data, plan, slots)
@@ -98,12 +97,14 @@ def client_update(model: RecModel, hp: LocalHParams, data: ClientData, plan: Cli
     return user, deltas.at[local].add(updates), dense_c, loss_sum + loss
 
   zeros = jnp.zeros((max_slots, item_table.shape[1]), item_table.dtype)
-  user, deltas, new_dense, loss_sum = jax.lax.fori_loop(
-      0, plan.num_steps, body, (user_row, zeros, dense, jnp.float32(0)))
-  return ClientOutput(
-      user=user, items=items, deltas=deltas, mask=slots < plan.num_slots,
-      dense_delta=jax.tree.map(jnp.subtract, new_dense, dense),
-      loss=loss_sum / jnp.maximum(plan.num_steps, 1))
+  user, deltas, new_dense, loss_sum = jax.lax.fori_loop(0, plan.num_steps, body,
+                                                        (user_row, zeros, dense, jnp.float32(0)))
+  return ClientOutput(user=user,
+                      items=items,
+                      deltas=deltas,
+                      mask=slots < plan.num_slots,
+                      dense_delta=jax.tree.map(jnp.subtract, new_dense, dense),
+                      loss=loss_sum / jnp.maximum(plan.num_steps, 1))
 
 
 class SlotLayout(NamedTuple):
@@ -127,7 +128,9 @@ def slot_layout(num_slots: jax.Array, capacity: int) -> SlotLayout:
   client = jnp.cumsum(starts)
   # A client with zero slots shares its start with the next one; skip it.
   client = jnp.minimum(client, num_slots.shape[0] - 1)
-  return SlotLayout(offset=offset, client=client, local=flat - offset[client],
+  return SlotLayout(offset=offset,
+                    client=client,
+                    local=flat - offset[client],
                     valid=flat < ends[-1])
 
 
@@ -188,12 +191,15 @@ def lane_batches(plans: ClientPlan, layout: SlotLayout, slot_items, *, num_lanes
   client = jnp.where(busy, client, 0)
   start = jnp.where(k > 0, jnp.take_along_axis(ends, jnp.maximum(k - 1, 0).T, axis=1).T, 0)
   plan = jax.tree.map(lambda x: x[client], plans)
-  local, labels, valid = jax.vmap(jax.vmap(minibatch, (0, 0, None)), (0, 0, None))(
-      plan, t - start, batch_size)
+  local, labels, valid = jax.vmap(jax.vmap(minibatch, (0, 0, None)), (0, 0, None))(plan, t - start,
+                                                                                   batch_size)
   flat = layout.offset[client][..., None] + local
   valid = valid & busy[..., None]
-  return LaneBatches(client=jnp.where(busy, client, m), flat=flat, items=slot_items[flat],
-                     labels=labels, valid=valid)
+  return LaneBatches(client=jnp.where(busy, client, m),
+                     flat=flat,
+                     items=slot_items[flat],
+                     labels=labels,
+                     valid=valid)
 
 
 @jax.custom_batching.custom_vmap
@@ -224,8 +230,8 @@ def run_lanes(model: RecModel, hp: LocalHParams, work: LaneBatches, item_table, 
   m = users.shape[0]
   client_dense = jax.tree.map(lambda p: jnp.broadcast_to(p, (m,) + p.shape), dense)
   busy = work.valid.any(axis=2)  # [T, W]
-  num_iters = _shared_trip_count(
-      jnp.max(jnp.where(busy, jnp.arange(busy.shape[0])[:, None] + 1, 0)))
+  num_iters = _shared_trip_count(jnp.max(jnp.where(busy,
+                                                   jnp.arange(busy.shape[0])[:, None] + 1, 0)))
 
   def lane_step(user, rows, dense_c, labels, valid):
     return local_step(model, hp, user, rows, dense_c, labels, valid)
@@ -237,11 +243,11 @@ def run_lanes(model: RecModel, hp: LocalHParams, work: LaneBatches, item_table, 
     client, flat = work.client[t], work.flat[t]
     rows = take_rows(item_table, work.items[t]) + take_rows(deltas, flat)
     lane_dense = jax.tree.map(lambda p: take_rows(p, client), dense_c)
-    new_user, updates, new_dense, loss = jax.vmap(lane_step)(
-        take_rows(users, client), rows, lane_dense, work.labels[t], work.valid[t])
+    new_user, updates, new_dense, loss = jax.vmap(lane_step)(take_rows(users,
+                                                                       client), rows, lane_dense,
+                                                             work.labels[t], work.valid[t])
     users = set_rows(users, client, new_user)
-    dense_c = jax.tree.map(lambda all_p, new_p: set_rows(all_p, client, new_p), dense_c,
-                           new_dense)
+    dense_c = jax.tree.map(lambda all_p, new_p: set_rows(all_p, client, new_p), dense_c, new_dense)
     # Invalid examples have exactly zero updates, so no mask is needed here.
     deltas = add_rows(deltas, flat.reshape(-1), updates.reshape(-1, updates.shape[-1]))
     loss_sum = add_rows(loss_sum, client, loss)
@@ -249,9 +255,9 @@ def run_lanes(model: RecModel, hp: LocalHParams, work: LaneBatches, item_table, 
 
   deltas = jnp.zeros((num_slots, item_table.shape[1]), item_table.dtype)
   init = (jnp.int32(0), users, deltas, client_dense, jnp.zeros(m, jnp.float32))
-  _, users, deltas, new_dense, loss_sum = jax.lax.while_loop(
-      lambda c: c[0] < num_iters, body, init)
-  return PackedOutput(users=users, deltas=deltas,
+  _, users, deltas, new_dense, loss_sum = jax.lax.while_loop(lambda c: c[0] < num_iters, body, init)
+  return PackedOutput(users=users,
+                      deltas=deltas,
                       dense_deltas=jax.tree.map(jnp.subtract, new_dense, client_dense),
                       loss=loss_sum)
 
@@ -269,20 +275,33 @@ def _sharded_run_lanes(model, hp, work, item_table, dense, users, num_slots, mes
     m = users.shape[0]
     owned = jnp.zeros((m,), bool).at[work.client.reshape(-1)].set(True, mode="drop")
     own = lambda new, old: jnp.where(owned.reshape((-1,) + (1,) * (new.ndim - 1)), new, 0)
-    return PackedOutput(
-        users=jax.lax.psum(own(out.users, users), axis),
-        deltas=jax.lax.psum(out.deltas, axis),
-        dense_deltas=jax.tree.map(lambda d: jax.lax.psum(own(d, d), axis), out.dense_deltas),
-        loss=jax.lax.psum(out.loss, axis))
+    return PackedOutput(users=jax.lax.psum(own(out.users, users), axis),
+                        deltas=jax.lax.psum(out.deltas, axis),
+                        dense_deltas=jax.tree.map(lambda d: jax.lax.psum(own(d, d), axis),
+                                                  out.dense_deltas),
+                        loss=jax.lax.psum(out.loss, axis))
 
-  return jax.shard_map(local, mesh=mesh, in_specs=(lane_spec, P(), P(), P()), out_specs=P(),
+  return jax.shard_map(local,
+                       mesh=mesh,
+                       in_specs=(lane_spec, P(), P(), P()),
+                       out_specs=P(),
                        check_vma=False)(work, item_table, dense, users)
 
 
-def packed_client_updates(model: RecModel, hp: LocalHParams, plans: ClientPlan,
-                          layout: SlotLayout, slot_items: jax.Array, item_table, dense,
-                          users, *, num_lanes: int, max_iters: int, batch_size: int,
-                          mesh=None, axis: str = "clients") -> PackedOutput:
+def packed_client_updates(model: RecModel,
+                          hp: LocalHParams,
+                          plans: ClientPlan,
+                          layout: SlotLayout,
+                          slot_items: jax.Array,
+                          item_table,
+                          dense,
+                          users,
+                          *,
+                          num_lanes: int,
+                          max_iters: int,
+                          batch_size: int,
+                          mesh=None,
+                          axis: str = "clients") -> PackedOutput:
   """``client_update`` for ``M`` clients at once (see the module docstring).
 
   Args:
@@ -295,7 +314,11 @@ def packed_client_updates(model: RecModel, hp: LocalHParams, plans: ClientPlan,
   Returns:
     ``PackedOutput``; ``loss`` is each client's mean loss over its steps.
   """
-  work = lane_batches(plans, layout, slot_items, num_lanes=num_lanes, max_iters=max_iters,
+  work = lane_batches(plans,
+                      layout,
+                      slot_items,
+                      num_lanes=num_lanes,
+                      max_iters=max_iters,
                       batch_size=batch_size)
   if mesh is None:
     out = run_lanes(model, hp, work, item_table, dense, users, slot_items.shape[0])
@@ -303,6 +326,6 @@ def packed_client_updates(model: RecModel, hp: LocalHParams, plans: ClientPlan,
     if num_lanes % mesh.shape[axis]:
       raise ValueError(f"num_lanes={num_lanes} is not a multiple of the {mesh.shape[axis]} "
                        f"devices of mesh axis {axis!r}")
-    out = _sharded_run_lanes(model, hp, work, item_table, dense, users, slot_items.shape[0],
-                             mesh, axis)
+    out = _sharded_run_lanes(model, hp, work, item_table, dense, users, slot_items.shape[0], mesh,
+                             axis)
   return out._replace(loss=out.loss / jnp.maximum(plans.num_steps, 1))

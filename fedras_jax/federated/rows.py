@@ -58,7 +58,8 @@ def _scatter(op):
     table, idx, values = (_batch(x, b, size) for x, b in zip((table, idx, values), in_batched))
     rows = table.shape[1]
     flat = table.reshape((size * rows,) + table.shape[2:])
-    out = scatter(flat, _fold_index(idx, size, rows).reshape(-1),
+    out = scatter(flat,
+                  _fold_index(idx, size, rows).reshape(-1),
                   values.reshape((-1,) + values.shape[2:]))
     return out.reshape(table.shape), True
 

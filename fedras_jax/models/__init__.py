@@ -10,8 +10,10 @@ from fedras_jax.models.base import Params, RecModel, bce_loss
 from fedras_jax.models.mf import mf
 from fedras_jax.models.ncf import ncf, ncf_for_run
 
-__all__ = ["MODELS", "ModelEntry", "Params", "RecModel", "bce_loss", "get_model",
-           "model_for_run", "register_model"]
+__all__ = [
+    "MODELS", "ModelEntry", "Params", "RecModel", "bce_loss", "get_model", "model_for_run",
+    "register_model"
+]
 
 
 class ModelEntry(NamedTuple):
@@ -24,7 +26,8 @@ class ModelEntry(NamedTuple):
 MODELS = {"mf": ModelEntry(build=mf, for_run=mf), "ncf": ModelEntry(build=ncf, for_run=ncf_for_run)}
 
 
-def register_model(name: str, build: Callable[..., RecModel],
+def register_model(name: str,
+                   build: Callable[..., RecModel],
                    for_run: Optional[Callable[[int, float], RecModel]] = None):
   """Adds a model under ``name`` (``for_run`` defaults to ``build(dim, init_scale)``);
   ``--model=name`` then trains it."""

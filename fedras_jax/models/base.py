@@ -37,7 +37,7 @@ class RecModel(NamedTuple):
   name: str
   user_dim: int
   item_dim: int
-  init: Callable[..., Params]   # (key, num_users, num_items) -> Params
+  init: Callable[..., Params]  # (key, num_users, num_items) -> Params
   score: Callable[..., jax.Array]  # (user [du], rows [B, di], dense) -> [B]
 
 

@@ -10,10 +10,9 @@ def mf(dim: int = 64, init_scale: float = 0.01) -> RecModel:
 
   def init(key, num_users: int, num_items: int) -> Params:
     ku, ki = jax.random.split(key)
-    return Params(
-        users=init_scale * jax.random.normal(ku, (num_users, dim), jnp.float32),
-        items=init_scale * jax.random.normal(ki, (num_items, dim), jnp.float32),
-        dense={})
+    return Params(users=init_scale * jax.random.normal(ku, (num_users, dim), jnp.float32),
+                  items=init_scale * jax.random.normal(ki, (num_items, dim), jnp.float32),
+                  dense={})
 
   def score(user, rows, dense):
     del dense

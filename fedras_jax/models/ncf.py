@@ -26,7 +26,9 @@ class NeuMFHead(nn.Module):
     return nn.Dense(1)(jnp.concatenate([gmf, h], axis=-1))[..., 0]
 
 
-def ncf(gmf_dim: int = 16, mlp_dim: int = 64, layers: Sequence[int] = (128, 64, 32, 16),
+def ncf(gmf_dim: int = 16,
+        mlp_dim: int = 64,
+        layers: Sequence[int] = (128, 64, 32, 16),
         init_scale: float = 0.01) -> RecModel:
   """NeuMF with GMF dim ``gmf_dim`` and MLP dim ``mlp_dim``; ``layers[0] == 2 * mlp_dim``."""
   if layers[0] != 2 * mlp_dim:
@@ -37,10 +39,9 @@ def ncf(gmf_dim: int = 16, mlp_dim: int = 64, layers: Sequence[int] = (128, 64, 
   def init(key, num_users: int, num_items: int) -> Params:
     ku, ki, kd = jax.random.split(key, 3)
     dense = head.init(kd, jnp.zeros((1, gmf_dim)), jnp.zeros((1, 2 * mlp_dim)))["params"]
-    return Params(
-        users=init_scale * jax.random.normal(ku, (num_users, dim), jnp.float32),
-        items=init_scale * jax.random.normal(ki, (num_items, dim), jnp.float32),
-        dense=dense)
+    return Params(users=init_scale * jax.random.normal(ku, (num_users, dim), jnp.float32),
+                  items=init_scale * jax.random.normal(ki, (num_items, dim), jnp.float32),
+                  dense=dense)
 
   def score(user, rows, dense):
     gmf = user[:gmf_dim] * rows[:, :gmf_dim]
@@ -54,5 +55,7 @@ def ncf(gmf_dim: int = 16, mlp_dim: int = 64, layers: Sequence[int] = (128, 64, 
 def ncf_for_run(dim: int, init_scale: float) -> RecModel:
   """NeuMF of a run's ``--dim``: GMF branch of ``dim / 4``, MLP branch of ``dim``, tower
   ``2 dim, dim, dim / 2, dim / 4`` (``--dim=64``: GMF 16, MLP 64, 128-64-32-16)."""
-  return ncf(gmf_dim=max(1, dim // 4), mlp_dim=dim, layers=(2 * dim, dim, dim // 2, dim // 4),
+  return ncf(gmf_dim=max(1, dim // 4),
+             mlp_dim=dim,
+             layers=(2 * dim, dim, dim // 2, dim // 4),
              init_scale=init_scale)

@@ -34,52 +34,21 @@ Example (runs as is)::
     assert bool((ps.bits <= budgets).all())
 """
 
-from fedras_jax.quantize.actions import (
-    NO_UPDATE,
-    ActionPayload,
-    auto_tau,
-    decode,
-    encode,
-)
-from fedras_jax.quantize.bits import (
-    compression_rate,
-    index_bits,
-    max_actions_for_budget,
-    payload_bits,
-    payload_bits_int32_indices,
-)
+from fedras_jax.quantize.actions import (NO_UPDATE, ActionPayload, auto_tau, decode, encode,)
+from fedras_jax.quantize.bits import (compression_rate, index_bits, max_actions_for_budget,
+                                      payload_bits, payload_bits_int32_indices,
+                                     )
 from fedras_jax.quantize.encode_loop import cluster_coherence
-from fedras_jax.quantize.lloyd import (
-    KMeansResult,
-    kmeans,
-    kmeans_plusplus,
-    lloyd_step,
-    nearest_centroid,
-)
-from fedras_jax.quantize.optax_adapter import (
-    ActionsQuantizerState,
-    actions_quantizer,
-    default_leaf_filter,
-)
+from fedras_jax.quantize.lloyd import (KMeansResult, kmeans, kmeans_plusplus, lloyd_step,
+                                       nearest_centroid,
+                                      )
+from fedras_jax.quantize.optax_adapter import (ActionsQuantizerState, actions_quantizer,
+                                               default_leaf_filter,
+                                              )
 
 __all__ = [
-    "NO_UPDATE",
-    "ActionPayload",
-    "ActionsQuantizerState",
-    "KMeansResult",
-    "actions_quantizer",
-    "auto_tau",
-    "cluster_coherence",
-    "compression_rate",
-    "decode",
-    "default_leaf_filter",
-    "encode",
-    "index_bits",
-    "kmeans",
-    "kmeans_plusplus",
-    "lloyd_step",
-    "max_actions_for_budget",
-    "nearest_centroid",
-    "payload_bits",
-    "payload_bits_int32_indices",
+    "NO_UPDATE", "ActionPayload", "ActionsQuantizerState", "KMeansResult", "actions_quantizer",
+    "auto_tau", "cluster_coherence", "compression_rate", "decode", "default_leaf_filter", "encode",
+    "index_bits", "kmeans", "kmeans_plusplus", "lloyd_step", "max_actions_for_budget",
+    "nearest_centroid", "payload_bits", "payload_bits_int32_indices",
 ]

@@ -83,7 +83,6 @@ from fedras_jax.quantize.bits import max_actions_for_budget, payload_bits
 from fedras_jax.quantize.encode_loop import EncodeRows, EncodeState, encode_loop, unit_rows
 from fedras_jax.quantize.lloyd import prepare_rows
 
-
 NO_UPDATE = -1
 """Reserved index: the row carries no update and decodes to exactly zero."""
 
@@ -91,286 +90,309 @@ _HALF = {"bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
 class ActionPayload(NamedTuple):
-    """What a client uploads (all shapes static for a given ``n, d, max_k``).
+  """What a client uploads (all shapes static for a given ``n, d, max_k``).
 
-    Attributes:
-      centroids: ``[max_k, d]`` float32 action vectors; slots ``>= num_actions``
-        are zero. With ``value_bits=16`` the values are exactly representable
-        in the 16-bit format.
-      indices: ``[n]`` int32 action of each row, or :data:`NO_UPDATE` (-1).
-      active: ``[max_k]`` bool, ``arange(max_k) < num_actions``.
-      num_actions: ``[]`` int32 K.
-      bits: ``[]`` int32 exact payload size, ``payload_bits(K, R, d, value_bits)``.
-      coherence: ``[max_k]`` float32 mean member/centroid cosine of each action
-        (0 for inactive slots). Extra field (diagnostics).
-      tau: ``[]`` float32 threshold actually used (the auto value in auto mode;
-        1 in auto mode when no row was clustered). Extra field.
-      num_nonfinite: ``[]`` int32 number of unmasked rows dropped because they
-        contained NaN/inf. Extra field.
-      num_rounds: ``[]`` int32 number of split tests that split (each is
-        followed by one Lloyd refinement). Extra field (diagnostics).
-      lloyd_steps: ``[]`` int32 total Lloyd (E+M) steps over all
-        refinements. Extra field (diagnostics).
-    """
+  Attributes:
+    centroids: ``[max_k, d]`` float32 action vectors; slots ``>= num_actions``
+      are zero. With ``value_bits=16`` the values are exactly representable
+      in the 16-bit format.
+    indices: ``[n]`` int32 action of each row, or :data:`NO_UPDATE` (-1).
+    active: ``[max_k]`` bool, ``arange(max_k) < num_actions``.
+    num_actions: ``[]`` int32 K.
+    bits: ``[]`` int32 exact payload size, ``payload_bits(K, R, d, value_bits)``.
+    coherence: ``[max_k]`` float32 mean member/centroid cosine of each action
+      (0 for inactive slots). Extra field (diagnostics).
+    tau: ``[]`` float32 threshold actually used (the auto value in auto mode;
+      1 in auto mode when no row was clustered). Extra field.
+    num_nonfinite: ``[]`` int32 number of unmasked rows dropped because they
+      contained NaN/inf. Extra field.
+    num_rounds: ``[]`` int32 number of split tests that split (each is
+      followed by one Lloyd refinement). Extra field (diagnostics).
+    lloyd_steps: ``[]`` int32 total Lloyd (E+M) steps over all
+      refinements. Extra field (diagnostics).
+  """
 
-    centroids: jax.Array
-    indices: jax.Array
-    active: jax.Array
-    num_actions: jax.Array
-    bits: jax.Array
-    coherence: jax.Array
-    tau: jax.Array
-    num_nonfinite: jax.Array
-    num_rounds: jax.Array
-    lloyd_steps: jax.Array
+  centroids: jax.Array
+  indices: jax.Array
+  active: jax.Array
+  num_actions: jax.Array
+  bits: jax.Array
+  coherence: jax.Array
+  tau: jax.Array
+  num_nonfinite: jax.Array
+  num_rounds: jax.Array
+  lloyd_steps: jax.Array
 
 
 def auto_tau(single_action_coherence):
-    """Auto threshold ``sqrt((1 + c1) / 2) = cos(arccos(c1) / 2)``."""
-    c1 = jnp.clip(jnp.asarray(single_action_coherence, jnp.float32), -1.0, 1.0)
-    return jnp.sqrt((1.0 + c1) / 2.0)
+  """Auto threshold ``sqrt((1 + c1) / 2) = cos(arccos(c1) / 2)``."""
+  c1 = jnp.clip(jnp.asarray(single_action_coherence, jnp.float32), -1.0, 1.0)
+  return jnp.sqrt((1.0 + c1) / 2.0)
 
 
-@functools.partial(
-    jax.jit,
-    static_argnames=("max_k", "tau_mode", "value_bits", "max_iters", "half_dtype", "vmap_strategy",
-                     "max_splits"),
-)
-def encode(
-    grads,
-    key,
-    *,
-    budget_bits,
-    max_k: int,
-    tau=0.7,
-    tau_mode: str = "fixed",
-    mask=None,
-    num_index_rows=None,
-    value_bits: int = 32,
-    max_iters: int = 25,
-    tol=1e-4,
-    half_dtype: str = "bfloat16",
-    vmap_strategy: str = "auto",
-    max_splits: int | None = None,
-    init_centroids=None,
-    init_k=None,
-) -> ActionPayload:
-    """Compress ``grads`` ``[n, d]`` into at most ``max_k`` actions within a bit budget.
+@functools.partial(jax.jit,
+                   static_argnames=("max_k", "tau_mode", "value_bits", "max_iters", "half_dtype",
+                                    "vmap_strategy", "max_splits"),
+                  )
+def encode(grads,
+           key,
+           *,
+           budget_bits,
+           max_k: int,
+           tau=0.7,
+           tau_mode: str = "fixed",
+           mask=None,
+           num_index_rows=None,
+           value_bits: int = 32,
+           max_iters: int = 25,
+           tol=1e-4,
+           half_dtype: str = "bfloat16",
+           vmap_strategy: str = "auto",
+           max_splits: int | None = None,
+           init_centroids=None,
+           init_k=None,
+          ) -> ActionPayload:
+  """Compress ``grads`` ``[n, d]`` into at most ``max_k`` actions within a bit budget.
 
-    Args:
-      grads: ``[n, d]`` gradient matrix (cast to float32).
-      key: PRNG key (accepted for API stability; the algorithm is deterministic).
-      budget_bits: traced int, upper bound on ``payload.bits``.
-      max_k: static number of action slots.
-      tau: traced float, fixed cosine threshold (``tau_mode="fixed"``).
-      tau_mode: ``"fixed"`` or ``"auto"`` (static; auto ignores ``tau``).
-      mask: optional ``[n]`` bool; False = the row has no update.
-      num_index_rows: traced/int R, rows counted as carrying an index in the
-        bit accounting (default ``n``).
-      value_bits: static, 32 or 16 (16: centroids rounded to ``half_dtype``).
-      max_iters: static bound on the Lloyd M-steps of each refinement (one
-        after every split test).
-      tol: traced relative Lloyd tolerance (see :func:`kmeans`).
-      half_dtype: static, ``"bfloat16"`` (default; f32 exponent range) or
-        ``"float16"`` (more mantissa; tiny values flush to 0, values beyond
-        65504 are clipped).
-      vmap_strategy: static; what ``jax.vmap(encode)`` compiles to.
-        ``"parallel"``: ordinary batching (all clients in lock-step through
-        the loops: each refinement and the outer loop run until the slowest
-        client is done, and a bisection is computed for every client at every
-        split test). ``"sequential"``: a ``lax.map`` over the batch inside the
-        same program (each client exits its loops early). ``"auto"``
-        (default): sequential when the default backend is CPU (several times
-        faster there, docs/benchmarks.md), parallel otherwise. Results are identical. Note:
-        the batching rule is a ``jax.custom_batching`` rule, so ``encode`` is
-        not reverse-mode differentiable (it is piecewise constant anyway).
-      max_splits: static; at most this many clusters are split per split test
-        (the least coherent ones below ``tau``, never beyond the budget's
-        ``k_cap``). ``None`` (default): no limit, every incoherent cluster is
-        split at once (~``log2(K)`` Lloyd refinements instead of ``K - 1``).
-        ``1``: one split per test (slowest for large K). See the module
-        docstring for the trade-off.
-      init_centroids, init_k: optional warm start: ``[max_k, d]`` actions (in
-        the units of ``grads``, e.g. a previous payload's ``centroids``) and a
-        traced int; when ``init_k > 0`` the first ``min(init_k, k_cap)`` of them
-        replace the single-action start and are refined before the first split
-        test (so a sender whose matrix changes slowly, like a server's update
-        from round to round, skips the growth from one action). ``init_k = 0``
-        (or None): the cold start.
+  Args:
+    grads: ``[n, d]`` gradient matrix (cast to float32).
+    key: PRNG key (accepted for API stability; the algorithm is deterministic).
+    budget_bits: traced int, upper bound on ``payload.bits``.
+    max_k: static number of action slots.
+    tau: traced float, fixed cosine threshold (``tau_mode="fixed"``).
+    tau_mode: ``"fixed"`` or ``"auto"`` (static; auto ignores ``tau``).
+    mask: optional ``[n]`` bool; False = the row has no update.
+    num_index_rows: traced/int R, rows counted as carrying an index in the
+      bit accounting (default ``n``).
+    value_bits: static, 32 or 16 (16: centroids rounded to ``half_dtype``).
+    max_iters: static bound on the Lloyd M-steps of each refinement (one
+      after every split test).
+    tol: traced relative Lloyd tolerance (see :func:`kmeans`).
+    half_dtype: static, ``"bfloat16"`` (default; f32 exponent range) or
+      ``"float16"`` (more mantissa; tiny values flush to 0, values beyond
+      65504 are clipped).
+    vmap_strategy: static; what ``jax.vmap(encode)`` compiles to.
+      ``"parallel"``: ordinary batching (all clients in lock-step through
+      the loops: each refinement and the outer loop run until the slowest
+      client is done, and a bisection is computed for every client at every
+      split test). ``"sequential"``: a ``lax.map`` over the batch inside the
+      same program (each client exits its loops early). ``"auto"``
+      (default): sequential when the default backend is CPU (several times
+      faster there, docs/benchmarks.md), parallel otherwise. Results are identical. Note:
+      the batching rule is a ``jax.custom_batching`` rule, so ``encode`` is
+      not reverse-mode differentiable (it is piecewise constant anyway).
+    max_splits: static; at most this many clusters are split per split test
+      (the least coherent ones below ``tau``, never beyond the budget's
+      ``k_cap``). ``None`` (default): no limit, every incoherent cluster is
+      split at once (~``log2(K)`` Lloyd refinements instead of ``K - 1``).
+      ``1``: one split per test (slowest for large K). See the module
+      docstring for the trade-off.
+    init_centroids, init_k: optional warm start: ``[max_k, d]`` actions (in
+      the units of ``grads``, e.g. a previous payload's ``centroids``) and a
+      traced int; when ``init_k > 0`` the first ``min(init_k, k_cap)`` of them
+      replace the single-action start and are refined before the first split
+      test (so a sender whose matrix changes slowly, like a server's update
+      from round to round, skips the growth from one action). ``init_k = 0``
+      (or None): the cold start.
 
-    Returns:
-      :class:`ActionPayload`.
-    """
-    if tau_mode not in ("fixed", "auto"):
-        raise ValueError(f"tau_mode must be 'fixed' or 'auto', got {tau_mode!r}")
-    if value_bits not in (16, 32):
-        raise ValueError(f"value_bits must be 16 or 32, got {value_bits}")
-    check_vmap_strategy(vmap_strategy)
-    if max_splits is not None and (not isinstance(max_splits, int) or max_splits < 1):
-        raise ValueError(f"max_splits must be None or an int >= 1, got {max_splits!r}")
-    # More than max_k - 1 splits per test are impossible: normalise (one compile).
-    max_splits = max(1, max_k - 1) if max_splits is None else min(max_splits, max(1, max_k - 1))
-    del key
-    x = jnp.asarray(grads, jnp.float32)
-    n = x.shape[0]
-    m = jnp.ones((n,), bool) if mask is None else jnp.asarray(mask, bool)
-    r_rows = jnp.asarray(n if num_index_rows is None else num_index_rows, jnp.int32)
-    d = x.shape[1]
-    args = (
-        x,
-        m,
-        jnp.asarray(budget_bits, jnp.int32),
-        jnp.asarray(tau, jnp.float32),
-        r_rows,
-        jnp.asarray(tol, jnp.float32),
-        jnp.zeros((max_k, d), jnp.float32) if init_centroids is None
-        else jnp.asarray(init_centroids, jnp.float32),
-        jnp.asarray(0 if init_k is None else init_k, jnp.int32),
-    )
-    return batched_as(_encode_impl, vmap_strategy, max_k=max_k, tau_mode=tau_mode,
-                      value_bits=value_bits, max_iters=max_iters, half_dtype=half_dtype,
-                      max_splits=max_splits)(*args)
+  Returns:
+    :class:`ActionPayload`.
+  """
+  if tau_mode not in ("fixed", "auto"):
+    raise ValueError(f"tau_mode must be 'fixed' or 'auto', got {tau_mode!r}")
+  if value_bits not in (16, 32):
+    raise ValueError(f"value_bits must be 16 or 32, got {value_bits}")
+  check_vmap_strategy(vmap_strategy)
+  if max_splits is not None and (not isinstance(max_splits, int) or max_splits < 1):
+    raise ValueError(f"max_splits must be None or an int >= 1, got {max_splits!r}")
+  # More than max_k - 1 splits per test are impossible: normalise (one compile).
+  max_splits = max(1, max_k - 1) if max_splits is None else min(max_splits, max(1, max_k - 1))
+  del key
+  x = jnp.asarray(grads, jnp.float32)
+  n = x.shape[0]
+  m = jnp.ones((n,), bool) if mask is None else jnp.asarray(mask, bool)
+  r_rows = jnp.asarray(n if num_index_rows is None else num_index_rows, jnp.int32)
+  d = x.shape[1]
+  args = (x, m, jnp.asarray(budget_bits, jnp.int32), jnp.asarray(
+      tau, jnp.float32), r_rows, jnp.asarray(tol, jnp.float32), jnp.zeros(
+          (max_k,
+           d), jnp.float32) if init_centroids is None else jnp.asarray(init_centroids, jnp.float32),
+          jnp.asarray(0 if init_k is None else init_k, jnp.int32),
+         )
+  return batched_as(_encode_impl,
+                    vmap_strategy,
+                    max_k=max_k,
+                    tau_mode=tau_mode,
+                    value_bits=value_bits,
+                    max_iters=max_iters,
+                    half_dtype=half_dtype,
+                    max_splits=max_splits)(*args)
 
 
 def _times_power_of_two(x, e):
-    """``x * 2**e`` for a traced scalar int ``e`` in ``[-252, 254]``, exact wherever
-    the result is a normal float32 (the scaling of the rows and back).
+  """``x * 2**e`` for a traced scalar int ``e`` in ``[-252, 254]``, exact wherever
+  the result is a normal float32 (the scaling of the rows and back).
 
-    As two scalar factors, each a normal float32 power of two, so the ``[n, d]``
-    pass is two multiplies (``jnp.ldexp`` lowers to a per-element ``pow``, which
-    XLA:CPU then recomputes in every fusion that reads it).
-    """
-    e = jnp.asarray(e, jnp.int32)
-    half = e // 2
-    f1 = jnp.ldexp(jnp.float32(1.0), half)
-    f2 = jnp.ldexp(jnp.float32(1.0), e - half)
-    return (x * f1) * f2
-
-
-def _encode_impl(x, m, budget_bits, tau, r_rows, tol, init_centroids, init_k, *, max_k,
-                 tau_mode, value_bits, max_iters, half_dtype, max_splits):
-    """Single-client encoder on sanitized arguments (see :func:`encode`)."""
-    n, d = x.shape
-    finite = jnp.all(jnp.isfinite(x), axis=1)
-    x0 = jnp.where(finite[:, None], x, 0.0)
-    live = m & finite & jnp.any(x0 != 0, axis=1)
-    num_nonfinite = jnp.sum(m & ~finite).astype(jnp.int32)
-    w = live.astype(jnp.float32)
-    n_live = jnp.sum(live).astype(jnp.int32)
-
-    k_budget = max_actions_for_budget(budget_bits, r_rows, d, max_k=max_k, value_bits=value_bits)
-    k_cap = jnp.minimum(k_budget, n_live)
-    cluster = functools.partial(
-        _cluster_live_rows, x0, live, w, n_live, k_cap, tau, r_rows, tol, init_centroids,
-        init_k, max_k=max_k,
-        tau_mode=tau_mode, value_bits=value_bits, max_iters=max_iters, half_dtype=half_dtype,
-        max_splits=max_splits)
-
-    def nothing_to_send():  # no budget for one action, or no live row: the empty payload
-        return ActionPayload(
-            centroids=jnp.zeros((max_k, d), jnp.float32),
-            indices=jnp.full((n,), NO_UPDATE, jnp.int32), active=jnp.zeros((max_k,), bool),
-            num_actions=jnp.int32(0), bits=jnp.int32(0), coherence=jnp.zeros((max_k,), jnp.float32),
-            tau=jnp.asarray(1.0 if tau_mode == "auto" else tau, jnp.float32),
-            num_nonfinite=jnp.int32(0), num_rounds=jnp.int32(0), lloyd_steps=jnp.int32(0))
-
-    payload = lax.cond(k_cap > 0, cluster, nothing_to_send)
-    return payload._replace(num_nonfinite=num_nonfinite)
+  As two scalar factors, each a normal float32 power of two, so the ``[n, d]``
+  pass is two multiplies (``jnp.ldexp`` lowers to a per-element ``pow``, which
+  XLA:CPU then recomputes in every fusion that reads it).
+  """
+  e = jnp.asarray(e, jnp.int32)
+  half = e // 2
+  f1 = jnp.ldexp(jnp.float32(1.0), half)
+  f2 = jnp.ldexp(jnp.float32(1.0), e - half)
+  return (x * f1) * f2
 
 
-def _cluster_live_rows(x0, live, w, n_live, k_cap, tau, r_rows, tol, init_centroids, init_k,
-                       *, max_k, tau_mode, value_bits, max_iters, half_dtype, max_splits):
-    """The payload of ``k_cap >= 1`` actions at most for the live rows of ``x0``."""
-    rows, expo = _encode_rows(x0, live, w, n_live, k_cap, tau, tol, max_k=max_k,
-                              tau_mode=tau_mode)
-    state = _initial_state(rows, expo, init_centroids, init_k)
-    # On exit the centroids are unchanged by the last (converged, no split) step,
-    # so (centroids, assignment, coherence, count) are consistent.
-    state = encode_loop(rows, state, max_iters=max_iters, max_splits=max_splits)
-    return _compact(rows, state, expo, r_rows, value_bits=value_bits, half_dtype=half_dtype)
+def _encode_impl(x, m, budget_bits, tau, r_rows, tol, init_centroids, init_k, *, max_k, tau_mode,
+                 value_bits, max_iters, half_dtype, max_splits):
+  """Single-client encoder on sanitized arguments (see :func:`encode`)."""
+  n, d = x.shape
+  finite = jnp.all(jnp.isfinite(x), axis=1)
+  x0 = jnp.where(finite[:, None], x, 0.0)
+  live = m & finite & jnp.any(x0 != 0, axis=1)
+  num_nonfinite = jnp.sum(m & ~finite).astype(jnp.int32)
+  w = live.astype(jnp.float32)
+  n_live = jnp.sum(live).astype(jnp.int32)
+
+  k_budget = max_actions_for_budget(budget_bits, r_rows, d, max_k=max_k, value_bits=value_bits)
+  k_cap = jnp.minimum(k_budget, n_live)
+  cluster = functools.partial(_cluster_live_rows,
+                              x0,
+                              live,
+                              w,
+                              n_live,
+                              k_cap,
+                              tau,
+                              r_rows,
+                              tol,
+                              init_centroids,
+                              init_k,
+                              max_k=max_k,
+                              tau_mode=tau_mode,
+                              value_bits=value_bits,
+                              max_iters=max_iters,
+                              half_dtype=half_dtype,
+                              max_splits=max_splits)
+
+  def nothing_to_send():  # no budget for one action, or no live row: the empty payload
+    return ActionPayload(centroids=jnp.zeros((max_k, d), jnp.float32),
+                         indices=jnp.full((n,), NO_UPDATE, jnp.int32),
+                         active=jnp.zeros((max_k,), bool),
+                         num_actions=jnp.int32(0),
+                         bits=jnp.int32(0),
+                         coherence=jnp.zeros((max_k,), jnp.float32),
+                         tau=jnp.asarray(1.0 if tau_mode == "auto" else tau, jnp.float32),
+                         num_nonfinite=jnp.int32(0),
+                         num_rounds=jnp.int32(0),
+                         lloyd_steps=jnp.int32(0))
+
+  payload = lax.cond(k_cap > 0, cluster, nothing_to_send)
+  return payload._replace(num_nonfinite=num_nonfinite)
+
+
+def _cluster_live_rows(x0, live, w, n_live, k_cap, tau, r_rows, tol, init_centroids, init_k, *,
+                       max_k, tau_mode, value_bits, max_iters, half_dtype, max_splits):
+  """The payload of ``k_cap >= 1`` actions at most for the live rows of ``x0``."""
+  rows, expo = _encode_rows(x0, live, w, n_live, k_cap, tau, tol, max_k=max_k, tau_mode=tau_mode)
+  state = _initial_state(rows, expo, init_centroids, init_k)
+  # On exit the centroids are unchanged by the last (converged, no split) step,
+  # so (centroids, assignment, coherence, count) are consistent.
+  state = encode_loop(rows, state, max_iters=max_iters, max_splits=max_splits)
+  return _compact(rows, state, expo, r_rows, value_bits=value_bits, half_dtype=half_dtype)
 
 
 def _encode_rows(x0, live, w, n_live, k_cap, tau, tol, *, max_k, tau_mode):
-    """``(EncodeRows, expo)``: the live rows of ``x0`` ``[n, d]`` scaled by ``2**-expo``
-    (largest ``|value|`` in ``[0.5, 1)``, exact), their unit rows, centred copy,
-    split threshold and Lloyd tolerance."""
-    amax = jnp.max(jnp.where(live[:, None], jnp.abs(x0), 0.0))
-    _, expo = jnp.frexp(jnp.where(amax > 0, amax, 1.0))
-    xs = jnp.where(live[:, None], _times_power_of_two(x0, -expo), 0.0)
-    mean = jnp.sum(xs, axis=0) / jnp.maximum(n_live, 1).astype(jnp.float32)
-    xu = unit_rows(xs)
-    # Coherence of the single action: mean over live rows of xu_i . unit(mean).
-    coh1 = jnp.dot(jnp.sum(xu, axis=0), unit_rows(mean)) / jnp.maximum(n_live, 1)
-    tau_eff = auto_tau(coh1) if tau_mode == "auto" else tau
-    xc = jnp.where(live[:, None], xs - mean, 0.0)  # centred copy for distances
-    var = jnp.sum(w[:, None] * xc**2, axis=0) / jnp.maximum(jnp.sum(w), 1e-30)
-    rows = EncodeRows(xs=xs, xu=xu, centred=prepare_rows(xc, max_k), mean=mean, live=live,
-                      weight=w, k_cap=k_cap, tau=jnp.asarray(tau_eff, jnp.float32),
-                      tol_abs=tol * jnp.mean(var))
-    return rows, expo
+  """``(EncodeRows, expo)``: the live rows of ``x0`` ``[n, d]`` scaled by ``2**-expo``
+  (largest ``|value|`` in ``[0.5, 1)``, exact), their unit rows, centred copy,
+  split threshold and Lloyd tolerance."""
+  amax = jnp.max(jnp.where(live[:, None], jnp.abs(x0), 0.0))
+  _, expo = jnp.frexp(jnp.where(amax > 0, amax, 1.0))
+  xs = jnp.where(live[:, None], _times_power_of_two(x0, -expo), 0.0)
+  mean = jnp.sum(xs, axis=0) / jnp.maximum(n_live, 1).astype(jnp.float32)
+  xu = unit_rows(xs)
+  # Coherence of the single action: mean over live rows of xu_i . unit(mean).
+  coh1 = jnp.dot(jnp.sum(xu, axis=0), unit_rows(mean)) / jnp.maximum(n_live, 1)
+  tau_eff = auto_tau(coh1) if tau_mode == "auto" else tau
+  xc = jnp.where(live[:, None], xs - mean, 0.0)  # centred copy for distances
+  var = jnp.sum(w[:, None] * xc**2, axis=0) / jnp.maximum(jnp.sum(w), 1e-30)
+  rows = EncodeRows(xs=xs,
+                    xu=xu,
+                    centred=prepare_rows(xc, max_k),
+                    mean=mean,
+                    live=live,
+                    weight=w,
+                    k_cap=k_cap,
+                    tau=jnp.asarray(tau_eff, jnp.float32),
+                    tol_abs=tol * jnp.mean(var))
+  return rows, expo
 
 
 def _initial_state(rows: EncodeRows, expo, init_centroids, init_k) -> EncodeState:
-    """One action, the mean of the live rows (the exact Lloyd fixed point for K=1), or,
-    warm (``init_k > 0``), the given actions scaled like the rows, refined before the
-    first split test."""
-    max_k, d = init_centroids.shape
-    c = jnp.zeros((max_k, d), jnp.float32).at[0].set(rows.mean)
-    a = jnp.where(rows.live, 0, -1).astype(jnp.int32)
-    warm = init_k > 0
-    k0 = jnp.where(warm, jnp.clip(init_k, 1, rows.k_cap), 1)
-    c_warm = jnp.where((jnp.arange(max_k) < k0)[:, None],
-                       _times_power_of_two(jnp.where(jnp.isfinite(init_centroids),
-                                                     init_centroids, 0.0), -expo), 0.0)
-    c = jnp.where(warm, c_warm, c)
-    return EncodeState(centroids=c, assignment=a, k=k0, iters=jnp.int32(0),
-                       shift=jnp.float32(jnp.inf), done=jnp.bool_(False),
-                       coherence=jnp.ones((max_k,), jnp.float32),
-                       count=jnp.zeros((max_k,), jnp.float32),
-                       split_tests=jnp.int32(0), lloyd_steps=jnp.int32(0))
+  """One action, the mean of the live rows (the exact Lloyd fixed point for K=1), or,
+  warm (``init_k > 0``), the given actions scaled like the rows, refined before the
+  first split test."""
+  max_k, d = init_centroids.shape
+  c = jnp.zeros((max_k, d), jnp.float32).at[0].set(rows.mean)
+  a = jnp.where(rows.live, 0, -1).astype(jnp.int32)
+  warm = init_k > 0
+  k0 = jnp.where(warm, jnp.clip(init_k, 1, rows.k_cap), 1)
+  c_warm = jnp.where(
+      (jnp.arange(max_k) < k0)[:, None],
+      _times_power_of_two(jnp.where(jnp.isfinite(init_centroids), init_centroids, 0.0), -expo), 0.0)
+  c = jnp.where(warm, c_warm, c)
+  return EncodeState(centroids=c,
+                     assignment=a,
+                     k=k0,
+                     iters=jnp.int32(0),
+                     shift=jnp.float32(jnp.inf),
+                     done=jnp.bool_(False),
+                     coherence=jnp.ones((max_k,), jnp.float32),
+                     count=jnp.zeros((max_k,), jnp.float32),
+                     split_tests=jnp.int32(0),
+                     lloyd_steps=jnp.int32(0))
 
 
 def _compact(rows: EncodeRows, state: EncodeState, expo, r_rows, *, value_bits,
              half_dtype) -> ActionPayload:
-    """The payload of the loop's final ``state``: non-empty live clusters moved to a
-    prefix of the slots and scaled back, indices remapped, bits counted."""
-    max_k, d = state.centroids.shape
-    slots = jnp.arange(max_k)
-    keep = (slots < state.k) & (state.count > 0)
-    new_pos = jnp.cumsum(keep.astype(jnp.int32)) - 1
-    dest = jnp.where(keep, new_pos, max_k)  # max_k = dropped
-    num_actions = jnp.sum(keep).astype(jnp.int32)
-    cents = jnp.zeros((max_k, d), jnp.float32).at[dest].set(
-        _times_power_of_two(state.centroids, expo), mode="drop")
-    coh_out = jnp.zeros((max_k,), jnp.float32).at[dest].set(state.coherence, mode="drop")
-    a = state.assignment
-    a_c = jnp.clip(a, 0, max_k - 1)
-    indices = jnp.where(rows.live & (a >= 0) & keep[a_c], new_pos[a_c],
-                        NO_UPDATE).astype(jnp.int32)
-    if value_bits == 16:
-        big = float(jnp.finfo(_HALF[half_dtype]).max)
-        cents = jnp.clip(cents, -big, big).astype(_HALF[half_dtype]).astype(jnp.float32)
-    bits = payload_bits(num_actions, r_rows, d, value_bits).astype(jnp.int32)
-    return ActionPayload(
-        centroids=cents,
-        indices=indices,
-        active=slots < num_actions,
-        num_actions=num_actions,
-        bits=bits,
-        coherence=coh_out,
-        tau=rows.tau,
-        num_nonfinite=jnp.int32(0),
-        num_rounds=state.split_tests,
-        lloyd_steps=state.lloyd_steps,
-    )
+  """The payload of the loop's final ``state``: non-empty live clusters moved to a
+  prefix of the slots and scaled back, indices remapped, bits counted."""
+  max_k, d = state.centroids.shape
+  slots = jnp.arange(max_k)
+  keep = (slots < state.k) & (state.count > 0)
+  new_pos = jnp.cumsum(keep.astype(jnp.int32)) - 1
+  dest = jnp.where(keep, new_pos, max_k)  # max_k = dropped
+  num_actions = jnp.sum(keep).astype(jnp.int32)
+  cents = jnp.zeros((max_k, d),
+                    jnp.float32).at[dest].set(_times_power_of_two(state.centroids, expo),
+                                              mode="drop")
+  coh_out = jnp.zeros((max_k,), jnp.float32).at[dest].set(state.coherence, mode="drop")
+  a = state.assignment
+  a_c = jnp.clip(a, 0, max_k - 1)
+  indices = jnp.where(rows.live & (a >= 0) & keep[a_c], new_pos[a_c], NO_UPDATE).astype(jnp.int32)
+  if value_bits == 16:
+    big = float(jnp.finfo(_HALF[half_dtype]).max)
+    cents = jnp.clip(cents, -big, big).astype(_HALF[half_dtype]).astype(jnp.float32)
+  bits = payload_bits(num_actions, r_rows, d, value_bits).astype(jnp.int32)
+  return ActionPayload(centroids=cents,
+                       indices=indices,
+                       active=slots < num_actions,
+                       num_actions=num_actions,
+                       bits=bits,
+                       coherence=coh_out,
+                       tau=rows.tau,
+                       num_nonfinite=jnp.int32(0),
+                       num_rounds=state.split_tests,
+                       lloyd_steps=state.lloyd_steps,
+                      )
 
 
 @jax.jit
 def decode(payload: ActionPayload) -> jax.Array:
-    """Rebuild the ``[n, d]`` float32 update: row i = ``centroids[indices[i]]``.
+  """Rebuild the ``[n, d]`` float32 update: row i = ``centroids[indices[i]]``.
 
-    Rows with :data:`NO_UPDATE` decode to exactly 0.
-    """
-    idx = payload.indices
-    rows = payload.centroids[jnp.clip(idx, 0, payload.centroids.shape[0] - 1)]
-    return jnp.where((idx >= 0)[:, None], rows, 0.0).astype(jnp.float32)
+  Rows with :data:`NO_UPDATE` decode to exactly 0.
+  """
+  idx = payload.indices
+  rows = payload.centroids[jnp.clip(idx, 0, payload.centroids.shape[0] - 1)]
+  return jnp.where((idx >= 0)[:, None], rows, 0.0).astype(jnp.float32)

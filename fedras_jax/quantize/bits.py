@@ -22,76 +22,75 @@ import jax.numpy as jnp
 from jax import lax
 
 
-
 def _is_concrete_int(v) -> bool:
-    return isinstance(v, numbers.Integral)
+  return isinstance(v, numbers.Integral)
 
 
 def index_bits(num_actions):
-    """``ceil(log2(num_actions + 1))``: bits per index for K actions + 1 reserved code.
+  """``ceil(log2(num_actions + 1))``: bits per index for K actions + 1 reserved code.
 
-    Python int in -> Python int out; array/traced in -> int32 array out.
-    """
-    if _is_concrete_int(num_actions):
-        return int(num_actions).bit_length()
-    k = jnp.maximum(jnp.asarray(num_actions, jnp.int32), 0)
-    return jnp.int32(32) - lax.clz(k)
+  Python int in -> Python int out; array/traced in -> int32 array out.
+  """
+  if _is_concrete_int(num_actions):
+    return int(num_actions).bit_length()
+  k = jnp.maximum(jnp.asarray(num_actions, jnp.int32), 0)
+  return jnp.int32(32) - lax.clz(k)
 
 
 def payload_bits(num_actions, num_index_rows, dim, value_bits=32):
-    """Exact payload size ``K*d*value_bits + R*ceil(log2(K+1))`` in bits.
+  """Exact payload size ``K*d*value_bits + R*ceil(log2(K+1))`` in bits.
 
-    Args:
-      num_actions: K (Python int or traced int; broadcasts).
-      num_index_rows: R, rows that carry an index.
-      dim: d, embedding width.
-      value_bits: bits per centroid value (32 or 16).
+  Args:
+    num_actions: K (Python int or traced int; broadcasts).
+    num_index_rows: R, rows that carry an index.
+    dim: d, embedding width.
+    value_bits: bits per centroid value (32 or 16).
 
-    Returns:
-      Python int if every argument is a Python int, else an int32 array.
-    """
-    if all(_is_concrete_int(v) for v in (num_actions, num_index_rows, dim, value_bits)):
-        k = max(int(num_actions), 0)
-        return k * int(dim) * int(value_bits) + int(num_index_rows) * k.bit_length()
-    k = jnp.maximum(jnp.asarray(num_actions, jnp.int32), 0)
-    r = jnp.asarray(num_index_rows, jnp.int32)
-    return k * jnp.int32(dim) * jnp.int32(value_bits) + r * index_bits(k)
+  Returns:
+    Python int if every argument is a Python int, else an int32 array.
+  """
+  if all(_is_concrete_int(v) for v in (num_actions, num_index_rows, dim, value_bits)):
+    k = max(int(num_actions), 0)
+    return k * int(dim) * int(value_bits) + int(num_index_rows) * k.bit_length()
+  k = jnp.maximum(jnp.asarray(num_actions, jnp.int32), 0)
+  r = jnp.asarray(num_index_rows, jnp.int32)
+  return k * jnp.int32(dim) * jnp.int32(value_bits) + r * index_bits(k)
 
 
 def payload_bits_int32_indices(num_actions, num_index_rows, dim, value_bits=32):
-    """Paper convention: ``K*d*value_bits + R*32`` (a full int32 per index).
+  """Paper convention: ``K*d*value_bits + R*32`` (a full int32 per index).
 
-    Zero when ``K = 0``. Same int/array behaviour as :func:`payload_bits`.
-    """
-    if all(_is_concrete_int(v) for v in (num_actions, num_index_rows, dim, value_bits)):
-        k = max(int(num_actions), 0)
-        return 0 if k == 0 else k * int(dim) * int(value_bits) + int(num_index_rows) * 32
-    k = jnp.maximum(jnp.asarray(num_actions, jnp.int32), 0)
-    r = jnp.asarray(num_index_rows, jnp.int32)
-    return jnp.where(k > 0, k * jnp.int32(dim) * jnp.int32(value_bits) + r * 32, 0)
+  Zero when ``K = 0``. Same int/array behaviour as :func:`payload_bits`.
+  """
+  if all(_is_concrete_int(v) for v in (num_actions, num_index_rows, dim, value_bits)):
+    k = max(int(num_actions), 0)
+    return 0 if k == 0 else k * int(dim) * int(value_bits) + int(num_index_rows) * 32
+  k = jnp.maximum(jnp.asarray(num_actions, jnp.int32), 0)
+  r = jnp.asarray(num_index_rows, jnp.int32)
+  return jnp.where(k > 0, k * jnp.int32(dim) * jnp.int32(value_bits) + r * 32, 0)
 
 
 def max_actions_for_budget(budget_bits, num_index_rows, dim, *, max_k: int, value_bits=32):
-    """Largest ``K <= max_k`` with ``payload_bits(K, R, d) <= budget_bits``; 0 if none.
+  """Largest ``K <= max_k`` with ``payload_bits(K, R, d) <= budget_bits``; 0 if none.
 
-    ``payload_bits`` is increasing in K, so this is the count of fitting
-    ``K in 1..max_k``. Evaluated over the static range ``0..max_k``.
-    Python ints in -> Python int out; otherwise an int32 array.
-    """
-    if all(_is_concrete_int(v) for v in (budget_bits, num_index_rows, dim, value_bits)):
-        best = 0
-        for k in range(1, max_k + 1):
-            if payload_bits(k, num_index_rows, dim, value_bits) <= budget_bits:
-                best = k
-        return best
-    ks = jnp.arange(max_k + 1, dtype=jnp.int32)
-    bits = payload_bits(ks, jnp.asarray(num_index_rows, jnp.int32)[..., None], dim, value_bits)
-    fits = bits <= jnp.asarray(budget_bits, jnp.int32)[..., None]
-    return jnp.max(jnp.where(fits, ks, 0), axis=-1).astype(jnp.int32)
+  ``payload_bits`` is increasing in K, so this is the count of fitting
+  ``K in 1..max_k``. Evaluated over the static range ``0..max_k``.
+  Python ints in -> Python int out; otherwise an int32 array.
+  """
+  if all(_is_concrete_int(v) for v in (budget_bits, num_index_rows, dim, value_bits)):
+    best = 0
+    for k in range(1, max_k + 1):
+      if payload_bits(k, num_index_rows, dim, value_bits) <= budget_bits:
+        best = k
+    return best
+  ks = jnp.arange(max_k + 1, dtype=jnp.int32)
+  bits = payload_bits(ks, jnp.asarray(num_index_rows, jnp.int32)[..., None], dim, value_bits)
+  fits = bits <= jnp.asarray(budget_bits, jnp.int32)[..., None]
+  return jnp.max(jnp.where(fits, ks, 0), axis=-1).astype(jnp.int32)
 
 
 def compression_rate(bits, n, d):
-    """``1 - bits / (n * d * 32)``: saving relative to a dense float32 upload."""
-    if all(_is_concrete_int(v) for v in (bits, n, d)):
-        return 1.0 - bits / (n * d * 32)
-    return 1.0 - jnp.asarray(bits, jnp.float32) / (jnp.float32(n) * jnp.float32(d) * 32.0)
+  """``1 - bits / (n * d * 32)``: saving relative to a dense float32 upload."""
+  if all(_is_concrete_int(v) for v in (bits, n, d)):
+    return 1.0 - bits / (n * d * 32)
+  return 1.0 - jnp.asarray(bits, jnp.float32) / (jnp.float32(n) * jnp.float32(d) * 32.0)

@@ -24,99 +24,92 @@ import optax
 from fedras_jax.quantize.actions import decode, encode
 
 
-
 class ActionsQuantizerState(NamedTuple):
-    """State of :func:`actions_quantizer`.
+  """State of :func:`actions_quantizer`.
 
-    Attributes:
-      key: ``uint32[2]`` PRNG key, advanced every update.
-      bits: ``[]`` int32, total payload bits of the quantized leaves in the
-        last update (0 after init).
-    """
+  Attributes:
+    key: ``uint32[2]`` PRNG key, advanced every update.
+    bits: ``[]`` int32, total payload bits of the quantized leaves in the
+      last update (0 after init).
+  """
 
-    key: jax.Array
-    bits: jax.Array
+  key: jax.Array
+  bits: jax.Array
 
 
 def default_leaf_filter(path, leaf) -> bool:
-    """Quantize every 2-D floating leaf (e.g. embedding tables)."""
-    del path
-    return getattr(leaf, "ndim", 0) == 2 and jnp.issubdtype(leaf.dtype, jnp.floating)
+  """Quantize every 2-D floating leaf (e.g. embedding tables)."""
+  del path
+  return getattr(leaf, "ndim", 0) == 2 and jnp.issubdtype(leaf.dtype, jnp.floating)
 
 
-def actions_quantizer(
-    budget_bits: Optional[int] = None,
-    *,
-    payload_ratio: Optional[float] = None,
-    max_k: int = 16,
-    tau=0.7,
-    tau_mode: str = "fixed",
-    leaf_filter: Callable[[Any, Any], bool] = default_leaf_filter,
-    value_bits: int = 32,
-    max_iters: int = 25,
-    seed: int = 0,
-    max_splits: Optional[int] = None,
-) -> optax.GradientTransformation:
-    """Quantize the updates of selected 2-D leaves as actions.
+def actions_quantizer(budget_bits: Optional[int] = None,
+                      *,
+                      payload_ratio: Optional[float] = None,
+                      max_k: int = 16,
+                      tau=0.7,
+                      tau_mode: str = "fixed",
+                      leaf_filter: Callable[[Any, Any], bool] = default_leaf_filter,
+                      value_bits: int = 32,
+                      max_iters: int = 25,
+                      seed: int = 0,
+                      max_splits: Optional[int] = None,
+                     ) -> optax.GradientTransformation:
+  """Quantize the updates of selected 2-D leaves as actions.
 
-    Args:
-      budget_bits: bits per selected leaf and step (int, or traced value
-        captured in a closure). Exactly one of ``budget_bits`` and
-        ``payload_ratio`` must be given.
-      payload_ratio: budget as a fraction of the dense float32 size of each
-        leaf: ``floor(payload_ratio * n * d * 32)`` bits (per-leaf, static).
-      max_k: static number of action slots per leaf.
-      tau, tau_mode: split threshold, see :func:`encode`.
-      leaf_filter: ``(path, leaf) -> bool``; True = quantize this leaf. It is
-        called on the *updates* tree at trace time; must select 2-D leaves.
-      value_bits, max_iters: forwarded to :func:`encode`.
-      seed: seed of the PRNG key in the state.
-      max_splits: clusters split per split test, forwarded to :func:`encode`
-        (``None``: every incoherent cluster at once; ``1``: one per test).
+  Args:
+    budget_bits: bits per selected leaf and step (int, or traced value
+      captured in a closure). Exactly one of ``budget_bits`` and
+      ``payload_ratio`` must be given.
+    payload_ratio: budget as a fraction of the dense float32 size of each
+      leaf: ``floor(payload_ratio * n * d * 32)`` bits (per-leaf, static).
+    max_k: static number of action slots per leaf.
+    tau, tau_mode: split threshold, see :func:`encode`.
+    leaf_filter: ``(path, leaf) -> bool``; True = quantize this leaf. It is
+      called on the *updates* tree at trace time; must select 2-D leaves.
+    value_bits, max_iters: forwarded to :func:`encode`.
+    seed: seed of the PRNG key in the state.
+    max_splits: clusters split per split test, forwarded to :func:`encode`
+      (``None``: every incoherent cluster at once; ``1``: one per test).
 
-    Returns:
-      ``optax.GradientTransformation``.
-    """
-    if (budget_bits is None) == (payload_ratio is None):
-        raise ValueError("give exactly one of budget_bits and payload_ratio")
+  Returns:
+    ``optax.GradientTransformation``.
+  """
+  if (budget_bits is None) == (payload_ratio is None):
+    raise ValueError("give exactly one of budget_bits and payload_ratio")
 
-    def init_fn(params):
-        del params
-        return ActionsQuantizerState(key=jax.random.PRNGKey(seed), bits=jnp.int32(0))
+  def init_fn(params):
+    del params
+    return ActionsQuantizerState(key=jax.random.PRNGKey(seed), bits=jnp.int32(0))
 
-    def update_fn(updates, state, params=None):
-        del params
-        key, step_key = jax.random.split(state.key)
-        leaves, treedef = jax.tree_util.tree_flatten_with_path(updates)
-        out = []
-        total = jnp.int32(0)
-        for i, (path, u) in enumerate(leaves):
-            if u is None or not leaf_filter(path, u):
-                out.append(u)
-                continue
-            if u.ndim != 2:
-                raise ValueError(
-                    f"leaf_filter selected {jax.tree_util.keystr(path)} with shape {u.shape}; "
-                    "only 2-D leaves can be quantized"
-                )
-            n, d = u.shape
-            budget = (
-                int(payload_ratio * n * d * 32) if payload_ratio is not None else budget_bits
-            )
-            payload = encode(
-                u,
-                jax.random.fold_in(step_key, i),
-                budget_bits=budget,
-                max_k=max_k,
-                tau=tau,
-                tau_mode=tau_mode,
-                value_bits=value_bits,
-                max_iters=max_iters,
-                max_splits=max_splits,
-            )
-            out.append(decode(payload).astype(u.dtype))
-            total = total + payload.bits
-        new_updates = jax.tree_util.tree_unflatten(treedef, out)
-        return new_updates, ActionsQuantizerState(key=key, bits=total)
+  def update_fn(updates, state, params=None):
+    del params
+    key, step_key = jax.random.split(state.key)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(updates)
+    out = []
+    total = jnp.int32(0)
+    for i, (path, u) in enumerate(leaves):
+      if u is None or not leaf_filter(path, u):
+        out.append(u)
+        continue
+      if u.ndim != 2:
+        raise ValueError(f"leaf_filter selected {jax.tree_util.keystr(path)} with shape {u.shape}; "
+                         "only 2-D leaves can be quantized")
+      n, d = u.shape
+      budget = (int(payload_ratio * n * d * 32) if payload_ratio is not None else budget_bits)
+      payload = encode(u,
+                       jax.random.fold_in(step_key, i),
+                       budget_bits=budget,
+                       max_k=max_k,
+                       tau=tau,
+                       tau_mode=tau_mode,
+                       value_bits=value_bits,
+                       max_iters=max_iters,
+                       max_splits=max_splits,
+                      )
+      out.append(decode(payload).astype(u.dtype))
+      total = total + payload.bits
+    new_updates = jax.tree_util.tree_unflatten(treedef, out)
+    return new_updates, ActionsQuantizerState(key=key, bits=total)
 
-    return optax.GradientTransformation(init_fn, update_fn)
+  return optax.GradientTransformation(init_fn, update_fn)
