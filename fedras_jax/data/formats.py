@@ -33,340 +33,347 @@ import numpy as np
 
 from fedras_jax.data.interactions import Interactions, from_raw_ids
 
-
 _SNIPPET = 60  # characters of an offending line quoted in messages
 _ID_LIMIT = 2**31  # ids kept verbatim (NCF files) are int32 downstream
 
 
 class DataFormatError(ValueError):
-    """Malformed data file. ``str(e)`` is ``'<file>:<line>: <problem>'``."""
+  """Malformed data file. ``str(e)`` is ``'<file>:<line>: <problem>'``."""
 
-    def __init__(self, path, line: int | None, problem: str):
-        self.path = str(path)
-        self.line = line
-        self.problem = " ".join(str(problem).split())  # keep it one line
-        where = self.path if line is None else f"{self.path}:{line}"
-        super().__init__(f"{where}: {self.problem}")
+  def __init__(self, path, line: int | None, problem: str):
+    self.path = str(path)
+    self.line = line
+    self.problem = " ".join(str(problem).split())  # keep it one line
+    where = self.path if line is None else f"{self.path}:{line}"
+    super().__init__(f"{where}: {self.problem}")
 
 
 def quote_snippet(text: str) -> str:
-    return repr(text if len(text) <= _SNIPPET else text[:_SNIPPET] + "...")
+  return repr(text if len(text) <= _SNIPPET else text[:_SNIPPET] + "...")
 
 
 def read_lines(path) -> list[str]:
-    """Lines of a text file; trailing blank lines dropped, ``\\r`` stripped."""
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise DataFormatError(path, line, f"not valid UTF-8 text ({e.reason})")
-    lines = text.split("\n")
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if not lines:
-        raise DataFormatError(path, None, "file is empty")
-    if text.find("\r") >= 0:
-        lines = [s[:-1] if s.endswith("\r") else s for s in lines]
-    return lines
+  """Lines of a text file; trailing blank lines dropped, ``\\r`` stripped."""
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    text = data.decode("utf-8")
+  except UnicodeDecodeError as e:
+    line = data.count(b"\n", 0, e.start) + 1
+    raise DataFormatError(path, line, f"not valid UTF-8 text ({e.reason})")
+  lines = text.split("\n")
+  while lines and not lines[-1].strip():
+    lines.pop()
+  if not lines:
+    raise DataFormatError(path, None, "file is empty")
+  if text.find("\r") >= 0:
+    lines = [s[:-1] if s.endswith("\r") else s for s in lines]
+  return lines
 
 
 _KINDS = {"int": int, "float": float}
-_EXPECTED = {"int": "an integer", "float": "a finite number",
-             "token": "a non-empty token"}
+_EXPECTED = {"int": "an integer", "float": "a finite number", "token": "a non-empty token"}
 
 
-def read_columns(path, lines: list[str], sep: str, nfields: int,
-             wanted: dict[str, tuple[int, str]], first_line: int = 1):
-    """Splits `lines` into fields and converts the `wanted` columns.
+def read_columns(path,
+                 lines: list[str],
+                 sep: str,
+                 nfields: int,
+                 wanted: dict[str, tuple[int, str]],
+                 first_line: int = 1):
+  """Splits `lines` into fields and converts the `wanted` columns.
 
-    Args:
-        path: file name for messages.
-        lines: data lines (no header).
-        sep: field separator.
-        nfields: required number of fields on every line.
-        wanted: column name -> (field index, kind), kind one of
-            "int" (-> int64 array), "float" (-> float64 array),
-            "token" (-> str array).
-        first_line: 1-based line number of ``lines[0]`` in the file.
+  Args:
+      path: file name for messages.
+      lines: data lines (no header).
+      sep: field separator.
+      nfields: required number of fields on every line.
+      wanted: column name -> (field index, kind), kind one of
+          "int" (-> int64 array), "float" (-> float64 array),
+          "token" (-> str array).
+      first_line: 1-based line number of ``lines[0]`` in the file.
 
-    Returns:
-        dict column name -> numpy array [len(lines)].
-    """
-    # Fast paths convert whole columns in numpy; if they fail, the line-by-
-    # line path raises DataFormatError at the first bad line (or, for input
-    # only numpy dislikes, returns the values Python parsed).
-    try:
-        return _columns_fast(lines, sep, nfields, wanted)
-    except (ValueError, OverflowError):
-        pass
-    values = {name: [] for name in wanted}
-    for k, s in enumerate(lines):
-        lineno = first_line + k
-        parts = s.split(sep)
-        if not s.strip():
-            raise DataFormatError(path, lineno, "blank line")
-        if len(parts) != nfields:
-            raise DataFormatError(
-                path, lineno, f"expected {nfields} fields separated by "
-                f"{sep!r}, got {len(parts)} (truncated or malformed line?): "
-                f"{quote_snippet(s)}")
-        for name, (j, kind) in wanted.items():
-            value = parts[j]
-            if kind == "token":
-                parsed, ok = value, bool(value.strip())
-            else:
-                try:
-                    parsed = _KINDS[kind](value)
-                    # (np.isfinite of a Python int beyond int64 is a TypeError)
-                    ok = (abs(parsed) < 2**63 if kind == "int"
-                          else math.isfinite(parsed))
-                except (ValueError, OverflowError):
-                    ok = False
-            if not ok:
-                raise DataFormatError(
-                    path, lineno, f"field {j + 1} ({name}) is "
-                    f"{quote_snippet(value)}, expected {_EXPECTED[kind]}")
-            values[name].append(parsed)
-    dtypes = {"int": np.int64, "float": np.float64, "token": str}
-    return {name: np.asarray(values[name], dtype=dtypes[kind])
-            for name, (_, kind) in wanted.items()}
+  Returns:
+      dict column name -> numpy array [len(lines)].
+  """
+  # Fast paths convert whole columns in numpy; if they fail, the line-by-
+  # line path raises DataFormatError at the first bad line (or, for input
+  # only numpy dislikes, returns the values Python parsed).
+  try:
+    return _columns_fast(lines, sep, nfields, wanted)
+  except (ValueError, OverflowError):
+    pass
+  values = {name: [] for name in wanted}
+  for k, s in enumerate(lines):
+    lineno = first_line + k
+    parts = s.split(sep)
+    if not s.strip():
+      raise DataFormatError(path, lineno, "blank line")
+    if len(parts) != nfields:
+      raise DataFormatError(
+          path, lineno, f"expected {nfields} fields separated by "
+          f"{sep!r}, got {len(parts)} (truncated or malformed line?): "
+          f"{quote_snippet(s)}")
+    for name, (j, kind) in wanted.items():
+      value = parts[j]
+      if kind == "token":
+        parsed, ok = value, bool(value.strip())
+      else:
+        try:
+          parsed = _KINDS[kind](value)
+          # (np.isfinite of a Python int beyond int64 is a TypeError)
+          ok = (abs(parsed) < 2**63 if kind == "int" else math.isfinite(parsed))
+        except (ValueError, OverflowError):
+          ok = False
+      if not ok:
+        raise DataFormatError(
+            path, lineno, f"field {j + 1} ({name}) is "
+            f"{quote_snippet(value)}, expected {_EXPECTED[kind]}")
+      values[name].append(parsed)
+  dtypes = {"int": np.int64, "float": np.float64, "token": str}
+  return {name: np.asarray(values[name], dtype=dtypes[kind]) for name, (_, kind) in wanted.items()}
 
 
 def _columns_fast(lines, sep, nfields, wanted):
-    """Vectorised `read_columns`; raises ValueError on anything unusual."""
-    kinds = {kind for _, kind in wanted.values()}
-    numeric = "token" not in kinds and len(wanted) == nfields
-    if numeric and (len(sep) == 1 or not any("\t" in s for s in lines)):
-        # C parser (numpy >= 1.23). It skips blank lines: compare counts.
-        rows = lines if len(sep) == 1 else [s.replace(sep, "\t") for s in lines]
-        dtype = [(name, np.int64 if kind == "int" else np.float64)
-                 for name, (_, kind) in sorted(wanted.items(),
-                                               key=lambda kv: kv[1][0])]
-        table = np.loadtxt(rows, delimiter=sep if len(sep) == 1 else "\t",
-                           dtype=dtype, comments=None, ndmin=1)
-        if table.shape[0] != len(lines):
-            raise ValueError("blank line")
-        out = {name: np.ascontiguousarray(table[name]) for name in wanted}
-    else:
-        table = np.array([s.split(sep) for s in lines], dtype=str)
-        if table.ndim != 2 or table.shape[1] != nfields:
-            raise ValueError("ragged")
-        out = {}
-        for name, (j, kind) in wanted.items():
-            col = table[:, j]
-            if kind == "token":
-                if (np.char.str_len(np.char.strip(col)) == 0).any():
-                    raise ValueError("empty token")
-                out[name] = col
-            else:
-                out[name] = col.astype(np.int64 if kind == "int"
-                                       else np.float64)
-    for name, (_, kind) in wanted.items():
-        if kind == "float" and not np.isfinite(out[name]).all():
-            raise ValueError("non-finite")
-    return out
+  """Vectorised `read_columns`; raises ValueError on anything unusual."""
+  if not all(s.isascii() for s in lines):
+    # numpy's text parsers crash on some non-ASCII input (numpy 2.4: a segmentation
+    # fault in loadtxt's integer parser, one run in two); such lines go the Python way.
+    raise ValueError("non-ASCII")
+  kinds = {kind for _, kind in wanted.values()}
+  numeric = "token" not in kinds and len(wanted) == nfields
+  if numeric and (len(sep) == 1 or not any("\t" in s for s in lines)):
+    # C parser (numpy >= 1.23). It skips blank lines: compare counts.
+    rows = lines if len(sep) == 1 else [s.replace(sep, "\t") for s in lines]
+    dtype = [(name, np.int64 if kind == "int" else np.float64)
+             for name, (_, kind) in sorted(wanted.items(), key=lambda kv: kv[1][0])]
+    table = np.loadtxt(rows,
+                       delimiter=sep if len(sep) == 1 else "\t",
+                       dtype=dtype,
+                       comments=None,
+                       ndmin=1)
+    if table.shape[0] != len(lines):
+      raise ValueError("blank line")
+    out = {name: np.ascontiguousarray(table[name]) for name in wanted}
+  else:
+    table = np.array([s.split(sep) for s in lines], dtype=str)
+    if table.ndim != 2 or table.shape[1] != nfields:
+      raise ValueError("ragged")
+    out = {}
+    for name, (j, kind) in wanted.items():
+      col = table[:, j]
+      if kind == "token":
+        if (np.char.str_len(np.char.strip(col)) == 0).any():
+          raise ValueError("empty token")
+        out[name] = col
+      else:
+        out[name] = col.astype(np.int64 if kind == "int" else np.float64)
+  for name, (_, kind) in wanted.items():
+    if kind == "float" and not np.isfinite(out[name]).all():
+      raise ValueError("non-finite")
+  return out
 
 
 def timestamps_to_int64(ts: np.ndarray) -> np.ndarray:
-    """Float timestamps -> int64; non-integral ones -> their dense rank."""
-    if np.all(ts == np.floor(ts)) and np.all(np.abs(ts) < 2.0**62):
-        return ts.astype(np.int64)
-    return np.unique(ts, return_inverse=True)[1].reshape(-1).astype(np.int64)
+  """Float timestamps -> int64; non-integral ones -> their dense rank."""
+  if np.all(ts == np.floor(ts)) and np.all(np.abs(ts) < 2.0**62):
+    return ts.astype(np.int64)
+  return np.unique(ts, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
 
 def numeric_tokens(col: np.ndarray) -> np.ndarray:
-    """Token ids that are all canonical decimal integers -> int64.
+  """Token ids that are all canonical decimal integers -> int64.
 
-    (So "10" sorts after "9". Tokens with leading zeros stay strings: "007"
-    and "7" are different tokens.)
-    """
-    try:
-        if all(re.fullmatch(r"-?(0|[1-9]\d{0,17})", t) for t in col.tolist()):
-            return col.astype(np.int64)
-    except ValueError:
-        pass
-    return col
+  (So "10" sorts after "9". Tokens with leading zeros stay strings: "007"
+  and "7" are different tokens.)
+  """
+  try:
+    if all(re.fullmatch(r"-?(0|[1-9]\d{0,17})", t) for t in col.tolist()):
+      return col.astype(np.int64)
+  except ValueError:
+    pass
+  return col
 
 
 def _standard_4col(path, name: str, sep: str) -> Interactions:
-    lines = read_lines(path)
-    c = read_columns(path, lines, sep, 4, {
-        "user": (0, "int"), "item": (1, "int"), "rating": (2, "float"),
-        "timestamp": (3, "int")})
-    return from_raw_ids(name, c["user"], c["item"], c["timestamp"])
+  lines = read_lines(path)
+  c = read_columns(
+      path, lines, sep, 4,
+      {"user": (0, "int"), "item": (1, "int"), "rating": (2, "float"), "timestamp": (3, "int")})
+  return from_raw_ids(name, c["user"], c["item"], c["timestamp"])
 
 
 def parse_movielens_100k(path, name: str = "ml-100k") -> Interactions:
-    """MovieLens-100K ``u.data`` (``user\\titem\\trating\\ttimestamp``)."""
-    return _standard_4col(path, name, "\t")
+  """MovieLens-100K ``u.data`` (``user\\titem\\trating\\ttimestamp``)."""
+  return _standard_4col(path, name, "\t")
 
 
 def parse_movielens_1m(path, name: str = "ml-1m-raw") -> Interactions:
-    """MovieLens-1M GroupLens ``ratings.dat`` (``user::item::rating::ts``)."""
-    return _standard_4col(path, name, "::")
+  """MovieLens-1M GroupLens ``ratings.dat`` (``user::item::rating::ts``)."""
+  return _standard_4col(path, name, "::")
 
 
-def parse_recbole_inter(path, name: str | None = None, *,
+def parse_recbole_inter(path,
+                        name: str | None = None,
+                        *,
                         user_field: str = "user_id",
                         item_field: str = "item_id",
                         time_field: str = "timestamp") -> Interactions:
-    """RecBole atomic ``.inter`` file (tab-separated, ``name:type`` header).
+  """RecBole atomic ``.inter`` file (tab-separated, ``name:type`` header).
 
-    Columns are located by header name (the part before ``:``). Ids are
-    tokens: if every token of a column is a decimal integer the column is
-    remapped in numeric order, else in string order. Without a `time_field`
-    column the line order is the time. Float timestamps that are not whole
-    numbers are replaced by their dense rank (order is all that is used).
-    """
-    if name is None:
-        name = os.path.splitext(os.path.basename(str(path)))[0]
-    lines = read_lines(path)
-    header = lines[0].split("\t")
-    names = []
-    for field in header:
-        base, colon, ftype = field.partition(":")
-        if not colon or not base or not ftype:
-            raise DataFormatError(
-                path, 1, f"header field {quote_snippet(field)} is not 'name:type' "
-                "(is this a RecBole .inter file?)")
-        names.append(base)
-    wanted = {}
-    for key, field, kind in (("user", user_field, "token"),
-                             ("item", item_field, "token"),
-                             ("timestamp", time_field, "float")):
-        if field in names:
-            wanted[key] = (names.index(field), kind)
-        elif key != "timestamp":
-            raise DataFormatError(
-                path, 1, f"header has no {field!r} column (columns: "
-                f"{', '.join(names)})")
-    if len(lines) < 2:
-        raise DataFormatError(path, 1, "header only, no interactions")
-    c = read_columns(path, lines[1:], "\t", len(header), wanted, first_line=2)
-    if "timestamp" in c:
-        ts = timestamps_to_int64(c["timestamp"])
-    else:
-        ts = np.arange(len(lines) - 1, dtype=np.int64)
-    return from_raw_ids(name, numeric_tokens(c["user"]),
-                        numeric_tokens(c["item"]), ts)
+  Columns are located by header name (the part before ``:``). Ids are
+  tokens: if every token of a column is a decimal integer the column is
+  remapped in numeric order, else in string order. Without a `time_field`
+  column the line order is the time. Float timestamps that are not whole
+  numbers are replaced by their dense rank (order is all that is used).
+  """
+  if name is None:
+    name = os.path.splitext(os.path.basename(str(path)))[0]
+  lines = read_lines(path)
+  header = lines[0].split("\t")
+  names = []
+  for field in header:
+    base, colon, ftype = field.partition(":")
+    if not colon or not base or not ftype:
+      raise DataFormatError(
+          path, 1, f"header field {quote_snippet(field)} is not 'name:type' "
+          "(is this a RecBole .inter file?)")
+    names.append(base)
+  wanted = {}
+  for key, field, kind in (("user", user_field, "token"), ("item", item_field, "token"),
+                           ("timestamp", time_field, "float")):
+    if field in names:
+      wanted[key] = (names.index(field), kind)
+    elif key != "timestamp":
+      raise DataFormatError(path, 1, f"header has no {field!r} column (columns: "
+                            f"{', '.join(names)})")
+  if len(lines) < 2:
+    raise DataFormatError(path, 1, "header only, no interactions")
+  c = read_columns(path, lines[1:], "\t", len(header), wanted, first_line=2)
+  if "timestamp" in c:
+    ts = timestamps_to_int64(c["timestamp"])
+  else:
+    ts = np.arange(len(lines) - 1, dtype=np.int64)
+  return from_raw_ids(name, numeric_tokens(c["user"]), numeric_tokens(c["item"]), ts)
 
 
 _LASTFM_HEADER = ["userID", "artistID", "weight"]
 
 
 def parse_lastfm_user_artists(path, name: str = "lastfm-2k") -> Interactions:
-    """Last.fm-2K (HetRec 2011) ``user_artists.dat``.
+  """Last.fm-2K (HetRec 2011) ``user_artists.dat``.
 
-    Header ``userID\\tartistID\\tweight``; each row (user, artist, play count)
-    is one interaction. There are no timestamps: the line order is the time
-    (``timestamps[k]`` = data-row index), so the leave-one-out test item is a
-    user's last line.
-    """
-    lines = read_lines(path)
-    if lines[0].split("\t") != _LASTFM_HEADER:
-        raise DataFormatError(
-            path, 1, f"expected header {'<TAB>'.join(_LASTFM_HEADER)!r}, "
-            f"got {quote_snippet(lines[0])}")
-    if len(lines) < 2:
-        raise DataFormatError(path, 1, "header only, no interactions")
-    c = read_columns(path, lines[1:], "\t", 3, {
-        "user": (0, "int"), "item": (1, "int"), "weight": (2, "float")},
-        first_line=2)
-    return from_raw_ids(name, c["user"], c["item"],
-                        np.arange(len(lines) - 1, dtype=np.int64))
+  Header ``userID\\tartistID\\tweight``; each row (user, artist, play count)
+  is one interaction. There are no timestamps: the line order is the time
+  (``timestamps[k]`` = data-row index), so the leave-one-out test item is a
+  user's last line.
+  """
+  lines = read_lines(path)
+  if lines[0].split("\t") != _LASTFM_HEADER:
+    raise DataFormatError(
+        path, 1, f"expected header {'<TAB>'.join(_LASTFM_HEADER)!r}, "
+        f"got {quote_snippet(lines[0])}")
+  if len(lines) < 2:
+    raise DataFormatError(path, 1, "header only, no interactions")
+  c = read_columns(path,
+                   lines[1:],
+                   "\t",
+                   3, {"user": (0, "int"), "item": (1, "int"), "weight": (2, "float")},
+                   first_line=2)
+  return from_raw_ids(name, c["user"], c["item"], np.arange(len(lines) - 1, dtype=np.int64))
 
 
-def parse_ncf_rating(path, name: str = "ml-1m",
+def parse_ncf_rating(path,
+                     name: str = "ml-1m",
                      num_users: int | None = None,
                      num_items: int | None = None) -> Interactions:
-    """NCF ``.rating`` file: ``user\\titem\\trating\\ttimestamp``, 0-based ids.
+  """NCF ``.rating`` file: ``user\\titem\\trating\\ttimestamp``, 0-based ids.
 
-    Ids are kept verbatim (no remapping), and row ``k`` is line ``k + 1``.
-    No de-duplication (the NCF files have no duplicates; the split checks).
-    `num_users` / `num_items` default to max id + 1; ids outside the given
-    range raise `DataFormatError` naming the line.
-    """
-    lines = read_lines(path)
-    c = read_columns(path, lines, "\t", 4, {
-        "user": (0, "int"), "item": (1, "int"), "rating": (2, "float"),
-        "timestamp": (3, "int")})
-    users, items = c["user"], c["item"]
-    nu = min(int(users.max()) + 1, _ID_LIMIT) if num_users is None else num_users
-    ni = min(int(items.max()) + 1, _ID_LIMIT) if num_items is None else num_items
-    for field, arr, hi in (("user", users, nu), ("item", items, ni)):
-        bad = np.flatnonzero((arr < 0) | (arr >= hi))
-        if bad.size:
-            k = int(bad[0])
-            raise DataFormatError(
-                path, k + 1, f"{field} id {int(arr[k])} out of range "
-                f"[0, {hi})")
-    return Interactions(users=users, items=items, timestamps=c["timestamp"],
-                        num_users=nu, num_items=ni, name=name)
+  Ids are kept verbatim (no remapping), and row ``k`` is line ``k + 1``.
+  No de-duplication (the NCF files have no duplicates; the split checks).
+  `num_users` / `num_items` default to max id + 1; ids outside the given
+  range raise `DataFormatError` naming the line.
+  """
+  lines = read_lines(path)
+  c = read_columns(
+      path, lines, "\t", 4,
+      {"user": (0, "int"), "item": (1, "int"), "rating": (2, "float"), "timestamp": (3, "int")})
+  users, items = c["user"], c["item"]
+  nu = min(int(users.max()) + 1, _ID_LIMIT) if num_users is None else num_users
+  ni = min(int(items.max()) + 1, _ID_LIMIT) if num_items is None else num_items
+  for field, arr, hi in (("user", users, nu), ("item", items, ni)):
+    bad = np.flatnonzero((arr < 0) | (arr >= hi))
+    if bad.size:
+      k = int(bad[0])
+      raise DataFormatError(path, k + 1, f"{field} id {int(arr[k])} out of range "
+                            f"[0, {hi})")
+  return Interactions(users=users,
+                      items=items,
+                      timestamps=c["timestamp"],
+                      num_users=nu,
+                      num_items=ni,
+                      name=name)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class TestNegatives:
-    """Parsed NCF ``.test.negative`` file (line ``k + 1`` is row ``k``).
+  """Parsed NCF ``.test.negative`` file (line ``k + 1`` is row ``k``).
 
-    Attributes:
-        users: int32 [L], the user of each line.
-        items: int32 [L], that user's test positive.
-        negatives: int32 [L, K], the K sampled negatives, in file order.
-    """
+  Attributes:
+      users: int32 [L], the user of each line.
+      items: int32 [L], that user's test positive.
+      negatives: int32 [L, K], the K sampled negatives, in file order.
+  """
 
-    __test__ = False  # not a pytest class
+  __test__ = False  # not a pytest class
 
-    users: np.ndarray
-    items: np.ndarray
-    negatives: np.ndarray
+  users: np.ndarray
+  items: np.ndarray
+  negatives: np.ndarray
 
 
 _PAIR = re.compile(r"\((-?\d+),(-?\d+)\)")
 
 
 def parse_ncf_test_negatives(path) -> TestNegatives:
-    """NCF ``.test.negative``: ``(user,item)\\tneg_1\\t...\\tneg_K`` per line.
+  """NCF ``.test.negative``: ``(user,item)\\tneg_1\\t...\\tneg_K`` per line.
 
-    Every line must have the same number K >= 1 of non-negative integer
-    negatives.
-    """
-    lines = read_lines(path)
-    users, items, negs = [], [], []
-    k_expected = None
-    for k, s in enumerate(lines):
-        lineno = k + 1
-        parts = s.split("\t")
-        m = _PAIR.fullmatch(parts[0].replace(" ", ""))
-        if m is None:
-            raise DataFormatError(
-                path, lineno, f"first field {quote_snippet(parts[0])} is not "
-                "'(user,item)'")
-        if k_expected is None:
-            k_expected = len(parts) - 1
-            if k_expected < 1:
-                raise DataFormatError(path, lineno, "no negatives on line")
-        if len(parts) - 1 != k_expected:
-            raise DataFormatError(
-                path, lineno, f"expected {k_expected} negatives (as on line "
-                f"1), got {len(parts) - 1} (truncated or malformed line?)")
-        try:
-            row = [int(v) for v in parts[1:]]
-        except ValueError:
-            bad = next(v for v in parts[1:] if not re.fullmatch(r"\d+", v))
-            raise DataFormatError(
-                path, lineno, f"negative item {quote_snippet(bad)} is not an "
-                "integer") from None
-        ids = row + [int(m.group(1)), int(m.group(2))]
-        if min(ids) < 0:
-            raise DataFormatError(path, lineno, "negative id on line")
-        if max(ids) >= _ID_LIMIT:
-            raise DataFormatError(path, lineno, f"id {max(ids)} is too large "
-                                  f"(ids must be below 2^31)")
-        users.append(int(m.group(1)))
-        items.append(int(m.group(2)))
-        negs.append(row)
-    return TestNegatives(users=np.asarray(users, dtype=np.int32),
-                         items=np.asarray(items, dtype=np.int32),
-                         negatives=np.asarray(negs, dtype=np.int32))
+  Every line must have the same number K >= 1 of non-negative integer
+  negatives.
+  """
+  lines = read_lines(path)
+  users, items, negs = [], [], []
+  k_expected = None
+  for k, s in enumerate(lines):
+    lineno = k + 1
+    parts = s.split("\t")
+    m = _PAIR.fullmatch(parts[0].replace(" ", ""))
+    if m is None:
+      raise DataFormatError(path, lineno, f"first field {quote_snippet(parts[0])} is not "
+                            "'(user,item)'")
+    if k_expected is None:
+      k_expected = len(parts) - 1
+      if k_expected < 1:
+        raise DataFormatError(path, lineno, "no negatives on line")
+    if len(parts) - 1 != k_expected:
+      raise DataFormatError(
+          path, lineno, f"expected {k_expected} negatives (as on line "
+          f"1), got {len(parts) - 1} (truncated or malformed line?)")
+    try:
+      row = [int(v) for v in parts[1:]]
+    except ValueError:
+      bad = next(v for v in parts[1:] if not re.fullmatch(r"\d+", v))
+      raise DataFormatError(path, lineno, f"negative item {quote_snippet(bad)} is not an "
+                            "integer") from None
+    ids = row + [int(m.group(1)), int(m.group(2))]
+    if min(ids) < 0:
+      raise DataFormatError(path, lineno, "negative id on line")
+    if max(ids) >= _ID_LIMIT:
+      raise DataFormatError(path, lineno, f"id {max(ids)} is too large "
+                            f"(ids must be below 2^31)")
+    users.append(int(m.group(1)))
+    items.append(int(m.group(2)))
+    negs.append(row)
+  return TestNegatives(users=np.asarray(users, dtype=np.int32),
+                       items=np.asarray(items, dtype=np.int32),
+                       negatives=np.asarray(negs, dtype=np.int32))
