@@ -103,7 +103,6 @@ def sweep_points(base: TrainConfig,
   model = build_model(base)
   round_config = build_round_config(base, split, seeds)
   server_opt = optax.sgd(base.server_lr)
-  dense_round_bits = dense_bits(split.num_items, model.item_dim)
   # Static compressor bounds come from the largest payload ratio of the sweep.
   uplink, downlink = build_compressors(
       dataclasses.replace(base, payload_ratio=max(c.payload_ratio for c in configs)),
@@ -117,18 +116,7 @@ def sweep_points(base: TrainConfig,
                         downlink=downlink,
                         mesh=mesh)
 
-  states = [
-      init_states(model,
-                  split.num_users,
-                  split.num_items,
-                  server_opt,
-                  seed=c.seed,
-                  bandwidth=build_bandwidth(c, split.num_users, dense_round_bits),
-                  downlink=downlink) for c in configs
-  ]
-  server, clients = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-  hp = jax.tree.map(lambda *xs: jnp.asarray(xs, jnp.float32),
-                    *[round_hparams(c, dense_round_bits) for c in configs])
+  server, clients, hp = _stacked_states(configs, model, split, server_opt, downlink)
   if mesh is not None:
     server, clients, hp = distributed.replicate((server, clients, hp), mesh)
   batched_round = distributed.jit(jax.vmap(round_fn), mesh, donate_argnums=(0, 1))
@@ -153,6 +141,25 @@ def sweep_points(base: TrainConfig,
                            for k, v in scores.items()}, **timing)
       for i, (s, p) in enumerate(runs)
   ]
+
+
+def _stacked_states(configs, model, split, server_opt, downlink):
+  """``(server, clients, hp)`` of every run in ``configs``, stacked on a leading
+  ``[runs]`` axis."""
+  dense_round_bits = dense_bits(split.num_items, model.item_dim)
+  states = [
+      init_states(model,
+                  split.num_users,
+                  split.num_items,
+                  server_opt,
+                  seed=c.seed,
+                  bandwidth=build_bandwidth(c, split.num_users, dense_round_bits),
+                  downlink=downlink) for c in configs
+  ]
+  server, clients = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+  hp = jax.tree.map(lambda *xs: jnp.asarray(xs, jnp.float32),
+                    *[round_hparams(c, dense_round_bits) for c in configs])
+  return server, clients, hp
 
 
 def summarize(results: List[dict], metrics=("hr@10", "ndcg@10")) -> List[dict]:
