@@ -53,10 +53,11 @@ def naming(path):
     raise type(e)(e.errno, e.strerror or str(e), str(path)) from e
 
 
-def write_atomic(path, data: bytes) -> pathlib.Path:
+def write_atomic(path, data: bytes, verify=None) -> pathlib.Path:
   """Writes ``data`` to ``path`` via a temporary file in the same directory, fsync and
   ``os.replace``: a reader (or a run killed at any instant) sees the old file or the
-  new one, never a torn one."""
+  new one, never a torn one. ``verify(temporary path)``, if given, runs before the
+  rename; whatever it raises leaves ``path`` as it was (the temporary file is removed)."""
   path = pathlib.Path(path)
   with naming(path):
     if path.is_dir():
@@ -68,6 +69,8 @@ def write_atomic(path, data: bytes) -> pathlib.Path:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+      if verify is not None:
+        verify(tmp)
       os.replace(tmp, path)
     finally:
       tmp.unlink(missing_ok=True)

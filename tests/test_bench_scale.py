@@ -73,13 +73,12 @@ def test_too_many_items_refused():
 
 
 def test_synthetic_split():
-  split = synthetic.synthetic_split(400,
-                                    3000,
-                                    min_interactions=5,
-                                    max_interactions=250,
-                                    num_test_negatives=20,
-                                    num_valid=1,
-                                    seed=3)
+  settings = dict(min_interactions=5,
+                  max_interactions=250,
+                  num_test_negatives=20,
+                  num_valid=1,
+                  seed=3)
+  split = synthetic.synthetic_split(400, 3000, **settings)
   sizes = split.num_seen_per_user
   assert sizes.min() >= 5 and sizes.max() <= 250
   assert 40 <= np.median(sizes) <= 90  # lognormal median 64
@@ -88,13 +87,7 @@ def test_synthetic_split():
   assert counts[:10].mean() > 10 * counts[-1000:].mean()  # long tail
   for u in range(0, 400, 37):  # negatives are never seen items
     assert not np.intersect1d(split.test_negatives[u], split.user_seen_items(u)).size
-  again = synthetic.synthetic_split(400,
-                                    3000,
-                                    min_interactions=5,
-                                    max_interactions=250,
-                                    num_test_negatives=20,
-                                    num_valid=1,
-                                    seed=3)
+  again = synthetic.synthetic_split(400, 3000, **settings)
   assert np.array_equal(again.seen_items, split.seen_items)
   assert np.array_equal(again.test_negatives, split.test_negatives)
   data = client_data_from_split(split)

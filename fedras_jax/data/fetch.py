@@ -40,6 +40,8 @@ import uuid
 import zipfile
 from typing import Callable, Protocol
 
+from fedras_jax import outputs
+
 DATA_DIR_ENV = "FEDRAS_DATA"
 URL_TIMEOUT_S = 15.0
 PIP_TIMEOUT_S = 300.0
@@ -101,26 +103,17 @@ def write_verified(data: bytes, target, sha256: str | None, origin: str = "") ->
   (naming `target`, expected and actual hashes, and `origin`) is raised.
   """
   target = pathlib.Path(target)
-  target.parent.mkdir(parents=True, exist_ok=True)
-  tmp = target.with_name(f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-  try:
-    with open(tmp, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    if sha256 is not None:
-      actual = sha256_file(tmp)
-      if actual != sha256.lower():
-        raise ChecksumError(target,
-                            sha256,
-                            actual,
-                            detail=(f"downloaded from {origin}; " if origin else "")
-                            + "the bad download was removed")
-    os.replace(tmp, target)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
-  return target
+
+  def check(tmp):
+    actual = sha256_file(tmp)
+    if actual != sha256.lower():
+      raise ChecksumError(target,
+                          sha256,
+                          actual,
+                          detail=(f"downloaded from {origin}; " if origin else "")
+                          + "the bad download was removed")
+
+  return outputs.write_atomic(target, data, verify=None if sha256 is None else check)
 
 
 # ---------------------------------------------------------------- sources --

@@ -7,13 +7,13 @@ data or options, raises ``StaleSplitError`` (the dataset cache then rebuilds it)
 """
 
 import hashlib
+import io
 import json
-import os
 import pathlib
-import uuid
 
 import numpy as np
 
+from fedras_jax import outputs
 from fedras_jax.data.split import Split
 
 # 2: the file carries a sha256 of its content and the metadata it was built from.
@@ -48,25 +48,16 @@ def save_split(path, split: Split, metadata: dict | None = None) -> pathlib.Path
   meta = json.dumps(metadata or {}, sort_keys=True)
   arrays = {k: getattr(split, k) for k in _ARRAYS}
   checksum = _content_sha256(split.num_users, split.num_items, split.name, meta, arrays)
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}."
-                       f"{uuid.uuid4().hex[:8]}.tmp")
-  try:
-    with open(tmp, "wb") as f:
-      np.savez(f,
-               format_version=np.int64(SPLIT_FORMAT_VERSION),
-               num_users=np.int64(split.num_users),
-               num_items=np.int64(split.num_items),
-               name=np.str_(split.name),
-               metadata=np.str_(meta),
-               content_sha256=np.str_(checksum),
-               **arrays)
-    os.replace(tmp, path)
-  finally:
-    if tmp.exists():
-      tmp.unlink()
-  return path
+  buffer = io.BytesIO()
+  np.savez(buffer,
+           format_version=np.int64(SPLIT_FORMAT_VERSION),
+           num_users=np.int64(split.num_users),
+           num_items=np.int64(split.num_items),
+           name=np.str_(split.name),
+           metadata=np.str_(meta),
+           content_sha256=np.str_(checksum),
+           **arrays)
+  return outputs.write_atomic(path, buffer.getvalue())
 
 
 def load_split(path, metadata: dict | None = None) -> Split:

@@ -229,13 +229,16 @@ def synthetic_interactions(num_users: int,
                            num_test_negatives: int = 99,
                            seed: int = 0,
                            method: str = "auto",
-                           name: str | None = None) -> Interactions:
+                           name: str | None = None,
+                           held_out: int = 1) -> Interactions:
   """Zipf-popularity interactions of ragged users (module docstring).
 
   ``max_interactions`` is clipped to ``num_items - num_test_negatives`` so
-  that every user keeps enough never-seen items for its test negatives.
+  that every user keeps enough never-seen items for its test negatives;
+  ``min_interactions`` must leave a training item after ``held_out`` items per
+  user are held out.
   """
-  cap = _check_sizes(num_items, min_interactions, max_interactions, num_test_negatives, 1)
+  cap = _check_sizes(num_items, min_interactions, max_interactions, num_test_negatives, held_out)
   rng = np.random.default_rng(seed)
   counts = interaction_counts(num_users,
                               rng,
@@ -261,17 +264,13 @@ def synthetic_interactions(num_users: int,
 def synthetic_split(num_users: int,
                     num_items: int,
                     *,
-                    exponent: float = 1.1,
-                    median: float = 64.0,
-                    sigma: float = 1.0,
-                    min_interactions: int = 20,
-                    max_interactions: int = 700,
-                    num_test_negatives: int = 99,
                     num_valid: int = 0,
+                    num_test_negatives: int = 99,
                     seed: int = 0,
                     method: str = "auto",
-                    name: str | None = None) -> Split:
-  """Leave-one-out `Split` of `synthetic_interactions` (same arguments).
+                    **interactions) -> Split:
+  """Leave-one-out `Split` of `synthetic_interactions` (``interactions``: its other
+  arguments, e.g. ``exponent``, ``median``, ``min_interactions``).
 
   Test (and validation) items are each user's latest interactions (random
   timestamps: a uniformly random one of its items); test negatives are
@@ -280,18 +279,13 @@ def synthetic_split(num_users: int,
   """
   if num_valid not in (0, 1):
     raise ValueError(f"num_valid must be 0 or 1, got {num_valid}")
-  _check_sizes(num_items, min_interactions, max_interactions, num_test_negatives, 1 + num_valid)
   inter = synthetic_interactions(num_users,
                                  num_items,
-                                 exponent=exponent,
-                                 median=median,
-                                 sigma=sigma,
-                                 min_interactions=min_interactions,
-                                 max_interactions=max_interactions,
                                  num_test_negatives=num_test_negatives,
                                  seed=seed,
                                  method=method,
-                                 name=name)
+                                 held_out=1 + num_valid,
+                                 **interactions)
   held = latest_rows(inter, num=1 + num_valid)
   keys = np.unique(inter.users.astype(np.int64) * num_items + inter.items)
   seen_indptr = np.zeros(num_users + 1, np.int64)
