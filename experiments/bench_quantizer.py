@@ -190,7 +190,7 @@ def bench_splits(n, d, max_k, k_budget, noise, repeats, splits=(1, 4, None), ndi
     assert int(p.bits) <= budget
     print(
         f"| {s if s is not None else 'all (default)'} | {best:7.2f} | {base[0] / best:5.2f} | "
-        f"{int(p.num_rounds):>3} | {int(p.lloyd_steps):>5} | {int(p.num_actions):>3} | "
+        f"{int(p.split_tests):>3} | {int(p.lloyd_steps):>5} | {int(p.num_actions):>3} | "
         f"{int(p.bits)} | {err:.4f} | {err / base[1]:.3f} | {max(first - best, 0):6.2f} |",
         flush=True)
 

@@ -517,7 +517,7 @@ def test_multi_split_respects_budget_and_stops_coherent(splits):
       assert k == k_cap or _min_coherence(p) >= tau
       # Never more split tests than one split per test needs.
       p1 = enc_split1(jnp.asarray(g), mask, budget, tau)
-      assert int(p.num_rounds) <= int(p1.num_rounds)
+      assert int(p.split_tests) <= int(p1.split_tests)
       # Masked rows are inert.
       for a, b in zip(p, enc(jnp.asarray(g_garbage), mask, budget, tau)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -592,7 +592,7 @@ def test_encode_matches_numpy_reference(splits):
   ref, tests = np_encode(g, 5, 0.99, max_splits=1 if splits == "S=1" else EMAX)
   np.testing.assert_array_equal(np.asarray(p.indices), ref)
   assert int(p.num_actions) == 5 and int(p.bits) == budget
-  assert int(p.num_rounds) == tests == (4 if splits == "S=1" else 3)  # 1-2-3-4-5 / 1-2-4-5
+  assert int(p.split_tests) == tests == (4 if splits == "S=1" else 3)  # 1-2-3-4-5 / 1-2-4-5
 
 
 def test_multi_split_reaches_k_cap_in_fewer_rounds():
@@ -606,7 +606,7 @@ def test_multi_split_reaches_k_cap_in_fewer_rounds():
     ps = {name: enc(g, ALL, budget, 2.0) for name, enc in SPLITS.items()}
     for name, p in ps.items():
       assert int(p.num_actions) == cap and int(p.bits) == budget, name
-      assert int(p.num_rounds) == rounds[name], (name, int(p.num_rounds))
+      assert int(p.split_tests) == rounds[name], (name, int(p.split_tests))
     assert int(ps["S=all"].lloyd_steps) < int(ps["S=1"].lloyd_steps)
 
 
@@ -649,14 +649,14 @@ def test_warm_start():
   # From its own actions: no split test splits (the budget is spent), and Lloyd from
   # there never worsens the reconstruction.
   pw = enc_warm(g, budget, 2.0, cold.centroids, cold.num_actions)
-  assert int(pw.num_actions) == 6 and int(pw.num_rounds) == 0 and int(pw.bits) == budget
+  assert int(pw.num_actions) == 6 and int(pw.split_tests) == 0 and int(pw.bits) == budget
   assert err(pw) <= err(cold) * (1 + 1e-6)
   # More actions than the budget allows: only the first k_cap are used; fewer: the
   # split tests go on from there (same budget, same K).
   p4 = enc_warm(g, q.payload_bits(4, EN, ED), 2.0, cold.centroids, cold.num_actions)
-  assert int(p4.num_actions) == 4 and int(p4.num_rounds) == 0
+  assert int(p4.num_actions) == 4 and int(p4.split_tests) == 0
   p2 = enc_warm(g, budget, 2.0, cold.centroids, jnp.int32(2))
-  assert int(p2.num_actions) == 6 and int(p2.num_rounds) >= 1
+  assert int(p2.num_actions) == 6 and int(p2.split_tests) >= 1
   # Warm centroids are in the units of g: scaling g and them alike changes nothing.
   ps = enc_warm(g * 2.0**-60, budget, 2.0, cold.centroids * 2.0**-60, cold.num_actions)
   np.testing.assert_array_equal(np.asarray(ps.indices), np.asarray(pw.indices))

@@ -106,7 +106,7 @@ class ActionPayload(NamedTuple):
       1 in auto mode when no row was clustered). Extra field.
     num_nonfinite: ``[]`` int32 number of unmasked rows dropped because they
       contained NaN/inf. Extra field.
-    num_rounds: ``[]`` int32 number of split tests that split (each is
+    split_tests: ``[]`` int32 number of split tests that split (each is
       followed by one Lloyd refinement). Extra field (diagnostics).
     lloyd_steps: ``[]`` int32 total Lloyd (E+M) steps over all
       refinements. Extra field (diagnostics).
@@ -120,7 +120,7 @@ class ActionPayload(NamedTuple):
   coherence: jax.Array
   tau: jax.Array
   num_nonfinite: jax.Array
-  num_rounds: jax.Array
+  split_tests: jax.Array
   lloyd_steps: jax.Array
 
 
@@ -284,7 +284,7 @@ def _encode_impl(x, m, budget_bits, tau, r_rows, tol, init_centroids, init_k, *,
                          coherence=jnp.zeros((max_k,), jnp.float32),
                          tau=jnp.asarray(1.0 if tau_mode == "auto" else tau, jnp.float32),
                          num_nonfinite=jnp.int32(0),
-                         num_rounds=jnp.int32(0),
+                         split_tests=jnp.int32(0),
                          lloyd_steps=jnp.int32(0))
 
   payload = lax.cond(k_cap > 0, cluster, nothing_to_send)
@@ -382,7 +382,7 @@ def _compact(rows: EncodeRows, state: EncodeState, expo, r_rows, *, value_bits,
                        coherence=coh_out,
                        tau=rows.tau,
                        num_nonfinite=jnp.int32(0),
-                       num_rounds=state.split_tests,
+                       split_tests=state.split_tests,
                        lloyd_steps=state.lloyd_steps,
                       )
 
