@@ -47,6 +47,7 @@ def block_relative_errors(decoded, rows, client, blocks, num_clients):
   Args:
     decoded, rows: ``[S, d]`` flat slot rows; client: ``[S]`` the client of each slot.
   """
+
   def rel(cols):
     diff = jnp.sum(jnp.square(decoded[:, cols] - rows[:, cols]), axis=1)
     norm = jnp.sum(jnp.square(rows[:, cols]), axis=1)
@@ -71,8 +72,13 @@ def main(argv):
   buckets = sim.round_config.client_buckets
 
   def comp(width, ratio, method=config.method):
-    return make_compressor(method, split.num_items, width, payload_ratio=ratio,
-                           max_k=config.max_k, tau=config.tau, tau_mode=config.tau_mode,
+    return make_compressor(method,
+                           split.num_items,
+                           width,
+                           payload_ratio=ratio,
+                           max_k=config.max_k,
+                           tau=config.tau,
+                           tau_mode=config.tau_mode,
                            value_bits=config.value_bits)
 
   full = comp(d, config.payload_ratio)
@@ -91,8 +97,9 @@ def main(argv):
     args = (local.layout.offset, local.plans.num_slots)
     res = {}
     counts = per_client(jnp.any(rows != 0, axis=1).astype(jnp.float32), client)
-    norms = jnp.stack([jnp.sqrt(per_client(jnp.sum(jnp.square(rows[:, a:b]), 1), client))
-                       for a, b in blocks])  # [B, M]
+    norms = jnp.stack([
+        jnp.sqrt(per_client(jnp.sum(jnp.square(rows[:, a:b]), 1), client)) for a, b in blocks
+    ])  # [B, M]
     res["norm"] = norms
     res["rms"] = norms / jnp.sqrt(jnp.array([b - a for a, b in blocks], jnp.float32))[:, None]
     res["rows"] = counts
@@ -104,30 +111,50 @@ def main(argv):
     cos = jnp.where(live, jnp.sum(unit(rows) * unit(mean), axis=1), 0.0)
     res["auto_tau"] = auto_tau(per_client(cos, client) / jnp.maximum(counts, 1.0))
     if "joint" in _VARIANTS.value:
-      up = roundtrip_clients(full, rows, *args, local.budget, local.up_keys, buckets=buckets,
-                                lossless_bits=0)
+      up = roundtrip_clients(full,
+                             rows,
+                             *args,
+                             local.budget,
+                             local.up_keys,
+                             buckets=buckets,
+                             lossless_bits=0)
       res["joint"] = block_errors(up.decoded, rows, client)
       res["joint_k"] = up.num_actions
     if "fixed_k" in _VARIANTS.value:
-      up = roundtrip_clients(fixed, rows, *args, local.budget, local.up_keys, buckets=buckets,
+      up = roundtrip_clients(fixed,
+                             rows,
+                             *args,
+                             local.budget,
+                             local.up_keys,
+                             buckets=buckets,
                              lossless_bits=0)
       res["fixed_k"] = block_errors(up.decoded, rows, client)
       res["fixed_k_k"] = up.num_actions
     if "scaled" in _VARIANTS.value:
       scale = res["rms"].T[client]  # [S, B]
-      cols = jnp.concatenate([jnp.repeat(scale[:, i:i + 1], b - a, axis=1)
-                              for i, (a, b) in enumerate(blocks)], axis=1)
+      cols = jnp.concatenate(
+          [jnp.repeat(scale[:, i:i + 1], b - a, axis=1) for i, (a, b) in enumerate(blocks)], axis=1)
       cols = jnp.where(cols > 0, cols, 1.0)
-      up = roundtrip_clients(full, rows / cols, *args, local.budget - 32 * len(blocks),
-                                local.up_keys, buckets=buckets, lossless_bits=0)
+      up = roundtrip_clients(full,
+                             rows / cols,
+                             *args,
+                             local.budget - 32 * len(blocks),
+                             local.up_keys,
+                             buckets=buckets,
+                             lossless_bits=0)
       res["scaled"] = block_errors(up.decoded * cols, rows, client)
       res["scaled_k"] = up.num_actions
     if "separate" in _VARIANTS.value:
       dec, ks = [], []
       for (a, b), c in zip(blocks, parts):
         share = (local.budget * (b - a)) // d
-        up = roundtrip_clients(c, rows[:, a:b], *args, share, local.up_keys,
-                                  buckets=buckets, lossless_bits=0)
+        up = roundtrip_clients(c,
+                               rows[:, a:b],
+                               *args,
+                               share,
+                               local.up_keys,
+                               buckets=buckets,
+                               lossless_bits=0)
         dec.append(up.decoded)
         ks.append(up.num_actions)
       res["separate"] = block_errors(jnp.concatenate(dec, axis=1), rows, client)

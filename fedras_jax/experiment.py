@@ -17,9 +17,8 @@ from fedras_jax import distributed
 from fedras_jax.compress import dense_bits, identity
 from fedras_jax.compress.registry import make_compressor
 from fedras_jax.config import DATASETS, TrainConfig
-from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams,
-                                  client_data_from_split, init_states, make_round,
-                                  plan_capacity)
+from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams, client_data_from_split,
+                                  init_states, make_round, plan_capacity)
 from fedras_jax.federated.bandwidth import draw_bandwidth
 from fedras_jax.metrics import make_evaluate
 from fedras_jax.models import model_for_run
@@ -28,8 +27,13 @@ import numpy as np
 
 def build_compressors(config: TrainConfig, num_items: int, item_dim: int):
   """``(uplink, downlink)`` compressors of ``config.method`` (see ``compress.registry``)."""
-  up = make_compressor(config.method, num_items, item_dim, payload_ratio=config.payload_ratio,
-                       max_k=config.max_k, tau=config.tau, tau_mode=config.tau_mode,
+  up = make_compressor(config.method,
+                       num_items,
+                       item_dim,
+                       payload_ratio=config.payload_ratio,
+                       max_k=config.max_k,
+                       tau=config.tau,
+                       tau_mode=config.tau_mode,
                        value_bits=config.value_bits)
   down = up if config.downlink_compression else identity(num_items)
   return up, down
@@ -37,24 +41,35 @@ def build_compressors(config: TrainConfig, num_items: int, item_dim: int):
 
 def build_round_config(config: TrainConfig, split, seeds) -> RoundConfig:
   """The static round shape fitting every round of ``config`` for all ``seeds``."""
-  capacity = plan_capacity(
-      split.num_train_per_user, np.diff(split.seen_indptr), split.num_items, seed=list(seeds),
-      rounds=config.rounds, clients_per_round=config.clients_per_round,
-      local_epochs=config.local_epochs, batch_size=config.batch_size,
-      neg_ratio=config.neg_ratio, num_lanes=config.num_lanes)
-  return RoundConfig(
-      clients_per_round=config.clients_per_round, local_epochs=config.local_epochs,
-      batch_size=config.batch_size, neg_ratio=config.neg_ratio, num_lanes=config.num_lanes,
-      aggregation=config.aggregation, downlink_feedback=config.downlink_feedback,
-      downlink_warm_start=config.downlink_warm_start,
-      **capacity._asdict())
+  capacity = plan_capacity(split.num_train_per_user,
+                           np.diff(split.seen_indptr),
+                           split.num_items,
+                           seed=list(seeds),
+                           rounds=config.rounds,
+                           clients_per_round=config.clients_per_round,
+                           local_epochs=config.local_epochs,
+                           batch_size=config.batch_size,
+                           neg_ratio=config.neg_ratio,
+                           num_lanes=config.num_lanes)
+  return RoundConfig(clients_per_round=config.clients_per_round,
+                     local_epochs=config.local_epochs,
+                     batch_size=config.batch_size,
+                     neg_ratio=config.neg_ratio,
+                     num_lanes=config.num_lanes,
+                     aggregation=config.aggregation,
+                     downlink_feedback=config.downlink_feedback,
+                     downlink_warm_start=config.downlink_warm_start,
+                     **capacity._asdict())
 
 
 def build_bandwidth(config: TrainConfig, num_users: int, dense_round_bits: int):
   """``[num_users]`` bandwidths of ``config`` (uncompressed + uniform: the dense size)."""
-  ratio = (1.0 if config.method == "uncompressed" and config.bandwidth == "uniform"
-           else config.payload_ratio)
-  return draw_bandwidth(config.bandwidth, num_users, dense_round_bits, seed=config.seed,
+  ratio = (1.0 if config.method == "uncompressed" and config.bandwidth == "uniform" else
+           config.payload_ratio)
+  return draw_bandwidth(config.bandwidth,
+                        num_users,
+                        dense_round_bits,
+                        seed=config.seed,
                         payload_ratio=ratio,
                         tiers=[float(t) for t in config.bandwidth_tiers.split(",")],
                         sigma=config.bandwidth_sigma)
@@ -62,11 +77,13 @@ def build_bandwidth(config: TrainConfig, num_users: int, dense_round_bits: int):
 
 def round_hparams(config: TrainConfig, dense_round_bits: int) -> RoundHParams:
   """The traced round hyper-parameters of ``config``."""
-  return RoundHParams(
-      local=LocalHParams(user_lr=config.user_lr, item_lr=config.item_lr,
-                         dense_lr=config.dense_lr, weight_decay=config.weight_decay),
-      fluctuation=config.fluctuation, compute_seconds=config.compute_seconds,
-      downlink_budget_bits=float(config.payload_ratio * dense_round_bits))
+  return RoundHParams(local=LocalHParams(user_lr=config.user_lr,
+                                         item_lr=config.item_lr,
+                                         dense_lr=config.dense_lr,
+                                         weight_decay=config.weight_decay),
+                      fluctuation=config.fluctuation,
+                      compute_seconds=config.compute_seconds,
+                      downlink_budget_bits=float(config.payload_ratio * dense_round_bits))
 
 
 class Simulation(NamedTuple):
@@ -86,7 +103,10 @@ class Simulation(NamedTuple):
   dense_round_bits: int
 
 
-def build_simulation(config: TrainConfig, split, *, round_config: RoundConfig = None,
+def build_simulation(config: TrainConfig,
+                     split,
+                     *,
+                     round_config: RoundConfig = None,
                      mesh=None) -> Simulation:
   """Model, round and initial states of ``config`` on ``split`` (one place for train,
   the benchmarks and anything else that steps rounds). ``round_config``: the static
@@ -98,13 +118,29 @@ def build_simulation(config: TrainConfig, split, *, round_config: RoundConfig = 
   dense_round_bits = dense_bits(split.num_items, model.item_dim)
   bandwidth = build_bandwidth(config, split.num_users, dense_round_bits)
   uplink, downlink = build_compressors(config, split.num_items, model.item_dim)
-  server, clients = init_states(model, split.num_users, split.num_items, server_opt,
-                                seed=config.seed, bandwidth=bandwidth, downlink=downlink)
-  round_fn = make_round(model, client_data_from_split(split), round_config, server_opt,
-                        uplink=uplink, downlink=downlink, mesh=mesh)
-  return Simulation(model=model, round_config=round_config, server_opt=server_opt,
-                    uplink=uplink, downlink=downlink, round_fn=round_fn,
-                    hp=round_hparams(config, dense_round_bits), server=server, clients=clients,
+  server, clients = init_states(model,
+                                split.num_users,
+                                split.num_items,
+                                server_opt,
+                                seed=config.seed,
+                                bandwidth=bandwidth,
+                                downlink=downlink)
+  round_fn = make_round(model,
+                        client_data_from_split(split),
+                        round_config,
+                        server_opt,
+                        uplink=uplink,
+                        downlink=downlink,
+                        mesh=mesh)
+  return Simulation(model=model,
+                    round_config=round_config,
+                    server_opt=server_opt,
+                    uplink=uplink,
+                    downlink=downlink,
+                    round_fn=round_fn,
+                    hp=round_hparams(config, dense_round_bits),
+                    server=server,
+                    clients=clients,
                     dense_round_bits=dense_round_bits)
 
 
@@ -134,14 +170,20 @@ def load_run_data(config: TrainConfig):
   are scored on the test items and their saved negatives.
   """
   split = data_lib.load_dataset(
-      config.dataset, config.data_dir, seed=config.seed, num_valid=int(config.validation),
+      config.dataset,
+      config.data_dir,
+      seed=config.seed,
+      num_valid=int(config.validation),
       download=config.download,
       file_options=None if config.dataset in DATASETS else config.file_options())
   if not config.validation:
     return split, split.test_item, split.test_negatives
-  negatives = data_lib.sample_negatives(
-      split.seen_indptr, split.seen_items, split.num_items, split.test_negatives.shape[1],
-      seed=config.seed + _VALID_NEGATIVES_SEED, name=config.dataset)
+  negatives = data_lib.sample_negatives(split.seen_indptr,
+                                        split.seen_items,
+                                        split.num_items,
+                                        split.test_negatives.shape[1],
+                                        seed=config.seed + _VALID_NEGATIVES_SEED,
+                                        name=config.dataset)
   return split, split.valid_item, negatives
 
 
@@ -169,8 +211,16 @@ def build_experiment(config: TrainConfig, mesh=None) -> Experiment:
     raise ValueError(f"--clients_per_round={config.clients_per_round} exceeds the number of "
                      f"users of {config.dataset} ({split.num_users})")
   sim = build_simulation(config, split, mesh=mesh)
-  evaluate = make_evaluate(sim.model, eval_items, eval_negatives, protocol=config.eval_protocol,
-                           train_indptr=split.train_indptr, train_items=split.train_items,
+  evaluate = make_evaluate(sim.model,
+                           eval_items,
+                           eval_negatives,
+                           protocol=config.eval_protocol,
+                           train_indptr=split.train_indptr,
+                           train_items=split.train_items,
                            num_items=split.num_items)
-  return Experiment(config=config, split=split, eval_items=eval_items,
-                    eval_negatives=eval_negatives, evaluate=evaluate, sim=sim)
+  return Experiment(config=config,
+                    split=split,
+                    eval_items=eval_items,
+                    eval_negatives=eval_negatives,
+                    evaluate=evaluate,
+                    sim=sim)

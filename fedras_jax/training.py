@@ -53,9 +53,15 @@ def _fresh_host(config: TrainConfig) -> dict:
   """Host-side state of a run (checkpointed as JSON next to the arrays)."""
   return dict(config=dataclasses.asdict(config),
               totals=dict(bits_up=0, bits_down=0, sim_seconds=0.0, skipped=0, info_loss=0.0),
-              window=dict(actions=[], error_up=[], error_down=[]), loss_sum=0.0,
-              loss_rounds=0, rows=[], best=None, train_seconds=0.0, timed_rounds=0,
-              compile_seconds=None, wall_seconds=0.0)
+              window=dict(actions=[], error_up=[], error_down=[]),
+              loss_sum=0.0,
+              loss_rounds=0,
+              rows=[],
+              best=None,
+              train_seconds=0.0,
+              timed_rounds=0,
+              compile_seconds=None,
+              wall_seconds=0.0)
 
 
 def _run(config: TrainConfig, log: Callable[[str], None], hold: contextlib.ExitStack) -> dict:
@@ -139,8 +145,7 @@ def _resume(config: TrainConfig, sim, mesh, hold: contextlib.ExitStack, log, say
         say(f"resuming from round {start_round} of {config.rounds} ({path})")
     return host, (np.int32(start_round), state)
 
-  host, (start_round, (server, clients)) = distributed.on_writer(
-      restore, (np.int32(0), initial))
+  host, (start_round, (server, clients)) = distributed.on_writer(restore, (np.int32(0), initial))
   if mesh is not None:
     server, clients = distributed.replicate((server, clients), mesh)
   return host or _fresh_host(config), int(start_round), server, clients
@@ -179,11 +184,11 @@ def _check_updates(config: TrainConfig, r: int, metrics, rows_before, clients, s
       raise FloatingPointError(f"round {r}: non-finite training loss")
     return
   sampled = np.asarray(metrics.sampled)
-  ids = _skipped_users(sampled, rows_before, np.asarray(clients.users)[sampled],
-                       metrics.loss, skipped)
-  what = (f"round {r}: {skipped} of {len(sampled)} sampled clients sent a non-finite update "
-          + (f"(user ids {ids})" if ids is not None
-             else f"(among user ids {sorted(int(u) for u in sampled)})"))
+  ids = _skipped_users(sampled, rows_before,
+                       np.asarray(clients.users)[sampled], metrics.loss, skipped)
+  what = (f"round {r}: {skipped} of {len(sampled)} sampled clients sent a non-finite update " +
+          (f"(user ids {ids})"
+           if ids is not None else f"(among user ids {sorted(int(u) for u in sampled)})"))
   if config.on_nonfinite == "stop":
     raise NonFiniteUpdateError(f"{what}; stopped (--on_nonfinite=stop)")
   say(f"{what}; skipped them")
@@ -195,8 +200,9 @@ def _skipped_users(sampled, rows_before, rows_after, loss, count: int):
   one moves); fallback: the clients whose training loss is non-finite."""
   sampled = np.asarray(sampled)
   m = len(sampled)
-  same = np.all(np.asarray(rows_before).view(np.uint8).reshape(m, -1)
-                == np.asarray(rows_after).view(np.uint8).reshape(m, -1), axis=1)
+  same = np.all(np.asarray(rows_before).view(np.uint8).reshape(
+      m, -1) == np.asarray(rows_after).view(np.uint8).reshape(m, -1),
+                axis=1)
   for mask in (same, ~np.isfinite(np.asarray(loss))):
     if int(mask.sum()) == count:
       return sorted(int(u) for u in sampled[mask])
@@ -210,9 +216,11 @@ def _evaluation_row(r: int, scores: dict, host: dict, metrics, dense_round_bits:
   totals, window = host["totals"], host["window"]
   per_round = host["train_seconds"] / host["timed_rounds"] if host["timed_rounds"] else 0.0
   actions = np.asarray(window["actions"], np.int32)
-  row = dict(round=r, **{k: float(v) for k, v in scores.items()},
+  row = dict(round=r,
+             **{k: float(v) for k, v in scores.items()},
              loss=host["loss_sum"] / host["loss_rounds"],
-             bits_up_total=totals["bits_up"], bits_down_total=totals["bits_down"],
+             bits_up_total=totals["bits_up"],
+             bits_down_total=totals["bits_down"],
              compression_up=1.0 - float(np.mean(metrics.bits_up)) / dense_round_bits,
              compression_down=1.0 - float(metrics.bits_down) / dense_round_bits,
              bits_up_mean=float(np.mean(metrics.bits_up)),
@@ -223,8 +231,10 @@ def _evaluation_row(r: int, scores: dict, host: dict, metrics, dense_round_bits:
              error_up=float(np.mean(window["error_up"])),
              error_down=float(np.mean(window["error_down"])),
              info_loss_total=totals["info_loss"],
-             sim_seconds=totals["sim_seconds"], skipped_clients=totals["skipped"],
-             seconds_per_round=per_round, wall_seconds=wall_seconds)
+             sim_seconds=totals["sim_seconds"],
+             skipped_clients=totals["skipped"],
+             seconds_per_round=per_round,
+             wall_seconds=wall_seconds)
   host["loss_sum"], host["loss_rounds"] = 0.0, 0
   for values in window.values():
     values.clear()
@@ -259,7 +269,9 @@ def _print(log: Callable[[str], None], msg: str):
 
 def _summary(config: TrainConfig, sim, host: dict, compile_seconds, start_round: int) -> dict:
   round_config = sim.round_config
-  return dict(final=host["rows"][-1], best=host["best"], compile_seconds=compile_seconds,
+  return dict(final=host["rows"][-1],
+              best=host["best"],
+              compile_seconds=compile_seconds,
               train_seconds=host["train_seconds"],
               client_updates_per_second=config.clients_per_round * host["timed_rounds"]
               / max(host["train_seconds"], 1e-9),

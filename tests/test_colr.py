@@ -47,7 +47,8 @@ def test_decode_is_the_projection_onto_the_basis(rank):
   # Rows already in the subspace (what the round trains) come back exactly.
   inside = (rng.normal(size=(N, rank)) @ b).astype(np.float32)
   np.testing.assert_allclose(comp.decode(comp.encode(inside, np.ones(N, bool), 0, KEY)),
-                             inside, atol=1e-5)
+                             inside,
+                             atol=1e-5)
 
 
 def test_error_falls_with_the_rank():
@@ -68,8 +69,9 @@ def test_vmap_equals_a_loop():
   budgets = jnp.array([0, 10, 10**6, 5], jnp.int32)
   batched = jax.vmap(lambda r, m, b: comp.decode(comp.encode(r, m, b, KEY)))(rows, mask, budgets)
   for c in range(4):
-    np.testing.assert_allclose(batched[c], comp.decode(comp.encode(rows[c], mask[c], budgets[c],
-                                                                   KEY)), atol=1e-6)
+    np.testing.assert_allclose(batched[c],
+                               comp.decode(comp.encode(rows[c], mask[c], budgets[c], KEY)),
+                               atol=1e-6)
 
 
 def test_registry_rank_fits_the_nominal_budget():
@@ -104,10 +106,13 @@ def test_projected_row_step_equals_an_sgd_step_on_a():
 
 def _run(synthetic, uplink, rounds=2):
   model = get_model("mf", dim=D)
-  server, clients = init_states(model, synthetic.num_users, synthetic.num_items, optax.sgd(1.0),
+  server, clients = init_states(model,
+                                synthetic.num_users,
+                                synthetic.num_items,
+                                optax.sgd(1.0),
                                 seed=0)
-  round_fn = jax.jit(make_round(model, synthetic.data, config(synthetic), uplink=uplink,
-                                downlink=uplink))
+  round_fn = jax.jit(
+      make_round(model, synthetic.data, config(synthetic), uplink=uplink, downlink=uplink))
   history = [server]
   for _ in range(rounds):
     server, clients, metrics = round_fn(server, clients, HP)
@@ -128,8 +133,7 @@ def test_low_rank_round_updates_lie_in_the_rounds_basis(synthetic):
   assert np.all(np.asarray(metrics.error_up) < 1e-5), "client updates were in the subspace"
   assert np.all(np.asarray(metrics.bits_up) == colr_bits(rank, synthetic.num_items))
   for r, (before, after) in enumerate(zip(history, history[1:])):
-    b = np.asarray(colr_basis(round_basis_key(before.key, r), rank, D),
-                   np.float64)
+    b = np.asarray(colr_basis(round_basis_key(before.key, r), rank, D), np.float64)
     proj = b.T @ b / (D / rank)
     step = np.asarray(after.items - before.items, np.float64)
     assert np.abs(step).max() > 1e-4

@@ -22,10 +22,10 @@ ENTRY_BITS = 32 + 8  # a value + ceil(log2(R * D)) = ceil(log2(240)) = 8
 RANK_BITS = (R + 1 + D) * 32
 
 COMPS = {
-    "topk": topk(R, max_entries=N * D),
-    "topk_threshold": topk(R, max_entries=N * D, method="threshold"),
-    "svd": svd(R, max_rank=D),
-    "svd_lapack": svd(R, max_rank=D, method="lapack"),
+    "topk": topk(R, max_entries=N * D), "topk_threshold": topk(R,
+                                                               max_entries=N * D,
+                                                               method="threshold"),
+    "svd": svd(R, max_rank=D), "svd_lapack": svd(R, max_rank=D, method="lapack"),
     "embedding_kmeans": embedding_kmeans(R, max_k=MAX_K),
 }
 
@@ -69,8 +69,10 @@ def clustered(seed=0, distinct=5):
   """Rows drawn from ``distinct`` points per client (each of them present)."""
   rng = np.random.default_rng(seed)
   centers = rng.normal(size=(BATCH, distinct, D)).astype(np.float32)
-  pick = np.concatenate([np.tile(np.arange(distinct), (BATCH, 1)),
-                         rng.integers(0, distinct, (BATCH, N - distinct))], axis=1)
+  pick = np.concatenate(
+      [np.tile(np.arange(distinct), (BATCH, 1)),
+       rng.integers(0, distinct, (BATCH, N - distinct))],
+      axis=1)
   return np.take_along_axis(centers, pick[..., None], axis=1), np.ones((BATCH, N), bool)
 
 
@@ -194,7 +196,7 @@ def test_svd_is_exact_at_full_rank_and_error_falls_with_the_rank():
   # All clients share one matrix: the error is the optimal rank-r error.
   same = np.broadcast_to(rows[:1], rows.shape)
   s = np.linalg.svd(rows[0].astype(np.float64), compute_uv=False)
-  optimal = [np.sqrt(np.sum(s[r:] ** 2) / np.sum(s ** 2)) for r in ranks]
+  optimal = [np.sqrt(np.sum(s[r:]**2) / np.sum(s**2)) for r in ranks]
   for name in ("svd", "svd_lapack"):
     _, decoded = call(name, same, mask, budgets)
     np.testing.assert_allclose(rel_err(decoded, same, mask), optimal, atol=1e-5)
@@ -222,8 +224,7 @@ def test_embedding_kmeans_is_exact_with_a_centroid_per_distinct_row():
   payload, decoded = call("embedding_kmeans", rows, mask, budgets)
   # K beyond the 5 distinct rows leaves clusters empty: they are not sent.
   np.testing.assert_array_equal(payload.num_actions, [min(k, 5) for k in ks])
-  np.testing.assert_array_equal(payload.bits, [quantize.payload_bits(min(k, 5), R, D)
-                                               for k in ks])
+  np.testing.assert_array_equal(payload.bits, [quantize.payload_bits(min(k, 5), R, D) for k in ks])
   for c in range(5, BATCH):
     np.testing.assert_allclose(decoded[c], rows[c], atol=1e-6)
   assert not payload.sent[0].any() and np.all(decoded[0] == 0.0)
@@ -256,11 +257,22 @@ def test_embedding_kmeans_roundtrip_clients_returns_updates():
 
   @jax.jit
   def run(budgets):
-    clients = roundtrip_clients(comp, jnp.asarray(update), jnp.asarray(offset),
-                                jnp.asarray(num_slots), budgets, KEYS[:3], buckets=((3, 16),),
-                                lossless_bits=0, base_rows=jnp.asarray(base))
-    one = roundtrip(comp, jnp.asarray(pad(update)), jnp.arange(16) < 10, budgets[0], KEYS[0],
-                    lossless_bits=0, base_rows=jnp.asarray(pad(base)))
+    clients = roundtrip_clients(comp,
+                                jnp.asarray(update),
+                                jnp.asarray(offset),
+                                jnp.asarray(num_slots),
+                                budgets,
+                                KEYS[:3],
+                                buckets=((3, 16),),
+                                lossless_bits=0,
+                                base_rows=jnp.asarray(base))
+    one = roundtrip(comp,
+                    jnp.asarray(pad(update)),
+                    jnp.arange(16) < 10,
+                    budgets[0],
+                    KEYS[0],
+                    lossless_bits=0,
+                    base_rows=jnp.asarray(pad(base)))
     return clients, one
 
   big = quantize.payload_bits(4, R, D)
@@ -276,19 +288,23 @@ def test_embedding_kmeans_roundtrip_clients_returns_updates():
   # One action: the client's rows collapse to their mean embedding.
   out, one = run(jnp.full((3,), quantize.payload_bits(1, R, D), jnp.int32))
   new = base[:10] + update[:10]
-  np.testing.assert_allclose(np.asarray(out.decoded)[:10], new.mean(axis=0) - base[:10],
-                             atol=1e-5)
+  np.testing.assert_allclose(np.asarray(out.decoded)[:10], new.mean(axis=0) - base[:10], atol=1e-5)
   np.testing.assert_allclose(one.decoded[:10], new.mean(axis=0) - base[:10], atol=1e-5)
 
 
 def test_on_embeddings_needs_base_rows():
   comp = COMPS["embedding_kmeans"]
   with pytest.raises(ValueError, match="base_rows"):
-    roundtrip(comp, jnp.zeros((4, D)), jnp.ones(4, bool), jnp.int32(100), KEYS[0],
-              lossless_bits=0)
+    roundtrip(comp, jnp.zeros((4, D)), jnp.ones(4, bool), jnp.int32(100), KEYS[0], lossless_bits=0)
   with pytest.raises(ValueError, match="base_rows"):
-    roundtrip_clients(comp, jnp.zeros((8, D)), jnp.zeros(1, jnp.int32), jnp.ones(1, jnp.int32),
-                      jnp.ones(1, jnp.int32), KEYS[:1], buckets=((1, 8),), lossless_bits=0)
+    roundtrip_clients(comp,
+                      jnp.zeros((8, D)),
+                      jnp.zeros(1, jnp.int32),
+                      jnp.ones(1, jnp.int32),
+                      jnp.ones(1, jnp.int32),
+                      KEYS[:1],
+                      buckets=((1, 8),),
+                      lossless_bits=0)
 
 
 def test_registry_builds_every_compressor_with_budget_derived_bounds():
@@ -311,8 +327,7 @@ def test_registry_builds_every_compressor_with_budget_derived_bounds():
 def test_registry_fixed_k_always_uses_the_budgets_k():
   fixed = make_compressor("fedras_fixed_k", R, D, payload_ratio=1.0, max_k=8)
   # tau_mode="fixed" like fedras_fixed_k: both share one compiled quantizer (eager calls).
-  adaptive = make_compressor("fedras", R, D, payload_ratio=1.0, max_k=8, tau=0.9,
-                             tau_mode="fixed")
+  adaptive = make_compressor("fedras", R, D, payload_ratio=1.0, max_k=8, tau=0.9, tau_mode="fixed")
   rng = np.random.default_rng(10)
   # Two tight clusters: the adaptive split test stops at 2 actions, fixed K does not.
   rows = np.concatenate([np.ones((12, D)), -np.ones((12, D))]) + 0.1 * rng.normal(size=(N, D))

@@ -17,13 +17,27 @@ from test_round import HP, M, config
 DIM = 8
 
 
-def run(synthetic, uplink, downlink=None, bandwidth=None, rounds=2, aggregation="inverse_frequency"):
+def run(synthetic,
+        uplink,
+        downlink=None,
+        bandwidth=None,
+        rounds=2,
+        aggregation="inverse_frequency"):
   model = get_model("mf", dim=DIM)
   cfg = config(synthetic, aggregation)
-  server, clients = init_states(model, synthetic.num_users, synthetic.num_items, optax.sgd(1.0),
-                                seed=0, bandwidth=bandwidth)
-  round_fn = jax.jit(chex.assert_max_traces(
-      make_round(model, synthetic.data, cfg, uplink=uplink, downlink=downlink), n=1))
+  server, clients = init_states(model,
+                                synthetic.num_users,
+                                synthetic.num_items,
+                                optax.sgd(1.0),
+                                seed=0,
+                                bandwidth=bandwidth)
+  round_fn = jax.jit(
+      chex.assert_max_traces(make_round(model,
+                                        synthetic.data,
+                                        cfg,
+                                        uplink=uplink,
+                                        downlink=downlink),
+                             n=1))
   out = []
   for _ in range(rounds):
     server, clients, metrics = round_fn(server, clients, HP)
@@ -58,19 +72,21 @@ def test_per_client_budgets_set_k_and_bits_in_one_compiled_round(synthetic):
   dense = synthetic.num_items * DIM * 32
   bandwidth = dense / np.array([2, 4, 8, 2, 4, 8, 2, 4, 8, 16], np.float32)
   comp = fedras(synthetic.num_items, max_k=16, tau=2.0, tau_mode="fixed", dense_fallback=False)
-  _, _, metrics = run(synthetic, comp, identity(synthetic.num_items), bandwidth=bandwidth,
-                      rounds=3)
+  _, _, metrics = run(synthetic, comp, identity(synthetic.num_items), bandwidth=bandwidth, rounds=3)
   budgets_seen = set()
   for m in metrics:
     assert np.all(m.bits_up <= m.budget_up), "a client exceeded its budget"
-    k_budget = np.array([int(quantize.max_actions_for_budget(int(b), synthetic.num_items, DIM,
-                                                             max_k=16)) for b in m.budget_up])
+    k_budget = np.array([
+        int(quantize.max_actions_for_budget(int(b), synthetic.num_items, DIM, max_k=16))
+        for b in m.budget_up
+    ])
     assert np.all(m.num_actions <= k_budget)
     # K follows the budget: the budget's K unless the client has fewer live rows.
     live = m.num_actions < k_budget
     assert np.all(m.num_actions[~live] == k_budget[~live])
-    expected_bits = [int(quantize.payload_bits(int(k), synthetic.num_items, DIM))
-                     for k in m.num_actions]
+    expected_bits = [
+        int(quantize.payload_bits(int(k), synthetic.num_items, DIM)) for k in m.num_actions
+    ]
     np.testing.assert_array_equal(m.bits_up, expected_bits)
     budgets_seen.update(m.budget_up.tolist())
   assert len(budgets_seen) >= 3, "clients of one round had different budgets"
@@ -80,10 +96,17 @@ def test_fluctuation_changes_budgets_within_bounds(synthetic):
   dense = synthetic.num_items * DIM * 32
   bandwidth = np.full(synthetic.num_users, dense / 4, np.float32)
   model = get_model("mf", dim=DIM)
-  server, clients = init_states(model, synthetic.num_users, synthetic.num_items, optax.sgd(1.0),
-                                seed=0, bandwidth=bandwidth)
-  round_fn = jax.jit(make_round(model, synthetic.data, config(synthetic),
-                                uplink=fedras(synthetic.num_items, max_k=8)))
+  server, clients = init_states(model,
+                                synthetic.num_users,
+                                synthetic.num_items,
+                                optax.sgd(1.0),
+                                seed=0,
+                                bandwidth=bandwidth)
+  round_fn = jax.jit(
+      make_round(model,
+                 synthetic.data,
+                 config(synthetic),
+                 uplink=fedras(synthetic.num_items, max_k=8)))
   _, _, metrics = round_fn(server, clients, HP._replace(fluctuation=0.3))
   budget = np.asarray(metrics.budget_up)
   assert np.all(budget >= np.floor(0.7 * dense / 4)) and np.all(budget <= 1.3 * dense / 4)
@@ -106,8 +129,12 @@ def test_downlink_error_feedback_loses_nothing(synthetic, feedback, warm):
   lossy = fedras(synthetic.num_items, max_k=2, tau=2.0, tau_mode="fixed", dense_fallback=False)
   model, lossy_round = _round(synthetic, lossy, feedback)
   _, dense_round = _round(synthetic, identity(synthetic.num_items), feedback)
-  server, clients = init_states(model, synthetic.num_users, synthetic.num_items, optax.sgd(1.0),
-                                seed=0, downlink=lossy if warm else None)
+  server, clients = init_states(model,
+                                synthetic.num_users,
+                                synthetic.num_items,
+                                optax.sgd(1.0),
+                                seed=0,
+                                downlink=lossy if warm else None)
   assert bool(jax.tree.leaves(server.downlink_memory)) == warm
   for _ in range(3):
     dense_server, _, _ = dense_round(server, clients, HP)
@@ -122,7 +149,8 @@ def test_downlink_error_feedback_loses_nothing(synthetic, feedback, warm):
     np.testing.assert_array_equal(dense_server.residual, server.residual)
     if feedback:
       np.testing.assert_allclose(new_server.items + new_server.residual,
-                                 dense_server.items + server.residual, atol=1e-6)
+                                 dense_server.items + server.residual,
+                                 atol=1e-6)
       assert float(np.abs(new_server.residual).max()) > 1e-4, "the downlink was lossy"
     else:
       np.testing.assert_array_equal(new_server.residual, 0.0)

@@ -74,7 +74,8 @@ def colr(num_index_rows: int, dim: int, *, rank: int, value_bits: int = 32) -> C
     live = mask & jnp.all(jnp.isfinite(rows), axis=1)
     x = jnp.where(live[:, None], rows, 0.0)
     a = jnp.matmul(x, b.T, precision=jax.lax.Precision.HIGHEST) * (rank / dim)
-    return CoLRPayload(a=round_values(a, value_bits), basis=b,
+    return CoLRPayload(a=round_values(a, value_bits),
+                       basis=b,
                        bits=jnp.int32(colr_bits(rank, num_index_rows, value_bits)))
 
   def decode(payload: CoLRPayload):

@@ -41,7 +41,10 @@ class EmbeddingKMeansPayload(NamedTuple):
   bits: jax.Array
 
 
-def embedding_kmeans(num_index_rows: int, *, max_k: int, value_bits: int = 32,
+def embedding_kmeans(num_index_rows: int,
+                     *,
+                     max_k: int,
+                     value_bits: int = 32,
                      max_iters: int = 50) -> Compressor:
   """K-Means of the embedding rows behind the compressor contract (``on_embeddings``).
 
@@ -60,25 +63,36 @@ def embedding_kmeans(num_index_rows: int, *, max_k: int, value_bits: int = 32,
     x = jnp.asarray(rows, jnp.float32)
     live = mask & jnp.all(jnp.isfinite(x), axis=1)
     n_live = jnp.sum(live, dtype=jnp.int32)
-    k_budget = quantize.max_actions_for_budget(budget_bits, num_index_rows, d, max_k=max_k,
+    k_budget = quantize.max_actions_for_budget(budget_bits,
+                                               num_index_rows,
+                                               d,
+                                               max_k=max_k,
                                                value_bits=value_bits)
     k = jnp.minimum(k_budget, n_live)
-    fit = quantize.kmeans(x, key, max_k=max_k, k=jnp.maximum(k, 1),
-                          weights=live.astype(jnp.float32), max_iters=max_iters)
+    fit = quantize.kmeans(x,
+                          key,
+                          max_k=max_k,
+                          k=jnp.maximum(k, 1),
+                          weights=live.astype(jnp.float32),
+                          max_iters=max_iters)
     # Compact the non-empty clusters into slots 0..K-1 (duplicate rows leave some empty).
     slot = jnp.clip(fit.assignment, 0, max_k - 1)
     count = jax.ops.segment_sum(live.astype(jnp.int32), slot, num_segments=max_k)
     keep = fit.active & (count > 0) & (k > 0)
     new_pos = jnp.cumsum(keep.astype(jnp.int32)) - 1
     num_actions = jnp.sum(keep, dtype=jnp.int32)
-    centroids = jnp.zeros((max_k, d), jnp.float32).at[jnp.where(keep, new_pos, max_k)].set(
-        fit.centroids, mode="drop")
+    centroids = jnp.zeros((max_k, d), jnp.float32).at[jnp.where(keep, new_pos,
+                                                                max_k)].set(fit.centroids,
+                                                                            mode="drop")
     centroids = round_values(centroids, value_bits)
     sent = live & (fit.assignment >= 0) & keep[slot]
     indices = jnp.where(sent, new_pos[slot], quantize.NO_UPDATE).astype(jnp.int32)
-    return EmbeddingKMeansPayload(
-        centroids=centroids, indices=indices, sent=sent, num_actions=num_actions,
-        bits=quantize.payload_bits(num_actions, num_index_rows, d, value_bits).astype(jnp.int32))
+    return EmbeddingKMeansPayload(centroids=centroids,
+                                  indices=indices,
+                                  sent=sent,
+                                  num_actions=num_actions,
+                                  bits=quantize.payload_bits(num_actions, num_index_rows, d,
+                                                             value_bits).astype(jnp.int32))
 
   def decode(payload: EmbeddingKMeansPayload):
     rows = payload.centroids[jnp.clip(payload.indices, 0, payload.centroids.shape[0] - 1)]

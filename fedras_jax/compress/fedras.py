@@ -33,8 +33,14 @@ def sparse_dense_bits(num_rows_sent, num_index_rows, dim, value_bits=32):
   return num_rows_sent * dim * value_bits + num_index_rows
 
 
-def fedras(num_index_rows: int, *, max_k: int, tau: float = 0.9, tau_mode: str = "auto",
-           value_bits: int = 32, max_iters: int = 2, dense_fallback: bool = True) -> Compressor:
+def fedras(num_index_rows: int,
+           *,
+           max_k: int,
+           tau: float = 0.9,
+           tau_mode: str = "auto",
+           value_bits: int = 32,
+           max_iters: int = 2,
+           dense_fallback: bool = True) -> Compressor:
   """The FedRAS action compressor.
 
   Args:
@@ -56,20 +62,29 @@ def fedras(num_index_rows: int, *, max_k: int, tau: float = 0.9, tau_mode: str =
   def encode(rows, mask, budget_bits, key, memory=None):
     start = init_memory(rows.shape[0], rows.shape[1]) if memory is None else memory
     live = mask & jnp.any(rows != 0, axis=1) & jnp.all(jnp.isfinite(rows), axis=1)
-    dense_size = sparse_dense_bits(jnp.sum(live, dtype=jnp.int32), num_index_rows,
-                                   rows.shape[1], value_bits)
+    dense_size = sparse_dense_bits(jnp.sum(live, dtype=jnp.int32), num_index_rows, rows.shape[1],
+                                   value_bits)
     is_dense = jnp.bool_(dense_fallback) & (dense_size <= budget_bits)
     # A client sent dense is not clustered: a zero budget makes the quantizer skip it.
-    actions = quantize.encode(rows, key, budget_bits=jnp.where(is_dense, 0, budget_bits),
-                              max_k=max_k, tau=tau, tau_mode=tau_mode, mask=mask,
-                              num_index_rows=num_index_rows, value_bits=value_bits,
-                              max_iters=max_iters, init_centroids=start[0], init_k=start[1])
-    return FedRASPayload(
-        actions=actions, dense_rows=jnp.where(live[:, None], rows, 0.0), is_dense=is_dense,
-        num_actions=jnp.where(is_dense, 0, actions.num_actions),
-        bits=jnp.where(is_dense, dense_size, actions.bits).astype(jnp.int32),
-        memory=jax.tree.map(lambda new, old: jnp.where(is_dense, old, new),
-                            (actions.centroids, actions.num_actions), start))
+    actions = quantize.encode(rows,
+                              key,
+                              budget_bits=jnp.where(is_dense, 0, budget_bits),
+                              max_k=max_k,
+                              tau=tau,
+                              tau_mode=tau_mode,
+                              mask=mask,
+                              num_index_rows=num_index_rows,
+                              value_bits=value_bits,
+                              max_iters=max_iters,
+                              init_centroids=start[0],
+                              init_k=start[1])
+    return FedRASPayload(actions=actions,
+                         dense_rows=jnp.where(live[:, None], rows, 0.0),
+                         is_dense=is_dense,
+                         num_actions=jnp.where(is_dense, 0, actions.num_actions),
+                         bits=jnp.where(is_dense, dense_size, actions.bits).astype(jnp.int32),
+                         memory=jax.tree.map(lambda new, old: jnp.where(is_dense, old, new),
+                                             (actions.centroids, actions.num_actions), start))
 
   def decode(payload: FedRASPayload):
     return jnp.where(payload.is_dense, payload.dense_rows, quantize.decode(payload.actions))

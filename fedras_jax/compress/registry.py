@@ -41,13 +41,18 @@ def nominal_budget_bits(num_items: int, item_dim: int, payload_ratio: float) -> 
 
 def auto_max_k(num_items: int, item_dim: int, payload_ratio: float, value_bits: int = 32) -> int:
   """The budget's K rounded up to a multiple of 16, in ``[16, 128]``."""
-  k = int(quantize.max_actions_for_budget(nominal_budget_bits(num_items, item_dim, payload_ratio),
-                                          num_items, item_dim, max_k=4096,
-                                          value_bits=value_bits))
+  k = int(
+      quantize.max_actions_for_budget(nominal_budget_bits(num_items, item_dim, payload_ratio),
+                                      num_items,
+                                      item_dim,
+                                      max_k=4096,
+                                      value_bits=value_bits))
   return min(128, max(16, _round_up(k, 16)))
 
 
-def auto_max_entries(num_items: int, item_dim: int, payload_ratio: float,
+def auto_max_entries(num_items: int,
+                     item_dim: int,
+                     payload_ratio: float,
                      value_bits: int = 32) -> int:
   """The budget's TopK entry count rounded up to a multiple of 64, in ``[64, n * d]``."""
   budget = nominal_budget_bits(num_items, item_dim, payload_ratio)
@@ -55,8 +60,7 @@ def auto_max_entries(num_items: int, item_dim: int, payload_ratio: float,
   return max(1, min(num_items * item_dim, max(64, _round_up(k, 64))))
 
 
-def auto_max_rank(num_items: int, item_dim: int, payload_ratio: float,
-                  value_bits: int = 32) -> int:
+def auto_max_rank(num_items: int, item_dim: int, payload_ratio: float, value_bits: int = 32) -> int:
   """The budget's SVD rank rounded up to a multiple of 8, in ``[1, item_dim]``."""
   budget = nominal_budget_bits(num_items, item_dim, payload_ratio)
   r = budget // svd_bits(1, num_items, item_dim, value_bits)
@@ -69,8 +73,14 @@ def colr_rank(num_items: int, item_dim: int, payload_ratio: float, value_bits: i
   return max(1, min(item_dim, budget // colr_bits(1, num_items, value_bits)))
 
 
-def make_compressor(name: str, num_items: int, item_dim: int, *, payload_ratio: float,
-                    max_k: int = 0, tau: float = 0.9, tau_mode: str = "auto",
+def make_compressor(name: str,
+                    num_items: int,
+                    item_dim: int,
+                    *,
+                    payload_ratio: float,
+                    max_k: int = 0,
+                    tau: float = 0.9,
+                    tau_mode: str = "auto",
                     value_bits: int = 32) -> Compressor:
   """The compressor ``name`` (one of ``COMPRESSORS``) for a ``[num_items, item_dim]`` table.
 
@@ -93,16 +103,19 @@ def make_compressor(name: str, num_items: int, item_dim: int, *, payload_ratio: 
   if name == "fedras":
     return fedras(num_items, max_k=max_k, tau=tau, tau_mode=tau_mode, value_bits=value_bits)
   if name == "fedras_fixed_k":
-    comp = fedras(num_items, max_k=max_k, tau=FIXED_K_TAU, tau_mode="fixed",
-                  value_bits=value_bits)
+    comp = fedras(num_items, max_k=max_k, tau=FIXED_K_TAU, tau_mode="fixed", value_bits=value_bits)
     return comp._replace(name="fedras_fixed_k")
   if name == "embedding_kmeans":
     return embedding_kmeans(num_items, max_k=max_k, value_bits=value_bits)
   if name == "colr":
-    return colr(num_items, item_dim, rank=colr_rank(num_items, item_dim, payload_ratio,
-                                                    value_bits), value_bits=value_bits)
+    return colr(num_items,
+                item_dim,
+                rank=colr_rank(num_items, item_dim, payload_ratio, value_bits),
+                value_bits=value_bits)
   if name == "topk":
-    return topk(num_items, max_entries=auto_max_entries(num_items, item_dim, payload_ratio,
-                                                        value_bits), value_bits=value_bits)
-  return svd(num_items, max_rank=auto_max_rank(num_items, item_dim, payload_ratio, value_bits),
+    return topk(num_items,
+                max_entries=auto_max_entries(num_items, item_dim, payload_ratio, value_bits),
+                value_bits=value_bits)
+  return svd(num_items,
+             max_rank=auto_max_rank(num_items, item_dim, payload_ratio, value_bits),
              value_bits=value_bits)

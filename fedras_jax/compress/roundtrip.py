@@ -29,8 +29,7 @@ def _check_base(compressor: Compressor, base_rows):
                      "pass base_rows, the rows the update applies to")
 
 
-def _encode_decode(compressor: Compressor, rows, mask, budget_bits, key, base_rows,
-                   memory=None):
+def _encode_decode(compressor: Compressor, rows, mask, budget_bits, key, base_rows, memory=None):
   """One matrix's ``(payload, decoded update)``; ``base_rows`` only for on_embeddings,
   ``memory`` only for warm-started compressors."""
   extra = {} if memory is None else dict(memory=memory)
@@ -42,8 +41,15 @@ def _encode_decode(compressor: Compressor, rows, mask, budget_bits, key, base_ro
   return payload, jnp.where(payload.sent[:, None], decoded, 0.0)
 
 
-def roundtrip(compressor: Compressor, rows, mask, budget_bits, key, *,
-              lossless_bits: int, base_rows=None, memory=None) -> Roundtrip:
+def roundtrip(compressor: Compressor,
+              rows,
+              mask,
+              budget_bits,
+              key,
+              *,
+              lossless_bits: int,
+              base_rows=None,
+              memory=None) -> Roundtrip:
   """encode then decode one matrix ``rows [n, d]`` (a lossless one is skipped).
 
   base_rows: ``[n, d]`` the rows the update applies to (e.g. the item table); needed
@@ -54,16 +60,23 @@ def roundtrip(compressor: Compressor, rows, mask, budget_bits, key, *,
   if memory is not None and compressor.init_memory is None:
     raise ValueError(f"compressor {compressor.name!r} keeps no memory (init_memory is None)")
   if compressor.lossless:
-    return Roundtrip(jnp.where(mask[:, None], rows, 0.0), jnp.int32(lossless_bits),
-                     jnp.int32(-1), memory)
-  payload, decoded = _encode_decode(compressor, rows, mask, budget_bits, key, base_rows,
-                                    memory)
+    return Roundtrip(jnp.where(mask[:, None], rows, 0.0), jnp.int32(lossless_bits), jnp.int32(-1),
+                     memory)
+  payload, decoded = _encode_decode(compressor, rows, mask, budget_bits, key, base_rows, memory)
   return Roundtrip(decoded, payload.bits, _num_actions(payload, ()),
                    None if memory is None else payload.memory)
 
 
-def roundtrip_clients(compressor: Compressor, flat_rows, offset, num_slots, budget_bits,
-                      keys, *, buckets, lossless_bits: int, base_rows=None) -> Roundtrip:
+def roundtrip_clients(compressor: Compressor,
+                      flat_rows,
+                      offset,
+                      num_slots,
+                      budget_bits,
+                      keys,
+                      *,
+                      buckets,
+                      lossless_bits: int,
+                      base_rows=None) -> Roundtrip:
   """Compresses each client's rows of a flat slot buffer, ``vmap``-ed over clients.
 
   Args:

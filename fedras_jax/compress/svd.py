@@ -52,7 +52,11 @@ def svd_bits(rank, num_index_rows: int, dim: int, value_bits: int = 32):
   return jnp.maximum(jnp.asarray(rank, jnp.int32), 0) * jnp.int32(per_rank)
 
 
-def rank_for_budget(budget_bits, num_index_rows: int, dim: int, *, max_rank: int,
+def rank_for_budget(budget_bits,
+                    num_index_rows: int,
+                    dim: int,
+                    *,
+                    max_rank: int,
                     value_bits: int = 32):
   """Largest ``r <= max_rank`` with ``svd_bits(r) <= budget_bits`` (traced int32)."""
   per_rank = svd_bits(1, num_index_rows, dim, value_bits)
@@ -78,7 +82,10 @@ def _mm(a, b):
   return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
-def svd(num_index_rows: int, *, max_rank: int, value_bits: int = 32,
+def svd(num_index_rows: int,
+        *,
+        max_rank: int,
+        value_bits: int = 32,
         method: str = "gram") -> Compressor:
   """Rank-r truncated SVD behind the compressor contract.
 
@@ -116,14 +123,16 @@ def svd(num_index_rows: int, *, max_rank: int, value_bits: int = 32,
     tol = jnp.max(s) * max(n, d) * _EPS
     n_live = jnp.sum(live, dtype=jnp.int32)
     numerical_rank = jnp.minimum(jnp.sum(s > tol, dtype=jnp.int32), n_live)
-    r = jnp.minimum(rank_for_budget(budget_bits, num_index_rows, d, max_rank=p,
-                                    value_bits=value_bits), numerical_rank)
+    r = jnp.minimum(
+        rank_for_budget(budget_bits, num_index_rows, d, max_rank=p, value_bits=value_bits),
+        numerical_rank)
     keep = jnp.arange(p) < r
     u = jnp.where(live[:, None] & keep[None, :], u, 0.0)
     return SVDPayload(u=round_values(u, value_bits),
                       s=round_values(jnp.where(keep, s, 0.0), value_bits),
                       vt=round_values(jnp.where(keep[:, None], vt, 0.0), value_bits),
-                      rank=r, bits=svd_bits(r, num_index_rows, d, value_bits))
+                      rank=r,
+                      bits=svd_bits(r, num_index_rows, d, value_bits))
 
   def decode(payload: SVDPayload):
     return _mm(payload.u * payload.s[None, :], payload.vt)

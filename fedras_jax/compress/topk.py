@@ -57,7 +57,11 @@ def topk_bits(k, n, d, int32_indices: bool = False, value_bits: int = 32):
   return jnp.maximum(jnp.asarray(k, jnp.int32), 0) * jnp.int32(per_entry)
 
 
-def entries_for_budget(budget_bits, num_index_rows: int, dim: int, *, max_entries: int,
+def entries_for_budget(budget_bits,
+                       num_index_rows: int,
+                       dim: int,
+                       *,
+                       max_entries: int,
                        value_bits: int = 32):
   """Largest ``k <= max_entries`` with ``topk_bits(k) <= budget_bits`` (traced int32)."""
   per_entry = topk_bits(1, num_index_rows, dim, value_bits=value_bits)
@@ -93,7 +97,10 @@ def _threshold_select(mag, k):
   return (above | (ties & (tie_rank <= room))) & (k > 0)
 
 
-def topk(num_index_rows: int, *, max_entries: int, value_bits: int = 32,
+def topk(num_index_rows: int,
+         *,
+         max_entries: int,
+         value_bits: int = 32,
          method: str = "top_k") -> Compressor:
   """TopK sparsification behind the compressor contract.
 
@@ -118,8 +125,9 @@ def topk(num_index_rows: int, *, max_entries: int, value_bits: int = 32,
     mag = jnp.abs(x)
     slots = min(max_entries, n * d)
     nnz = jnp.sum(mag > 0, dtype=jnp.int32)
-    k = jnp.minimum(entries_for_budget(budget_bits, num_index_rows, d, max_entries=slots,
-                                       value_bits=value_bits), nnz)
+    k = jnp.minimum(
+        entries_for_budget(budget_bits, num_index_rows, d, max_entries=slots,
+                           value_bits=value_bits), nnz)
     keep = jnp.arange(slots) < k
     if method == "top_k":  # sorted by magnitude, ties to lower positions
       _, flat = lax.top_k(mag, slots)
@@ -128,7 +136,9 @@ def topk(num_index_rows: int, *, max_entries: int, value_bits: int = 32,
       flat = jnp.nonzero(sel, size=slots, fill_value=0)[0]
     indices = jnp.where(keep, flat, -1).astype(jnp.int32)
     values = jnp.where(keep, x[flat], 0.0)
-    return TopKPayload(values=round_values(values, value_bits), indices=indices, num_entries=k,
+    return TopKPayload(values=round_values(values, value_bits),
+                       indices=indices,
+                       num_entries=k,
                        bits=topk_bits(k, num_index_rows, d, value_bits=value_bits),
                        layout=jnp.zeros((n, d, 0), jnp.float32))
 

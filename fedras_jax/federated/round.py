@@ -28,8 +28,8 @@ from fedras_jax.compress.roundtrip import Roundtrip, roundtrip, roundtrip_client
 from fedras_jax.federated.aggregation import AGGREGATIONS, aggregate_item_updates
 from fedras_jax.federated.client_data import ClientData
 from fedras_jax.federated.local_data import client_plan, client_sizes, slot_item
-from fedras_jax.federated.local_training import (LocalHParams, lane_schedule,
-                                                 packed_client_updates, slot_layout)
+from fedras_jax.federated.local_training import (LocalHParams, lane_schedule, packed_client_updates,
+                                                 slot_layout)
 from fedras_jax.models.base import RecModel
 
 # fold_in purposes of the round key.
@@ -67,8 +67,8 @@ class RoundConfig:
   def __post_init__(self):
     if self.aggregation not in AGGREGATIONS:
       raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {self.aggregation!r}")
-    for name in ("clients_per_round", "local_epochs", "batch_size", "num_lanes",
-                 "slot_capacity", "max_lane_steps"):
+    for name in ("clients_per_round", "local_epochs", "batch_size", "num_lanes", "slot_capacity",
+                 "max_lane_steps"):
       if getattr(self, name) <= 0:
         raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
     if self.neg_ratio < 0:
@@ -121,22 +121,28 @@ class ClientStates(NamedTuple):
 
 class RoundMetrics(NamedTuple):
   """Per-round measurements (``[M]`` arrays are per sampled client)."""
-  sampled: jax.Array        # [M] user ids
-  loss: jax.Array           # [M] mean local training loss
-  bits_up: jax.Array        # [M] int32 uplink payload
-  bits_down: jax.Array      # int32 downlink payload per client (item table + dense)
-  budget_up: jax.Array      # [M] uplink budget in bits
-  num_actions: jax.Array    # [M] actions used per client (-1 when not applicable)
-  error_up: jax.Array       # [M] ||decode(encode(G)) - G|| / ||G||
-  error_down: jax.Array     # same for the server update
-  info_loss: jax.Array      # ||applied item update - uncompressed item update||_F
+  sampled: jax.Array  # [M] user ids
+  loss: jax.Array  # [M] mean local training loss
+  bits_up: jax.Array  # [M] int32 uplink payload
+  bits_down: jax.Array  # int32 downlink payload per client (item table + dense)
+  budget_up: jax.Array  # [M] uplink budget in bits
+  num_actions: jax.Array  # [M] actions used per client (-1 when not applicable)
+  error_up: jax.Array  # [M] ||decode(encode(G)) - G|| / ||G||
+  error_down: jax.Array  # same for the server update
+  info_loss: jax.Array  # ||applied item update - uncompressed item update||_F
   touched_items: jax.Array  # items with at least one update
-  skipped: jax.Array        # clients whose update was non-finite and dropped
-  sim_seconds: jax.Array    # simulated round duration (slowest client)
+  skipped: jax.Array  # clients whose update was non-finite and dropped
+  sim_seconds: jax.Array  # simulated round duration (slowest client)
 
 
-def init_states(model: RecModel, num_users: int, num_items: int, server_opt, *, seed: int,
-                bandwidth=None, downlink: Compressor = None):
+def init_states(model: RecModel,
+                num_users: int,
+                num_items: int,
+                server_opt,
+                *,
+                seed: int,
+                bandwidth=None,
+                downlink: Compressor = None):
   """Initial ``(ServerState, ClientStates)``; bandwidth ``[U]`` defaults to unlimited.
   ``downlink``: a compressor with ``init_memory`` gets its memory in the server state,
   so a round with ``downlink_warm_start`` starts each round's encode from the last."""
@@ -145,12 +151,14 @@ def init_states(model: RecModel, num_users: int, num_items: int, server_opt, *, 
   shared = (params.items, params.dense)
   if bandwidth is None:
     bandwidth = jnp.full((num_users,), jnp.inf, jnp.float32)
-  server = ServerState(items=params.items, residual=jnp.zeros_like(params.items),
-                       dense=params.dense, opt_state=server_opt.init(shared),
-                       round=jnp.int32(0), key=key,
+  server = ServerState(items=params.items,
+                       residual=jnp.zeros_like(params.items),
+                       dense=params.dense,
+                       opt_state=server_opt.init(shared),
+                       round=jnp.int32(0),
+                       key=key,
                        downlink_memory=(downlink.init_memory(num_items, model.item_dim)
-                                        if downlink is not None and downlink.init_memory
-                                        else ()))
+                                        if downlink is not None and downlink.init_memory else ()))
   return server, ClientStates(users=params.users, bandwidth=jnp.asarray(bandwidth, jnp.float32))
 
 
@@ -204,11 +212,14 @@ def client_buckets(sorted_slots: np.ndarray, max_buckets: int = 3, granule: int 
   bound = np.maximum.accumulate(sorted_slots.max(axis=0)[::-1])[::-1]  # non-increasing
   width = [_round_up(max(b, 1), granule) for b in bound]
   m = len(width)
-  cuts = sorted({int(c) for c in np.linspace(1, m - 1, num=min(m - 1, 16))} - {0, m}) if m > 1 else []
+  cuts = sorted({int(c) for c in np.linspace(1, m - 1, num=min(m - 1, 16))}
+                - {0, m}) if m > 1 else []
   best = (m * width[0], ((m, width[0]),))
+
   def buckets_of(points):
     edges = [0, *points, m]
     return tuple((edges[i + 1] - edges[i], width[edges[i]]) for i in range(len(edges) - 1))
+
   for n in range(1, max_buckets):
     for points in itertools.combinations(cuts, n):
       b = buckets_of(points)
@@ -218,9 +229,9 @@ def client_buckets(sorted_slots: np.ndarray, max_buckets: int = 3, granule: int 
   return best[1]
 
 
-def plan_capacity(num_pos: np.ndarray, num_seen: np.ndarray, num_items: int, *, seed,
-                  rounds: int, clients_per_round: int, local_epochs: int, batch_size: int,
-                  neg_ratio: int, num_lanes: int) -> Capacity:
+def plan_capacity(num_pos: np.ndarray, num_seen: np.ndarray, num_items: int, *, seed, rounds: int,
+                  clients_per_round: int, local_epochs: int, batch_size: int, neg_ratio: int,
+                  num_lanes: int) -> Capacity:
   """Static buffer sizes that fit every round ``0..rounds-1`` of a run.
 
   Replays the round's client sampling and lane packing (the same jax functions)
@@ -229,8 +240,12 @@ def plan_capacity(num_pos: np.ndarray, num_seen: np.ndarray, num_items: int, *, 
   a sequence: the sizes then fit the runs of every seed (a vmapped sweep).
   """
   num_users = len(num_pos)
-  slots, steps = client_sizes(num_pos, num_seen, num_items, neg_ratio=neg_ratio,
-                              epochs=local_epochs, batch_size=batch_size)
+  slots, steps = client_sizes(num_pos,
+                              num_seen,
+                              num_items,
+                              neg_ratio=neg_ratio,
+                              epochs=local_epochs,
+                              batch_size=batch_size)
   steps_dev = jnp.asarray(steps, jnp.int32)
 
   @jax.jit
@@ -325,9 +340,14 @@ class RoundStages(NamedTuple):
   downlink: Any
 
 
-def make_round(model: RecModel, data: ClientData, config: RoundConfig,
-               server_opt: optax.GradientTransformation = None, *,
-               uplink: Compressor = None, downlink: Compressor = None, mesh=None):
+def make_round(model: RecModel,
+               data: ClientData,
+               config: RoundConfig,
+               server_opt: optax.GradientTransformation = None,
+               *,
+               uplink: Compressor = None,
+               downlink: Compressor = None,
+               mesh=None):
   """Builds ``round_fn(server, clients, hp) -> (server, clients, RoundMetrics)``.
 
   The returned function is pure and not yet jitted (``jax.jit`` it with
@@ -338,8 +358,13 @@ def make_round(model: RecModel, data: ClientData, config: RoundConfig,
   devices; results equal the single-device round. ``round_fn.stages`` holds the
   round's :class:`RoundStages`.
   """
-  stages = make_round_stages(model, data, config, server_opt, uplink=uplink,
-                             downlink=downlink, mesh=mesh)
+  stages = make_round_stages(model,
+                             data,
+                             config,
+                             server_opt,
+                             uplink=uplink,
+                             downlink=downlink,
+                             mesh=mesh)
 
   def round_fn(server: ServerState, clients: ClientStates, hp: RoundHParams):
     local = stages.local(server, clients, hp)
@@ -351,9 +376,13 @@ def make_round(model: RecModel, data: ClientData, config: RoundConfig,
   return round_fn
 
 
-def make_round_stages(model: RecModel, data: ClientData, config: RoundConfig,
-                      server_opt: optax.GradientTransformation = None, *,
-                      uplink: Compressor = None, downlink: Compressor = None,
+def make_round_stages(model: RecModel,
+                      data: ClientData,
+                      config: RoundConfig,
+                      server_opt: optax.GradientTransformation = None,
+                      *,
+                      uplink: Compressor = None,
+                      downlink: Compressor = None,
                       mesh=None) -> RoundStages:
   """The :class:`RoundStages` of ``make_round`` (same arguments)."""
   server_opt = server_opt or optax.sgd(1.0)
@@ -367,9 +396,14 @@ def make_round_stages(model: RecModel, data: ClientData, config: RoundConfig,
   def local_stage(server: ServerState, clients: ClientStates, hp: RoundHParams) -> LocalResult:
     key = round_key(server.key, server.round)
     sampled = round_clients(server.key, server.round, data.num_users, m)
-    plans = jax.vmap(lambda u, k: client_plan(
-        data, u, k, neg_ratio=config.neg_ratio, epochs=config.local_epochs,
-        batch_size=config.batch_size))(sampled, client_keys(server.key, server.round, sampled))
+    plans = jax.vmap(lambda u, k: client_plan(data,
+                                              u,
+                                              k,
+                                              neg_ratio=config.neg_ratio,
+                                              epochs=config.local_epochs,
+                                              batch_size=config.batch_size))(
+                                                  sampled,
+                                                  client_keys(server.key, server.round, sampled))
     layout = slot_layout(plans.num_slots, config.slot_capacity)
     slot_plans = jax.tree.map(lambda x: x[layout.client], plans)
     items_of_slot = jax.vmap(slot_item, (None, 0, 0))(data, slot_plans, layout.local)
@@ -380,39 +414,62 @@ def make_round_stages(model: RecModel, data: ClientData, config: RoundConfig,
     if uplink.basis is not None:
       b = uplink.basis(basis_key)
       local_hp = local_hp._replace(item_projection=b.T @ b)
-    trained = packed_client_updates(
-        model, local_hp, plans, layout, items_of_slot, server.items, server.dense,
-        clients.users[sampled], num_lanes=config.num_lanes,
-        max_iters=config.max_lane_steps, batch_size=config.batch_size, mesh=mesh)
+    trained = packed_client_updates(model,
+                                    local_hp,
+                                    plans,
+                                    layout,
+                                    items_of_slot,
+                                    server.items,
+                                    server.dense,
+                                    clients.users[sampled],
+                                    num_lanes=config.num_lanes,
+                                    max_iters=config.max_lane_steps,
+                                    batch_size=config.batch_size,
+                                    mesh=mesh)
 
     ok = _client_finite(trained.deltas, layout.client, m, trained.users, trained.dense_deltas)
     slot_ok = layout.valid & ok[layout.client]
     deltas = jnp.where(slot_ok[:, None], trained.deltas, 0.0)
 
     # Bandwidth this round and the uplink budget it gives.
-    wiggle = jax.random.uniform(jax.random.fold_in(key, _BANDWIDTH), (m,), minval=-1.0,
-                                maxval=1.0)
+    wiggle = jax.random.uniform(jax.random.fold_in(key, _BANDWIDTH), (m,), minval=-1.0, maxval=1.0)
     bandwidth = clients.bandwidth[sampled] * (1.0 + hp.fluctuation * wiggle)
     if uplink.basis is None:
       up_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(key, _UPLINK), sampled)
     else:
       up_keys = jnp.broadcast_to(basis_key, sampled.shape)
-    return LocalResult(sampled=sampled, plans=plans, layout=layout, items_of_slot=items_of_slot,
-                       trained=trained, ok=ok, slot_ok=slot_ok, deltas=deltas,
-                       bandwidth=bandwidth, budget=_bits(bandwidth * hp.round_seconds),
+    return LocalResult(sampled=sampled,
+                       plans=plans,
+                       layout=layout,
+                       items_of_slot=items_of_slot,
+                       trained=trained,
+                       ok=ok,
+                       slot_ok=slot_ok,
+                       deltas=deltas,
+                       bandwidth=bandwidth,
+                       budget=_bits(bandwidth * hp.round_seconds),
                        up_keys=up_keys)
 
   def uplink_stage(server: ServerState, hp: RoundHParams, local: LocalResult) -> Roundtrip:
     del hp
     return roundtrip_clients(
-        uplink, local.deltas, local.layout.offset, local.plans.num_slots, local.budget,
-        local.up_keys, buckets=config.client_buckets, lossless_bits=dense_table_bits,
+        uplink,
+        local.deltas,
+        local.layout.offset,
+        local.plans.num_slots,
+        local.budget,
+        local.up_keys,
+        buckets=config.client_buckets,
+        lossless_bits=dense_table_bits,
         base_rows=server.items[local.items_of_slot] if uplink.on_embeddings else None)
 
   def aggregate_stage(server: ServerState, local: LocalResult, up: Roundtrip) -> Aggregate:
-    item_update, counts = aggregate_item_updates(
-        up.decoded, local.items_of_slot, local.slot_ok, num_items=data.num_items,
-        num_clients=m, rule=config.aggregation)
+    item_update, counts = aggregate_item_updates(up.decoded,
+                                                 local.items_of_slot,
+                                                 local.slot_ok,
+                                                 num_items=data.num_items,
+                                                 num_clients=m,
+                                                 rule=config.aggregation)
     ok_f = local.ok.astype(jnp.float32)
     dense_update = jax.tree.map(
         lambda d: jnp.tensordot(ok_f, d, axes=1) / jnp.maximum(jnp.sum(ok_f), 1.0),
@@ -420,8 +477,12 @@ def make_round_stages(model: RecModel, data: ClientData, config: RoundConfig,
     neg_grad = jax.tree.map(jnp.negative, (item_update, dense_update))
     updates, opt_state = server_opt.update(neg_grad, server.opt_state, (server.items, server.dense))
     item_step, dense_step = updates
-    return Aggregate(item_update=item_update, counts=counts, dense_update=dense_update,
-                     neg_grad=neg_grad, item_step=item_step, dense_step=dense_step,
+    return Aggregate(item_update=item_update,
+                     counts=counts,
+                     dense_update=dense_update,
+                     neg_grad=neg_grad,
+                     item_step=item_step,
+                     dense_step=dense_step,
                      opt_state=opt_state)
 
   def downlink_stage(server: ServerState, clients: ClientStates, hp: RoundHParams,
@@ -436,18 +497,24 @@ def make_round_stages(model: RecModel, data: ClientData, config: RoundConfig,
       send = agg.counts > 0
     warm = (config.downlink_warm_start and downlink.init_memory is not None
             and bool(jax.tree.leaves(server.downlink_memory)))
-    down = roundtrip(downlink, item_step, send, _bits(hp.downlink_budget_bits),
+    down = roundtrip(downlink,
+                     item_step,
+                     send,
+                     _bits(hp.downlink_budget_bits),
                      jax.random.fold_in(key, _DOWNLINK) if downlink.basis is None else basis_key,
                      lossless_bits=dense_table_bits,
                      base_rows=server.items if downlink.on_embeddings else None,
                      memory=server.downlink_memory if warm else None)
-    residual = (item_step - down.decoded if config.downlink_feedback and not downlink.lossless
-                else server.residual)
+    residual = (item_step - down.decoded
+                if config.downlink_feedback and not downlink.lossless else server.residual)
     if uplink.lossless and downlink.lossless:
       info_loss = jnp.float32(0.0)
     else:  # The same state's update had nothing been compressed.
-      raw_update, _ = aggregate_item_updates(local.deltas, local.items_of_slot, local.slot_ok,
-                                             num_items=data.num_items, num_clients=m,
+      raw_update, _ = aggregate_item_updates(local.deltas,
+                                             local.items_of_slot,
+                                             local.slot_ok,
+                                             num_items=data.num_items,
+                                             num_clients=m,
                                              rule=config.aggregation)
       raw_step, _ = server_opt.update((-raw_update, agg.neg_grad[1]), server.opt_state,
                                       (server.items, server.dense))
@@ -459,21 +526,31 @@ def make_round_stages(model: RecModel, data: ClientData, config: RoundConfig,
     sampled, trained = local.sampled, local.trained
     seconds = (bits_up + bits_down) / local.bandwidth + hp.compute_seconds
     new_users = jnp.where(local.ok[:, None], trained.users, clients.users[sampled])
-    metrics = RoundMetrics(
-        sampled=sampled, loss=trained.loss, bits_up=bits_up, bits_down=bits_down,
-        budget_up=local.budget, num_actions=up.num_actions,
-        error_up=(jnp.zeros((m,)) if uplink.lossless
-                  else _relative_error(up.decoded, local.deltas, local.layout.client, m)),
-        error_down=(jnp.float32(0.0) if downlink.lossless else _relative_error(
-            down.decoded, jnp.where(send[:, None], item_step, 0.0))),
-        info_loss=info_loss, touched_items=jnp.sum(agg.counts > 0), skipped=jnp.sum(~local.ok),
-        sim_seconds=jnp.max(seconds))
-    server = ServerState(items=server.items + down.decoded, residual=residual,
+    metrics = RoundMetrics(sampled=sampled,
+                           loss=trained.loss,
+                           bits_up=bits_up,
+                           bits_down=bits_down,
+                           budget_up=local.budget,
+                           num_actions=up.num_actions,
+                           error_up=(jnp.zeros((m,)) if uplink.lossless else _relative_error(
+                               up.decoded, local.deltas, local.layout.client, m)),
+                           error_down=(jnp.float32(0.0) if downlink.lossless else _relative_error(
+                               down.decoded, jnp.where(send[:, None], item_step, 0.0))),
+                           info_loss=info_loss,
+                           touched_items=jnp.sum(agg.counts > 0),
+                           skipped=jnp.sum(~local.ok),
+                           sim_seconds=jnp.max(seconds))
+    server = ServerState(items=server.items + down.decoded,
+                         residual=residual,
                          dense=jax.tree.map(jnp.add, server.dense, agg.dense_step),
-                         opt_state=agg.opt_state, round=server.round + 1, key=server.key,
+                         opt_state=agg.opt_state,
+                         round=server.round + 1,
+                         key=server.key,
                          downlink_memory=down.memory if warm else server.downlink_memory)
     clients = clients._replace(users=clients.users.at[sampled].set(new_users))
     return server, clients, metrics
 
-  return RoundStages(local=local_stage, uplink=uplink_stage, aggregate=aggregate_stage,
+  return RoundStages(local=local_stage,
+                     uplink=uplink_stage,
+                     aggregate=aggregate_stage,
                      downlink=downlink_stage)
