@@ -18,15 +18,14 @@ from typing import Callable, Dict, List, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from fedras_jax import distributed
 from fedras_jax import flags as flag_lib
 from fedras_jax.compress import dense_bits
 from fedras_jax.config import TrainConfig
-from fedras_jax.experiment import (build_bandwidth, build_compressors, build_model,
-                                   build_round_config, load_run_data, round_hparams, run_mesh)
-from fedras_jax.federated import client_data_from_split, init_states, make_round
+from fedras_jax.experiment import (build_bandwidth, build_round_config, build_simulation,
+                                   load_run_data, round_hparams, run_mesh)
+from fedras_jax.federated import init_states
 from fedras_jax.metrics import make_evaluate
 
 SWEEPABLE = ("user_lr", "item_lr", "dense_lr", "weight_decay", "fluctuation", "payload_ratio")
@@ -100,23 +99,16 @@ def sweep_points(base: TrainConfig,
   for c in configs:
     c.validate()
   split, eval_items, eval_negatives = load_run_data(base)
-  model = build_model(base)
-  round_config = build_round_config(base, split, seeds)
-  server_opt = optax.sgd(base.server_lr)
-  # Static compressor bounds come from the largest payload ratio of the sweep.
-  uplink, downlink = build_compressors(
-      dataclasses.replace(base, payload_ratio=max(c.payload_ratio for c in configs)),
-      split.num_items, model.item_dim)
   mesh = run_mesh(base)
-  round_fn = make_round(model,
-                        client_data_from_split(split),
-                        round_config,
-                        server_opt,
-                        uplink=uplink,
-                        downlink=downlink,
-                        mesh=mesh)
-
-  server, clients, hp = _stacked_states(configs, model, split, server_opt, downlink)
+  # One round program for every run: the static round shape fits all seeds, and the
+  # static compressor bounds come from the largest payload ratio of the sweep.
+  sim = build_simulation(dataclasses.replace(base,
+                                             payload_ratio=max(c.payload_ratio for c in configs)),
+                         split,
+                         round_config=build_round_config(base, split, seeds),
+                         mesh=mesh)
+  model, round_fn = sim.model, sim.round_fn
+  server, clients, hp = _stacked_states(configs, model, split, sim.server_opt, sim.downlink)
   if mesh is not None:
     server, clients, hp = distributed.replicate((server, clients, hp), mesh)
   batched_round = distributed.jit(jax.vmap(round_fn), mesh, donate_argnums=(0, 1))
