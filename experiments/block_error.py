@@ -111,23 +111,11 @@ def main(argv):
     cos = jnp.where(live, jnp.sum(unit(rows) * unit(mean), axis=1), 0.0)
     res["auto_tau"] = auto_tau(per_client(cos, client) / jnp.maximum(counts, 1.0))
     if "joint" in _VARIANTS.value:
-      up = roundtrip_clients(full,
-                             rows,
-                             *args,
-                             local.budget,
-                             local.up_keys,
-                             buckets=buckets,
-                             lossless_bits=0)
+      up = roundtrip_clients(full, rows, *args, local.budget, local.up_keys, buckets=buckets)
       res["joint"] = block_errors(up.decoded, rows, client)
       res["joint_k"] = up.num_actions
     if "fixed_k" in _VARIANTS.value:
-      up = roundtrip_clients(fixed,
-                             rows,
-                             *args,
-                             local.budget,
-                             local.up_keys,
-                             buckets=buckets,
-                             lossless_bits=0)
+      up = roundtrip_clients(fixed, rows, *args, local.budget, local.up_keys, buckets=buckets)
       res["fixed_k"] = block_errors(up.decoded, rows, client)
       res["fixed_k_k"] = up.num_actions
     if "scaled" in _VARIANTS.value:
@@ -140,21 +128,14 @@ def main(argv):
                              *args,
                              local.budget - 32 * len(blocks),
                              local.up_keys,
-                             buckets=buckets,
-                             lossless_bits=0)
+                             buckets=buckets)
       res["scaled"] = block_errors(up.decoded * cols, rows, client)
       res["scaled_k"] = up.num_actions
     if "separate" in _VARIANTS.value:
       dec, ks = [], []
       for (a, b), c in zip(blocks, parts):
         share = (local.budget * (b - a)) // d
-        up = roundtrip_clients(c,
-                               rows[:, a:b],
-                               *args,
-                               share,
-                               local.up_keys,
-                               buckets=buckets,
-                               lossless_bits=0)
+        up = roundtrip_clients(c, rows[:, a:b], *args, share, local.up_keys, buckets=buckets)
         dec.append(up.decoded)
         ks.append(up.num_actions)
       res["separate"] = block_errors(jnp.concatenate(dec, axis=1), rows, client)

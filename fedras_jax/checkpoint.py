@@ -33,7 +33,7 @@ from flax import serialization
 
 from fedras_jax.outputs import write_atomic
 
-FORMAT = 2  # 2: checksummed (MAGIC + sha256 + payload); 1 had no checksum
+FORMAT = 3  # 3: ServerState.downlink_state (was residual + downlink_memory); 2: checksummed
 MAGIC = b"FEDRASCK"
 _NAME = re.compile(r"^round_(\d+)\.msgpack$")
 

@@ -14,7 +14,7 @@ import optax
 
 from fedras_jax import data as data_lib
 from fedras_jax import distributed
-from fedras_jax.compress import dense_bits, identity
+from fedras_jax.compress import cold_start, dense_bits, error_feedback, identity
 from fedras_jax.compress.registry import make_compressor
 from fedras_jax.config import DATASETS, TrainConfig
 from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams, client_data_from_split,
@@ -26,7 +26,13 @@ import numpy as np
 
 
 def build_compressors(config: TrainConfig, num_items: int, item_dim: int):
-  """``(uplink, downlink)`` compressors of ``config.method`` (see ``compress.registry``)."""
+  """``(uplink, downlink)`` compressors of ``config.method`` (see ``compress.registry``).
+
+  The downlink is ``identity`` for uncompressed runs and without
+  ``downlink_compression`` (exact: nothing to feed back); otherwise the uplink's
+  compressor, started cold each round without ``downlink_warm_start`` and with
+  error feedback under ``downlink_feedback``.
+  """
   up = make_compressor(config.method,
                        num_items,
                        item_dim,
@@ -35,8 +41,10 @@ def build_compressors(config: TrainConfig, num_items: int, item_dim: int):
                        tau=config.tau,
                        tau_mode=config.tau_mode,
                        value_bits=config.value_bits)
-  down = up if config.downlink_compression else identity(num_items)
-  return up, down
+  if up.name == "identity" or not config.downlink_compression:
+    return up, identity(num_items)
+  down = up if config.downlink_warm_start else cold_start(up)
+  return up, error_feedback(down) if config.downlink_feedback else down
 
 
 def build_round_config(config: TrainConfig, split, seeds) -> RoundConfig:
@@ -57,8 +65,6 @@ def build_round_config(config: TrainConfig, split, seeds) -> RoundConfig:
                      neg_ratio=config.neg_ratio,
                      num_lanes=config.num_lanes,
                      aggregation=config.aggregation,
-                     downlink_feedback=config.downlink_feedback,
-                     downlink_warm_start=config.downlink_warm_start,
                      **capacity._asdict())
 
 

@@ -25,7 +25,7 @@ from fedras_jax import outputs
 from fedras_jax import workdir as workdir_lib
 from fedras_jax.config import TrainConfig
 from fedras_jax.experiment import build_experiment, run_mesh
-from fedras_jax.federated.round import round_clients
+from fedras_jax.federated import round_clients
 from fedras_jax.workdir_lock import WorkdirLock
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import optax
 import pytest
 
-from fedras_jax.compress import colr, colr_basis, colr_bits, identity, make_compressor
+from fedras_jax.compress import (Context, colr, colr_basis, colr_bits, error_feedback, identity,
+                                 make_compressor, roundtrip)
 from fedras_jax.compress import registry
 from fedras_jax.federated import (LocalHParams, init_states, local_step, make_round,
                                   round_basis_key)
@@ -15,6 +16,11 @@ from test_round import HP, config
 
 N, D, R = 40, 8, 30  # rows, width, catalog rows
 KEY = jax.random.key(3)
+
+
+def code(comp, rows, mask, budget):
+  """One matrix's roundtrip in the basis of the shared key ``KEY``."""
+  return roundtrip(comp, rows, mask, budget, KEY, context=Context(shared_key=KEY))
 
 
 @pytest.mark.parametrize("rank", [1, 3, D])
@@ -38,17 +44,15 @@ def test_decode_is_the_projection_onto_the_basis(rank):
   rng = np.random.default_rng(0)
   rows = rng.normal(size=(N, D)).astype(np.float32)
   mask = np.arange(N) < 33
-  payload = jax.jit(comp.encode)(rows, mask, jnp.int32(0), KEY)
+  out = jax.jit(lambda r, m: code(comp, r, m, jnp.int32(0)))(rows, mask)
   b = np.asarray(colr_basis(KEY, rank, D), np.float64)
   q = b.T / np.sqrt(D / rank)  # orthonormal columns
   want = np.where(mask[:, None], rows @ q @ q.T, 0.0)  # float64 projection
-  np.testing.assert_allclose(comp.decode(payload), want, atol=1e-5)
-  assert int(payload.bits) == R * rank * 32 == colr_bits(rank, R)
+  np.testing.assert_allclose(out.decoded, want, atol=1e-5)
+  assert int(out.bits) == R * rank * 32 == colr_bits(rank, R)
   # Rows already in the subspace (what the round trains) come back exactly.
   inside = (rng.normal(size=(N, rank)) @ b).astype(np.float32)
-  np.testing.assert_allclose(comp.decode(comp.encode(inside, np.ones(N, bool), 0, KEY)),
-                             inside,
-                             atol=1e-5)
+  np.testing.assert_allclose(code(comp, inside, np.ones(N, bool), 0).decoded, inside, atol=1e-5)
 
 
 def test_error_falls_with_the_rank():
@@ -56,7 +60,7 @@ def test_error_falls_with_the_rank():
   errors = []
   for rank in (1, 2, 4, 6, D):
     comp = colr(R, D, rank=rank)
-    decoded = comp.decode(comp.encode(rows, jnp.ones(400, bool), 0, KEY))
+    decoded = code(comp, rows, jnp.ones(400, bool), 0).decoded
     errors.append(float(jnp.linalg.norm(decoded - rows) / jnp.linalg.norm(rows)))
   assert all(a > b for a, b in zip(errors, errors[1:])), errors
   assert errors[-1] < 1e-5
@@ -67,10 +71,10 @@ def test_vmap_equals_a_loop():
   rows = jnp.asarray(np.random.default_rng(2).normal(size=(4, N, D)), jnp.float32)
   mask = jnp.arange(N)[None, :] < jnp.array([[40], [10], [0], [25]])
   budgets = jnp.array([0, 10, 10**6, 5], jnp.int32)
-  batched = jax.vmap(lambda r, m, b: comp.decode(comp.encode(r, m, b, KEY)))(rows, mask, budgets)
+  batched = jax.vmap(lambda r, m, b: code(comp, r, m, b).decoded)(rows, mask, budgets)
   for c in range(4):
     np.testing.assert_allclose(batched[c],
-                               comp.decode(comp.encode(rows[c], mask[c], budgets[c], KEY)),
+                               code(comp, rows[c], mask[c], budgets[c]).decoded,
                                atol=1e-6)
 
 
@@ -79,7 +83,8 @@ def test_registry_rank_fits_the_nominal_budget():
   assert registry.colr_rank(1682, 64, 1 / 2) == 32
   assert registry.colr_rank(1682, 64, 1 / 128) == 1  # never below 1
   comp = make_compressor("colr", 1682, 64, payload_ratio=1 / 32)
-  assert comp.basis is not None and comp.basis(KEY).shape == (2, 64)
+  b = colr_basis(KEY, 2, 64)
+  np.testing.assert_array_equal(comp.item_projection(KEY), b.T @ b)
 
 
 def test_projected_row_step_equals_an_sgd_step_on_a():
@@ -106,13 +111,15 @@ def test_projected_row_step_equals_an_sgd_step_on_a():
 
 def _run(synthetic, uplink, rounds=2):
   model = get_model("mf", dim=D)
+  downlink = error_feedback(uplink)
   server, clients = init_states(model,
                                 synthetic.num_users,
                                 synthetic.num_items,
                                 optax.sgd(1.0),
-                                seed=0)
+                                seed=0,
+                                downlink=downlink)
   round_fn = jax.jit(
-      make_round(model, synthetic.data, config(synthetic), uplink=uplink, downlink=uplink))
+      make_round(model, synthetic.data, config(synthetic), uplink=uplink, downlink=downlink))
   history = [server]
   for _ in range(rounds):
     server, clients, metrics = round_fn(server, clients, HP)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from fedras_jax import quantize
-from fedras_jax.compress import (COMPRESSORS, embedding_kmeans, make_compressor, roundtrip,
+from fedras_jax.compress import (COMPRESSORS, Context, embedding_kmeans, make_compressor, roundtrip,
                                  roundtrip_clients, svd, svd_bits, topk, topk_bits)
 from fedras_jax.compress import registry
 
@@ -30,21 +30,20 @@ COMPS = {
 }
 
 
+def code(comp, rows, mask, budget, key):
+  """``(payload, decoded)`` of one matrix; base rows zero (embedding_kmeans codes ``rows``)."""
+  out = roundtrip(comp, rows, mask, budget, key, context=Context(base_rows=jnp.zeros_like(rows)))
+  return out.payload, out.decoded
+
+
 @functools.lru_cache(maxsize=None)
 def batched(name):
-  comp = COMPS[name]
-
-  def one(rows, mask, budget, key):
-    payload = comp.encode(rows, mask, budget, key)
-    return payload, comp.decode(payload)
-
-  return jax.jit(jax.vmap(one))
+  return jax.jit(jax.vmap(functools.partial(code, COMPS[name])))
 
 
 @functools.lru_cache(maxsize=None)
 def single(name):
-  comp = COMPS[name]
-  return jax.jit(lambda rows, mask, budget, key: comp.decode(comp.encode(rows, mask, budget, key)))
+  return jax.jit(lambda rows, mask, budget, key: code(COMPS[name], rows, mask, budget, key)[1])
 
 
 def size(name, payload):
@@ -227,8 +226,8 @@ def test_embedding_kmeans_is_exact_with_a_centroid_per_distinct_row():
   np.testing.assert_array_equal(payload.bits, [quantize.payload_bits(min(k, 5), R, D) for k in ks])
   for c in range(5, BATCH):
     np.testing.assert_allclose(decoded[c], rows[c], atol=1e-6)
-  assert not payload.sent[0].any() and np.all(decoded[0] == 0.0)
-  assert payload.sent[1:].all()
+  assert not payload.inner.sent[0].any() and np.all(decoded[0] == 0.0)
+  assert payload.inner.sent[1:].all()
 
 
 def test_embedding_kmeans_error_falls_as_the_budget_grows():
@@ -264,15 +263,13 @@ def test_embedding_kmeans_roundtrip_clients_returns_updates():
                                 budgets,
                                 KEYS[:3],
                                 buckets=((3, 16),),
-                                lossless_bits=0,
-                                base_rows=jnp.asarray(base))
+                                context=Context(base_rows=jnp.asarray(base)))
     one = roundtrip(comp,
                     jnp.asarray(pad(update)),
                     jnp.arange(16) < 10,
                     budgets[0],
                     KEYS[0],
-                    lossless_bits=0,
-                    base_rows=jnp.asarray(pad(base)))
+                    context=Context(base_rows=jnp.asarray(pad(base))))
     return clients, one
 
   big = quantize.payload_bits(4, R, D)
@@ -295,7 +292,7 @@ def test_embedding_kmeans_roundtrip_clients_returns_updates():
 def test_on_embeddings_needs_base_rows():
   comp = COMPS["embedding_kmeans"]
   with pytest.raises(ValueError, match="base_rows"):
-    roundtrip(comp, jnp.zeros((4, D)), jnp.ones(4, bool), jnp.int32(100), KEYS[0], lossless_bits=0)
+    roundtrip(comp, jnp.zeros((4, D)), jnp.ones(4, bool), jnp.int32(100), KEYS[0])
   with pytest.raises(ValueError, match="base_rows"):
     roundtrip_clients(comp,
                       jnp.zeros((8, D)),
@@ -303,15 +300,14 @@ def test_on_embeddings_needs_base_rows():
                       jnp.ones(1, jnp.int32),
                       jnp.ones(1, jnp.int32),
                       KEYS[:1],
-                      buckets=((1, 8),),
-                      lossless_bits=0)
+                      buckets=((1, 8),))
 
 
 def test_registry_builds_every_compressor_with_budget_derived_bounds():
   for name in COMPRESSORS:
     comp = make_compressor(name, 1682, 64, payload_ratio=1 / 32)
-    assert comp.lossless == (name in ("uncompressed", "identity"))
-    assert comp.on_embeddings == (name == "embedding_kmeans")
+    assert comp.name == {"uncompressed": "identity"}.get(name, name)
+    assert (comp.item_projection(KEYS[0]) is None) == (name != "colr")
   with pytest.raises(ValueError, match="unknown compressor"):
     make_compressor("zip", 10, 4, payload_ratio=0.5)
   budget = int(1682 * 64 * 32 / 32)  # 107,648 bits
@@ -334,8 +330,8 @@ def test_registry_fixed_k_always_uses_the_budgets_k():
   rows = jnp.asarray(rows, jnp.float32)
   budget = jnp.int32(quantize.payload_bits(8, R, D))  # below the dense fallback's size
   ones = jnp.ones(N, bool)
-  p_fixed = fixed.encode(rows, ones, budget, KEYS[0])
-  p_adaptive = adaptive.encode(rows, ones, budget, KEYS[0])
+  p_fixed, _ = code(fixed, rows, ones, budget, KEYS[0])
+  p_adaptive, _ = code(adaptive, rows, ones, budget, KEYS[0])
   assert int(p_fixed.num_actions) == 8 and fixed.name == "fedras_fixed_k"
   assert int(p_adaptive.num_actions) == 2
 
@@ -344,9 +340,39 @@ def test_half_precision_values_are_priced_at_16_bits():
   rows, mask = data(seed=11)
   rows, mask = jnp.asarray(rows[0]), jnp.asarray(mask[0])
   budget = jnp.int32(10**6)
-  p = topk(R, max_entries=N * D, value_bits=16).encode(rows, mask, budget, KEYS[0])
+  p, _ = code(topk(R, max_entries=N * D, value_bits=16), rows, mask, budget, KEYS[0])
   assert int(p.bits) == N * D * (16 + 8)
-  p = svd(R, max_rank=D, value_bits=16).encode(rows, mask, budget, KEYS[0])
+  p, _ = code(svd(R, max_rank=D, value_bits=16), rows, mask, budget, KEYS[0])
   assert int(p.bits) == D * (R + 1 + D) * 16
   for leaf in (p.u, p.s, p.vt):
     np.testing.assert_array_equal(leaf, np.asarray(leaf.astype(jnp.bfloat16), np.float32))
+
+
+def test_an_exact_compressor_skips_the_client_pass_with_the_same_result():
+  """``identity`` (``exact``) through ``roundtrip_clients``' shortcut equals the general
+  per-client path, and returns each client's own rows and the dense table's bits."""
+  rng = np.random.default_rng(4)
+  num_slots = np.array([9, 0, 6, 4], np.int32)
+  offset = np.r_[0, np.cumsum(num_slots)[:-1]].astype(np.int32)
+  capacity = 24  # slots 19.. belong to no client
+  flat = jnp.asarray(rng.normal(size=(capacity, D)).astype(np.float32))
+  exact = registry.make_compressor("identity", R, D, payload_ratio=1.0)
+  assert exact.exact
+
+  def clients(comp):
+    return jax.jit(lambda: roundtrip_clients(comp,
+                                             flat,
+                                             jnp.asarray(offset),
+                                             jnp.asarray(num_slots),
+                                             jnp.full((4,), 7, jnp.int32),
+                                             KEYS[:4],
+                                             buckets=((2, 16), (2, 8)),
+                                             context=Context(base_rows=flat)))()
+
+  short, general = clients(exact), clients(exact._replace(exact=False))
+  for a, b in zip(short[:3], general[:3]):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_array_equal(short.decoded[:19], flat[:19])
+  assert np.all(np.asarray(short.decoded[19:]) == 0.0)
+  np.testing.assert_array_equal(short.bits, [R * D * 32] * 4)
+  np.testing.assert_array_equal(short.num_actions, [-1] * 4)

@@ -1,6 +1,4 @@
 """FedRAS in the round: exactness at a large budget, per-client budgets, exact bits."""
-import dataclasses
-
 import chex
 import jax
 import numpy as np
@@ -8,7 +6,7 @@ import optax
 import pytest
 
 from fedras_jax import quantize
-from fedras_jax.compress import fedras, identity
+from fedras_jax.compress import cold_start, error_feedback, fedras, identity
 from fedras_jax.federated import init_states, make_round
 from fedras_jax.models import get_model
 
@@ -30,7 +28,8 @@ def run(synthetic,
                                 synthetic.num_items,
                                 optax.sgd(1.0),
                                 seed=0,
-                                bandwidth=bandwidth)
+                                bandwidth=bandwidth,
+                                downlink=downlink)
   round_fn = jax.jit(
       chex.assert_max_traces(make_round(model,
                                         synthetic.data,
@@ -54,7 +53,7 @@ def test_actions_with_a_budget_for_every_row_equal_the_uncompressed_round(synthe
   # tau > 1: split until the budget's K; a budget for >= 32 actions covers every
   # client's distinct rows, so each row becomes its own action and decodes exactly.
   exact = fedras(synthetic.num_items, max_k=32, tau=2.0, tau_mode="fixed", dense_fallback=False)
-  server, clients, metrics = run(synthetic, exact, exact)
+  server, clients, metrics = run(synthetic, exact, error_feedback(cold_start(exact)))
   server_u, clients_u, _ = uncompressed
   np.testing.assert_allclose(server.items, server_u.items, atol=1e-6)
   np.testing.assert_allclose(clients.users, clients_u.users, atol=1e-6)
@@ -113,46 +112,48 @@ def test_fluctuation_changes_budgets_within_bounds(synthetic):
   assert len(np.unique(budget)) == M
 
 
-def _round(synthetic, downlink, feedback):
+def _round(synthetic, downlink):
   model = get_model("mf", dim=DIM)
-  cfg = dataclasses.replace(config(synthetic), downlink_feedback=feedback)
-  return model, jax.jit(make_round(model, synthetic.data, cfg, downlink=downlink))
+  return model, jax.jit(make_round(model, synthetic.data, config(synthetic), downlink=downlink))
 
 
 @pytest.mark.parametrize("feedback,warm", [(True, False), (False, False), (True, True)])
 def test_downlink_error_feedback_loses_nothing(synthetic, feedback, warm):
   # K <= 2 actions for the server update: lossy. From the same state, the lossy
   # round's applied update plus its new residual must equal the dense update plus
-  # the old residual (nothing lost, only delayed); without feedback the residual
-  # stays zero and the difference is lost. warm: the downlink starts from the last
-  # round's actions (ServerState.downlink_memory), which must be what it sent.
+  # the old residual (nothing lost, only delayed); without feedback there is no
+  # residual and the difference is lost. warm: the downlink starts from the last
+  # round's actions (the server's compressor state), which must be what it sent.
   lossy = fedras(synthetic.num_items, max_k=2, tau=2.0, tau_mode="fixed", dense_fallback=False)
-  model, lossy_round = _round(synthetic, lossy, feedback)
-  _, dense_round = _round(synthetic, identity(synthetic.num_items), feedback)
+  lossy = lossy if warm else cold_start(lossy)
+  lossy = error_feedback(lossy) if feedback else lossy
+  model, lossy_round = _round(synthetic, lossy)
+  # identity is stateless: it hands the lossy downlink's state on unchanged.
+  _, dense_round = _round(synthetic, identity(synthetic.num_items))
   server, clients = init_states(model,
                                 synthetic.num_users,
                                 synthetic.num_items,
                                 optax.sgd(1.0),
                                 seed=0,
-                                downlink=lossy if warm else None)
-  assert bool(jax.tree.leaves(server.downlink_memory)) == warm
+                                downlink=lossy)
+  memory = lambda state: state.inner if feedback else state
+  residual = lambda state: state.residual if feedback else 0.0
+  assert bool(jax.tree.leaves(memory(server.downlink_state))) == warm
   for _ in range(3):
     dense_server, _, _ = dense_round(server, clients, HP)
     new_server, clients, _ = lossy_round(server, clients, HP)
     if warm:
-      centroids, k = new_server.downlink_memory
+      centroids, k = memory(new_server.downlink_state)
       assert int(k) == 2
       sent = np.asarray(new_server.items - server.items)
       sent = sent[np.any(sent != 0, axis=1)]
       dist = np.abs(sent[:, None] - np.asarray(centroids)[None, :2]).max(-1).min(1)
       np.testing.assert_allclose(dist, 0.0, atol=1e-6)  # every applied row is a sent action
-    np.testing.assert_array_equal(dense_server.residual, server.residual)
     if feedback:
-      np.testing.assert_allclose(new_server.items + new_server.residual,
-                                 dense_server.items + server.residual,
+      np.testing.assert_allclose(new_server.items + residual(new_server.downlink_state),
+                                 dense_server.items + residual(server.downlink_state),
                                  atol=1e-6)
-      assert float(np.abs(new_server.residual).max()) > 1e-4, "the downlink was lossy"
+      assert float(np.abs(residual(new_server.downlink_state)).max()) > 1e-4, "lossy downlink"
     else:
-      np.testing.assert_array_equal(new_server.residual, 0.0)
       assert float(np.abs(new_server.items - dense_server.items).max()) > 1e-4
     server = new_server

@@ -19,7 +19,7 @@ import pytest
 
 from fedras_jax import checkpoint, experiment
 from fedras_jax.config import TrainConfig
-from fedras_jax.federated.round import round_clients
+from fedras_jax.federated import round_clients
 from fedras_jax.training import NonFiniteUpdateError, train
 from fedras_jax.workdir import TIMING_FIELDS, WorkdirError
 

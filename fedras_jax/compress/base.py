@@ -1,48 +1,107 @@
-"""The compressor contract every uplink/downlink method goes through.
+"""The compressor protocol every uplink/downlink method goes through.
 
-A compressor is a NamedTuple of pure functions on one client's update matrix:
+A compressor is a NamedTuple of pure functions, like an optax
+``GradientTransformation``:
 
-* ``encode(rows [n, d], mask [n] bool, budget_bits, key) -> payload``: a pytree
-  with an int32 ``bits`` field, the exact payload size; rows where ``mask`` is
-  False carry no update (``budget_bits`` is a traced scalar, so every client in a
-  ``vmap`` can have its own);
-* ``decode(payload) -> rows [n, d]``: what the receiver reconstructs; masked rows
-  decode to zero.
+* ``init(num_rows, dim) -> state``: the state a sender starts from (a pytree;
+  ``()`` for stateless compressors);
+* ``encode(rows [n, d], mask [n] bool, budget_bits, key, state, context) ->
+  Encoded``: the payload (a pytree with an int32 ``bits`` field, the exact payload
+  size, and optionally an int32 ``num_actions``), the sender's next state and the
+  update the payload stands for. Rows where ``mask`` is False carry no update
+  (``budget_bits`` is a traced scalar, so every client in a ``vmap`` can have its
+  own);
+* ``decode(payload) -> rows [n, d]``: the update the receiver reconstructs;
+  masked rows decode to zero;
+* ``item_projection(shared_key) -> [d, d] or None``: the projection the round
+  applies to the clients' item-row gradients before training (None: none);
+* ``exact``: True when ``decode(encode(rows, mask, ...).payload)`` is always the
+  masked rows, the state never changes and ``bits`` depends on neither the rows
+  nor their count (``identity``). A promise that lets ``roundtrip_clients`` and the
+  round skip work whose result they know (the per-client pass, a second
+  aggregation); the results are those of the general path (tested).
 
-``lossless`` marks compressors with ``decode(encode(x)) == x`` that send the dense
-float32 update; the round then skips their encode/decode and counts the dense size.
+``context`` (:class:`Context`) is what sender and receiver both know: the rows
+the update applies to and the round's shared key. A plain compressor ignores it;
+the wrappers below use it. A plain compressor is a module with ``encode(rows,
+mask, budget_bits, key) -> payload`` and ``decode(payload) -> rows`` made into a
+``Compressor`` by :func:`stateless`; the round's special cases are wrappers
+around it, each again a ``Compressor``:
 
-``on_embeddings`` marks compressors that code the receiver's NEW rows rather than
-the update (e.g. K-Means of item embeddings): ``roundtrip``/``roundtrip_clients``
-then need ``base_rows`` (the rows the update applies to), encode ``rows +
-base_rows`` and return ``decoded - base_rows`` on the rows the payload's ``sent``
-``[n]`` bool field marks (0 elsewhere: rows not sent keep their base row).
-
-``init_memory`` marks compressors that can start from what they sent last time
-(FedRAS's downlink: the last actions): ``init_memory(num_rows, dim) -> memory`` (a
-pytree, "nothing yet"), and then ``encode(rows, mask, budget_bits, key, memory=m)``
-warm-starts from ``m`` and returns a payload whose ``memory`` field is the next one.
-Without ``memory`` (the default) the encode is cold and stateless.
-
-``basis`` marks methods that own the client's parameterisation (CoLR):
-``basis(key) -> B [r, d]``. The round then draws one basis key per round, trains
-every client's item rows in ``B``'s row space (item-row gradients times
-``B^T B``) and passes that key, not a per-client one, to ``encode``.
+* :func:`error_feedback`: the sender keeps what it failed to send (its state) and
+  adds it to the next update;
+* :func:`cold_start`: a stateful compressor that starts every encode from
+  ``init`` (and keeps no state);
+* :func:`on_embeddings`: the compressor codes the receiver's NEW rows
+  (``context.base_rows + update``) rather than the update;
+* :func:`shared_basis`: the compressor codes in a subspace drawn per round from
+  ``context.shared_key`` (CoLR), in which the clients also train.
 """
+import functools
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
 
+class Context(NamedTuple):
+  """What sender and receiver both know besides the payload.
+
+  base_rows: ``[n, d]`` the rows the update applies to (the receiver's item rows);
+  shared_key: the round's key common to every client and the server. Either may be
+  None (not given) when no compressor of the chain needs it.
+  """
+  base_rows: Any = None
+  shared_key: Any = None
+
+
+class Encoded(NamedTuple):
+  """What ``Compressor.encode`` returns: payload (has an int32 ``bits`` field);
+  state: the sender's next state; target ``[n, d]``: the update the payload stands
+  for (the masked rows; with error feedback, plus the residual), what ``decode``
+  approximates."""
+  payload: Any
+  state: Any
+  target: jax.Array
+
+
+def no_state(num_rows: int, dim: int):
+  """``init`` of a stateless compressor: the empty state ``()``."""
+  del num_rows, dim
+  return ()
+
+
+def no_projection(shared_key) -> None:
+  """``item_projection`` of a compressor that leaves local training alone."""
+  del shared_key
+
+
 class Compressor(NamedTuple):
+  """The protocol (module docstring): name, init, encode, decode, item_projection,
+  exact."""
   name: str
-  encode: Callable[..., Any]
+  init: Callable[[int, int], Any]
+  encode: Callable[..., Encoded]
   decode: Callable[[Any], jax.Array]
-  lossless: bool = False
-  on_embeddings: bool = False  # codes base_rows + update (see the module docstring)
-  basis: Optional[Callable[[jax.Array], jax.Array]] = None  # shared round subspace
-  init_memory: Optional[Callable[[int, int], Any]] = None  # warm start (module docstring)
+  item_projection: Callable[[Any], Optional[jax.Array]] = no_projection
+  exact: bool = False
+
+
+def _stateless_encode(plain_encode, rows, mask, budget_bits, key, state, context) -> Encoded:
+  del context
+  return Encoded(payload=plain_encode(rows, mask, budget_bits, key),
+                 state=state,
+                 target=jnp.where(mask[:, None], rows, 0.0))
+
+
+def stateless(name: str, encode: Callable[..., Any], decode: Callable[[Any],
+                                                                      jax.Array]) -> Compressor:
+  """A plain ``encode(rows [n, d], mask [n], budget_bits, key) -> payload`` and
+  ``decode(payload) -> rows [n, d]`` as a stateless :class:`Compressor`."""
+  return Compressor(name=name,
+                    init=no_state,
+                    encode=functools.partial(_stateless_encode, encode),
+                    decode=decode)
 
 
 def check_value_bits(value_bits: int):
@@ -71,12 +130,18 @@ class DensePayload(NamedTuple):
   bits: jax.Array
 
 
+def _dense_encode(num_index_rows: int, rows, mask, budget_bits, key) -> DensePayload:
+  del budget_bits, key
+  bits = jnp.int32(dense_bits(num_index_rows, rows.shape[-1]))
+  return DensePayload(rows=jnp.where(mask[:, None], rows, 0.0), bits=bits)
+
+
+def _dense_decode(payload: DensePayload) -> jax.Array:
+  return payload.rows
+
+
 def identity(num_index_rows: int) -> Compressor:
-  """No compression: the dense float32 ``[num_index_rows, d]`` update is sent."""
-
-  def encode(rows, mask, budget_bits, key):
-    del budget_bits, key
-    bits = jnp.int32(dense_bits(num_index_rows, rows.shape[-1]))
-    return DensePayload(rows=jnp.where(mask[:, None], rows, 0.0), bits=bits)
-
-  return Compressor(name="identity", encode=encode, decode=lambda p: p.rows, lossless=True)
+  """No compression: the dense float32 ``[num_index_rows, d]`` update is sent
+  (``decode(encode(x))`` is the masked ``x``: no error, nothing to feed back)."""
+  return stateless("identity", functools.partial(_dense_encode, num_index_rows),
+                   _dense_decode)._replace(exact=True)

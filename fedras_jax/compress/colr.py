@@ -9,9 +9,10 @@ rows ``Q`` and trains only ``A [n, r]`` (initialised at 0), its rows being
 With plain SGD this is local training of the rows themselves with every item-row
 gradient ``G`` replaced by ``G B^T B`` (the gradient of ``A`` is ``G B^T`` and its
 step moves the rows by ``-lr G B^T B``), so the round trains CoLR through the
-compressor's ``basis``: the round draws ``B`` once, projects the clients' item-row
-gradients with ``B^T B`` (``LocalHParams.item_projection``) and hands every client
-and the server the same basis key. The update then lies in ``B``'s row space,
+``wrappers.shared_basis`` wrapper: the round's shared key draws ``B``, the
+clients' item-row gradients are projected with ``B^T B`` (the compressor's
+``item_projection``, ``LocalHParams.item_projection``) and every client and the
+server encode with that key. The update then lies in ``B``'s row space,
 ``encode`` recovers ``A = X B^T (r / d)`` exactly and ``decode`` is ``A B``; since
 decode is linear, averaging decoded updates per item is averaging ``A``. At
 ``r = d``, ``B^T B = I``: the round equals the uncompressed one.
@@ -26,7 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from fedras_jax.compress import linalg
-from fedras_jax.compress.base import Compressor, check_value_bits, round_values
+from fedras_jax.compress.base import Compressor, check_value_bits, round_values, stateless
+from fedras_jax.compress.wrappers import shared_basis
 
 
 class CoLRPayload(NamedTuple):
@@ -59,8 +61,8 @@ def colr(num_index_rows: int, dim: int, *, rank: int, value_bits: int = 32) -> C
   """CoLR's payload behind the compressor contract (see the module docstring).
 
   ``encode`` projects any ``[n, d]`` rows onto ``B``'s row space (exact for
-  updates trained by the round, which stay there); ``key`` must be the round's
-  shared basis key, which the round passes when ``compressor.basis`` is set.
+  updates trained by the round, which stay there); ``B`` comes from the context's
+  shared key (``wrappers.shared_basis``).
   """
   check_value_bits(value_bits)
   _check_rank(rank, dim)
@@ -81,4 +83,4 @@ def colr(num_index_rows: int, dim: int, *, rank: int, value_bits: int = 32) -> C
   def decode(payload: CoLRPayload):
     return jnp.matmul(payload.a, payload.basis, precision=jax.lax.Precision.HIGHEST)
 
-  return Compressor(name="colr", encode=encode, decode=decode, basis=basis)
+  return shared_basis(stateless("colr", encode, decode), basis)

@@ -15,11 +15,11 @@ most the static ``max_k`` and at most the number of live rows; empty clusters ar
 dropped before counting. ``K = 0`` (no budget) sends nothing: every row keeps its
 base embedding (update 0).
 
-The compressor sets ``on_embeddings=True``: ``roundtrip``/``roundtrip_clients``
-pass it ``rows + base_rows`` and turn its decode back into an update (``decoded -
-base_rows`` on the rows ``payload.sent`` marks, 0 elsewhere). Called directly,
-``encode`` takes embedding rows and ``decode`` returns reconstructed embedding rows
-(0 for rows not sent).
+The plain K-Means coder (``encode`` takes embedding rows, ``decode`` returns
+reconstructed embedding rows, 0 for rows not sent) is wrapped by
+``wrappers.on_embeddings``: it codes ``context.base_rows + update`` and decodes to
+the implied update (``decoded - base_rows`` on the rows ``payload.sent`` marks, 0
+elsewhere).
 """
 from typing import NamedTuple
 
@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from fedras_jax import quantize
-from fedras_jax.compress.base import Compressor, check_value_bits, round_values
+from fedras_jax.compress.base import Compressor, check_value_bits, round_values, stateless
+from fedras_jax.compress.wrappers import on_embeddings
 
 
 class EmbeddingKMeansPayload(NamedTuple):
@@ -46,7 +47,7 @@ def embedding_kmeans(num_index_rows: int,
                      max_k: int,
                      value_bits: int = 32,
                      max_iters: int = 50) -> Compressor:
-  """K-Means of the embedding rows behind the compressor contract (``on_embeddings``).
+  """K-Means of the embedding rows, coding ``base_rows + update`` (``on_embeddings``).
 
   Args:
     num_index_rows: rows that carry an index (the catalog size).
@@ -98,4 +99,4 @@ def embedding_kmeans(num_index_rows: int,
     rows = payload.centroids[jnp.clip(payload.indices, 0, payload.centroids.shape[0] - 1)]
     return jnp.where(payload.sent[:, None], rows, 0.0)
 
-  return Compressor(name="embedding_kmeans", encode=encode, decode=decode, on_embeddings=True)
+  return on_embeddings(stateless("embedding_kmeans", encode, decode))

@@ -12,20 +12,18 @@ import jax
 import jax.numpy as jnp
 
 from fedras_jax import quantize
-from fedras_jax.compress.base import Compressor
+from fedras_jax.compress.base import Compressor, Encoded
 
 
 class FedRASPayload(NamedTuple):
   """actions: the quantizer's ``ActionPayload``; dense_rows ``[n, d]``: the rows
   when sent dense; is_dense: which form was sent; num_actions: K (0 when dense);
-  bits: exact size of what was sent; memory: ``(centroids [max_k, d], k)``, the
-  actions a warm-started next encode starts from (unchanged when sent dense)."""
+  bits: exact size of what was sent."""
   actions: quantize.ActionPayload
   dense_rows: jax.Array
   is_dense: jax.Array
   num_actions: jax.Array
   bits: jax.Array
-  memory: tuple
 
 
 def sparse_dense_bits(num_rows_sent, num_index_rows, dim, value_bits=32):
@@ -53,14 +51,18 @@ def fedras(num_index_rows: int,
       a bisection already leaves the halves near a fixed point, and more steps cost
       time without a measurable gain in the round (docs/design/quantizer_speed.md).
     dense_fallback: send the touched rows uncompressed when that fits the budget.
+
+  The state is ``(centroids [max_k, d], k)``, the last actions sent (none at
+  ``init``): each encode warm-starts its clustering from them (unchanged by an
+  encode sent dense). ``wrappers.cold_start`` makes every encode start from none.
   """
 
-  def init_memory(num_rows: int, dim: int):
+  def init(num_rows: int, dim: int):
     del num_rows
     return jnp.zeros((max_k, dim), jnp.float32), jnp.int32(0)
 
-  def encode(rows, mask, budget_bits, key, memory=None):
-    start = init_memory(rows.shape[0], rows.shape[1]) if memory is None else memory
+  def encode(rows, mask, budget_bits, key, start, context):
+    del context
     live = mask & jnp.any(rows != 0, axis=1) & jnp.all(jnp.isfinite(rows), axis=1)
     dense_size = sparse_dense_bits(jnp.sum(live, dtype=jnp.int32), num_index_rows, rows.shape[1],
                                    value_bits)
@@ -78,15 +80,17 @@ def fedras(num_index_rows: int,
                               max_iters=max_iters,
                               init_centroids=start[0],
                               init_k=start[1])
-    return FedRASPayload(actions=actions,
-                         dense_rows=jnp.where(live[:, None], rows, 0.0),
-                         is_dense=is_dense,
-                         num_actions=jnp.where(is_dense, 0, actions.num_actions),
-                         bits=jnp.where(is_dense, dense_size, actions.bits).astype(jnp.int32),
-                         memory=jax.tree.map(lambda new, old: jnp.where(is_dense, old, new),
-                                             (actions.centroids, actions.num_actions), start))
+    payload = FedRASPayload(actions=actions,
+                            dense_rows=jnp.where(live[:, None], rows, 0.0),
+                            is_dense=is_dense,
+                            num_actions=jnp.where(is_dense, 0, actions.num_actions),
+                            bits=jnp.where(is_dense, dense_size, actions.bits).astype(jnp.int32))
+    return Encoded(payload=payload,
+                   state=jax.tree.map(lambda new, old: jnp.where(is_dense, old, new),
+                                      (actions.centroids, actions.num_actions), start),
+                   target=jnp.where(mask[:, None], rows, 0.0))
 
   def decode(payload: FedRASPayload):
     return jnp.where(payload.is_dense, payload.dense_rows, quantize.decode(payload.actions))
 
-  return Compressor(name="fedras", encode=encode, decode=decode, init_memory=init_memory)
+  return Compressor(name="fedras", init=init, encode=encode, decode=decode)

@@ -1,14 +1,16 @@
 """Compressors by name, with static bounds derived from the payload ratio.
 
 ``make_compressor(name, num_items, item_dim, payload_ratio=...)`` builds one
-compressor for a ``[num_items, item_dim]`` item table. The static bounds (buffer
+compressor for a ``[num_items, item_dim]`` item table from the factory registered
+under ``name`` (``COMPRESSORS``; ``register`` adds one: a factory
+``(num_items, item_dim, Bounds) -> Compressor``). The static bounds (buffer
 sizes) come from the nominal budget ``payload_ratio * dense_bits(num_items,
 item_dim)`` (what a uniform-bandwidth client gets; larger budgets are capped by
 them, and the reported bits are then below the budget):
 
 * fedras, fedras_fixed_k, embedding_kmeans: ``max_k`` (when 0) is the budget's K
   (``quantize.max_actions_for_budget``) rounded up to a multiple of 16, in
-  ``[16, 128]`` (the rule ``experiment.build_compressors`` uses).
+  ``[16, 128]`` (the rule ``training.build_compressors`` uses).
 * topk: ``max_entries`` = the budget's entry count rounded up to a multiple of 64,
   in ``[64, num_items * item_dim]``.
 * svd: ``max_rank`` = the budget's rank rounded up to a multiple of 8, in
@@ -16,6 +18,8 @@ them, and the reported bits are then below the budget):
 * colr: the fixed ``rank``: the largest whose ``A [num_items, r]`` fits the nominal
   budget (``floor(payload_ratio * item_dim)``), at least 1.
 """
+from typing import Callable, Dict, NamedTuple
+
 from fedras_jax import quantize
 from fedras_jax.compress.base import Compressor, dense_bits, identity
 from fedras_jax.compress.colr import colr, colr_bits
@@ -23,9 +27,6 @@ from fedras_jax.compress.embedding_kmeans import embedding_kmeans
 from fedras_jax.compress.fedras import fedras
 from fedras_jax.compress.svd import svd, svd_bits
 from fedras_jax.compress.topk import topk, topk_bits
-
-COMPRESSORS = ("uncompressed", "identity", "fedras", "fedras_fixed_k", "topk", "svd", "colr",
-               "embedding_kmeans")
 
 FIXED_K_TAU = 2.0  # > 1: no cluster is ever coherent enough, so K is always the budget's
 
@@ -73,6 +74,92 @@ def colr_rank(num_items: int, item_dim: int, payload_ratio: float, value_bits: i
   return max(1, min(item_dim, budget // colr_bits(1, num_items, value_bits)))
 
 
+class Bounds(NamedTuple):
+  """What ``make_compressor`` hands a factory besides the table shape.
+
+  payload_ratio: the nominal budget as a fraction of the dense float32 table (> 0);
+  max_k: action slots (0: auto); tau, tau_mode: FedRAS's split test; value_bits:
+  32 or 16 bits per sent value.
+  """
+  payload_ratio: float
+  max_k: int = 0
+  tau: float = 0.9
+  tau_mode: str = "auto"
+  value_bits: int = 32
+
+
+def _action_slots(num_items: int, item_dim: int, bounds: Bounds) -> int:
+  """``bounds.max_k``, or the auto rule when it is 0."""
+  return bounds.max_k or auto_max_k(num_items, item_dim, bounds.payload_ratio, bounds.value_bits)
+
+
+def _uncompressed(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
+  del item_dim, bounds
+  return identity(num_items)
+
+
+def _fedras(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
+  return fedras(num_items,
+                max_k=_action_slots(num_items, item_dim, bounds),
+                tau=bounds.tau,
+                tau_mode=bounds.tau_mode,
+                value_bits=bounds.value_bits)
+
+
+def _fedras_fixed_k(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
+  return fedras(num_items,
+                max_k=_action_slots(num_items, item_dim, bounds),
+                tau=FIXED_K_TAU,
+                tau_mode="fixed",
+                value_bits=bounds.value_bits)._replace(name="fedras_fixed_k")
+
+
+def _embedding_kmeans(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
+  return embedding_kmeans(num_items,
+                          max_k=_action_slots(num_items, item_dim, bounds),
+                          value_bits=bounds.value_bits)
+
+
+def _colr(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
+  return colr(num_items,
+              item_dim,
+              value_bits=bounds.value_bits,
+              rank=colr_rank(num_items, item_dim, bounds.payload_ratio, bounds.value_bits))
+
+
+def _topk(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
+  return topk(num_items,
+              value_bits=bounds.value_bits,
+              max_entries=auto_max_entries(num_items, item_dim, bounds.payload_ratio,
+                                           bounds.value_bits))
+
+
+def _svd(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
+  return svd(num_items,
+             value_bits=bounds.value_bits,
+             max_rank=auto_max_rank(num_items, item_dim, bounds.payload_ratio, bounds.value_bits))
+
+
+# name -> factory(num_items, item_dim, Bounds) -> Compressor; ``register`` adds to it.
+COMPRESSORS: Dict[str, Callable[[int, int, Bounds], Compressor]] = {
+    "uncompressed": _uncompressed, "identity": _uncompressed, "fedras": _fedras,
+    "fedras_fixed_k": _fedras_fixed_k, "topk": _topk, "svd": _svd, "colr": _colr,
+    "embedding_kmeans": _embedding_kmeans
+}
+
+LOSSLESS = ("uncompressed", "identity")  # need no payload ratio
+
+
+def register(name: str, factory: Callable[[int, int, Bounds], Compressor]):
+  """Makes ``make_compressor(name, ...)`` build ``factory(num_items, item_dim, bounds)``.
+
+  Raises ``ValueError`` if ``name`` is taken.
+  """
+  if name in COMPRESSORS:
+    raise ValueError(f"compressor {name!r} is already registered")
+  COMPRESSORS[name] = factory
+
+
 def make_compressor(name: str,
                     num_items: int,
                     item_dim: int,
@@ -82,7 +169,7 @@ def make_compressor(name: str,
                     tau: float = 0.9,
                     tau_mode: str = "auto",
                     value_bits: int = 32) -> Compressor:
-  """The compressor ``name`` (one of ``COMPRESSORS``) for a ``[num_items, item_dim]`` table.
+  """The compressor ``name`` (a key of ``COMPRESSORS``) for a ``[num_items, item_dim]`` table.
 
   Args:
     payload_ratio: nominal budget as a fraction of the dense float32 table; sets the
@@ -93,29 +180,12 @@ def make_compressor(name: str,
     value_bits: 32 or 16 bits per sent value (ignored by uncompressed).
   """
   if name not in COMPRESSORS:
-    raise ValueError(f"unknown compressor {name!r}; choose one of {COMPRESSORS}")
-  if name in ("uncompressed", "identity"):
-    return identity(num_items)
-  if not 0 < payload_ratio:
+    raise ValueError(f"unknown compressor {name!r}; choose one of {tuple(COMPRESSORS)}")
+  if name not in LOSSLESS and not 0 < payload_ratio:
     raise ValueError(f"payload_ratio must be positive, got {payload_ratio}")
-  if max_k == 0:
-    max_k = auto_max_k(num_items, item_dim, payload_ratio, value_bits)
-  if name == "fedras":
-    return fedras(num_items, max_k=max_k, tau=tau, tau_mode=tau_mode, value_bits=value_bits)
-  if name == "fedras_fixed_k":
-    comp = fedras(num_items, max_k=max_k, tau=FIXED_K_TAU, tau_mode="fixed", value_bits=value_bits)
-    return comp._replace(name="fedras_fixed_k")
-  if name == "embedding_kmeans":
-    return embedding_kmeans(num_items, max_k=max_k, value_bits=value_bits)
-  if name == "colr":
-    return colr(num_items,
-                item_dim,
-                rank=colr_rank(num_items, item_dim, payload_ratio, value_bits),
-                value_bits=value_bits)
-  if name == "topk":
-    return topk(num_items,
-                max_entries=auto_max_entries(num_items, item_dim, payload_ratio, value_bits),
-                value_bits=value_bits)
-  return svd(num_items,
-             max_rank=auto_max_rank(num_items, item_dim, payload_ratio, value_bits),
-             value_bits=value_bits)
+  return COMPRESSORS[name](num_items, item_dim,
+                           Bounds(payload_ratio=payload_ratio,
+                                  max_k=max_k,
+                                  tau=tau,
+                                  tau_mode=tau_mode,
+                                  value_bits=value_bits))

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 
 from fedras_jax.compress import linalg
-from fedras_jax.compress.base import Compressor, check_value_bits, round_values
+from fedras_jax.compress.base import Compressor, check_value_bits, round_values, stateless
 
 
 def svd_bits(rank, num_index_rows: int, dim: int, value_bits: int = 32):
@@ -137,4 +137,4 @@ def svd(num_index_rows: int,
   def decode(payload: SVDPayload):
     return _mm(payload.u * payload.s[None, :], payload.vt)
 
-  return Compressor(name="svd", encode=encode, decode=decode)
+  return stateless("svd", encode, decode)

@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fedras_jax.compress.base import Compressor, check_value_bits, round_values
+from fedras_jax.compress.base import Compressor, check_value_bits, round_values, stateless
 
 METHODS = ("top_k", "threshold")
 
@@ -147,4 +147,4 @@ def topk(num_index_rows: int,
     idx = jnp.where(payload.indices >= 0, payload.indices, n * d)
     return jnp.zeros((n * d,), jnp.float32).at[idx].set(payload.values, mode="drop").reshape(n, d)
 
-  return Compressor(name="topk", encode=encode, decode=decode)
+  return stateless("topk", encode, decode)

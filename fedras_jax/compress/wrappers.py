@@ -1,0 +1,134 @@
+"""Combinators around a plain compressor: the round's special cases as compressors.
+
+Each wrapper returns a :class:`~fedras_jax.compress.base.Compressor` (same name,
+same protocol), so the round has one path for every method: ``init`` once,
+``encode`` with the round's :class:`~fedras_jax.compress.base.Context`, ``decode``.
+
+* :func:`error_feedback`: the sender's state holds the residual ``[n, d]``, what
+  it failed to send; each encode codes ``update + residual``.
+* :func:`cold_start`: a stateful compressor (FedRAS's warm-started actions) that
+  starts every encode from its ``init``.
+* :func:`on_embeddings`: the inner compressor codes ``context.base_rows + update``
+  (e.g. K-Means of item embeddings); decode returns the implied update.
+* :func:`shared_basis`: the inner compressor gets the round's shared key (CoLR's
+  basis ``B [r, d]``) instead of a per-sender one, and the clients train their item
+  rows in ``B``'s row space (``item_projection``: ``B^T B``).
+"""
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from fedras_jax.compress.base import Compressor, Encoded, no_state
+
+
+class FeedbackState(NamedTuple):
+  """residual ``[n, d]``: what the sender failed to send so far; inner: the wrapped
+  compressor's state."""
+  residual: jax.Array
+  inner: Any
+
+
+def _feedback_init(inner: Compressor, num_rows: int, dim: int) -> FeedbackState:
+  return FeedbackState(residual=jnp.zeros((num_rows, dim), jnp.float32),
+                       inner=inner.init(num_rows, dim))
+
+
+def _feedback_encode(inner: Compressor, rows, mask, budget_bits, key, state: FeedbackState,
+                     context) -> Encoded:
+  # Every row holding something unsent is sent: the residual holds rows of earlier
+  # rounds, and a server optimizer with momentum moves rows nobody touched.
+  del mask
+  rows = rows + state.residual
+  send = jnp.any(rows != 0, axis=1)
+  coded = inner.encode(rows, send, budget_bits, key, state.inner, context)
+  residual = rows - inner.decode(coded.payload)
+  return Encoded(payload=coded.payload,
+                 state=FeedbackState(residual=residual, inner=coded.state),
+                 target=coded.target)
+
+
+def error_feedback(inner: Compressor) -> Compressor:
+  """``inner`` with error feedback: nothing of the update is lost, only delayed.
+
+  Encodes ``rows + residual`` on every row where that is nonzero (``mask`` is not
+  used) and keeps ``residual = that - decode(payload)`` as its state (``[n, d]``,
+  zero at ``init``). With an exact inner compressor the residual stays zero.
+  """
+  return inner._replace(init=functools.partial(_feedback_init, inner),
+                        encode=functools.partial(_feedback_encode, inner),
+                        exact=False)  # it codes every nonzero row, not the masked ones
+
+
+def _cold_encode(inner: Compressor, rows, mask, budget_bits, key, state, context) -> Encoded:
+  coded = inner.encode(rows, mask, budget_bits, key, inner.init(*rows.shape), context)
+  return coded._replace(state=state)
+
+
+def cold_start(inner: Compressor) -> Compressor:
+  """``inner`` started from its ``init`` at every encode; keeps no state."""
+  return inner._replace(init=no_state, encode=functools.partial(_cold_encode, inner))
+
+
+class EmbeddingPayload(NamedTuple):
+  """inner: the inner compressor's payload of the new rows (with a ``sent [n]``
+  bool field); base_rows ``[n, d]``: the rows the receiver already holds (not
+  sent, not counted)."""
+  inner: Any
+  base_rows: jax.Array
+
+  @property
+  def bits(self):
+    return self.inner.bits
+
+  @property
+  def num_actions(self):
+    return self.inner.num_actions
+
+
+def _embedding_encode(inner: Compressor, rows, mask, budget_bits, key, state, context) -> Encoded:
+  if context.base_rows is None:
+    raise ValueError(f"compressor {inner.name!r} codes embeddings (on_embeddings): pass "
+                     "base_rows, the rows the update applies to")
+  coded = inner.encode(rows + context.base_rows, mask, budget_bits, key, state, context)
+  return Encoded(payload=EmbeddingPayload(inner=coded.payload, base_rows=context.base_rows),
+                 state=coded.state,
+                 target=jnp.where(mask[:, None], rows, 0.0))
+
+
+def _embedding_decode(inner: Compressor, payload: EmbeddingPayload) -> jax.Array:
+  decoded = inner.decode(payload.inner) - payload.base_rows
+  return jnp.where(payload.inner.sent[:, None], decoded, 0.0)
+
+
+def on_embeddings(inner: Compressor) -> Compressor:
+  """``inner`` coding the receiver's new rows ``context.base_rows + update``.
+
+  ``inner``'s payload must mark the rows it sent (``sent [n]`` bool); decode is
+  ``inner``'s decode minus the base rows on those rows, 0 elsewhere (rows not
+  sent keep their base row). Encoding without ``context.base_rows`` raises.
+  """
+  return inner._replace(encode=functools.partial(_embedding_encode, inner),
+                        decode=functools.partial(_embedding_decode, inner))
+
+
+def _shared_key_encode(inner: Compressor, rows, mask, budget_bits, key, state, context) -> Encoded:
+  del key
+  return inner.encode(rows, mask, budget_bits, context.shared_key, state, context)
+
+
+def _basis_projection(basis: Callable[[Any], jax.Array], shared_key) -> jax.Array:
+  b = basis(shared_key)
+  return b.T @ b
+
+
+def shared_basis(inner: Compressor, basis: Callable[[Any], jax.Array]) -> Compressor:
+  """``inner`` in a subspace shared by the round: ``basis(key) -> B [r, d]``.
+
+  ``inner`` gets ``context.shared_key`` (the round's, the same for every client
+  and the server) instead of its own key, and ``item_projection`` is ``B^T B``
+  ``[d, d]``: the round trains every client's item rows in ``B``'s row space.
+  """
+  return inner._replace(encode=functools.partial(_shared_key_encode, inner),
+                        item_projection=functools.partial(_basis_projection, basis))
