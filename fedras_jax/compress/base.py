@@ -38,6 +38,7 @@ around it, each again a ``Compressor``:
   ``context.shared_key`` (CoLR), in which the clients also train.
 """
 import functools
+import numbers
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -117,6 +118,23 @@ def round_values(values, value_bits: int):
     big = float(jnp.finfo(jnp.bfloat16).max)
     return jnp.clip(values, -big, big).astype(jnp.bfloat16).astype(jnp.float32)
   return values
+
+
+def units_bits(count, unit_bits: int):
+  """``max(count, 0) * unit_bits``: the size of ``count`` equal units (a rank, an entry).
+
+  Python int for a Python ``count``, else an int32 array.
+  """
+  if isinstance(count, numbers.Integral):
+    return max(int(count), 0) * int(unit_bits)
+  return jnp.maximum(jnp.asarray(count, jnp.int32), 0) * jnp.int32(unit_bits)
+
+
+def units_for_budget(budget_bits, unit_bits: int, max_units: int):
+  """Largest ``count <= max_units`` with ``units_bits(count, unit_bits) <= budget_bits``
+  (traced int32; 0 for a negative budget)."""
+  count = jnp.maximum(jnp.asarray(budget_bits, jnp.int32), 0) // jnp.int32(unit_bits)
+  return jnp.minimum(count, max_units).astype(jnp.int32)
 
 
 def dense_bits(num_rows: int, dim: int, value_bits: int = 32) -> int:

@@ -31,14 +31,14 @@ Neither cost depends on ``max_rank``. Both go through ``compress.linalg``, whose
 ``vmap`` loops over the batch instead of making a batched LAPACK call: independent
 batched LAPACK calls in one program can hang XLA:CPU (see that module).
 """
-import numbers
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from fedras_jax.compress import linalg
-from fedras_jax.compress.base import Compressor, check_value_bits, round_values, stateless
+from fedras_jax.compress.base import (Compressor, check_value_bits, round_values, stateless,
+                                      units_bits, units_for_budget)
 
 
 def svd_bits(rank, num_index_rows: int, dim: int, value_bits: int = 32):
@@ -46,10 +46,7 @@ def svd_bits(rank, num_index_rows: int, dim: int, value_bits: int = 32):
 
   Python int for a Python ``rank``, else an int32 array.
   """
-  per_rank = (int(num_index_rows) + 1 + int(dim)) * int(value_bits)
-  if isinstance(rank, numbers.Integral):
-    return max(int(rank), 0) * per_rank
-  return jnp.maximum(jnp.asarray(rank, jnp.int32), 0) * jnp.int32(per_rank)
+  return units_bits(rank, (int(num_index_rows) + 1 + int(dim)) * int(value_bits))
 
 
 def rank_for_budget(budget_bits,
@@ -59,9 +56,7 @@ def rank_for_budget(budget_bits,
                     max_rank: int,
                     value_bits: int = 32):
   """Largest ``r <= max_rank`` with ``svd_bits(r) <= budget_bits`` (traced int32)."""
-  per_rank = svd_bits(1, num_index_rows, dim, value_bits)
-  r = jnp.maximum(jnp.asarray(budget_bits, jnp.int32), 0) // jnp.int32(per_rank)
-  return jnp.minimum(r, max_rank).astype(jnp.int32)
+  return units_for_budget(budget_bits, svd_bits(1, num_index_rows, dim, value_bits), max_rank)
 
 
 class SVDPayload(NamedTuple):

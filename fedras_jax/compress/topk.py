@@ -27,14 +27,14 @@ top_k 60 ms at ``E = 2304``, 280 ms at ``E = 32768``; threshold 210 to 330 ms.
 ``lax.top_k``'s cost grows with ``E``, the bisection's does not: the sort wins at
 the budgets of interest, hence the default.
 """
-import numbers
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fedras_jax.compress.base import Compressor, check_value_bits, round_values, stateless
+from fedras_jax.compress.base import (Compressor, check_value_bits, round_values, stateless,
+                                      units_bits, units_for_budget)
 
 METHODS = ("top_k", "threshold")
 
@@ -51,10 +51,7 @@ def topk_bits(k, n, d, int32_indices: bool = False, value_bits: int = 32):
   ``int32_indices`` (the papers' convention). Python int for a Python ``k``,
   else an int32 array.
   """
-  per_entry = int(value_bits) + (32 if int32_indices else index_bits_for(int(n) * int(d)))
-  if isinstance(k, numbers.Integral):
-    return max(int(k), 0) * per_entry
-  return jnp.maximum(jnp.asarray(k, jnp.int32), 0) * jnp.int32(per_entry)
+  return units_bits(k, int(value_bits) + (32 if int32_indices else index_bits_for(int(n) * int(d))))
 
 
 def entries_for_budget(budget_bits,
@@ -64,9 +61,8 @@ def entries_for_budget(budget_bits,
                        max_entries: int,
                        value_bits: int = 32):
   """Largest ``k <= max_entries`` with ``topk_bits(k) <= budget_bits`` (traced int32)."""
-  per_entry = topk_bits(1, num_index_rows, dim, value_bits=value_bits)
-  k = jnp.maximum(jnp.asarray(budget_bits, jnp.int32), 0) // jnp.int32(per_entry)
-  return jnp.minimum(k, max_entries).astype(jnp.int32)
+  return units_for_budget(budget_bits, topk_bits(1, num_index_rows, dim, value_bits=value_bits),
+                          max_entries)
 
 
 class TopKPayload(NamedTuple):
