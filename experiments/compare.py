@@ -39,6 +39,7 @@ from typing import Optional
 from absl import app, flags
 import numpy as np
 
+from experiments import pages
 from fedras_jax import flags as flag_lib
 from fedras_jax import outputs
 from fedras_jax.config import TrainConfig, dataset_label
@@ -164,21 +165,17 @@ def over_seeds(rows) -> list:
   """Lines of a markdown table: per dataset, model, method and ratio, the mean and
   (population) std over seeds of the final HR@10 and NDCG@10 (sampled and full ranking)
   and the uplink compression."""
-  groups = {}
-  for r in rows:
-    groups.setdefault((r["dataset"], r["model"], r["method"], r["payload_ratio"]), []).append(r)
   metrics = ("final_hr@10", "final_ndcg@10", "final_full_hr@10", "final_full_ndcg@10")
   lines = [
       "| dataset | model | method | payload_ratio | seeds | " + " | ".join(metrics)
       + " | compression_up |", "|" + "---|" * 10
   ]
-  for key, group in groups.items():
-    stats = [
-        np.asarray([r[c] if r[c] != "" else np.nan for r in group], np.float64) for c in metrics
-    ]
-    lines.append("| " + " | ".join(map(str, key)) + f" | {len(group)} | " + " | ".join(
-        f"{v.mean():.4f} ± {v.std():.4f}" if np.isfinite(v).all() else "" for v in stats)
-                 + f" | {np.mean([r['compression_up'] for r in group]):.2%} |")
+  stats = pages.seed_stats(rows, ("dataset", "model", "method", "payload_ratio"), metrics +
+                           ("compression_up",))
+  for key, (seeds, s) in stats.items():
+    lines.append("| " + " | ".join(map(str, key)) + f" | {seeds} | " + " | ".join(
+        f"{s[c][0]:.4f} ± {s[c][1]:.4f}" if np.isfinite(s[c][0]) else "" for c in metrics)
+                 + f" | {s['compression_up'][0]:.2%} |")
   return lines
 
 
@@ -196,6 +193,7 @@ def write_outputs(rows, outdir: pathlib.Path):
   if len({r["seed"] for r in rows}) > 1:
     lines += ["", "Over seeds (mean ± std):", ""] + over_seeds(rows)
   outputs.write_atomic(outdir / "compare.md", ("\n".join(lines) + "\n").encode())
+  outputs.write_json(outdir / "compare.json", pages.provenance("experiments.compare"), indent=1)
   try:
     import matplotlib
     matplotlib.use("Agg")

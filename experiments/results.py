@@ -1,0 +1,173 @@
+"""``docs/results.md``: the paper's tables, generated from committed comparison outputs.
+
+Each part of the evidence is one directory ``docs/results/<part>/`` holding what
+``experiments/compare.py`` wrote for it: ``compare.csv`` (one row per run) and
+``compare.json`` (the command, commit and machine). This binary reads every part and
+writes one page: per part its provenance, the mean ± std over seeds of HR@10 and
+NDCG@10 (sampled and full ranking) of every method and payload ratio with the setting
+the search picked, FedRAS's margin over uncompressed and over the best baseline at each
+ratio, and (with matplotlib) HR@10 and NDCG@10 against the payload ratio with seed
+error bars, next to the CSV it is drawn from::
+
+    python -m experiments.results                 # docs/results/* -> docs/results.md
+
+The page is never edited by hand: rerun this after adding or refreshing a part.
+"""
+import csv
+import math
+import pathlib
+from fractions import Fraction
+
+from absl import flags
+
+from experiments import pages
+from fedras_jax import flags as flag_lib
+from fedras_jax import outputs
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+_PARTS = flags.DEFINE_string("parts", str(REPO / "docs" / "results"),
+                             "directory of the parts (one compare outdir each)")
+_OUT = flags.DEFINE_string("out", str(REPO / "docs" / "results.md"), "the page to write")
+
+METRICS = ("final_hr@10", "final_ndcg@10", "final_full_hr@10", "final_full_ndcg@10")
+FEDRAS = "fedras"
+DENSE = "uncompressed"
+NOT_BASELINES = (FEDRAS, DENSE, "fedras_fixed_k")
+
+
+def read_part(part: pathlib.Path):
+  """``(provenance dict, rows)`` of one part directory; a ``ValueError`` naming the
+  file that is missing or malformed."""
+  csv_path, json_path = part / "compare.csv", part / "compare.json"
+  for path in (csv_path, json_path):
+    if not path.is_file():
+      raise ValueError(f"{path}: missing (a part is a compare --outdir's compare.csv/.json)")
+  made = outputs.read_json(json_path)
+  with open(csv_path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  if not rows or any(c not in rows[0] for c in ("method", "payload_ratio", *METRICS[:2])):
+    raise ValueError(f"{csv_path}: not a compare.csv (no rows, or columns missing)")
+  return made, rows
+
+
+def _cell(mean_std) -> str:
+  mean, std = mean_std
+  return "" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}"
+
+
+def _ratio_order(rows):
+  return sorted({r["payload_ratio"] for r in rows}, key=lambda t: -Fraction(t))
+
+
+def method_table(rows) -> list:
+  """Markdown lines: per (dataset, model, method, ratio) the seeds, mean ± std of
+  ``METRICS``, the uplink compression and the searched setting(s) used."""
+  stats = pages.seed_stats(rows, ("dataset", "model", "method", "payload_ratio"), METRICS +
+                           ("compression_up",))
+  tuned = {}
+  for r in rows:
+    key = (r["dataset"], r["model"], r["method"], r["payload_ratio"])
+    tuned.setdefault(key, set()).add(r.get("tuned", ""))
+  lines = [
+      "| dataset | model | method | payload | seeds | HR@10 | NDCG@10 | full HR@10 | "
+      "full NDCG@10 | uplink smaller by | setting |", "|" + "---|" * 11
+  ]
+  order = {t: i for i, t in enumerate(_ratio_order(rows))}
+  for key in sorted(stats, key=lambda k: (k[0], k[1], order[k[3]], k[2])):
+    seeds, s = stats[key]
+    lines.append("| " + " | ".join(key) + f" | {seeds} | "
+                 + " | ".join(_cell(s[c]) for c in METRICS)
+                 + f" | {s['compression_up'][0]:.1%} | {'; '.join(sorted(tuned[key])) or '-'} |")
+  return lines
+
+
+def margins(rows) -> list:
+  """Markdown lines: at each (dataset, model, ratio), FedRAS's mean HR@10 and NDCG@10
+  minus uncompressed's and minus the best baseline's (by HR@10), naming that baseline."""
+  stats = pages.seed_stats(rows, ("dataset", "model", "payload_ratio", "method"), METRICS[:2])
+  by_point = {}
+  for (dataset, model, ratio, method), (_, s) in stats.items():
+    by_point.setdefault((dataset, model, ratio), {})[method] = s
+  lines = [
+      "| dataset | model | payload | FedRAS − uncompressed (HR / NDCG) | best baseline | "
+      "FedRAS − best baseline (HR / NDCG) |", "|" + "---|" * 6
+  ]
+  for (dataset, model, ratio), methods in by_point.items():
+    if FEDRAS not in methods:
+      continue
+    f = methods[FEDRAS]
+    diff = lambda other: (f"{f[METRICS[0]][0] - other[METRICS[0]][0]:+.4f} / "
+                          f"{f[METRICS[1]][0] - other[METRICS[1]][0]:+.4f}")
+    vs_dense = diff(methods[DENSE]) if DENSE in methods else "-"
+    baselines = {m: s for m, s in methods.items() if m not in NOT_BASELINES}
+    best = max(baselines, key=lambda m: baselines[m][METRICS[0]][0]) if baselines else None
+    lines.append(f"| {dataset} | {model} | {ratio} | {vs_dense} | {best or '-'} | "
+                 f"{diff(baselines[best]) if best else '-'} |")
+  return lines
+
+
+def plot_part(rows, path: pathlib.Path) -> bool:
+  """HR@10 and NDCG@10 against the payload ratio, one line per method, seed std as
+  error bars, to ``path``; False without matplotlib."""
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    return False
+  stats = pages.seed_stats(rows, ("method", "payload_ratio"), METRICS[:2])
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, metric in zip(axes, METRICS[:2]):
+    for method in dict.fromkeys(m for m, _ in stats):
+      pts = sorted((float(Fraction(t)), *stats[(m, t)][1][metric]) for m, t in stats if m == method)
+      ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
+                  yerr=[p[2] for p in pts],
+                  marker="o",
+                  capsize=3,
+                  label=method)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("payload ratio (of the dense float32 item table)")
+    ax.set_ylabel(metric.replace("final_", "").upper().replace("NDCG", "NDCG"))
+  axes[0].legend(fontsize=8)
+  fig.tight_layout()
+  with outputs.naming(path):
+    fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return True
+
+
+def part_section(name: str, made: dict, rows, plot_file) -> list:
+  """The page's section of one part."""
+  datasets = ", ".join(sorted({r["dataset"] for r in rows}))
+  models = ", ".join(sorted({r["model"] for r in rows}))
+  lines = [
+      f"## {name}: {datasets}, {models}", "", *pages.provenance_lines(made),
+      f"- rows: [{name}/compare.csv](results/{name}/compare.csv)", "",
+      "Mean ± population std over seeds; `setting`: what the validation search picked.", "",
+      *method_table(rows), "", *margins(rows), ""
+  ]
+  if plot_file:
+    lines += [f"![{name}](results/{name}/{plot_file})", ""]
+  return lines
+
+
+def main(argv):
+  del argv
+  root = pathlib.Path(_PARTS.value)
+  parts = sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+  if not parts:
+    raise ValueError(f"{root}: no parts (directories holding compare.csv/.json)")
+  body = [
+      "# Results", "", "Generated by `experiments/results.py` from `docs/results/*/`; do not "
+      "edit by hand.", ""
+  ]
+  for part in parts:
+    made, rows = read_part(part)
+    plotted = plot_part(rows, part / "ratio.png")
+    body += part_section(part.name, made, rows, "ratio.png" if plotted else None)
+  outputs.write_atomic(pathlib.Path(_OUT.value), ("\n".join(body) + "\n").encode())
+  print(f"wrote {_OUT.value} ({len(parts)} parts)")
+
+
+if __name__ == "__main__":
+  flag_lib.run_main(main)

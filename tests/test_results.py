@@ -1,0 +1,88 @@
+"""The generated results page: its tables are the seed statistics of the compare rows
+(checked by hand) and FedRAS's margins name the right baseline."""
+import csv
+import json
+
+import pytest
+
+from experiments import compare, results
+
+
+def _row(method, ratio, seed, hr, ndcg, comp=0.9, tuned="item_lr=8"):
+  row = {c: "" for c in compare.COLUMNS}
+  row.update(dataset="ml-100k",
+             model="mf",
+             method=method,
+             payload_ratio=ratio,
+             seed=seed,
+             rounds=300,
+             tuned=tuned,
+             compression_up=comp)
+  row["final_hr@10"], row["final_ndcg@10"] = hr, ndcg
+  return row
+
+
+ROWS = [
+    _row("uncompressed", "1/32", 0, 0.68, 0.40, comp=0.0),
+    _row("uncompressed", "1/32", 1, 0.70, 0.42, comp=0.0),
+    _row("fedras", "1/32", 0, 0.67, 0.39, tuned="item_lr=16"),
+    _row("fedras", "1/32", 1, 0.69, 0.41, tuned="item_lr=16"),
+    _row("svd", "1/32", 0, 0.60, 0.35),
+    _row("svd", "1/32", 1, 0.62, 0.37),
+    _row("topk", "1/32", 0, 0.64, 0.30),
+    _row("topk", "1/32", 1, 0.64, 0.30),
+    _row("fedras_fixed_k", "1/32", 0, 0.75, 0.45),  # not a baseline of FedRAS
+]
+
+
+@pytest.fixture
+def part(tmp_path):
+  d = tmp_path / "ml100k_mf_r32"
+  d.mkdir()
+  with open(d / "compare.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, compare.COLUMNS)
+    writer.writeheader()
+    writer.writerows(ROWS)
+  (d / "compare.json").write_text(
+      json.dumps(
+          dict(command="python -m experiments.compare --x=1",
+               commit="abc1234",
+               machine="x86_64, 2 CPUs, cpu, jax 0.10.2",
+               date="2026-12-01")))
+  return d
+
+
+def test_method_table_has_mean_and_population_std_over_seeds(part):
+  _, rows = results.read_part(part)
+  lines = results.method_table(rows)
+  fedras = next(line for line in lines if "| fedras | 1/32" in line)
+  # mean of 0.67, 0.69 = 0.68, population std = 0.01; NDCG 0.40 +- 0.01
+  assert "| 2 | 0.6800 ± 0.0100 | 0.4000 ± 0.0100 |" in fedras
+  assert "90.0%" in fedras and "item_lr=16" in fedras
+  assert "| topk | 1/32 | 2 | 0.6400 ± 0.0000 |" in next(l for l in lines if "| topk |" in l)
+
+
+def test_margins_against_uncompressed_and_the_best_baseline(part):
+  _, rows = results.read_part(part)
+  line = results.margins(rows)[2]
+  # FedRAS 0.68/0.40, uncompressed 0.69/0.41, best baseline by HR@10 topk 0.64/0.30
+  assert line == "| ml-100k | mf | 1/32 | -0.0100 / -0.0100 | topk | +0.0400 / +0.1000 |"
+
+
+def test_part_section_states_how_it_was_made(part):
+  made, rows = results.read_part(part)
+  text = "\n".join(results.part_section(part.name, made, rows, None))
+  assert "`python -m experiments.compare --x=1`" in text and "abc1234" in text
+  assert "results/ml100k_mf_r32/compare.csv" in text
+
+
+def test_a_part_without_its_files_is_named(tmp_path):
+  with pytest.raises(ValueError, match="compare.csv: missing"):
+    results.read_part(tmp_path)
+
+
+def test_the_plot_is_drawn_from_the_rows(part):
+  pytest.importorskip("matplotlib")
+  _, rows = results.read_part(part)
+  assert results.plot_part(rows, part / "ratio.png")
+  assert (part / "ratio.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
