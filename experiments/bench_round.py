@@ -51,12 +51,13 @@ from experiments import pages
 from fedras_jax import data as data_lib
 from fedras_jax import flags as flag_lib
 from fedras_jax import outputs
+from fedras_jax.compress import identity
 from fedras_jax.config import TrainConfig
 from fedras_jax.experiment import build_simulation
-from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams, aggregate_item_updates,
-                                  client_data_from_split, client_keys, client_plan, client_update,
-                                  init_states, make_round, packed_client_updates, plan_capacity,
-                                  round_clients, slot_item, slot_layout)
+from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams, RoundParts,
+                                  aggregate_item_updates, client_data_from_split, client_keys,
+                                  client_plan, client_update, init_states, make_round,
+                                  plan_capacity, plan_clients, round_clients, train_clients)
 from fedras_jax.federated.local_data import client_sizes
 from fedras_jax.federated.local_training import lane_batches, lane_schedule
 from fedras_jax.models import get_model
@@ -172,16 +173,16 @@ def make_pieces(s: Setting, cfg: RoundConfig):
   """The packed round's stages, each its own jitted program (as in ``make_round``)."""
   m = cfg.clients_per_round
 
+  parts = RoundParts(model=s.model,
+                     data=s.data,
+                     config=cfg,
+                     server_opt=optax.sgd(1.0),
+                     uplink=identity(s.num_items),
+                     downlink=identity(s.num_items))
+
   @jax.jit
   def prep(server):
-    sampled = round_clients(server.key, server.round, s.num_users, m)
-    plans = jax.vmap(
-        lambda u, k: client_plan(s.data, u, k, neg_ratio=NEG, epochs=EPOCHS, batch_size=BATCH))(
-            sampled, client_keys(server.key, server.round, sampled))
-    layout = slot_layout(plans.num_slots, cfg.slot_capacity)
-    slot_plans = jax.tree.map(lambda x: x[layout.client], plans)
-    items_of_slot = jax.vmap(slot_item, (None, 0, 0))(s.data, slot_plans, layout.local)
-    return sampled, plans, layout, items_of_slot
+    return plan_clients(parts, server)
 
   @jax.jit
   def schedule(prepared):
@@ -195,18 +196,7 @@ def make_pieces(s: Setting, cfg: RoundConfig):
 
   @jax.jit
   def train(server, clients, hp, prepared):
-    sampled, plans, layout, items_of_slot = prepared
-    return packed_client_updates(s.model,
-                                 hp.local,
-                                 plans,
-                                 layout,
-                                 items_of_slot,
-                                 server.items,
-                                 server.dense,
-                                 clients.users[sampled],
-                                 num_lanes=cfg.num_lanes,
-                                 max_iters=cfg.max_lane_steps,
-                                 batch_size=BATCH)
+    return train_clients(parts, server, clients.users[prepared.sampled], hp.local, prepared)
 
   @jax.jit
   def aggregate(prepared, trained):

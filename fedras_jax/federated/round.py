@@ -25,7 +25,7 @@ from fedras_jax.compress.roundtrip import Roundtrip, roundtrip, roundtrip_client
 from fedras_jax.federated.aggregation import aggregate_item_updates
 from fedras_jax.federated.client_data import ClientData
 from fedras_jax.federated.local_data import client_plan, slot_item
-from fedras_jax.federated.local_training import packed_client_updates, slot_layout
+from fedras_jax.federated.local_training import (LocalHParams, packed_client_updates, slot_layout)
 from fedras_jax.federated.state import (BANDWIDTH, DOWNLINK, UPLINK, ClientStates, RoundConfig,
                                         RoundHParams, RoundMetrics, ServerState, client_keys,
                                         round_basis_key, round_clients, round_key)
@@ -183,14 +183,19 @@ def make_round_stages(model: RecModel,
                      downlink=functools.partial(downlink_stage, parts))
 
 
-def local_stage(parts: RoundParts, server: ServerState, clients: ClientStates,
-                hp: RoundHParams) -> LocalResult:
-  """Samples the round's clients, trains them (packed lanes), checks their updates and
-  draws their bandwidths and uplink budgets."""
-  model, data, config, uplink = parts.model, parts.data, parts.config, parts.uplink
-  m = config.clients_per_round
-  key = round_key(server.key, server.round)
-  sampled = round_clients(server.key, server.round, data.num_users, m)
+class ClientPlans(NamedTuple):
+  """The round's sampled clients ``[M]``, their plans, slot layout and the item of each
+  slot ``[S]``."""
+  sampled: jax.Array
+  plans: Any
+  layout: Any
+  items_of_slot: jax.Array
+
+
+def plan_clients(parts: RoundParts, server: ServerState) -> ClientPlans:
+  """Samples the round's clients and lays their slots out (sizes, negatives, shuffles)."""
+  data, config = parts.data, parts.config
+  sampled = round_clients(server.key, server.round, data.num_users, config.clients_per_round)
   plans = jax.vmap(lambda u, k: client_plan(data,
                                             u,
                                             k,
@@ -202,22 +207,40 @@ def local_stage(parts: RoundParts, server: ServerState, clients: ClientStates,
   layout = slot_layout(plans.num_slots, config.slot_capacity)
   slot_plans = jax.tree.map(lambda x: x[layout.client], plans)
   items_of_slot = jax.vmap(slot_item, (None, 0, 0))(data, slot_plans, layout.local)
+  return ClientPlans(sampled, plans, layout, items_of_slot)
 
+
+def train_clients(parts: RoundParts, server: ServerState, users, local_hp: LocalHParams,
+                  plan: ClientPlans):
+  """Packed local training of the planned clients from the server's model; ``users``
+  ``[M, user_dim]``: their private rows. Returns the ``ClientOutput`` of every slot."""
+  config = parts.config
+  return packed_client_updates(parts.model,
+                               local_hp,
+                               plan.plans,
+                               plan.layout,
+                               plan.items_of_slot,
+                               server.items,
+                               server.dense,
+                               users,
+                               num_lanes=config.num_lanes,
+                               max_iters=config.max_lane_steps,
+                               batch_size=config.batch_size,
+                               mesh=parts.mesh)
+
+
+def local_stage(parts: RoundParts, server: ServerState, clients: ClientStates,
+                hp: RoundHParams) -> LocalResult:
+  """Samples the round's clients, trains them (packed lanes), checks their updates and
+  draws their bandwidths and uplink budgets."""
+  m = parts.config.clients_per_round
+  key = round_key(server.key, server.round)
+  plan = plan_clients(parts, server)
   # Methods with a shared round subspace (CoLR) train the item rows inside it.
   local_hp = hp.local._replace(
-      item_projection=uplink.item_projection(round_basis_key(server.key, server.round)))
-  trained = packed_client_updates(model,
-                                  local_hp,
-                                  plans,
-                                  layout,
-                                  items_of_slot,
-                                  server.items,
-                                  server.dense,
-                                  clients.users[sampled],
-                                  num_lanes=config.num_lanes,
-                                  max_iters=config.max_lane_steps,
-                                  batch_size=config.batch_size,
-                                  mesh=parts.mesh)
+      item_projection=parts.uplink.item_projection(round_basis_key(server.key, server.round)))
+  trained = train_clients(parts, server, clients.users[plan.sampled], local_hp, plan)
+  sampled, plans, layout, items_of_slot = plan
 
   ok = _client_finite(trained.deltas, layout.client, m, trained.users, trained.dense_deltas)
   slot_ok = layout.valid & ok[layout.client]
