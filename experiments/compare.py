@@ -5,7 +5,8 @@
         --outdir=runs/compare
 
 Every run gets the same rounds, clients per round, learning rates, seeds and test
-candidates (the base flags); one row per run goes to ``compare.csv``, a markdown
+candidates (the base flags); one row per run goes to ``compare.csv`` (its evaluation
+rows to ``curves.csv``), a markdown
 table to ``compare.md`` and, with matplotlib installed, HR@10 against payload ratio
 per method to ``compare.png``. Every other flag is a ``TrainConfig`` flag; ``--models``,
 ``--datasets`` and ``--seeds`` default to the single ``--model``, ``--dataset`` and
@@ -72,6 +73,9 @@ COLUMNS = ("dataset", "model", "method", "payload_ratio", "seed", "rounds", "fin
            "final_ndcg@10", "final_full_hr@10", "final_full_ndcg@10", "best_hr@10", "best_ndcg@10",
            "tuned", "valid_hr@10", "bits_up_total", "bits_down_total", "compression_up",
            "compression_down", "sim_seconds", "train_seconds")
+
+CURVE_COLUMNS = ("dataset", "model", "method", "payload_ratio", "seed", "round", "sim_seconds",
+                 "hr@10", "ndcg@10")
 
 TUNING_FILE = "tuning.json"
 
@@ -161,6 +165,24 @@ def table_row(config: TrainConfig, ratio_text: str, summary: dict, tuned_names,
   }
 
 
+def curve_rows(config: TrainConfig, ratio_text: str) -> list:
+  """The evaluation rows of ``config``'s run (its workdir's ``metrics.csv``) as
+  ``CURVE_COLUMNS`` rows: the learning curve against rounds and simulated seconds."""
+  with open(pathlib.Path(config.workdir) / "metrics.csv", newline="") as f:
+    return [{
+        "dataset": config.dataset, "model": config.model, "method": config.method,
+        "payload_ratio": ratio_text, "seed": config.seed, **{c: r[c] for c in CURVE_COLUMNS[5:]}
+    } for r in csv.DictReader(f)]
+
+
+def _write_csv(path: pathlib.Path, columns, rows):
+  text = io.StringIO(newline="")
+  writer = csv.DictWriter(text, columns)
+  writer.writeheader()
+  writer.writerows(rows)
+  outputs.write_atomic(path, text.getvalue().encode())
+
+
 def over_seeds(rows) -> list:
   """Lines of a markdown table: per dataset, model, method and ratio, the mean and
   (population) std over seeds of the final HR@10 and NDCG@10 (sampled and full ranking)
@@ -179,12 +201,12 @@ def over_seeds(rows) -> list:
   return lines
 
 
-def write_outputs(rows, outdir: pathlib.Path):
-  text = io.StringIO(newline="")
-  writer = csv.DictWriter(text, COLUMNS)
-  writer.writeheader()
-  writer.writerows(rows)
-  outputs.write_atomic(outdir / "compare.csv", text.getvalue().encode())
+def write_outputs(rows, outdir: pathlib.Path, curves=()):
+  """``compare.csv`` (``rows``), ``curves.csv`` (the runs' evaluation rows),
+  ``compare.md``, ``compare.json`` (how they were made) and ``compare.png``."""
+  _write_csv(outdir / "compare.csv", COLUMNS, rows)
+  if curves:
+    _write_csv(outdir / "curves.csv", CURVE_COLUMNS, curves)
   shown = COLUMNS[:14]
   lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
   for r in rows:
@@ -257,7 +279,7 @@ def main(argv):
     config.validate()
     return name, config
 
-  rows = []
+  rows, curves = [], []
   for dataset, model, method, ratio, seed in itertools.product(
       split(FLAGS.datasets) or [base.dataset],
       split(FLAGS.models) or [base.model], split(FLAGS.methods), ratios, seeds):
@@ -282,7 +304,8 @@ def main(argv):
       print("   not finished: left out of the table", flush=True)
       continue
     rows.append(table_row(config, ratio[0], summary, grid, tuned[1]))
-    write_outputs(rows, outdir)  # after every run: nothing is lost if interrupted
+    curves += curve_rows(config, ratio[0])
+    write_outputs(rows, outdir, curves)  # after every run: nothing is lost if interrupted
   if not rows:
     raise ValueError(f"no finished runs in {outdir}")
   print((outdir / "compare.md").read_text())

@@ -6,8 +6,10 @@ Each part of the evidence is one directory ``docs/results/<part>/`` holding what
 writes one page: per part its provenance, the mean ± std over seeds of HR@10 and
 NDCG@10 (sampled and full ranking) of every method and payload ratio with the setting
 the search picked, FedRAS's margin over uncompressed and over the best baseline at each
-ratio, and (with matplotlib) HR@10 and NDCG@10 against the payload ratio with seed
-error bars, next to the CSV it is drawn from::
+ratio, the simulated time each method takes to reach the uncompressed final HR@10
+minus 0.01 (from ``curves.csv``, the runs' evaluation rows, when the part has it) and
+(with matplotlib) HR@10 and NDCG@10 against the payload ratio with seed error bars,
+next to the CSV it is drawn from::
 
     python -m experiments.results                 # docs/results/* -> docs/results.md
 
@@ -106,6 +108,47 @@ def margins(rows) -> list:
   return lines
 
 
+def read_curves(part: pathlib.Path):
+  """The part's ``curves.csv`` rows (numbers as floats), or None without one."""
+  path = part / "curves.csv"
+  if not path.is_file():
+    return None
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  for r in rows:
+    for c in ("round", "sim_seconds", "hr@10", "ndcg@10"):
+      r[c] = float(r[c])
+  return rows
+
+
+def time_to_target(curves, rows, margin: float = 0.01) -> list:
+  """Markdown lines: per (dataset, model, method, ratio), in how many seeds the run's
+  HR@10 reached the uncompressed runs' mean final HR@10 minus ``margin``, and the mean
+  simulated seconds and rounds of its first evaluation at or above it (over the seeds
+  that reached it)."""
+  dense = pages.seed_stats([r for r in rows if r["method"] == DENSE], ("dataset", "model"),
+                           METRICS[:1])
+  first = {}
+  for r in sorted(curves, key=lambda r: r["round"]):
+    run = (r["dataset"], r["model"], r["method"], r["payload_ratio"], r["seed"])
+    first.setdefault(run, None)
+    ref = dense.get((r["dataset"], r["model"]))
+    if ref and first[run] is None and r["hr@10"] >= ref[1][METRICS[0]][0] - margin:
+      first[run] = (r["sim_seconds"], r["round"])
+  groups = {}
+  for (*key, _), hit in first.items():
+    groups.setdefault(tuple(key), []).append(hit)
+  lines = [
+      f"| dataset | model | method | payload | seeds reaching (uncompressed − {margin}) | "
+      "simulated s | rounds |", "|" + "---|" * 7
+  ]
+  for key, hits in groups.items():
+    got = [h for h in hits if h is not None]
+    mean = lambda i: f"{sum(h[i] for h in got) / len(got):.0f}" if got else "-"
+    lines.append("| " + " | ".join(key) + f" | {len(got)} of {len(hits)} | {mean(0)} | {mean(1)} |")
+  return lines
+
+
 def plot_part(rows, path: pathlib.Path) -> bool:
   """HR@10 and NDCG@10 against the payload ratio, one line per method, seed std as
   error bars, to ``path``; False without matplotlib."""
@@ -136,8 +179,8 @@ def plot_part(rows, path: pathlib.Path) -> bool:
   return True
 
 
-def part_section(name: str, made: dict, rows, plot_file) -> list:
-  """The page's section of one part."""
+def part_section(name: str, made: dict, rows, plot_file, curves=None) -> list:
+  """The page's section of one part (``curves``: its ``curves.csv`` rows, if any)."""
   datasets = ", ".join(sorted({r["dataset"] for r in rows}))
   models = ", ".join(sorted({r["model"] for r in rows}))
   lines = [
@@ -148,6 +191,12 @@ def part_section(name: str, made: dict, rows, plot_file) -> list:
   ]
   if plot_file:
     lines += [f"![{name}](results/{name}/{plot_file})", ""]
+  if curves and any(r["method"] == DENSE for r in rows):
+    lines += [
+        "Simulated time to the uncompressed final HR@10 minus 0.01 (evaluation rounds only; "
+        f"curves: [{name}/curves.csv](results/{name}/curves.csv)):", "",
+        *time_to_target(curves, rows), ""
+    ]
   return lines
 
 
@@ -164,7 +213,7 @@ def main(argv):
   for part in parts:
     made, rows = read_part(part)
     plotted = plot_part(rows, part / "ratio.png")
-    body += part_section(part.name, made, rows, "ratio.png" if plotted else None)
+    body += part_section(part.name, made, rows, "ratio.png" if plotted else None, read_curves(part))
   outputs.write_atomic(pathlib.Path(_OUT.value), ("\n".join(body) + "\n").encode())
   print(f"wrote {_OUT.value} ({len(parts)} parts)")
 

@@ -54,6 +54,17 @@ def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
       assert float(row["final_full_hr@10"]) == summary["final"]["full_hr@10"]
       assert float(row["final_full_ndcg@10"]) == summary["final"]["full_ndcg@10"]
   assert not (tmp_path / "ml-100k_mf_svd_1over8_s0" / "tuning.json").exists()
+  # The runs' evaluation rows (rounds 2: one each) and how the outputs were made.
+  with open(tmp_path / "curves.csv") as f:
+    curves = list(csv.DictReader(f))
+  assert [(c["method"], c["payload_ratio"], c["round"]) for c in curves] == [("uncompressed", "1/8",
+                                                                              "2"),
+                                                                             ("svd", "1/8", "2"),
+                                                                             ("svd", "1/32", "2")]
+  assert [c["hr@10"] for c in curves] == [r["final_hr@10"] for r in rows]
+  made = json.loads((tmp_path / "compare.json").read_text())
+  assert made["command"].startswith("python -m experiments.compare --data_dir=")
+  assert {"commit", "machine", "date"} <= set(made)
   svd_bits = [int(r["bits_up_total"]) for r in rows if r["method"] == "svd"]
   assert svd_bits[0] > svd_bits[1]  # 1/8 sends more than 1/32
 

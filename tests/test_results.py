@@ -86,3 +86,26 @@ def test_the_plot_is_drawn_from_the_rows(part):
   _, rows = results.read_part(part)
   assert results.plot_part(rows, part / "ratio.png")
   assert (part / "ratio.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_time_to_target_finds_the_first_evaluation_at_the_target(part):
+  _, rows = results.read_part(part)  # uncompressed final HR@10: 0.68, 0.70 -> target 0.68
+  curves = []
+  for method, seed, hrs in (("uncompressed", 0, (0.5, 0.68, 0.68)), ("uncompressed", 1, (0.6, 0.69,
+                                                                                         0.70)),
+                            ("fedras", 0, (0.4, 0.6, 0.685)), ("fedras", 1, (0.4, 0.5, 0.6))):
+    for i, hr in enumerate(hrs):
+      curves.append(
+          dict(dataset="ml-100k",
+               model="mf",
+               method=method,
+               payload_ratio="1/32",
+               seed=str(seed),
+               round=25.0 * (i + 1),
+               sim_seconds=100.0 * (i + 1) + seed,
+               hr=0,
+               **{"hr@10": hr, "ndcg@10": 0.0}))
+  lines = results.time_to_target(curves, rows)
+  assert "| ml-100k | mf | uncompressed | 1/32 | 2 of 2 | 200 | 50 |" in lines
+  # fedras: seed 0 reaches 0.68 at its third evaluation (300 s), seed 1 never
+  assert "| ml-100k | mf | fedras | 1/32 | 1 of 2 | 300 | 75 |" in lines
