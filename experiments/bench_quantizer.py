@@ -27,13 +27,14 @@ steps, K, bits and the relative reconstruction error ``||G - G_hat|| / ||G||``.
 Usage::
 
     python -m experiments.bench_quantizer --quick
+    python -m experiments.bench_quantizer --sizes=20000,100000 --ks=64,128 --skip_vmap --skip_splits
     python -m experiments.bench_quantizer             # full grid
 """
 
-import argparse
 import os
 import time
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -195,67 +196,71 @@ def bench_splits(n, d, max_k, k_budget, noise, repeats, splits=(1, 4, None), ndi
         flush=True)
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--quick", action="store_true", help="small sizes only (n<=20000, K<=64)")
-  p.add_argument("--sizes", type=flag_lib.positive_int, nargs="*", default=None)
-  p.add_argument("--ks", type=flag_lib.positive_int, nargs="*", default=None)
-  p.add_argument("--dim", type=flag_lib.positive_int, default=64)
-  p.add_argument("--iters",
-                 type=flag_lib.positive_int,
-                 default=20,
-                 help="Lloyd iteration cap for both")
-  p.add_argument("--repeats", type=flag_lib.positive_int, default=5)
-  p.add_argument("--clients", type=flag_lib.positive_int, default=256)
-  p.add_argument("--client-rows", type=flag_lib.positive_int, default=512)
-  p.add_argument("--client-max-k", type=flag_lib.positive_int, default=16)
-  p.add_argument("--threads",
-                 type=flag_lib.positive_int,
-                 default=None,
-                 help="limit XLA:CPU and scikit-learn/OpenMP to this many threads "
-                 "(must be set before JAX initialises its backend)")
-  p.add_argument("--skip-kmeans", action="store_true")
-  p.add_argument("--skip-vmap", action="store_true")
-  p.add_argument("--skip-splits", action="store_true")
-  p.add_argument("--split-rows", type=flag_lib.positive_int, default=10_000)
-  p.add_argument("--split-noise", type=float, default=0.2)
-  p.error = flag_lib.fail  # a usage error is one line "error: ...", not the usage text
-  a = p.parse_args(argv)
-  if a.threads is not None:
-    os.environ["OMP_NUM_THREADS"] = str(a.threads)
-    if a.threads == 1:
+_QUICK = flags.DEFINE_boolean("quick", False, "small sizes only (n<=20000, K<=64)")
+_SIZES = flags.DEFINE_list("sizes", [], "K-Means row counts n (default 1000,20000,200000)")
+_KS = flags.DEFINE_list("ks", [], "K-Means cluster counts (default 16,64,256)")
+_DIM = flags.DEFINE_integer("dim", 64, "row width d", lower_bound=1)
+_ITERS = flags.DEFINE_integer("iters", 20, "Lloyd iteration cap for both", lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", 5, "interleaved timed runs (best kept)", lower_bound=1)
+_CLIENTS = flags.DEFINE_integer("clients", 256, "clients of the batched encode", lower_bound=1)
+_CLIENT_ROWS = flags.DEFINE_integer("client_rows", 512, "rows per client", lower_bound=1)
+_CLIENT_MAX_K = flags.DEFINE_integer("client_max_k", 16, "action slots per client", lower_bound=1)
+_THREADS = flags.DEFINE_integer(
+    "threads",
+    None, "limit XLA:CPU and scikit-learn/OpenMP to this many threads (set before "
+    "JAX initialises its backend)",
+    lower_bound=1)
+_SKIP_KMEANS = flags.DEFINE_boolean("skip_kmeans", False, "skip part 1")
+_SKIP_VMAP = flags.DEFINE_boolean("skip_vmap", False, "skip part 2")
+_SKIP_SPLITS = flags.DEFINE_boolean("skip_splits", False, "skip part 3")
+_SPLIT_ROWS = flags.DEFINE_integer("split_rows", 10_000, "rows of part 3's matrix", lower_bound=1)
+_SPLIT_NOISE = flags.DEFINE_float("split_noise", 0.2, "noise of part 3's rows", lower_bound=0.0)
+
+
+def _counts(flag: str, values) -> list:
+  return flag_lib.parse_values(f"--{flag}", ",".join(values), flag_lib.positive_int,
+                               "a positive integer") if values else []
+
+
+def main(argv):
+  del argv
+  threads = _THREADS.value
+  if threads is not None:
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if threads == 1:
       os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                  + " --xla_cpu_multi_thread_eigen=false"
                                  " intra_op_parallelism_threads=1")
     try:
       from threadpoolctl import threadpool_limits
-      threadpool_limits(a.threads)
+      threadpool_limits(threads)
     except ImportError:
       pass
-  sizes = a.sizes or ([1000, 20000] if a.quick else [1000, 20000, 200000])
-  ks = a.ks or ([16, 64] if a.quick else [16, 64, 256])
+  quick, dim, repeats = _QUICK.value, _DIM.value, _REPEATS.value
+  sizes = _counts("sizes", _SIZES.value) or ([1000, 20000] if quick else [1000, 20000, 200000])
+  ks = _counts("ks", _KS.value) or ([16, 64] if quick else [16, 64, 256])
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs "
-        f"(threads: {a.threads or 'all'}); "
-        f"d={a.dim}, iteration cap {a.iters}, best of {a.repeats} interleaved runs")
-  if not a.skip_kmeans:
+        f"(threads: {threads or 'all'}); "
+        f"d={dim}, iteration cap {_ITERS.value}, best of {repeats} interleaved runs")
+  if not _SKIP_KMEANS.value:
     print("\n| n | K | jax ms | sklearn fit ms | sklearn core ms | fit/jax | core/jax "
           "| inertia jax/sk | iters jax/sk | jax compile s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    bench_kmeans(sizes, ks, a.dim, a.iters, a.repeats)
-  if not a.skip_vmap:
-    clients = 32 if a.quick else a.clients
-    print(f"\n| encode {clients} clients x [{a.client_rows}, {a.dim}], max_k={a.client_max_k} "
-          "| wall ms | speed-up vs sequential | compile s |")
+    bench_kmeans(sizes, ks, dim, _ITERS.value, repeats)
+  if not _SKIP_VMAP.value:
+    clients = 32 if quick else _CLIENTS.value
+    print(f"\n| encode {clients} clients x [{_CLIENT_ROWS.value}, {dim}], "
+          f"max_k={_CLIENT_MAX_K.value} | wall ms | speed-up vs sequential | compile s |")
     print("|---|---|---|---|")
-    bench_vmap(clients, a.client_rows, a.dim, a.client_max_k, max(1, a.repeats // 2))
-  if not a.skip_splits:
-    print(f"\n| encode [{a.split_rows}, {a.dim}], K cap 45, max_k 48, noise {a.split_noise}: "
+    bench_vmap(clients, _CLIENT_ROWS.value, dim, _CLIENT_MAX_K.value, max(1, repeats // 2))
+  if not _SKIP_SPLITS.value:
+    rows = _SPLIT_ROWS.value
+    print(f"\n| encode [{rows}, {dim}], K cap 45, max_k 48, noise {_SPLIT_NOISE.value}: "
           "max_splits | s/call | speed-up | split rounds | Lloyd steps | K | bits | rel. error "
           "| error / S=1 | compile s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    bench_splits(a.split_rows, a.dim, 48, 45, a.split_noise, max(1, a.repeats // 2))
+    bench_splits(rows, dim, 48, 45, _SPLIT_NOISE.value, max(1, repeats // 2))
 
 
 if __name__ == "__main__":
-  flag_lib.guarded(main)()
+  flag_lib.run_main(main)

@@ -269,7 +269,7 @@ def test_binaries_refuse_bad_input_in_one_line(tmp_path):
       ("plot", [], "give one or more workdirs"),
       ("bench_scale", ["--method=nosuch"], "--method='nosuch' is invalid"),
       ("bench_round", ["--methods=nosuch"], "--method='nosuch' is invalid"),
-      ("bench_quantizer", ["--dim=0"], "argument --dim: invalid positive_int value: '0'"),
+      ("bench_quantizer", ["--dim=0"], "flag --dim=0: 0 is not a positive integer"),
   ]
   running = []
   for module, args, _ in cases:
