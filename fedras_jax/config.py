@@ -4,7 +4,14 @@ Each field is declared with ``setting(group, default, help)``: the experiment bi
 define one absl flag per field from this metadata (``flags.define_flags``), so a setting,
 its flag and its help never drift apart. The groups (``GROUPS``) say what a setting is
 about: the data, the model, the federated simulation, the compression, or the run
-itself (evaluation, files, printing), and order ``--helpfull``.
+itself (evaluation, files, printing).
+
+The config is one flat dataclass with grouped fields rather than one dataclass per
+group: a field's name is at once its flag (``--item_lr``), its key in a workdir's
+recorded ``config.json`` (what a resume compares against) and its name in a sweep or
+search grid (``--tune=item_lr=...``). Nesting would rename every one of them (or make
+two names for each) without changing what a run is; ``settings_of(group)`` lists a
+group's fields.
 """
 import dataclasses
 import math
@@ -39,6 +46,13 @@ NON_RESULT_FIELDS = frozenset({
     "data_dir", "workdir", "quiet", "overwrite", "checkpoint_every", "download", "on_nonfinite",
     "shard_clients"
 })
+
+
+def settings_of(group: str) -> tuple:
+  """The names of ``TrainConfig``'s fields in ``group`` (one of ``GROUPS``), in order."""
+  if group not in GROUPS:
+    raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+  return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["group"] == group)
 
 
 def setting(group: str, default, help_text: str):

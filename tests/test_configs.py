@@ -1,12 +1,13 @@
 """Every flagfile in configs/ parses into a valid ``TrainConfig`` with the settings its
 comment line promises (a renamed or removed flag would make a config unusable)."""
+import dataclasses
 import pathlib
 
 from absl import flags
 import pytest
 
 from fedras_jax import flags as flag_lib
-from fedras_jax.config import TrainConfig
+from fedras_jax.config import GROUPS, TrainConfig, settings_of
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.flags"))
@@ -41,3 +42,13 @@ def test_derived_configs_override_their_base(monkeypatch):
   assert fixed.dim == base.dim and fixed.item_lr == base.item_lr
   tiers = _config(REPO / "configs/ml100k_mf_tiers.flags", monkeypatch)
   assert (tiers.bandwidth, tiers.bandwidth_tiers, tiers.fluctuation) == ("tiers", "4,16,32,64", 0.3)
+
+
+def test_every_setting_is_in_exactly_one_group():
+  names = [n for g in GROUPS for n in settings_of(g)]
+  assert sorted(names) == sorted(f.name for f in dataclasses.fields(TrainConfig))
+  assert len(set(names)) == len(names)
+  assert {"dataset", "data_dir"} <= set(settings_of("data"))
+  assert {"method", "payload_ratio", "tau"} <= set(settings_of("compression"))
+  with pytest.raises(ValueError, match="group must be one of"):
+    settings_of("nosuch")
