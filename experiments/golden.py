@@ -31,7 +31,7 @@ ROUNDS = 3
 RTOL = 1e-5
 
 _RECORD = flags.DEFINE_boolean("record", False, f"write {GOLDEN.relative_to(REPO)}")
-_ONLY = flags.DEFINE_list("only", [], "config names (file stems) to run; default all")
+_ONLY = flags.DEFINE_list("configs", [], "config names (file stems) to run; default all")
 _GOLDEN_DATA_DIR = flags.DEFINE_string("golden_data_dir", None,
                                        "data directory of the runs (default the library's)")
 

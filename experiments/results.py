@@ -27,9 +27,9 @@ from fedras_jax import flags as flag_lib
 from fedras_jax import outputs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-_PARTS = flags.DEFINE_string("parts", str(REPO / "docs" / "results"),
+_PARTS = flags.DEFINE_string("parts_dir", str(REPO / "docs" / "results"),
                              "directory of the parts (one compare outdir each)")
-_OUT = flags.DEFINE_string("out", str(REPO / "docs" / "results.md"), "the page to write")
+_OUT = flags.DEFINE_string("page", str(REPO / "docs" / "results.md"), "the page to write")
 
 METRICS = ("final_hr@10", "final_ndcg@10", "final_full_hr@10", "final_full_ndcg@10")
 FEDRAS = "fedras"
