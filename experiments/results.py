@@ -179,13 +179,23 @@ def plot_part(rows, path: pathlib.Path) -> bool:
   return True
 
 
+def _trained_by(made: dict) -> list:
+  """A bullet saying that a ``--only_finished`` command tabulated, not trained."""
+  if "--only_finished" not in made["command"]:
+    return []
+  return [
+      "- the runs were trained by the same command without `--only_finished` (which "
+      "tabulates finished runs and trains nothing)"
+  ]
+
+
 def part_section(name: str, made: dict, rows, plot_file, curves=None) -> list:
   """The page's section of one part (``curves``: its ``curves.csv`` rows, if any)."""
   datasets = ", ".join(sorted({r["dataset"] for r in rows}))
   models = ", ".join(sorted({r["model"] for r in rows}))
   lines = [
       f"## {name}: {datasets}, {models}", "", *pages.provenance_lines(made),
-      f"- rows: [{name}/compare.csv](results/{name}/compare.csv)", "",
+      f"- rows: [{name}/compare.csv](results/{name}/compare.csv)", *_trained_by(made), "",
       "Mean ± population std over seeds; `setting`: what the validation search picked.", "",
       *method_table(rows), "", *margins(rows), ""
   ]

@@ -109,3 +109,11 @@ def test_time_to_target_finds_the_first_evaluation_at_the_target(part):
   assert "| ml-100k | mf | uncompressed | 1/32 | 2 of 2 | 200 | 50 |" in lines
   # fedras: seed 0 reaches 0.68 at its third evaluation (300 s), seed 1 never
   assert "| ml-100k | mf | fedras | 1/32 | 1 of 2 | 300 | 75 |" in lines
+
+
+def test_a_tabulating_command_says_what_trained_the_runs(part):
+  made, rows = results.read_part(part)
+  section = lambda: "\n".join(results.part_section("p", made, rows, None))
+  assert "trained by the same command" not in section()
+  made["command"] += " --only_finished"
+  assert "trained by the same command" in section()
