@@ -72,7 +72,7 @@ FLAGS = flags.FLAGS
 COLUMNS = ("dataset", "model", "method", "payload_ratio", "seed", "rounds", "final_hr@10",
            "final_ndcg@10", "final_full_hr@10", "final_full_ndcg@10", "best_hr@10", "best_ndcg@10",
            "tuned", "valid_hr@10", "bits_up_total", "bits_down_total", "compression_up",
-           "compression_down", "sim_seconds", "train_seconds")
+           "compression_down", "info_loss_total", "sim_seconds", "train_seconds")
 
 CURVE_COLUMNS = ("dataset", "model", "method", "payload_ratio", "seed", "round", "sim_seconds",
                  "hr@10", "ndcg@10")
@@ -157,10 +157,10 @@ def table_row(config: TrainConfig, ratio_text: str, summary: dict, tuned_names,
   return {
       "dataset": config.dataset, "model": config.model, "method": config.method,
       "payload_ratio": ratio_text, "seed": config.seed, "rounds": config.rounds,
-      **scores, "tuned": ";".join(f"{name}={summary['config'][name]}" for name in tuned_names
-                                 ), "valid_hr@10": valid_hr,
-      "bits_up_total": final["bits_up_total"], "bits_down_total": final["bits_down_total"],
-      "compression_up": final["compression_up"], "compression_down": final["compression_down"],
+      **scores, "tuned": ";".join(f"{name}={summary['config'][name]}" for name in tuned_names),
+      "valid_hr@10": valid_hr, "bits_up_total": final["bits_up_total"],
+      "bits_down_total": final["bits_down_total"], "compression_up": final["compression_up"],
+      "compression_down": final["compression_down"], "info_loss_total": final["info_loss_total"],
       "sim_seconds": final["sim_seconds"], "train_seconds": summary["train_seconds"]
   }
 

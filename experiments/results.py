@@ -61,25 +61,32 @@ def _ratio_order(rows):
   return sorted({r["payload_ratio"] for r in rows}, key=lambda t: -Fraction(t))
 
 
+def _loss(mean_std) -> str:
+  return "-" if math.isnan(mean_std[0]) else f"{mean_std[0]:.3g}"
+
+
 def method_table(rows) -> list:
   """Markdown lines: per (dataset, model, method, ratio) the seeds, mean ± std of
-  ``METRICS``, the uplink compression and the searched setting(s) used."""
-  stats = pages.seed_stats(rows, ("dataset", "model", "method", "payload_ratio"), METRICS +
-                           ("compression_up",))
+  ``METRICS``, the uplink compression, the information loss (the norm of the applied
+  item update minus the uncompressed one, summed over rounds; the seeds' mean) and the
+  searched setting(s) used."""
+  extra = ("compression_up", "info_loss_total")
+  stats = pages.seed_stats(rows, ("dataset", "model", "method", "payload_ratio"), METRICS + extra)
   tuned = {}
   for r in rows:
     key = (r["dataset"], r["model"], r["method"], r["payload_ratio"])
     tuned.setdefault(key, set()).add(r.get("tuned", ""))
   lines = [
       "| dataset | model | method | payload | seeds | HR@10 | NDCG@10 | full HR@10 | "
-      "full NDCG@10 | uplink smaller by | setting |", "|" + "---|" * 11
+      "full NDCG@10 | uplink smaller by | information loss | setting |", "|" + "---|" * 12
   ]
   order = {t: i for i, t in enumerate(_ratio_order(rows))}
   for key in sorted(stats, key=lambda k: (k[0], k[1], order[k[3]], k[2])):
     seeds, s = stats[key]
     lines.append("| " + " | ".join(key) + f" | {seeds} | "
                  + " | ".join(_cell(s[c]) for c in METRICS)
-                 + f" | {s['compression_up'][0]:.1%} | {'; '.join(sorted(tuned[key])) or '-'} |")
+                 + f" | {s['compression_up'][0]:.1%} | {_loss(s['info_loss_total'])} | "
+                 f"{'; '.join(sorted(tuned[key])) or '-'} |")
   return lines
 
 
