@@ -22,9 +22,10 @@ def test_every_config_has_a_recorded_row():
 @pytest.mark.parametrize("name", SUITE)
 def test_config_reproduces_its_recorded_row(name, ml100k_path):
   recorded = json.loads(golden.GOLDEN.read_text())[name]
-  row = golden.final_row(golden.CONFIGS / f"{name}.flags", data_dir=str(ml100k_path.parents[1]))
+  path = golden.CONFIGS / f"{name}.flags"
+  row = golden.final_row(path, data_dir=str(ml100k_path.parents[1]))
   assert row["round"] == golden.ROUNDS
-  assert golden.differences(recorded, row) == []
+  assert golden.differences(recorded, row, golden.tolerance(path)) == []
 
 
 def test_differences_names_each_changed_field():
@@ -35,3 +36,6 @@ def test_differences_names_each_changed_field():
       "hr@10: 0.5 -> 0.501", "round: 3 -> 4"
   ]
   assert golden.differences(recorded, {"hr@10": 0.5, "round": 3}) == ["loss: 0.25 -> None"]
+  assert golden.differences(recorded, {**recorded, "hr@10": 0.5001}, rtol=1e-3) == []
+  assert golden.tolerance(golden.CONFIGS / "ml100k_ncf_fedras.flags") == golden.RTOL_16_BIT
+  assert golden.tolerance(golden.CONFIGS / "ml100k_mf.flags") == golden.RTOL
