@@ -80,8 +80,10 @@ def method_table(rows) -> list:
       "| dataset | model | method | payload | seeds | HR@10 | NDCG@10 | full HR@10 | "
       "full NDCG@10 | uplink smaller by | information loss | setting |", "|" + "---|" * 12
   ]
+  # Ratios from the largest; methods in the order the comparison ran them.
   order = {t: i for i, t in enumerate(_ratio_order(rows))}
-  for key in sorted(stats, key=lambda k: (k[0], k[1], order[k[3]], k[2])):
+  method_order = {m: i for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}
+  for key in sorted(stats, key=lambda k: (k[0], k[1], order[k[3]], method_order[k[2]])):
     seeds, s = stats[key]
     lines.append("| " + " | ".join(key) + f" | {seeds} | "
                  + " | ".join(_cell(s[c]) for c in METRICS)

@@ -61,6 +61,8 @@ def test_method_table_has_mean_and_population_std_over_seeds(part):
   assert "| 2 | 0.6800 ± 0.0100 | 0.4000 ± 0.0100 |" in fedras
   assert "| 90.0% | 2.5 | item_lr=16 |" in fedras
   assert "| topk | 1/32 | 2 | 0.6400 ± 0.0000 |" in next(l for l in lines if "| topk |" in l)
+  methods = [line.split(" | ")[2] for line in lines[2:]]
+  assert methods == ["uncompressed", "fedras", "svd", "topk", "fedras_fixed_k"]  # as run
 
 
 def test_margins_against_uncompressed_and_the_best_baseline(part):
