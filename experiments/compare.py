@@ -16,6 +16,9 @@ per method to ``compare.png``. Every other flag is a ``TrainConfig`` flag; ``--m
 candidates are trained in one vmapped program on the validation split (one more
 interaction per user held out, scored against its own negatives), the best
 validation HR@10 picks the setting, and only that setting is run on the test items.
+A pick at the grid's smallest or largest value widens the grid one step past it and
+searches again, up to ``--tune_widen`` times (a pick still at an edge is marked
+``(grid edge)`` in the table).
 With ``--tune_at=1/32`` each method searches once, at that ratio, and uses the
 setting it found at every ratio (a ratio sweep at the cost of one search per method);
 with ``--tune_seed=0`` the search runs at seed 0 only and every seed uses its pick.
@@ -64,6 +67,11 @@ flags.DEFINE_bool(
 flags.DEFINE_string(
     "tune_at", "", "search (--tune) once per method at this payload ratio, "
     "e.g. 1/32, and use its setting at every ratio (default: at every ratio)")
+flags.DEFINE_integer("tune_widen",
+                     3, "at most this many times, extend a --tune grid whose pick sits "
+                     "at its smallest or largest value by one step past that edge and search again "
+                     "(geometric steps for positive values; 0: never)",
+                     lower_bound=0)
 flags.DEFINE_integer(
     "tune_seed", None, "search (--tune) at this seed only and use its "
     "setting for every seed (default: each seed searches)")
@@ -80,15 +88,39 @@ CURVE_COLUMNS = ("dataset", "model", "method", "payload_ratio", "seed", "round",
 TUNING_FILE = "tuning.json"
 
 
-def tune(config: TrainConfig, grid, search: bool = True) -> Optional[tuple]:
-  """``(grid point of best validation HR@10, that HR@10)`` for ``config``.
+def edge_names(grid, point) -> list:
+  """The names of ``grid`` (of two or more values) whose value in ``point`` is the
+  smallest or the largest of the grid's."""
+  return [n for n, v in grid.items() if len(v) > 1 and point[n] in (min(v), max(v))]
+
+
+def widened(grid, point) -> dict:
+  """``grid`` with every name of ``edge_names`` extended by one step past the edge
+  its ``point`` value sits on: the ratio of the two outermost values there if every
+  value is positive, else their difference."""
+  out = dict(grid)
+  for name in edge_names(grid, point):
+    v = sorted(grid[name])
+    # Rounded to 6 digits: 0.05 -> 0.025, not 0.025000000000000005.
+    step = lambda edge, inner: float(f"{edge * edge / inner if v[0] > 0 else 2 * edge - inner:.6g}")
+    if point[name] == v[0]:
+      out[name] = [step(v[0], v[1])] + v
+    if point[name] == v[-1]:
+      out[name] = out[name] + [step(v[-1], v[-2])]
+  return out
+
+
+def tune(config: TrainConfig, grid, search: bool = True, widen: int = 0) -> Optional[tuple]:
+  """``(grid point of best validation HR@10, that HR@10, edge names)`` for ``config``.
 
   Every point searched is kept in ``<config.workdir>/tuning.json`` and reused by a
   later call with the same result-affecting settings: a widened grid searches only
   its new points (each point's result is its own deterministic run; points searched
   in different calls ran in different vmapped programs, so they agree with a joint
-  search up to float rounding). With ``search=False`` only kept results are used
-  (None if some point was never searched).
+  search up to float rounding). Up to ``widen`` times, a pick at the grid's edge
+  widens the grid past it (``widened``) and searches the new points; the names still
+  at an edge are returned. With ``search=False`` only kept results are used (None if
+  some point was never searched).
   """
   candidate = dataclasses.replace(config,
                                   validation=True,
@@ -102,25 +134,30 @@ def tune(config: TrainConfig, grid, search: bool = True) -> Optional[tuple]:
   # A point's full setting: its values, the candidate's for the other sweepable names.
   key = lambda point: tuple(point.get(name, getattr(candidate, name)) for name in SWEEPABLE)
   found = {key(r): r for r in kept}
-  points = grid_points(grid)
-  missing = [p for p in points if key(p) not in found]
-  if missing and not search:
-    return None
-  if missing:
-    new = sweep_points(candidate, [config.seed], missing)
-    found.update((key(r), r) for r in new)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    outputs.write_json(path,
-                       dict(config=dataclasses.asdict(candidate), results=kept + new),
-                       indent=1)
-  results = [found[key(p)] for p in points]
-  best = max(results, key=lambda r: r["hr@10"])
-  point = {name: best[name] for name in grid}
-  how = (f"tuned ({len(missing)} of {len(results)} points searched)" if missing else "kept")
-  print(f"   {how} {point} (payload {config.payload_ratio:g}): validation HR@10 "
-        + ", ".join(f"{'/'.join(str(r[n]) for n in grid)}: {r['hr@10']:.4f}" for r in results),
-        flush=True)
-  return point, best["hr@10"]
+  for step in range(widen + 1):
+    points = grid_points(grid)
+    missing = [p for p in points if key(p) not in found]
+    if missing and not search:
+      return None
+    if missing:
+      new = sweep_points(candidate, [config.seed], missing)
+      found.update((key(r), r) for r in new)
+      kept += new
+      path.parent.mkdir(parents=True, exist_ok=True)
+      outputs.write_json(path, dict(config=dataclasses.asdict(candidate), results=kept), indent=1)
+    results = [found[key(p)] for p in points]
+    # A diverged candidate (NaN) never wins.
+    best = max(results, key=lambda r: r["hr@10"] if np.isfinite(r["hr@10"]) else -np.inf)
+    point = {name: best[name] for name in grid}
+    how = (f"tuned ({len(missing)} of {len(results)} points searched)" if missing else "kept")
+    print(f"   {how} {point} (payload {config.payload_ratio:g}): validation HR@10 "
+          + ", ".join(f"{'/'.join(str(r[n]) for n in grid)}: {r['hr@10']:.4f}" for r in results),
+          flush=True)
+    edges = edge_names(grid, point)
+    if not edges or step == widen:
+      return point, best["hr@10"], edges
+    grid = widened(grid, point)
+    print(f"   the pick sits at the edge of {', '.join(edges)}: widening the grid", flush=True)
 
 
 def holds_other_pick(config: TrainConfig, grid) -> bool:
@@ -143,8 +180,14 @@ def finished_summary(config: TrainConfig) -> Optional[dict]:
   return summary if finished and not config_differences(summary["config"], config) else None
 
 
-def table_row(config: TrainConfig, ratio_text: str, summary: dict, tuned_names,
-              valid_hr: float) -> dict:
+def table_row(config: TrainConfig,
+              ratio_text: str,
+              summary: dict,
+              tuned_names,
+              valid_hr: float,
+              edges=()) -> dict:
+  """``compare.csv``'s row of a finished run; ``tuned`` names the searched setting,
+  marked ``(grid edge)`` where the search's pick sits at its grid's edge (``edges``)."""
   final, best = summary["final"], summary["best"]
   # A protocol the run did not compute (--eval_protocol) is left empty.
   scores = {
@@ -156,9 +199,10 @@ def table_row(config: TrainConfig, ratio_text: str, summary: dict, tuned_names,
   }
   return {
       "dataset": config.dataset, "model": config.model, "method": config.method,
-      "payload_ratio": ratio_text, "seed": config.seed, "rounds": config.rounds,
-      **scores, "tuned": ";".join(f"{name}={summary['config'][name]}" for name in tuned_names),
-      "valid_hr@10": valid_hr, "bits_up_total": final["bits_up_total"],
+      "payload_ratio": ratio_text, "seed": config.seed, "rounds": config.rounds, **scores, "tuned":
+          ";".join(f"{name}={summary['config'][name]}" + (" (grid edge)" if name in edges else "")
+                   for name in tuned_names
+                  ), "valid_hr@10": valid_hr, "bits_up_total": final["bits_up_total"],
       "bits_down_total": final["bits_down_total"], "compression_up": final["compression_up"],
       "compression_down": final["compression_down"], "info_loss_total": final["info_loss_total"],
       "sim_seconds": final["sim_seconds"], "train_seconds": summary["train_seconds"]
@@ -291,8 +335,8 @@ def main(argv):
     search_seed = seed if FLAGS.tune_seed is None else FLAGS.tune_seed
     search_config = run_config(dataset, model, method, tune_at or ratio, search_seed)[1]
     print(f"== {name}", flush=True)
-    tuned = (tune(search_config, grid, search=not FLAGS.only_finished) if grid else
-             ({}, float("nan")))
+    tuned = (tune(search_config, grid, search=not FLAGS.only_finished, widen=FLAGS.tune_widen)
+             if grid else ({}, float("nan"), []))
     summary = None
     if tuned is not None:
       config = dataclasses.replace(config, **tuned[0])
@@ -303,7 +347,7 @@ def main(argv):
     if summary is None:
       print("   not finished: left out of the table", flush=True)
       continue
-    rows.append(table_row(config, ratio[0], summary, grid, tuned[1]))
+    rows.append(table_row(config, ratio[0], summary, grid, tuned[1], tuned[2]))
     curves += curve_rows(config, ratio[0])
     write_outputs(rows, outdir, curves)  # after every run: nothing is lost if interrupted
   if not rows:

@@ -1,15 +1,19 @@
 """experiments/compare.py: the table, --tune_at, kept searches, --only_finished."""
 import csv
 import json
+import math
 import subprocess
 import sys
+
+from experiments import compare
+from fedras_jax.config import TrainConfig
 
 
 def _compare(data_dir, outdir, methods, *extra):
   cmd = [
       sys.executable, "-m", "experiments.compare", f"--data_dir={data_dir}", f"--outdir={outdir}",
       f"--methods={methods}", "--ratios=1/8,1/32", "--rounds=2", "--clients_per_round=8",
-      "--eval_every=2", "--tune=item_lr=4,8", "--tune_at=1/32", *extra
+      "--eval_every=2", "--tune=item_lr=4,8", "--tune_at=1/32", "--tune_widen=0", *extra
   ]
   proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -44,7 +48,8 @@ def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
     best = max(search["results"], key=lambda r: r["hr@10"])
     assert sorted(r["item_lr"] for r in search["results"]) == [4.0, 8.0]
     for row in (r for r in rows if r["method"] == method):
-      assert row["tuned"] == f"item_lr={best['item_lr']}"
+      # Two points: the pick sits at an edge, and --tune_widen=0 leaves it there.
+      assert row["tuned"] == f"item_lr={best['item_lr']} (grid edge)"
       assert float(row["valid_hr@10"]) == best["hr@10"]
       name = f"ml-100k_mf_{method}_{row['payload_ratio'].replace('/', 'over')}_s0"
       summary = json.loads((tmp_path / name / "summary.json").read_text())
@@ -84,8 +89,8 @@ def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
   assert [r["item_lr"] for r in search["results"]] == [4.0, 8.0, 2.0]
   # The pick: best validation HR@10, ties to the first in grid order.
   best = max(sorted(search["results"], key=lambda r: r["item_lr"]), key=lambda r: r["hr@10"])
-  assert [(r["seed"], r["tuned"]) for r in rows3] == [("0", f"item_lr={best['item_lr']}"),
-                                                      ("1", f"item_lr={best['item_lr']}")]
+  tuned = f"item_lr={best['item_lr']}" + (" (grid edge)" if best["item_lr"] != 4 else "")
+  assert [(r["seed"], r["tuned"]) for r in rows3] == [("0", tuned), ("1", tuned)]
   assert not (tmp_path / "ml-100k_mf_svd_1over32_s1" / "tuning.json").exists()
   # A run at the earlier pick is replaced by one at the new pick (and only then).
   earlier = max(before["results"], key=lambda r: r["hr@10"])["item_lr"]
@@ -100,3 +105,41 @@ def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
   full = [float(r["final_full_hr@10"]) for r in rows3]
   assert f"{sum(full) / 2:.4f} ± {abs(full[0] - full[1]) / 2:.4f}" in line
   assert "final_full_hr@10" in (tmp_path / "compare.md").read_text().splitlines()[0]
+
+
+def test_widened_grid_steps_past_the_edge_of_the_pick():
+  grid = {"item_lr": [4.0, 8.0, 16.0], "dense_lr": [0.05, 0.1], "user_lr": [1.0]}
+  assert compare.edge_names(grid, dict(item_lr=8.0, dense_lr=0.1, user_lr=1.0)) == ["dense_lr"]
+  assert compare.widened(grid, dict(item_lr=4.0, dense_lr=0.1, user_lr=1.0)) == {
+      "item_lr": [2.0, 4.0, 8.0, 16.0], "dense_lr": [0.05, 0.1, 0.2], "user_lr": [1.0]
+  }
+  # Not all positive: arithmetic steps.
+  assert compare.widened({"w": [-1.0, 0.0, 2.0]}, {"w": 2.0}) == {"w": [-1.0, 0.0, 2.0, 4.0]}
+
+
+def test_tune_widens_until_the_pick_is_inside_and_keeps_every_point(tmp_path, monkeypatch):
+  """Validation HR@10 peaks at item_lr 32 (a diverged 128 is NaN): a grid of 2..8
+  widens to 16 and 32 and 64, searching only new points, and a second call searches
+  nothing."""
+  searched = []
+
+  def fake_sweep(config, seeds, points):
+    searched.append([p["item_lr"] for p in points])
+    hr = lambda lr: math.nan if lr >= 128 else 0.7 - 0.01 * (math.log2(lr) - 5)**2
+    return [dict(seed=seeds[0], **p, **{"hr@10": hr(p["item_lr"])}) for p in points]
+
+  monkeypatch.setattr(compare, "sweep_points", fake_sweep)
+  config = TrainConfig(workdir=str(tmp_path / "run"))
+  point, hr, edges = compare.tune(config, {"item_lr": [2.0, 4.0, 8.0]}, widen=5)
+  assert point == {"item_lr": 32.0} and hr == 0.7 and edges == []
+  assert searched == [[2.0, 4.0, 8.0], [16.0], [32.0], [64.0]]
+  kept = json.loads((tmp_path / "run" / compare.TUNING_FILE).read_text())["results"]
+  assert [r["item_lr"] for r in kept] == [2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
+  # Tabulating only: the same path through the kept points, nothing searched.
+  assert compare.tune(config, {"item_lr": [2.0, 4.0, 8.0]}, search=False,
+                      widen=5) == (point, hr, [])
+  assert len(searched) == 4
+  # Too few widenings: the pick is left at the edge and named; a NaN point never wins.
+  assert compare.tune(config, {"item_lr": [2.0, 4.0, 8.0]},
+                      widen=1)[::2] == ({"item_lr": 16.0}, ["item_lr"])
+  assert compare.tune(config, {"item_lr": [64.0, 128.0]}, widen=0)[0] == {"item_lr": 64.0}
