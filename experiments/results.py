@@ -9,7 +9,8 @@ the search picked, FedRAS's margin over uncompressed and over the best baseline 
 ratio, the simulated time each method takes to reach the uncompressed final HR@10
 minus 0.01 (from ``curves.csv``, the runs' evaluation rows, when the part has it) and
 (with matplotlib) HR@10 and NDCG@10 against the payload ratio with seed error bars,
-next to the CSV it is drawn from::
+next to the CSV it is drawn from, HR@10 against simulated time (from ``curves.csv``) and
+the information loss of each compressed method::
 
     python -m experiments.results                 # docs/results/* -> docs/results.md
 
@@ -158,14 +159,29 @@ def time_to_target(curves, rows, margin: float = 0.01) -> list:
   return lines
 
 
-def plot_part(rows, path: pathlib.Path) -> bool:
-  """HR@10 and NDCG@10 against the payload ratio, one line per method, seed std as
-  error bars, to ``path``; False without matplotlib."""
+def _pyplot():
+  """matplotlib's pyplot on the Agg backend, or None without matplotlib."""
   try:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
   except ImportError:
+    return None
+  return plt
+
+
+def _save(fig, plt, path: pathlib.Path):
+  fig.tight_layout()
+  with outputs.naming(path):
+    fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_part(rows, path: pathlib.Path) -> bool:
+  """HR@10 and NDCG@10 against the payload ratio, one line per method, seed std as
+  error bars, to ``path``; False without matplotlib."""
+  plt = _pyplot()
+  if plt is None:
     return False
   stats = pages.seed_stats(rows, ("method", "payload_ratio"), METRICS[:2])
   fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -181,10 +197,70 @@ def plot_part(rows, path: pathlib.Path) -> bool:
     ax.set_xlabel("payload ratio (of the dense float32 item table)")
     ax.set_ylabel(metric.replace("final_", "").upper().replace("NDCG", "NDCG"))
   axes[0].legend(fontsize=8)
-  fig.tight_layout()
-  with outputs.naming(path):
-    fig.savefig(path, dpi=110)
-  plt.close(fig)
+  _save(fig, plt, path)
+  return True
+
+
+def curve_means(curves) -> dict:
+  """``{(payload ratio, method): [(round, simulated s, HR@10), ...]}``: per evaluation
+  round, the mean over the seeds that evaluated it, in round order."""
+  points = {}
+  for r in curves:
+    key = (r["payload_ratio"], r["method"])
+    points.setdefault(key, {}).setdefault(r["round"], []).append((r["sim_seconds"], r["hr@10"]))
+  return {
+      key: [(rnd, sum(p[0]
+                      for p in ps) / len(ps), sum(p[1]
+                                                  for p in ps) / len(ps))
+            for rnd, ps in sorted(by_round.items())] for key, by_round in points.items()
+  }
+
+
+def plot_curves(curves, path: pathlib.Path) -> bool:
+  """HR@10 against simulated seconds (``curve_means``), one panel per payload ratio,
+  one line per method, to ``path``; False without matplotlib."""
+  plt = _pyplot()
+  if plt is None:
+    return False
+  means = curve_means(curves)
+  ratios = sorted({k[0] for k in means}, key=lambda t: -Fraction(t))
+  fig, axes = plt.subplots(1, len(ratios), figsize=(4.5 * len(ratios), 3.6), squeeze=False)
+  for ax, ratio in zip(axes[0], ratios):
+    for (r, method), pts in means.items():
+      if r == ratio:
+        ax.plot([p[1] for p in pts], [p[2] for p in pts], marker=".", label=method)
+    ax.set_title(f"payload {ratio}")
+    ax.set_xlabel("simulated seconds")
+    ax.set_ylabel("HR@10")
+  axes[0][0].legend(fontsize=8)
+  _save(fig, plt, path)
+  return True
+
+
+def plot_info_loss(rows, path: pathlib.Path) -> bool:
+  """The information loss (``info_loss_total``, seeds' mean) of every compressed
+  method, bars grouped by payload ratio on a log scale, to ``path``; False without
+  matplotlib or without a compressed run that recorded it."""
+  plt = _pyplot()
+  stats = pages.seed_stats([r for r in rows if r["method"] != DENSE], ("payload_ratio", "method"),
+                           ("info_loss_total",))
+  stats = {k: s["info_loss_total"][0] for k, (_, s) in stats.items()}
+  stats = {k: v for k, v in stats.items() if math.isfinite(v) and v > 0}
+  if plt is None or not stats:
+    return False
+  ratios = sorted({k[0] for k in stats}, key=lambda t: -Fraction(t))
+  methods = list(dict.fromkeys(k[1] for k in stats))
+  fig, ax = plt.subplots(figsize=(max(5, 1.2 * len(ratios) * len(methods) / 3), 3.6))
+  width = 0.8 / len(methods)
+  for j, method in enumerate(methods):
+    xs = [i + j * width for i, t in enumerate(ratios) if (t, method) in stats]
+    ax.bar(xs, [stats[(t, method)] for t in ratios if (t, method) in stats], width, label=method)
+  ax.set_xticks([i + 0.4 - width / 2 for i in range(len(ratios))], ratios)
+  ax.set_yscale("log")
+  ax.set_xlabel("payload ratio")
+  ax.set_ylabel("information loss (summed over rounds)")
+  ax.legend(fontsize=8)
+  _save(fig, plt, path)
   return True
 
 
@@ -198,8 +274,9 @@ def _trained_by(made: dict) -> list:
   ]
 
 
-def part_section(name: str, made: dict, rows, plot_file, curves=None) -> list:
-  """The page's section of one part (``curves``: its ``curves.csv`` rows, if any)."""
+def part_section(name: str, made: dict, rows, plot_file, curves=None, figures=()) -> list:
+  """The page's section of one part (``curves``: its ``curves.csv`` rows, if any;
+  ``figures``: ``(caption, file)`` of its other plots)."""
   datasets = ", ".join(sorted({r["dataset"] for r in rows}))
   models = ", ".join(sorted({r["model"] for r in rows}))
   lines = [
@@ -216,6 +293,8 @@ def part_section(name: str, made: dict, rows, plot_file, curves=None) -> list:
         f"curves: [{name}/curves.csv](results/{name}/curves.csv)):", "",
         *time_to_target(curves, rows), ""
     ]
+  for caption, file in figures:
+    lines += [f"{caption}:", "", f"![{name}: {caption}](results/{name}/{file})", ""]
   return lines
 
 
@@ -232,7 +311,16 @@ def main(argv):
   for part in parts:
     made, rows = read_part(part)
     plotted = plot_part(rows, part / "ratio.png")
-    body += part_section(part.name, made, rows, "ratio.png" if plotted else None, read_curves(part))
+    curves = read_curves(part)
+    figures = [(caption, file) for caption, file, draw in (
+        ("HR@10 against simulated time (seeds' mean)", "curves.png",
+         lambda path: curves and plot_curves(curves, path)),
+        ("Information loss (the norm of the applied item update minus the client's own, "
+         "summed over rounds; CoLR trains its low-rank factors and sends them exactly, so its "
+         "loss is ~0 by construction and shows in accuracy instead)", "info_loss.png",
+         lambda path: plot_info_loss(rows, path)),
+    ) if draw(part / file)]
+    body += part_section(part.name, made, rows, "ratio.png" if plotted else None, curves, figures)
   outputs.write_atomic(pathlib.Path(_OUT.value), ("\n".join(body) + "\n").encode())
   print(f"wrote {_OUT.value} ({len(parts)} parts)")
 

@@ -91,8 +91,7 @@ def test_the_plot_is_drawn_from_the_rows(part):
   assert (part / "ratio.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_time_to_target_finds_the_first_evaluation_at_the_target(part):
-  _, rows = results.read_part(part)  # uncompressed final HR@10: 0.68, 0.70 -> target 0.68
+def _curves():
   curves = []
   for method, seed, hrs in (("uncompressed", 0, (0.5, 0.68, 0.68)), ("uncompressed", 1, (0.6, 0.69,
                                                                                          0.70)),
@@ -108,7 +107,12 @@ def test_time_to_target_finds_the_first_evaluation_at_the_target(part):
                sim_seconds=100.0 * (i + 1) + seed,
                hr=0,
                **{"hr@10": hr, "ndcg@10": 0.0}))
-  lines = results.time_to_target(curves, rows)
+  return curves
+
+
+def test_time_to_target_finds_the_first_evaluation_at_the_target(part):
+  _, rows = results.read_part(part)  # uncompressed final HR@10: 0.68, 0.70 -> target 0.68
+  lines = results.time_to_target(_curves(), rows)
   assert "| ml-100k | mf | uncompressed | 1/32 | 2 of 2 | 200 | 50 |" in lines
   # fedras: seed 0 reaches 0.68 at its third evaluation (300 s), seed 1 never
   assert "| ml-100k | mf | fedras | 1/32 | 1 of 2 | 300 | 75 |" in lines
@@ -120,3 +124,23 @@ def test_a_tabulating_command_says_what_trained_the_runs(part):
   assert "trained by the same command" not in section()
   made["command"] += " --only_finished"
   assert "trained by the same command" in section()
+
+
+def test_curve_means_average_the_seeds_at_each_round():
+  means = results.curve_means(_curves())
+  # fedras round 25: seeds at 100 s and 101 s, HR@10 0.4 and 0.4; round 75: 0.685, 0.6
+  assert means[("1/32", "fedras")][0] == pytest.approx((25.0, 100.5, 0.4))
+  assert means[("1/32", "fedras")][2] == pytest.approx((75.0, 300.5, 0.6425))
+  assert [p[0] for p in means[("1/32", "uncompressed")]] == [25.0, 50.0, 75.0]
+
+
+def test_the_curve_and_information_loss_plots(part):
+  pytest.importorskip("matplotlib")
+  _, rows = results.read_part(part)
+  assert results.plot_curves(_curves(), part / "curves.png")
+  assert results.plot_info_loss(rows, part / "info_loss.png")
+  for name in ("curves.png", "info_loss.png"):
+    assert (part / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # Only the dense baseline, or nothing recorded: no information-loss plot.
+  assert not results.plot_info_loss([r for r in rows if r["method"] == "uncompressed"],
+                                    part / "none.png")
