@@ -14,7 +14,7 @@ import optax
 
 from fedras_jax import data as data_lib
 from fedras_jax import distributed
-from fedras_jax.compress import cold_start, dense_bits, error_feedback, identity
+from fedras_jax.compress import cold_start, dense_bits, error_feedback, identity, row_gains
 from fedras_jax.compress.registry import make_compressor
 from fedras_jax.config import DATASETS, TrainConfig
 from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams, client_data_from_split,
@@ -28,10 +28,10 @@ import numpy as np
 def build_compressors(config: TrainConfig, num_items: int, item_dim: int):
   """``(uplink, downlink)`` compressors of ``config.method`` (see ``compress.registry``).
 
-  The downlink is ``identity`` for uncompressed runs and without
-  ``downlink_compression`` (exact: nothing to feed back); otherwise the uplink's
-  compressor, started cold each round without ``downlink_warm_start`` and with
-  error feedback under ``downlink_feedback``.
+  The uplink sends per-row gains with ``gain_bits`` (``row_gains``). The downlink is
+  ``identity`` for uncompressed runs and without ``downlink_compression`` (exact:
+  nothing to feed back); otherwise the uplink's compressor, started cold each round
+  without ``downlink_warm_start`` and with error feedback under ``downlink_feedback``.
   """
   up = make_compressor(config.method,
                        num_items,
@@ -41,6 +41,8 @@ def build_compressors(config: TrainConfig, num_items: int, item_dim: int):
                        tau=config.tau,
                        tau_mode=config.tau_mode,
                        value_bits=config.value_bits)
+  if config.gain_bits:
+    up = row_gains(up, config.gain_bits)
   if up.name == "identity" or not config.downlink_compression:
     return up, identity(num_items)
   down = up if config.downlink_warm_start else cold_start(up)

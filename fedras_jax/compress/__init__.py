@@ -3,8 +3,8 @@
 registry of named ones (``register`` adds one)."""
 from fedras_jax.compress.base import (Compressor, Context, DensePayload, Encoded, dense_bits,
                                       identity, stateless)
-from fedras_jax.compress.wrappers import (EmbeddingPayload, FeedbackState, cold_start,
-                                          error_feedback, on_embeddings, shared_basis)
+from fedras_jax.compress.wrappers import (EmbeddingPayload, FeedbackState, GainPayload, cold_start,
+                                          error_feedback, on_embeddings, row_gains, shared_basis)
 from fedras_jax.compress.roundtrip import Roundtrip, roundtrip, roundtrip_clients
 from fedras_jax.compress.fedras import FedRASPayload, fedras, sparse_dense_bits
 from fedras_jax.compress.topk import TopKPayload, entries_for_budget, topk, topk_bits

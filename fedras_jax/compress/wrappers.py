@@ -13,6 +13,9 @@ same protocol), so the round has one path for every method: ``init`` once,
 * :func:`shared_basis`: the inner compressor gets the round's shared key (CoLR's
   basis ``B [r, d]``) instead of a per-sender one, and the clients train their item
   rows in ``B``'s row space (``item_projection``: ``B^T B``).
+* :func:`row_gains`: every row the inner compressor decodes to a nonzero row also
+  gets a quantized gain, its least-squares scale onto the row it stands for
+  (gain-shape coding: the inner compressor codes directions, the gains magnitudes).
 """
 import functools
 from typing import Any, Callable, NamedTuple
@@ -132,3 +135,93 @@ def shared_basis(inner: Compressor, basis: Callable[[Any], jax.Array]) -> Compre
   """
   return inner._replace(encode=functools.partial(_shared_key_encode, inner),
                         item_projection=functools.partial(_basis_projection, basis))
+
+
+class GainPayload(NamedTuple):
+  """inner: the inner compressor's payload; codes ``[n]`` int32: each row's gain
+  code (``gain_codes``); lo, hi: ``[]`` float32 log2 range of the gains' magnitudes;
+  on: ``[]`` bool, gains sent (False when the inner payload was exact);
+  bits: the inner payload's bits plus the gains' (``gain_bits`` per nonzero decoded
+  row and 64 for the range, when on)."""
+  inner: Any
+  codes: jax.Array
+  lo: jax.Array
+  hi: jax.Array
+  on: jax.Array
+  bits: jax.Array
+
+  @property
+  def num_actions(self):
+    return self.inner.num_actions
+
+
+def gain_codes(gains, sent, gain_bits: int):
+  """Quantizes ``gains [n]`` (where ``sent [n]``) to ``gain_bits``-bit codes.
+
+  A code is a sign bit and a level: 0 for a zero gain, else ``1 .. L`` (``L =
+  2^(gain_bits - 1) - 1``) spaced evenly in ``log2 |gain|`` between the smallest and
+  largest over the sent rows (``lo``, ``hi``), nearest level. Returns ``(codes [n]
+  int32, lo, hi)``; :func:`gain_values` inverts it.
+  """
+  levels = 2**(gain_bits - 1) - 1
+  mag = jnp.abs(gains)
+  nonzero = sent & (mag > 0)
+  log_mag = jnp.log2(jnp.where(nonzero, mag, 1.0))
+  lo = jnp.min(jnp.where(nonzero, log_mag, jnp.inf))
+  hi = jnp.max(jnp.where(nonzero, log_mag, -jnp.inf))
+  lo, hi = jnp.where(jnp.any(nonzero), lo, 0.0), jnp.where(jnp.any(nonzero), hi, 0.0)
+  step = jnp.where(hi > lo, (hi - lo) / (levels - 1), 1.0)
+  level = 1 + jnp.clip(jnp.round((log_mag - lo) / step), 0, levels - 1).astype(jnp.int32)
+  codes = jnp.where(nonzero, level, 0) + jnp.where(gains < 0, levels + 1, 0)
+  return codes, lo, hi
+
+
+def gain_values(codes, lo, hi, gain_bits: int):
+  """``[n]`` float32 gains of :func:`gain_codes`'s ``codes`` and range."""
+  levels = 2**(gain_bits - 1) - 1
+  negative = codes > levels
+  level = jnp.where(negative, codes - levels - 1, codes)
+  step = jnp.where(hi > lo, (hi - lo) / (levels - 1), 1.0)
+  mag = jnp.where(level > 0, jnp.exp2(lo + (level - 1).astype(jnp.float32) * step), 0.0)
+  return jnp.where(negative, -mag, mag)
+
+
+def _gains_encode(inner: Compressor, gain_bits: int, rows, mask, budget_bits, key, state,
+                  context) -> Encoded:
+  # The gains' bits are set aside first: a nonzero decoded row is a masked row.
+  candidates = jnp.sum(mask & jnp.any(rows != 0, axis=1), dtype=jnp.int32)
+  coded = inner.encode(rows, mask, budget_bits - candidates * gain_bits - 64, key, state, context)
+  approx = inner.decode(coded.payload)
+  norm2 = jnp.sum(approx * approx, axis=1)
+  sent = norm2 > 0  # the receiver knows these rows: they decode nonzero
+  gains = jnp.where(sent, jnp.sum(coded.target * approx, axis=1) / jnp.where(sent, norm2, 1.0), 1.0)
+  codes, lo, hi = gain_codes(gains, sent, gain_bits)
+  on = jnp.any(approx != coded.target)
+  bits = coded.payload.bits + jnp.where(on, jnp.sum(sent, dtype=jnp.int32) * gain_bits + 64, 0)
+  return coded._replace(
+      payload=GainPayload(inner=coded.payload, codes=codes, lo=lo, hi=hi, on=on, bits=bits))
+
+
+def _gains_decode(inner: Compressor, gain_bits: int, payload: GainPayload) -> jax.Array:
+  gains = gain_values(payload.codes, payload.lo, payload.hi, gain_bits)
+  return inner.decode(payload.inner) * jnp.where(payload.on, gains, 1.0)[:, None]
+
+
+def row_gains(inner: Compressor, gain_bits: int) -> Compressor:
+  """``inner`` with a ``gain_bits``-bit gain per nonzero decoded row (gain-shape coding).
+
+  Encodes with the budget less the gains' share (``gain_bits`` per masked nonzero
+  row, 64 for the range), decodes, and sends for every row ``i`` that decodes
+  nonzero the quantized (:func:`gain_codes`) least-squares gain ``g_i = t_i . a_i /
+  |a_i|^2`` of its decoded row ``a_i`` onto the row ``t_i`` it stands for; decode is
+  ``g_i a_i``. An action quantizer's decoded rows are shared directions (the
+  centroids): the gains restore each row's magnitude, which a cosine split test does
+  not see (docs/design/fedras.md). Sends no gains (and counts none) when the inner
+  payload decoded exactly. An exact ``inner`` is returned as it is.
+  """
+  if inner.exact:
+    return inner
+  if not 3 <= gain_bits <= 16:
+    raise ValueError(f"gain_bits must be in [3, 16], got {gain_bits}")
+  return inner._replace(encode=functools.partial(_gains_encode, inner, gain_bits),
+                        decode=functools.partial(_gains_decode, inner, gain_bits))
