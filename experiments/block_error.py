@@ -13,6 +13,10 @@ variants that treat the blocks separately:
 * ``separate``: each block clustered on its own, the budget split by block width;
 * ``fixed_k``: one codebook, ``fedras_fixed_k`` (always the budget's K: no split test).
 
+For ``joint`` and ``fixed_k`` it also reports ``*_magnitude_share``: the share of the
+squared error that is the rows' lengths rather than their directions
+(``magnitude_shares``; docs/design/row_gains.md).
+
     python -m experiments.block_error --flagfile=configs/ml100k_ncf.flags \
         --data_dir=/work/data --ckpt_dir=/work/runs/ncf14/fedras/checkpoints
 """
@@ -58,6 +62,17 @@ def block_relative_errors(decoded, rows, client, blocks, num_clients):
   return jnp.stack([rel(slice(a, b)) for a, b in blocks] + [rel(slice(None))])
 
 
+def magnitude_shares(decoded, rows, client, num_clients):
+  """``[M]``: per client, the share of the squared error ``sum |t - a|^2`` over its slot
+  rows that is the rows' lengths, ``sum (|t| - |a|)^2`` (the rest, ``2 |t||a| (1 - cos)``,
+  is their directions); ``decoded``/``rows``: ``[S, d]``, client: ``[S]``."""
+  length = jnp.square(jnp.linalg.norm(rows, axis=1) - jnp.linalg.norm(decoded, axis=1))
+  total = jnp.sum(jnp.square(rows - decoded), axis=1)
+  length = jax.ops.segment_sum(length, client, num_segments=num_clients)
+  total = jax.ops.segment_sum(total, client, num_segments=num_clients)
+  return length / jnp.maximum(total, 1e-30)
+
+
 def main(argv):
   del argv
   config = flag_lib.config_from_flags(TrainConfig).validate()
@@ -91,6 +106,9 @@ def main(argv):
   def block_errors(decoded, rows, client):
     return block_relative_errors(decoded, rows, client, blocks, m)
 
+  def magnitude_share(decoded, rows, client):
+    return magnitude_shares(decoded, rows, client, m)
+
   @jax.jit
   def measure(local):
     rows, client = local.deltas, local.layout.client
@@ -114,10 +132,12 @@ def main(argv):
       up = roundtrip_clients(full, rows, *args, local.budget, local.up_keys, buckets=buckets)
       res["joint"] = block_errors(up.decoded, rows, client)
       res["joint_k"] = up.num_actions
+      res["joint_magnitude_share"] = magnitude_share(up.decoded, rows, client)
     if "fixed_k" in _VARIANTS.value:
       up = roundtrip_clients(fixed, rows, *args, local.budget, local.up_keys, buckets=buckets)
       res["fixed_k"] = block_errors(up.decoded, rows, client)
       res["fixed_k_k"] = up.num_actions
+      res["fixed_k_magnitude_share"] = magnitude_share(up.decoded, rows, client)
     if "scaled" in _VARIANTS.value:
       scale = res["rms"].T[client]  # [S, B]
       cols = jnp.concatenate(

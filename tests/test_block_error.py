@@ -1,7 +1,7 @@
 """experiments.block_error: the per-block relative error against NumPy."""
 import numpy as np
 
-from experiments.block_error import block_relative_errors
+from experiments.block_error import block_relative_errors, magnitude_shares
 
 
 def test_block_relative_errors_match_numpy():
@@ -20,3 +20,13 @@ def test_block_relative_errors_match_numpy():
       want[i, c] = np.linalg.norm(d - r) / np.linalg.norm(r)
   np.testing.assert_allclose(got, want, rtol=1e-5)
   assert got.shape == (3, 5) and np.all(got[:, 4] == 0)  # a client with no rows: 0
+
+
+def test_magnitude_share_splits_the_error_into_length_and_direction():
+  # Client 0: a row decoded at twice its length (all length); client 1: a row decoded
+  # at the same length, turned 90 degrees (all direction); client 2: both, by hand.
+  rows = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]], np.float32)
+  decoded = np.array([[2.0, 0.0], [2.0, 0.0], [0.0, 1.0]], np.float32)
+  got = np.asarray(magnitude_shares(decoded, rows, np.array([0, 1, 2], np.int32), 3))
+  # client 2: (3 - 1)^2 = 4 of |(3, -1)|^2 = 10
+  np.testing.assert_allclose(got, [1.0, 0.0, 0.4], atol=1e-6)
