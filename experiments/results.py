@@ -178,25 +178,31 @@ def _save(fig, plt, path: pathlib.Path):
 
 
 def plot_part(rows, path: pathlib.Path) -> bool:
-  """HR@10 and NDCG@10 against the payload ratio, one line per method, seed std as
-  error bars, to ``path``; False without matplotlib."""
+  """HR@10 and NDCG@10 against the payload ratio (top) and against the uplink each run
+  actually sent (bottom: ``1 - compression_up``, the seeds' mean; an adaptive method
+  sends less than its ratio allows), one line per method, seed std as error bars, to
+  ``path``; False without matplotlib."""
   plt = _pyplot()
   if plt is None:
     return False
-  stats = pages.seed_stats(rows, ("method", "payload_ratio"), METRICS[:2])
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-  for ax, metric in zip(axes, METRICS[:2]):
-    for method in dict.fromkeys(m for m, _ in stats):
-      pts = sorted((float(Fraction(t)), *stats[(m, t)][1][metric]) for m, t in stats if m == method)
-      ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
-                  yerr=[p[2] for p in pts],
-                  marker="o",
-                  capsize=3,
-                  label=method)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("payload ratio (of the dense float32 item table)")
-    ax.set_ylabel(metric.replace("final_", "").upper().replace("NDCG", "NDCG"))
-  axes[0].legend(fontsize=8)
+  stats = pages.seed_stats(rows, ("method", "payload_ratio"), METRICS[:2] + ("compression_up",))
+  fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
+  sent = lambda s: 1.0 - s["compression_up"][0]
+  for row, (x_of, label) in enumerate(
+      ((lambda t, s: float(Fraction(t)), "payload ratio (of the dense float32 item table)"),
+       (lambda t, s: sent(s), "uplink sent (of the dense float32 item table, measured)"))):
+    for ax, metric in zip(axes[row], METRICS[:2]):
+      for method in dict.fromkeys(m for m, _ in stats):
+        pts = sorted((x_of(t, s), *s[metric]) for (m, t), (_, s) in stats.items() if m == method)
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts],
+                    yerr=[p[2] for p in pts],
+                    marker="o",
+                    capsize=3,
+                    label=method)
+      ax.set_xscale("log", base=2)
+      ax.set_xlabel(label)
+      ax.set_ylabel(metric.replace("final_", "").upper())
+  axes[0][0].legend(fontsize=8)
   _save(fig, plt, path)
   return True
 
