@@ -197,12 +197,12 @@ def table_row(config: TrainConfig,
       for m in ("hr", "ndcg")
       if f"{which}_{prefix}{m}@10" in COLUMNS
   }
+  tuned = ";".join(f"{name}={summary['config'][name]}" + (" (grid edge)" if name in edges else "")
+                   for name in tuned_names)
   return {
       "dataset": config.dataset, "model": config.model, "method": config.method,
-      "payload_ratio": ratio_text, "seed": config.seed, "rounds": config.rounds, **scores, "tuned":
-          ";".join(f"{name}={summary['config'][name]}" + (" (grid edge)" if name in edges else "")
-                   for name in tuned_names
-                  ), "valid_hr@10": valid_hr, "bits_up_total": final["bits_up_total"],
+      "payload_ratio": ratio_text, "seed": config.seed, "rounds": config.rounds,
+      **scores, "tuned": tuned, "valid_hr@10": valid_hr, "bits_up_total": final["bits_up_total"],
       "bits_down_total": final["bits_down_total"], "compression_up": final["compression_up"],
       "compression_down": final["compression_down"], "info_loss_total": final["info_loss_total"],
       "sim_seconds": final["sim_seconds"], "train_seconds": summary["train_seconds"]
