@@ -50,7 +50,13 @@ def read_part(part: pathlib.Path):
     rows = list(csv.DictReader(f))
   if not rows or any(c not in rows[0] for c in ("method", "payload_ratio", *METRICS[:2])):
     raise ValueError(f"{csv_path}: not a compare.csv (no rows, or columns missing)")
-  return made, rows
+  return made, [dense_at_one(r) for r in rows]
+
+
+def dense_at_one(row: dict) -> dict:
+  """``row`` with the payload ratio ``"1"`` if it is the uncompressed baseline's (it
+  sends the dense table at every ratio; compare runs it once, under the first ratio)."""
+  return {**row, "payload_ratio": "1"} if row["method"] == DENSE else row
 
 
 def _cell(mean_std) -> str:
@@ -95,11 +101,17 @@ def method_table(rows) -> list:
 
 def margins(rows) -> list:
   """Markdown lines: at each (dataset, model, ratio), FedRAS's mean HR@10 and NDCG@10
-  minus uncompressed's and minus the best baseline's (by HR@10), naming that baseline."""
+  minus uncompressed's (at any ratio: it sends the dense table) and minus the best
+  baseline's (by HR@10), naming that baseline."""
   stats = pages.seed_stats(rows, ("dataset", "model", "payload_ratio", "method"), METRICS[:2])
+  dense = {(d, m): s for (d, m, _, method), (_, s) in stats.items() if method == DENSE}
   by_point = {}
   for (dataset, model, ratio, method), (_, s) in stats.items():
-    by_point.setdefault((dataset, model, ratio), {})[method] = s
+    if method != DENSE:
+      by_point.setdefault((dataset, model, ratio), {})[method] = s
+  for (dataset, model, _), methods in by_point.items():
+    if (dataset, model) in dense:
+      methods[DENSE] = dense[(dataset, model)]
   lines = [
       "| dataset | model | payload | FedRAS − uncompressed (HR / NDCG) | best baseline | "
       "FedRAS − best baseline (HR / NDCG) |", "|" + "---|" * 6
@@ -128,7 +140,7 @@ def read_curves(part: pathlib.Path):
   for r in rows:
     for c in ("round", "sim_seconds", "hr@10", "ndcg@10"):
       r[c] = float(r[c])
-  return rows
+  return [dense_at_one(r) for r in rows]
 
 
 def time_to_target(curves, rows, margin: float = 0.01) -> list:
@@ -224,16 +236,18 @@ def curve_means(curves) -> dict:
 
 def plot_curves(curves, path: pathlib.Path) -> bool:
   """HR@10 against simulated seconds (``curve_means``), one panel per payload ratio,
-  one line per method, to ``path``; False without matplotlib."""
+  one line per method (uncompressed in every panel), to ``path``; False without
+  matplotlib."""
   plt = _pyplot()
   if plt is None:
     return False
   means = curve_means(curves)
-  ratios = sorted({k[0] for k in means}, key=lambda t: -Fraction(t))
+  # The uncompressed curve (ratio 1) is the reference in every panel.
+  ratios = sorted({k[0] for k in means if k[1] != DENSE} or {"1"}, key=lambda t: -Fraction(t))
   fig, axes = plt.subplots(1, len(ratios), figsize=(4.5 * len(ratios), 3.6), squeeze=False)
   for ax, ratio in zip(axes[0], ratios):
     for (r, method), pts in means.items():
-      if r == ratio:
+      if r == ratio or method == DENSE:
         ax.plot([p[1] for p in pts], [p[2] for p in pts], marker=".", label=method)
     ax.set_title(f"payload {ratio}")
     ax.set_xlabel("simulated seconds")
@@ -300,7 +314,7 @@ def part_section(name: str, made: dict, rows, plot_file, curves=None, figures=()
         *time_to_target(curves, rows), ""
     ]
   for caption, file in figures:
-    lines += [f"{caption}:", "", f"![{name}: {caption}](results/{name}/{file})", ""]
+    lines += [f"{caption}:", "", f"![{name}: {file}](results/{name}/{file})", ""]
   return lines
 
 

@@ -144,3 +144,15 @@ def test_the_curve_and_information_loss_plots(part):
   # Only the dense baseline, or nothing recorded: no information-loss plot.
   assert not results.plot_info_loss([r for r in rows if r["method"] == "uncompressed"],
                                     part / "none.png")
+
+
+def test_the_dense_baseline_counts_at_every_ratio(part):
+  """compare runs uncompressed once, under its first ratio: the page shows it at
+  payload 1 and measures FedRAS at every ratio against it."""
+  made, rows = results.read_part(part)
+  assert {r["payload_ratio"] for r in rows if r["method"] == "uncompressed"} == {"1"}
+  rows += [dict(r, payload_ratio="1/8", final_hr=0) for r in rows if r["method"] == "fedras"]
+  lines = results.margins(rows)
+  assert "| ml-100k | mf | 1/8 | -0.0100 / -0.0100 | - | - |" in lines
+  assert "| ml-100k | mf | 1/32 | -0.0100 / -0.0100 | topk | +0.0400 / +0.1000 |" in lines
+  assert "| ml-100k | mf | uncompressed | 1 | 2 |" in "\n".join(results.method_table(rows))
