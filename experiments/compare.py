@@ -260,11 +260,8 @@ def write_outputs(rows, outdir: pathlib.Path, curves=()):
     lines += ["", "Over seeds (mean ± std):", ""] + over_seeds(rows)
   outputs.write_atomic(outdir / "compare.md", ("\n".join(lines) + "\n").encode())
   outputs.write_json(outdir / "compare.json", pages.provenance("experiments.compare"), indent=1)
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
+  plt = pages.pyplot()
+  if plt is None:
     print("matplotlib not installed: no plot (pip install -e '.[plot]')")
     return
   fig, ax = plt.subplots(figsize=(6, 4))
@@ -277,9 +274,7 @@ def write_outputs(rows, outdir: pathlib.Path, curves=()):
   ax.set_xlabel("payload ratio (of the dense float32 item table)")
   ax.set_ylabel("HR@10")
   ax.legend()
-  fig.tight_layout()
-  with outputs.naming(outdir / "compare.png"):
-    fig.savefig(outdir / "compare.png", dpi=120)
+  pages.save_figure(fig, plt, outdir / "compare.png", dpi=120)
 
 
 def main(argv):

@@ -45,6 +45,26 @@ def provenance_lines(made: dict) -> list:
   ]
 
 
+def pyplot():
+  """matplotlib's pyplot on the Agg backend, or None without matplotlib (the optional
+  ``plot`` extra)."""
+  try:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    return None
+  return plt
+
+
+def save_figure(fig, plt, path, dpi: int = 110):
+  """Writes ``fig`` to ``path`` (tight layout) and closes it."""
+  fig.tight_layout()
+  with outputs.naming(path):
+    fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+
+
 def seed_stats(rows, keys: Sequence[str], columns: Sequence[str]) -> dict:
   """``{group: (seeds, {column: (mean, std)})}`` over rows grouped by their ``keys``
   values (in first-seen order); std is the population std; a column with an empty or

@@ -171,30 +171,12 @@ def time_to_target(curves, rows, margin: float = 0.01) -> list:
   return lines
 
 
-def _pyplot():
-  """matplotlib's pyplot on the Agg backend, or None without matplotlib."""
-  try:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-  except ImportError:
-    return None
-  return plt
-
-
-def _save(fig, plt, path: pathlib.Path):
-  fig.tight_layout()
-  with outputs.naming(path):
-    fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
 def plot_part(rows, path: pathlib.Path) -> bool:
   """HR@10 and NDCG@10 against the payload ratio (top) and against the uplink each run
   actually sent (bottom: ``1 - compression_up``, the seeds' mean; an adaptive method
   sends less than its ratio allows), one line per method, seed std as error bars, to
   ``path``; False without matplotlib."""
-  plt = _pyplot()
+  plt = pages.pyplot()
   if plt is None:
     return False
   stats = pages.seed_stats(rows, ("method", "payload_ratio"), METRICS[:2] + ("compression_up",))
@@ -215,7 +197,7 @@ def plot_part(rows, path: pathlib.Path) -> bool:
       ax.set_xlabel(label)
       ax.set_ylabel(metric.replace("final_", "").upper())
   axes[0][0].legend(fontsize=8)
-  _save(fig, plt, path)
+  pages.save_figure(fig, plt, path)
   return True
 
 
@@ -238,7 +220,7 @@ def plot_curves(curves, path: pathlib.Path) -> bool:
   """HR@10 against simulated seconds (``curve_means``), one panel per payload ratio,
   one line per method (uncompressed in every panel), to ``path``; False without
   matplotlib."""
-  plt = _pyplot()
+  plt = pages.pyplot()
   if plt is None:
     return False
   means = curve_means(curves)
@@ -253,7 +235,7 @@ def plot_curves(curves, path: pathlib.Path) -> bool:
     ax.set_xlabel("simulated seconds")
     ax.set_ylabel("HR@10")
   axes[0][0].legend(fontsize=8)
-  _save(fig, plt, path)
+  pages.save_figure(fig, plt, path)
   return True
 
 
@@ -261,7 +243,7 @@ def plot_info_loss(rows, path: pathlib.Path) -> bool:
   """The information loss (``info_loss_total``, seeds' mean) of every compressed
   method, bars grouped by payload ratio on a log scale, to ``path``; False without
   matplotlib or without a compressed run that recorded it."""
-  plt = _pyplot()
+  plt = pages.pyplot()
   stats = pages.seed_stats([r for r in rows if r["method"] != DENSE], ("payload_ratio", "method"),
                            ("info_loss_total",))
   stats = {k: s["info_loss_total"][0] for k, (_, s) in stats.items()}
@@ -280,7 +262,7 @@ def plot_info_loss(rows, path: pathlib.Path) -> bool:
   ax.set_xlabel("payload ratio")
   ax.set_ylabel("information loss (summed over rounds)")
   ax.legend(fontsize=8)
-  _save(fig, plt, path)
+  pages.save_figure(fig, plt, path)
   return True
 
 

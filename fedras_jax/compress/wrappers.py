@@ -155,6 +155,12 @@ class GainPayload(NamedTuple):
     return self.inner.num_actions
 
 
+def _gain_step(lo, hi, gain_bits: int):
+  """``(L, step)``: the number of nonzero levels and their spacing in log2."""
+  levels = 2**(gain_bits - 1) - 1
+  return levels, jnp.where(hi > lo, (hi - lo) / (levels - 1), 1.0)
+
+
 def gain_codes(gains, sent, gain_bits: int):
   """Quantizes ``gains [n]`` (where ``sent [n]``) to ``gain_bits``-bit codes.
 
@@ -163,14 +169,13 @@ def gain_codes(gains, sent, gain_bits: int):
   largest over the sent rows (``lo``, ``hi``), nearest level. Returns ``(codes [n]
   int32, lo, hi)``; :func:`gain_values` inverts it.
   """
-  levels = 2**(gain_bits - 1) - 1
   mag = jnp.abs(gains)
   nonzero = sent & (mag > 0)
   log_mag = jnp.log2(jnp.where(nonzero, mag, 1.0))
   lo = jnp.min(jnp.where(nonzero, log_mag, jnp.inf))
   hi = jnp.max(jnp.where(nonzero, log_mag, -jnp.inf))
   lo, hi = jnp.where(jnp.any(nonzero), lo, 0.0), jnp.where(jnp.any(nonzero), hi, 0.0)
-  step = jnp.where(hi > lo, (hi - lo) / (levels - 1), 1.0)
+  levels, step = _gain_step(lo, hi, gain_bits)
   level = 1 + jnp.clip(jnp.round((log_mag - lo) / step), 0, levels - 1).astype(jnp.int32)
   codes = jnp.where(nonzero, level, 0) + jnp.where(gains < 0, levels + 1, 0)
   return codes, lo, hi
@@ -178,10 +183,9 @@ def gain_codes(gains, sent, gain_bits: int):
 
 def gain_values(codes, lo, hi, gain_bits: int):
   """``[n]`` float32 gains of :func:`gain_codes`'s ``codes`` and range."""
-  levels = 2**(gain_bits - 1) - 1
+  levels, step = _gain_step(lo, hi, gain_bits)
   negative = codes > levels
   level = jnp.where(negative, codes - levels - 1, codes)
-  step = jnp.where(hi > lo, (hi - lo) / (levels - 1), 1.0)
   mag = jnp.where(level > 0, jnp.exp2(lo + (level - 1).astype(jnp.float32) * step), 0.0)
   return jnp.where(negative, -mag, mag)
 
