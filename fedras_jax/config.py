@@ -89,8 +89,8 @@ class TrainConfig:
                              "inverse_frequency (FedRAS) | fedavg")
   method: str = setting(
       "compression", "fedras",
-      "fedras (action sharing) | fedras_fixed_k | uncompressed | topk | svd | colr | "
-      "embedding_kmeans")
+      "fedras (action sharing) | fedras_fixed_k | uncompressed | topk | topk_int32 (TopK with "
+      "32-bit indices counted, the papers' accounting) | svd | colr | embedding_kmeans")
   payload_ratio: float = setting(
       "compression", 1 / 32,
       "payload budget as a fraction of the dense float32 item table (1/32 = 0.03125)")

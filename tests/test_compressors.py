@@ -173,6 +173,23 @@ def test_topk_keeps_the_largest_entries_and_is_exact_with_every_entry():
   np.testing.assert_array_equal(errs[0], errs[1])
 
 
+def test_topk_int32_counts_32_bit_indices():
+  """The registry's ``topk_int32``: k = budget // (32 + 32), the k largest entries."""
+  comp = make_compressor("topk_int32", R, D, payload_ratio=1.0)
+  assert comp.name == "topk_int32"
+  rows, mask = data(seed=6, live=(24,) * BATCH)
+  ks = (0, 1, 2, 5, 20, 50, 100, 128)  # 128: the static bound at ratio 1
+  budgets = [k * 64 + 63 for k in ks]  # one bit short of k + 1 entries
+  code_all = jax.jit(jax.vmap(functools.partial(code, comp)))
+  payload, decoded = jax.device_get(
+      code_all(jnp.asarray(rows), jnp.asarray(mask), jnp.asarray(budgets, jnp.int32), KEYS))
+  np.testing.assert_array_equal(payload.num_entries, ks)
+  np.testing.assert_array_equal(payload.bits, [k * 64 for k in ks])
+  # The same entries as the packed-index TopK given the same count.
+  _, packed = call("topk", rows, mask, [k * ENTRY_BITS for k in ks])
+  np.testing.assert_array_equal(np.asarray(decoded), packed)
+
+
 def test_topk_methods_agree_on_ties():
   rng = np.random.default_rng(4)
   rows = rng.integers(-3, 4, (BATCH, N, D)).astype(np.float32)  # many equal magnitudes
@@ -315,6 +332,8 @@ def test_registry_builds_every_compressor_with_budget_derived_bounds():
   assert registry.auto_max_k(1682, 64, 1 / 32) == min(128, max(16, -(-k // 16) * 16)) == 48
   assert registry.auto_max_k(1682, 64, 1.0) == 128
   assert registry.auto_max_entries(1682, 64, 1 / 32) == 2240  # 107648 // 49 = 2196 -> 2240
+  # 32-bit indices: 107648 // 64 = 1682 -> 1728.
+  assert registry.auto_max_entries(1682, 64, 1 / 32, int32_indices=True) == 1728
   assert registry.auto_max_entries(10, 4, 1.0) == 40  # capped at n * d
   assert registry.auto_max_rank(1682, 64, 1 / 32) == 8  # rank 1 -> 8
   assert registry.auto_max_rank(1682, 64, 1.0) == 64

@@ -12,7 +12,8 @@ them, and the reported bits are then below the budget):
   (``quantize.max_actions_for_budget``) rounded up to a multiple of 16, in
   ``[16, 128]`` (the rule ``training.build_compressors`` uses).
 * topk: ``max_entries`` = the budget's entry count rounded up to a multiple of 64,
-  in ``[64, num_items * item_dim]``.
+  in ``[64, num_items * item_dim]``; topk_int32 the same with every index counted as
+  32 bits (the papers' accounting, for comparisons with published figures).
 * svd: ``max_rank`` = the budget's rank rounded up to a multiple of 8, in
   ``[1, item_dim]`` (the SVD's cost does not depend on it).
 * colr: the fixed ``rank``: the largest whose ``A [num_items, r]`` fits the nominal
@@ -54,10 +55,11 @@ def auto_max_k(num_items: int, item_dim: int, payload_ratio: float, value_bits: 
 def auto_max_entries(num_items: int,
                      item_dim: int,
                      payload_ratio: float,
-                     value_bits: int = 32) -> int:
+                     value_bits: int = 32,
+                     int32_indices: bool = False) -> int:
   """The budget's TopK entry count rounded up to a multiple of 64, in ``[64, n * d]``."""
   budget = nominal_budget_bits(num_items, item_dim, payload_ratio)
-  k = budget // topk_bits(1, num_items, item_dim, value_bits=value_bits)
+  k = budget // topk_bits(1, num_items, item_dim, int32_indices, value_bits=value_bits)
   return max(1, min(num_items * item_dim, max(64, _round_up(k, 64))))
 
 
@@ -127,11 +129,16 @@ def _colr(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
               rank=colr_rank(num_items, item_dim, bounds.payload_ratio, bounds.value_bits))
 
 
-def _topk(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
+def _topk(num_items: int, item_dim: int, bounds: Bounds, int32_indices: bool = False) -> Compressor:
   return topk(num_items,
               value_bits=bounds.value_bits,
+              int32_indices=int32_indices,
               max_entries=auto_max_entries(num_items, item_dim, bounds.payload_ratio,
-                                           bounds.value_bits))
+                                           bounds.value_bits, int32_indices))
+
+
+def _topk_int32(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
+  return _topk(num_items, item_dim, bounds, int32_indices=True)
 
 
 def _svd(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
@@ -143,8 +150,8 @@ def _svd(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
 # name -> factory(num_items, item_dim, Bounds) -> Compressor; ``register`` adds to it.
 COMPRESSORS: Dict[str, Callable[[int, int, Bounds], Compressor]] = {
     "uncompressed": _uncompressed, "identity": _uncompressed, "fedras": _fedras,
-    "fedras_fixed_k": _fedras_fixed_k, "topk": _topk, "svd": _svd, "colr": _colr,
-    "embedding_kmeans": _embedding_kmeans
+    "fedras_fixed_k": _fedras_fixed_k, "topk": _topk, "topk_int32": _topk_int32, "svd": _svd,
+    "colr": _colr, "embedding_kmeans": _embedding_kmeans
 }
 
 LOSSLESS = ("uncompressed", "identity")  # need no payload ratio

@@ -6,8 +6,9 @@ costs ``ceil(log2(num_index_rows * d))`` bits::
 
     bits = k * (value_bits + ceil(log2(R * d)))          (R = num_index_rows)
 
-``topk_bits(..., int32_indices=True)`` gives the convention most papers use
-(``k * (value_bits + 32)``). ``k`` is the largest count that fits the client's
+With ``int32_indices`` every index is counted as 32 bits, the convention most papers
+use (``k * (value_bits + 32)``): fewer entries fit a budget (registered as the method
+``topk_int32``, for comparisons with published figures). ``k`` is the largest count that fits the client's
 (traced) budget, at most the static ``max_entries`` and at most the number of
 non-zero entries (sending zeros would be wasted bits), so ``bits <= budget``.
 
@@ -59,9 +60,11 @@ def entries_for_budget(budget_bits,
                        dim: int,
                        *,
                        max_entries: int,
-                       value_bits: int = 32):
+                       value_bits: int = 32,
+                       int32_indices: bool = False):
   """Largest ``k <= max_entries`` with ``topk_bits(k) <= budget_bits`` (traced int32)."""
-  return units_for_budget(budget_bits, topk_bits(1, num_index_rows, dim, value_bits=value_bits),
+  return units_for_budget(budget_bits,
+                          topk_bits(1, num_index_rows, dim, int32_indices, value_bits=value_bits),
                           max_entries)
 
 
@@ -97,7 +100,8 @@ def topk(num_index_rows: int,
          *,
          max_entries: int,
          value_bits: int = 32,
-         method: str = "top_k") -> Compressor:
+         method: str = "top_k",
+         int32_indices: bool = False) -> Compressor:
   """TopK sparsification behind the compressor contract.
 
   Args:
@@ -106,6 +110,8 @@ def topk(num_index_rows: int,
     value_bits: 32, or 16 (values rounded to bfloat16).
     method: ``"top_k"`` (``lax.top_k``, default) or ``"threshold"`` (bisection); see
       the module docstring.
+    int32_indices: count 32 bits per index (the papers' convention) instead of
+      ``ceil(log2(num_index_rows * d))``.
   """
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -122,8 +128,12 @@ def topk(num_index_rows: int,
     slots = min(max_entries, n * d)
     nnz = jnp.sum(mag > 0, dtype=jnp.int32)
     k = jnp.minimum(
-        entries_for_budget(budget_bits, num_index_rows, d, max_entries=slots,
-                           value_bits=value_bits), nnz)
+        entries_for_budget(budget_bits,
+                           num_index_rows,
+                           d,
+                           max_entries=slots,
+                           value_bits=value_bits,
+                           int32_indices=int32_indices), nnz)
     keep = jnp.arange(slots) < k
     if method == "top_k":  # sorted by magnitude, ties to lower positions
       _, flat = lax.top_k(mag, slots)
@@ -135,7 +145,7 @@ def topk(num_index_rows: int,
     return TopKPayload(values=round_values(values, value_bits),
                        indices=indices,
                        num_entries=k,
-                       bits=topk_bits(k, num_index_rows, d, value_bits=value_bits),
+                       bits=topk_bits(k, num_index_rows, d, int32_indices, value_bits),
                        layout=jnp.zeros((n, d, 0), jnp.float32))
 
   def decode(payload: TopKPayload):
@@ -143,4 +153,4 @@ def topk(num_index_rows: int,
     idx = jnp.where(payload.indices >= 0, payload.indices, n * d)
     return jnp.zeros((n * d,), jnp.float32).at[idx].set(payload.values, mode="drop").reshape(n, d)
 
-  return stateless("topk", encode, decode)
+  return stateless("topk_int32" if int32_indices else "topk", encode, decode)
