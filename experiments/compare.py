@@ -18,7 +18,8 @@ interaction per user held out, scored against its own negatives), the best
 validation HR@10 picks the setting, and only that setting is run on the test items.
 A pick at the grid's smallest or largest value widens the grid one step past it and
 searches again, up to ``--tune_widen`` times (a pick still at an edge is marked
-``(grid edge)`` in the table).
+``(grid edge)`` in the table). ``--tune_metric=ndcg@10`` picks by validation NDCG@10
+instead (the table's ``valid_hr@10`` stays the pick's validation HR@10).
 With ``--tune_at=1/32`` each method searches once, at that ratio, and uses the
 setting it found at every ratio (a ratio sweep at the cost of one search per method);
 with ``--tune_seed=0`` the search runs at seed 0 only and every seed uses its pick.
@@ -72,6 +73,8 @@ flags.DEFINE_integer("tune_widen",
                      "at its smallest or largest value by one step past that edge and search again "
                      "(geometric steps for positive values; 0: never)",
                      lower_bound=0)
+flags.DEFINE_enum("tune_metric", "hr@10", ["hr@10", "ndcg@10"],
+                  "the validation metric a --tune search maximises")
 flags.DEFINE_integer(
     "tune_seed", None, "search (--tune) at this seed only and use its "
     "setting for every seed (default: each seed searches)")
@@ -110,8 +113,13 @@ def widened(grid, point) -> dict:
   return out
 
 
-def tune(config: TrainConfig, grid, search: bool = True, widen: int = 0) -> Optional[tuple]:
-  """``(grid point of best validation HR@10, that HR@10, edge names)`` for ``config``.
+def tune(config: TrainConfig,
+         grid,
+         search: bool = True,
+         widen: int = 0,
+         metric: str = "hr@10") -> Optional[tuple]:
+  """``(grid point of best validation metric, its validation HR@10, edge names)`` for
+  ``config``; ``metric`` is ``"hr@10"`` or ``"ndcg@10"``.
 
   Every point searched is kept in ``<config.workdir>/tuning.json`` and reused by a
   later call with the same result-affecting settings: a widened grid searches only
@@ -147,11 +155,11 @@ def tune(config: TrainConfig, grid, search: bool = True, widen: int = 0) -> Opti
       outputs.write_json(path, dict(config=dataclasses.asdict(candidate), results=kept), indent=1)
     results = [found[key(p)] for p in points]
     # A diverged candidate (NaN) never wins.
-    best = max(results, key=lambda r: r["hr@10"] if np.isfinite(r["hr@10"]) else -np.inf)
+    best = max(results, key=lambda r: r[metric] if np.isfinite(r[metric]) else -np.inf)
     point = {name: best[name] for name in grid}
     how = (f"tuned ({len(missing)} of {len(results)} points searched)" if missing else "kept")
-    print(f"   {how} {point} (payload {config.payload_ratio:g}): validation HR@10 "
-          + ", ".join(f"{'/'.join(str(r[n]) for n in grid)}: {r['hr@10']:.4f}" for r in results),
+    print(f"   {how} {point} (payload {config.payload_ratio:g}): validation {metric} "
+          + ", ".join(f"{'/'.join(str(r[n]) for n in grid)}: {r[metric]:.4f}" for r in results),
           flush=True)
     edges = edge_names(grid, point)
     if not edges or step == widen:
@@ -330,8 +338,11 @@ def main(argv):
     search_seed = seed if FLAGS.tune_seed is None else FLAGS.tune_seed
     search_config = run_config(dataset, model, method, tune_at or ratio, search_seed)[1]
     print(f"== {name}", flush=True)
-    tuned = (tune(search_config, grid, search=not FLAGS.only_finished, widen=FLAGS.tune_widen)
-             if grid else ({}, float("nan"), []))
+    tuned = (tune(search_config,
+                  grid,
+                  search=not FLAGS.only_finished,
+                  widen=FLAGS.tune_widen,
+                  metric=FLAGS.tune_metric) if grid else ({}, float("nan"), []))
     summary = None
     if tuned is not None:
       config = dataclasses.replace(config, **tuned[0])

@@ -143,3 +143,24 @@ def test_tune_widens_until_the_pick_is_inside_and_keeps_every_point(tmp_path, mo
   assert compare.tune(config, {"item_lr": [2.0, 4.0, 8.0]},
                       widen=1)[::2] == ({"item_lr": 16.0}, ["item_lr"])
   assert compare.tune(config, {"item_lr": [64.0, 128.0]}, widen=0)[0] == {"item_lr": 64.0}
+
+
+def test_tune_picks_by_the_chosen_metric(tmp_path, monkeypatch):
+  """HR@10 peaks at item_lr 8, NDCG@10 at 16: each metric picks its own peak, the
+  second from the first's kept points, and the returned score is the pick's HR@10."""
+  searched = []
+
+  def fake_sweep(config, seeds, points):
+    searched.append(len(points))
+    scores = {4.0: (0.60, 0.30), 8.0: (0.66, 0.33), 16.0: (0.65, 0.36), 32.0: (0.50, 0.20)}
+    return [
+        dict(seed=seeds[0], **p, **dict(zip(("hr@10", "ndcg@10"), scores[p["item_lr"]])))
+        for p in points
+    ]
+
+  monkeypatch.setattr(compare, "sweep_points", fake_sweep)
+  config = TrainConfig(workdir=str(tmp_path / "run"))
+  grid = {"item_lr": [4.0, 8.0, 16.0, 32.0]}
+  assert compare.tune(config, grid) == ({"item_lr": 8.0}, 0.66, [])
+  assert compare.tune(config, grid, metric="ndcg@10") == ({"item_lr": 16.0}, 0.65, [])
+  assert searched == [4]
