@@ -10,7 +10,9 @@ ratio, the simulated time each method takes to reach the uncompressed final HR@1
 minus 0.01 (from ``curves.csv``, the runs' evaluation rows, when the part has it) and
 (with matplotlib) HR@10 and NDCG@10 against the payload ratio with seed error bars,
 next to the CSV it is drawn from, HR@10 against simulated time (from ``curves.csv``) and
-the information loss of each compressed method::
+the information loss of each compressed method, and, where the part holds a
+``published.csv`` (columns ``method``, ``payload_ratio``, ``hr@10``, ``source``: figures
+a paper reports for the same setting), each such figure against the part's mean::
 
     python -m experiments.results                 # docs/results/* -> docs/results.md
 
@@ -127,6 +129,49 @@ def margins(rows) -> list:
     best = max(baselines, key=lambda m: baselines[m][METRICS[0]][0]) if baselines else None
     lines.append(f"| {dataset} | {model} | {ratio} | {vs_dense} | {best or '-'} | "
                  f"{diff(baselines[best]) if best else '-'} |")
+  return lines
+
+
+PUBLISHED_COLUMNS = ("method", "payload_ratio", "hr@10", "source")
+
+
+def read_published(part: pathlib.Path):
+  """The part's ``published.csv`` rows (``hr@10`` as a float), or None without one; a
+  ``ValueError`` naming the file if a column is missing or a figure is not a number."""
+  path = part / "published.csv"
+  if not path.is_file():
+    return None
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  if not rows or any(c not in rows[0] for c in PUBLISHED_COLUMNS):
+    raise ValueError(f"{path}: needs the columns {', '.join(PUBLISHED_COLUMNS)} and a row")
+  for i, r in enumerate(rows, start=2):
+    try:
+      r["hr@10"] = float(r["hr@10"])
+    except ValueError:
+      raise ValueError(f"{path}:{i}: hr@10 {r['hr@10']!r} is not a number") from None
+  return [dense_at_one(r) for r in rows]
+
+
+def published_table(rows, published, within: float = 0.03) -> list:
+  """Markdown lines: each published HR@10 beside the part's mean final HR@10 of the
+  same method and payload ratio (of the first dataset and model), the difference and
+  whether it is within ``within``."""
+  stats = pages.seed_stats(rows, ("method", "payload_ratio"), METRICS[:1])
+  lines = [
+      f"| method | payload | HR@10 here | published | here − published | within {within} | "
+      "source |", "|" + "---|" * 7
+  ]
+  for p in published:
+    got = stats.get((p["method"], p["payload_ratio"]))
+    if got is None:
+      here, diff, ok = "not run", "-", "-"
+    else:
+      mean = got[1][METRICS[0]][0]
+      here, diff = f"{mean:.4f}", f"{mean - p['hr@10']:+.4f}"
+      ok = "yes" if abs(mean - p["hr@10"]) <= within else "no"
+    lines.append(f"| {p['method']} | {p['payload_ratio']} | {here} | {p['hr@10']:.3f} | {diff} | "
+                 f"{ok} | {p['source']} |")
   return lines
 
 
@@ -276,9 +321,16 @@ def _trained_by(made: dict) -> list:
   ]
 
 
-def part_section(name: str, made: dict, rows, plot_file, curves=None, figures=()) -> list:
+def part_section(name: str,
+                 made: dict,
+                 rows,
+                 plot_file,
+                 curves=None,
+                 figures=(),
+                 published=None) -> list:
   """The page's section of one part (``curves``: its ``curves.csv`` rows, if any;
-  ``figures``: ``(caption, file)`` of its other plots)."""
+  ``figures``: ``(caption, file)`` of its other plots; ``published``: its
+  ``published.csv`` rows, if any)."""
   datasets = ", ".join(sorted({r["dataset"] for r in rows}))
   models = ", ".join(sorted({r["model"] for r in rows}))
   lines = [
@@ -287,6 +339,11 @@ def part_section(name: str, made: dict, rows, plot_file, curves=None, figures=()
       "Mean ± population std over seeds; `setting`: what the validation search picked.", "",
       *method_table(rows), "", *margins(rows), ""
   ]
+  if published:
+    lines += [
+        f"Against published figures ([{name}/published.csv](results/{name}/published.csv)):", "",
+        *published_table(rows, published), ""
+    ]
   if plot_file:
     lines += [f"![{name}](results/{name}/{plot_file})", ""]
   if curves and any(r["method"] == DENSE for r in rows):
@@ -322,7 +379,8 @@ def main(argv):
          "loss is ~0 by construction and shows in accuracy instead)", "info_loss.png",
          lambda path: plot_info_loss(rows, path)),
     ) if draw(part / file)]
-    body += part_section(part.name, made, rows, "ratio.png" if plotted else None, curves, figures)
+    body += part_section(part.name, made, rows, "ratio.png" if plotted else None, curves, figures,
+                         read_published(part))
   outputs.write_atomic(pathlib.Path(_OUT.value), ("\n".join(body) + "\n").encode())
   print(f"wrote {_OUT.value} ({len(parts)} parts)")
 

@@ -156,3 +156,25 @@ def test_the_dense_baseline_counts_at_every_ratio(part):
   assert "| ml-100k | mf | 1/8 | -0.0100 / -0.0100 | - | - |" in lines
   assert "| ml-100k | mf | 1/32 | -0.0100 / -0.0100 | topk | +0.0400 / +0.1000 |" in lines
   assert "| ml-100k | mf | uncompressed | 1 | 2 |" in "\n".join(results.method_table(rows))
+
+
+def test_published_figures_are_set_beside_the_parts_means(part):
+  (part / "published.csv").write_text("method,payload_ratio,hr@10,source\n"
+                                      "svd,1/32,0.585,paper\n"
+                                      "uncompressed,1/32,0.72,paper\n"
+                                      "colr,1/32,0.5,paper\n")
+  _, rows = results.read_part(part)
+  lines = results.published_table(rows, results.read_published(part))
+  # svd: mean 0.61, 0.61 - 0.585 = +0.025 (within 0.03); uncompressed (shown at "1")
+  # 0.69 - 0.72 = -0.03; colr was not run.
+  assert lines[2] == "| svd | 1/32 | 0.6100 | 0.585 | +0.0250 | yes | paper |"
+  assert lines[3].startswith("| uncompressed | 1 | 0.6900 | 0.720 | -0.0300 |")
+  assert lines[4] == "| colr | 1/32 | not run | 0.500 | - | - | paper |"
+  assert "Against published figures" in "\n".join(
+      results.part_section(part.name, {"command": "c", "commit": "x", "machine": "m", "date": "d"},
+                           rows,
+                           None,
+                           published=results.read_published(part)))
+  (part / "published.csv").write_text("method,payload_ratio,hr@10,source\nsvd,1/32,high,paper\n")
+  with pytest.raises(ValueError, match=r"published.csv:2: hr@10 'high'"):
+    results.read_published(part)
