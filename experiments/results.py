@@ -337,8 +337,11 @@ def part_section(name: str,
       f"## {name}: {datasets}, {models}", "", *pages.provenance_lines(made),
       f"- rows: [{name}/compare.csv](results/{name}/compare.csv)", *_trained_by(made), "",
       "Mean ± population std over seeds; `setting`: what the validation search picked.", "",
-      *method_table(rows), "", *margins(rows), ""
+      *method_table(rows), ""
   ]
+  margin_lines = margins(rows)
+  if len(margin_lines) > 2:  # a header alone: no FedRAS runs in the part
+    lines += [*margin_lines, ""]
   if published:
     lines += [
         f"Against published figures ([{name}/published.csv](results/{name}/published.csv)):", "",

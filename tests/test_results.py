@@ -175,6 +175,11 @@ def test_published_figures_are_set_beside_the_parts_means(part):
                            rows,
                            None,
                            published=results.read_published(part)))
+  # No FedRAS runs in this part's rows: no margins table.
+  baselines = [r for r in rows if r["method"] not in ("fedras", "fedras_fixed_k")]
+  assert "FedRAS − uncompressed" not in "\n".join(
+      results.part_section(part.name, {"command": "c", "commit": "x", "machine": "m", "date": "d"},
+                           baselines, None))
   (part / "published.csv").write_text("method,payload_ratio,hr@10,source\nsvd,1/32,high,paper\n")
   with pytest.raises(ValueError, match=r"published.csv:2: hr@10 'high'"):
     results.read_published(part)
