@@ -155,8 +155,8 @@ def read_published(part: pathlib.Path):
 
 def published_table(rows, published, within: float = 0.03) -> list:
   """Markdown lines: each published HR@10 beside the part's mean final HR@10 of the
-  same method and payload ratio (of the first dataset and model), the difference and
-  whether it is within ``within``."""
+  same method and payload ratio (such a part holds one dataset and model), the
+  difference and whether it is within ``within``."""
   stats = pages.seed_stats(rows, ("method", "payload_ratio"), METRICS[:1])
   lines = [
       f"| method | payload | HR@10 here | published | here − published | within {within} | "

@@ -8,9 +8,10 @@ costs ``ceil(log2(num_index_rows * d))`` bits::
 
 With ``int32_indices`` every index is counted as 32 bits, the convention most papers
 use (``k * (value_bits + 32)``): fewer entries fit a budget (registered as the method
-``topk_int32``, for comparisons with published figures). ``k`` is the largest count that fits the client's
-(traced) budget, at most the static ``max_entries`` and at most the number of
-non-zero entries (sending zeros would be wasted bits), so ``bits <= budget``.
+``topk_int32``, for comparisons with published figures). ``k`` is the largest count
+that fits the client's (traced) budget, at most the static ``max_entries`` and at most
+the number of non-zero entries (sending zeros would be wasted bits), so
+``bits <= budget``.
 
 Selection (``method``; both select the same entries, ties to the lowest flat
 positions):
