@@ -317,7 +317,8 @@ def _trained_by(made: dict) -> list:
     return []
   return [
       "- the runs were trained by the same command without `--only_finished` (which "
-      "tabulates finished runs and trains nothing)"
+      "tabulates finished runs and trains nothing), or by invocations over parts of its "
+      "grid into the same `--outdir`"
   ]
 
 
