@@ -31,7 +31,9 @@ workdir (``<outdir>/<run name>``) and a search's results are kept there in
 Runs may be split over several invocations into one ``--outdir`` (say one per
 method, in parallel); a last invocation over the whole grid with ``--only_finished``
 then tabulates every finished run from the workdirs, trains nothing and names
-the runs that are missing.
+the runs that are missing. It takes each search's pick as the best of every point
+kept in its ``tuning.json``, so invocations may search a method from different
+starting grids (say one nearer its expected pick).
 """
 import csv
 import dataclasses
@@ -127,8 +129,10 @@ def tune(config: TrainConfig,
   in different calls ran in different vmapped programs, so they agree with a joint
   search up to float rounding). Up to ``widen`` times, a pick at the grid's edge
   widens the grid past it (``widened``) and searches the new points; the names still
-  at an edge are returned. With ``search=False`` only kept results are used (None if
-  some point was never searched).
+  at an edge are returned. With ``search=False`` (tabulating) nothing is searched: the
+  pick is the best of every point kept for this setting, whatever grids searched them
+  (invocations may have searched a method from different starting grids), and the
+  edges are those of the kept values; None if no point was kept.
   """
   candidate = dataclasses.replace(config,
                                   validation=True,
@@ -142,11 +146,28 @@ def tune(config: TrainConfig,
   # A point's full setting: its values, the candidate's for the other sweepable names.
   key = lambda point: tuple(point.get(name, getattr(candidate, name)) for name in SWEEPABLE)
   found = {key(r): r for r in kept}
+  # A diverged candidate (NaN) never wins.
+  score = lambda r: r[metric] if np.isfinite(r[metric]) else -np.inf
+  if not search:
+    # The points that differ from the candidate in the grid's names only.
+    same = [
+        r for r in found.values() if all(
+            r.get(n, getattr(candidate, n)) == getattr(candidate, n) for n in SWEEPABLE
+            if n not in grid)
+    ]
+    if not same:
+      return None
+    best = max(same, key=score)
+    point = {name: best.get(name, getattr(candidate, name)) for name in grid}
+    searched = {name: sorted({r.get(name, getattr(candidate, name)) for r in same}) for name in grid}
+    print(
+        f"   kept {point} (payload {config.payload_ratio:g}): validation {metric} of "
+        f"{len(same)} searched points, best {best[metric]:.4f}",
+        flush=True)
+    return point, best["hr@10"], edge_names(searched, point)
   for step in range(widen + 1):
     points = grid_points(grid)
     missing = [p for p in points if key(p) not in found]
-    if missing and not search:
-      return None
     if missing:
       new = sweep_points(candidate, [config.seed], missing)
       found.update((key(r), r) for r in new)
@@ -154,8 +175,7 @@ def tune(config: TrainConfig,
       path.parent.mkdir(parents=True, exist_ok=True)
       outputs.write_json(path, dict(config=dataclasses.asdict(candidate), results=kept), indent=1)
     results = [found[key(p)] for p in points]
-    # A diverged candidate (NaN) never wins.
-    best = max(results, key=lambda r: r[metric] if np.isfinite(r[metric]) else -np.inf)
+    best = max(results, key=score)
     point = {name: best[name] for name in grid}
     how = (f"tuned ({len(missing)} of {len(results)} points searched)" if missing else "kept")
     print(f"   {how} {point} (payload {config.payload_ratio:g}): validation {metric} "

@@ -135,10 +135,17 @@ def test_tune_widens_until_the_pick_is_inside_and_keeps_every_point(tmp_path, mo
   assert searched == [[2.0, 4.0, 8.0], [16.0], [32.0], [64.0]]
   kept = json.loads((tmp_path / "run" / compare.TUNING_FILE).read_text())["results"]
   assert [r["item_lr"] for r in kept] == [2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
-  # Tabulating only: the same path through the kept points, nothing searched.
-  assert compare.tune(config, {"item_lr": [2.0, 4.0, 8.0]}, search=False,
-                      widen=5) == (point, hr, [])
+  # Tabulating only: the best of the kept points whatever grid is named (a method may
+  # have been searched from another starting grid), nothing searched; None where no
+  # point was kept; a pick at the edge of what was searched is named.
+  for grid in ([2.0, 4.0, 8.0], [16.0, 32.0, 64.0], [1.0]):
+    assert compare.tune(config, {"item_lr": grid}, search=False, widen=5) == (point, hr, [])
   assert len(searched) == 4
+  other = TrainConfig(workdir=str(tmp_path / "other"))
+  assert compare.tune(other, {"item_lr": [2.0, 4.0, 8.0]}, search=False) is None
+  assert compare.tune(other, {"item_lr": [2.0, 4.0, 8.0]})[::2] == ({"item_lr": 8.0}, ["item_lr"])
+  assert compare.tune(other, {"item_lr": [16.0]},
+                      search=False)[::2] == ({"item_lr": 8.0}, ["item_lr"])
   # Too few widenings: the pick is left at the edge and named; a NaN point never wins.
   assert compare.tune(config, {"item_lr": [2.0, 4.0, 8.0]},
                       widen=1)[::2] == ({"item_lr": 16.0}, ["item_lr"])
