@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from experiments import pages
 from fedras_jax import flags as flag_lib
 from fedras_jax import quantize as q
 
@@ -239,7 +240,7 @@ def main(argv):
   quick, dim, repeats = _QUICK.value, _DIM.value, _REPEATS.value
   sizes = _counts("sizes", _SIZES.value) or ([1000, 20000] if quick else [1000, 20000, 200000])
   ks = _counts("ks", _KS.value) or ([16, 64] if quick else [16, 64, 256])
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs "
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {pages.cpus_text()} "
         f"(threads: {threads or 'all'}); "
         f"d={dim}, iteration cap {_ITERS.value}, best of {repeats} interleaved runs")
   if not _SKIP_KMEANS.value:

@@ -536,7 +536,7 @@ def main(argv):
   tuned = tune_host_allocator()
   wall = _now()
   if _METHODS.value:
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs, "
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {pages.cpus_text()}, "
           f"malloc tuned: {tuned}")
     compare_methods()
     print(f"\ntotal wall time {_now() - wall:.1f} s")
@@ -548,7 +548,7 @@ def main(argv):
   main_w = _LANES.value
   lanes = [main_w] + [int(w) for w in _SWEEP.value.split(",") if w.strip()]
   lanes = list(dict.fromkeys(lanes))
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs, "
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {pages.cpus_text()}, "
         f"malloc tuned: {tuned}")
   print(f"{DATASET}: {s.num_users} users, {s.num_items} items; FedMF d={DIM}, {EPOCHS} local "
         f"epochs, batch {BATCH}, {NEG} negatives, {s.m} clients/round, uncompressed")

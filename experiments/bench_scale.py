@@ -427,6 +427,8 @@ def main(argv):
     return
   import jax  # only for the header line
 
+  from experiments import pages
+
   rounds = _ROUNDS.value
   if _QUICK.value:
     clients, items = [16, 32, 64, 128], [1000, 10000, 100000]
@@ -441,7 +443,7 @@ def main(argv):
   curves = [c.strip() for c in _CURVES.value.split(",") if c.strip()]
   wall = _now()
   down = "compressed" if _DOWNLINK.value and _METHOD.value != "uncompressed" else "dense"
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} CPUs; "
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {pages.cpus_text()}; "
         f"method {_METHOD.value} (downlink {down}), FedMF d={_DIM.value}, {_LANES.value} lanes; "
         f"per configuration a fresh process: compile, 1 warm-up round, up to {rounds} timed "
         f"rounds (at most {_ROUND_BUDGET.value:g} s of them)"

@@ -27,12 +27,23 @@ def _commit() -> str:
     return ""
 
 
+def cpus_text() -> str:
+  """``"N CPUs"``, with the number this process may run on when its affinity is narrower
+  (``taskset``): XLA sizes its thread pool by the affinity, so that is what a figure used."""
+  total = os.cpu_count()
+  try:
+    usable = len(os.sched_getaffinity(0))
+  except AttributeError:  # no affinity on this platform
+    usable = total
+  return f"{total} CPUs" + (f" ({usable} in this process's affinity)" if usable != total else "")
+
+
 def provenance(module: str) -> dict:
   """How this process was started and where: ``command`` (``python -m module argv``),
   ``commit``, ``machine`` and ``date``, the head of every generated page."""
   return dict(command=f"python -m {module} {' '.join(sys.argv[1:])}".strip(),
               commit=_commit() or "unknown",
-              machine=(f"{platform.machine()}, {os.cpu_count()} CPUs, "
+              machine=(f"{platform.machine()}, {cpus_text()}, "
                        f"{jax.devices()[0].platform}, jax {jax.__version__}"),
               date=time.strftime('%Y-%m-%d', time.gmtime()))
 
