@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from experiments import compare, results
+from experiments import compare, pages, results
 
 
 def _row(method, ratio, seed, hr, ndcg, comp=0.9, tuned="item_lr=8"):
@@ -183,3 +183,11 @@ def test_published_figures_are_set_beside_the_parts_means(part):
   (part / "published.csv").write_text("method,payload_ratio,hr@10,source\nsvd,1/32,high,paper\n")
   with pytest.raises(ValueError, match=r"published.csv:2: hr@10 'high'"):
     results.read_published(part)
+
+
+def test_machine_line_names_the_cpus_of_a_narrowed_affinity(monkeypatch):
+  monkeypatch.setattr(pages.os, "cpu_count", lambda: 8)
+  monkeypatch.setattr(pages.os, "sched_getaffinity", lambda pid: {3}, raising=False)
+  assert pages.cpus_text() == "8 CPUs (1 in this process's affinity)"
+  monkeypatch.setattr(pages.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+  assert pages.cpus_text() == "8 CPUs"
