@@ -33,20 +33,24 @@ method, in parallel); a last invocation over the whole grid with ``--only_finish
 then tabulates every finished run from the workdirs, trains nothing and names
 the runs that are missing. It takes each search's pick as the best of every point
 kept in its ``tuning.json``, so invocations may search a method from different
-starting grids (say one nearer its expected pick).
+starting grids (say one nearer its expected pick). ``--jobs=N`` does all that itself:
+N processes at once, each over its share of the methods and pinned to its share of
+this process's CPUs (on CPU a run uses about one core's worth: ``experiments/jobs.py``),
+then the table of the whole grid.
 """
 import csv
 import dataclasses
 import io
 import itertools
 import pathlib
+import sys
 from fractions import Fraction
 from typing import Optional
 
 from absl import app, flags
 import numpy as np
 
-from experiments import pages
+from experiments import jobs, pages
 from fedras_jax import flags as flag_lib
 from fedras_jax import outputs
 from fedras_jax.config import TrainConfig, dataset_label
@@ -80,6 +84,12 @@ flags.DEFINE_enum("tune_metric", "hr@10", ["hr@10", "ndcg@10"],
 flags.DEFINE_integer(
     "tune_seed", None, "search (--tune) at this seed only and use its "
     "setting for every seed (default: each seed searches)")
+flags.DEFINE_integer(
+    "jobs",
+    1, "run the grid as this many processes at once, each over its share of "
+    "--methods and pinned to its share of this process's CPUs, then tabulate it as "
+    "--only_finished does (on CPU one run uses about one core's worth)",
+    lower_bound=1)
 FLAGS = flags.FLAGS
 
 COLUMNS = ("dataset", "model", "method", "payload_ratio", "seed", "rounds", "final_hr@10",
@@ -305,6 +315,24 @@ def write_outputs(rows, outdir: pathlib.Path, curves=()):
   pages.save_figure(fig, plt, outdir / "compare.png", dpi=120)
 
 
+def run_in_parts(methods, parts: int) -> list:
+  """This command (``sys.argv``) as ``parts`` processes at once, each over its share of
+  ``methods`` (``jobs.round_robin``) and pinned to its share of the CPUs; returns the
+  ``(methods, exit status)`` of every part that failed."""
+  groups = jobs.round_robin(methods, parts)
+  shares = jobs.cpu_shares(jobs.usable_cpus(), len(groups))
+  names = [f"part {i}: {','.join(g)}" for i, g in enumerate(groups)]
+  for name, cpus in zip(names, shares):
+    print(f"{name} on CPUs {sorted(cpus) if cpus is not None else 'any'}", flush=True)
+  # Flags given later win: each part's --methods and --jobs override the command's.
+  commands = [[
+      sys.executable, "-m", "experiments.compare", *sys.argv[1:], f"--methods={','.join(g)}",
+      "--jobs=1"
+  ] for g in groups]
+  codes = jobs.run_pinned(commands, shares, names)
+  return [(g, code) for g, code in zip(groups, codes) if code != 0]
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -346,10 +374,15 @@ def main(argv):
     config.validate()
     return name, config
 
+  methods = split(FLAGS.methods)
+  failed = []
+  if FLAGS.jobs > 1 and not FLAGS.only_finished:
+    failed = run_in_parts(methods, FLAGS.jobs)
+  only_finished = FLAGS.only_finished or FLAGS.jobs > 1
   rows, curves = [], []
   for dataset, model, method, ratio, seed in itertools.product(
       split(FLAGS.datasets) or [base.dataset],
-      split(FLAGS.models) or [base.model], split(FLAGS.methods), ratios, seeds):
+      split(FLAGS.models) or [base.model], methods, ratios, seeds):
     if method == "uncompressed" and rows and any(r["method"] == method and r["dataset"] == dataset
                                                  and r["model"] == model and r["seed"] == seed
                                                  for r in rows):
@@ -360,25 +393,30 @@ def main(argv):
     print(f"== {name}", flush=True)
     tuned = (tune(search_config,
                   grid,
-                  search=not FLAGS.only_finished,
+                  search=not only_finished,
                   widen=FLAGS.tune_widen,
                   metric=FLAGS.tune_metric) if grid else ({}, float("nan"), []))
     summary = None
     if tuned is not None:
       config = dataclasses.replace(config, **tuned[0])
-      if not FLAGS.only_finished and holds_other_pick(config, grid):
+      if not only_finished and holds_other_pick(config, grid):
         print(f"   replacing the run at an earlier pick with {tuned[0]}", flush=True)
         config = dataclasses.replace(config, overwrite=True)
-      summary = finished_summary(config) if FLAGS.only_finished else train(config)
+      summary = finished_summary(config) if only_finished else train(config)
     if summary is None:
       print("   not finished: left out of the table", flush=True)
       continue
     rows.append(table_row(config, ratio[0], summary, grid, tuned[1], tuned[2]))
     curves += curve_rows(config, ratio[0])
     write_outputs(rows, outdir, curves)  # after every run: nothing is lost if interrupted
+  if rows:
+    print((outdir / "compare.md").read_text())
+  if failed:
+    raise ValueError("--jobs: " + "; ".join(f"the part over {','.join(g)} ended with exit status "
+                                            f"{code}" for g, code in failed)
+                     + " (its lines above say why; the table holds the runs that finished)")
   if not rows:
     raise ValueError(f"no finished runs in {outdir}")
-  print((outdir / "compare.md").read_text())
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ import math
 import subprocess
 import sys
 
-from experiments import compare
+from experiments import compare, jobs
 from fedras_jax.config import TrainConfig
 
 
@@ -37,11 +37,21 @@ def test_models_default_to_the_model_flag(ml100k_path, tmp_path):
 
 def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
   data_dir = ml100k_path.parents[1]
-  out, rows = _compare(data_dir, tmp_path, "uncompressed,svd")
+  # Each method its own process on its own CPU (--jobs), then the table of both.
+  parts = 2 if len(jobs.usable_cpus() or [0, 1]) >= 2 else 1
+  out, rows = _compare(data_dir, tmp_path, "uncompressed,svd", f"--jobs={parts}")
   # The dense baseline runs once; svd at both ratios.
   assert [(r["method"], r["payload_ratio"]) for r in rows] == [("uncompressed", "1/8"),
                                                                ("svd", "1/8"), ("svd", "1/32")]
-  assert out.count("   tuned ") == 2 and out.count("   kept ") == 1  # svd 1/32 reuses 1/8's
+  trained = [line for line in out.splitlines() if line.startswith("[part ")]
+  if parts == 2:
+    assert "part 0: uncompressed on CPUs" in out and "part 1: svd on CPUs" in out
+    assert "[part 0: uncompressed] == ml-100k_mf_uncompressed_1over8_s0" in trained
+    assert "[part 1: svd] == ml-100k_mf_svd_1over32_s0" in trained
+  else:
+    trained = out.splitlines()
+  text = "\n".join(trained)
+  assert text.count("   tuned ") == 2 and text.count("   kept ") == 1  # svd 1/32 reuses 1/8's
   for method in ("uncompressed", "svd"):
     search = json.loads((tmp_path / f"ml-100k_mf_{method}_1over32_s0" / "tuning.json").read_text())
     assert search["config"]["payload_ratio"] == 1 / 32 and search["config"]["validation"]
