@@ -59,13 +59,16 @@ def _relay(name: str, stream, out):
 def run_pinned(commands: Sequence[Sequence[str]], shares: Sequence, names: Sequence[str]) -> list:
   """Runs every command at once, command ``i`` pinned to the CPUs ``shares[i]`` (None:
   unpinned), each output line (stdout and stderr) relayed to this process's stdout
-  prefixed with ``[names[i]]``; waits for all and returns their exit statuses."""
+  prefixed with ``[names[i]]`` as it comes (Python commands run unbuffered); waits for
+  all and returns their exit statuses."""
+  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
   procs, relays = [], []
   for cmd, cpus, name in zip(commands, shares, names, strict=True):
     proc = subprocess.Popen(list(cmd),
                             stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT,
                             text=True,
+                            env=env,
                             preexec_fn=_pin(cpus))
     relay = threading.Thread(target=_relay, args=(name, proc.stdout, sys.stdout), daemon=True)
     relay.start()

@@ -25,12 +25,13 @@ def test_run_pinned_pins_each_command_relays_its_lines_and_returns_its_status(ca
   cpus = jobs.usable_cpus()
   if cpus is None:
     pytest.skip("no CPU affinity on this platform")
-  show = "import os, sys; print(sorted(os.sched_getaffinity(0))); sys.exit({})"
+  show = ("import os, sys; print(sorted(os.sched_getaffinity(0)), "
+          "os.environ['PYTHONUNBUFFERED']); sys.exit({})")
   shares = [{cpus[0]}, set(cpus)]
   codes = jobs.run_pinned([[sys.executable, "-c", show.format(0)],
                            [sys.executable, "-c", show.format(3)]], shares, ["one", "all"])
   assert codes == [0, 3]
   out = capfd.readouterr().out.splitlines()
-  assert f"[one] {[cpus[0]]}" in out
-  assert f"[all] {cpus}" in out
+  assert f"[one] {[cpus[0]]} 1" in out  # pinned, and unbuffered: lines come as printed
+  assert f"[all] {cpus} 1" in out
   assert sorted(os.sched_getaffinity(0)) == cpus  # this process is left as it was
