@@ -33,10 +33,11 @@ method, in parallel); a last invocation over the whole grid with ``--only_finish
 then tabulates every finished run from the workdirs, trains nothing and names
 the runs that are missing. It takes each search's pick as the best of every point
 kept in its ``tuning.json``, so invocations may search a method from different
-starting grids (say one nearer its expected pick). ``--jobs=N`` does all that itself:
-N processes at once, each over its share of the methods and pinned to its share of
-this process's CPUs (on CPU a run uses about one core's worth: ``experiments/jobs.py``),
-then the table of the whole grid.
+starting grids (say one nearer its expected pick), or, where a finished run holds
+one of those points, that run's. ``--jobs=N`` does all that itself: one process per
+method, N at once, each pinned to its share of this process's CPUs (on CPU a run
+uses about one core's worth: ``experiments/jobs.py``), then the table of the whole
+grid.
 """
 import csv
 import dataclasses
@@ -86,10 +87,13 @@ flags.DEFINE_integer(
     "setting for every seed (default: each seed searches)")
 flags.DEFINE_integer(
     "jobs",
-    1, "run the grid as this many processes at once, each over its share of "
-    "--methods and pinned to its share of this process's CPUs, then tabulate it as "
-    "--only_finished does (on CPU one run uses about one core's worth)",
+    1, "run the grid as one process per method, this many at once, each pinned to its "
+    "share of this process's CPUs, then tabulate it as --only_finished does (on CPU one "
+    "run uses about one core's worth; put the slowest methods first)",
     lower_bound=1)
+flags.DEFINE_bool(
+    "tabulate", True, "write compare.csv/.md/.json/.png and print the table "
+    "(--notabulate: train only; --jobs sets it for its parts)")
 FLAGS = flags.FLAGS
 
 COLUMNS = ("dataset", "model", "method", "payload_ratio", "seed", "rounds", "final_hr@10",
@@ -129,7 +133,8 @@ def tune(config: TrainConfig,
          grid,
          search: bool = True,
          widen: int = 0,
-         metric: str = "hr@10") -> Optional[tuple]:
+         metric: str = "hr@10",
+         prefer: Optional[dict] = None) -> Optional[tuple]:
   """``(grid point of best validation metric, its validation HR@10, edge names)`` for
   ``config``; ``metric`` is ``"hr@10"`` or ``"ndcg@10"``.
 
@@ -141,8 +146,9 @@ def tune(config: TrainConfig,
   widens the grid past it (``widened``) and searches the new points; the names still
   at an edge are returned. With ``search=False`` (tabulating) nothing is searched: the
   pick is the best of every point kept for this setting, whatever grids searched them
-  (invocations may have searched a method from different starting grids), and the
-  edges are those of the kept values; None if no point was kept.
+  (invocations may have searched a method from different starting grids), or
+  ``prefer`` (``{name: value}``, the setting of a finished run) when it is one of them;
+  the edges are those of the kept values; None if no point was kept.
   """
   candidate = dataclasses.replace(config,
                                   validation=True,
@@ -167,12 +173,16 @@ def tune(config: TrainConfig,
     ]
     if not same:
       return None
+    value = lambda r, name: r.get(name, getattr(candidate, name))
     best = max(same, key=score)
-    point = {name: best.get(name, getattr(candidate, name)) for name in grid}
-    searched = {name: sorted({r.get(name, getattr(candidate, name)) for r in same}) for name in grid}
+    if prefer is not None:  # a run trained at a kept point: that point, even on a tie
+      best = next((r for r in same if all(value(r, n) == v for n, v in prefer.items())), best)
+    point = {name: value(best, name) for name in grid}
+    searched = {name: sorted({value(r, name) for r in same}) for name in grid}
     print(
-        f"   kept {point} (payload {config.payload_ratio:g}): validation {metric} of "
-        f"{len(same)} searched points, best {best[metric]:.4f}",
+        f"   kept {point} (payload {config.payload_ratio:g}): validation {metric} "
+        f"{best[metric]:.4f}, best of {len(same)} searched points "
+        f"{max(score(r) for r in same):.4f}",
         flush=True)
     return point, best["hr@10"], edge_names(searched, point)
   for step in range(widen + 1):
@@ -198,14 +208,22 @@ def tune(config: TrainConfig,
     print(f"   the pick sits at the edge of {', '.join(edges)}: widening the grid", flush=True)
 
 
+def recorded_pick(config: TrainConfig, grid) -> Optional[dict]:
+  """``{name: value}`` of ``grid``'s names in the run recorded in ``config``'s workdir,
+  if that run differs from ``config`` in those names at most (None otherwise, or
+  without a recorded run)."""
+  recorded = recorded_config(config.workdir)
+  if recorded is None or any(n not in recorded for n in grid):
+    return None
+  as_recorded = dataclasses.replace(config, **{n: recorded[n] for n in grid})
+  return None if config_differences(recorded, as_recorded) else {n: recorded[n] for n in grid}
+
+
 def holds_other_pick(config: TrainConfig, grid) -> bool:
   """True if ``config``'s workdir holds a run that differs from it only in ``grid``'s
   names: a run at a setting an earlier search picked and the current one does not."""
-  recorded = recorded_config(config.workdir)
-  if recorded is None or not config_differences(recorded, config):
-    return False
-  as_recorded = dataclasses.replace(config, **{n: recorded[n] for n in grid if n in recorded})
-  return not config_differences(recorded, as_recorded)
+  pick = recorded_pick(config, grid)
+  return pick is not None and any(getattr(config, n) != v for n, v in pick.items())
 
 
 def finished_summary(config: TrainConfig) -> Optional[dict]:
@@ -316,21 +334,20 @@ def write_outputs(rows, outdir: pathlib.Path, curves=()):
 
 
 def run_in_parts(methods, parts: int) -> list:
-  """This command (``sys.argv``) as ``parts`` processes at once, each over its share of
-  ``methods`` (``jobs.round_robin``) and pinned to its share of the CPUs; returns the
-  ``(methods, exit status)`` of every part that failed."""
-  groups = jobs.round_robin(methods, parts)
-  shares = jobs.cpu_shares(jobs.usable_cpus(), len(groups))
-  names = [f"part {i}: {','.join(g)}" for i, g in enumerate(groups)]
-  for name, cpus in zip(names, shares):
-    print(f"{name} on CPUs {sorted(cpus) if cpus is not None else 'any'}", flush=True)
-  # Flags given later win: each part's --methods and --jobs override the command's.
+  """This command (``sys.argv``) once per method, ``parts`` processes at once (each slot
+  pinned to its share of the CPUs; a slot takes the next method as its last one ends),
+  every part training its runs without writing the tables; returns the ``(method,
+  exit status)`` of every part that failed."""
+  slots = min(parts, len(methods))
+  shares = jobs.cpu_shares(jobs.usable_cpus(), slots)
+  # Flags given later win: each part's own flags override the command's.
   commands = [[
-      sys.executable, "-m", "experiments.compare", *sys.argv[1:], f"--methods={','.join(g)}",
-      "--jobs=1"
-  ] for g in groups]
-  codes = jobs.run_pinned(commands, shares, names)
-  return [(g, code) for g, code in zip(groups, codes) if code != 0]
+      sys.executable, "-m", "experiments.compare", *sys.argv[1:], f"--methods={m}", "--jobs=1",
+      "--notabulate"
+  ] for m in methods]
+  print(f"--jobs={parts}: {len(methods)} parts (one per method) in {slots} slots", flush=True)
+  codes = jobs.run_queue(commands, [f"part {m}" for m in methods], shares)
+  return [(m, code) for m, code in zip(methods, codes) if code != 0]
 
 
 def main(argv):
@@ -374,7 +391,10 @@ def main(argv):
     config.validate()
     return name, config
 
-  methods = split(FLAGS.methods)
+  methods = list(dict.fromkeys(split(FLAGS.methods)))
+  if not methods:
+    raise ValueError("--methods is empty: name at least one method")
+  flag_lib.validate_points(base, "--methods", FLAGS.methods, [dict(method=m) for m in methods])
   failed = []
   if FLAGS.jobs > 1 and not FLAGS.only_finished:
     failed = run_in_parts(methods, FLAGS.jobs)
@@ -395,7 +415,9 @@ def main(argv):
                   grid,
                   search=not only_finished,
                   widen=FLAGS.tune_widen,
-                  metric=FLAGS.tune_metric) if grid else ({}, float("nan"), []))
+                  metric=FLAGS.tune_metric,
+                  prefer=recorded_pick(config, grid) if only_finished else None) if grid else
+             ({}, float("nan"), []))
     summary = None
     if tuned is not None:
       config = dataclasses.replace(config, **tuned[0])
@@ -408,12 +430,13 @@ def main(argv):
       continue
     rows.append(table_row(config, ratio[0], summary, grid, tuned[1], tuned[2]))
     curves += curve_rows(config, ratio[0])
-    write_outputs(rows, outdir, curves)  # after every run: nothing is lost if interrupted
-  if rows:
+    if FLAGS.tabulate:  # after every run: nothing is lost if interrupted
+      write_outputs(rows, outdir, curves)
+  if rows and FLAGS.tabulate:
     print((outdir / "compare.md").read_text())
   if failed:
-    raise ValueError("--jobs: " + "; ".join(f"the part over {','.join(g)} ended with exit status "
-                                            f"{code}" for g, code in failed)
+    raise ValueError("--jobs: " + "; ".join(
+        f"the part of {m} ended with exit status {code}" for m, code in failed)
                      + " (its lines above say why; the table holds the runs that finished)")
   if not rows:
     raise ValueError(f"no finished runs in {outdir}")

@@ -1,5 +1,6 @@
 """experiments/compare.py: the table, --tune_at, kept searches, --only_finished."""
 import csv
+import dataclasses
 import json
 import math
 import subprocess
@@ -45,9 +46,12 @@ def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
                                                                ("svd", "1/8"), ("svd", "1/32")]
   trained = [line for line in out.splitlines() if line.startswith("[part ")]
   if parts == 2:
-    assert "part 0: uncompressed on CPUs" in out and "part 1: svd on CPUs" in out
-    assert "[part 0: uncompressed] == ml-100k_mf_uncompressed_1over8_s0" in trained
-    assert "[part 1: svd] == ml-100k_mf_svd_1over32_s0" in trained
+    cpus = jobs.usable_cpus()
+    assert f"[part uncompressed] started on CPUs {[cpus[0]]}" in trained
+    assert f"[part svd] started on CPUs {cpus[1:]}" in trained
+    assert "[part uncompressed] == ml-100k_mf_uncompressed_1over8_s0" in trained
+    assert "[part svd] == ml-100k_mf_svd_1over32_s0" in trained
+    assert not any("| dataset |" in line for line in trained)  # the parts print no table
   else:
     trained = out.splitlines()
   text = "\n".join(trained)
@@ -181,3 +185,30 @@ def test_tune_picks_by_the_chosen_metric(tmp_path, monkeypatch):
   assert compare.tune(config, grid) == ({"item_lr": 8.0}, 0.66, [])
   assert compare.tune(config, grid, metric="ndcg@10") == ({"item_lr": 16.0}, 0.65, [])
   assert searched == [4]
+
+
+def test_tabulating_takes_the_point_a_finished_run_was_trained_at(tmp_path, monkeypatch):
+  """item_lr 2 and 4 tie on validation HR@10; a search over the widened grid (2, 4, 8)
+  picks 2 (grid order), while the kept file order is 4, 8, 2: tabulating takes the
+  point of the run that finished there (``recorded_pick``), not the first kept."""
+  scores = {2.0: 0.65, 4.0: 0.65, 8.0: 0.60}
+  monkeypatch.setattr(
+      compare, "sweep_points", lambda config, seeds, points:
+      [dict(seed=seeds[0], **p, **{"hr@10": scores[p["item_lr"]]}) for p in points])
+  config = TrainConfig(workdir=str(tmp_path / "run"))
+  assert compare.tune(config, {"item_lr": [4.0, 8.0]})[0] == {"item_lr": 4.0}
+  assert compare.tune(config, {"item_lr": [2.0, 4.0, 8.0]})[0] == {"item_lr": 2.0}
+  grid = {"item_lr": [4.0, 8.0]}
+  assert compare.tune(config, grid, search=False)[0] == {"item_lr": 4.0}  # first kept
+  # The run that finished at the search's pick, 2: recorded_pick names it, tune takes it.
+  trained = dataclasses.replace(config, item_lr=2.0)
+  (tmp_path / "run").mkdir(exist_ok=True)
+  (tmp_path / "run" / "config.json").write_text(json.dumps(dataclasses.asdict(trained)))
+  assert compare.recorded_pick(config, grid) == {"item_lr": 2.0}
+  assert compare.holds_other_pick(config, grid)
+  assert not compare.holds_other_pick(trained, grid)
+  assert compare.tune(config, grid, search=False,
+                      prefer={"item_lr": 2.0}) == ({"item_lr": 2.0}, 0.65, ["item_lr"])
+  # A point no search kept is not taken; a run differing in more than the grid is no pick.
+  assert compare.tune(config, grid, search=False, prefer={"item_lr": 16.0})[0] == {"item_lr": 4.0}
+  assert compare.recorded_pick(dataclasses.replace(config, rounds=7), grid) is None

@@ -1,16 +1,16 @@
-"""experiments/jobs.py: a grid's parts as processes at once on disjoint CPUs."""
+"""experiments/jobs.py: a grid's parts as processes at once, each slot on its own CPUs."""
 import os
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 
 from experiments import jobs
 
-
-def test_round_robin_deals_in_order_and_never_makes_an_empty_part():
-  assert jobs.round_robin(["a", "b", "c", "d", "e"], 2) == [["a", "c", "e"], ["b", "d"]]
-  assert jobs.round_robin(["a", "b"], 4) == [["a"], ["b"]]
-  assert jobs.round_robin(["a", "b", "c"], 1) == [["a", "b", "c"]]
+needs_affinity = pytest.mark.skipif(jobs.usable_cpus() is None,
+                                    reason="no CPU affinity on this platform")
 
 
 def test_cpu_shares_are_contiguous_disjoint_and_cover_every_cpu():
@@ -19,19 +19,61 @@ def test_cpu_shares_are_contiguous_disjoint_and_cover_every_cpu():
   assert jobs.cpu_shares(None, 2) == [None, None]
   with pytest.raises(ValueError, match="3 parallel parts but this process may use only 2 CPUs"):
     jobs.cpu_shares([0, 1], 3)
+  with pytest.raises(ValueError, match="need at least one"):
+    jobs.cpu_shares([0, 1], 0)
 
 
-def test_run_pinned_pins_each_command_relays_its_lines_and_returns_its_status(capfd):
+def _show(code: int, pause: float = 0.0):
+  """A command that prints its CPUs and whether it runs unbuffered, then exits ``code``."""
+  return [
+      sys.executable, "-c", "import os, sys, time; print(sorted(os.sched_getaffinity(0)), "
+      f"os.environ['PYTHONUNBUFFERED']); time.sleep({pause}); sys.exit({code})"
+  ]
+
+
+@needs_affinity
+def test_pinned_starts_a_command_on_the_given_cpus_only():
+  cpu = jobs.usable_cpus()[-1]
+  show = [sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"]
+  out = subprocess.run(jobs.pinned(show, {cpu}), capture_output=True, text=True, check=True).stdout
+  assert out.strip() == str([cpu])
+
+
+@needs_affinity
+def test_run_queue_pins_each_slot_relays_lines_and_returns_every_status(capfd):
   cpus = jobs.usable_cpus()
-  if cpus is None:
-    pytest.skip("no CPU affinity on this platform")
-  show = ("import os, sys; print(sorted(os.sched_getaffinity(0)), "
-          "os.environ['PYTHONUNBUFFERED']); sys.exit({})")
   shares = [{cpus[0]}, set(cpus)]
-  codes = jobs.run_pinned([[sys.executable, "-c", show.format(0)],
-                           [sys.executable, "-c", show.format(3)]], shares, ["one", "all"])
-  assert codes == [0, 3]
+  # Three commands in two slots: the third waits for a free slot.
+  codes = jobs.run_queue([_show(0, 0.5), _show(3), _show(0)], ["a", "b", "c"], shares)
+  assert codes == [0, 3, 0]
   out = capfd.readouterr().out.splitlines()
-  assert f"[one] {[cpus[0]]} 1" in out  # pinned, and unbuffered: lines come as printed
-  assert f"[all] {cpus} 1" in out
+  assert f"[a] {[cpus[0]]} 1" in out  # pinned to slot 0, and unbuffered
+  assert f"[b] {cpus} 1" in out
+  assert out.count(f"[c] {cpus} 1") + out.count(f"[c] {[cpus[0]]} 1") == 1
+  assert sum(line.endswith(" started on CPUs " + str([cpus[0]])) for line in out) >= 1
   assert sorted(os.sched_getaffinity(0)) == cpus  # this process is left as it was
+
+
+def test_an_interrupted_queue_stops_its_commands_and_starts_no_more(tmp_path):
+  # A parent running one long command in one slot, then SIGTERM to it.
+  script = tmp_path / "parent.py"
+  script.write_text("import sys\n"
+                    "from experiments import jobs\n"
+                    "long = [sys.executable, '-c', 'import time; time.sleep(60)']\n"
+                    "later = [sys.executable, '-c', 'open(sys.argv[1], \"w\")', 'x']\n"
+                    "jobs.run_queue([long, later], ['long', 'later'], [None])\n")
+  parent = subprocess.Popen(
+      [sys.executable, str(script)],
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      cwd=tmp_path,
+      env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+  assert parent.stdout.readline().startswith("[long] started")
+  time.sleep(0.5)
+  start = time.monotonic()
+  parent.send_signal(signal.SIGTERM)
+  out = parent.communicate(timeout=60)[0]
+  assert time.monotonic() - start < 20  # the long command was stopped, not waited for
+  assert parent.returncode != 0 and "KeyboardInterrupt" in out
+  assert "[later]" not in out and not (tmp_path / "x").exists()
