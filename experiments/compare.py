@@ -346,7 +346,11 @@ def run_in_parts(methods, parts: int) -> list:
       "--notabulate"
   ] for m in methods]
   print(f"--jobs={parts}: {len(methods)} parts (one per method) in {slots} slots", flush=True)
-  codes = jobs.run_queue(commands, [f"part {m}" for m in methods], shares)
+  try:
+    codes = jobs.run_queue(commands, [f"part {m}" for m in methods], shares)
+  except KeyboardInterrupt as e:
+    raise ValueError(f"--jobs: interrupted ({e or 'Ctrl-C'}); the parts were stopped and "
+                     "the same command resumes them") from None
   return [(m, code) for m, code in zip(methods, codes) if code != 0]
 
 

@@ -18,7 +18,9 @@ from typing import Optional, Sequence
 _LAUNCHER = ("import os, sys\n"
              "if sys.argv[1]: os.sched_setaffinity(0, {int(c) for c in sys.argv[1].split(',')})\n"
              "os.execvp(sys.argv[2], sys.argv[2:])\n")
-_GRACE_SECONDS = 30  # after SIGINT, before SIGKILL
+# A stopped command gets SIGINT, then SIGTERM (a command started from a background
+# shell ignores SIGINT), then SIGKILL, this many seconds apart.
+_GRACE_SECONDS = 10
 
 
 def usable_cpus() -> Optional[list]:
@@ -92,20 +94,20 @@ class _Slots:
       self.codes[index] = proc.wait()
 
   def stop(self):
-    """Starts nothing more; SIGINT to the running commands, SIGKILL to those still
-    alive after the grace period."""
+    """Starts nothing more; SIGINT to the running commands, then SIGTERM and SIGKILL
+    to those still alive after each grace period."""
     with self.lock:
       self.stopping = True
       procs = list(self.running.values())
-    for proc in procs:
-      if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-    for proc in procs:
-      try:
-        proc.wait(timeout=_GRACE_SECONDS)
-      except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+      alive = [proc for proc in procs if proc.poll() is None]
+      for proc in alive:
+        proc.send_signal(sig)
+      for proc in alive:
+        try:
+          proc.wait(timeout=_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+          pass
 
 
 def _write(text: str):
@@ -128,9 +130,9 @@ def run_queue(commands: Sequence[Sequence[str]], names: Sequence[str], shares: S
   this process's stdout as it comes, prefixed with ``[names[i]]`` (Python commands run
   unbuffered; JAX in them does not preallocate an accelerator's memory). Returns the
   commands' exit statuses (-1: not started). If this process is interrupted (Ctrl-C,
-  or SIGTERM when called from the main thread), the running commands get SIGINT
-  (SIGKILL after 30 s), nothing new starts, and the interruption is raised again once
-  they have ended.
+  or SIGTERM when called from the main thread), the running commands get SIGINT (then
+  SIGTERM, then SIGKILL, 10 s apart while alive), nothing new starts, and the
+  interruption is raised again once they have ended.
   """
   env = {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
   state = _Slots(commands, names, env)

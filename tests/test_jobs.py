@@ -55,11 +55,15 @@ def test_run_queue_pins_each_slot_relays_lines_and_returns_every_status(capfd):
 
 
 def test_an_interrupted_queue_stops_its_commands_and_starts_no_more(tmp_path):
-  # A parent running one long command in one slot, then SIGTERM to it.
+  # A parent running one long command that ignores SIGINT (as one started from a
+  # background shell does) in one slot, then SIGTERM to the parent.
   script = tmp_path / "parent.py"
   script.write_text("import sys\n"
                     "from experiments import jobs\n"
-                    "long = [sys.executable, '-c', 'import time; time.sleep(60)']\n"
+                    "jobs._GRACE_SECONDS = 1\n"
+                    "long = [sys.executable, '-c', 'import os, signal, time; "
+                    "signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                    "open(\"pid\", \"w\").write(str(os.getpid())); time.sleep(60)']\n"
                     "later = [sys.executable, '-c', 'open(sys.argv[1], \"w\")', 'x']\n"
                     "jobs.run_queue([long, later], ['long', 'later'], [None])\n")
   parent = subprocess.Popen(
@@ -70,10 +74,13 @@ def test_an_interrupted_queue_stops_its_commands_and_starts_no_more(tmp_path):
       cwd=tmp_path,
       env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
   assert parent.stdout.readline().startswith("[long] started")
-  time.sleep(0.5)
+  while not (tmp_path / "pid").exists():
+    time.sleep(0.1)
   start = time.monotonic()
   parent.send_signal(signal.SIGTERM)
   out = parent.communicate(timeout=60)[0]
-  assert time.monotonic() - start < 20  # the long command was stopped, not waited for
+  assert time.monotonic() - start < 15  # the long command was stopped, not waited for
   assert parent.returncode != 0 and "KeyboardInterrupt" in out
   assert "[later]" not in out and not (tmp_path / "x").exists()
+  with pytest.raises(ProcessLookupError):  # ended and reaped, not left running
+    os.kill(int((tmp_path / "pid").read_text()), 0)
