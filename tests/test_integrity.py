@@ -266,10 +266,13 @@ def test_binaries_refuse_bad_input_in_one_line(tmp_path):
       ("compare", ["--ratios=1/0"], "--ratios=1/0: '1/0' is not a payload ratio in (0, 1]"),
       ("compare", ["--ratios=abc"], "--ratios=abc: 'abc' is not a payload ratio in (0, 1]"),
       ("compare", ["--tune=item_lr=abc"], "--tune=item_lr=abc: 'abc' is not a finite number"),
+      ("compare", ["--methods=svd,nosuch",
+                   "--jobs=2"], "--methods=svd,nosuch: --method='nosuch' is invalid"),
       ("plot", [], "give one or more workdirs"),
       ("bench_scale", ["--method=nosuch"], "--method='nosuch' is invalid"),
       ("bench_round", ["--methods=nosuch"], "--method='nosuch' is invalid"),
       ("bench_quantizer", ["--dim=0"], "flag --dim=0: 0 is not a positive integer"),
+      ("bench_jobs", ["--jobs=1"], "flag --jobs=1: "),
   ]
   running = []
   for module, args, _ in cases:
