@@ -12,7 +12,10 @@ minus 0.01 (from ``curves.csv``, the runs' evaluation rows, when the part has it
 next to the CSV it is drawn from, HR@10 against simulated time (from ``curves.csv``) and
 the information loss of each compressed method, and, where the part holds a
 ``published.csv`` (columns ``method``, ``payload_ratio``, ``hr@10``, ``source``: figures
-a paper reports for the same setting), each such figure against the part's mean::
+a paper reports for the same setting), each such figure against the part's mean,
+and, where the part holds a file ``reference`` naming another part (a diagnostic part
+of FedRAS runs only, say with ``--gain_bits``), FedRAS's margins against that part's
+uncompressed and baseline runs::
 
     python -m experiments.results                 # docs/results/* -> docs/results.md
 
@@ -322,16 +325,37 @@ def _trained_by(made: dict) -> list:
   ]
 
 
+def read_reference(part: pathlib.Path):
+  """``(name, rows other than FedRAS's)`` of the part named in ``part/reference``, or
+  None without that file; a ``ValueError`` naming the file if that is not another part."""
+  path = part / "reference"
+  if not path.is_file():
+    return None
+  name = path.read_text().strip()
+  other = part.parent / name
+  if not name or "/" in name or not other.is_dir() or other == part:
+    raise ValueError(f"{path}: names {name!r}, not another part in {part.parent}")
+  return name, [r for r in read_part(other)[1] if r["method"] != FEDRAS]
+
+
+def _anchor(name: str, rows) -> str:
+  """The markdown anchor of the heading ``part_section`` gives part ``name``."""
+  text = (f"{name}: {', '.join(sorted({r['dataset'] for r in rows}))}, "
+          f"{', '.join(sorted({r['model'] for r in rows}))}")
+  return "".join(c for c in text.lower().replace(" ", "-") if c.isalnum() or c in "-_")
+
+
 def part_section(name: str,
                  made: dict,
                  rows,
                  plot_file,
                  curves=None,
                  figures=(),
-                 published=None) -> list:
+                 published=None,
+                 reference=None) -> list:
   """The page's section of one part (``curves``: its ``curves.csv`` rows, if any;
   ``figures``: ``(caption, file)`` of its other plots; ``published``: its
-  ``published.csv`` rows, if any)."""
+  ``published.csv`` rows, if any; ``reference``: ``read_reference``'s, if any)."""
   datasets = ", ".join(sorted({r["dataset"] for r in rows}))
   models = ", ".join(sorted({r["model"] for r in rows}))
   lines = [
@@ -343,6 +367,12 @@ def part_section(name: str,
   margin_lines = margins(rows)
   if len(margin_lines) > 2:  # a header alone: no FedRAS runs in the part
     lines += [*margin_lines, ""]
+  if reference:
+    ref_name, ref_rows = reference
+    lines += [
+        "FedRAS of this part against the uncompressed and baseline runs of "
+        f"[{ref_name}](#{_anchor(ref_name, ref_rows)}):", "", *margins(rows + ref_rows), ""
+    ]
   if published:
     lines += [
         f"Against published figures ([{name}/published.csv](results/{name}/published.csv)):", "",
@@ -384,7 +414,7 @@ def main(argv):
          lambda path: plot_info_loss(rows, path)),
     ) if draw(part / file)]
     body += part_section(part.name, made, rows, "ratio.png" if plotted else None, curves, figures,
-                         read_published(part))
+                         read_published(part), read_reference(part))
   outputs.write_atomic(pathlib.Path(_OUT.value), ("\n".join(body) + "\n").encode())
   print(f"wrote {_OUT.value} ({len(parts)} parts)")
 

@@ -191,3 +191,27 @@ def test_machine_line_names_the_cpus_of_a_narrowed_affinity(monkeypatch):
   assert pages.cpus_text() == "8 CPUs (1 in this process's affinity)"
   monkeypatch.setattr(pages.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
   assert pages.cpus_text() == "8 CPUs"
+
+
+def test_a_part_with_a_reference_gets_margins_against_that_parts_runs(part):
+  diag = part.parent / "gains"
+  diag.mkdir()
+  with open(diag / "compare.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, compare.COLUMNS)
+    writer.writeheader()
+    writer.writerows([_row("fedras", "1/32", 0, 0.70, 0.43), _row("fedras", "1/32", 1, 0.70, 0.41)])
+  (diag / "compare.json").write_text((part / "compare.json").read_text())
+  made, rows = results.read_part(diag)
+  assert results.read_reference(diag) is None
+  (diag / "reference").write_text("ml100k_mf_r32\n")
+  name, ref_rows = results.read_reference(diag)
+  assert name == "ml100k_mf_r32" and "fedras" not in {r["method"] for r in ref_rows}
+  text = "\n".join(results.part_section("gains", made, rows, None, reference=(name, ref_rows)))
+  assert "runs of [ml100k_mf_r32](#ml100k_mf_r32-ml-100k-mf):" in text
+  # This part's FedRAS 0.70/0.42 against the reference's uncompressed 0.69/0.41 and its
+  # best baseline by HR@10, topk 0.64/0.30 (its own FedRAS and fixed K left out).
+  assert "| ml-100k | mf | 1/32 | +0.0100 / +0.0100 | topk | +0.0600 / +0.1200 |" in text
+  for bad in ("gains", "nosuch", ""):
+    (diag / "reference").write_text(bad)
+    with pytest.raises(ValueError, match="not another part"):
+      results.read_reference(diag)
