@@ -18,7 +18,7 @@ Conventions
   out ``[max_k, n]`` and reduced by a pairwise tree of elementwise passes
   (:func:`_argmin_rows`), 2-3x faster on XLA:CPU than ``lax.argmin``. When
   ``n * max_k > 2**21`` the rows are blocked once (outside the Lloyd loop;
-  blocks of 8192 rows) so the score block of one ``lax.map`` step stays in
+  blocks of 4096 rows) so the score block of one ``lax.map`` step stays in
   cache and the ``[max_k, n]`` matrix is never materialised.
 * Inertia and the re-seeding distances use the direct ``||x - c_a||^2``.
 * ``tol`` is relative, as in scikit-learn: Lloyd stops when the total squared
@@ -42,7 +42,7 @@ from jax import lax
 
 from fedras_jax.quantize.batching import batched_as, check_vmap_strategy
 
-_BLOCK = 8192  # rows per distance block (large problems only)
+_BLOCK = 4096  # rows per distance block (large problems only)
 _DIRECT_MAX = 1 << 21  # n * max_k up to this: one [max_k, n] score block (8 MiB)
 
 
