@@ -105,9 +105,9 @@ def method_table(rows) -> list:
 
 
 def margins(rows) -> list:
-  """Markdown lines: at each (dataset, model, ratio), FedRAS's mean HR@10 and NDCG@10
-  minus uncompressed's (at any ratio: it sends the dense table) and minus the best
-  baseline's (by HR@10), naming that baseline."""
+  """Markdown lines: at each (dataset, model, ratio), FedRAS's seeds, its mean HR@10 and
+  NDCG@10 minus uncompressed's (at any ratio: it sends the dense table) and minus the
+  best baseline's (by HR@10), naming that baseline."""
   stats = pages.seed_stats(rows, ("dataset", "model", "payload_ratio", "method"), METRICS[:2])
   dense = {(d, m): s for (d, m, _, method), (_, s) in stats.items() if method == DENSE}
   by_point = {}
@@ -117,9 +117,10 @@ def margins(rows) -> list:
   for (dataset, model, _), methods in by_point.items():
     if (dataset, model) in dense:
       methods[DENSE] = dense[(dataset, model)]
+  seeds = {key[:3]: n for key, (n, _) in stats.items() if key[3] == FEDRAS}
   lines = [
-      "| dataset | model | payload | FedRAS − uncompressed (HR / NDCG) | best baseline | "
-      "FedRAS − best baseline (HR / NDCG) |", "|" + "---|" * 6
+      "| dataset | model | payload | FedRAS seeds | FedRAS − uncompressed (HR / NDCG) | "
+      "best baseline | FedRAS − best baseline (HR / NDCG) |", "|" + "---|" * 7
   ]
   for (dataset, model, ratio), methods in by_point.items():
     if FEDRAS not in methods:
@@ -130,8 +131,8 @@ def margins(rows) -> list:
     vs_dense = diff(methods[DENSE]) if DENSE in methods else "-"
     baselines = {m: s for m, s in methods.items() if m not in NOT_BASELINES}
     best = max(baselines, key=lambda m: baselines[m][METRICS[0]][0]) if baselines else None
-    lines.append(f"| {dataset} | {model} | {ratio} | {vs_dense} | {best or '-'} | "
-                 f"{diff(baselines[best]) if best else '-'} |")
+    lines.append(f"| {dataset} | {model} | {ratio} | {seeds[(dataset, model, ratio)]} | "
+                 f"{vs_dense} | {best or '-'} | {diff(baselines[best]) if best else '-'} |")
   return lines
 
 
@@ -325,23 +326,35 @@ def _trained_by(made: dict) -> list:
   ]
 
 
-def read_reference(part: pathlib.Path):
-  """``(name, rows other than FedRAS's)`` of the part named in ``part/reference``, or
-  None without that file; a ``ValueError`` naming the file if that is not another part."""
+def read_reference(part: pathlib.Path, rows):
+  """``(name, rows)`` of the part named in ``part/reference`` (``rows``: this part's), or
+  None without that file; a ``ValueError`` naming the file if that is not another part,
+  or one with no uncompressed or baseline run of this part's datasets and models."""
   path = part / "reference"
   if not path.is_file():
     return None
   name = path.read_text().strip()
   other = part.parent / name
-  if not name or "/" in name or not other.is_dir() or other == part:
+  if (not name or "/" in name or name in (".", "..") or other == part
+      or not (other / "compare.csv").is_file()):
     raise ValueError(f"{path}: names {name!r}, not another part in {part.parent}")
-  return name, [r for r in read_part(other)[1] if r["method"] != FEDRAS]
+  ref_rows = read_part(other)[1]
+  ours = {(r["dataset"], r["model"]) for r in rows}
+  if not any(r["method"] != FEDRAS and (r["dataset"], r["model"]) in ours for r in ref_rows):
+    raise ValueError(f"{path}: part {name!r} has no uncompressed or baseline run of "
+                     f"{sorted(ours)}")
+  return name, ref_rows
 
 
-def _anchor(name: str, rows) -> str:
-  """The markdown anchor of the heading ``part_section`` gives part ``name``."""
-  text = (f"{name}: {', '.join(sorted({r['dataset'] for r in rows}))}, "
+def heading(name: str, rows) -> str:
+  """The page's heading of part ``name``: its name, datasets and models."""
+  return (f"{name}: {', '.join(sorted({r['dataset'] for r in rows}))}, "
           f"{', '.join(sorted({r['model'] for r in rows}))}")
+
+
+def anchor(text: str) -> str:
+  """The markdown anchor of a heading ``text`` (lowercase, spaces to ``-``, other
+  punctuation but ``-`` and ``_`` dropped)."""
   return "".join(c for c in text.lower().replace(" ", "-") if c.isalnum() or c in "-_")
 
 
@@ -356,10 +369,8 @@ def part_section(name: str,
   """The page's section of one part (``curves``: its ``curves.csv`` rows, if any;
   ``figures``: ``(caption, file)`` of its other plots; ``published``: its
   ``published.csv`` rows, if any; ``reference``: ``read_reference``'s, if any)."""
-  datasets = ", ".join(sorted({r["dataset"] for r in rows}))
-  models = ", ".join(sorted({r["model"] for r in rows}))
   lines = [
-      f"## {name}: {datasets}, {models}", "", *pages.provenance_lines(made),
+      f"## {heading(name, rows)}", "", *pages.provenance_lines(made),
       f"- rows: [{name}/compare.csv](results/{name}/compare.csv)", *_trained_by(made), "",
       "Mean ± population std over seeds; `setting`: what the validation search picked.", "",
       *method_table(rows), ""
@@ -369,10 +380,14 @@ def part_section(name: str,
     lines += [*margin_lines, ""]
   if reference:
     ref_name, ref_rows = reference
-    lines += [
-        "FedRAS of this part against the uncompressed and baseline runs of "
-        f"[{ref_name}](#{_anchor(ref_name, ref_rows)}):", "", *margins(rows + ref_rows), ""
-    ]
+    # This part's FedRAS runs against the other part's others (its own FedRAS aside).
+    ref_lines = margins([r for r in rows if r["method"] == FEDRAS]
+                        + [r for r in ref_rows if r["method"] != FEDRAS])
+    if len(ref_lines) > 2:
+      lines += [
+          "FedRAS of this part against the uncompressed and baseline runs of "
+          f"[{ref_name}](#{anchor(heading(ref_name, ref_rows))}):", "", *ref_lines, ""
+      ]
   if published:
     lines += [
         f"Against published figures ([{name}/published.csv](results/{name}/published.csv)):", "",
@@ -414,7 +429,7 @@ def main(argv):
          lambda path: plot_info_loss(rows, path)),
     ) if draw(part / file)]
     body += part_section(part.name, made, rows, "ratio.png" if plotted else None, curves, figures,
-                         read_published(part), read_reference(part))
+                         read_published(part), read_reference(part, rows))
   outputs.write_atomic(pathlib.Path(_OUT.value), ("\n".join(body) + "\n").encode())
   print(f"wrote {_OUT.value} ({len(parts)} parts)")
 

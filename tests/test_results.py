@@ -69,7 +69,7 @@ def test_margins_against_uncompressed_and_the_best_baseline(part):
   _, rows = results.read_part(part)
   line = results.margins(rows)[2]
   # FedRAS 0.68/0.40, uncompressed 0.69/0.41, best baseline by HR@10 topk 0.64/0.30
-  assert line == "| ml-100k | mf | 1/32 | -0.0100 / -0.0100 | topk | +0.0400 / +0.1000 |"
+  assert line == "| ml-100k | mf | 1/32 | 2 | -0.0100 / -0.0100 | topk | +0.0400 / +0.1000 |"
 
 
 def test_part_section_states_how_it_was_made(part):
@@ -153,8 +153,8 @@ def test_the_dense_baseline_counts_at_every_ratio(part):
   assert {r["payload_ratio"] for r in rows if r["method"] == "uncompressed"} == {"1"}
   rows += [dict(r, payload_ratio="1/8", final_hr=0) for r in rows if r["method"] == "fedras"]
   lines = results.margins(rows)
-  assert "| ml-100k | mf | 1/8 | -0.0100 / -0.0100 | - | - |" in lines
-  assert "| ml-100k | mf | 1/32 | -0.0100 / -0.0100 | topk | +0.0400 / +0.1000 |" in lines
+  assert "| ml-100k | mf | 1/8 | 2 | -0.0100 / -0.0100 | - | - |" in lines
+  assert "| ml-100k | mf | 1/32 | 2 | -0.0100 / -0.0100 | topk | +0.0400 / +0.1000 |" in lines
   assert "| ml-100k | mf | uncompressed | 1 | 2 |" in "\n".join(results.method_table(rows))
 
 
@@ -199,19 +199,31 @@ def test_a_part_with_a_reference_gets_margins_against_that_parts_runs(part):
   with open(diag / "compare.csv", "w", newline="") as f:
     writer = csv.DictWriter(f, compare.COLUMNS)
     writer.writeheader()
-    writer.writerows([_row("fedras", "1/32", 0, 0.70, 0.43), _row("fedras", "1/32", 1, 0.70, 0.41)])
+    # Its own uncompressed run (another setting) is not pooled with the reference's.
+    writer.writerows([
+        _row("fedras", "1/32", 0, 0.70, 0.43),
+        _row("fedras", "1/32", 1, 0.70, 0.41),
+        _row("uncompressed", "1/32", 0, 0.50, 0.20, comp=0.0)
+    ])
   (diag / "compare.json").write_text((part / "compare.json").read_text())
   made, rows = results.read_part(diag)
-  assert results.read_reference(diag) is None
+  assert results.read_reference(diag, rows) is None
   (diag / "reference").write_text("ml100k_mf_r32\n")
-  name, ref_rows = results.read_reference(diag)
-  assert name == "ml100k_mf_r32" and "fedras" not in {r["method"] for r in ref_rows}
-  text = "\n".join(results.part_section("gains", made, rows, None, reference=(name, ref_rows)))
+  reference = results.read_reference(diag, rows)
+  assert reference[0] == "ml100k_mf_r32"
+  text = "\n".join(results.part_section("gains", made, rows, None, reference=reference))
+  # The link is the referenced part's heading's anchor.
+  assert results.heading("ml100k_mf_r32", reference[1]) == "ml100k_mf_r32: ml-100k, mf"
   assert "runs of [ml100k_mf_r32](#ml100k_mf_r32-ml-100k-mf):" in text
   # This part's FedRAS 0.70/0.42 against the reference's uncompressed 0.69/0.41 and its
-  # best baseline by HR@10, topk 0.64/0.30 (its own FedRAS and fixed K left out).
-  assert "| ml-100k | mf | 1/32 | +0.0100 / +0.0100 | topk | +0.0600 / +0.1200 |" in text
-  for bad in ("gains", "nosuch", ""):
+  # best baseline by HR@10, topk 0.64/0.30 (the reference's FedRAS and fixed K left out).
+  assert "| ml-100k | mf | 1/32 | 2 | +0.0100 / +0.0100 | topk | +0.0600 / +0.1200 |" in text
+  for bad in ("gains", "nosuch", "", ".", ".."):
     (diag / "reference").write_text(bad)
     with pytest.raises(ValueError, match="not another part"):
-      results.read_reference(diag)
+      results.read_reference(diag, rows)
+  # A part with nothing to compare against for this part's dataset and model.
+  (diag / "reference").write_text("ml100k_mf_r32")
+  other = [dict(r, dataset="ml-1m") for r in rows]
+  with pytest.raises(ValueError, match="no uncompressed or baseline run of"):
+    results.read_reference(diag, other)

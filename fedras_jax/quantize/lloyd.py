@@ -19,7 +19,7 @@ Conventions
   (:func:`_argmin_rows`), 2-3x faster on XLA:CPU than ``lax.argmin``. When
   ``n * max_k > 2**21`` the rows are blocked once (outside the Lloyd loop;
   blocks of 4096 rows) so the score block of one ``lax.map`` step stays in
-  cache and the ``[max_k, n]`` matrix is never materialised.
+  cache, the ``[max_k, n]`` matrix is never materialised and little is padded.
 * Inertia and the re-seeding distances use the direct ``||x - c_a||^2``.
 * ``tol`` is relative, as in scikit-learn: Lloyd stops when the total squared
   centroid shift is ``<= tol * mean_j Var_w[x[:, j]]`` (weighted variance over
