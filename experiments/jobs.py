@@ -64,8 +64,8 @@ class _Slots:
 
   def __init__(self, commands, names, env):
     self.todo = queue.Queue()
-    for item in zip(range(len(commands)), names, commands, strict=True):
-      self.todo.put(item)
+    for index, (name, command) in enumerate(zip(names, commands, strict=True)):
+      self.todo.put((index, name, command))
     self.env = env
     self.codes, self.running = {}, {}
     self.lock = threading.Lock()

@@ -13,6 +13,7 @@ from typing import Sequence
 import jax
 import numpy as np
 
+from experiments import jobs
 from fedras_jax import outputs
 
 
@@ -31,10 +32,8 @@ def cpus_text() -> str:
   """``"N CPUs"``, with the number this process may run on when its affinity is narrower
   (``taskset``): XLA sizes its thread pool by the affinity, so that is what a figure used."""
   total = os.cpu_count()
-  try:
-    usable = len(os.sched_getaffinity(0))
-  except AttributeError:  # no affinity on this platform
-    usable = total
+  cpus = jobs.usable_cpus()
+  usable = total if cpus is None else len(cpus)
   return f"{total} CPUs" + (f" ({usable} in this process's affinity)" if usable != total else "")
 
 
