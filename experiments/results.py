@@ -10,7 +10,9 @@ ratio, the simulated time each method takes to reach the uncompressed final HR@1
 minus 0.01 (from ``curves.csv``, the runs' evaluation rows, when the part has it) and
 (with matplotlib) HR@10 and NDCG@10 against the payload ratio with seed error bars,
 next to the CSV it is drawn from, HR@10 against simulated time (from ``curves.csv``) and
-the information loss of each compressed method, and, where the part holds a
+the information loss of each compressed method, for runs longer than 300 rounds
+their test HR@10 and NDCG@10 at round 300 beside the final ones (from ``curves.csv``),
+and, where the part holds a
 ``published.csv`` (columns ``method``, ``payload_ratio``, ``hr@10``, ``source``: figures
 a paper reports for the same setting), each such figure against the part's mean,
 and, where the part holds a file ``reference`` naming another part (a diagnostic part
@@ -220,6 +222,33 @@ def time_to_target(curves, rows, margin: float = 0.01) -> list:
   return lines
 
 
+def at_round(curves, rows, at: int = 300) -> list:
+  """Markdown lines: per (dataset, model, method, ratio) of runs longer than ``at``
+  rounds, the mean ± std over seeds of the test HR@10 and NDCG@10 of their evaluation
+  at round ``at`` (from ``curves``) beside the final ones (from ``rows``); a header
+  alone if no run is longer or none evaluated at ``at``."""
+  keys = ("dataset", "model", "method", "payload_ratio")
+  longer = [r for r in rows if float(r["rounds"]) > at]
+  runs = {(*(r[k] for k in keys), str(r["seed"])) for r in longer}
+  there = [
+      r for r in curves if r["round"] == at and (*(r[k] for k in keys), str(r["seed"])) in runs
+  ]
+  early = pages.seed_stats(there, keys, ("hr@10", "ndcg@10"))
+  final = pages.seed_stats(longer, keys + ("rounds",), METRICS[:2])
+  lines = [
+      f"| dataset | model | method | payload | seeds | HR@10 at round {at} | NDCG@10 at round {at} "
+      "| rounds | final HR@10 | final NDCG@10 |", "|" + "---|" * 10
+  ]
+  for (*key, rounds), (seeds, s) in final.items():
+    if tuple(key) not in early:
+      continue
+    n, e = early[tuple(key)]
+    lines.append("| " + " | ".join(key) + f" | {seeds if n == seeds else f'{n} of {seeds}'} | "
+                 f"{_cell(e['hr@10'])} | {_cell(e['ndcg@10'])} | {rounds} | "
+                 f"{_cell(s[METRICS[0]])} | {_cell(s[METRICS[1]])} |")
+  return lines
+
+
 def plot_part(rows, path: pathlib.Path) -> bool:
   """HR@10 and NDCG@10 against the payload ratio (top) and against the uplink each run
   actually sent (bottom: ``1 - compression_up``, the seeds' mean; an adaptive method
@@ -400,6 +429,12 @@ def part_section(name: str,
         "Simulated time to the uncompressed final HR@10 minus 0.01 (evaluation rounds only; "
         f"curves: [{name}/curves.csv](results/{name}/curves.csv)):", "",
         *time_to_target(curves, rows), ""
+    ]
+  at_lines = at_round(curves, rows) if curves else []
+  if len(at_lines) > 2:
+    lines += [
+        "Test metrics at round 300 and at the end, for runs longer than 300 rounds:", "", *at_lines,
+        ""
     ]
   for caption, file in figures:
     lines += [f"{caption}:", "", f"![{name}: {file}](results/{name}/{file})", ""]

@@ -227,3 +227,32 @@ def test_a_part_with_a_reference_gets_margins_against_that_parts_runs(part):
   other = [dict(r, dataset="ml-1m") for r in rows]
   with pytest.raises(ValueError, match="no uncompressed or baseline run of"):
     results.read_reference(diag, other)
+
+
+def test_runs_longer_than_300_rounds_show_their_metrics_at_round_300(part):
+  _, rows = results.read_part(part)
+  curves = [
+      dict(dataset="ml-100k",
+           model="mf",
+           method=m,
+           payload_ratio="1/32",
+           seed=str(s),
+           round=float(rnd),
+           sim_seconds=0.0,
+           **{"hr@10": hr, "ndcg@10": nd})
+      for m, s, rnd, hr, nd in (("fedras", 0, 300, 0.60, 0.30), ("fedras", 1, 300, 0.64, 0.34),
+                                ("fedras", 0, 250, 0.10, 0.10), ("svd", 0, 300, 0.5,
+                                                                 0.2), ("svd", 1, 300, 0.5, 0.2))
+  ]
+  assert len(results.at_round(curves, rows)) == 2  # every run ends at round 300
+  longer = [{**r, "rounds": "1000"} if r["method"] == "fedras" else r for r in rows]
+  lines = results.at_round(curves, longer)
+  # round 300: mean 0.62 ± 0.02 (HR), 0.32 ± 0.02 (NDCG); final: the rows' 0.68 ± 0.01
+  assert lines[2:] == [
+      "| ml-100k | mf | fedras | 1/32 | 2 | 0.6200 ± 0.0200 | 0.3200 ± 0.0200 | 1000 | "
+      "0.6800 ± 0.0100 | 0.4000 ± 0.0100 |"
+  ]
+  section = "\n".join(
+      results.part_section("p", {"command": "c", "commit": "x", "machine": "m", "date": "d"},
+                           longer, None, curves))
+  assert "HR@10 at round 300" in section
