@@ -53,6 +53,9 @@ def parse_grid(text: str,
                        f"{', '.join(names)}")
     if name in grid:
       raise ValueError(f"{flag}={text}: {name!r} appears twice")
+    if "=" in values:  # "item_lr=4,8,dense_lr=0.1": a second name after a comma
+      raise ValueError(f"{flag}={text}: bad entry {part!r}: separate names with ';', e.g. "
+                       "'item_lr=4,8;dense_lr=0.05,0.1'")
     entry_cast, entry_what = cast(name) if names is None else (cast, what)
     grid[name] = flag_lib.parse_values(f"{flag}={name}", values, entry_cast, entry_what)
   return grid

@@ -41,6 +41,8 @@ def test_parse_grid():
   assert parse_grid("") == {}
   with pytest.raises(ValueError, match="expected name=v1,v2"):
     parse_grid("item_lr")
+  with pytest.raises(ValueError, match="separate names with ';'"):
+    parse_grid("item_lr=4,8,dense_lr=0.1")
 
 
 def test_validation_scores_a_held_out_interaction_never_the_test_item(ml100k_path):
