@@ -256,3 +256,22 @@ def test_runs_longer_than_300_rounds_show_their_metrics_at_round_300(part):
       results.part_section("p", {"command": "c", "commit": "x", "machine": "m", "date": "d"},
                            longer, None, curves))
   assert "HR@10 at round 300" in section
+
+
+def test_the_overview_holds_every_parts_margins_in_ratio_order(part):
+  _, rows = results.read_part(part)
+  rows += [{**r, "payload_ratio": "1/4"} for r in rows if r["method"] in ("fedras", "svd")]
+  ref_rows = [r for r in rows if r["method"] != "fedras"]
+  gains = [
+      {**r, "final_hr@10": "0.70", "final_ndcg@10": "0.42"} for r in rows if r["method"] == "fedras"
+  ]
+  lines = results.overview([("main", rows, None), ("gains", gains, ("main", ref_rows))])
+  link = lambda name: f"[{name}](#{name}-ml-100k-mf)"
+  # FedRAS 0.68/0.40 against uncompressed 0.69/0.41 and the best baseline, topk 0.64/0.30 at
+  # 1/32 and svd 0.61/0.36 at 1/4 (the only one there); 1/4 before 1/32.
+  assert lines[2:] == [
+      f"| {link('main')} | ml-100k | mf | 1/4 | 2 | -0.0100 / -0.0100 | svd | +0.0700 / +0.0400 |",
+      f"| {link('main')} | ml-100k | mf | 1/32 | 2 | -0.0100 / -0.0100 | topk | +0.0400 / +0.1000 |",
+      f"| {link('gains')} | ml-100k | mf | 1/4 | 2 | +0.0100 / +0.0100 | svd | +0.0900 / +0.0600 |",
+      f"| {link('gains')} | ml-100k | mf | 1/32 | 2 | +0.0100 / +0.0100 | topk | +0.0600 / +0.1200 |",
+  ]
