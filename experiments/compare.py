@@ -150,10 +150,12 @@ def tune(config: TrainConfig,
   ``prefer`` (``{name: value}``, the setting of a finished run) when it is one of them;
   the edges are those of the kept values; None if no point was kept.
   """
+  # Not quiet: the search logs its validation HR@10 every eval_every rounds (a long
+  # search is otherwise silent); evaluating changes no run's numbers.
   candidate = dataclasses.replace(config,
                                   validation=True,
                                   workdir=None,
-                                  quiet=True,
+                                  quiet=False,
                                   overwrite=False)
   path = pathlib.Path(config.workdir) / TUNING_FILE
   saved = outputs.read_json(path, "delete it to search again") if path.is_file() else {}
@@ -189,7 +191,12 @@ def tune(config: TrainConfig,
     points = grid_points(grid)
     missing = [p for p in points if key(p) not in found]
     if missing:
-      new = sweep_points(candidate, [config.seed], missing)
+      new = sweep_points(
+          candidate, [config.seed],
+          missing,
+          log=lambda line: print(f"   searching {len(missing)} points: validation "
+                                 f"{line}",
+                                 flush=True))
       found.update((key(r), r) for r in new)
       kept += new
       path.parent.mkdir(parents=True, exist_ok=True)

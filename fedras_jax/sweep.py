@@ -127,8 +127,10 @@ def sweep_points(base: TrainConfig,
       # Every process evaluates (one program over all devices); process 0 logs.
       hr = np.asarray(batched_eval(clients.users, server.items, server.dense)["hr@10"])
       if distributed.is_writer():
+        elapsed = time.time() - start
         log(f"round {r}/{base.rounds}: HR@10 mean {hr.mean():.4f} (min {hr.min():.4f}, "
-            f"max {hr.max():.4f}) over {len(runs)} runs, {time.time() - start:.0f}s")
+            f"max {hr.max():.4f}) over {len(runs)} runs, {elapsed:.0f}s, "
+            f"ETA {elapsed / r * (base.rounds - r):.0f}s")
   scores = jax.device_get(batched_eval(clients.users, server.items, server.dense))
   timing = dict(compile_seconds=first_round - start, train_seconds=time.time() - first_round)
   return [

@@ -56,6 +56,8 @@ def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
     trained = out.splitlines()
   text = "\n".join(trained)
   assert text.count("   tuned ") == 2 and text.count("   kept ") == 1  # svd 1/32 reuses 1/8's
+  # A search says how far it is (every --eval_every=2 rounds: once in 2 rounds).
+  assert text.count("   searching 2 points: validation round 2/2: HR@10 mean ") == 2, text
   for method in ("uncompressed", "svd"):
     search = json.loads((tmp_path / f"ml-100k_mf_{method}_1over32_s0" / "tuning.json").read_text())
     assert search["config"]["payload_ratio"] == 1 / 32 and search["config"]["validation"]
@@ -137,7 +139,7 @@ def test_tune_widens_until_the_pick_is_inside_and_keeps_every_point(tmp_path, mo
   nothing."""
   searched = []
 
-  def fake_sweep(config, seeds, points):
+  def fake_sweep(config, seeds, points, log=print):
     searched.append([p["item_lr"] for p in points])
     hr = lambda lr: math.nan if lr >= 128 else 0.7 - 0.01 * (math.log2(lr) - 5)**2
     return [dict(seed=seeds[0], **p, **{"hr@10": hr(p["item_lr"])}) for p in points]
@@ -171,7 +173,7 @@ def test_tune_picks_by_the_chosen_metric(tmp_path, monkeypatch):
   second from the first's kept points, and the returned score is the pick's HR@10."""
   searched = []
 
-  def fake_sweep(config, seeds, points):
+  def fake_sweep(config, seeds, points, log=print):
     searched.append(len(points))
     scores = {4.0: (0.60, 0.30), 8.0: (0.66, 0.33), 16.0: (0.65, 0.36), 32.0: (0.50, 0.20)}
     return [
@@ -192,9 +194,10 @@ def test_tabulating_takes_the_point_a_finished_run_was_trained_at(tmp_path, monk
   picks 2 (grid order), while the kept file order is 4, 8, 2: tabulating takes the
   point of the run that finished there (``recorded_pick``), not the first kept."""
   scores = {2.0: 0.65, 4.0: 0.65, 8.0: 0.60}
-  monkeypatch.setattr(
-      compare, "sweep_points", lambda config, seeds, points:
-      [dict(seed=seeds[0], **p, **{"hr@10": scores[p["item_lr"]]}) for p in points])
+  monkeypatch.setattr(compare,
+                      "sweep_points",
+                      lambda config, seeds, points, log=print:
+                      [dict(seed=seeds[0], **p, **{"hr@10": scores[p["item_lr"]]}) for p in points])
   config = TrainConfig(workdir=str(tmp_path / "run"))
   assert compare.tune(config, {"item_lr": [4.0, 8.0]})[0] == {"item_lr": 4.0}
   assert compare.tune(config, {"item_lr": [2.0, 4.0, 8.0]})[0] == {"item_lr": 2.0}
