@@ -162,7 +162,9 @@ def tune(config: TrainConfig,
   kept = (saved.get("results", [])
           if "config" in saved and not config_differences(saved["config"], candidate) else [])
   # A point's full setting: its values, the candidate's for the other sweepable names.
-  key = lambda point: tuple(point.get(name, getattr(candidate, name)) for name in SWEEPABLE)
+  # A kept point lacks the names its own search did not vary: it ran at the candidate's.
+  value = lambda point, name: point.get(name, getattr(candidate, name))
+  key = lambda point: tuple(value(point, name) for name in SWEEPABLE)
   found = {key(r): r for r in kept}
   # A diverged candidate (NaN) never wins.
   score = lambda r: r[metric] if np.isfinite(r[metric]) else -np.inf
@@ -170,12 +172,10 @@ def tune(config: TrainConfig,
     # The points that differ from the candidate in the grid's names only.
     same = [
         r for r in found.values() if all(
-            r.get(n, getattr(candidate, n)) == getattr(candidate, n) for n in SWEEPABLE
-            if n not in grid)
+            value(r, n) == getattr(candidate, n) for n in SWEEPABLE if n not in grid)
     ]
     if not same:
       return None
-    value = lambda r, name: r.get(name, getattr(candidate, name))
     best = max(same, key=score)
     if prefer is not None:  # a run trained at a kept point: that point, even on a tie
       best = next((r for r in same if all(value(r, n) == v for n, v in prefer.items())), best)
@@ -203,10 +203,10 @@ def tune(config: TrainConfig,
       outputs.write_json(path, dict(config=dataclasses.asdict(candidate), results=kept), indent=1)
     results = [found[key(p)] for p in points]
     best = max(results, key=score)
-    point = {name: best[name] for name in grid}
+    point = {name: value(best, name) for name in grid}
     how = (f"tuned ({len(missing)} of {len(results)} points searched)" if missing else "kept")
-    print(f"   {how} {point} (payload {config.payload_ratio:g}): validation {metric} "
-          + ", ".join(f"{'/'.join(str(r[n]) for n in grid)}: {r[metric]:.4f}" for r in results),
+    print(f"   {how} {point} (payload {config.payload_ratio:g}): validation {metric} " + ", ".join(
+        f"{'/'.join(str(value(r, n)) for n in grid)}: {r[metric]:.4f}" for r in results),
           flush=True)
     edges = edge_names(grid, point)
     if not edges or step == widen:

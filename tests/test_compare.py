@@ -168,6 +168,28 @@ def test_tune_widens_until_the_pick_is_inside_and_keeps_every_point(tmp_path, mo
   assert compare.tune(config, {"item_lr": [64.0, 128.0]}, widen=0)[0] == {"item_lr": 64.0}
 
 
+def test_a_search_over_a_new_name_keeps_the_points_searched_without_it(tmp_path, monkeypatch):
+  """item_lr searched first, then dense_lr at one item_lr: the kept points (no dense_lr
+  in them: they ran at the config's) take part, and one of them can win."""
+  searched = []
+
+  def fake_sweep(config, seeds, points, log=print):
+    searched.append(points)
+    hr = lambda p: 0.6 + 0.01 * p["item_lr"] - abs(p.get("dense_lr", config.dense_lr) - 0.1)
+    return [dict(seed=seeds[0], **p, **{"hr@10": hr(p)}) for p in points]
+
+  monkeypatch.setattr(compare, "sweep_points", fake_sweep)
+  config = TrainConfig(workdir=str(tmp_path / "run"), dense_lr=0.1)
+  assert compare.tune(config, {"item_lr": [4.0, 8.0, 16.0]})[0] == {"item_lr": 16.0}
+  grid = {"item_lr": [16.0], "dense_lr": [0.05, 0.1, 0.2]}
+  point, hr, edges = compare.tune(config, grid, widen=0)
+  # Only the two new points ran; the kept (16, 0.1) wins with 0.76.
+  assert searched[1] == [{"item_lr": 16.0, "dense_lr": 0.05}, {"item_lr": 16.0, "dense_lr": 0.2}]
+  assert point == {"item_lr": 16.0, "dense_lr": 0.1} and math.isclose(hr, 0.76)
+  assert edges == []
+  assert compare.tune(config, grid, search=False)[0] == point
+
+
 def test_tune_picks_by_the_chosen_metric(tmp_path, monkeypatch):
   """HR@10 peaks at item_lr 8, NDCG@10 at 16: each metric picks its own peak, the
   second from the first's kept points, and the returned score is the pick's HR@10."""
