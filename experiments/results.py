@@ -110,7 +110,8 @@ def method_table(rows) -> list:
 def margins(rows) -> list:
   """Markdown lines: at each (dataset, model, ratio), FedRAS's seeds, its mean HR@10 and
   NDCG@10 minus uncompressed's (at any ratio: it sends the dense table) and minus the
-  best baseline's (by HR@10), naming that baseline."""
+  best baseline's (by HR@10), naming that baseline; a ratio where FedRAS has neither to
+  compare with gets no line."""
   stats = pages.seed_stats(rows, ("dataset", "model", "payload_ratio", "method"), METRICS[:2])
   dense = {(d, m): s for (d, m, _, method), (_, s) in stats.items() if method == DENSE}
   by_point = {}
@@ -135,6 +136,8 @@ def margins(rows) -> list:
     vs_dense = diff(methods[DENSE]) if DENSE in methods else "-"
     baselines = {m: s for m, s in methods.items() if m not in NOT_BASELINES}
     best = max(baselines, key=lambda m: baselines[m][METRICS[0]][0]) if baselines else None
+    if vs_dense == "-" and best is None:  # FedRAS alone (a diagnostic part): nothing to say
+      continue
     lines.append(f"| {dataset} | {model} | {ratio} | {seeds[(dataset, model, ratio)]} | "
                  f"{vs_dense} | {best or '-'} | {diff(baselines[best]) if best else '-'} |")
   return lines

@@ -154,6 +154,7 @@ def test_the_dense_baseline_counts_at_every_ratio(part):
   rows += [dict(r, payload_ratio="1/8", final_hr=0) for r in rows if r["method"] == "fedras"]
   lines = results.margins(rows)
   assert "| ml-100k | mf | 1/8 | 2 | -0.0100 / -0.0100 | - | - |" in lines
+  assert results.margins([r for r in rows if r["method"] == "fedras"])[2:] == []  # FedRAS alone
   assert "| ml-100k | mf | 1/32 | 2 | -0.0100 / -0.0100 | topk | +0.0400 / +0.1000 |" in lines
   assert "| ml-100k | mf | uncompressed | 1 | 2 |" in "\n".join(results.method_table(rows))
 
