@@ -44,6 +44,7 @@ METRICS = ("final_hr@10", "final_ndcg@10", "final_full_hr@10", "final_full_ndcg@
 FEDRAS = "fedras"
 DENSE = "uncompressed"
 NOT_BASELINES = (FEDRAS, DENSE, "fedras_fixed_k")
+EARLY_ROUND = 300  # runs longer than this also show their metrics at it
 
 
 def read_part(part: pathlib.Path):
@@ -154,10 +155,8 @@ def overview(sections) -> list:
   row per part and ratio, the part linked to its section. ``sections``: ``(name, rows,
   reference)`` per part, ``reference`` as :func:`read_reference` returns it (a part with
   one is compared against its reference part's runs)."""
-  lines = [
-      "| part | dataset | model | payload | FedRAS seeds | FedRAS − uncompressed (HR / NDCG) | "
-      "best baseline | FedRAS − best baseline (HR / NDCG) |", "|" + "---|" * 8
-  ]
+  header, rule = margins([])  # the margins table's columns, the part's first
+  lines = ["| part " + header, "|---" + rule]
   for name, rows, reference in sections:
     compared = rows if reference is None else against_reference(rows, reference[1])
     link = f"[{name}](#{anchor(heading(name, rows))})"
@@ -249,17 +248,16 @@ def time_to_target(curves, rows, margin: float = 0.01) -> list:
   return lines
 
 
-def at_round(curves, rows, at: int = 300) -> list:
+def at_round(curves, rows, at: int = EARLY_ROUND) -> list:
   """Markdown lines: per (dataset, model, method, ratio) of runs longer than ``at``
   rounds, the mean ± std over seeds of the test HR@10 and NDCG@10 of their evaluation
   at round ``at`` (from ``curves``) beside the final ones (from ``rows``); a header
   alone if no run is longer or none evaluated at ``at``."""
   keys = ("dataset", "model", "method", "payload_ratio")
+  run = lambda r: (*(r[k] for k in keys), str(r["seed"]))
   longer = [r for r in rows if float(r["rounds"]) > at]
-  runs = {(*(r[k] for k in keys), str(r["seed"])) for r in longer}
-  there = [
-      r for r in curves if r["round"] == at and (*(r[k] for k in keys), str(r["seed"])) in runs
-  ]
+  runs = {run(r) for r in longer}
+  there = [r for r in curves if r["round"] == at and run(r) in runs]
   early = pages.seed_stats(there, keys, ("hr@10", "ndcg@10"))
   final = pages.seed_stats(longer, keys + ("rounds",), METRICS[:2])
   lines = [
@@ -458,8 +456,8 @@ def part_section(name: str,
   at_lines = at_round(curves, rows) if curves else []
   if len(at_lines) > 2:
     lines += [
-        "Test metrics at round 300 and at the end, for runs longer than 300 rounds:", "", *at_lines,
-        ""
+        f"Test metrics at round {EARLY_ROUND} and at the end, for runs longer than "
+        f"{EARLY_ROUND} rounds:", "", *at_lines, ""
     ]
   for caption, file in figures:
     lines += [f"{caption}:", "", f"![{name}: {file}](results/{name}/{file})", ""]
