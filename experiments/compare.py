@@ -44,6 +44,7 @@ import dataclasses
 import io
 import itertools
 import pathlib
+import shutil
 import sys
 from fractions import Fraction
 from typing import Optional
@@ -105,6 +106,9 @@ CURVE_COLUMNS = ("dataset", "model", "method", "payload_ratio", "seed", "round",
                  "hr@10", "ndcg@10")
 
 TUNING_FILE = "tuning.json"
+# A search's checkpoints while it runs (every --checkpoint_every rounds): a search cut
+# off midway resumes from them.
+SEARCH_CHECKPOINT_DIR = "search_checkpoints"
 
 
 def edge_names(grid, point) -> list:
@@ -142,7 +146,9 @@ def tune(config: TrainConfig,
   later call with the same result-affecting settings: a widened grid searches only
   its new points (each point's result is its own deterministic run; points searched
   in different calls ran in different vmapped programs, so they agree with a joint
-  search up to float rounding). Up to ``widen`` times, a pick at the grid's edge
+  search up to float rounding). A search saves checkpoints in
+  ``<config.workdir>/search_checkpoints`` every ``checkpoint_every`` rounds; cut off
+  midway, the same search resumes from them. Up to ``widen`` times, a pick at the grid's edge
   widens the grid past it (``widened``) and searches the new points; the names still
   at an edge are returned. With ``search=False`` (tabulating) nothing is searched: the
   pick is the best of every point kept for this setting, whatever grids searched them
@@ -196,11 +202,13 @@ def tune(config: TrainConfig,
           missing,
           log=lambda line: print(f"   searching {len(missing)} points: validation "
                                  f"{line}",
-                                 flush=True))
+                                 flush=True),
+          checkpoint_dir=path.parent / SEARCH_CHECKPOINT_DIR)
       found.update((key(r), r) for r in new)
       kept += new
       path.parent.mkdir(parents=True, exist_ok=True)
       outputs.write_json(path, dict(config=dataclasses.asdict(candidate), results=kept), indent=1)
+      shutil.rmtree(path.parent / SEARCH_CHECKPOINT_DIR, ignore_errors=True)
     results = [found[key(p)] for p in points]
     best = max(results, key=score)
     point = {name: value(best, name) for name in grid}

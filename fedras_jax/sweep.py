@@ -9,16 +9,23 @@ round) are separate programs: call ``sweep`` once per grid point of those.
 Like ``train``, a sweep may span several processes (``fedras_jax.distributed``):
 local training is then sharded over every global device, every process returns the
 same results, and only process 0 logs.
+
+Given a ``checkpoint_dir``, a sweep saves its stacked states every
+``checkpoint_every`` rounds (``fedras_jax.checkpoint``) and the same sweep started
+again resumes from the newest one: every run's randomness is in its state, so the
+results are those of an uninterrupted sweep. Checkpoints of another sweep (other
+runs or result-affecting settings) are removed and the sweep starts over.
 """
 import dataclasses
 import itertools
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedras_jax import checkpoint as ckpt_lib
 from fedras_jax import distributed
 from fedras_jax import flags as flag_lib
 from fedras_jax.compress import dense_bits
@@ -27,6 +34,7 @@ from fedras_jax.experiment import (build_bandwidth, build_round_config, build_si
                                    load_run_data, round_hparams, run_mesh)
 from fedras_jax.federated import init_states
 from fedras_jax.metrics import make_evaluate
+from fedras_jax.workdir import config_differences
 
 SWEEPABLE = ("user_lr", "item_lr", "dense_lr", "weight_decay", "fluctuation", "payload_ratio")
 
@@ -85,13 +93,16 @@ def sweep(base: TrainConfig,
 def sweep_points(base: TrainConfig,
                  seeds: Sequence[int],
                  points: Sequence[Dict[str, float]],
-                 log: Callable[[str], None] = print) -> List[dict]:
+                 log: Callable[[str], None] = print,
+                 checkpoint_dir: Optional[str] = None) -> List[dict]:
   """Trains ``len(seeds) * len(points)`` runs of ``base`` in one program.
 
   ``points`` are ``{name: value}`` settings of ``SWEEPABLE`` names (``[]``: ``base``
   alone). Returns one dict per run: its seed, its point's values, final HR@K/NDCG@K, and
-  the program's ``compile_seconds`` (its first round) and ``train_seconds`` (the
-  other rounds and the final evaluation), shared by the runs of one call.
+  the program's ``compile_seconds`` (its first round in this process) and
+  ``train_seconds`` (the other rounds and the final evaluation), shared by the runs of
+  one call. With ``checkpoint_dir``, checkpoints every ``base.checkpoint_every``
+  rounds (0: never) and resumes from that directory's newest checkpoint of this sweep.
   """
   base.validate()
   for point in points:
@@ -112,17 +123,24 @@ def sweep_points(base: TrainConfig,
                          mesh=mesh)
   model, round_fn = sim.model, sim.round_fn
   server, clients, hp = _stacked_states(configs, model, split, sim.server_opt, sim.downlink)
+  start_round = 0
+  if checkpoint_dir is not None:
+    start_round, (server, clients) = _resume(checkpoint_dir, configs, (server, clients), log)
   if mesh is not None:
     server, clients, hp = distributed.replicate((server, clients, hp), mesh)
   batched_round = distributed.jit(jax.vmap(round_fn), mesh, donate_argnums=(0, 1))
   evaluate = make_evaluate(model, eval_items, eval_negatives)
   batched_eval = distributed.jit(jax.vmap(evaluate), mesh)
   start = time.time()
-  for r in range(1, base.rounds + 1):
+  for r in range(start_round + 1, base.rounds + 1):
     server, clients, _ = batched_round(server, clients, hp)
-    if r == 1:  # the first call compiles
+    if r == start_round + 1:  # the first call compiles
       jax.block_until_ready(server)
       first_round = time.time()
+    if (checkpoint_dir is not None and base.checkpoint_every and r % base.checkpoint_every == 0
+        and r < base.rounds and distributed.is_writer()):
+      ckpt_lib.save(checkpoint_dir, r, (server, clients),
+                    dict(configs=[dataclasses.asdict(c) for c in configs]))
     if not base.quiet and (r % base.eval_every == 0 or r == base.rounds):
       # Every process evaluates (one program over all devices); process 0 logs.
       hr = np.asarray(batched_eval(clients.users, server.items, server.dense)["hr@10"])
@@ -130,7 +148,7 @@ def sweep_points(base: TrainConfig,
         elapsed = time.time() - start
         log(f"round {r}/{base.rounds}: HR@10 mean {hr.mean():.4f} (min {hr.min():.4f}, "
             f"max {hr.max():.4f}) over {len(runs)} runs, {elapsed:.0f}s, "
-            f"ETA {elapsed / r * (base.rounds - r):.0f}s")
+            f"ETA {elapsed / (r - start_round) * (base.rounds - r):.0f}s")
   scores = jax.device_get(batched_eval(clients.users, server.items, server.dense))
   timing = dict(compile_seconds=first_round - start, train_seconds=time.time() - first_round)
   return [
@@ -138,6 +156,35 @@ def sweep_points(base: TrainConfig,
                            for k, v in scores.items()}, **timing)
       for i, (s, p) in enumerate(runs)
   ]
+
+
+def _resume(checkpoint_dir, configs, initial, log):
+  """``(start_round, (server, clients))``: the newest checkpoint in ``checkpoint_dir``
+  of the sweep of ``configs`` (its runs, in order), or ``(0, initial)``. Process 0
+  reads it and sends it to every process. Checkpoints of another sweep are removed."""
+
+  def start_over(why):
+    log(f"{checkpoint_dir}: {why}: starting over")
+    for _, old in ckpt_lib.list_checkpoints(checkpoint_dir):
+      old.unlink()
+    return None, (np.int32(0), initial)
+
+  def restore():
+    try:
+      found = ckpt_lib.restore_latest(checkpoint_dir, initial, warn=log)
+    except ckpt_lib.CheckpointError as e:
+      return start_over(e)
+    if found is None:
+      return None, (np.int32(0), initial)
+    start_round, state, host, path = found
+    saved = host.get("configs", [])
+    if len(saved) != len(configs) or any(config_differences(s, c) for s, c in zip(saved, configs)):
+      return start_over("another sweep's checkpoints")
+    log(f"resuming from round {start_round} of {configs[0].rounds} ({path})")
+    return None, (np.int32(start_round), state)
+
+  _, (start_round, state) = distributed.on_writer(restore, (np.int32(0), initial))
+  return int(start_round), state
 
 
 def _stacked_states(configs, model, split, server_opt, downlink):

@@ -139,8 +139,13 @@ def test_tune_widens_until_the_pick_is_inside_and_keeps_every_point(tmp_path, mo
   nothing."""
   searched = []
 
-  def fake_sweep(config, seeds, points, log=print):
+  def fake_sweep(config, seeds, points, log=print, checkpoint_dir=None):
     searched.append([p["item_lr"] for p in points])
+    # A search checkpoints into the run's workdir (removed once its points are kept).
+    assert checkpoint_dir.name == compare.SEARCH_CHECKPOINT_DIR
+    assert checkpoint_dir.parent.parent == tmp_path
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    (checkpoint_dir / "round_000002.msgpack").write_bytes(b"")
     hr = lambda lr: math.nan if lr >= 128 else 0.7 - 0.01 * (math.log2(lr) - 5)**2
     return [dict(seed=seeds[0], **p, **{"hr@10": hr(p["item_lr"])}) for p in points]
 
@@ -151,6 +156,7 @@ def test_tune_widens_until_the_pick_is_inside_and_keeps_every_point(tmp_path, mo
   assert searched == [[2.0, 4.0, 8.0], [16.0], [32.0], [64.0]]
   kept = json.loads((tmp_path / "run" / compare.TUNING_FILE).read_text())["results"]
   assert [r["item_lr"] for r in kept] == [2.0, 4.0, 8.0, 16.0, 32.0, 64.0]
+  assert not (tmp_path / "run" / compare.SEARCH_CHECKPOINT_DIR).exists()
   # Tabulating only: the best of the kept points whatever grid is named (a method may
   # have been searched from another starting grid), nothing searched; None where no
   # point was kept; a pick at the edge of what was searched is named.
@@ -173,7 +179,7 @@ def test_a_search_over_a_new_name_keeps_the_points_searched_without_it(tmp_path,
   in them: they ran at the config's) take part, and one of them can win."""
   searched = []
 
-  def fake_sweep(config, seeds, points, log=print):
+  def fake_sweep(config, seeds, points, log=print, checkpoint_dir=None):
     searched.append(points)
     hr = lambda p: 0.6 + 0.01 * p["item_lr"] - abs(p.get("dense_lr", config.dense_lr) - 0.1)
     return [dict(seed=seeds[0], **p, **{"hr@10": hr(p)}) for p in points]
@@ -195,7 +201,7 @@ def test_tune_picks_by_the_chosen_metric(tmp_path, monkeypatch):
   second from the first's kept points, and the returned score is the pick's HR@10."""
   searched = []
 
-  def fake_sweep(config, seeds, points, log=print):
+  def fake_sweep(config, seeds, points, log=print, checkpoint_dir=None):
     searched.append(len(points))
     scores = {4.0: (0.60, 0.30), 8.0: (0.66, 0.33), 16.0: (0.65, 0.36), 32.0: (0.50, 0.20)}
     return [
@@ -216,10 +222,9 @@ def test_tabulating_takes_the_point_a_finished_run_was_trained_at(tmp_path, monk
   picks 2 (grid order), while the kept file order is 4, 8, 2: tabulating takes the
   point of the run that finished there (``recorded_pick``), not the first kept."""
   scores = {2.0: 0.65, 4.0: 0.65, 8.0: 0.60}
-  monkeypatch.setattr(compare,
-                      "sweep_points",
-                      lambda config, seeds, points, log=print:
-                      [dict(seed=seeds[0], **p, **{"hr@10": scores[p["item_lr"]]}) for p in points])
+  monkeypatch.setattr(
+      compare, "sweep_points", lambda config, seeds, points, **_:
+      [dict(seed=seeds[0], **p, **{"hr@10": scores[p["item_lr"]]}) for p in points])
   config = TrainConfig(workdir=str(tmp_path / "run"))
   assert compare.tune(config, {"item_lr": [4.0, 8.0]})[0] == {"item_lr": 4.0}
   assert compare.tune(config, {"item_lr": [2.0, 4.0, 8.0]})[0] == {"item_lr": 2.0}

@@ -4,13 +4,15 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fedras_jax.sweep import grid_points, parse_grid, summarize, sweep
+from fedras_jax import checkpoint as ckpt_lib
+from fedras_jax import sweep as sweep_lib
+from fedras_jax.sweep import grid_points, parse_grid, summarize, sweep_points
 from fedras_jax.config import TrainConfig
 from fedras_jax.experiment import load_run_data
 from fedras_jax.training import train
 
 
-def test_sweep_run_equals_single_run(ml100k_path):
+def test_sweep_run_equals_single_run_and_resumes_from_its_checkpoint(ml100k_path, tmp_path):
   base = TrainConfig(data_dir=str(ml100k_path.parents[1]),
                      method="uncompressed",
                      rounds=6,
@@ -18,10 +20,20 @@ def test_sweep_run_equals_single_run(ml100k_path):
                      clients_per_round=8,
                      dim=8,
                      quiet=True,
-                     checkpoint_every=0)
-  results = sweep(base, seeds=[0, 1], grid={"item_lr": [4.0, 8.0]})
+                     checkpoint_every=4)
+  points = grid_points({"item_lr": [4.0, 8.0]})
+  # The whole sweep leaves its round-4 checkpoint behind (none at the end).
+  results = sweep_points(base, [0, 1], points, checkpoint_dir=tmp_path)
   assert [(r["seed"], r["item_lr"]) for r in results] == [(0, 4.0), (1, 4.0), (0, 8.0), (1, 8.0)]
-  alone = train(dataclasses.replace(base, item_lr=8.0))["final"]
+  assert [r for r, _ in ckpt_lib.list_checkpoints(tmp_path)] == [4]
+  # The same sweep again starts from round 4, as if cut off after it, and ends the same.
+  lines = []
+  resumed = sweep_points(base, [0, 1], points, log=lines.append, checkpoint_dir=tmp_path)
+  assert lines[0].startswith("resuming from round 4 of 6"), lines
+  assert [(r["hr@10"], r["ndcg@10"]) for r in resumed
+         ] == [(r["hr@10"], r["ndcg@10"]) for r in results]
+  assert len({r["ndcg@10"] for r in results}) == 4, results
+  alone = train(dataclasses.replace(base, item_lr=8.0, checkpoint_every=0))["final"]
   np.testing.assert_allclose(results[2]["hr@10"], alone["hr@10"], atol=1e-6)
   np.testing.assert_allclose(results[2]["ndcg@10"], alone["ndcg@10"], atol=1e-6)
   rows = summarize(results)
@@ -60,3 +72,28 @@ def test_validation_scores_a_held_out_interaction_never_the_test_item(ml100k_pat
     train_u = split.train_items[split.train_indptr[u]:split.train_indptr[u + 1]]
     assert items[u] in seen and items[u] not in train_u
     assert not seen & set(negatives[u].tolist()) and len(set(negatives[u].tolist())) == 99
+
+
+def test_a_sweep_starts_over_on_another_sweeps_checkpoint(tmp_path):
+  configs = [TrainConfig(item_lr=4.0), TrainConfig(item_lr=8.0)]
+  state = {"items": np.arange(6, dtype=np.float32).reshape(3, 2)}
+  ckpt_lib.save(tmp_path, 2, state, dict(configs=[dataclasses.asdict(c) for c in configs]))
+  lines = []
+  start, restored = sweep_lib._resume(tmp_path, configs, {"items": np.zeros((3, 2), np.float32)},
+                                      lines.append)
+  assert start == 2 and np.array_equal(restored["items"], state["items"])
+  # Other values, other runs, or another number of runs: not this sweep's.
+  for other in ([TrainConfig(item_lr=4.0), TrainConfig(item_lr=16.0)], configs[:1]):
+    ckpt_lib.save(tmp_path, 2, state, dict(configs=[dataclasses.asdict(c) for c in configs]))
+    fresh = {"items": np.zeros((3, 2), np.float32)}
+    start, restored = sweep_lib._resume(tmp_path, other, fresh, lines.append)
+    assert start == 0 and restored is fresh
+    assert "another sweep's checkpoints: starting over" in lines[-1]
+    assert ckpt_lib.list_checkpoints(tmp_path) == []
+  # A damaged checkpoint: starts over too.
+  ckpt_lib.save(tmp_path, 2, state, dict(configs=[dataclasses.asdict(c) for c in configs]))
+  path = ckpt_lib.path_for(tmp_path, 2)
+  path.write_bytes(path.read_bytes()[:-3])
+  start, _ = sweep_lib._resume(tmp_path, configs, {"items": np.zeros((3, 2), np.float32)},
+                               lines.append)
+  assert start == 0 and "starting over" in lines[-1] and not path.exists()
