@@ -200,8 +200,7 @@ def tune(config: TrainConfig,
       new = sweep_points(
           candidate, [config.seed],
           missing,
-          log=lambda line: print(f"   searching {len(missing)} points: validation "
-                                 f"{line}",
+          log=lambda line: print(f"   searching {len(missing)} points (validation): {line}",
                                  flush=True),
           checkpoint_dir=path.parent / SEARCH_CHECKPOINT_DIR)
       found.update((key(r), r) for r in new)

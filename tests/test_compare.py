@@ -57,7 +57,7 @@ def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
   text = "\n".join(trained)
   assert text.count("   tuned ") == 2 and text.count("   kept ") == 1  # svd 1/32 reuses 1/8's
   # A search says how far it is (every --eval_every=2 rounds: once in 2 rounds).
-  assert text.count("   searching 2 points: validation round 2/2: HR@10 mean ") == 2, text
+  assert text.count("   searching 2 points (validation): round 2/2: HR@10 mean ") == 2, text
   for method in ("uncompressed", "svd"):
     search = json.loads((tmp_path / f"ml-100k_mf_{method}_1over32_s0" / "tuning.json").read_text())
     assert search["config"]["payload_ratio"] == 1 / 32 and search["config"]["validation"]
