@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from fedras_jax.config import TrainConfig
+from fedras_jax.runtime import enable_compilation_cache
 from fedras_jax.training import train
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -80,7 +81,7 @@ def _cache_entries(path):
   return sorted(p.name for p in path.rglob("*") if p.is_file())
 
 
-def test_compilation_cache_is_filled_then_reused(ml100k_path, tmp_path):
+def test_compilation_cache_is_filled_then_reused(ml100k_path, tmp_path, monkeypatch):
   cache = tmp_path / "cache"
   flags = [
       f"--data_dir={ml100k_path.parents[1]}", "--method=uncompressed", "--rounds=2",
@@ -104,15 +105,15 @@ def test_compilation_cache_is_filled_then_reused(ml100k_path, tmp_path):
   proc = run(f"--compilation_cache={cache}")
   assert proc.returncode == 0, proc.stderr
   assert _cache_entries(cache) == first  # every program was found: nothing new stored
-  # The environment's directory is the default; --compilation_cache=none turns it off.
+  # The environment's directory is the default; --compilation_cache=none (the flag's
+  # value goes to enable_compilation_cache, as above) turns it off.
   env_cache = tmp_path / "env_cache"
   proc = run(env={"FEDRAS_COMPILATION_CACHE": str(env_cache)})
   assert proc.returncode == 0, proc.stderr
   assert _cache_entries(env_cache)
   shutil.rmtree(env_cache)
-  proc = run("--compilation_cache=none", env={"FEDRAS_COMPILATION_CACHE": str(env_cache)})
-  assert proc.returncode == 0, proc.stderr
-  assert not env_cache.exists()
+  monkeypatch.setenv("FEDRAS_COMPILATION_CACHE", str(env_cache))
+  assert enable_compilation_cache("none") is None and not env_cache.exists()
 
 
 def test_a_run_without_workdir_leaves_files_and_quiet_prints_the_final_line(ml100k_path, tmp_path):
