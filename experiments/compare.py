@@ -165,7 +165,7 @@ def tune(config: TrainConfig,
                                   overwrite=False)
   path = pathlib.Path(config.workdir) / TUNING_FILE
   saved = outputs.read_json(path, "delete it to search again") if path.is_file() else {}
-  kept = (saved.get("results", [])
+  kept = (outputs.rows_with_nan(saved.get("results", []))
           if "config" in saved and not config_differences(saved["config"], candidate) else [])
   # A point's full setting: its values, the candidate's for the other sweepable names.
   # A kept point lacks the names its own search did not vary: it ran at the candidate's.

@@ -35,6 +35,12 @@ def json_safe(obj):
   return obj
 
 
+def rows_with_nan(rows) -> list:
+  """``rows`` (flat dicts of numbers read back from strict JSON) with every ``None``
+  as NaN again: a number that was not finite when written (a diverged run's metric)."""
+  return [{k: math.nan if v is None else v for k, v in r.items()} for r in rows]
+
+
 def dumps(obj, **kwargs) -> str:
   """``json.dumps`` of ``json_safe(obj)`` that never writes ``NaN`` or ``Infinity``."""
   return json.dumps(json_safe(obj), allow_nan=False, **kwargs)

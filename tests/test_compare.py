@@ -172,6 +172,16 @@ def test_tune_widens_until_the_pick_is_inside_and_keeps_every_point(tmp_path, mo
   assert compare.tune(config, {"item_lr": [2.0, 4.0, 8.0]},
                       widen=1)[::2] == ({"item_lr": 16.0}, ["item_lr"])
   assert compare.tune(config, {"item_lr": [64.0, 128.0]}, widen=0)[0] == {"item_lr": 64.0}
+  # The diverged point is kept as null (strict JSON) and read back as NaN: it still never
+  # wins, searched again or tabulated.
+  assert [
+      r["hr@10"]
+      for r in json.loads((tmp_path / "run" / compare.TUNING_FILE).read_text())["results"]
+      if r["item_lr"] == 128.0
+  ] == [None]
+  assert compare.tune(config, {"item_lr": [64.0, 128.0]}, widen=0)[0] == {"item_lr": 64.0}
+  assert compare.tune(config, {"item_lr": [64.0, 128.0]}, search=False)[0] == {"item_lr": 32.0}
+  assert searched[-1] == [128.0] and len(searched) == 6  # the repeats searched nothing
 
 
 def test_a_search_over_a_new_name_keeps_the_points_searched_without_it(tmp_path, monkeypatch):
