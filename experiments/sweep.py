@@ -8,12 +8,18 @@
 Every other flag is a ``TrainConfig`` flag (see ``python -m experiments.train --help``),
 the multi-process ones included (``--coordinator``, ``--num_processes``, ``--process_id``:
 every process runs the same command; process 0 prints and writes ``--output``).
+
+With ``--workdir=DIR`` nothing finished is lost: each shape point's program checkpoints
+every ``--checkpoint_every`` rounds in ``DIR/<shape point>/checkpoints`` and keeps its
+results in ``DIR/<shape point>/results.json``; the same command run again reuses the
+finished points and resumes the interrupted one (``--overwrite``: start over).
 """
 import csv
 import dataclasses
 import io
 import itertools
 import pathlib
+import re
 import time
 
 from absl import app, flags
@@ -23,7 +29,7 @@ from fedras_jax import flags as flag_lib
 from fedras_jax.config import TrainConfig
 from fedras_jax.outputs import write_atomic
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
-from fedras_jax.sweep import grid_points, parse_grid, summarize, sweep
+from fedras_jax.sweep import grid_points, kept_sweep, parse_grid, summarize, sweep
 
 flag_lib.define_train_flags()
 
@@ -51,6 +57,12 @@ def bench(base: TrainConfig, seeds, grid):
         f"(compile {sum(r['compile_seconds'] for r in singles):.1f}s, rounds {train:.1f}s)")
   print(f"  ratio vmapped / sequential: {batched_total / sequential_total:.2f} in all, "
         f"{batched['train_seconds'] / train:.2f} without compilation")
+
+
+def point_dir_name(point: dict) -> str:
+  """``dim=32,model=ncf`` for a shape point (characters other than letters, digits and
+  ``.=,-`` as ``_``); ``base`` without a shape grid."""
+  return re.sub(r"[^\w.=,-]", "_", ",".join(f"{k}={v}" for k, v in point.items())) or "base"
 
 
 def parse_sweep_flags(base: TrainConfig):
@@ -81,10 +93,14 @@ def main(argv):
   if FLAGS.bench:
     bench(dataclasses.replace(base, quiet=True), seeds, grid)
     return
+  workdir = None if (base.workdir or "none").lower() == "none" else pathlib.Path(base.workdir)
   rows = []
   for point in shape_points:
     config = dataclasses.replace(base, **point)
-    for row in summarize(sweep(config, seeds, grid)):
+    point_dir = workdir / point_dir_name(point) if workdir else None
+    results = (kept_sweep(config, seeds, grid, point_dir) if point_dir else sweep(
+        config, seeds, grid))
+    for row in summarize(results):
       rows.append(dict(point, **row))
       if distributed.is_writer():
         print(", ".join(

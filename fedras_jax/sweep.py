@@ -18,6 +18,8 @@ runs or result-affecting settings) are removed and the sweep starts over.
 """
 import dataclasses
 import itertools
+import pathlib
+import shutil
 import time
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -28,6 +30,7 @@ import numpy as np
 from fedras_jax import checkpoint as ckpt_lib
 from fedras_jax import distributed
 from fedras_jax import flags as flag_lib
+from fedras_jax import outputs
 from fedras_jax.compress import dense_bits
 from fedras_jax.config import TrainConfig
 from fedras_jax.experiment import (build_bandwidth, build_round_config, build_simulation,
@@ -36,6 +39,7 @@ from fedras_jax.federated import init_states
 from fedras_jax.metrics import make_evaluate
 from fedras_jax.workdir import config_differences
 
+RESULTS_FILE = "results.json"  # kept_sweep's results
 SWEEPABLE = ("user_lr", "item_lr", "dense_lr", "weight_decay", "fluctuation", "payload_ratio")
 
 
@@ -85,9 +89,40 @@ def grid_points(grid: Dict[str, Sequence[float]]) -> List[Dict[str, float]]:
 def sweep(base: TrainConfig,
           seeds: Sequence[int],
           grid: Dict[str, Sequence[float]],
-          log: Callable[[str], None] = print) -> List[dict]:
+          log: Callable[[str], None] = print,
+          checkpoint_dir: Optional[str] = None) -> List[dict]:
   """``sweep_points`` over the cartesian product of ``grid`` (``{name: values}``)."""
-  return sweep_points(base, seeds, grid_points(grid), log)
+  return sweep_points(base, seeds, grid_points(grid), log, checkpoint_dir)
+
+
+def kept_sweep(base: TrainConfig,
+               seeds: Sequence[int],
+               grid: Dict[str, Sequence[float]],
+               directory,
+               log: Callable[[str], None] = print) -> List[dict]:
+  """``sweep(base, seeds, grid)``, kept in ``directory``: the results that the same sweep
+  (same seeds, grid and result-affecting settings) left in ``directory/results.json``,
+  else the sweep checkpointed in ``directory/checkpoints`` (resumed from there), whose
+  results are then kept there. ``base.overwrite``: ``directory`` is cleared first."""
+  directory = pathlib.Path(directory)
+  if base.overwrite:
+    shutil.rmtree(directory, ignore_errors=True)
+  path = directory / RESULTS_FILE
+  setting = dict(seeds=list(seeds), grid={k: list(v) for k, v in grid.items()})
+  if path.is_file():
+    saved = outputs.read_json(path, "delete it or use --overwrite to run the sweep again")
+    if (all(saved.get(k) == v for k, v in setting.items())
+        and not config_differences(saved.get("config", {}), base)):
+      if distributed.is_writer():
+        log(f"kept: the finished sweep in {path}")
+      return outputs.rows_with_nan(saved["results"])
+  results = sweep(base, seeds, grid, log, checkpoint_dir=directory / "checkpoints")
+  if distributed.is_writer():
+    outputs.write_json(path,
+                       dict(config=dataclasses.asdict(base), **setting, results=results),
+                       indent=1)
+    shutil.rmtree(directory / "checkpoints", ignore_errors=True)
+  return results
 
 
 def sweep_points(base: TrainConfig,

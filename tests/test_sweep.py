@@ -1,5 +1,6 @@
 """A vmapped sweep run equals the same run trained alone."""
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -97,3 +98,41 @@ def test_a_sweep_starts_over_on_another_sweeps_checkpoint(tmp_path):
   start, _ = sweep_lib._resume(tmp_path, configs, {"items": np.zeros((3, 2), np.float32)},
                                lines.append)
   assert start == 0 and "starting over" in lines[-1] and not path.exists()
+
+
+def test_kept_sweep_reuses_finished_results_and_reruns_another_sweep(tmp_path, monkeypatch):
+  calls = []
+
+  def fake_sweep(base, seeds, grid, log=print, checkpoint_dir=None):
+    calls.append((list(seeds), checkpoint_dir))
+    checkpoint_dir.mkdir(parents=True)  # as sweep_points' checkpoints would
+    return [
+        dict(seed=s, item_lr=lr, **{"hr@10": math.nan if lr > 8 else 0.5 + s})
+        for lr in grid["item_lr"]
+        for s in seeds
+    ]
+
+  monkeypatch.setattr(sweep_lib, "sweep", fake_sweep)
+  base, grid = TrainConfig(rounds=3), {"item_lr": [4.0, 16.0]}
+  first = sweep_lib.kept_sweep(base, [0, 1], grid, tmp_path / "point")
+  assert calls == [([0, 1], tmp_path / "point" / "checkpoints")]
+  assert not (tmp_path / "point" / "checkpoints").exists()  # finished: no checkpoints left
+  lines = []
+  again = sweep_lib.kept_sweep(base, [0, 1], grid, tmp_path / "point", log=lines.append)
+  assert len(calls) == 1 and lines == [f"kept: the finished sweep in {tmp_path}/point/results.json"]
+  # The diverged point (kept as null) reads back as NaN.
+  assert [r["hr@10"] for r in again[:2]] == [0.5, 1.5] and all(
+      math.isnan(r["hr@10"]) for r in again[2:])
+  assert [r["item_lr"] for r in again] == [r["item_lr"] for r in first]
+  # Other seeds, another grid, other result-affecting settings, or --overwrite: run again.
+  sweep_lib.kept_sweep(base, [0], grid, tmp_path / "point")
+  sweep_lib.kept_sweep(base, [0], {"item_lr": [4.0]}, tmp_path / "point")
+  sweep_lib.kept_sweep(dataclasses.replace(base, rounds=4), [0], {"item_lr": [4.0]},
+                       tmp_path / "point")
+  sweep_lib.kept_sweep(dataclasses.replace(base, rounds=4, overwrite=True), [0], {"item_lr": [4.0]},
+                       tmp_path / "point")
+  assert len(calls) == 5
+  # Settings that change no result (quiet, workdir, checkpoint_every) keep it.
+  sweep_lib.kept_sweep(dataclasses.replace(base, rounds=4, quiet=True, checkpoint_every=7), [0],
+                       {"item_lr": [4.0]}, tmp_path / "point")
+  assert len(calls) == 5
