@@ -2,6 +2,8 @@
 (checked by hand) and FedRAS's margins name the right baseline."""
 import csv
 import json
+import shlex
+import sys
 
 import pytest
 
@@ -276,3 +278,10 @@ def test_the_overview_holds_every_parts_margins_in_ratio_order(part):
       f"| {link('gains')} | ml-100k | mf | 1/4 | 2 | +0.0100 / +0.0100 | svd | +0.0900 / +0.0600 |",
       f"| {link('gains')} | ml-100k | mf | 1/32 | 2 | +0.0100 / +0.0100 | topk | +0.0600 / +0.1200 |",
   ]
+
+
+def test_a_pages_command_is_quoted_for_the_shell(monkeypatch):
+  monkeypatch.setattr(sys, "argv", ["compare.py", "--tune=item_lr=4,8;dense_lr=0.1", "--seeds=0"])
+  command = pages.provenance("experiments.compare")["command"]
+  assert command == "python -m experiments.compare '--tune=item_lr=4,8;dense_lr=0.1' --seeds=0"
+  assert shlex.split(command)[3:] == sys.argv[1:]
