@@ -103,18 +103,22 @@ def kept_sweep(base: TrainConfig,
   """``sweep(base, seeds, grid)``, kept in ``directory``: the results that the same sweep
   (same seeds, grid and result-affecting settings) left in ``directory/results.json``,
   else the sweep checkpointed in ``directory/checkpoints`` (resumed from there), whose
-  results are then kept there. ``base.overwrite``: ``directory`` is cleared first."""
+  results are then kept there. ``base.overwrite``: ``directory`` is cleared first.
+
+  In a multi-process run process 0 alone writes ``directory`` and the checkpoints
+  reach every process from it, but finished results are reused by a single process
+  only (the others could not see that the sweep need not run): there a rerun runs
+  finished sweeps again."""
   directory = pathlib.Path(directory)
-  if base.overwrite:
+  if base.overwrite and distributed.is_writer():
     shutil.rmtree(directory, ignore_errors=True)
   path = directory / RESULTS_FILE
   setting = dict(seeds=list(seeds), grid={k: list(v) for k, v in grid.items()})
-  if path.is_file():
+  if jax.process_count() == 1 and path.is_file():
     saved = outputs.read_json(path, "delete it or use --overwrite to run the sweep again")
     if (all(saved.get(k) == v for k, v in setting.items())
         and not config_differences(saved.get("config", {}), base)):
-      if distributed.is_writer():
-        log(f"kept: the finished sweep in {path}")
+      log(f"kept: the finished sweep in {path}")
       return outputs.rows_with_nan(saved["results"])
   results = sweep(base, seeds, grid, log, checkpoint_dir=directory / "checkpoints")
   if distributed.is_writer():
