@@ -110,8 +110,11 @@ def kept_sweep(base: TrainConfig,
   only (the others could not see that the sweep need not run): there a rerun runs
   finished sweeps again."""
   directory = pathlib.Path(directory)
-  if base.overwrite and distributed.is_writer():
-    shutil.rmtree(directory, ignore_errors=True)
+  if distributed.is_writer():
+    if base.overwrite:
+      shutil.rmtree(directory, ignore_errors=True)
+    with outputs.naming(directory):  # an unwritable directory fails now, not after training
+      directory.mkdir(parents=True, exist_ok=True)
   path = directory / RESULTS_FILE
   setting = dict(seeds=list(seeds), grid={k: list(v) for k, v in grid.items()})
   if jax.process_count() == 1 and path.is_file():

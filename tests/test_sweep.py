@@ -132,6 +132,11 @@ def test_kept_sweep_reuses_finished_results_and_reruns_another_sweep(tmp_path, m
   sweep_lib.kept_sweep(dataclasses.replace(base, rounds=4, overwrite=True), [0], {"item_lr": [4.0]},
                        tmp_path / "point")
   assert len(calls) == 5
+  # A directory that cannot be made fails before the sweep runs, naming it.
+  (tmp_path / "a_file").write_text("")
+  with pytest.raises(OSError, match="a_file"):
+    sweep_lib.kept_sweep(base, [0], grid, tmp_path / "a_file" / "point")
+  assert len(calls) == 5
   # Settings that change no result (quiet, workdir, checkpoint_every) keep it.
   sweep_lib.kept_sweep(dataclasses.replace(base, rounds=4, quiet=True, checkpoint_every=7), [0],
                        {"item_lr": [4.0]}, tmp_path / "point")
