@@ -1,4 +1,5 @@
-"""A vmapped sweep run equals the same run trained alone."""
+"""A vmapped sweep run equals the same run trained alone; a sweep resumes from its checkpoint
+and keeps its finished results."""
 import dataclasses
 import math
 
