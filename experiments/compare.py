@@ -418,17 +418,24 @@ def main(argv):
     failed = run_in_parts(methods, FLAGS.jobs)
   only_finished = FLAGS.only_finished or FLAGS.jobs > 1
   rows, curves = [], []
-  for dataset, model, method, ratio, seed in itertools.product(
-      split(FLAGS.datasets) or [base.dataset],
-      split(FLAGS.models) or [base.model], methods, ratios, seeds):
+  grid_runs = list(
+      itertools.product(
+          split(FLAGS.datasets) or [base.dataset],
+          split(FLAGS.models) or [base.model], methods, ratios, seeds))
+  # The dense baseline does not depend on the ratio: one run per dataset, model, seed.
+  planned = sum(
+      method != "uncompressed" or ratio == ratios[0] for _, _, method, ratio, _ in grid_runs)
+  started = 0
+  for dataset, model, method, ratio, seed in grid_runs:
     if method == "uncompressed" and rows and any(r["method"] == method and r["dataset"] == dataset
                                                  and r["model"] == model and r["seed"] == seed
                                                  for r in rows):
-      continue  # the dense baseline does not depend on the ratio
+      continue
     name, config = run_config(dataset, model, method, ratio, seed)
     search_seed = seed if FLAGS.tune_seed is None else FLAGS.tune_seed
     search_config = run_config(dataset, model, method, tune_at or ratio, search_seed)[1]
-    print(f"== {name}", flush=True)
+    started += 1
+    print(f"== {name} ({started} of {max(started, planned)})", flush=True)
     tuned = (tune(search_config,
                   grid,
                   search=not only_finished,

@@ -32,7 +32,7 @@ def test_models_default_to_the_model_flag(ml100k_path, tmp_path):
                         capture_output=True,
                         text=True,
                         timeout=300)
-  assert "== ml-100k_ncf_svd_1over8_s3" in proc.stdout, proc.stderr[-2000:]
+  assert "== ml-100k_ncf_svd_1over8_s3 (1 of 1)" in proc.stdout, proc.stderr[-2000:]
   assert "error: no finished runs" in proc.stderr and proc.returncode == 1
 
 
@@ -49,11 +49,14 @@ def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
     cpus = jobs.usable_cpus()
     assert f"[part uncompressed] started on CPUs {[cpus[0]]}" in trained
     assert f"[part svd] started on CPUs {cpus[1:]}" in trained
-    assert "[part uncompressed] == ml-100k_mf_uncompressed_1over8_s0" in trained
-    assert "[part svd] == ml-100k_mf_svd_1over32_s0" in trained
+    # Each part counts its own runs.
+    assert "[part uncompressed] == ml-100k_mf_uncompressed_1over8_s0 (1 of 1)" in trained
+    assert "[part svd] == ml-100k_mf_svd_1over32_s0 (2 of 2)" in trained
     assert not any("| dataset |" in line for line in trained)  # the parts print no table
   else:
     trained = out.splitlines()
+    # The dense baseline runs once, whatever the ratios: 3 runs, not 4.
+    assert "== ml-100k_mf_svd_1over32_s0 (3 of 3)" in trained
   text = "\n".join(trained)
   assert text.count("   tuned ") == 2 and text.count("   kept ") == 1  # svd 1/32 reuses 1/8's
   # A search says how far it is (every --eval_every=2 rounds: once in 2 rounds).
