@@ -57,7 +57,7 @@ from fedras_jax import flags as flag_lib
 from fedras_jax import outputs
 from fedras_jax.config import TrainConfig, dataset_label
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
-from fedras_jax.sweep import SWEEPABLE, grid_points, parse_grid, sweep_points
+from fedras_jax.sweep import SWEEPABLE, grid_points, kept_results, parse_grid, sweep_points
 from fedras_jax.training import train
 from fedras_jax.workdir import config_differences, recorded_config
 
@@ -164,9 +164,7 @@ def tune(config: TrainConfig,
                                   quiet=False,
                                   overwrite=False)
   path = pathlib.Path(config.workdir) / TUNING_FILE
-  saved = outputs.read_json(path, "delete it to search again") if path.is_file() else {}
-  kept = (outputs.rows_with_nan(saved.get("results", []))
-          if "config" in saved and not config_differences(saved["config"], candidate) else [])
+  kept = kept_results(path, candidate, "delete it to search again") or []
   # A point's full setting: its values, the candidate's for the other sweepable names.
   # A kept point lacks the names its own search did not vary: it ran at the candidate's.
   value = lambda point, name: point.get(name, getattr(candidate, name))

@@ -117,12 +117,11 @@ def kept_sweep(base: TrainConfig,
       directory.mkdir(parents=True, exist_ok=True)
   path = directory / RESULTS_FILE
   setting = dict(seeds=list(seeds), grid={k: list(v) for k, v in grid.items()})
-  if jax.process_count() == 1 and path.is_file():
-    saved = outputs.read_json(path, "delete it or use --overwrite to run the sweep again")
-    if (all(saved.get(k) == v for k, v in setting.items())
-        and not config_differences(saved.get("config", {}), base)):
-      log(f"kept: the finished sweep in {path}")
-      return outputs.rows_with_nan(saved["results"])
+  kept = (kept_results(path, base, "delete it or use --overwrite to run the sweep again", **setting)
+          if jax.process_count() == 1 else None)
+  if kept is not None:
+    log(f"kept: the finished sweep in {path}")
+    return kept
   results = sweep(base, seeds, grid, log, checkpoint_dir=directory / "checkpoints")
   if distributed.is_writer():
     outputs.write_json(path,
@@ -130,6 +129,20 @@ def kept_sweep(base: TrainConfig,
                        indent=1)
     shutil.rmtree(directory / "checkpoints", ignore_errors=True)
   return results
+
+
+def kept_results(path, config: TrainConfig, remedy: str, **setting) -> Optional[List[dict]]:
+  """The ``results`` rows kept in JSON file ``path`` (``{"config", **setting,
+  "results"}``, non-finite numbers as NaN again) if its config differs from ``config``
+  in no result-affecting setting and its other entries equal ``setting``; else None
+  (no file, or another sweep's). A file that is not JSON raises, naming ``remedy``."""
+  if not pathlib.Path(path).is_file():
+    return None
+  saved = outputs.read_json(path, remedy)
+  if ("config" not in saved or config_differences(saved["config"], config)
+      or any(saved.get(k) != v for k, v in setting.items())):
+    return None
+  return outputs.rows_with_nan(saved.get("results", []))
 
 
 def sweep_points(base: TrainConfig,
