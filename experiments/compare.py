@@ -44,7 +44,6 @@ import dataclasses
 import io
 import itertools
 import pathlib
-import shutil
 import sys
 from fractions import Fraction
 from typing import Optional
@@ -57,7 +56,8 @@ from fedras_jax import flags as flag_lib
 from fedras_jax import outputs
 from fedras_jax.config import TrainConfig, dataset_label
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
-from fedras_jax.sweep import SWEEPABLE, grid_points, kept_results, parse_grid, sweep_points
+from fedras_jax.sweep import (SWEEPABLE, grid_points, keep_results, kept_results, parse_grid,
+                              sweep_points)
 from fedras_jax.training import train
 from fedras_jax.workdir import config_differences, recorded_config
 
@@ -195,17 +195,16 @@ def tune(config: TrainConfig,
     points = grid_points(grid)
     missing = [p for p in points if key(p) not in found]
     if missing:
+      checkpoints = path.parent / SEARCH_CHECKPOINT_DIR
       new = sweep_points(
           candidate, [config.seed],
           missing,
           log=lambda line: print(f"   searching {len(missing)} points (validation): {line}",
                                  flush=True),
-          checkpoint_dir=path.parent / SEARCH_CHECKPOINT_DIR)
+          checkpoint_dir=checkpoints)
       found.update((key(r), r) for r in new)
       kept += new
-      path.parent.mkdir(parents=True, exist_ok=True)
-      outputs.write_json(path, dict(config=dataclasses.asdict(candidate), results=kept), indent=1)
-      shutil.rmtree(path.parent / SEARCH_CHECKPOINT_DIR, ignore_errors=True)
+      keep_results(path, candidate, kept, checkpoints)
     results = [found[key(p)] for p in points]
     best = max(results, key=score)
     point = {name: value(best, name) for name in grid}

@@ -122,13 +122,20 @@ def kept_sweep(base: TrainConfig,
   if kept is not None:
     log(f"kept: the finished sweep in {path}")
     return kept
-  results = sweep(base, seeds, grid, log, checkpoint_dir=directory / "checkpoints")
+  checkpoints = directory / "checkpoints"
+  results = sweep(base, seeds, grid, log, checkpoint_dir=checkpoints)
   if distributed.is_writer():
-    outputs.write_json(path,
-                       dict(config=dataclasses.asdict(base), **setting, results=results),
-                       indent=1)
-    shutil.rmtree(directory / "checkpoints", ignore_errors=True)
+    keep_results(path, base, results, checkpoints, **setting)
   return results
+
+
+def keep_results(path, config: TrainConfig, results, checkpoint_dir, **setting):
+  """Writes ``{"config", **setting, "results"}`` to ``path`` (what ``kept_results``
+  reads back), then removes the ``checkpoint_dir`` the results no longer need."""
+  outputs.write_json(path,
+                     dict(config=dataclasses.asdict(config), **setting, results=results),
+                     indent=1)
+  shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
 def kept_results(path, config: TrainConfig, remedy: str, **setting) -> Optional[List[dict]]:
