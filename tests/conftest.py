@@ -21,7 +21,8 @@ SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def pytest_configure(config):
-  """One persistent XLA compilation cache for the tests that compile in this process.
+  """One persistent XLA compilation cache for the tests that compile in this process
+  (each pytest-xdist worker is a process of its own and makes its own).
 
   Many tests build the same small round (each a new closure, so ``jit``'s own cache
   misses) and load it from the cache instead of compiling it again (on the 2-core VM:
@@ -35,6 +36,15 @@ def pytest_configure(config):
   config.fedras_xla_cache = tempfile.mkdtemp(prefix="fedras-tests-xla-cache-")
   jax.config.update("jax_compilation_cache_dir", config.fedras_xla_cache)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
+
+
+def pytest_xdist_auto_num_workers(config):
+  """``--numprocesses=auto`` (setup.cfg): one worker per CPU this process may run on
+  (its affinity, not the machine's count), at most 4: the longest test file bounds the
+  suite beyond that, and every worker holds a JAX runtime."""
+  del config
+  cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return max(1, min(4, cpus or 1))
 
 
 def pytest_unconfigure(config):
