@@ -47,8 +47,8 @@ def run_layout(method: str, processes: int, devices: int, workdir: str) -> dict:
   """One run of ``method`` as ``processes`` x ``devices``; process 0's summary."""
   args = [
       f"--method={method}", f"--rounds={_ROUNDS.value}", f"--eval_every={_ROUNDS.value}",
-      "--checkpoint_every=0", f"--workdir={workdir}", "--quiet", "--compilation_cache=none",
-      *(f"--{f}" for f in _TRAIN_FLAGS.value)
+      "--checkpoint_every=0", "--checkpoint_minutes=0", f"--workdir={workdir}", "--quiet",
+      "--compilation_cache=none", *(f"--{f}" for f in _TRAIN_FLAGS.value)
   ]
   if _DATA_DIR.value:
     args.append(f"--data_dir={_DATA_DIR.value}")

@@ -43,8 +43,8 @@ ON_NONFINITE = ("skip", "stop")
 # rows of metrics.jsonl and the windows their loss/actions average over, and num_lanes
 # changes the packing of local training, hence the compiled program.
 NON_RESULT_FIELDS = frozenset({
-    "data_dir", "workdir", "quiet", "overwrite", "checkpoint_every", "download", "on_nonfinite",
-    "shard_clients"
+    "data_dir", "workdir", "quiet", "overwrite", "checkpoint_every", "checkpoint_minutes",
+    "download", "on_nonfinite", "shard_clients"
 })
 
 
@@ -141,7 +141,12 @@ class TrainConfig:
       "rerunning the same command resumes the run")
   quiet: bool = setting("run", False, "print only the final line")
   checkpoint_every: int = setting(
-      "run", 50, "save a checkpoint every N rounds and at the end (0: never; needs --workdir)")
+      "run", 50,
+      "save a checkpoint every N rounds and at the end (0: never by rounds; needs --workdir)")
+  checkpoint_minutes: float = setting(
+      "run", 10.0, "also save a checkpoint after any round that ends M minutes or more after "
+      "the last save, so slow rounds lose minutes, not --checkpoint_every rounds (0: never by "
+      "time)")
   overwrite: bool = setting(
       "run", False, "replace the run in --workdir (default: resume it; refuse if its flags differ)")
   download: bool = setting(
@@ -201,8 +206,8 @@ class TrainConfig:
     for name in ("dim", "rounds", "clients_per_round", "local_epochs", "batch_size", "num_lanes",
                  "eval_every"):
       checks.append((name, getattr(self, name) > 0, "positive"))
-    for name in ("user_lr", "item_lr", "dense_lr", "weight_decay", "server_lr",
-                 "compute_seconds"):  # a negative step or duration has no meaning here
+    for name in ("user_lr", "item_lr", "dense_lr", "weight_decay", "server_lr", "compute_seconds",
+                 "checkpoint_minutes"):  # a negative step or duration has no meaning here
       value = getattr(self, name)
       checks.append((name, math.isfinite(value) and value >= 0, "finite and >= 0"))
     for name in ("init_scale", "tau", "bandwidth_sigma"):

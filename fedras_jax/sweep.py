@@ -11,7 +11,8 @@ local training is then sharded over every global device, every process returns t
 same results, and only process 0 logs.
 
 Given a ``checkpoint_dir``, a sweep saves its stacked states every
-``checkpoint_every`` rounds (``fedras_jax.checkpoint``) and the same sweep started
+``checkpoint_every`` rounds and every ``checkpoint_minutes`` (``fedras_jax.checkpoint``)
+and the same sweep started
 again resumes from the newest one: every run's randomness is in its state, so the
 results are those of an uninterrupted sweep. Checkpoints of another sweep (other
 runs or result-affecting settings) are removed and the sweep starts over.
@@ -163,8 +164,9 @@ def sweep_points(base: TrainConfig,
   alone). Returns one dict per run: its seed, its point's values, final HR@K/NDCG@K, and
   the program's ``compile_seconds`` (its first round in this process) and
   ``train_seconds`` (the other rounds and the final evaluation), shared by the runs of
-  one call. With ``checkpoint_dir``, checkpoints every ``base.checkpoint_every``
-  rounds (0: never) and resumes from that directory's newest checkpoint of this sweep.
+  one call. With ``checkpoint_dir``, checkpoints by ``base``'s cadence
+  (``checkpoint.Cadence``: every ``checkpoint_every`` rounds and every
+  ``checkpoint_minutes``) and resumes from that directory's newest checkpoint of this sweep.
   """
   base.validate()
   for point in points:
@@ -194,15 +196,17 @@ def sweep_points(base: TrainConfig,
   evaluate = make_evaluate(model, eval_items, eval_negatives)
   batched_eval = distributed.jit(jax.vmap(evaluate), mesh)
   start = time.time()
+  cadence = ckpt_lib.Cadence(base.checkpoint_every, base.checkpoint_minutes)
   for r in range(start_round + 1, base.rounds + 1):
     server, clients, _ = batched_round(server, clients, hp)
     if r == start_round + 1:  # the first call compiles
       jax.block_until_ready(server)
       first_round = time.time()
-    if (checkpoint_dir is not None and base.checkpoint_every and r % base.checkpoint_every == 0
-        and r < base.rounds and distributed.is_writer()):
+    if (checkpoint_dir is not None and r < base.rounds and cadence.due(r)
+        and distributed.is_writer()):
       ckpt_lib.save(checkpoint_dir, r, (server, clients),
                     dict(configs=[dataclasses.asdict(c) for c in configs]))
+      cadence.saved()
     if not base.quiet and (r % base.eval_every == 0 or r == base.rounds):
       # Every process evaluates (one program over all devices); process 0 logs.
       hr = np.asarray(batched_eval(clients.users, server.items, server.dense)["hr@10"])

@@ -91,6 +91,7 @@ def _run(config: TrainConfig, log: Callable[[str], None], hold: contextlib.ExitS
   writer = _open_files(config, workdir, host["rows"])
 
   wall_before, start = host["wall_seconds"], time.time()
+  cadence = ckpt_lib.Cadence(config.checkpoint_every, config.checkpoint_minutes)
   compile_seconds = None
   for r in range(start_round + 1, config.rounds + 1):
     rows_before = rows_to_sample(server.key, server.round, clients.users)
@@ -110,12 +111,12 @@ def _run(config: TrainConfig, log: Callable[[str], None], hold: contextlib.ExitS
                             wall_before + time.time() - start)
       writer.write(row)
       say(_progress_line(config, row, host))
-    if workdir and config.checkpoint_every and (r % config.checkpoint_every == 0
-                                                or r == config.rounds):
+    if workdir and cadence.enabled and (cadence.due(r) or r == config.rounds):
       host["wall_seconds"] = wall_before + time.time() - start
       if host["compile_seconds"] is None:
         host["compile_seconds"] = compile_seconds
       ckpt_lib.save(workdir / workdir_lib.CHECKPOINT_DIR, r, (server, clients), host)
+      cadence.saved()
 
   if workdir:
     ckpt_lib.save_params(workdir / workdir_lib.PARAMS_FILE,

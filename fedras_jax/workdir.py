@@ -6,8 +6,8 @@ The workdir holds the run:
 * ``config.json``: the config the run was started with;
 * ``metrics.jsonl`` and ``metrics.csv``: one row per evaluation (JSON files are strict:
   a non-finite number, e.g. the loss of a diverged run, is ``null``; ``outputs.dumps``);
-* ``checkpoints/round_NNNNNN.msgpack``: every ``checkpoint_every`` rounds and at the
-  last round (the newest two are kept): server state, stacked client states, the
+* ``checkpoints/round_NNNNNN.msgpack``: every ``checkpoint_every`` rounds, every
+  ``checkpoint_minutes`` and at the last round (the newest two are kept): server state, stacked client states, the
   round counter and the host-side totals, metrics rows so far and best row
   (see ``fedras_jax.checkpoint``);
 * ``summary.json`` (final figures and the exact config) and ``final_params.msgpack``

@@ -226,6 +226,48 @@ def test_altered_newest_checkpoint_falls_back_to_the_previous_one(data_dir, refe
       (reference / "final_params.msgpack").read_bytes()
 
 
+def test_cadence_saves_by_rounds_and_by_minutes_since_the_last_save():
+  now = [0.0]
+  every_10_rounds_or_minute = checkpoint.Cadence(10, 1.0, clock=lambda: now[0])
+  assert every_10_rounds_or_minute.enabled
+  assert [r for r in range(1, 25) if every_10_rounds_or_minute.due(r)] == [10, 20]
+  now[0] = 59.9
+  assert not every_10_rounds_or_minute.due(3)
+  now[0] = 60.0  # a minute since the cadence was made
+  assert every_10_rounds_or_minute.due(3)
+  every_10_rounds_or_minute.saved()
+  now[0] = 119.0
+  assert not every_10_rounds_or_minute.due(4) and every_10_rounds_or_minute.due(10)
+  now[0] = 120.0
+  assert every_10_rounds_or_minute.due(4)
+  by_time_only = checkpoint.Cadence(0, 0.5, clock=lambda: now[0])
+  now[0] += 29.0
+  assert not any(by_time_only.due(r) for r in (1, 10, 100))
+  now[0] += 1.0
+  assert by_time_only.due(1)
+  never = checkpoint.Cadence(0, 0.0, clock=lambda: now[0])
+  now[0] += 1e6
+  assert not never.enabled and not any(never.due(r) for r in (1, 10, 100))
+
+
+def test_a_checkpoint_by_time_between_evaluations_resumes_exactly(data_dir, reference, tmp_path):
+  """--checkpoint_every=0 and a tiny --checkpoint_minutes: a checkpoint after every
+  round (the newest two kept); resumed from round 29, mid evaluation window (the window's
+  averages are in the checkpoint), the run ends where the uninterrupted one did."""
+  by_time = dict(RUN, checkpoint_every=0, checkpoint_minutes=1e-9)
+  workdir = tmp_path / "run"
+  train(_config(data_dir, workdir=str(workdir), **by_time))
+  saved = checkpoint.list_checkpoints(workdir / "checkpoints")
+  assert [r for r, _ in saved] == [29, 30]
+  for path in (saved[-1][1], workdir / "summary.json", workdir / "final_params.msgpack"):
+    path.unlink()
+  summary = train(_config(data_dir, workdir=str(workdir), **by_time))
+  assert summary["resumed_from_round"] == 29
+  assert [_untimed(r) for r in _rows(workdir)] == [_untimed(r) for r in _rows(reference)]
+  assert (workdir / "final_params.msgpack").read_bytes() == \
+      (reference / "final_params.msgpack").read_bytes()
+
+
 def test_workdir_with_other_flags_is_refused(data_dir, reference, tmp_path):
   workdir = _copy(reference, tmp_path)
   before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
@@ -292,9 +334,12 @@ def test_nonfinite_updates_are_skipped_counted_and_logged(data_dir, monkeypatch)
   assert all(l.endswith("skipped them") for l in logged)
 
 
-@pytest.mark.parametrize("setting,message",
-                         [(dict(on_nonfinite="ignore"), "--on_nonfinite='ignore' is invalid"),
-                          (dict(checkpoint_every=-1), "--checkpoint_every=-1 is invalid"),])
+@pytest.mark.parametrize(
+    "setting,message",
+    [(dict(on_nonfinite="ignore"), "--on_nonfinite='ignore' is invalid"),
+     (dict(checkpoint_every=-1), "--checkpoint_every=-1 is invalid"),
+     (dict(checkpoint_minutes=-1.0), "--checkpoint_minutes=-1.0 is invalid"),
+     (dict(checkpoint_minutes=float("nan")), "--checkpoint_minutes=nan is invalid"),])
 def test_bad_new_settings_are_refused(setting, message):
   with pytest.raises(ValueError, match=re.escape(message)):
     TrainConfig(**setting).validate()
