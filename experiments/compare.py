@@ -107,8 +107,7 @@ CURVE_COLUMNS = ("dataset", "model", "method", "payload_ratio", "seed", "round",
 
 TUNING_FILE = "tuning.json"
 # A search's checkpoints while it runs (every --checkpoint_every rounds and every
-# --checkpoint_minutes): a search cut
-# off midway resumes from them.
+# --checkpoint_minutes): a search cut off midway resumes from them.
 SEARCH_CHECKPOINT_DIR = "search_checkpoints"
 
 
@@ -149,8 +148,7 @@ def tune(config: TrainConfig,
   in different calls ran in different vmapped programs, so they agree with a joint
   search up to float rounding). A search saves checkpoints in
   ``<config.workdir>/search_checkpoints`` every ``checkpoint_every`` rounds and every
-  ``checkpoint_minutes``; cut off
-  midway, the same search resumes from them. Up to ``widen`` times, a pick at the grid's edge
+  ``checkpoint_minutes``; cut off midway, the same search resumes from them. Up to ``widen`` times, a pick at the grid's edge
   widens the grid past it (``widened``) and searches the new points; the names still
   at an edge are returned. With ``search=False`` (tabulating) nothing is searched: the
   pick is the best of every point kept for this setting, whatever grids searched them

@@ -11,9 +11,9 @@ every process runs the same command; process 0 prints and writes ``--output``).
 
 With ``--workdir=DIR`` nothing finished is lost: each shape point's program checkpoints
 every ``--checkpoint_every`` rounds and every ``--checkpoint_minutes`` in
-``DIR/<shape point>/checkpoints`` and keeps its
-results in ``DIR/<shape point>/results.json``; the same command run again reuses the
-finished points and resumes the interrupted one (``--overwrite``: start over).
+``DIR/<shape point>/checkpoints`` and keeps its results in
+``DIR/<shape point>/results.json``; the same command run again reuses the finished points
+and resumes the interrupted one (``--overwrite``: start over).
 """
 import csv
 import dataclasses

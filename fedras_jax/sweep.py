@@ -12,10 +12,9 @@ same results, and only process 0 logs.
 
 Given a ``checkpoint_dir``, a sweep saves its stacked states every
 ``checkpoint_every`` rounds and every ``checkpoint_minutes`` (``fedras_jax.checkpoint``)
-and the same sweep started
-again resumes from the newest one: every run's randomness is in its state, so the
-results are those of an uninterrupted sweep. Checkpoints of another sweep (other
-runs or result-affecting settings) are removed and the sweep starts over.
+and the same sweep started again resumes from the newest one: every run's randomness is
+in its state, so the results are those of an uninterrupted sweep. Checkpoints of another
+sweep (other runs or result-affecting settings) are removed and the sweep starts over.
 """
 import dataclasses
 import itertools
