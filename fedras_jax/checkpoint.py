@@ -16,8 +16,8 @@ fsynced and renamed over the target (``os.replace``), so a reader (or a run kill
 with SIGKILL at any instant) sees either the old file or the new one, never a torn one.
 
 When to save is a ``Cadence``: every N rounds and whenever M minutes of wall time
-have passed since the last save, so a run of slow rounds (a vmapped ML-1M search: a
-minute per round) loses minutes, not the hour that 50 of its rounds take.
+have passed since the last save, so a run of slow rounds (a vmapped search over a large
+catalogue) loses at most minutes when it is killed, not N of its rounds.
 
 Serialization is ``flax.serialization`` (msgpack, already a flax dependency): the
 state is a few small host-side arrays written synchronously by one process, which

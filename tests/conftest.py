@@ -25,11 +25,11 @@ def pytest_configure(config):
   (each pytest-xdist worker is a process of its own and makes its own).
 
   Many tests build the same small round (each a new closure, so ``jit``'s own cache
-  misses) and load it from the cache instead of compiling it again (on the 2-core VM:
-  the five files that compile most 305 -> 242 s, the suite 689 -> 639 s). The directory is new for every session (nothing of an earlier
-  session's or the user's cache is read) and set before any test module is imported
-  (JAX decides once per process whether the cache is on). Binaries the tests start as
-  subprocesses do not inherit it; what the cache itself does is tested there.
+  misses) and load it from the cache instead of compiling it again. The directory is new
+  for every session (nothing of an earlier session's or the user's cache is read) and set
+  before any test module is imported (JAX decides once per process whether the cache is
+  on). Binaries the tests start as subprocesses do not inherit it; what the cache itself
+  does is tested there.
   """
   import jax
 
