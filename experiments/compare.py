@@ -148,13 +148,13 @@ def tune(config: TrainConfig,
   in different calls ran in different vmapped programs, so they agree with a joint
   search up to float rounding). A search saves checkpoints in
   ``<config.workdir>/search_checkpoints`` every ``checkpoint_every`` rounds and every
-  ``checkpoint_minutes``; cut off midway, the same search resumes from them. Up to ``widen`` times, a pick at the grid's edge
-  widens the grid past it (``widened``) and searches the new points; the names still
-  at an edge are returned. With ``search=False`` (tabulating) nothing is searched: the
-  pick is the best of every point kept for this setting, whatever grids searched them
-  (invocations may have searched a method from different starting grids), or
-  ``prefer`` (``{name: value}``, the setting of a finished run) when it is one of them;
-  the edges are those of the kept values; None if no point was kept.
+  ``checkpoint_minutes``; cut off midway, the same search resumes from them. Up to ``widen``
+  times, a pick at the grid's edge widens the grid past it (``widened``) and searches the
+  new points; the names still at an edge are returned. With ``search=False`` (tabulating)
+  nothing is searched: the pick is the best of every point kept for this setting, whatever
+  grids searched them (invocations may have searched a method from different starting
+  grids), or ``prefer`` (``{name: value}``, the setting of a finished run) when it is one of
+  them; the edges are those of the kept values; None if no point was kept.
   """
   # Not quiet: the search logs its validation HR@10 every eval_every rounds (a long
   # search is otherwise silent); evaluating changes no run's numbers.

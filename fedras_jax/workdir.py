@@ -7,9 +7,9 @@ The workdir holds the run:
 * ``metrics.jsonl`` and ``metrics.csv``: one row per evaluation (JSON files are strict:
   a non-finite number, e.g. the loss of a diverged run, is ``null``; ``outputs.dumps``);
 * ``checkpoints/round_NNNNNN.msgpack``: every ``checkpoint_every`` rounds, every
-  ``checkpoint_minutes`` and at the last round (the newest two are kept): server state, stacked client states, the
-  round counter and the host-side totals, metrics rows so far and best row
-  (see ``fedras_jax.checkpoint``);
+  ``checkpoint_minutes`` and at the last round (the newest two are kept): server state,
+  stacked client states, the round counter and the host-side totals, metrics rows so far and
+  best row (see ``fedras_jax.checkpoint``);
 * ``summary.json`` (final figures and the exact config) and ``final_params.msgpack``
   (users, items, dense of the final model; ``checkpoint.load_params`` reads it).
 
