@@ -41,6 +41,7 @@ grid.
 """
 import csv
 import dataclasses
+import functools
 import io
 import itertools
 import pathlib
@@ -117,20 +118,29 @@ def edge_names(grid, point) -> list:
   return [n for n, v in grid.items() if len(v) > 1 and point[n] in (min(v), max(v))]
 
 
-def widened(grid, point) -> dict:
+def widened(grid, point, valid=lambda name, value: True) -> dict:
   """``grid`` with every name of ``edge_names`` extended by one step past the edge
   its ``point`` value sits on: the ratio of the two outermost values there if every
-  value is positive, else their difference."""
+  value is positive, else their difference; a step that ``valid(name, value)`` refuses
+  (past the setting's range: ``weight_decay`` below 0, ``fluctuation`` of 1 or more) is not
+  taken."""
   out = dict(grid)
   for name in edge_names(grid, point):
     v = sorted(grid[name])
     # Rounded to 6 digits: 0.05 -> 0.025, not 0.025000000000000005.
     step = lambda edge, inner: float(f"{edge * edge / inner if v[0] > 0 else 2 * edge - inner:.6g}")
-    if point[name] == v[0]:
+    if point[name] == v[0] and valid(name, step(v[0], v[1])):
       out[name] = [step(v[0], v[1])] + v
-    if point[name] == v[-1]:
+    if point[name] == v[-1] and valid(name, step(v[-1], v[-2])):
       out[name] = out[name] + [step(v[-1], v[-2])]
   return out
+
+
+def open_edges(grid, point, valid=lambda name, value: True) -> list:
+  """The ``edge_names`` that ``widened`` can widen: a pick at the bound of its setting's
+  range (``weight_decay=0``) is no edge."""
+  wider = widened(grid, point, valid)
+  return [n for n in edge_names(grid, point) if wider[n] != grid[n]]
 
 
 def tune(config: TrainConfig,
@@ -170,6 +180,7 @@ def tune(config: TrainConfig,
   value = lambda point, name: point.get(name, getattr(candidate, name))
   key = lambda point: tuple(value(point, name) for name in SWEEPABLE)
   found = {key(r): r for r in kept}
+  valid = functools.partial(in_range, candidate)
   # A diverged candidate (NaN) never wins.
   score = lambda r: r[metric] if np.isfinite(r[metric]) else -np.inf
   if not search:
@@ -190,7 +201,7 @@ def tune(config: TrainConfig,
         f"{best[metric]:.4f}, best of {len(same)} searched points "
         f"{max(score(r) for r in same):.4f}",
         flush=True)
-    return point, best["hr@10"], edge_names(searched, point)
+    return point, best["hr@10"], open_edges(searched, point, valid)
   for step in range(widen + 1):
     points = grid_points(grid)
     missing = [p for p in points if key(p) not in found]
@@ -212,11 +223,20 @@ def tune(config: TrainConfig,
     print(f"   {how} {point} (payload {config.payload_ratio:g}): validation {metric} " + ", ".join(
         f"{'/'.join(str(value(r, n)) for n in grid)}: {r[metric]:.4f}" for r in results),
           flush=True)
-    edges = edge_names(grid, point)
+    edges = open_edges(grid, point, valid)
     if not edges or step == widen:
       return point, best["hr@10"], edges
-    grid = widened(grid, point)
+    grid = widened(grid, point, valid)
     print(f"   the pick sits at the edge of {', '.join(edges)}: widening the grid", flush=True)
+
+
+def in_range(config: TrainConfig, name: str, value: float) -> bool:
+  """Whether ``config`` with ``name`` set to ``value`` is a valid setting."""
+  try:
+    dataclasses.replace(config, **{name: value}).validate()
+  except ValueError:
+    return False
+  return True
 
 
 def recorded_pick(config: TrainConfig, grid) -> Optional[dict]:
@@ -372,6 +392,9 @@ def main(argv):
   enable_compilation_cache(FLAGS.compilation_cache)
   split = lambda s: [x.strip() for x in s.split(",") if x.strip()]
   base = flag_lib.config_from_flags(TrainConfig)
+  if base.eval_protocol == "full":
+    raise ValueError("--eval_protocol=full: compare's searches, tables and plots score the "
+                     "sampled protocol; use --eval_protocol=both (the default) or sampled")
   what = "a payload ratio in (0, 1], e.g. 1/32"
   ratios = list(
       zip(split(FLAGS.ratios),

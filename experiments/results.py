@@ -495,7 +495,11 @@ def main(argv):
       "FedRAS against uncompressed and the best baseline (by HR@10) in every part, mean over "
       "FedRAS's seeds (a part with a reference: its FedRAS against the reference part's runs); "
       "each part's section below has its command, its runs and the searched settings.", "",
-      *overview(overview_parts), "", *sections
+      *overview(overview_parts), "",
+      "In the parts' tables, *uplink smaller by* is one minus the bits a client sent over the "
+      "bits of the dense float32 item table (what the payload ratio budgets). NCF clients also "
+      "send the tower's dense weights whole, with every method: an uncompressed NCF client "
+      "sends more than the item table, and its row shows a negative reduction.", "", *sections
   ]
   outputs.write_atomic(pathlib.Path(_OUT.value), ("\n".join(body) + "\n").encode())
   print(f"wrote {_OUT.value} ({len(parts)} parts)")

@@ -28,8 +28,8 @@ from fedras_jax.models import MODELS
 GROUPS = ("data", "model", "federated", "compression", "run")
 DATASETS = ("ml-100k", "ml-1m", "ml-1m-raw", "lastfm-2k")
 # The settings of --dataset=PATH (``TrainConfig.file_options``).
-FILE_OPTION_FLAGS = ("data_columns", "min_rating", "min_user_interactions", "min_item_interactions",
-                     "kcore")
+FILE_OPTION_FLAGS = ("data_columns", "data_header", "min_rating", "min_user_interactions",
+                     "min_item_interactions", "kcore")
 METHODS = tuple(m for m in COMPRESSORS if m != "identity")
 ON_NONFINITE = ("skip", "stop")
 
@@ -168,6 +168,10 @@ class TrainConfig:
       "data", "",
       "--dataset=PATH without a header: the columns in order, e.g. user,item,rating,timestamp "
       "(other names: ignored columns); with a header the columns are found by name")
+  data_header: bool = setting(
+      "data", False,
+      "--dataset=PATH: the first line is a header even if it names no known column (skipped; "
+      "--data_columns names the columns)")
   min_rating: Optional[float] = setting(
       "data", None,
       "--dataset=PATH: keep rows with rating >= this as interactions (default: every row is "
@@ -210,8 +214,12 @@ class TrainConfig:
                  "checkpoint_minutes"):  # a negative step or duration has no meaning here
       value = getattr(self, name)
       checks.append((name, math.isfinite(value) and value >= 0, "finite and >= 0"))
-    for name in ("init_scale", "tau", "bandwidth_sigma"):
+    for name in ("init_scale", "tau"):
       checks.append((name, math.isfinite(getattr(self, name)), "finite"))
+    checks.append(("bandwidth_sigma", math.isfinite(self.bandwidth_sigma)
+                   and self.bandwidth_sigma >= 0, "finite and >= 0"))
+    # NeuMF's tower ends in dim / 4 units (models.ncf_for_run).
+    checks.append(("dim", self.model != "ncf" or self.dim >= 4, "at least 4 with --model=ncf"))
     for name, ok, want in checks:
       if not ok:
         raise ValueError(f"--{name}={getattr(self, name)!r} is invalid: must be {want}")
@@ -226,6 +234,7 @@ class TrainConfig:
   def file_options(self):
     """How ``--dataset=PATH`` is read (see ``fedras_jax.data.userfile``)."""
     return data_lib.FileOptions(columns=self.data_columns,
+                                header=self.data_header,
                                 min_rating=self.min_rating,
                                 min_user_interactions=self.min_user_interactions,
                                 min_item_interactions=self.min_item_interactions,

@@ -52,8 +52,8 @@ def define_train_flags(flag_values=flags.FLAGS):
   flags.DEFINE_string(
       "compilation_cache",
       None, "directory of JAX's persistent compilation cache: a rerun with the same shapes loads "
-      "its compiled round instead of compiling it (default $FEDRAS_COMPILATION_CACHE or "
-      "~/.cache/fedras_jax/compilation_cache; none: off)",
+      "its compiled round instead of compiling it (default $FEDRAS_COMPILATION_CACHE, else "
+      "JAX_COMPILATION_CACHE_DIR, else ~/.cache/fedras_jax/compilation_cache; none: off)",
       flag_values=flag_values)
 
 

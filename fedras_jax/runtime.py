@@ -14,8 +14,8 @@ def tune_host_allocator() -> bool:
   """Makes glibc keep freed memory for reuse instead of unmapping it.
 
   XLA:CPU allocates each run's large buffers afresh; by default glibc serves them
-  with new mmaps, and first-touch page faults then dominate a round (measured: a
-  ML-100K FedMF round went from 43 ms to 25 ms). Disable with
+  with new mmaps, and first-touch page faults then dominate a round (the measurement:
+  CHANGELOG). Disable with
   ``FEDRAS_NO_MALLOC_TUNING=1``. Returns whether the setting was applied.
   """
   if os.environ.get("FEDRAS_NO_MALLOC_TUNING"):
@@ -43,9 +43,9 @@ def enable_compilation_cache(path: Optional[str] = None, warn=print) -> Optional
   ``~/.cache/fedras_jax/compilation_cache``.
 
   A run started again with the same shapes then loads its compiled round from disk
-  instead of compiling it (seconds on CPU). Programs that compile in under 0.5 s are
-  not stored (unless ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` says otherwise). Only point it at a directory you alone can write: JAX trusts its
-  contents. A directory that cannot be created is reported through ``warn`` and
+  instead of compiling it. Programs that compile in under 0.5 s are not stored (unless
+  ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` says otherwise). Only point it at a
+  directory you alone can write: JAX trusts its contents. A directory that cannot be created is reported through ``warn`` and
   the cache stays off (the run goes on).
   """
   import jax  # here, not at import: the caller may configure jax first

@@ -40,7 +40,10 @@ from fedras_jax.metrics import make_evaluate
 from fedras_jax.workdir import config_differences
 
 RESULTS_FILE = "results.json"  # kept_sweep's results
-SWEEPABLE = ("user_lr", "item_lr", "dense_lr", "weight_decay", "fluctuation", "payload_ratio")
+# Round hyper-parameters that are traced values of one program. Not payload_ratio: it sets
+# static compressor bounds (CoLR's rank, the K, entry and rank caps), so runs at different
+# ratios are different programs (``experiments.compare --ratios``).
+SWEEPABLE = ("user_lr", "item_lr", "dense_lr", "weight_decay", "fluctuation")
 
 
 def parse_grid(text: str,
@@ -177,10 +180,8 @@ def sweep_points(base: TrainConfig,
     c.validate()
   split, eval_items, eval_negatives = load_run_data(base)
   mesh = run_mesh(base)
-  # One round program for every run: the static round shape fits all seeds, and the
-  # static compressor bounds come from the largest payload ratio of the sweep.
-  sim = build_simulation(dataclasses.replace(base,
-                                             payload_ratio=max(c.payload_ratio for c in configs)),
+  # One round program for every run: the static round shape fits all seeds.
+  sim = build_simulation(base,
                          split,
                          round_config=build_round_config(base, split, seeds),
                          mesh=mesh)

@@ -1,6 +1,7 @@
 """experiments/compare.py: the table, --tune_at, kept searches, --only_finished."""
 import csv
 import dataclasses
+import functools
 import json
 import math
 import subprocess
@@ -34,6 +35,20 @@ def test_models_default_to_the_model_flag(ml100k_path, tmp_path):
                         timeout=300)
   assert "== ml-100k_ncf_svd_1over8_s3 (1 of 1)" in proc.stdout, proc.stderr[-2000:]
   assert "error: no finished runs" in proc.stderr and proc.returncode == 1
+
+
+def test_full_ranking_only_is_refused_before_any_run(tmp_path):
+  """compare scores the sampled protocol: --eval_protocol=full used to train a whole run
+  and then die tabulating it (KeyError 'hr@10')."""
+  proc = subprocess.run([
+      sys.executable, "-m", "experiments.compare", f"--outdir={tmp_path}", "--methods=svd",
+      "--eval_protocol=full"
+  ],
+                        capture_output=True,
+                        text=True,
+                        timeout=300)
+  assert proc.returncode == 1 and "error: --eval_protocol=full" in proc.stderr, proc.stderr
+  assert "Traceback" not in proc.stderr and not list(tmp_path.iterdir())
 
 
 def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
@@ -134,6 +149,25 @@ def test_widened_grid_steps_past_the_edge_of_the_pick():
   }
   # Not all positive: arithmetic steps.
   assert compare.widened({"w": [-1.0, 0.0, 2.0]}, {"w": 2.0}) == {"w": [-1.0, 0.0, 2.0, 4.0]}
+
+
+def test_widening_stops_at_the_bound_of_the_setting():
+  """A pick at weight_decay 0 or fluctuation 0 (their ranges' bounds) is no edge: the step
+  past it would be an invalid setting (weight_decay -1e-5 used to abort the search)."""
+  valid = functools.partial(compare.in_range, TrainConfig())
+  grid = {"weight_decay": [0.0, 1e-5, 1e-4], "fluctuation": [0.0, 0.3, 0.6]}
+  for point in (dict(weight_decay=0.0, fluctuation=0.0), dict(weight_decay=0.0, fluctuation=0.3)):
+    assert compare.widened(grid, point, valid) == grid
+    assert compare.open_edges(grid, point, valid) == []
+  # The other edge of each still widens.
+  point = dict(weight_decay=1e-4, fluctuation=0.6)
+  assert compare.widened(grid, point, valid) == {
+      "weight_decay": [0.0, 1e-5, 1e-4, 1.9e-4], "fluctuation": [0.0, 0.3, 0.6, 0.9]
+  }
+  assert compare.open_edges(grid, point, valid) == ["weight_decay", "fluctuation"]
+  # fluctuation 0.9 picked: the next step (1.2) is past [0, 1).
+  grid, point = {"fluctuation": [0.3, 0.6, 0.9]}, dict(fluctuation=0.9)
+  assert compare.open_edges(grid, point, valid) == []
 
 
 def test_tune_widens_until_the_pick_is_inside_and_keeps_every_point(tmp_path, monkeypatch):

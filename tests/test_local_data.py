@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedras_jax.federated import client_plan, minibatch, slot_item, unseen_item
+from fedras_jax.federated import ClientPlan, client_plan, local_data, minibatch, slot_item, unseen_item
 
 EPOCHS, BATCH, RATIO = 2, 4, 2
 
@@ -58,3 +58,36 @@ def test_each_example_once_per_epoch(synthetic, plans):
     expected = EPOCHS * np.bincount(q % n_neg_slots, minlength=n_neg_slots)
     np.testing.assert_array_equal(np.bincount(used[used >= n_pos] - n_pos, minlength=n_neg_slots),
                                   expected)
+
+
+def test_the_shuffle_is_a_permutation_up_to_the_size_limit():
+  """At the largest allowed client (``MAX_LOCAL_INDEX`` minus a batch of examples) and the
+  largest multiplier of the prime table, each epoch's int32 affine shuffle still visits
+  every example once; one positive more and ``client_sizes`` refuses the user."""
+  batch = 64
+  n = local_data.MAX_LOCAL_INDEX - batch
+  num_pos = n // 5  # neg_ratio 4; every negative its own slot, so slot == example
+  i32 = lambda v: jnp.asarray(v, jnp.int32)
+  plan = ClientPlan(user=i32(0),
+                    num_pos=i32(num_pos),
+                    num_unseen=i32(n),
+                    num_neg_slots=i32(4 * num_pos),
+                    num_slots=i32(5 * num_pos),
+                    num_examples=i32(5 * num_pos),
+                    steps_per_epoch=i32(-(-5 * num_pos // batch)),
+                    num_steps=i32(-(-5 * num_pos // batch)),
+                    neg_offset=i32(0),
+                    neg_stride=i32(1),
+                    perm_mult=i32([int(local_data._PRIMES.max())]),
+                    perm_shift=i32([5 * num_pos - 1]))
+  slots, _, valid = jax.jit(jax.vmap(lambda s: minibatch(plan, s, batch)))(jnp.arange(
+      int(plan.steps_per_epoch)))
+  visited = np.asarray(slots)[np.asarray(valid)]
+  np.testing.assert_array_equal(np.sort(visited), np.arange(5 * num_pos))
+  local_data.client_sizes([num_pos], [num_pos], 10**6, neg_ratio=4, epochs=1, batch_size=batch)
+  with pytest.raises(ValueError, match=r"user index 1 \(of 1 such users\) has .* --neg_ratio=4"):
+    local_data.client_sizes([1, num_pos + 1], [1, 1],
+                            10**6,
+                            neg_ratio=4,
+                            epochs=1,
+                            batch_size=batch)

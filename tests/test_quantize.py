@@ -662,11 +662,14 @@ def test_warm_start():
   np.testing.assert_array_equal(np.asarray(ps.indices), np.asarray(pw.indices))
 
 
-def test_max_splits_is_validated():
+def test_static_options_are_validated():
   g = jnp.zeros((4, 2), jnp.float32)
   for bad in (0, -1, 1.5):
     with pytest.raises(ValueError, match="max_splits"):
       q.encode(g, KEY, budget_bits=1000, max_k=2, max_splits=bad)
+  # Was a bare KeyError from the dtype table.
+  with pytest.raises(ValueError, match="half_dtype must be one of .*, got 'float8'"):
+    q.encode(g, KEY, budget_bits=1000, max_k=2, value_bits=16, half_dtype="float8")
 
 
 # ----------------------------------------------------------------------------

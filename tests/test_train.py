@@ -72,6 +72,19 @@ def test_bad_flags_fail_fast_naming_the_flag(flag, message):
   assert message in proc.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize(
+    "settings,message",
+    [(dict(model="ncf", dim=3), "--dim=3 is invalid: must be at least 4 with --model=ncf"),
+     (dict(bandwidth="lognormal",
+           bandwidth_sigma=-1.0), "--bandwidth_sigma=-1.0 is invalid: must be finite and >= 0"),])
+def test_settings_that_failed_late_are_refused_by_validate(settings, message):
+  """Each of these used to pass validation and fail after loading the data with a bare
+  exception (ZeroDivisionError in NeuMF's tower, numpy's 'scale < 0')."""
+  with pytest.raises(ValueError, match=message):
+    TrainConfig(**settings).validate()
+  TrainConfig(**{**settings, **dict(dim=4, bandwidth_sigma=0.0)}).validate()
+
+
 def test_clients_per_round_above_users_is_refused(ml100k_path):
   with pytest.raises(ValueError, match="--clients_per_round=5000 exceeds"):
     train(TrainConfig(data_dir=str(ml100k_path.parents[1]), clients_per_round=5000, quiet=True))

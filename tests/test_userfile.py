@@ -78,6 +78,21 @@ def test_headerless_file_needs_data_columns(tmp_path):
     data.FileOptions(columns="user,rating").check()
 
 
+def test_a_header_of_other_names_is_skipped_with_data_header(tmp_path):
+  """A header naming no known column: the error names the line and both flags; with
+  them the header is skipped (it used to become an interaction of user 'customer')."""
+  path = write(tmp_path / "r.csv", "customer,sku\n3,10\n3,11\n20,10\n")
+  with pytest.raises(ValueError, match="first line: 'customer,sku'.*--data_columns.*--data_header"):
+    data.parse_interaction_file(path)
+  opts = data.FileOptions(columns="user,item", header=True)
+  inter = data.parse_interaction_file(path, opts)
+  assert list(inter.raw_user_ids) == [3, 20] and list(inter.raw_item_ids) == [10, 11]
+  assert inter.num_interactions == 3
+  # Its names alone say nothing: without --data_columns, no user column.
+  with pytest.raises(data.DataFormatError, match="the header has no user column"):
+    data.parse_interaction_file(path, data.FileOptions(header=True))
+
+
 def test_min_rating_keeps_rows_at_or_above_it(tmp_path):
   path = write(tmp_path / "r.csv", HEADER_CSV)
   inter = data.parse_interaction_file(path, data.FileOptions(min_rating=4))

@@ -137,6 +137,12 @@ def units_for_budget(budget_bits, unit_bits: int, max_units: int):
   return jnp.minimum(count, max_units).astype(jnp.int32)
 
 
+def round_up(x, granule: int) -> int:
+  """``x`` rounded up to a multiple of ``granule`` (a Python int): static buffer sizes
+  coarse enough that runs of similar size share compiled programs."""
+  return -(-int(x) // granule) * granule
+
+
 def dense_bits(num_rows: int, dim: int, value_bits: int = 32) -> int:
   """Size in bits of a dense ``[num_rows, dim]`` matrix (Python int, exact)."""
   return int(num_rows) * int(dim) * int(value_bits)

@@ -10,19 +10,19 @@ them, and the reported bits are then below the budget):
 
 * fedras, fedras_fixed_k, embedding_kmeans: ``max_k`` (when 0) is the budget's K
   (``quantize.max_actions_for_budget``) rounded up to a multiple of 16, in
-  ``[16, 128]`` (the rule ``training.build_compressors`` uses).
+  ``[16, 128]`` (``auto_max_k``).
 * topk: ``max_entries`` = the budget's entry count rounded up to a multiple of 64,
-  in ``[64, num_items * item_dim]``; topk_int32 the same with every index counted as
+  at least 64 and at most ``num_items * item_dim``; topk_int32 the same with every index counted as
   32 bits (the papers' accounting, for comparisons with published figures).
 * svd: ``max_rank`` = the budget's rank rounded up to a multiple of 8, in
   ``[1, item_dim]`` (the SVD's cost does not depend on it).
 * colr: the fixed ``rank``: the largest whose ``A [num_items, r]`` fits the nominal
-  budget (``floor(payload_ratio * item_dim)``), at least 1.
+  budget (``floor(payload_ratio * item_dim * 32 / value_bits)``), in ``[1, item_dim]``.
 """
 from typing import Callable, Dict, NamedTuple
 
 from fedras_jax import quantize
-from fedras_jax.compress.base import Compressor, dense_bits, identity
+from fedras_jax.compress.base import Compressor, dense_bits, identity, round_up
 from fedras_jax.compress.colr import colr, colr_bits
 from fedras_jax.compress.embedding_kmeans import embedding_kmeans
 from fedras_jax.compress.fedras import fedras
@@ -30,10 +30,6 @@ from fedras_jax.compress.svd import svd, svd_bits
 from fedras_jax.compress.topk import topk, topk_bits
 
 FIXED_K_TAU = 2.0  # > 1: no cluster is ever coherent enough, so K is always the budget's
-
-
-def _round_up(x: int, granule: int) -> int:
-  return -(-int(x) // granule) * granule
 
 
 def nominal_budget_bits(num_items: int, item_dim: int, payload_ratio: float) -> int:
@@ -49,7 +45,7 @@ def auto_max_k(num_items: int, item_dim: int, payload_ratio: float, value_bits: 
                                       item_dim,
                                       max_k=4096,
                                       value_bits=value_bits))
-  return min(128, max(16, _round_up(k, 16)))
+  return min(128, max(16, round_up(k, 16)))
 
 
 def auto_max_entries(num_items: int,
@@ -57,17 +53,18 @@ def auto_max_entries(num_items: int,
                      payload_ratio: float,
                      value_bits: int = 32,
                      int32_indices: bool = False) -> int:
-  """The budget's TopK entry count rounded up to a multiple of 64, in ``[64, n * d]``."""
+  """The budget's TopK entry count rounded up to a multiple of 64, at least 64, at most
+  ``n * d``."""
   budget = nominal_budget_bits(num_items, item_dim, payload_ratio)
   k = budget // topk_bits(1, num_items, item_dim, int32_indices, value_bits=value_bits)
-  return max(1, min(num_items * item_dim, max(64, _round_up(k, 64))))
+  return max(1, min(num_items * item_dim, max(64, round_up(k, 64))))
 
 
 def auto_max_rank(num_items: int, item_dim: int, payload_ratio: float, value_bits: int = 32) -> int:
   """The budget's SVD rank rounded up to a multiple of 8, in ``[1, item_dim]``."""
   budget = nominal_budget_bits(num_items, item_dim, payload_ratio)
   r = budget // svd_bits(1, num_items, item_dim, value_bits)
-  return max(1, min(item_dim, _round_up(max(r, 1), 8)))
+  return max(1, min(item_dim, round_up(max(r, 1), 8)))
 
 
 def colr_rank(num_items: int, item_dim: int, payload_ratio: float, value_bits: int = 32) -> int:

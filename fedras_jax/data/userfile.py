@@ -13,7 +13,8 @@ rows (any other columns are ignored):
   ``timestamp``, ...; see `COLUMN_NAMES`, case-insensitive). Columns are then
   found by name. Without a header, ``columns`` (``--data_columns``) names them
   in order, e.g. ``user,item,rating,timestamp`` (other names: ignored
-  columns); given with a header, it overrides the header's names.
+  columns); given with a header, it overrides the header's names. A header of
+  other names (``customer,sku``) is skipped with ``header`` (``--data_header``).
 * **Ids** of any kind (numbers, strings) are remapped to 0..n-1 in sorted
   order (numerically when every id is a decimal integer); the raw ids are
   kept (`Interactions.raw_user_ids`).
@@ -66,6 +67,8 @@ class FileOptions:
       min_user_interactions: drop users with fewer interactions (0: none).
       min_item_interactions: drop items with fewer interactions (0: none).
       kcore: repeat the two filters until both hold.
+      header: the first line is a header even if it names no known column
+          (skipped; ``columns`` names the columns).
   """
 
   columns: str = ""
@@ -73,6 +76,7 @@ class FileOptions:
   min_user_interactions: int = 0
   min_item_interactions: int = 0
   kcore: bool = False
+  header: bool = False
 
   def check(self):
     """Raises ValueError naming the flag of a bad option."""
@@ -177,12 +181,14 @@ def parse_interaction_file(path,
   is_inter = str(path).lower().endswith(".inter")
   sep = "\t" if is_inter else _delimiter(path, lines)
   header = _header_columns(lines[0].split(sep))
+  if header is None and options.header:
+    header = [f.strip().lower() for f in lines[0].split(sep)], False
   if is_inter and (header is None or not header[1]):
     raise formats.DataFormatError(
         path, 1, "a RecBole .inter file starts with a 'name:type' header, "
         f"got {formats.quote_snippet(lines[0])}")
   nfields = len(lines[0].split(sep))
-  names, source = _column_names(path, options, header, nfields, sep)
+  names, source = _column_names(path, options, header, lines[0], sep)
   wanted = _wanted(path, names, source)
   first = 2 if header is not None else 1
   rows = lines[first - 1:]
@@ -217,10 +223,11 @@ def parse_interaction_file(path,
   return inter
 
 
-def _column_names(path, options: FileOptions, header, nfields: int,
+def _column_names(path, options: FileOptions, header, first_line: str,
                   sep: str) -> tuple[list[str], str]:
   """``(column names, where they come from)``: ``--data_columns``, else the
-  header; a ValueError when neither names the ``nfields`` columns."""
+  header; a ValueError when neither names the columns of ``first_line``."""
+  nfields = len(first_line.split(sep))
   if options.columns:
     names = [c.strip().lower() for c in options.columns.split(",")]
     if len(names) != nfields:
@@ -230,8 +237,10 @@ def _column_names(path, options: FileOptions, header, nfields: int,
     return names, "--data_columns"
   if header is not None:
     return header[0], "the header"
-  raise ValueError(f"{path} has no header naming its columns: name them with "
-                   "--data_columns, e.g. --data_columns=user,item,rating,timestamp")
+  raise ValueError(f"{path} has no header naming known columns (first line: "
+                   f"{formats.quote_snippet(first_line)}): name the columns with "
+                   "--data_columns, e.g. --data_columns=user,item,rating,timestamp, and add "
+                   "--data_header if that line is a header")
 
 
 def filter_counts(inter: Interactions,

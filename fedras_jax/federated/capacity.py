@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fedras_jax.compress.base import round_up
 from fedras_jax.federated.local_data import client_sizes
 from fedras_jax.federated.local_training import lane_schedule
 from fedras_jax.federated.state import round_clients
@@ -19,10 +20,6 @@ class Capacity(NamedTuple):
   max_lane_steps: int
 
 
-def _round_up(x, granule: int) -> int:
-  return int(-(-int(x) // granule) * granule)
-
-
 def client_buckets(sorted_slots: np.ndarray, max_buckets: int = 3, granule: int = 64):
   """Static padding buckets for clients sorted by size, cheapest of up to ``max_buckets``.
 
@@ -33,7 +30,7 @@ def client_buckets(sorted_slots: np.ndarray, max_buckets: int = 3, granule: int 
     width of the bucket that holds position ``j``.
   """
   bound = np.maximum.accumulate(sorted_slots.max(axis=0)[::-1])[::-1]  # non-increasing
-  width = [_round_up(max(b, 1), granule) for b in bound]
+  width = [round_up(max(b, 1), granule) for b in bound]
   m = len(width)
   cuts = sorted({int(c) for c in np.linspace(1, m - 1, num=min(m - 1, 16))}
                 - {0, m}) if m > 1 else []
@@ -82,6 +79,6 @@ def plan_capacity(num_pos: np.ndarray, num_seen: np.ndarray, num_items: int, *, 
   sampled = np.concatenate([r[0] for r in replays])
   lane_steps = np.concatenate([r[1] for r in replays])
   per_client = slots[sampled]
-  return Capacity(slot_capacity=_round_up(per_client.sum(axis=1).max(), 1024),
+  return Capacity(slot_capacity=round_up(per_client.sum(axis=1).max(), 1024),
                   client_buckets=client_buckets(-np.sort(-per_client, axis=1)),
-                  max_lane_steps=_round_up(lane_steps.max(), 16))
+                  max_lane_steps=round_up(lane_steps.max(), 16))

@@ -39,8 +39,9 @@ def _primes(lo: int, hi: int) -> np.ndarray:
 
 # Strides/multipliers: primes in [2^11, 2^12). Three distinct ones multiply to more
 # than 2^33, so at least one of any three consecutive table entries is coprime to an
-# int32 n. Products stay below 2^31 for local indices below 2^19.
+# int32 n. Products stay below 2^31 for local indices below 2^19 (``MAX_LOCAL_INDEX``).
 _PRIMES = _primes(2048, 4096)
+MAX_LOCAL_INDEX = 2**19
 
 
 def coprime_prime(rand: jax.Array, n: jax.Array) -> jax.Array:
@@ -77,9 +78,20 @@ class ClientPlan(NamedTuple):
 
 def client_sizes(num_pos: np.ndarray, num_seen: np.ndarray, num_items: int, *, neg_ratio: int,
                  epochs: int, batch_size: int):
-  """Host-side ``(num_slots, num_steps)`` of clients, as ``client_plan`` computes them."""
+  """Host-side ``(num_slots, num_steps)`` of clients, as ``client_plan`` computes them.
+
+  ``ValueError`` naming the first client whose local examples (positives and negatives,
+  plus a batch past the last: the positions of its epoch) reach ``MAX_LOCAL_INDEX``: its
+  permutations would overflow int32 and stop being permutations."""
   num_pos = np.asarray(num_pos, np.int64)
   num_neg = neg_ratio * num_pos
+  too_many = np.flatnonzero(num_pos + num_neg + batch_size > MAX_LOCAL_INDEX)
+  if too_many.size:
+    u = int(too_many[0])
+    raise ValueError(f"user index {u} (of {too_many.size} such users) has {num_pos[u]} training "
+                     f"interactions: with --neg_ratio={neg_ratio} its {num_pos[u] + num_neg[u]} "
+                     f"local examples exceed the simulator's limit of {MAX_LOCAL_INDEX} "
+                     f"minus --batch_size; drop or split such users, or lower --neg_ratio")
   num_slots = num_pos + np.minimum(num_neg, num_items - np.asarray(num_seen, np.int64))
   num_steps = epochs * (-(-(num_pos + num_neg) // batch_size))
   return num_slots, num_steps

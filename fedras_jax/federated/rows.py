@@ -2,8 +2,8 @@
 
 Local training reads and writes rows of its tables by index every SGD step.
 ``jax.vmap`` of ``table[idx]`` / ``table.at[idx].add(v)`` with a batched table
-becomes a gather/scatter with batch dimensions, which XLA:CPU ran ~15x slower than
-the unbatched op (a sweep's round measured 0.78 s against 0.054 s for one run).
+becomes a gather/scatter with batch dimensions, which XLA:CPU runs an order of
+magnitude slower than the unbatched op (docs/design/round.md).
 These functions carry a ``custom_vmap`` rule that folds the batch axis into the row
 axis instead (``[P, N, ...] -> [P * N, ...]``, indices offset by ``p * N``), so a
 batch of ``P`` tables costs one plain gather/scatter of ``P`` times the rows.

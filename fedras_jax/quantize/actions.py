@@ -40,8 +40,8 @@ Cost. The loop (:mod:`fedras_jax.quantize.encode_loop`) state is a named
 ``EncodeState``, the rows an ``EncodeRows``; ``refine`` and ``split_test`` are
 module-level steps of ``encode_loop``. The live actions are a prefix of the slots, so
 the loop runs in *width tiers* (``width_tiers``: 8, 64, ... slots): while
-``K <= w`` every E-step, M-step and split test reads only ``w`` slots (a FedRAS
-round 22% faster than at ``max_k`` throughout). A refinement is its own inner
+``K <= w`` every E-step, M-step and split test reads only ``w`` slots, not
+``max_k`` (docs/design/quantizer_speed.md). A refinement is its own inner
 ``lax.while_loop`` (no ``lax.cond`` choosing between a Lloyd step and a split
 test at every step: on XLA:CPU a conditional with a large branch slowed the
 other branch's steps several-fold). ``max_iters`` bounds each refinement; a
@@ -177,8 +177,8 @@ def encode(grads,
       client is done, and a bisection is computed for every client at every
       split test). ``"sequential"``: a ``lax.map`` over the batch inside the
       same program (each client exits its loops early). ``"auto"``
-      (default): sequential when the default backend is CPU (several times
-      faster there, docs/benchmarks.md), parallel otherwise. Results are identical. Note:
+      (default): sequential when the default backend is CPU (faster there:
+      docs/design/quantizer_speed.md), parallel otherwise. Results are identical. Note:
       the batching rule is a ``jax.custom_batching`` rule, so ``encode`` is
       not reverse-mode differentiable (it is piecewise constant anyway).
     max_splits: static; at most this many clusters are split per split test
@@ -202,6 +202,8 @@ def encode(grads,
     raise ValueError(f"tau_mode must be 'fixed' or 'auto', got {tau_mode!r}")
   if value_bits not in (16, 32):
     raise ValueError(f"value_bits must be 16 or 32, got {value_bits}")
+  if half_dtype not in _HALF:
+    raise ValueError(f"half_dtype must be one of {sorted(_HALF)}, got {half_dtype!r}")
   check_vmap_strategy(vmap_strategy)
   if max_splits is not None and (not isinstance(max_splits, int) or max_splits < 1):
     raise ValueError(f"max_splits must be None or an int >= 1, got {max_splits!r}")

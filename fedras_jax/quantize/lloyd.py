@@ -16,7 +16,7 @@ Conventions
   per-row ``||x||^2`` is dropped), ties -> lowest slot, on data centred at its
   weighted mean (less cancellation, as scikit-learn does). Scores are laid
   out ``[max_k, n]`` and reduced by a pairwise tree of elementwise passes
-  (:func:`_argmin_rows`), 2-3x faster on XLA:CPU than ``lax.argmin``. When
+  (:func:`_argmin_rows`), faster on XLA:CPU than ``lax.argmin``. When
   ``n * max_k > 2**21`` the rows are blocked once (outside the Lloyd loop;
   blocks of 4096 rows) so the score block of one ``lax.map`` step stays in
   cache, the ``[max_k, n]`` matrix is never materialised and little is padded.
@@ -92,7 +92,7 @@ def _argmin_rows(scores):
   A pairwise tree over adjacent slots (slot ``2j`` against ``2j + 1``, then the
   winners of ``4j..4j+1`` against ``4j+2..4j+3``, ...): every level is one
   elementwise pass that XLA:CPU vectorises, where ``lax.argmin`` lowers to a
-  variadic reduction 2-3x slower than the matmul that feeds it. The left operand
+  variadic reduction slower than the matmul that feeds it (docs/design/quantizer.md). The left operand
   of every comparison covers the lower slots, and it wins ties.
   """
   k = scores.shape[0]
