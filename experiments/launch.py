@@ -8,8 +8,10 @@ starts ``python -m MODULE ARGS --coordinator=127.0.0.1:PORT --num_processes=N
 process a peer of the others through ``jax.distributed``. ``--devices_per_process``
 gives each process that many simulated CPU devices (``XLA_FLAGS``; 0: leave the
 environment alone, e.g. on GPU hosts). Process 0's output is shown as it comes; the
-others' goes to ``--process_logs/process_<i>.log``. If a process fails, the others are
-stopped and the failed ones' last lines are printed; the exit status is non-zero. On a
+others' goes to ``--process_logs/process_<i>.log`` (stdout) and ``process_<i>.err``
+(stderr). If a process fails, the others are stopped and every failed one is reported
+(its status and last lines; "killed" for one stopped at ``--timeout`` or after a
+peer failed); the exit status is non-zero. On a
 cluster, start one process per host (or per accelerator) yourself, see
 docs/multihost.md: this launcher is for one machine (tests, benchmarks, trials).
 """
@@ -31,6 +33,8 @@ _LOGS = flags.DEFINE_string("process_logs", None,
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError("name the module to run: ... -- experiments.train [flags]")
+  if not _TIMEOUT.value >= 0:
+    raise ValueError(f"--timeout={_TIMEOUT.value} is invalid: must be >= 0 (0: none)")
   results = launch_local(argv[1],
                          argv[2:],
                          num_processes=_PROCESSES.value,
@@ -40,9 +44,11 @@ def main(argv):
                          stream_first=True)
   failed = [r for r in results if r.returncode != 0]
   for i, r in enumerate(results):
-    if r.returncode != 0 and r.stderr:  # process 0's own output was shown already
-      print(f"process {i} exited with status {r.returncode}:",
-            *r.stderr.strip().splitlines()[-5:],
+    if r.returncode != 0:  # process 0's own output was shown already: status only
+      how = ("was killed (--timeout, or stopped after a peer failed)"
+             if r.returncode == -9 else f"exited with status {r.returncode}")
+      print(f"process {i} {how}",
+            *(r.stderr or "").strip().splitlines()[-5:],
             sep="\n  ",
             file=sys.stderr)
   if failed:

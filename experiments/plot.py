@@ -6,7 +6,8 @@
 Reads each workdir's ``metrics.jsonl`` (written by ``experiments.train``) and draws a
 2 x 3 grid: rows HR@10 and NDCG@10; columns against the round, against the total
 bits sent up and down (``bits_up_total + bits_down_total``, log scale) and against
-the simulated seconds (``sim_seconds``). Needs matplotlib (the ``plot`` extra:
+the simulated seconds (``sim_seconds``). Sampled-protocol metrics where every run has
+them, else full-ranking ones (runs of ``--eval_protocol=full``). Needs matplotlib (the ``plot`` extra:
 ``pip install -e '.[plot]'``).
 """
 import json
@@ -26,6 +27,7 @@ _OUT = flags.DEFINE_string("out", "metrics.png", "PNG file to write")
 _TITLE = flags.DEFINE_string("title", "", "figure title")
 
 METRICS = (("hr@10", "HR@10"), ("ndcg@10", "NDCG@10"))
+FULL_METRICS = (("full_hr@10", "HR@10, full ranking"), ("full_ndcg@10", "NDCG@10, full ranking"))
 AXES = (("round", "round", False), ("bits_sent", "bits sent, up + down (all clients)", True),
         ("sim_seconds", "simulated seconds", False))
 
@@ -67,17 +69,30 @@ def default_label(workdir) -> str:
     return workdir.name or str(workdir)
 
 
+def shared_metrics(runs: Sequence[Tuple[str, List[dict]]]):
+  """``METRICS`` if every run has them, else ``FULL_METRICS`` if every run has those;
+  ``ValueError`` naming a run that has neither (runs of different protocols)."""
+  for metrics in (METRICS, FULL_METRICS):
+    if all(any(metrics[0][0] in r for r in rows) for _, rows in runs):
+      return metrics
+  has = lambda rows, m: any(m[0][0] in r for r in rows)
+  label = next(label for label, rows in runs if not has(rows, METRICS))
+  raise ValueError(f"run {label!r} has no sampled-protocol metrics and another run no "
+                   "full-ranking ones: plot runs of one --eval_protocol together")
+
+
 def plot_runs(runs: Sequence[Tuple[str, List[dict]]], out, title: str = "") -> pathlib.Path:
   """Draws ``[(label, rows), ...]`` into the PNG ``out``; returns its path."""
+  metrics = shared_metrics(runs)
   import matplotlib  # the optional "plot" extra
   matplotlib.use("Agg")
   from matplotlib import pyplot as plt
 
-  fig, axes = plt.subplots(len(METRICS),
+  fig, axes = plt.subplots(len(metrics),
                            len(AXES),
-                           figsize=(5 * len(AXES), 3.6 * len(METRICS)),
+                           figsize=(5 * len(AXES), 3.6 * len(metrics)),
                            squeeze=False)
-  for i, (metric, metric_name) in enumerate(METRICS):
+  for i, (metric, metric_name) in enumerate(metrics):
     for j, (x_field, x_name, log_x) in enumerate(AXES):
       ax = axes[i][j]
       for label, rows in runs:

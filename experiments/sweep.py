@@ -15,22 +15,26 @@ every ``--checkpoint_every`` rounds and every ``--checkpoint_minutes`` in
 ``DIR/<shape point>/results.json``; the same command run again reuses the finished points
 and resumes the interrupted one (``--overwrite``: start over).
 """
+import contextlib
 import csv
 import dataclasses
 import io
 import itertools
+import os
 import pathlib
 import re
 import time
 
 from absl import app, flags
+import numpy as np
 
 from fedras_jax import distributed
 from fedras_jax import flags as flag_lib
 from fedras_jax.config import TrainConfig
-from fedras_jax.outputs import write_atomic
+from fedras_jax.outputs import naming, write_atomic
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
 from fedras_jax.sweep import grid_points, kept_sweep, parse_grid, summarize, sweep
+from fedras_jax.workdir_lock import WorkdirLock
 
 flag_lib.define_train_flags()
 
@@ -95,6 +99,34 @@ def main(argv):
     bench(dataclasses.replace(base, quiet=True), seeds, grid)
     return
   workdir = None if (base.workdir or "none").lower() == "none" else pathlib.Path(base.workdir)
+  output = pathlib.Path(FLAGS.output) if FLAGS.output else None
+
+  def setup(hold):
+    """Process 0: ``--output`` checked now, not after the sweep; the workdir locked (one
+    sweep at a time in it). A failure here stops every process (``on_writer``)."""
+    if output is not None:
+      with naming(output):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if output.is_dir() or not os.access(output.parent, os.W_OK):
+          raise ValueError(f"--output={FLAGS.output}: not a writable file path")
+    if workdir:
+      hold.enter_context(WorkdirLock(workdir))
+    return None, np.int32(0)
+
+  with contextlib.ExitStack() as hold:
+    distributed.on_writer(lambda: setup(hold), np.int32(0))
+    rows = run_points(base, seeds, grid, shape_points, workdir)
+  if output is not None and distributed.is_writer():
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(output, text.getvalue().encode())
+
+
+def run_points(base: TrainConfig, seeds, grid, shape_points, workdir) -> list:
+  """The summary rows of every shape point's sweep (kept in ``workdir`` if given)."""
   rows = []
   for point in shape_points:
     config = dataclasses.replace(base, **point)
@@ -106,14 +138,7 @@ def main(argv):
       if distributed.is_writer():
         print(", ".join(
             f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in rows[-1].items()))
-  if FLAGS.output and distributed.is_writer():
-    path = pathlib.Path(FLAGS.output)
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(path, text.getvalue().encode())
+  return rows
 
 
 if __name__ == "__main__":

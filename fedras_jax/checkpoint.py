@@ -84,6 +84,18 @@ def to_host(tree):
                       if _is_key(x) else np.asarray(x), tree)
 
 
+def from_host(host_tree, template):
+  """The inverse of ``to_host``: ``host_tree``'s leaves as device arrays of
+  ``template``'s dtypes, PRNG keys re-wrapped with ``template``'s implementation."""
+
+  def device(t, r):
+    if _is_key(t):
+      return jax.random.wrap_key_data(jnp.asarray(r), impl=jax.random.key_impl(t))
+    return jnp.asarray(r, dtype=t.dtype)
+
+  return jax.tree.map(device, template, host_tree)
+
+
 def _seal(body: bytes) -> bytes:
   return MAGIC + hashlib.sha256(body).digest() + body
 
@@ -135,12 +147,7 @@ def tree_from_bytes(data: bytes, template, where: str = "checkpoint") -> Tuple[A
           f"{where}: {jax.tree_util.keystr(key_path)} is {r.dtype}{list(r.shape)}, this run "
           f"expects {t.dtype}{list(t.shape)} (a different dataset or model?)")
 
-  def device(t, r):
-    if _is_key(t):
-      return jax.random.wrap_key_data(jnp.asarray(r), impl=jax.random.key_impl(t))
-    return jnp.asarray(r, dtype=t.dtype)
-
-  return jax.tree.map(device, template, restored), payload
+  return from_host(restored, template), payload
 
 
 def path_for(directory, round_index: int) -> pathlib.Path:
@@ -176,9 +183,10 @@ def restore_latest(directory,
   there is none. An unreadable newest file (``warn``-ed) falls back to an older one;
   if none is readable, raises ``CheckpointError``."""
   found = list_checkpoints(directory)
-  if found:  # temporary files of writes that a kill interrupted
-    for tmp in pathlib.Path(directory).glob(".round_*.msgpack.*.tmp"):
-      tmp.unlink(missing_ok=True)
+  # Temporary files of writes that a kill interrupted (the directory's lock holder
+  # restores: no write of its own is in flight).
+  for tmp in pathlib.Path(directory).glob(".round_*.msgpack.*.tmp"):
+    tmp.unlink(missing_ok=True)
   errors = []
   for round_index, path in reversed(found):
     try:

@@ -21,12 +21,15 @@ returns is replicated, so each process can read metrics without communication, a
 only process 0 (``is_writer``) writes logs and files.
 """
 import dataclasses
+import json
 from typing import Any, Callable, Optional, Tuple
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from fedras_jax.checkpoint import from_host, to_host
 
 CLIENTS_AXIS = "clients"
 AUTO = "auto"
@@ -142,18 +145,6 @@ def replicate(tree, mesh: Mesh):
   return jit(lambda t: t, mesh)(tree)
 
 
-def _to_wire(tree):
-  return jax.tree.map(
-      lambda x: np.asarray(jax.random.key_data(x))
-      if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else np.asarray(x), tree)
-
-
-def _from_wire(wire, template):
-  return jax.tree.map(
-      lambda w, t: jax.random.wrap_key_data(w, impl=jax.random.key_impl(t))
-      if jax.dtypes.issubdtype(t.dtype, jax.dtypes.prng_key) else w, wire, template)
-
-
 def on_writer(setup: Callable[[], Tuple[Any, Any]], template) -> Tuple[Optional[Any], Any]:
   """Runs ``setup() -> (private, shared)`` on process 0 only and gives ``shared`` to all.
 
@@ -172,9 +163,20 @@ def on_writer(setup: Callable[[], Tuple[Any, Any]], template) -> Tuple[Optional[
     except Exception as e:  # noqa: BLE001 - re-raised below, after the peers know
       failure = e
   status, wire = multihost_utils.broadcast_one_to_all(
-      (np.int32(failure is not None), _to_wire(shared)))
+      (np.int32(failure is not None), to_host(shared)))
   if failure is not None:
     raise failure
   if int(status):
     raise DistributedError("process 0 failed to set up the run (its log says why)")
-  return private, _from_wire(wire, template)
+  return private, from_host(wire, template)
+
+
+def share_json(value):
+  """Process 0's ``value`` (JSON-serialisable) on every process, as JSON gives it back
+  (the other processes' ``value`` is ignored). With one process: ``value`` itself."""
+  if jax.process_count() == 1:
+    return value
+  data = np.frombuffer(json.dumps(value).encode(), np.uint8) if is_writer() else None
+  size = int(multihost_utils.broadcast_one_to_all(np.int32(0 if data is None else data.size)))
+  data = multihost_utils.broadcast_one_to_all(np.zeros(size, np.uint8) if data is None else data)
+  return json.loads(np.asarray(data).tobytes().decode())

@@ -99,10 +99,9 @@ def write_json(path, obj, indent=2) -> pathlib.Path:
 def read_json(path, remedy: str = ""):
   """The JSON in ``path``; a ``ValueError`` naming the file (and ``remedy``, e.g. "use
   --overwrite to start over") if it is not JSON."""
-  with open(path) as f:
-    text = f.read()
   try:
-    return json.loads(text)
-  except ValueError as e:
+    with open(path, encoding="utf-8") as f:
+      return json.loads(f.read())
+  except ValueError as e:  # UnicodeDecodeError (not UTF-8) too
     raise ValueError(f"{path} is not readable JSON ({e})"
                      + (f"; {remedy}" if remedy else "")) from None

@@ -24,9 +24,12 @@ def tune_host_allocator() -> bool:
     libc = ctypes.CDLL("libc.so.6")
   except OSError:
     return False
+  # mallopt(int, int): declared, so a value past a C int raises instead of wrapping (an
+  # untyped 1 << 34 arrived as 0, a trim threshold that trims at every free).
+  libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+  libc.mallopt.restype = ctypes.c_int
   ok = libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1
-  ok &= libc.mallopt(_M_TRIM_THRESHOLD,
-                     1 << 34 if ctypes.sizeof(ctypes.c_long) == 8 else 1 << 30) == 1
+  ok &= libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
   return bool(ok)
 
 

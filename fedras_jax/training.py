@@ -147,9 +147,12 @@ def _resume(config: TrainConfig, sim, mesh, hold: contextlib.ExitStack, log, say
     return host, (np.int32(start_round), state)
 
   host, (start_round, (server, clients)) = distributed.on_writer(restore, (np.int32(0), initial))
+  # Every process keeps process 0's accounting (and so returns the same summary, also
+  # when the run resumed at its last round and trains none).
+  host = distributed.share_json(host)
   if mesh is not None:
     server, clients = distributed.replicate((server, clients), mesh)
-  return host or _fresh_host(config), int(start_round), server, clients
+  return host, int(start_round), server, clients
 
 
 def _open_files(config: TrainConfig, workdir, rows) -> workdir_lib.MetricsWriter:

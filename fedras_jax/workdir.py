@@ -127,6 +127,8 @@ def clear_run(workdir):
   workdir = pathlib.Path(workdir)
   for name in RUN_FILES:
     (workdir / name).unlink(missing_ok=True)
+    for tmp in workdir.glob(f".{name}.*.tmp"):  # a write that a kill interrupted
+      tmp.unlink(missing_ok=True)
   ckpt_dir = workdir / CHECKPOINT_DIR
   for _, path in ckpt_lib.list_checkpoints(ckpt_dir):
     path.unlink(missing_ok=True)

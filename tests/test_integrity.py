@@ -294,3 +294,28 @@ def test_binaries_refuse_bad_input_in_one_line(tmp_path):
     lines = [l for l in stderr.splitlines() if l.strip() and "xla_bridge.py" not in l]
     assert len(lines) == 1, (module, args, stderr[-3000:])
     assert lines[0].startswith("error: " + want), (module, args, lines[0])
+
+
+def test_temporary_files_of_killed_writes_are_removed(tmp_path):
+  """A kill during the first checkpoint write, or during a final file's, leaves a
+  temporary file: the next restore, or --overwrite, removes it (they used to stay)."""
+  ckpt_dir = tmp_path / workdir_lib.CHECKPOINT_DIR
+  ckpt_dir.mkdir()
+  (ckpt_dir / ".round_000002.msgpack.123.abcd1234.tmp").write_bytes(b"torn")
+  assert checkpoint.restore_latest(ckpt_dir, {"x": np.zeros(2)}) is None
+  assert not list(ckpt_dir.iterdir())
+  torn = tmp_path / ".summary.json.123.abcd1234.tmp"
+  torn.write_text("{")
+  mine = tmp_path / "notes.txt"
+  mine.write_text("kept")
+  workdir_lib.clear_run(tmp_path)
+  assert not torn.exists() and mine.exists()
+
+
+def test_a_json_file_that_is_not_text_is_named_with_the_remedy(tmp_path):
+  """Bytes that are not UTF-8 (a corrupted config.json) used to surface as the codec's
+  message alone, naming neither the file nor what to do."""
+  path = tmp_path / "config.json"
+  path.write_bytes(b"\xff\xfe garbage")
+  with pytest.raises(ValueError, match=f"{path} is not readable JSON .*; use --overwrite"):
+    outputs.read_json(path, "use --overwrite")

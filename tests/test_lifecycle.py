@@ -398,3 +398,36 @@ def test_plot_writes_a_png(tmp_path):
       timeout=120)
   assert missing.returncode != 0
   assert missing.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+def test_plot_picks_the_protocol_every_run_has(tmp_path):
+  """Runs of --eval_protocol=full have only full_* metrics: they are plotted as such (the
+  plot used to draw empty axes and exit 0); runs of two protocols are refused."""
+  pytest.importorskip("matplotlib")
+
+  def run(name, keys):
+    workdir = tmp_path / name
+    workdir.mkdir()
+    rows = [
+        dict(round=r,
+             bits_up_total=r,
+             bits_down_total=r,
+             sim_seconds=r,
+             **{k: 0.1 * r for k in keys}) for r in (1, 2)
+    ]
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(workdir)
+
+  full = [run(n, ("full_hr@10", "full_ndcg@10")) for n in ("f1", "f2")]
+  sampled = run("s", ("hr@10", "ndcg@10"))
+  plot = lambda *dirs: subprocess.run(
+      [sys.executable, "-m", "experiments.plot", f"--out={tmp_path / 'p.png'}", *dirs],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=120)
+  proc = plot(*full)
+  assert proc.returncode == 0 and "No artists" not in proc.stderr, proc.stderr
+  proc = plot(sampled, full[0])
+  assert proc.returncode == 1
+  assert "has no sampled-protocol metrics" in proc.stderr.strip().splitlines()[-1]

@@ -100,6 +100,10 @@ def test_two_processes_equal_one_process_and_one_device(ml100k_path, tmp_path, m
   assert "resuming from round 2" in writer.stdout
   for name, value in _params(multi).items():
     np.testing.assert_array_equal(value, final[name], err_msg=name)
+  # Again, finished: process 0 resumes at the last round and trains none; process 1 gets
+  # its accounting (it used to die summarising the rows it never had: IndexError).
+  writer, other = _ok(_train(multi, method, data_dir, processes=2, devices=4))
+  assert f"resuming from round {ROUNDS}" in writer.stdout and "done:" in writer.stdout
 
   # A workdir that process 0 refuses (other flags) stops both processes with one line.
   results = _train(multi, method, data_dir, processes=2, devices=4, extra=["--seed=1"])
@@ -129,3 +133,19 @@ def test_launcher_stops_every_peer_when_one_fails(tmp_path):
   assert [r.returncode for r in results] == [-9, 3, -9]
   assert "process 1 fails" in results[1].stderr
   assert "--num_processes=3" in results[2].args and "--process_id=2" in results[2].args
+
+
+def test_the_launch_binary_reports_processes_killed_at_its_timeout(tmp_path):
+  """A process killed at --timeout has no stderr of its own: it is still named (the
+  binary used to exit 1 in silence); a negative --timeout is refused."""
+  launch = lambda *flags: subprocess.run(
+      [sys.executable, "-m", "experiments.launch", *flags, "--", "tests.launch_probe"],
+      capture_output=True,
+      text=True,
+      timeout=120)
+  proc = launch("--num_processes=1", "--timeout=1", f"--process_logs={tmp_path}")
+  assert proc.returncode == 1
+  assert "process 0 was killed (--timeout, or stopped after a peer failed)" in proc.stderr
+  proc = launch("--timeout=-1")
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1].startswith("error: --timeout=-1.0 is invalid")

@@ -2,6 +2,8 @@
 and keeps its finished results."""
 import dataclasses
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from fedras_jax.sweep import grid_points, parse_grid, summarize, sweep_points
 from fedras_jax.config import TrainConfig
 from fedras_jax.experiment import load_run_data
 from fedras_jax.training import train
+from fedras_jax.workdir_lock import WorkdirLock
 
 
 def test_sweep_run_equals_single_run_and_resumes_from_its_checkpoint(ml100k_path, tmp_path):
@@ -142,3 +145,25 @@ def test_kept_sweep_reuses_finished_results_and_reruns_another_sweep(tmp_path, m
   sweep_lib.kept_sweep(dataclasses.replace(base, rounds=4, quiet=True, checkpoint_every=7), [0],
                        {"item_lr": [4.0]}, tmp_path / "point")
   assert len(calls) == 5
+
+
+def test_the_sweep_binary_checks_its_output_and_locks_its_workdir(tmp_path):
+  """Both fail at once, before any data is loaded or any round runs: an --output that is
+  a directory (it used to fail after the whole sweep, losing its results), and a
+  --workdir that another sweep holds (two sweeps there deleted each other's checkpoint
+  writes)."""
+
+  def sweep_binary(*flags):
+    return subprocess.run([sys.executable, "-m", "experiments.sweep", "--seeds=0", *flags],
+                          capture_output=True,
+                          text=True,
+                          timeout=300)
+
+  proc = sweep_binary(f"--output={tmp_path}")
+  assert proc.returncode == 1, proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+      f"error: --output={tmp_path}: not a writable file path")
+  with WorkdirLock(tmp_path / "sweep"):
+    proc = sweep_binary(f"--workdir={tmp_path / 'sweep'}", f"--output={tmp_path / 'out.csv'}")
+  assert proc.returncode == 1 and "is in use by another run" in proc.stderr, proc.stderr
+  assert not (tmp_path / "out.csv").exists()

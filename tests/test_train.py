@@ -1,4 +1,5 @@
 """End to end: the training entry point on real ML-100K, files, and bad flags."""
+import ctypes
 import json
 import os
 import pathlib
@@ -83,6 +84,41 @@ def test_settings_that_failed_late_are_refused_by_validate(settings, message):
   with pytest.raises(ValueError, match=message):
     TrainConfig(**settings).validate()
   TrainConfig(**{**settings, **dict(dim=4, bandwidth_sigma=0.0)}).validate()
+
+
+_ALLOCATOR_PROBE = """
+import ctypes, sys
+from fedras_jax.runtime import tune_host_allocator
+libc = ctypes.CDLL("libc.so.6")
+class Info(ctypes.Structure):
+  _fields_ = [(n, ctypes.c_size_t) for n in
+              "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc.mallinfo2.restype = Info
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "tuned":
+  assert tune_host_allocator()
+p = libc.malloc(64 << 20)
+ctypes.memset(p, 1, 64 << 20)
+libc.free(p)
+print(libc.mallinfo2().arena >> 20)
+"""
+
+
+def test_the_host_allocator_keeps_freed_memory():
+  """After ``tune_host_allocator`` a freed 64 MiB block stays in the heap for reuse (the
+  setting's point); glibc's default returns it. The trim threshold once arrived as 0
+  (an untyped ctypes call wrapped 2^34 to a C int), which trims at every free."""
+  if not hasattr(ctypes.CDLL("libc.so.6"), "mallinfo2"):
+    pytest.skip("glibc without mallinfo2 (< 2.33)")
+  arena = {
+      mode: int(
+          subprocess.run([sys.executable, "-c", _ALLOCATOR_PROBE, mode],
+                         capture_output=True,
+                         text=True,
+                         check=True).stdout) for mode in ("default", "tuned")
+  }
+  assert arena["tuned"] >= 64 and arena["default"] < 64, arena
 
 
 def test_clients_per_round_above_users_is_refused(ml100k_path):
