@@ -7,8 +7,8 @@ Reads each workdir's ``metrics.jsonl`` (written by ``experiments.train``) and dr
 2 x 3 grid: rows HR@10 and NDCG@10; columns against the round, against the total
 bits sent up and down (``bits_up_total + bits_down_total``, log scale) and against
 the simulated seconds (``sim_seconds``). Sampled-protocol metrics where every run has
-them, else full-ranking ones (runs of ``--eval_protocol=full``). Needs matplotlib (the ``plot`` extra:
-``pip install -e '.[plot]'``).
+them, else full-ranking ones (runs of ``--eval_protocol=full``). Needs matplotlib (the
+``plot`` extra: ``pip install -e '.[plot]'``).
 """
 import json
 import pathlib
