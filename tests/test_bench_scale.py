@@ -94,7 +94,7 @@ def test_synthetic_split():
   assert data.num_users == 400 and data.num_items == 3000
 
 
-def test_large_catalogue_is_fast():
+def test_a_million_item_catalogue_keeps_the_size_and_popularity_laws():
   split = synthetic.synthetic_split(300, 1_000_000, seed=0)
   sizes = split.num_seen_per_user
   assert sizes.min() >= 20 and sizes.max() <= 700

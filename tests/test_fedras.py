@@ -71,24 +71,44 @@ def test_per_client_budgets_set_k_and_bits_in_one_compiled_round(synthetic):
   dense = synthetic.num_items * DIM * 32
   bandwidth = dense / np.array([2, 4, 8, 2, 4, 8, 2, 4, 8, 16], np.float32)
   comp = fedras(synthetic.num_items, max_k=16, tau=2.0, tau_mode="fixed", dense_fallback=False)
-  _, _, metrics = run(synthetic, comp, identity(synthetic.num_items), bandwidth=bandwidth, rounds=3)
-  budgets_seen = set()
-  for m in metrics:
+  model = get_model("mf", dim=DIM)
+  server, clients = init_states(model,
+                                synthetic.num_users,
+                                synthetic.num_items,
+                                optax.sgd(1.0),
+                                seed=0,
+                                bandwidth=bandwidth)
+  round_fn = make_round(model,
+                        synthetic.data,
+                        config(synthetic),
+                        uplink=comp,
+                        downlink=identity(synthetic.num_items))
+  local_fn, step = jax.jit(round_fn.stages.local), jax.jit(round_fn)
+  budgets_seen, below_budget = set(), 0
+  for _ in range(3):
+    local = local_fn(server, clients, HP)
+    server, clients, m = jax.device_get(step(server, clients, HP))
     assert np.all(m.bits_up <= m.budget_up), "a client exceeded its budget"
     k_budget = np.array([
         int(quantize.max_actions_for_budget(int(b), synthetic.num_items, DIM, max_k=16))
         for b in m.budget_up
     ])
-    assert np.all(m.num_actions <= k_budget)
-    # K follows the budget: the budget's K unless the client has fewer live rows.
-    live = m.num_actions < k_budget
-    assert np.all(m.num_actions[~live] == k_budget[~live])
+    # tau > 1 splits until the budget's K, or until every action is one distinct row of
+    # the client's update: K = min(budget's K, distinct nonzero rows).
+    deltas = np.asarray(local.deltas)
+    rows = np.array([
+        len(np.unique(d[np.any(d != 0, axis=1)], axis=0)) for d in (deltas[o:o + n] for o, n in zip(
+            np.asarray(local.layout.offset), np.asarray(local.plans.num_slots)))
+    ])
+    np.testing.assert_array_equal(m.num_actions, np.minimum(k_budget, rows))
+    below_budget += int(np.sum(rows < k_budget))
     expected_bits = [
         int(quantize.payload_bits(int(k), synthetic.num_items, DIM)) for k in m.num_actions
     ]
     np.testing.assert_array_equal(m.bits_up, expected_bits)
     budgets_seen.update(m.budget_up.tolist())
   assert len(budgets_seen) >= 3, "clients of one round had different budgets"
+  assert 0 < below_budget < 3 * M, "both branches of the min were exercised"
 
 
 def test_fluctuation_changes_budgets_within_bounds(synthetic):

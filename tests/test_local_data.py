@@ -4,7 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedras_jax.federated import ClientPlan, client_plan, local_data, minibatch, slot_item, unseen_item
+from fedras_jax.federated import (ClientPlan, LocalHParams, client_plan, client_update, local_data,
+                                  minibatch, slot_item, unseen_item)
+from fedras_jax.models import get_model
 
 EPOCHS, BATCH, RATIO = 2, 4, 2
 
@@ -91,3 +93,42 @@ def test_the_shuffle_is_a_permutation_up_to_the_size_limit():
                             neg_ratio=4,
                             epochs=1,
                             batch_size=batch)
+
+
+def test_client_update_is_sgd_on_the_weighted_bce_of_mf(synthetic, plans):
+  """``client_update`` (MF, weight decay on, user and item steps differ) against a float64
+  NumPy loop written from the objective: per minibatch, the mean over valid examples of
+  BCE(user . row, label) plus wd/2 |user|^2 and wd/2 |row|^2 per valid example's row;
+  one SGD step on the user row and on the batch's rows (a slot drawn twice gets both
+  steps' updates). The packed round is checked against ``client_update`` in
+  tests/test_round.py; this checks the step itself."""
+  dim, wd, user_lr, item_lr = 6, 0.05, 0.3, 1.7
+  model = get_model("mf", dim=dim)
+  rng = np.random.default_rng(0)
+  table = rng.normal(0, 0.5, (synthetic.num_items, dim)).astype(np.float32)
+  hp = LocalHParams(user_lr=user_lr, item_lr=item_lr, weight_decay=wd)
+  u = 3
+  plan = jax.tree.map(lambda x: x[u], plans)
+  user0 = rng.normal(0, 0.5, dim).astype(np.float32)
+  max_slots = int(plan.num_slots) + 5
+  out = jax.jit(lambda t, r: client_update(
+      model, hp, synthetic.data, plan, t, {}, r, max_slots=max_slots, batch_size=BATCH))(
+          jnp.asarray(table), jnp.asarray(user0))
+
+  items = np.asarray(slot_item(synthetic.data, plan, jnp.arange(max_slots)))
+  user, deltas = user0.astype(np.float64), np.zeros((max_slots, dim))
+  for step in range(int(plan.num_steps)):
+    local, labels, valid = (np.asarray(x) for x in minibatch(plan, jnp.int32(step), BATCH))
+    w = valid.astype(np.float64)
+    rows = table[items[local]].astype(np.float64) + deltas[local]
+    prob = 1.0 / (1.0 + np.exp(-(rows @ user)))
+    r = (prob - labels) * w / max(w.sum(), 1.0)  # d loss / d logit
+    g_user = rows.T @ r + wd * float(valid.any()) * user
+    g_rows = r[:, None] * user[None, :] + wd * w[:, None] * rows
+    user = user - user_lr * g_user
+    np.add.at(deltas, local, -item_lr * g_rows)
+  assert int(plan.num_steps) > 2 and np.abs(deltas).max() > 1e-2  # it trained
+  np.testing.assert_allclose(np.asarray(out.user), user, rtol=1e-4, atol=1e-5)
+  live = np.asarray(out.mask)
+  np.testing.assert_allclose(np.asarray(out.deltas)[live], deltas[live], rtol=1e-4, atol=1e-5)
+  assert not np.asarray(out.deltas)[~live].any()

@@ -4,7 +4,9 @@ import csv
 import json
 import shlex
 import sys
+from fractions import Fraction
 
+import numpy as np
 import pytest
 
 from experiments import compare, pages, results
@@ -86,11 +88,31 @@ def test_a_part_without_its_files_is_named(tmp_path):
     results.read_part(tmp_path)
 
 
-def test_the_plot_is_drawn_from_the_rows(part):
+def test_the_plot_is_drawn_from_the_rows(part, monkeypatch):
+  """HR@10 against the payload ratio: one line per method through its seeds' mean at
+  each ratio, the population std as error bars (recomputed here from the rows)."""
   pytest.importorskip("matplotlib")
   _, rows = results.read_part(part)
+  figures, save = [], pages.save_figure
+  monkeypatch.setattr(pages, "save_figure", lambda fig, *a, **k:
+                      (figures.append(fig), save(fig, *a, **k)))
   assert results.plot_part(rows, part / "ratio.png")
   assert (part / "ratio.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  drawn = {c.get_label(): c for c in figures[0].axes[0].containers}
+  assert set(drawn) == {r["method"] for r in rows}
+  for method, container in drawn.items():
+    ratios = sorted({r["payload_ratio"] for r in rows if r["method"] == method},
+                    key=lambda t: float(Fraction(t)))
+    hrs = [[
+        float(r["final_hr@10"]) for r in rows if r["method"] == method and r["payload_ratio"] == t
+    ] for t in ratios]
+    xs, ys = (np.asarray(v, float) for v in container.lines[0].get_data())
+    np.testing.assert_allclose(xs, [float(Fraction(t)) for t in ratios])
+    np.testing.assert_allclose(ys, [np.mean(h) for h in hrs])
+    (bars,) = container.lines[2]
+    np.testing.assert_allclose([s[1, 1] - s[0, 1] for s in bars.get_segments()],
+                               [2 * np.std(h) for h in hrs],
+                               atol=1e-12)
 
 
 def _curves():

@@ -120,7 +120,9 @@ def test_fedras_with_gains_fits_the_budget_and_is_exact_when_sent_dense():
 
 
 def test_an_exact_compressor_is_left_alone_and_bad_bits_are_refused():
-  assert row_gains(identity(10), 8) is not None and row_gains(identity(10), 8).exact
+  exact = identity(10)
+  assert row_gains(exact, 8) is exact  # nothing to correct: not wrapped
+  assert row_gains(UNITS, 8) is not UNITS
   with pytest.raises(ValueError, match="gain_bits"):
     row_gains(UNITS, 2)
   with pytest.raises(ValueError, match="gain_bits"):
