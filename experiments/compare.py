@@ -121,18 +121,29 @@ def edge_names(grid, point) -> list:
 def widened(grid, point, valid=lambda name, value: True) -> dict:
   """``grid`` with every name of ``edge_names`` extended by one step past the edge
   its ``point`` value sits on: the ratio of the two outermost values there if every
-  value is positive, else their difference; a step that ``valid(name, value)`` refuses
-  (past the setting's range: ``weight_decay`` below 0, ``fluctuation`` of 1 or more) is not
-  taken."""
+  value is positive, else their difference. A step that ``valid(name, value)`` refuses
+  (past the setting's range: ``fluctuation`` 1 or more) is halved towards the edge until
+  it is valid; a pick at the bound itself (``weight_decay=0``) is not widened."""
   out = dict(grid)
+  # Rounded to 6 digits: 0.05 -> 0.025, not 0.025000000000000005.
+  rounded = lambda x: float(f"{x:.6g}")
+
+  def step(name, edge, inner, positive):
+    new = rounded(edge * edge / inner if positive else 2 * edge - inner)
+    for _ in range(20):
+      if new == edge:
+        return None
+      if valid(name, new):
+        return new
+      new = rounded((edge + new) / 2)
+    return None
+
   for name in edge_names(grid, point):
     v = sorted(grid[name])
-    # Rounded to 6 digits: 0.05 -> 0.025, not 0.025000000000000005.
-    step = lambda edge, inner: float(f"{edge * edge / inner if v[0] > 0 else 2 * edge - inner:.6g}")
-    if point[name] == v[0] and valid(name, step(v[0], v[1])):
-      out[name] = [step(v[0], v[1])] + v
-    if point[name] == v[-1] and valid(name, step(v[-1], v[-2])):
-      out[name] = out[name] + [step(v[-1], v[-2])]
+    if point[name] == v[0] and (low := step(name, v[0], v[1], v[0] > 0)) is not None:
+      out[name] = [low] + v
+    if point[name] == v[-1] and (high := step(name, v[-1], v[-2], v[0] > 0)) is not None:
+      out[name] = out[name] + [high]
   return out
 
 

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import serialization
 
-from fedras_jax.outputs import write_atomic
+from fedras_jax.outputs import remove_stale_temporaries, write_atomic
 
 FORMAT = 3  # 3: ServerState.downlink_state (was residual + downlink_memory); 2: checksummed
 MAGIC = b"FEDRASCK"
@@ -183,10 +183,7 @@ def restore_latest(directory,
   there is none. An unreadable newest file (``warn``-ed) falls back to an older one;
   if none is readable, raises ``CheckpointError``."""
   found = list_checkpoints(directory)
-  # Temporary files of writes that a kill interrupted (the directory's lock holder
-  # restores: no write of its own is in flight).
-  for tmp in pathlib.Path(directory).glob(".round_*.msgpack.*.tmp"):
-    tmp.unlink(missing_ok=True)
+  remove_stale_temporaries(directory, "round_*.msgpack")  # writes a kill interrupted
   errors = []
   for round_index, path in reversed(found):
     try:

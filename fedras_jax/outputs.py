@@ -91,6 +91,22 @@ def write_atomic(path, data: bytes, verify=None) -> pathlib.Path:
   return path
 
 
+def remove_stale_temporaries(directory, stem: str = "*"):
+  """Removes the temporary files that ``write_atomic`` left in ``directory`` for
+  ``stem`` (a glob of the target's name) when a kill interrupted the write: those whose
+  writing process (the pid in the name) no longer runs on this machine."""
+  for tmp in pathlib.Path(directory).glob(f".{stem}.*.*.tmp"):
+    try:
+      pid = int(tmp.name.rsplit(".", 3)[1])
+      os.kill(pid, 0)
+    except ValueError:  # not one of write_atomic's names
+      continue
+    except ProcessLookupError:  # its writer is gone
+      tmp.unlink(missing_ok=True)
+    except PermissionError:  # another user's live process
+      continue
+
+
 def write_json(path, obj, indent=2) -> pathlib.Path:
   """Writes ``obj`` as strict JSON (``dumps``) to ``path``, atomically."""
   return write_atomic(path, (dumps(obj, indent=indent) + "\n").encode())

@@ -24,12 +24,13 @@ def tune_host_allocator() -> bool:
     libc = ctypes.CDLL("libc.so.6")
   except OSError:
     return False
-  # mallopt(int, int): declared, so a value past a C int raises instead of wrapping (an
-  # untyped 1 << 34 arrived as 0, a trim threshold that trims at every free).
+  # mallopt(int, int): ctypes wraps a Python int past a C int silently (1 << 34 arrived
+  # as 0, a trim threshold that trims at every free), so every value must fit one.
   libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
   libc.mallopt.restype = ctypes.c_int
-  ok = libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1
-  ok &= libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+  settings = ((_M_MMAP_THRESHOLD, 1 << 30), (_M_TRIM_THRESHOLD, 2**31 - 1))
+  assert all(0 <= value < 2**31 for _, value in settings)
+  ok = all([libc.mallopt(option, value) == 1 for option, value in settings])
   return bool(ok)
 
 

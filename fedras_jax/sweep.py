@@ -4,7 +4,8 @@ Every hyper-parameter that does not change a shape is a traced value of the
 round (``RoundHParams``) or of the client state (bandwidth), so ``P`` runs that
 differ only in those and in their seed compile into ONE round program, ``vmap``-ed
 over a leading run axis. Shape-changing settings (dim, model, method, clients per
-round) are separate programs: call ``sweep`` once per grid point of those.
+round, and the payload ratio, which sets the compressors' static bounds such as CoLR's
+rank) are separate programs: call ``sweep`` once per grid point of those.
 
 Like ``train``, a sweep may span several processes (``fedras_jax.distributed``):
 local training is then sharded over every global device, every process returns the

@@ -127,14 +127,12 @@ def clear_run(workdir):
   workdir = pathlib.Path(workdir)
   for name in RUN_FILES:
     (workdir / name).unlink(missing_ok=True)
-    for tmp in workdir.glob(f".{name}.*.tmp"):  # a write that a kill interrupted
-      tmp.unlink(missing_ok=True)
+    outputs.remove_stale_temporaries(workdir, name)  # writes a kill interrupted
   ckpt_dir = workdir / CHECKPOINT_DIR
   for _, path in ckpt_lib.list_checkpoints(ckpt_dir):
     path.unlink(missing_ok=True)
   if ckpt_dir.is_dir():
-    for tmp in ckpt_dir.glob(".round_*.tmp"):
-      tmp.unlink(missing_ok=True)
+    outputs.remove_stale_temporaries(ckpt_dir, "round_*.msgpack")
     try:
       ckpt_dir.rmdir()
     except OSError:  # not empty: someone else's files

@@ -165,9 +165,11 @@ def test_widening_stops_at_the_bound_of_the_setting():
       "weight_decay": [0.0, 1e-5, 1e-4, 1.9e-4], "fluctuation": [0.0, 0.3, 0.6, 0.9]
   }
   assert compare.open_edges(grid, point, valid) == ["weight_decay", "fluctuation"]
-  # fluctuation 0.9 picked: the next step (1.2) is past [0, 1).
-  grid, point = {"fluctuation": [0.3, 0.6, 0.9]}, dict(fluctuation=0.9)
-  assert compare.open_edges(grid, point, valid) == []
+  # A step past the range's bound is halved towards the edge until valid: 0.8 -> 1.6
+  # (invalid), 1.2, 1.0 (fluctuation < 1), 0.9.
+  grid, point = {"fluctuation": [0.4, 0.8]}, dict(fluctuation=0.8)
+  assert compare.widened(grid, point, valid) == {"fluctuation": [0.4, 0.8, 0.9]}
+  assert compare.open_edges(grid, point, valid) == ["fluctuation"]
 
 
 def test_tune_widens_until_the_pick_is_inside_and_keeps_every_point(tmp_path, monkeypatch):

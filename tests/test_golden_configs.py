@@ -27,6 +27,16 @@ def test_config_reproduces_its_recorded_row(name, ml100k_path):
   assert row["round"] == golden.ROUNDS
   assert golden.differences(recorded, row, golden.tolerance(path)) == []
 
+  if name == "ml100k_mf":
+    # The uplink's bits by hand (ML-100K: 1,682 items, d = 64, 64 clients a round): every
+    # client sent 2 actions, i.e. 2 float32 centroids and a 2-bit index per item (3
+    # symbols: the 2 actions or no update).
+    assert row["actions_min"] == row["actions_max"] == 2
+    per_client = 2 * 64 * 32 + 1682 * 2
+    assert row["bits_up_max"] == per_client
+    assert row["bits_up_total"] == per_client * 64 * golden.ROUNDS
+    assert row["compression_up"] == pytest.approx(1 - per_client / (1682 * 64 * 32), rel=1e-12)
+
 
 def test_differences_names_each_changed_field():
   recorded = {"hr@10": 0.5, "round": 3, "loss": 0.25}

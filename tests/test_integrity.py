@@ -298,13 +298,22 @@ def test_binaries_refuse_bad_input_in_one_line(tmp_path):
 
 def test_temporary_files_of_killed_writes_are_removed(tmp_path):
   """A kill during the first checkpoint write, or during a final file's, leaves a
-  temporary file: the next restore, or --overwrite, removes it (they used to stay)."""
+  temporary file: the next restore, or --overwrite, removes it (they used to stay); one
+  whose writer still runs (a concurrent search's write in flight) is left alone."""
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True,
+                        text=True,
+                        check=True)
+  gone, alive = int(dead.stdout), os.getpid()
   ckpt_dir = tmp_path / workdir_lib.CHECKPOINT_DIR
   ckpt_dir.mkdir()
-  (ckpt_dir / ".round_000002.msgpack.123.abcd1234.tmp").write_bytes(b"torn")
+  (ckpt_dir / f".round_000002.msgpack.{gone}.abcd1234.tmp").write_bytes(b"torn")
+  live = ckpt_dir / f".round_000004.msgpack.{alive}.abcd1234.tmp"
+  live.write_bytes(b"in flight")
   assert checkpoint.restore_latest(ckpt_dir, {"x": np.zeros(2)}) is None
-  assert not list(ckpt_dir.iterdir())
-  torn = tmp_path / ".summary.json.123.abcd1234.tmp"
+  assert list(ckpt_dir.iterdir()) == [live]
+  live.unlink()
+  torn = tmp_path / f".summary.json.{gone}.abcd1234.tmp"
   torn.write_text("{")
   mine = tmp_path / "notes.txt"
   mine.write_text("kept")
