@@ -40,8 +40,8 @@ flag_lib.define_train_flags()
 
 _CKPT = flags.DEFINE_string("ckpt_dir", None, "checkpoints/ of a run with the same flags")
 _OUT = flags.DEFINE_string("out", None, "also write the rows as JSON lines here")
-_VARIANTS = flags.DEFINE_list("variants", ["joint", "scaled", "separate", "fixed_k"],
-                              "what to measure")
+VARIANTS = ("joint", "scaled", "separate", "fixed_k")
+_VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), "what to measure")
 
 
 def block_relative_errors(decoded, rows, client, blocks, num_clients):
@@ -76,6 +76,15 @@ def magnitude_shares(decoded, rows, client, num_clients):
 def main(argv):
   del argv
   config = flag_lib.config_from_flags(TrainConfig).validate()
+  # Checked before the data is loaded.
+  unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
+  if unknown:
+    raise ValueError(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
+  if not _CKPT.value:
+    raise ValueError("--ckpt_dir is required: the checkpoints/ of a run with the same flags")
+  checkpoints = ckpt_lib.list_checkpoints(pathlib.Path(_CKPT.value))
+  if not checkpoints:
+    raise ValueError(f"--ckpt_dir={_CKPT.value}: no checkpoints there")
   split, _, _ = load_run_data(config)
   sim = build_simulation(config, split)
   gmf = max(1, config.dim // 4) if config.model == "ncf" else sim.model.item_dim
@@ -164,7 +173,7 @@ def main(argv):
 
   template = (sim.server, sim.clients)
   out = open(_OUT.value, "w") if _OUT.value else None
-  for round_index, path in ckpt_lib.list_checkpoints(pathlib.Path(_CKPT.value)):
+  for round_index, path in checkpoints:
     (server, clients), _ = ckpt_lib.tree_from_bytes(path.read_bytes(), template, where=str(path))
     local = local_fn(server, clients, sim.hp)
     res = jax.device_get(measure(local))

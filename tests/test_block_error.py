@@ -1,5 +1,9 @@
 """experiments.block_error: the per-block relative error against NumPy."""
+import subprocess
+import sys
+
 import numpy as np
+import pytest
 
 from experiments.block_error import block_relative_errors, magnitude_shares
 
@@ -30,3 +34,18 @@ def test_magnitude_share_splits_the_error_into_length_and_direction():
   got = np.asarray(magnitude_shares(decoded, rows, np.array([0, 1, 2], np.int32), 3))
   # client 2: (3 - 1)^2 = 4 of |(3, -1)|^2 = 10
   np.testing.assert_allclose(got, [1.0, 0.0, 0.4], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [(["--variants=seperate"], "error: --variants: unknown ['seperate']"),
+     ([], "error: --ckpt_dir is required"),
+     (["--ckpt_dir=/nonexistent/checkpoints"], "error: --ckpt_dir=/nonexistent/checkpoints: no"),])
+def test_bad_flags_fail_before_the_data_is_loaded(flags, message):
+  """They used to end in a TypeError traceback after building the simulation, or in
+  silence with status 0 (no checkpoints, a misspelt variant)."""
+  proc = subprocess.run([sys.executable, "-m", "experiments.block_error", *flags],
+                        capture_output=True,
+                        text=True,
+                        timeout=120)
+  assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(message)

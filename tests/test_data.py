@@ -393,6 +393,13 @@ def test_ncf_split_inconsistencies(tmp_path):
     data.ncf_split(tr, te, ng, num_test_negatives=1)
   with pytest.raises(data.DataFormatError, match="num_test_negatives=99"):
     data.ncf_split(tr, te, ng)
+  # A user with a test line and no training line: an empty client, named with the file
+  # (was a ValueError of the split's own invariants, naming neither).
+  tr = write(tmp_path / "e.train.rating", "0\t1\t5\t5\n0\t2\t5\t5\n2\t1\t3\t3\n")
+  te = write(tmp_path / "e.test.rating", "0\t3\t5\t9\n1\t0\t4\t9\n2\t4\t4\t9\n")
+  for num_valid in (0, 1):
+    with pytest.raises(data.EmptyClientError, match=r"e\.train\.rating: user 1 has no training"):
+      data.ncf_split(tr, te, num_valid=num_valid)
 
 
 # ------------------------------------------------------------------ fetch --

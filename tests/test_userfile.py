@@ -57,6 +57,12 @@ def test_a_byte_order_mark_and_spaces_around_fields_are_ignored(tmp_path):
   inter = data.parse_interaction_file(write(tmp_path / "r.csv", text))
   assert list(inter.raw_user_ids) == [7] and inter.num_interactions == 2
   assert list(inter.raw_item_ids) == ["x", "y"]
+  # Without a header the mark sat on the first user id: a fourth user '\ufeff1', and the
+  # ids compared as strings ('10' before '9').
+  opts = data.FileOptions(columns="user,item")
+  inter = data.parse_interaction_file(write(tmp_path / "h.csv", "\ufeff1,10\n1,11\n2,10\n9,12\n"),
+                                      opts)
+  assert list(inter.raw_user_ids) == [1, 2, 9] and list(inter.raw_item_ids) == [10, 11, 12]
 
 
 def test_headerless_file_needs_data_columns(tmp_path):

@@ -141,6 +141,10 @@ def ncf_split(train_path,
     raise formats.DataFormatError(
         test_path, line, f"test file must have exactly one line per user "
         f"0..{U - 1}; user {u} has {int(counts[u])}")
+  empty = np.flatnonzero(np.bincount(train.users, minlength=U) == 0)
+  if empty.size:
+    raise EmptyClientError(f"{train_path}: user {int(empty[0])} has no training interactions "
+                           f"({empty.size} such users)")
   I = max(train.num_items, test.num_items)
   n_train = train.num_interactions
   inter = Interactions(users=np.concatenate([train.users, test.users]),

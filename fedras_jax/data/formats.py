@@ -53,11 +53,12 @@ def quote_snippet(text: str) -> str:
 
 
 def read_lines(path) -> list[str]:
-  """Lines of a text file; trailing blank lines dropped, ``\\r`` stripped."""
+  """Lines of a text file; a leading byte-order mark (Excel's "CSV UTF-8") and trailing
+  blank lines dropped, ``\\r`` stripped."""
   with open(path, "rb") as f:
     data = f.read()
   try:
-    text = data.decode("utf-8")
+    text = data.decode("utf-8").removeprefix("\ufeff")
   except UnicodeDecodeError as e:
     line = data.count(b"\n", 0, e.start) + 1
     raise DataFormatError(path, line, f"not valid UTF-8 text ({e.reason})")

@@ -132,8 +132,7 @@ def _delimiter(path, lines: list[str]) -> str:
 def _header_columns(fields: list[str]) -> tuple[list[str], bool] | None:
   """Column names of a header line, and whether it is RecBole-typed."""
   typed = all(":" in f and f.partition(":")[0] and f.partition(":")[2] for f in fields)
-  names = [(f.partition(":")[0] if typed else f).strip().strip('"').lstrip("\ufeff").lower()
-           for f in fields]
+  names = [(f.partition(":")[0] if typed else f).strip().strip('"').lower() for f in fields]
   if typed or any(n in _BY_NAME for n in names):
     return names, typed
   return None
