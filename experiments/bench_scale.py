@@ -231,7 +231,7 @@ def run_single(num_clients: int, num_items: int) -> dict:
   leaves = jax.tree.leaves((server, clients, data))
   out["state_bytes"] = int(sum(x.nbytes for x in leaves if hasattr(x, "nbytes")))
   out["item_table_bytes"] = int(server.items.nbytes)
-  del split
+  del split, data  # counted only: the round holds its own copy
 
   jax.block_until_ready((server, clients))
   resettable = _reset_peak()
@@ -276,8 +276,9 @@ def run_single(num_clients: int, num_items: int) -> dict:
   out["median_s"] = statistics.median(times[1:] or times)
   out["updates_per_s"] = num_clients / out["median_s"]
   out["peak_rss"] = _peak_rss(resettable)
-  out["rss_growth"] = out["peak_rss"] - (out["rss_before_compile"]
-                                         if not resettable else out["rss_before_rounds"])
+  baseline = out["rss_before_compile"] if not resettable else out["rss_before_rounds"]
+  # No /proc (not Linux): no baseline, no growth figure.
+  out["rss_growth"] = None if baseline is None else out["peak_rss"] - baseline
   out["device_peak_bytes"] = _device_peak(jax)
   m = jax.device_get(metrics)
   out["touched_items"] = int(m.touched_items)
