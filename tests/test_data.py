@@ -222,6 +222,15 @@ _BAD = {
 }
 
 
+@pytest.mark.parametrize("value", ["1_0", "\uff11"])
+def test_numbers_python_reads_but_files_do_not_mean_are_malformed(tmp_path, value):
+  """An underscore or a full-width digit (Python's int() takes both) used to merge into
+  another user: "1_0" became user 10, a full-width 1 user 1."""
+  p = write(tmp_path / "u.data", f"1\t2\t3\t4\n{value}\t3\t3\t5\n")
+  with pytest.raises(data.DataFormatError, match=r"u\.data:2: field 1 \(user\)"):
+    data.parse_movielens_100k(p)
+
+
 @pytest.mark.parametrize("fname", sorted(_BAD))
 def test_malformed_line_names_file_and_line(tmp_path, fname):
   parser, text = _BAD[fname]

@@ -124,6 +124,8 @@ def read_columns(path,
           parsed = _KINDS[kind](value)
           # (np.isfinite of a Python int beyond int64 is a TypeError)
           ok = (abs(parsed) < 2**63 if kind == "int" else math.isfinite(parsed))
+          # Python also reads "1_0" and non-ASCII digits, which numpy and files do not mean
+          ok = ok and value.isascii() and "_" not in value
         except (ValueError, OverflowError):
           ok = False
       if not ok:
@@ -189,7 +191,7 @@ def numeric_tokens(col: np.ndarray) -> np.ndarray:
   and "7" are different tokens.)
   """
   try:
-    if all(re.fullmatch(r"-?(0|[1-9]\d{0,17})", t) for t in col.tolist()):
+    if all(re.fullmatch(r"-?(0|[1-9][0-9]{0,17})", t) for t in col.tolist()):
       return col.astype(np.int64)
   except ValueError:
     pass
