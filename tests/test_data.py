@@ -196,6 +196,9 @@ def test_parse_recbole_inter(tmp_path):
   np.testing.assert_array_equal(inter.timestamps, [0, 1, 2])
   with pytest.raises(data.DataFormatError, match=r"b\.inter:1: .*user_id"):
     data.parse_recbole_inter(q)
+  # Spaces around a token are not part of it (as userfile reads the same file).
+  r = write(tmp_path / "c.inter", "user_id:token\titem_id:token\n1 \tx\n1\ty\n")
+  assert data.parse_recbole_inter(r).num_users == data.parse_interaction_file(r).num_users == 1
 
 
 def test_parse_lastfm(tmp_path):

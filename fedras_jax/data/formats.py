@@ -257,7 +257,9 @@ def parse_recbole_inter(path,
     ts = timestamps_to_int64(c["timestamp"])
   else:
     ts = np.arange(len(lines) - 1, dtype=np.int64)
-  return from_raw_ids(name, numeric_tokens(c["user"]), numeric_tokens(c["item"]), ts)
+  # Tokens stripped as `userfile` strips them: "1 " and "1" are one user either way.
+  ids = {col: numeric_tokens(np.char.strip(c[col])) for col in ("user", "item")}
+  return from_raw_ids(name, ids["user"], ids["item"], ts)
 
 
 _LASTFM_HEADER = ["userID", "artistID", "weight"]
