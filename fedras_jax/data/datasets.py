@@ -43,7 +43,8 @@ from fedras_jax.data import fetch
 from fedras_jax.data import formats
 from fedras_jax.data import userfile
 from fedras_jax.data.interactions import Interactions
-from fedras_jax.data.split import (EmptyClientError, Split, build_split, latest_rows, leave_one_out)
+from fedras_jax.data.split import (EmptyClientError, Split, build_split, latest_rows, leave_one_out,
+                                   sorted_member)
 from fedras_jax.data.split_file import (SPLIT_FORMAT_VERSION, load_split, save_split)
 
 _log = logging.getLogger(__name__)
@@ -157,8 +158,7 @@ def ncf_split(train_path,
   if np.unique(train_keys).shape[0] != n_train:
     raise formats.DataFormatError(train_path, None, "duplicate (user, item) pairs")
   test_keys = test.users.astype(np.int64) * I + test.items
-  pos = np.minimum(np.searchsorted(train_keys, test_keys), n_train - 1)
-  dup = np.flatnonzero(train_keys[pos] == test_keys)
+  dup = np.flatnonzero(sorted_member(train_keys, test_keys))
   if dup.size:
     k = int(dup[0])
     raise formats.DataFormatError(

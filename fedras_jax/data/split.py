@@ -29,14 +29,27 @@ def _csr_rows(indptr: np.ndarray) -> np.ndarray:
   return np.repeat(np.arange(indptr.shape[0] - 1), np.diff(indptr))
 
 
+def sorted_member(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+  """bool ``[len(query)]``: is each ``query`` value in the sorted array ``keys``?"""
+  if keys.shape[0] == 0:
+    return np.zeros(query.shape, dtype=bool)
+  pos = np.minimum(np.searchsorted(keys, query), keys.shape[0] - 1)
+  return keys[pos] == query
+
+
+def pair_csr(users: np.ndarray, items: np.ndarray, num_users: int, num_items: int):
+  """``(indptr [U + 1] int64, items [P] int32)``: the distinct (user, item) pairs as CSR
+  rows, each row's items sorted."""
+  keys = np.unique(users.astype(np.int64) * num_items + items)
+  indptr = np.zeros(num_users + 1, dtype=np.int64)
+  np.cumsum(np.bincount(keys // num_items, minlength=num_users), out=indptr[1:])
+  return indptr, (keys % num_items).astype(np.int32)
+
+
 def _csr_contains(indptr, items, num_items, users, query) -> np.ndarray:
   """bool [len(users)]: is query[j] in row users[j]? (rows sorted)."""
   keys = _csr_rows(indptr) * np.int64(num_items) + items
-  q = users.astype(np.int64) * num_items + query
-  if keys.shape[0] == 0:
-    return np.zeros(q.shape, dtype=bool)
-  pos = np.minimum(np.searchsorted(keys, q), keys.shape[0] - 1)
-  return keys[pos] == q
+  return sorted_member(keys, users.astype(np.int64) * num_items + query)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -235,12 +248,9 @@ def build_split(inter: Interactions,
   order = np.lexsort((ti, tu))
   train_indptr = np.zeros(U + 1, dtype=np.int64)
   np.cumsum(np.bincount(tu, minlength=U), out=train_indptr[1:])
-  keys = np.unique(inter.users.astype(np.int64) * I + inter.items)
-  if keys.shape[0] != inter.num_interactions:
+  seen_indptr, seen_items = pair_csr(inter.users, inter.items, U, I)
+  if seen_items.shape[0] != inter.num_interactions:
     raise ValueError(f"{inter.name}: duplicate (user, item) pairs")
-  seen_indptr = np.zeros(U + 1, dtype=np.int64)
-  np.cumsum(np.bincount(keys // I, minlength=U), out=seen_indptr[1:])
-  seen_items = (keys % I).astype(np.int32)
   if test_negatives is None:
     test_negatives = sample_negatives(seen_indptr,
                                       seen_items,

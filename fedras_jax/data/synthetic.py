@@ -33,7 +33,7 @@ import math
 import numpy as np
 
 from fedras_jax.data.interactions import Interactions
-from fedras_jax.data.split import Split, build_split, latest_rows
+from fedras_jax.data.split import Split, build_split, latest_rows, pair_csr, sorted_member
 
 # Elements of one [users, items] key block of the exponential-keys method.
 _KEY_BLOCK = 1 << 22
@@ -104,9 +104,8 @@ def _by_rejection(rng, counts, num_items, cdf, excl_keys):
     i = np.concatenate([acc_i, new_i.astype(np.int64)])
     keys = u * np.int64(num_items) + i
     pos = np.arange(keys.shape[0])
-    if excl_keys is not None and excl_keys.shape[0]:
-      at = np.minimum(np.searchsorted(excl_keys, keys), excl_keys.shape[0] - 1)
-      ok = excl_keys[at] != keys
+    if excl_keys is not None:
+      ok = ~sorted_member(excl_keys, keys)
       keys, pos = keys[ok], pos[ok]
     _, first = np.unique(keys, return_index=True)
     first = np.sort(pos[first])  # first occurrence of each item, draw order
@@ -287,14 +286,12 @@ def synthetic_split(num_users: int,
                                  held_out=1 + num_valid,
                                  **interactions)
   held = latest_rows(inter, num=1 + num_valid)
-  keys = np.unique(inter.users.astype(np.int64) * num_items + inter.items)
-  seen_indptr = np.zeros(num_users + 1, np.int64)
-  np.cumsum(np.bincount(keys // num_items, minlength=num_users), out=seen_indptr[1:])
+  seen_indptr, seen_items = pair_csr(inter.users, inter.items, num_users, num_items)
   rng = np.random.default_rng([seed, 1])
   _, negatives = sample_distinct(rng,
                                  np.full(num_users, num_test_negatives),
                                  num_items,
-                                 exclude=(seen_indptr, keys % num_items),
+                                 exclude=(seen_indptr, seen_items),
                                  method=method)
   return build_split(inter,
                      held[0],
