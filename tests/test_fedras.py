@@ -15,14 +15,9 @@ from test_round import HP, M, config
 DIM = 8
 
 
-def run(synthetic,
-        uplink,
-        downlink=None,
-        bandwidth=None,
-        rounds=2,
-        aggregation="inverse_frequency"):
+def build(synthetic, uplink, downlink=None, bandwidth=None, aggregation="inverse_frequency"):
+  """``(server, clients, round)``: FedMF's initial states and (unjitted) round."""
   model = get_model("mf", dim=DIM)
-  cfg = config(synthetic, aggregation)
   server, clients = init_states(model,
                                 synthetic.num_users,
                                 synthetic.num_items,
@@ -30,13 +25,21 @@ def run(synthetic,
                                 seed=0,
                                 bandwidth=bandwidth,
                                 downlink=downlink)
-  round_fn = jax.jit(
-      chex.assert_max_traces(make_round(model,
-                                        synthetic.data,
-                                        cfg,
-                                        uplink=uplink,
-                                        downlink=downlink),
-                             n=1))
+  return server, clients, make_round(model,
+                                     synthetic.data,
+                                     config(synthetic, aggregation),
+                                     uplink=uplink,
+                                     downlink=downlink)
+
+
+def run(synthetic,
+        uplink,
+        downlink=None,
+        bandwidth=None,
+        rounds=2,
+        aggregation="inverse_frequency"):
+  server, clients, round_fn = build(synthetic, uplink, downlink, bandwidth, aggregation)
+  round_fn = jax.jit(chex.assert_max_traces(round_fn, n=1))
   out = []
   for _ in range(rounds):
     server, clients, metrics = round_fn(server, clients, HP)
@@ -71,18 +74,10 @@ def test_per_client_budgets_set_k_and_bits_in_one_compiled_round(synthetic):
   dense = synthetic.num_items * DIM * 32
   bandwidth = dense / np.array([2, 4, 8, 2, 4, 8, 2, 4, 8, 16], np.float32)
   comp = fedras(synthetic.num_items, max_k=16, tau=2.0, tau_mode="fixed", dense_fallback=False)
-  model = get_model("mf", dim=DIM)
-  server, clients = init_states(model,
-                                synthetic.num_users,
-                                synthetic.num_items,
-                                optax.sgd(1.0),
-                                seed=0,
-                                bandwidth=bandwidth)
-  round_fn = make_round(model,
-                        synthetic.data,
-                        config(synthetic),
-                        uplink=comp,
-                        downlink=identity(synthetic.num_items))
+  server, clients, round_fn = build(synthetic,
+                                    comp,
+                                    identity(synthetic.num_items),
+                                    bandwidth=bandwidth)
   local_fn, step = jax.jit(round_fn.stages.local), jax.jit(round_fn)
   budgets_seen, below_budget = set(), 0
   for _ in range(3):
@@ -114,18 +109,10 @@ def test_per_client_budgets_set_k_and_bits_in_one_compiled_round(synthetic):
 def test_fluctuation_changes_budgets_within_bounds(synthetic):
   dense = synthetic.num_items * DIM * 32
   bandwidth = np.full(synthetic.num_users, dense / 4, np.float32)
-  model = get_model("mf", dim=DIM)
-  server, clients = init_states(model,
-                                synthetic.num_users,
-                                synthetic.num_items,
-                                optax.sgd(1.0),
-                                seed=0,
-                                bandwidth=bandwidth)
-  round_fn = jax.jit(
-      make_round(model,
-                 synthetic.data,
-                 config(synthetic),
-                 uplink=fedras(synthetic.num_items, max_k=8)))
+  server, clients, round_fn = build(synthetic,
+                                    fedras(synthetic.num_items, max_k=8),
+                                    bandwidth=bandwidth)
+  round_fn = jax.jit(round_fn)
   _, _, metrics = round_fn(server, clients, HP._replace(fluctuation=0.3))
   budget = np.asarray(metrics.budget_up)
   assert np.all(budget >= np.floor(0.7 * dense / 4)) and np.all(budget <= 1.3 * dense / 4)

@@ -741,24 +741,11 @@ def test_optax_adapter_forwards_its_options(monkeypatch):
   monkeypatch.setattr(optax_adapter, "encode", spy)
   g = {"emb": jnp.asarray(np.random.default_rng(23).standard_normal((EN, ED)), jnp.float32)}
   budget = q.payload_bits(EMAX, EN, ED)
-  tx = q.actions_quantizer(budget,
-                           max_k=EMAX,
-                           tau=2.0,
-                           tau_mode="fixed",
-                           value_bits=16,
-                           max_iters=7,
-                           max_splits=1)
+  options = dict(max_k=EMAX, tau=2.0, tau_mode="fixed", value_bits=16, max_iters=7, max_splits=1)
+  tx = q.actions_quantizer(budget, **options)
   u, s = tx.update(g, tx.init(g))
   # Every option reaches encode as given (the payload is the spy's, at value_bits 32).
-  assert seen == [
-      dict(budget_bits=budget,
-           max_k=EMAX,
-           tau=2.0,
-           tau_mode="fixed",
-           value_bits=16,
-           max_iters=7,
-           max_splits=1)
-  ]
+  assert seen == [dict(budget_bits=budget, **options)]
   p = enc_split1(g["emb"], ALL, budget, 2.0)
   np.testing.assert_array_equal(np.asarray(u["emb"]), np.asarray(q.decode(p)))
   assert int(s.bits) == int(p.bits)
