@@ -231,6 +231,23 @@ def test_an_edited_file_is_never_served_stale(tmp_path, caplog):
   np.testing.assert_array_equal(load().test_item, second.test_item)
 
 
+def test_a_split_cached_by_an_older_reader_is_not_served(tmp_path, monkeypatch):
+  """The same bytes and options read by a changed reader (``READER_VERSION``) may parse
+  to other interactions: such a cache entry is another key, not a hit."""
+  path = write(tmp_path / "r.csv", HEADER_CSV)
+  load = lambda: data.load_dataset(str(path),
+                                   tmp_path / "dd",
+                                   num_test_negatives=1,
+                                   file_options=data.FileOptions(min_user_interactions=2))
+  monkeypatch.setattr(userfile, "READER_VERSION", userfile.READER_VERSION - 1)
+  load()
+  assert len(_cached(tmp_path)) == 1
+  monkeypatch.undo()
+  load()
+  load()  # now a hit
+  assert len(_cached(tmp_path)) == 2
+
+
 def test_a_cached_split_of_a_named_dataset_notices_a_replaced_file(tmp_path, caplog):
   # Last.fm-2K: no known sha256, so only the cache's own record can notice.
   lastfm = lambda order: "userID\tartistID\tweight\n" + "".join(f"{u}\t{i}\t1\n" for u in (2, 3)

@@ -371,9 +371,7 @@ def _file_sources(name: str, options: userfile.FileOptions) -> _Sources:
   if not path.is_file():
     raise FileNotFoundError(f"--dataset={name}: no such file")
   digest = fetch.sha256_file(path)
-  # ``header`` at its default is left out: the key and the recorded options stay those of
-  # splits cached before the option existed.
-  opts = {k: v for k, v in dataclasses.asdict(options.check()).items() if k != "header" or v}
+  opts = dict(dataclasses.asdict(options.check()), reader=userfile.READER_VERSION)
   tag = hashlib.sha256(json.dumps(opts, sort_keys=True).encode()).hexdigest()
   return _Sources([path], {str(path.resolve()): digest}, f"{path.stem}-{digest[:16]}-{tag[:8]}",
                   opts, False)
