@@ -27,8 +27,10 @@ The page is never edited by hand: rerun this after adding or refreshing a part.
 import csv
 import math
 import pathlib
+import shlex
 from fractions import Fraction
 
+import numpy as np
 from absl import flags
 
 from experiments import pages
@@ -68,9 +70,12 @@ def dense_at_one(row: dict) -> dict:
   return {**row, "payload_ratio": "1"} if row["method"] == DENSE else row
 
 
-def _cell(mean_std) -> str:
+def _cell(mean_std, seeds: int) -> str:
+  """``mean ± std`` over ``seeds`` seeds, the value alone for one seed."""
   mean, std = mean_std
-  return "" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}"
+  if math.isnan(mean):
+    return ""
+  return f"{mean:.4f}" if seeds == 1 else f"{mean:.4f} ± {std:.4f}"
 
 
 def _ratio_order(rows):
@@ -102,45 +107,95 @@ def method_table(rows) -> list:
   for key in sorted(stats, key=lambda k: (k[0], k[1], order[k[3]], method_order[k[2]])):
     seeds, s = stats[key]
     lines.append("| " + " | ".join(key) + f" | {seeds} | "
-                 + " | ".join(_cell(s[c]) for c in METRICS)
+                 + " | ".join(_cell(s[c], seeds) for c in METRICS)
                  + f" | {s['compression_up'][0]:.1%} | {_loss(s['info_loss_total'])} | "
                  f"{'; '.join(sorted(tuned[key])) or '-'} |")
   return lines
 
 
-def margins(rows) -> list:
-  """Markdown lines: at each (dataset, model, ratio), FedRAS's seeds, its mean HR@10 and
-  NDCG@10 minus uncompressed's (at any ratio: it sends the dense table) and minus the
-  best baseline's (by HR@10), naming that baseline; a ratio where FedRAS has neither to
-  compare with gets no line."""
-  stats = pages.seed_stats(rows, ("dataset", "model", "payload_ratio", "method"), METRICS[:2])
-  dense = {(d, m): s for (d, m, _, method), (_, s) in stats.items() if method == DENSE}
-  by_point = {}
-  for (dataset, model, ratio, method), (_, s) in stats.items():
-    if method != DENSE:
-      by_point.setdefault((dataset, model, ratio), {})[method] = s
-  for (dataset, model, _), methods in by_point.items():
+def runs_by_point(rows) -> dict:
+  """``{(dataset, model, payload ratio): {method: {seed: row}}}``; uncompressed's runs
+  (payload ``"1"``: it sends the dense table) at every ratio of their dataset and model."""
+  points, dense = {}, {}
+  for r in rows:
+    if r["method"] == DENSE:
+      dense.setdefault((r["dataset"], r["model"]), {})[r["seed"]] = r
+    else:
+      point = points.setdefault((r["dataset"], r["model"], r["payload_ratio"]), {})
+      point.setdefault(r["method"], {})[r["seed"]] = r
+  for (dataset, model, _), methods in points.items():
     if (dataset, model) in dense:
       methods[DENSE] = dense[(dataset, model)]
-  seeds = {key[:3]: n for key, (n, _) in stats.items() if key[3] == FEDRAS}
-  lines = [
-      "| dataset | model | payload | FedRAS seeds | FedRAS − uncompressed (HR / NDCG) | "
-      "best baseline | FedRAS − best baseline (HR / NDCG) |", "|" + "---|" * 7
-  ]
-  for (dataset, model, ratio), methods in sorted(by_point.items(),
+  return points
+
+
+def _mean(runs: dict, seeds, metric: str) -> float:
+  values = [float(runs[s].get(metric) or "nan") for s in seeds]
+  return float(np.mean(values)) if values else math.nan
+
+
+def paired_margin(ours: dict, theirs: dict, metric: str):
+  """``(mean of ours minus theirs, seeds)`` of ``metric`` over the seeds both ran
+  (``ours``, ``theirs``: ``{seed: row}``), a difference of means over all the seeds of
+  each with ``seeds`` 0 when they share none; nan where a run lacks the value."""
+  common = [s for s in ours if s in theirs]
+  if common:
+    return _mean(ours, common, metric) - _mean(theirs, common, metric), len(common)
+  return _mean(ours, ours, metric) - _mean(theirs, theirs, metric), 0
+
+
+def _margin_cell(pair, ours: dict) -> str:
+  """``"+0.0100 / -0.0020"`` of an (HR, NDCG) pair of :func:`paired_margin`'s, saying over
+  how many seeds where fewer than FedRAS's (``ours``) or unpaired."""
+  if all(math.isnan(value) for value, _ in pair):
+    return "-"
+  text = " / ".join(f"{round(value, 4) or 0.0:+.4f}" for value, _ in pair)  # no -0.0000
+  seeds = min(n for _, n in pair)
+  if seeds == 0:
+    return text + " (unpaired)"
+  return text if seeds == len(ours) else text + f" ({seeds} of its seeds)"
+
+
+def _against_best(ours: dict, baselines: dict, metrics) -> tuple:
+  """``(cell, names)``: FedRAS's margin on each of ``metrics`` against the baseline it is
+  closest to (or furthest behind) on that metric, and those baselines' names."""
+  pair, names = [], []
+  for metric in metrics:
+    found = {m: paired_margin(ours, runs, metric) for m, runs in baselines.items()}
+    found = {m: v for m, v in found.items() if not math.isnan(v[0])}
+    best = min(found, key=lambda m: found[m][0]) if found else None
+    pair.append(found[best] if best else (math.nan, 0))
+    names.append(best or "-")
+  return _margin_cell(pair, ours), " / ".join(dict.fromkeys(names))
+
+
+MARGIN_HEADER = ("| dataset | model | payload | FedRAS seeds | FedRAS − uncompressed (HR / NDCG) | "
+                 "FedRAS − best baseline (HR / NDCG) | best baseline | full ranking: FedRAS − "
+                 "uncompressed | full ranking: FedRAS − best baseline | best baseline (full) |")
+
+
+def margins(rows) -> list:
+  """Markdown lines: at each (dataset, model, ratio) with FedRAS runs, FedRAS's seeds, its
+  HR@10 and NDCG@10 (sampled, then full ranking) minus uncompressed's (at any ratio: it
+  sends the dense table) and minus the best baseline's on each metric, naming those
+  baselines. Every margin is a mean over the seeds both methods ran, the cell saying so
+  where those are fewer than FedRAS's; a ratio where FedRAS has neither to compare with
+  gets no line."""
+  lines = [MARGIN_HEADER, "|" + "---|" * 10]
+  points = runs_by_point(rows)
+  for (dataset, model, ratio), methods in sorted(points.items(),
                                                  key=lambda kv: (*kv[0][:2], -Fraction(kv[0][2]))):
-    if FEDRAS not in methods:
-      continue
-    f = methods[FEDRAS]
-    diff = lambda other: (f"{f[METRICS[0]][0] - other[METRICS[0]][0]:+.4f} / "
-                          f"{f[METRICS[1]][0] - other[METRICS[1]][0]:+.4f}")
-    vs_dense = diff(methods[DENSE]) if DENSE in methods else "-"
-    baselines = {m: s for m, s in methods.items() if m not in NOT_BASELINES}
-    best = max(baselines, key=lambda m: baselines[m][METRICS[0]][0]) if baselines else None
-    if vs_dense == "-" and best is None:  # FedRAS alone (a diagnostic part): nothing to say
-      continue
-    lines.append(f"| {dataset} | {model} | {ratio} | {seeds[(dataset, model, ratio)]} | "
-                 f"{vs_dense} | {best or '-'} | {diff(baselines[best]) if best else '-'} |")
+    ours = methods.get(FEDRAS)
+    baselines = {m: runs for m, runs in methods.items() if m not in NOT_BASELINES}
+    if ours is None or (DENSE not in methods and not baselines):
+      continue  # no FedRAS here, or FedRAS alone (a diagnostic part): nothing to say
+    cells = []
+    for metrics in (METRICS[:2], METRICS[2:]):
+      dense = methods.get(DENSE)
+      cells.append(
+          _margin_cell([paired_margin(ours, dense, m) for m in metrics], ours) if dense else "-")
+      cells += _against_best(ours, baselines, metrics) if baselines else ("-", "-")
+    lines.append(f"| {dataset} | {model} | {ratio} | {len(ours)} | " + " | ".join(cells) + " |")
   return lines
 
 
@@ -152,15 +207,22 @@ def against_reference(rows, ref_rows) -> list:
 
 def overview(sections) -> list:
   """Markdown lines: the FedRAS margins (:func:`margins`) of every part in one table, a
-  row per part and ratio, the part linked to its section. ``sections``: ``(name, rows,
-  reference)`` per part, ``reference`` as :func:`read_reference` returns it (a part with
-  one is compared against its reference part's runs)."""
+  row per part and ratio, the part linked to its section; a part whose command runs
+  FedRAS but has no finished FedRAS run gets a row saying so. ``sections``: ``(name,
+  made, rows, reference)`` per part (``made``: its ``compare.json``), ``reference`` as
+  :func:`read_reference` returns it (a part with one is compared against its reference
+  part's runs)."""
   header, rule = margins([])  # the margins table's columns, the part's first
   lines = ["| part " + header, "|---" + rule]
-  for name, rows, reference in sections:
+  for name, made, rows, reference in sections:
     compared = rows if reference is None else against_reference(rows, reference[1])
     link = f"[{name}](#{anchor(heading(name, rows))})"
     lines += [f"| {link} {line}" for line in margins(compared)[2:]]
+    planned = FEDRAS in (_command_list(made["command"], "methods") or ())
+    if planned and not any(r["method"] == FEDRAS for r in rows):
+      for dataset, model in dict.fromkeys((r["dataset"], r["model"]) for r in rows):
+        lines.append(f"| {link} | {dataset} | {model} | - | 0 | no FedRAS run finished yet |"
+                     + " - |" * 5)
   return lines
 
 
@@ -239,7 +301,7 @@ def time_to_target(curves, rows, margin: float = 0.01) -> list:
     groups.setdefault(tuple(key), []).append(hit)
   lines = [
       f"| dataset | model | method | payload | seeds reaching (uncompressed − {margin}) | "
-      "simulated s | rounds |", "|" + "---|" * 7
+      "mean simulated s (of those seeds) | mean rounds (of those seeds) |", "|" + "---|" * 7
   ]
   for key, hits in groups.items():
     got = [h for h in hits if h is not None]
@@ -269,8 +331,8 @@ def at_round(curves, rows, at: int = EARLY_ROUND) -> list:
       continue
     n, e = early[tuple(key)]
     lines.append("| " + " | ".join(key) + f" | {seeds if n == seeds else f'{n} of {seeds}'} | "
-                 f"{_cell(e['hr@10'])} | {_cell(e['ndcg@10'])} | {rounds} | "
-                 f"{_cell(s[METRICS[0]])} | {_cell(s[METRICS[1]])} |")
+                 f"{_cell(e['hr@10'], n)} | {_cell(e['ndcg@10'], n)} | {rounds} | "
+                 f"{_cell(s[METRICS[0]], seeds)} | {_cell(s[METRICS[1]], seeds)} |")
   return lines
 
 
@@ -380,6 +442,38 @@ def _trained_by(made: dict) -> list:
   ]
 
 
+def _command_list(command: str, flag: str):
+  """The comma-separated values of ``--flag=`` in ``command``, or None where it is not
+  given there."""
+  for word in shlex.split(command):
+    if word.startswith(f"--{flag}="):
+      return [v for v in word.split("=", 1)[1].split(",") if v]
+  return None
+
+
+def not_run(made: dict, rows) -> list:
+  """A bullet naming each method (and payload ratio) of the command's ``--methods`` x
+  ``--ratios`` grid without a finished run in ``rows``; nothing if the command names no
+  methods or every point ran."""
+  methods, ratios = _command_list(made["command"],
+                                  "methods"), _command_list(made["command"], "ratios")
+  if methods is None:
+    return []
+  ran = {(r["method"], r["payload_ratio"]) for r in rows}
+  missing = []
+  for method in methods:
+    if method == DENSE or ratios is None:
+      if not any(m == method for m, _ in ran):
+        missing.append(method)
+      continue
+    gone = [t for t in ratios if (method, t) not in ran]
+    if gone:
+      missing.append(method if len(gone) == len(ratios) else f"{method} at {', '.join(gone)}")
+  if not missing:
+    return []
+  return [f"- in the command, without a finished run here: {'; '.join(missing)}"]
+
+
 def read_reference(part: pathlib.Path, rows):
   """``(name, rows)`` of the part named in ``part/reference`` (``rows``: this part's), or
   None without that file; a ``ValueError`` naming the file if that is not another part,
@@ -425,9 +519,10 @@ def part_section(name: str,
   ``published.csv`` rows, if any; ``reference``: ``read_reference``'s, if any)."""
   lines = [
       f"## {heading(name, rows)}", "", *pages.provenance_lines(made),
-      f"- rows: [{name}/compare.csv](results/{name}/compare.csv)", *_trained_by(made), "",
-      "Mean ± population std over seeds; `setting`: what the validation search picked.", "",
-      *method_table(rows), ""
+      f"- rows: [{name}/compare.csv](results/{name}/compare.csv)", *_trained_by(made),
+      *not_run(made, rows), "",
+      "Mean ± population std over seeds (one seed: its value); `setting`: what the validation "
+      "search picked (`-`: the command's fixed setting).", "", *method_table(rows), ""
   ]
   margin_lines = margins(rows)
   if len(margin_lines) > 2:  # a header alone: no FedRAS runs in the part
@@ -478,23 +573,29 @@ def main(argv):
   for part in parts:
     made, rows = read_part(part)
     reference = read_reference(part, rows)
-    overview_parts.append((part.name, rows, reference))
+    overview_parts.append((part.name, made, rows, reference))
     plotted = plot_part(rows, part / "ratio.png")
     curves = read_curves(part)
     figures = [(caption, file) for caption, file, draw in (
         ("HR@10 against simulated time (seeds' mean)", "curves.png",
          lambda path: curves and plot_curves(curves, path)),
-        ("Information loss (the norm of the applied item update minus the client's own, "
-         "summed over rounds; CoLR trains its low-rank factors and sends them exactly, so its "
-         "loss is ~0 by construction and shows in accuracy instead)", "info_loss.png",
-         lambda path: plot_info_loss(rows, path)),
+        ("Information loss (the Frobenius norm of the item update the clients applied minus "
+         "the one the uncompressed aggregate of the same local updates gives, summed over "
+         "rounds; in embedding units, so it grows with a method's searched item_lr; CoLR trains "
+         "its low-rank factors and sends them exactly, so its loss is ~0 by construction and "
+         "shows in accuracy instead)", "info_loss.png", lambda path: plot_info_loss(rows, path)),
     ) if draw(part / file)]
     sections += part_section(part.name, made, rows, "ratio.png" if plotted else None, curves,
                              figures, read_published(part), reference)
   body += [
-      "FedRAS against uncompressed and the best baseline (by HR@10) in every part, mean over "
-      "FedRAS's seeds (a part with a reference: its FedRAS against the reference part's runs); "
-      "each part's section below has its command, its runs and the searched settings.", "",
+      "FedRAS against uncompressed and against the best baseline on each metric in every "
+      "part (a part with a reference: its FedRAS against the reference part's runs). A margin "
+      "is the mean over the seeds both methods ran (a cell says where those are fewer than "
+      "FedRAS's); *best baseline* names the baseline FedRAS is closest to or furthest behind "
+      "on HR@10 / NDCG@10 (one name where it is the same). `fedras` is the part's FedRAS "
+      "variant: its command says which (the part's name hints, e.g. `gain8` 8-bit row gains, "
+      "`ncf16` 16-bit values and a fixed 0.95 threshold, `ndcg` searched by NDCG@10). Each "
+      "part's section below has its command, its runs and the searched settings.", "",
       *overview(overview_parts), "",
       "In the parts' tables, *uplink smaller by* is one minus the bits a client sent over the "
       "bits of the dense float32 item table (what the payload ratio budgets). NCF clients also "

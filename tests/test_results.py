@@ -66,14 +66,49 @@ def test_method_table_has_mean_and_population_std_over_seeds(part):
   assert "| 90.0% | 2.5 | item_lr=16 |" in fedras
   assert "| topk | 1/32 | 2 | 0.6400 ± 0.0000 |" in next(l for l in lines if "| topk |" in l)
   methods = [line.split(" | ")[2] for line in lines[2:]]
+  # One seed: its value, no "± 0.0000" that reads as a measured spread.
+  one = results.method_table([r for r in rows if r["seed"] == "0"])
+  assert "| fedras | 1/32 | 1 | 0.6700 | 0.3900 |" in "\n".join(one)
   assert methods == ["uncompressed", "fedras", "svd", "topk", "fedras_fixed_k"]  # as run
 
 
-def test_margins_against_uncompressed_and_the_best_baseline(part):
+def test_margins_against_uncompressed_and_the_best_baseline_on_each_metric(part):
   _, rows = results.read_part(part)
   line = results.margins(rows)[2]
-  # FedRAS 0.68/0.40, uncompressed 0.69/0.41, best baseline by HR@10 topk 0.64/0.30
-  assert line == "| ml-100k | mf | 1/32 | 2 | -0.0100 / -0.0100 | topk | +0.0400 / +0.1000 |"
+  # FedRAS 0.68/0.40, uncompressed 0.69/0.41; the best baseline on HR@10 is topk (0.64),
+  # on NDCG@10 svd (0.36 against topk's 0.30); no full-ranking metrics in these rows.
+  assert line == ("| ml-100k | mf | 1/32 | 2 | -0.0100 / -0.0100 | +0.0400 / +0.0400 | topk / svd "
+                  "| - | - | - |")
+
+
+def test_margins_pair_the_seeds_both_methods_ran(part):
+  _, rows = results.read_part(part)
+  full = lambda r, hr, ndcg: {**r, "final_full_hr@10": hr, "final_full_ndcg@10": ndcg}
+  rows = [
+      full(r, 0.2 + 0.1 * int(r["seed"]), 0.1) if r["method"] in ("fedras", "uncompressed") else r
+      for r in rows
+      if r["method"] != "topk"
+  ]
+  rows += [
+      # Uncompressed's seed 2 (no FedRAS seed 2) is left out of the pairing.
+      full(_row("uncompressed", "1", 2, 0.99, 0.99, comp=0.0), 0.99, 0.99),
+      # colr ran seed 0 only: its margin is over that seed, and the cell says so.
+      full(_row("colr", "1/32", 0, 0.66, 0.36), 0.25, 0.12),
+      # topk shares no seed with FedRAS: unpaired means; its NaN NDCG is never "best".
+      _row("topk", "1/32", 7, 0.70, "nan"),
+  ]
+  rows = [{k: str(v) for k, v in r.items()} for r in rows]
+  line = results.margins(rows)[2]
+  # Sampled: uncompressed over seeds 0, 1: -0.01 / -0.01. Best on HR@10: topk, 0.68 - 0.70
+  # (unpaired; svd +0.07, colr +0.01); on NDCG@10: colr, 0.39 - 0.36 over seed 0 (svd +0.04).
+  # Full ranking: FedRAS 0.25 / 0.1 against uncompressed's 0.25 / 0.1 over seeds 0, 1; colr
+  # alone has full metrics: seed 0's 0.2 / 0.1 minus 0.25 / 0.12.
+  assert line == ("| ml-100k | mf | 1/32 | 2 | -0.0100 / -0.0100 | -0.0200 / +0.0300 (unpaired) | "
+                  "topk / colr | +0.0000 / +0.0000 | -0.0500 / -0.0200 (1 of its seeds) | colr |")
+  ours = {"0": {"m": "0.5"}, "1": {"m": "0.7"}}
+  assert results.paired_margin(ours, {"1": {"m": "0.4"}, "2": {"m": "0.0"}},
+                               "m") == (pytest.approx(0.3), 1)
+  assert results.paired_margin(ours, {"5": {"m": "0.4"}}, "m") == (pytest.approx(0.2), 0)
 
 
 def test_part_section_states_how_it_was_made(part):
@@ -148,6 +183,14 @@ def test_a_tabulating_command_says_what_trained_the_runs(part):
   assert "trained by the same command" not in section()
   made["command"] += " --only_finished"
   assert "trained by the same command" in section()
+  assert "without a finished run" not in section()  # --methods not in the command
+  # The grid of --methods x --ratios: colr never ran, FedRAS and svd only at 1/32, and
+  # uncompressed (run once, shown at payload 1) ran.
+  made["command"] += " --methods=uncompressed,fedras,svd,colr --ratios=1/4,1/32"
+  assert ("- in the command, without a finished run here: fedras at 1/4; svd at 1/4; colr"
+          in section())
+  made["command"] = made["command"].replace("--ratios=1/4,1/32", "--ratios=1/32")
+  assert "without a finished run here: colr\n" in section() + "\n"
 
 
 def test_curve_means_average_the_seeds_at_each_round():
@@ -177,9 +220,10 @@ def test_the_dense_baseline_counts_at_every_ratio(part):
   assert {r["payload_ratio"] for r in rows if r["method"] == "uncompressed"} == {"1"}
   rows += [dict(r, payload_ratio="1/8", final_hr=0) for r in rows if r["method"] == "fedras"]
   lines = results.margins(rows)
-  assert "| ml-100k | mf | 1/8 | 2 | -0.0100 / -0.0100 | - | - |" in lines
+  assert "| ml-100k | mf | 1/8 | 2 | -0.0100 / -0.0100 | - | - | - | - | - |" in lines
   assert results.margins([r for r in rows if r["method"] == "fedras"])[2:] == []  # FedRAS alone
-  assert "| ml-100k | mf | 1/32 | 2 | -0.0100 / -0.0100 | topk | +0.0400 / +0.1000 |" in lines
+  assert "| ml-100k | mf | 1/32 | 2 | -0.0100 / -0.0100 | +0.0400 / +0.0400 | topk / svd |" in "\n".join(
+      lines)
   assert "| ml-100k | mf | uncompressed | 1 | 2 |" in "\n".join(results.method_table(rows))
 
 
@@ -241,8 +285,9 @@ def test_a_part_with_a_reference_gets_margins_against_that_parts_runs(part):
   assert results.heading("ml100k_mf_r32", reference[1]) == "ml100k_mf_r32: ml-100k, mf"
   assert "runs of [ml100k_mf_r32](#ml100k_mf_r32-ml-100k-mf):" in text
   # This part's FedRAS 0.70/0.42 against the reference's uncompressed 0.69/0.41 and its
-  # best baseline by HR@10, topk 0.64/0.30 (the reference's FedRAS and fixed K left out).
-  assert "| ml-100k | mf | 1/32 | 2 | +0.0100 / +0.0100 | topk | +0.0600 / +0.1200 |" in text
+  # best baselines, topk 0.64 (HR) and svd 0.36 (NDCG) (the reference's FedRAS and fixed K
+  # left out).
+  assert "| ml-100k | mf | 1/32 | 2 | +0.0100 / +0.0100 | +0.0600 / +0.0600 | topk / svd |" in text
   for bad in ("gains", "nosuch", "", ".", ".."):
     (diag / "reference").write_text(bad)
     with pytest.raises(ValueError, match="not another part"):
@@ -290,15 +335,28 @@ def test_the_overview_holds_every_parts_margins_in_ratio_order(part):
   gains = [
       {**r, "final_hr@10": "0.70", "final_ndcg@10": "0.42"} for r in rows if r["method"] == "fedras"
   ]
-  lines = results.overview([("main", rows, None), ("gains", gains, ("main", ref_rows))])
+  made = lambda methods: {"command": f"python -m experiments.compare --methods={methods}"}
+  baselines = [r for r in rows if r["method"] in ("uncompressed", "svd")]
+  lines = results.overview([("main", made("fedras,svd"), rows, None),
+                            ("gains", made("fedras"), gains, ("main", ref_rows)),
+                            ("planned", made("uncompressed,svd,fedras"), baselines, None),
+                            ("baselines", made("uncompressed,svd"), baselines, None)])
   link = lambda name: f"[{name}](#{name}-ml-100k-mf)"
-  # FedRAS 0.68/0.40 against uncompressed 0.69/0.41 and the best baseline, topk 0.64/0.30 at
-  # 1/32 and svd 0.61/0.36 at 1/4 (the only one there); 1/4 before 1/32.
+  # FedRAS 0.68/0.40 against uncompressed 0.69/0.41 and the best baselines, topk 0.64 (HR) and
+  # svd 0.36 (NDCG) at 1/32, svd 0.61/0.36 at 1/4 (the only one there); 1/4 before 1/32. A
+  # part whose command runs FedRAS without a finished FedRAS run says so; one whose command
+  # does not run FedRAS has no row.
+  tail = " - | - | - |"
   assert lines[2:] == [
-      f"| {link('main')} | ml-100k | mf | 1/4 | 2 | -0.0100 / -0.0100 | svd | +0.0700 / +0.0400 |",
-      f"| {link('main')} | ml-100k | mf | 1/32 | 2 | -0.0100 / -0.0100 | topk | +0.0400 / +0.1000 |",
-      f"| {link('gains')} | ml-100k | mf | 1/4 | 2 | +0.0100 / +0.0100 | svd | +0.0900 / +0.0600 |",
-      f"| {link('gains')} | ml-100k | mf | 1/32 | 2 | +0.0100 / +0.0100 | topk | +0.0600 / +0.1200 |",
+      f"| {link('main')} | ml-100k | mf | 1/4 | 2 | -0.0100 / -0.0100 | +0.0700 / +0.0400 | svd |"
+      + tail,
+      f"| {link('main')} | ml-100k | mf | 1/32 | 2 | -0.0100 / -0.0100 | +0.0400 / +0.0400 | "
+      "topk / svd |" + tail,
+      f"| {link('gains')} | ml-100k | mf | 1/4 | 2 | +0.0100 / +0.0100 | +0.0900 / +0.0600 | svd |"
+      + tail,
+      f"| {link('gains')} | ml-100k | mf | 1/32 | 2 | +0.0100 / +0.0100 | +0.0600 / +0.0600 | "
+      "topk / svd |" + tail,
+      f"| {link('planned')} | ml-100k | mf | - | 0 | no FedRAS run finished yet | - | - | - | - | - |",
   ]
 
 
