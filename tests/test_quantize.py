@@ -16,6 +16,7 @@ import optax
 import pytest
 
 from fedras_jax import quantize as q
+from fedras_jax.quantize.bits import saturating_int32
 
 # ----------------------------------------------------------------------------
 # Shared shapes and compiled functions.
@@ -293,6 +294,26 @@ def test_max_actions_for_budget_is_largest_fitting_k():
   for (b, rr), g in zip(cases, got):
     brute = max([k for k in range(max_k + 1) if q.payload_bits(k, rr, d) <= b])
     assert g == brute == q.max_actions_for_budget(b, rr, d, max_k=max_k), (b, rr)
+
+
+def test_budgets_past_int32_saturate_and_never_wrap():
+  g = jax.random.normal(jax.random.PRNGKey(3), (16, 4))
+  # Hand count at max_k 4: 4 * 4 * 32 centroid bits + 16 rows * 3 index bits = 560.
+  for budget in (np.int64(2**31), 3e9, jnp.float32(np.inf)):
+    p = q.encode(g, KEY, budget_bits=budget, max_k=4)
+    assert (int(p.num_actions), int(p.bits)) == (4, 560), budget
+  for budget in (np.int64(-2**40), np.float64("nan")):  # wrapped, -2**40 was 0: K = 0 now too
+    assert int(q.encode(g, KEY, budget_bits=budget, max_k=4).bits) == 0
+  assert int(saturating_int32(np.int64(2**40))) == 2**31 - 1
+  assert int(saturating_int32(-2**40)) == -2**31
+  assert int(saturating_int32(jnp.float32(1e12))) == 2**31 - 128  # float32's largest below
+  # R * index bits past int32: the Python-int count (exact) says one action fits; the traced
+  # test used to overflow to K = 4 with negative bits.
+  budget, rows = 2**30 + 300, 2**30
+  assert q.max_actions_for_budget(budget, rows, 4, max_k=4) == 1
+  assert int(q.max_actions_for_budget(jnp.int32(budget), jnp.int32(rows), 4, max_k=4)) == 1
+  p = q.encode(g, KEY, budget_bits=budget, max_k=4, num_index_rows=rows)
+  assert int(p.num_actions) == 1 and 0 < int(p.bits) == 4 * 32 + rows <= budget
 
 
 # ----------------------------------------------------------------------------
@@ -680,6 +701,35 @@ def test_static_options_are_validated():
   # Was a bare KeyError from the dtype table.
   with pytest.raises(ValueError, match="half_dtype must be one of .*, got 'float8'"):
     q.encode(g, KEY, budget_bits=1000, max_k=2, value_bits=16, half_dtype="float8")
+  for bad in (0, 8.0, True):
+    with pytest.raises(ValueError, match="max_k must be an int >= 1"):
+      q.encode(g, KEY, budget_bits=1000, max_k=bad)
+  assert int(
+      q.encode(g + 1, KEY, budget_bits=1000, max_k=np.int64(2),
+               max_splits=np.int64(1)).num_actions) == 1
+  # Integer, bool and complex arrays were cast silently; shapes failed deep inside.
+  for bad in (jnp.arange(8).reshape(4, 2), g > 0, g.astype(jnp.complex64)):
+    with pytest.raises(TypeError, match="real floating array, got dtype"):
+      q.encode(bad, KEY, budget_bits=1000, max_k=2)
+  for bad in (g[0], g[None], jnp.zeros((0, 2))):
+    with pytest.raises(ValueError, match=r"non-empty \[n, d\] matrix"):
+      q.encode(bad, KEY, budget_bits=1000, max_k=2)
+  with pytest.raises(ValueError, match=r"init_centroids must be \[max_k, d\] = \[2, 2\]"):
+    q.encode(g, KEY, budget_bits=1000, max_k=2, init_centroids=jnp.zeros((3, 2)), init_k=1)
+
+
+def test_gradients_flow_around_encode_straight_through():
+  g = jax.random.normal(jax.random.PRNGKey(4), (12, 3))
+  quantized = lambda x: q.decode(q.encode(x, KEY, budget_bits=400, max_k=3))
+  # Straight through: d/dx sum(x + sg(Q(x) - x)) = 1 everywhere; the value is sum(Q(x)).
+  ste = lambda x: jnp.sum(x + jax.lax.stop_gradient(quantized(x) - x))
+  value, grad = jax.value_and_grad(ste)(g)
+  np.testing.assert_allclose(value, float(jnp.sum(quantized(g))), rtol=1e-6)
+  np.testing.assert_array_equal(grad, np.ones_like(g))
+  # Through the quantizer itself there is no gradient (was an error from the loops).
+  np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(quantized(x)))(g), 0.0)
+  batched = jax.vmap(jax.grad(ste))(jnp.stack([g, 2 * g]))
+  np.testing.assert_array_equal(batched, 1.0)
 
 
 # ----------------------------------------------------------------------------
@@ -749,3 +799,24 @@ def test_optax_adapter_forwards_its_options(monkeypatch):
   p = enc_split1(g["emb"], ALL, budget, 2.0)
   np.testing.assert_array_equal(np.asarray(u["emb"]), np.asarray(q.decode(p)))
   assert int(s.bits) == int(p.bits)
+
+
+def test_optax_adapter_schedules_the_payload_ratio_under_inject_hyperparams():
+  """The module docstring's recipe: a traced ratio gives the budget of the same Python
+  ratio (floor(ratio * n * d * 32)); a ratio below one action's cost sends nothing."""
+  static = ("leaf_filter", "max_k", "tau_mode", "value_bits", "max_iters", "max_splits")
+  tx = optax.inject_hyperparams(q.actions_quantizer, static_args=static)(payload_ratio=0.25,
+                                                                         max_k=4)
+  g = {"emb": jax.random.normal(jax.random.PRNGKey(5), (16, 4)), "b": jnp.ones((4,))}
+  update = jax.jit(tx.update)
+  state = tx.init(g)
+  for ratio in (0.25, 0.12):  # 512 bits: at most 3 actions (416 bits); 245: 1 (144)
+    state.hyperparams["payload_ratio"] = jnp.asarray(ratio)
+    u, after = update(g, state)
+    plain = q.actions_quantizer(payload_ratio=ratio, max_k=4)
+    u_plain, plain_state = plain.update(g, plain.init(g))
+    assert int(after.inner_state.bits) == int(plain_state.bits) > 0
+    np.testing.assert_array_equal(np.asarray(u["emb"]), np.asarray(u_plain["emb"]))
+  state.hyperparams["payload_ratio"] = jnp.asarray(0.01)  # 20 bits < one action (128 + 16)
+  u, after = update(g, state)
+  assert int(after.inner_state.bits) == 0 and not np.any(np.asarray(u["emb"]))

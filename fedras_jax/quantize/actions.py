@@ -72,6 +72,7 @@ stability (and vmapped per client) but currently unused.
 """
 
 import functools
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -79,7 +80,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fedras_jax.quantize.batching import batched_as, check_vmap_strategy
-from fedras_jax.quantize.bits import max_actions_for_budget, payload_bits
+from fedras_jax.quantize.bits import max_actions_for_budget, payload_bits, saturating_int32
 from fedras_jax.quantize.encode_loop import EncodeRows, EncodeState, encode_loop, unit_rows
 from fedras_jax.quantize.lloyd import prepare_rows
 
@@ -155,10 +156,15 @@ def encode(grads,
   """Compress ``grads`` ``[n, d]`` into at most ``max_k`` actions within a bit budget.
 
   Args:
-    grads: ``[n, d]`` gradient matrix (cast to float32).
+    grads: ``[n, d]`` real floating gradient matrix, ``n, d >= 1`` (cast to
+      float32; an integer, bool or complex array is refused). Values below
+      float32's normal range (about 1e-38) count as zero on XLA:CPU, which
+      flushes subnormals.
     key: PRNG key (accepted for API stability; the algorithm is deterministic).
-    budget_bits: traced int, upper bound on ``payload.bits``.
-    max_k: static number of action slots.
+    budget_bits: traced int, upper bound on ``payload.bits``; bit counts are
+      int32, so a budget beyond int32 counts as ``2**31 - 1`` (saturated, never
+      wrapped).
+    max_k: static number of action slots, an int >= 1.
     tau: traced float, fixed cosine threshold (``tau_mode="fixed"``).
     tau_mode: ``"fixed"`` or ``"auto"`` (static; auto ignores ``tau``).
     mask: optional ``[n]`` bool; False = the row has no update.
@@ -178,9 +184,7 @@ def encode(grads,
       split test). ``"sequential"``: a ``lax.map`` over the batch inside the
       same program (each client exits its loops early). ``"auto"``
       (default): sequential when the default backend is CPU (faster there:
-      docs/design/quantizer_speed.md), parallel otherwise. Results are identical. Note:
-      the batching rule is a ``jax.custom_batching`` rule, so ``encode`` is
-      not reverse-mode differentiable (it is piecewise constant anyway).
+      docs/design/quantizer_speed.md), parallel otherwise. Results are identical.
     max_splits: static; at most this many clusters are split per split test
       (the least coherent ones below ``tau``, never beyond the budget's
       ``k_cap``). ``None`` (default): no limit, every incoherent cluster is
@@ -197,6 +201,12 @@ def encode(grads,
 
   Returns:
     :class:`ActionPayload`.
+
+  ``encode`` is not differentiated: its array inputs pass through
+  ``lax.stop_gradient``, so ``jax.grad`` of a function that calls it sees no
+  gradient through the quantizer (the loops of the split tests and Lloyd steps
+  have no reverse-mode rule). A straight-through estimator is therefore
+  ``x + lax.stop_gradient(decode(encode(x, ...)) - x)``.
   """
   if tau_mode not in ("fixed", "auto"):
     raise ValueError(f"tau_mode must be 'fixed' or 'auto', got {tau_mode!r}")
@@ -205,22 +215,26 @@ def encode(grads,
   if half_dtype not in _HALF:
     raise ValueError(f"half_dtype must be one of {sorted(_HALF)}, got {half_dtype!r}")
   check_vmap_strategy(vmap_strategy)
-  if max_splits is not None and (not isinstance(max_splits, int) or max_splits < 1):
-    raise ValueError(f"max_splits must be None or an int >= 1, got {max_splits!r}")
+  max_k = _count("max_k", max_k)
+  max_splits = None if max_splits is None else _count("max_splits", max_splits)
   # More than max_k - 1 splits per test are impossible: normalise (one compile).
   max_splits = max(1, max_k - 1) if max_splits is None else min(max_splits, max(1, max_k - 1))
   del key
-  x = jnp.asarray(grads, jnp.float32)
-  n = x.shape[0]
+  x = jnp.asarray(grads)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f"grads must be a real floating array, got dtype {x.dtype}")
+  if x.ndim != 2 or 0 in x.shape:
+    raise ValueError(f"grads must be a non-empty [n, d] matrix, got shape {x.shape}")
+  n, d = x.shape
+  if init_centroids is not None and jnp.shape(init_centroids) != (max_k, d):
+    raise ValueError(f"init_centroids must be [max_k, d] = {[max_k, d]}, got shape "
+                     f"{list(jnp.shape(init_centroids))}")
   m = jnp.ones((n,), bool) if mask is None else jnp.asarray(mask, bool)
-  r_rows = jnp.asarray(n if num_index_rows is None else num_index_rows, jnp.int32)
-  d = x.shape[1]
-  args = (x, m, jnp.asarray(budget_bits, jnp.int32), jnp.asarray(
-      tau, jnp.float32), r_rows, jnp.asarray(tol, jnp.float32), jnp.zeros(
-          (max_k,
-           d), jnp.float32) if init_centroids is None else jnp.asarray(init_centroids, jnp.float32),
-          jnp.asarray(0 if init_k is None else init_k, jnp.int32),
-         )
+  real = lambda v: lax.stop_gradient(jnp.asarray(v, jnp.float32))
+  args = (real(x), m, saturating_int32(budget_bits), real(tau),
+          saturating_int32(n if num_index_rows is None else num_index_rows), real(tol),
+          jnp.zeros((max_k, d), jnp.float32) if init_centroids is None else real(init_centroids),
+          jnp.asarray(0 if init_k is None else init_k, jnp.int32))
   return batched_as(_encode_impl,
                     vmap_strategy,
                     max_k=max_k,
@@ -229,6 +243,13 @@ def encode(grads,
                     max_iters=max_iters,
                     half_dtype=half_dtype,
                     max_splits=max_splits)(*args)
+
+
+def _count(name: str, value) -> int:
+  """``value`` as a Python int >= 1 (a NumPy integer too); a ValueError naming ``name``."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+  return int(value)
 
 
 def _times_power_of_two(x, e):

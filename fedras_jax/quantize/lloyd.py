@@ -311,7 +311,9 @@ def kmeans(x,
     max_k: static number of centroid slots.
     k: traced int in ``[1, max_k]`` (clipped), number of live clusters;
       default ``max_k``.
-    weights: optional ``[n]`` float32 >= 0; 0 = the row has no influence.
+    weights: optional ``[n]`` float32 >= 0; 0 = the row has no influence (with
+      every weight 0 there is nothing to fit: the centroids are the seeding's
+      or ``init_centroids``, and the inertia is 0).
     init_centroids: optional ``[max_k, d]``; slots ``< k`` are used as the
       initial centroids (k-means++ is bypassed).
     max_iters: static bound on the number of Lloyd M-steps.

@@ -13,6 +13,14 @@ reserved code and stay exactly zero.
 
 The state carries a PRNG key (split every step, folded per leaf) and the total
 payload bits of the last update, for logging.
+
+Under ``optax.inject_hyperparams`` (to schedule ``payload_ratio``,
+``budget_bits`` or ``tau``) name the other arguments static: they set shapes, or
+are callables optax would take for schedules::
+
+    optax.inject_hyperparams(actions_quantizer,
+                             static_args=("leaf_filter", "max_k", "tau_mode", "value_bits",
+                                          "max_iters", "max_splits"))(payload_ratio=0.1)
 """
 
 from typing import Any, Callable, NamedTuple, Optional
@@ -43,6 +51,14 @@ def default_leaf_filter(path, leaf) -> bool:
   return getattr(leaf, "ndim", 0) == 2 and jnp.issubdtype(leaf.dtype, jnp.floating)
 
 
+def _ratio_budget(payload_ratio, dense_bits: int):
+  """``floor(payload_ratio * dense_bits)``: a Python int for a Python number, else a
+  float32 array (``encode`` takes it to int32)."""
+  if isinstance(payload_ratio, (int, float)):
+    return int(payload_ratio * dense_bits)
+  return jnp.floor(jnp.asarray(payload_ratio, jnp.float32) * dense_bits)
+
+
 def actions_quantizer(budget_bits: Optional[int] = None,
                       *,
                       payload_ratio: Optional[float] = None,
@@ -62,7 +78,9 @@ def actions_quantizer(budget_bits: Optional[int] = None,
       captured in a closure). Exactly one of ``budget_bits`` and
       ``payload_ratio`` must be given.
     payload_ratio: budget as a fraction of the dense float32 size of each
-      leaf: ``floor(payload_ratio * n * d * 32)`` bits (per-leaf, static).
+      leaf: ``floor(payload_ratio * n * d * 32)`` bits per leaf (a Python float,
+      exact; or traced, e.g. a schedule under ``optax.inject_hyperparams``, in
+      float32).
     max_k: static number of action slots per leaf.
     tau, tau_mode: split threshold, see :func:`encode`.
     leaf_filter: ``(path, leaf) -> bool``; True = quantize this leaf. It is
@@ -96,7 +114,7 @@ def actions_quantizer(budget_bits: Optional[int] = None,
         raise ValueError(f"leaf_filter selected {jax.tree_util.keystr(path)} with shape {u.shape}; "
                          "only 2-D leaves can be quantized")
       n, d = u.shape
-      budget = (int(payload_ratio * n * d * 32) if payload_ratio is not None else budget_bits)
+      budget = budget_bits if payload_ratio is None else _ratio_budget(payload_ratio, n * d * 32)
       payload = encode(u,
                        jax.random.fold_in(step_key, i),
                        budget_bits=budget,
