@@ -477,7 +477,8 @@ def not_run(made: dict, rows) -> list:
 def read_reference(part: pathlib.Path, rows):
   """``(name, rows)`` of the part named in ``part/reference`` (``rows``: this part's), or
   None without that file; a ``ValueError`` naming the file if that is not another part,
-  or one with no uncompressed or baseline run of this part's datasets and models."""
+  one with no uncompressed or baseline run of this part's datasets and models, or one
+  whose runs have other lengths (rounds) than this part's."""
   path = part / "reference"
   if not path.is_file():
     return None
@@ -491,6 +492,10 @@ def read_reference(part: pathlib.Path, rows):
   if not any(r["method"] != FEDRAS and (r["dataset"], r["model"]) in ours for r in ref_rows):
     raise ValueError(f"{path}: part {name!r} has no uncompressed or baseline run of "
                      f"{sorted(ours)}")
+  rounds = lambda rs: sorted({r["rounds"] for r in rs if (r["dataset"], r["model"]) in ours})
+  if rounds(rows) != rounds(ref_rows):
+    raise ValueError(f"{path}: this part's runs are {rounds(rows)} rounds long, those of part "
+                     f"{name!r} {rounds(ref_rows)}: their final metrics do not compare")
   return name, ref_rows
 
 

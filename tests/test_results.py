@@ -297,6 +297,11 @@ def test_a_part_with_a_reference_gets_margins_against_that_parts_runs(part):
   other = [dict(r, dataset="ml-1m") for r in rows]
   with pytest.raises(ValueError, match="no uncompressed or baseline run of"):
     results.read_reference(diag, other)
+  # Runs of another length: their final metrics do not compare.
+  longer = [dict(r, rounds="1000") for r in rows]
+  with pytest.raises(ValueError,
+                     match=r"\['1000'\] rounds long, those of part 'ml100k_mf_r32' \['300'\]"):
+    results.read_reference(diag, longer)
 
 
 def test_runs_longer_than_300_rounds_show_their_metrics_at_round_300(part):
