@@ -3,6 +3,7 @@
 Every page a benchmark or comparison writes states the command, the commit and the
 machine that produced it, so a reader can rerun it; pages are never edited by hand.
 """
+import math
 import os
 import platform
 import shlex
@@ -77,6 +78,13 @@ def save_figure(fig, plt, path, dpi: int = 110):
   plt.close(fig)
 
 
+def cell_value(row: dict, column: str) -> float:
+  """``row[column]`` as a float (a CSV string or a number); NaN where it is missing or
+  empty."""
+  value = row.get(column, "")
+  return math.nan if value is None or value == "" else float(value)
+
+
 def seed_stats(rows, keys: Sequence[str], columns: Sequence[str]) -> dict:
   """``{group: (seeds, {column: (mean, std)})}`` over rows grouped by their ``keys``
   values (in first-seen order); std is the population std; a column with an empty or
@@ -88,7 +96,7 @@ def seed_stats(rows, keys: Sequence[str], columns: Sequence[str]) -> dict:
   for group, members in groups.items():
     stats = {}
     for c in columns:
-      v = np.asarray([float(r[c]) if r.get(c, "") != "" else np.nan for r in members])
+      v = np.asarray([cell_value(r, c) for r in members])
       stats[c] = (float(v.mean()), float(v.std())) if np.isfinite(v).all() else (np.nan, np.nan)
     out[group] = (len(members), stats)
   return out

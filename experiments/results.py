@@ -130,8 +130,8 @@ def runs_by_point(rows) -> dict:
 
 
 def _mean(runs: dict, seeds, metric: str) -> float:
-  values = [float(runs[s].get(metric) or "nan") for s in seeds]
-  return float(np.mean(values)) if values else math.nan
+  """The mean of ``metric`` over ``runs[seed]`` of ``seeds`` (NaN if one lacks it)."""
+  return float(np.mean([pages.cell_value(runs[s], metric) for s in seeds]))
 
 
 def paired_margin(ours: dict, theirs: dict, metric: str):
@@ -144,16 +144,23 @@ def paired_margin(ours: dict, theirs: dict, metric: str):
   return _mean(ours, ours, metric) - _mean(theirs, theirs, metric), 0
 
 
-def _margin_cell(pair, ours: dict) -> str:
-  """``"+0.0100 / -0.0020"`` of an (HR, NDCG) pair of :func:`paired_margin`'s, saying over
-  how many seeds where fewer than FedRAS's (``ours``) or unpaired."""
-  if all(math.isnan(value) for value, _ in pair):
+def _margin_text(value: float, seeds: int, ours: dict) -> str:
+  """``"+0.0100"``, saying over how many seeds where fewer than FedRAS's (``ours``), or
+  ``unpaired``; ``-`` for NaN."""
+  if math.isnan(value):
     return "-"
-  text = " / ".join(f"{round(value, 4) or 0.0:+.4f}" for value, _ in pair)  # no -0.0000
-  seeds = min(n for _, n in pair)
+  text = f"{round(value, 4) or 0.0:+.4f}"  # no -0.0000
   if seeds == 0:
     return text + " (unpaired)"
   return text if seeds == len(ours) else text + f" ({seeds} of its seeds)"
+
+
+def _margin_cell(pair, ours: dict) -> str:
+  """``"+0.0100 / -0.0020"`` of an (HR, NDCG) pair of :func:`paired_margin`'s, each value
+  with its own seed note (:func:`_margin_text`); ``-`` if neither is known."""
+  if all(math.isnan(value) for value, _ in pair):
+    return "-"
+  return " / ".join(_margin_text(value, seeds, ours) for value, seeds in pair)
 
 
 def _against_best(ours: dict, baselines: dict, metrics) -> tuple:
@@ -442,13 +449,22 @@ def _trained_by(made: dict) -> list:
   ]
 
 
-def _command_list(command: str, flag: str):
-  """The comma-separated values of ``--flag=`` in ``command``, or None where it is not
-  given there."""
-  for word in shlex.split(command):
-    if word.startswith(f"--{flag}="):
-      return [v for v in word.split("=", 1)[1].split(",") if v]
-  return None
+def _command_list(command: str, flag: str, _depth: int = 0):
+  """The comma-separated values of ``--flag`` in ``command`` (``--flag=v`` or ``--flag
+  v``, the last one winning, as absl reads it; a ``--flagfile`` that exists relative to
+  the repository is read in place), or None where it is not given."""
+  words, found = shlex.split(command), None
+  for i, word in enumerate(words):
+    name, eq, value = word.partition("=")
+    if not eq and i + 1 < len(words):
+      value = words[i + 1]
+    if name == f"--{flag}":
+      found = [v for v in value.split(",") if v]
+    elif name == "--flagfile" and _depth < 4 and (REPO / value).is_file():
+      lines = (REPO / value).read_text().splitlines()
+      inner = _command_list(" ".join(l for l in lines if l.startswith("--")), flag, _depth + 1)
+      found = inner if inner is not None else found
+  return found
 
 
 def not_run(made: dict, rows) -> list:

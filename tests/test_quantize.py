@@ -298,15 +298,21 @@ def test_max_actions_for_budget_is_largest_fitting_k():
 
 def test_budgets_past_int32_saturate_and_never_wrap():
   g = jax.random.normal(jax.random.PRNGKey(3), (16, 4))
-  # Hand count at max_k 4: 4 * 4 * 32 centroid bits + 16 rows * 3 index bits = 560.
-  for budget in (np.int64(2**31), 3e9, jnp.float32(np.inf)):
+  # Hand count at max_k 4: 4 * 4 * 32 centroid bits + 16 rows * 3 index bits = 560. Under
+  # jit an int64 past int32 wrapped (2**31 + 1000 to a negative budget, 2**32 + 5000 to 5000).
+  for budget in (np.int64(2**31), np.int64(2**31 + 1000), np.int64(2**33), 2**40, 3e9,
+                 jnp.float32(np.inf), jnp.float16(np.inf)):
     p = q.encode(g, KEY, budget_bits=budget, max_k=4)
     assert (int(p.num_actions), int(p.bits)) == (4, 560), budget
-  for budget in (np.int64(-2**40), np.float64("nan")):  # wrapped, -2**40 was 0: K = 0 now too
-    assert int(q.encode(g, KEY, budget_bits=budget, max_k=4).bits) == 0
+  # Budgets near -2**31 once made budget - centroid bits wrap to a large positive number.
+  for budget in (np.int64(-2**40), -3e9, -np.inf, jnp.int32(-2**31), -2**31 + 100, np.nan):
+    assert int(q.encode(g, KEY, budget_bits=budget, max_k=4).bits) == 0, budget
+    assert int(q.max_actions_for_budget(saturating_int32(budget), 16, 4, max_k=4)) == 0
   assert int(saturating_int32(np.int64(2**40))) == 2**31 - 1
   assert int(saturating_int32(-2**40)) == -2**31
+  assert int(saturating_int32(3e9)) == 2**31 - 1  # exact in float64
   assert int(saturating_int32(jnp.float32(1e12))) == 2**31 - 128  # float32's largest below
+  assert int(jax.jit(saturating_int32)(jnp.float16(-np.inf))) == -2**31
   # R * index bits past int32: the Python-int count (exact) says one action fits; the traced
   # test used to overflow to K = 4 with negative bits.
   budget, rows = 2**30 + 300, 2**30
@@ -716,6 +722,14 @@ def test_static_options_are_validated():
       q.encode(bad, KEY, budget_bits=1000, max_k=2)
   with pytest.raises(ValueError, match=r"init_centroids must be \[max_k, d\] = \[2, 2\]"):
     q.encode(g, KEY, budget_bits=1000, max_k=2, init_centroids=jnp.zeros((3, 2)), init_k=1)
+  # A nested list is an array like any other (jnp.shape of it failed under jit).
+  listed = jax.jit(lambda c: q.encode(g + c[0][0],
+                                      KEY,
+                                      budget_bits=1000,
+                                      max_k=2,
+                                      init_centroids=[[c[0][0], c[0][1]], [c[1][0], c[1][1]]],
+                                      init_k=1))(jnp.ones((2, 2)))
+  assert int(listed.num_actions) == 1
 
 
 def test_gradients_flow_around_encode_straight_through():

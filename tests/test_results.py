@@ -103,12 +103,19 @@ def test_margins_pair_the_seeds_both_methods_ran(part):
   # (unpaired; svd +0.07, colr +0.01); on NDCG@10: colr, 0.39 - 0.36 over seed 0 (svd +0.04).
   # Full ranking: FedRAS 0.25 / 0.1 against uncompressed's 0.25 / 0.1 over seeds 0, 1; colr
   # alone has full metrics: seed 0's 0.2 / 0.1 minus 0.25 / 0.12.
-  assert line == ("| ml-100k | mf | 1/32 | 2 | -0.0100 / -0.0100 | -0.0200 / +0.0300 (unpaired) | "
-                  "topk / colr | +0.0000 / +0.0000 | -0.0500 / -0.0200 (1 of its seeds) | colr |")
+  assert line == ("| ml-100k | mf | 1/32 | 2 | -0.0100 / -0.0100 | -0.0200 (unpaired) / +0.0300 "
+                  "(1 of its seeds) | topk / colr | +0.0000 / +0.0000 | -0.0500 (1 of its seeds) / "
+                  "-0.0200 (1 of its seeds) | colr |")
   ours = {"0": {"m": "0.5"}, "1": {"m": "0.7"}}
   assert results.paired_margin(ours, {"1": {"m": "0.4"}, "2": {"m": "0.0"}},
                                "m") == (pytest.approx(0.3), 1)
   assert results.paired_margin(ours, {"5": {"m": "0.4"}}, "m") == (pytest.approx(0.2), 0)
+  # A number 0 is a value (was read as missing), an empty cell is missing.
+  assert results.paired_margin({"0": {"m": 0.5}}, {"0": {"m": 0.0}}, "m") == (0.5, 1)
+  assert np.isnan(results.paired_margin({"0": {"m": 0.5}}, {"0": {"m": ""}}, "m")[0])
+  # One metric missing from every baseline: that value is "-", the other keeps its note.
+  cell = results._margin_cell([(0.1, 2), (np.nan, 0)], {"0": {}, "1": {}})
+  assert cell == "+0.1000 / -"
 
 
 def test_part_section_states_how_it_was_made(part):
@@ -191,6 +198,12 @@ def test_a_tabulating_command_says_what_trained_the_runs(part):
           in section())
   made["command"] = made["command"].replace("--ratios=1/4,1/32", "--ratios=1/32")
   assert "without a finished run here: colr\n" in section() + "\n"
+  # absl's reading: "--flag value" too, the last occurrence winning, a flagfile read.
+  made["command"] = "compare --methods=topk --methods fedras,colr --ratios 1/32"
+  assert "without a finished run here: colr\n" in section() + "\n"
+  assert results._command_list("x --flagfile=configs/ml100k_mf.flags", "dataset") == ["ml-100k"]
+  assert results._command_list("x --flagfile=configs/ml100k_mf.flags --dataset=y",
+                               "dataset") == ["y"]
 
 
 def test_curve_means_average_the_seeds_at_each_round():

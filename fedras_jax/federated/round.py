@@ -30,11 +30,12 @@ from fedras_jax.federated.state import (BANDWIDTH, DOWNLINK, UPLINK, ClientState
                                         RoundHParams, RoundMetrics, ServerState, client_keys,
                                         round_basis_key, round_clients, round_key)
 from fedras_jax.models.base import RecModel
+from fedras_jax.quantize.bits import saturating_int32
 
 
 def _bits(x):
-  """A float bit budget as int32, saturating (``inf`` -> the largest exact value)."""
-  return jnp.clip(jnp.asarray(x, jnp.float32), 0.0, 2.0**31 - 2.0**8).astype(jnp.int32)
+  """A float bit budget as int32 ``>= 0``, saturating (``inf`` -> the largest value)."""
+  return jnp.maximum(saturating_int32(jnp.asarray(x, jnp.float32)), 0)
 
 
 def _client_finite(deltas, slot_client, num_clients, users, dense_deltas):

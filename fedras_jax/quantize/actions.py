@@ -131,10 +131,6 @@ def auto_tau(single_action_coherence):
   return jnp.sqrt((1.0 + c1) / 2.0)
 
 
-@functools.partial(jax.jit,
-                   static_argnames=("max_k", "tau_mode", "value_bits", "max_iters", "half_dtype",
-                                    "vmap_strategy", "max_splits"),
-                  )
 def encode(grads,
            key,
            *,
@@ -162,8 +158,9 @@ def encode(grads,
       flushes subnormals.
     key: PRNG key (accepted for API stability; the algorithm is deterministic).
     budget_bits: traced int, upper bound on ``payload.bits``; bit counts are
-      int32, so a budget beyond int32 counts as ``2**31 - 1`` (saturated, never
-      wrapped).
+      int32, so a budget beyond int32 (a Python int, an int64 or float value)
+      is saturated to int32's range, never wrapped (see
+      :func:`~fedras_jax.quantize.bits.saturating_int32`).
     max_k: static number of action slots, an int >= 1.
     tau: traced float, fixed cosine threshold (``tau_mode="fixed"``).
     tau_mode: ``"fixed"`` or ``"auto"`` (static; auto ignores ``tau``).
@@ -226,13 +223,38 @@ def encode(grads,
   if x.ndim != 2 or 0 in x.shape:
     raise ValueError(f"grads must be a non-empty [n, d] matrix, got shape {x.shape}")
   n, d = x.shape
-  if init_centroids is not None and jnp.shape(init_centroids) != (max_k, d):
+  init = None if init_centroids is None else jnp.asarray(init_centroids)
+  if init is not None and init.shape != (max_k, d):
     raise ValueError(f"init_centroids must be [max_k, d] = {[max_k, d]}, got shape "
-                     f"{list(jnp.shape(init_centroids))}")
+                     f"{list(init.shape)}")
+  return _encode_jit(x,
+                     mask,
+                     saturating_int32(budget_bits),
+                     tau,
+                     saturating_int32(n if num_index_rows is None else num_index_rows),
+                     tol,
+                     init,
+                     init_k,
+                     max_k=max_k,
+                     tau_mode=tau_mode,
+                     value_bits=value_bits,
+                     max_iters=max_iters,
+                     half_dtype=half_dtype,
+                     vmap_strategy=vmap_strategy,
+                     max_splits=max_splits)
+
+
+@functools.partial(jax.jit,
+                   static_argnames=("max_k", "tau_mode", "value_bits", "max_iters", "half_dtype",
+                                    "vmap_strategy", "max_splits"))
+def _encode_jit(x, mask, budget_bits, tau, num_index_rows, tol, init_centroids, init_k, *, max_k,
+                tau_mode, value_bits, max_iters, half_dtype, vmap_strategy, max_splits):
+  """:func:`encode` after its checks: ``x`` ``[n, d]`` floating, the budget and
+  ``num_index_rows`` int32, ``init_centroids`` None or ``[max_k, d]``."""
+  n, d = x.shape
   m = jnp.ones((n,), bool) if mask is None else jnp.asarray(mask, bool)
   real = lambda v: lax.stop_gradient(jnp.asarray(v, jnp.float32))
-  args = (real(x), m, saturating_int32(budget_bits), real(tau),
-          saturating_int32(n if num_index_rows is None else num_index_rows), real(tol),
+  args = (real(x), m, budget_bits, real(tau), num_index_rows, real(tol),
           jnp.zeros((max_k, d), jnp.float32) if init_centroids is None else real(init_centroids),
           jnp.asarray(0 if init_k is None else init_k, jnp.int32))
   return batched_as(_encode_impl,

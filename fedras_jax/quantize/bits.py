@@ -14,7 +14,7 @@ ints. With ``K = 0`` the payload is empty (0 bits).
 The published FedRAS/FedPAQ-style numbers count a full int32 per index;
 :func:`payload_bits_int32_indices` gives that convention for comparisons.
 All traced arithmetic is int32 (payloads below 2**31 bits, 256 MiB); a budget
-beyond that is saturated to ``2**31 - 1`` by :func:`saturating_int32`, and
+beyond int32's range is saturated to it by :func:`saturating_int32`, and
 :func:`max_actions_for_budget` compares without overflow.
 """
 
@@ -28,15 +28,21 @@ _INT32 = np.iinfo(np.int32)
 
 
 def saturating_int32(value):
-  """``value`` (a Python or NumPy number, or an array of any integer or float dtype)
-  as int32, values beyond int32's range clipped to it, never wrapped."""
-  if isinstance(value, numbers.Integral):  # may not fit the default int of jnp.asarray
-    return jnp.int32(min(max(int(value), int(_INT32.min)), int(_INT32.max)))
+  """``value`` (a Python or NumPy number or array, or a JAX array of any integer or
+  float dtype, traced too) as int32, values beyond int32's range clipped to it, never
+  wrapped; NaN is 0. A float32 array saturates at ``2**31 - 128``, its largest value
+  below ``2**31``."""
+  if isinstance(value, (numbers.Number, np.ndarray, np.generic)):  # exact, in NumPy
+    v = np.asarray(value)
+    if v.dtype.kind == "f":
+      v = np.nan_to_num(v.astype(np.float64), nan=0.0)
+    return jnp.asarray(np.clip(v, _INT32.min, _INT32.max).astype(np.int32))
   v = jnp.asarray(value)
-  if jnp.issubdtype(v.dtype, jnp.integer) and jnp.iinfo(v.dtype).bits > 32:
+  if jnp.issubdtype(v.dtype, jnp.floating):
+    v = jnp.nan_to_num(v.astype(jnp.promote_types(v.dtype, jnp.float32)), nan=0.0)
+    v = jnp.clip(v, -2.0**31, 2.0**31 - 128)  # bounds exact in float32
+  elif jnp.iinfo(v.dtype).bits > 32:
     v = jnp.clip(v, _INT32.min, _INT32.max)
-  elif jnp.issubdtype(v.dtype, jnp.floating):
-    v = jnp.clip(jnp.nan_to_num(v, nan=0.0), -2.0**31, 2.0**31 - 128)  # float32-exact bounds
   return v.astype(jnp.int32)
 
 
@@ -104,11 +110,13 @@ def max_actions_for_budget(budget_bits, num_index_rows, dim, *, max_k: int, valu
   ks = jnp.arange(max_k + 1, dtype=jnp.int32)
   rows = jnp.asarray(num_index_rows, jnp.int32)[..., None]
   budget = jnp.asarray(budget_bits, jnp.int32)[..., None]
-  # payload_bits(K) <= budget without forming R * index_bits (it may pass int32): the
-  # centroids fit (max_k * d * value_bits is small) and R <= (budget - centroids) // index bits.
+  # payload_bits(K) <= budget without an int32 overflow: the centroids fit (max_k * d *
+  # value_bits is small), and then R <= (budget - centroid bits) // index bits (never forming
+  # R * index bits, nor subtracting from a budget near -2**31).
   centroid_bits = ks * jnp.int32(dim) * jnp.int32(value_bits)
-  left = budget - centroid_bits
-  fits = (left >= 0) & (rows <= left // jnp.maximum(index_bits(ks), 1))
+  fits = budget >= centroid_bits
+  left = jnp.where(fits, budget - centroid_bits, 0)
+  fits &= rows <= left // jnp.maximum(index_bits(ks), 1)
   return jnp.max(jnp.where(fits, ks, 0), axis=-1).astype(jnp.int32)
 
 
