@@ -733,8 +733,9 @@ def test_static_options_are_validated():
 
 
 def test_gradients_flow_around_encode_straight_through():
-  g = jax.random.normal(jax.random.PRNGKey(4), (12, 3))
-  quantized = lambda x: q.decode(q.encode(x, KEY, budget_bits=400, max_k=3))
+  # The shapes and options of the saturation test above: one compiled encoder.
+  g = jax.random.normal(jax.random.PRNGKey(4), (16, 4))
+  quantized = lambda x: q.decode(q.encode(x, KEY, budget_bits=400, max_k=4))
   # Straight through: d/dx sum(x + sg(Q(x) - x)) = 1 everywhere; the value is sum(Q(x)).
   ste = lambda x: jnp.sum(x + jax.lax.stop_gradient(quantized(x) - x))
   value, grad = jax.value_and_grad(ste)(g)
@@ -742,8 +743,6 @@ def test_gradients_flow_around_encode_straight_through():
   np.testing.assert_array_equal(grad, np.ones_like(g))
   # Through the quantizer itself there is no gradient (was an error from the loops).
   np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(quantized(x)))(g), 0.0)
-  batched = jax.vmap(jax.grad(ste))(jnp.stack([g, 2 * g]))
-  np.testing.assert_array_equal(batched, 1.0)
 
 
 # ----------------------------------------------------------------------------
