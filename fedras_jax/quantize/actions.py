@@ -235,36 +235,34 @@ def encode(grads,
                      tol,
                      init,
                      init_k,
-                     max_k=max_k,
-                     tau_mode=tau_mode,
-                     value_bits=value_bits,
-                     max_iters=max_iters,
-                     half_dtype=half_dtype,
                      vmap_strategy=vmap_strategy,
-                     max_splits=max_splits)
+                     static=_EncodeStatic(max_k, tau_mode, value_bits, max_iters, half_dtype,
+                                          max_splits))
 
 
-@functools.partial(jax.jit,
-                   static_argnames=("max_k", "tau_mode", "value_bits", "max_iters", "half_dtype",
-                                    "vmap_strategy", "max_splits"))
-def _encode_jit(x, mask, budget_bits, tau, num_index_rows, tol, init_centroids, init_k, *, max_k,
-                tau_mode, value_bits, max_iters, half_dtype, vmap_strategy, max_splits):
+class _EncodeStatic(NamedTuple):
+  """:func:`encode`'s static options, as :func:`_encode_impl` takes them by name."""
+  max_k: int
+  tau_mode: str
+  value_bits: int
+  max_iters: int
+  half_dtype: str
+  max_splits: int
+
+
+@functools.partial(jax.jit, static_argnames=("vmap_strategy", "static"))
+def _encode_jit(x, mask, budget_bits, tau, num_index_rows, tol, init_centroids, init_k, *,
+                vmap_strategy, static: _EncodeStatic):
   """:func:`encode` after its checks: ``x`` ``[n, d]`` floating, the budget and
   ``num_index_rows`` int32, ``init_centroids`` None or ``[max_k, d]``."""
   n, d = x.shape
   m = jnp.ones((n,), bool) if mask is None else jnp.asarray(mask, bool)
   real = lambda v: lax.stop_gradient(jnp.asarray(v, jnp.float32))
   args = (real(x), m, budget_bits, real(tau), num_index_rows, real(tol),
-          jnp.zeros((max_k, d), jnp.float32) if init_centroids is None else real(init_centroids),
+          jnp.zeros(
+              (static.max_k, d), jnp.float32) if init_centroids is None else real(init_centroids),
           jnp.asarray(0 if init_k is None else init_k, jnp.int32))
-  return batched_as(_encode_impl,
-                    vmap_strategy,
-                    max_k=max_k,
-                    tau_mode=tau_mode,
-                    value_bits=value_bits,
-                    max_iters=max_iters,
-                    half_dtype=half_dtype,
-                    max_splits=max_splits)(*args)
+  return batched_as(_encode_impl, vmap_strategy, **static._asdict())(*args)
 
 
 def _count(name: str, value) -> int:
