@@ -291,7 +291,8 @@ def read_curves(part: pathlib.Path):
 
 def time_to_target(curves, rows, margin: float = 0.01) -> list:
   """Markdown lines: per (dataset, model, method, ratio), in how many seeds the run's
-  HR@10 reached the uncompressed runs' mean final HR@10 minus ``margin``, and the mean
+  HR@10 reached the mean final HR@10 of the uncompressed runs in ``rows`` (the part's, or
+  its reference part's) minus ``margin``, and the mean
   simulated seconds and rounds of its first evaluation at or above it (over the seeds
   that reached it)."""
   dense = pages.seed_stats([r for r in rows if r["method"] == DENSE], ("dataset", "model"),
@@ -563,11 +564,16 @@ def part_section(name: str,
     ]
   if plot_file:
     lines += [f"![{name}](results/{name}/{plot_file})", ""]
-  if curves and any(r["method"] == DENSE for r in rows):
+  target, of = rows, ""
+  if reference and not any(r["method"] == DENSE for r in rows):
+    ref_name, ref_rows = reference
+    target = ref_rows
+    of = f" of [{ref_name}](#{anchor(heading(ref_name, ref_rows))})"
+  if curves and any(r["method"] == DENSE for r in target):
     lines += [
-        "Simulated time to the uncompressed final HR@10 minus 0.01 (evaluation rounds only; "
-        f"curves: [{name}/curves.csv](results/{name}/curves.csv)):", "",
-        *time_to_target(curves, rows), ""
+        f"Simulated time to the uncompressed final HR@10{of} minus 0.01 (evaluation rounds "
+        f"only; curves: [{name}/curves.csv](results/{name}/curves.csv)):", "",
+        *time_to_target(curves, target), ""
     ]
   at_lines = at_round(curves, rows) if curves else []
   if len(at_lines) > 2:

@@ -317,6 +317,29 @@ def test_a_part_with_a_reference_gets_margins_against_that_parts_runs(part):
     results.read_reference(diag, longer)
 
 
+def test_a_part_with_a_reference_times_its_runs_to_that_parts_uncompressed_target(part):
+  """A part without uncompressed runs of its own (a FedRAS variant) still gets the time
+  to target: the reference part's uncompressed final HR@10 (0.68, 0.70 -> 0.68) sets it."""
+  diag = part.parent / "gains"
+  diag.mkdir()
+  with open(diag / "compare.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, compare.COLUMNS)
+    writer.writeheader()
+    writer.writerows([_row("fedras", "1/32", 0, 0.685, 0.4), _row("fedras", "1/32", 1, 0.6, 0.3)])
+  (diag / "compare.json").write_text((part / "compare.json").read_text())
+  (diag / "reference").write_text("ml100k_mf_r32")
+  made, rows = results.read_part(diag)
+  curves = [c for c in _curves() if c["method"] == "fedras"]
+  section = lambda reference: "\n".join(
+      results.part_section("gains", made, rows, None, curves=curves, reference=reference))
+  assert "Simulated time" not in section(None)  # no target without uncompressed runs
+  text = section(results.read_reference(diag, rows))
+  assert ("Simulated time to the uncompressed final HR@10 of "
+          "[ml100k_mf_r32](#ml100k_mf_r32-ml-100k-mf) minus 0.01") in text
+  assert "| ml-100k | mf | fedras | 1/32 | 1 of 2 | 300 | 75 |" in text
+  assert "| uncompressed |" not in text.split("Simulated time")[1]
+
+
 def test_runs_longer_than_300_rounds_show_their_metrics_at_round_300(part):
   _, rows = results.read_part(part)
   curves = [
