@@ -291,18 +291,20 @@ def read_curves(part: pathlib.Path):
 
 def time_to_target(curves, rows, margin: float = 0.01) -> list:
   """Markdown lines: per (dataset, model, method, ratio), in how many seeds the run's
-  HR@10 reached the mean final HR@10 of the uncompressed runs in ``rows`` (the part's, or
-  its reference part's) minus ``margin``, and the mean
-  simulated seconds and rounds of its first evaluation at or above it (over the seeds
-  that reached it)."""
+  HR@10 reached the mean final HR@10 of the uncompressed runs of its dataset and model in
+  ``rows`` (see :func:`target_rows`) minus ``margin``, and the mean simulated seconds and
+  rounds of its first evaluation at or above it (over the seeds that reached it). Runs of
+  a dataset and model without uncompressed runs in ``rows`` have no target and no line."""
   dense = pages.seed_stats([r for r in rows if r["method"] == DENSE], ("dataset", "model"),
                            METRICS[:1])
   first = {}
   for r in sorted(curves, key=lambda r: r["round"]):
+    ref = dense.get((r["dataset"], r["model"]))
+    if not ref:
+      continue
     run = (r["dataset"], r["model"], r["method"], r["payload_ratio"], r["seed"])
     first.setdefault(run, None)
-    ref = dense.get((r["dataset"], r["model"]))
-    if ref and first[run] is None and r["hr@10"] >= ref[1][METRICS[0]][0] - margin:
+    if first[run] is None and r["hr@10"] >= ref[1][METRICS[0]][0] - margin:
       first[run] = (r["sim_seconds"], r["round"])
   groups = {}
   for (*key, _), hit in first.items():
@@ -516,6 +518,19 @@ def read_reference(part: pathlib.Path, rows):
   return name, ref_rows
 
 
+def target_rows(rows, reference=None) -> tuple:
+  """``(uncompressed rows, from_reference)``: per dataset and model of ``rows``, the
+  part's own uncompressed runs, or where it has none those of the ``reference`` part
+  (``read_reference``'s ``(name, rows)``), and whether any came from there."""
+  own = [r for r in rows if r["method"] == DENSE]
+  covered = {(r["dataset"], r["model"]) for r in own}
+  wanted = {(r["dataset"], r["model"]) for r in rows} - covered
+  borrowed = [] if reference is None else [
+      r for r in reference[1] if r["method"] == DENSE and (r["dataset"], r["model"]) in wanted
+  ]
+  return own + borrowed, bool(borrowed)
+
+
 def heading(name: str, rows) -> str:
   """The page's heading of part ``name``: its name, datasets and models."""
   return (f"{name}: {', '.join(sorted({r['dataset'] for r in rows}))}, "
@@ -564,14 +579,15 @@ def part_section(name: str,
     ]
   if plot_file:
     lines += [f"![{name}](results/{name}/{plot_file})", ""]
-  target, of = rows, ""
-  if reference and not any(r["method"] == DENSE for r in rows):
-    ref_name, ref_rows = reference
-    target = ref_rows
-    of = f" of [{ref_name}](#{anchor(heading(ref_name, ref_rows))})"
-  if curves and any(r["method"] == DENSE for r in target):
+  target, from_reference = target_rows(rows, reference)
+  if curves and target:
+    of = ""
+    if from_reference:
+      ref_name, ref_rows = reference
+      of = (f" (where this part has none, those of [{ref_name}]"
+            f"(#{anchor(heading(ref_name, ref_rows))}); the seconds are this part's runs' own)")
     lines += [
-        f"Simulated time to the uncompressed final HR@10{of} minus 0.01 (evaluation rounds "
+        f"Simulated time to the uncompressed final HR@10 minus 0.01{of} (evaluation rounds "
         f"only; curves: [{name}/curves.csv](results/{name}/curves.csv)):", "",
         *time_to_target(curves, target), ""
     ]

@@ -319,25 +319,43 @@ def test_a_part_with_a_reference_gets_margins_against_that_parts_runs(part):
 
 def test_a_part_with_a_reference_times_its_runs_to_that_parts_uncompressed_target(part):
   """A part without uncompressed runs of its own (a FedRAS variant) still gets the time
-  to target: the reference part's uncompressed final HR@10 (0.68, 0.70 -> 0.68) sets it."""
+  to target, set by the reference part's uncompressed runs of the same dataset and model
+  (final HR@10 0.68, 0.70: mean 0.69, target 0.68); a dataset without any gets no line."""
   diag = part.parent / "gains"
   diag.mkdir()
   with open(diag / "compare.csv", "w", newline="") as f:
     writer = csv.DictWriter(f, compare.COLUMNS)
     writer.writeheader()
-    writer.writerows([_row("fedras", "1/32", 0, 0.685, 0.4), _row("fedras", "1/32", 1, 0.6, 0.3)])
+    writer.writerows([_row("fedras", "1/32", 0, 0.685, 0.4), _row("fedras", "1/32", 1, 0.675, 0.3)])
   (diag / "compare.json").write_text((part / "compare.json").read_text())
   (diag / "reference").write_text("ml100k_mf_r32")
   made, rows = results.read_part(diag)
-  curves = [c for c in _curves() if c["method"] == "fedras"]
-  section = lambda reference: "\n".join(
-      results.part_section("gains", made, rows, None, curves=curves, reference=reference))
+  # Seed 1 peaks at 0.675: below the mean minus 0.01 (0.68), above a seed's minus 0.01.
+  curves = [
+      dict(c, **{"hr@10": 0.675}) if (c["seed"], c["round"]) == ("1", 75.0) else c
+      for c in _curves()
+      if c["method"] == "fedras"
+  ]
+  ml1m = dict(curves[0], dataset="ml-1m", **{"hr@10": 0.1})  # no uncompressed run of ml-1m
+  reference = results.read_reference(diag, rows)
+  # An uncompressed run of another dataset in the reference sets no target here.
+  reference = (reference[0],
+               reference[1] + [dict(ROWS[0], dataset="ml-1m", **{"final_hr@10": 0.1})])
+  section = lambda reference, rows=rows: "\n".join(
+      results.part_section("gains", made, rows, None, curves=curves + [ml1m], reference=reference))
   assert "Simulated time" not in section(None)  # no target without uncompressed runs
-  text = section(results.read_reference(diag, rows))
-  assert ("Simulated time to the uncompressed final HR@10 of "
-          "[ml100k_mf_r32](#ml100k_mf_r32-ml-100k-mf) minus 0.01") in text
-  assert "| ml-100k | mf | fedras | 1/32 | 1 of 2 | 300 | 75 |" in text
-  assert "| uncompressed |" not in text.split("Simulated time")[1]
+  text = section(reference)
+  assert ("Simulated time to the uncompressed final HR@10 minus 0.01 (where this part has "
+          "none, those of [ml100k_mf_r32](#ml100k_mf_r32-ml-100k-ml-1m-mf)") in text
+  timed = text.split("Simulated time")[1].split("\n", 1)[1]  # the table, not its caption
+  assert "| ml-100k | mf | fedras | 1/32 | 1 of 2 | 300 | 75 |" in timed
+  assert "ml-1m" not in timed and "| uncompressed |" not in timed
+  # A part with its own uncompressed runs (HR@10 0.60: target 0.59) uses those: both
+  # seeds reach it.
+  own = rows + [_row("uncompressed", "1/32", 0, 0.60, 0.3, comp=0.0)]
+  text = section(reference, own)
+  assert "(where this part has none" not in text
+  assert "| ml-100k | mf | fedras | 1/32 | 2 of 2 |" in text
 
 
 def test_runs_longer_than_300_rounds_show_their_metrics_at_round_300(part):
