@@ -223,7 +223,7 @@ def overview(sections) -> list:
   lines = ["| part " + header, "|---" + rule]
   for name, made, rows, reference in sections:
     compared = rows if reference is None else against_reference(rows, reference[1])
-    link = f"[{name}](#{anchor(heading(name, rows))})"
+    link = part_link(name, rows)
     lines += [f"| {link} {line}" for line in margins(compared)[2:]]
     planned = FEDRAS in (_command_list(made["command"], "methods") or ())
     if planned and not any(r["method"] == FEDRAS for r in rows):
@@ -543,6 +543,11 @@ def anchor(text: str) -> str:
   return "".join(c for c in text.lower().replace(" ", "-") if c.isalnum() or c in "-_")
 
 
+def part_link(name: str, rows) -> str:
+  """A markdown link to part ``name``'s section on the page."""
+  return f"[{name}](#{anchor(heading(name, rows))})"
+
+
 def part_section(name: str,
                  made: dict,
                  rows,
@@ -570,7 +575,7 @@ def part_section(name: str,
     if len(ref_lines) > 2:
       lines += [
           "FedRAS of this part against the uncompressed and baseline runs of "
-          f"[{ref_name}](#{anchor(heading(ref_name, ref_rows))}):", "", *ref_lines, ""
+          f"{part_link(ref_name, ref_rows)}:", "", *ref_lines, ""
       ]
   if published:
     lines += [
@@ -584,8 +589,8 @@ def part_section(name: str,
     of = ""
     if from_reference:
       ref_name, ref_rows = reference
-      of = (f" (where this part has none, those of [{ref_name}]"
-            f"(#{anchor(heading(ref_name, ref_rows))}); the seconds are this part's runs' own)")
+      of = (f" (where this part has none, those of {part_link(ref_name, ref_rows)}; the seconds "
+            "are this part's runs' own)")
     lines += [
         f"Simulated time to the uncompressed final HR@10 minus 0.01{of} (evaluation rounds "
         f"only; curves: [{name}/curves.csv](results/{name}/curves.csv)):", "",
