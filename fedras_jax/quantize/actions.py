@@ -258,9 +258,9 @@ def _encode_jit(x, mask, budget_bits, tau, num_index_rows, tol, init_centroids, 
   n, d = x.shape
   m = jnp.ones((n,), bool) if mask is None else jnp.asarray(mask, bool)
   real = lambda v: lax.stop_gradient(jnp.asarray(v, jnp.float32))
-  args = (real(x), m, budget_bits, real(tau), num_index_rows, real(tol),
-          jnp.zeros(
-              (static.max_k, d), jnp.float32) if init_centroids is None else real(init_centroids),
+  init = (jnp.zeros(
+      (static.max_k, d), jnp.float32) if init_centroids is None else real(init_centroids))
+  args = (real(x), m, budget_bits, real(tau), num_index_rows, real(tol), init,
           jnp.asarray(0 if init_k is None else init_k, jnp.int32))
   return batched_as(_encode_impl, vmap_strategy, **static._asdict())(*args)
 
