@@ -16,9 +16,10 @@ their test HR@10 and NDCG@10 at round 300 beside the final ones (from ``curves.c
 and, where the part holds a
 ``published.csv`` (columns ``method``, ``payload_ratio``, ``hr@10``, ``source``: figures
 a paper reports for the same setting), each such figure against the part's mean,
-and, where the part holds a file ``reference`` naming another part (a diagnostic part
-of FedRAS runs only, say with ``--gain_bits``), FedRAS's margins against that part's
-uncompressed and baseline runs::
+and, where the part holds a file ``reference`` naming another part, the margins against
+that part's runs: a diagnostic part of FedRAS runs only (say with ``--gain_bits``) has its
+FedRAS set against that part's uncompressed and baseline runs; a part of baselines only
+(methods added to a grid later) has its runs join that part's as FedRAS's baselines::
 
     python -m experiments.results                 # docs/results/* -> docs/results.md
 
@@ -207,9 +208,15 @@ def margins(rows) -> list:
 
 
 def against_reference(rows, ref_rows) -> list:
-  """The rows a diagnostic part's FedRAS margins come from: its own FedRAS runs and the
-  uncompressed and baseline runs of its reference part (that part's FedRAS aside)."""
-  return [r for r in rows if r["method"] == FEDRAS] + [r for r in ref_rows if r["method"] != FEDRAS]
+  """The rows a part's margins against its reference part come from. A part with FedRAS
+  runs (a diagnostic variant): its FedRAS runs and the uncompressed and baseline runs of
+  the reference (the reference's FedRAS aside). A part without (more baselines): the
+  reference's runs, this part's runs in place of those of the methods it ran."""
+  if any(r["method"] == FEDRAS for r in rows):
+    return [r for r in rows if r["method"] == FEDRAS
+           ] + [r for r in ref_rows if r["method"] != FEDRAS]
+  own = {r["method"] for r in rows}
+  return [r for r in ref_rows if r["method"] not in own] + list(rows)
 
 
 def overview(sections) -> list:
@@ -496,7 +503,8 @@ def not_run(made: dict, rows) -> list:
 def read_reference(part: pathlib.Path, rows):
   """``(name, rows)`` of the part named in ``part/reference`` (``rows``: this part's), or
   None without that file; a ``ValueError`` naming the file if that is not another part,
-  one with no uncompressed or baseline run of this part's datasets and models, or one
+  one with no uncompressed or baseline run of this part's datasets and models (no FedRAS
+  run, for a part without FedRAS runs), or one
   whose runs have other lengths (rounds) than this part's."""
   path = part / "reference"
   if not path.is_file():
@@ -508,9 +516,11 @@ def read_reference(part: pathlib.Path, rows):
     raise ValueError(f"{path}: names {name!r}, not another part in {part.parent}")
   ref_rows = read_part(other)[1]
   ours = {(r["dataset"], r["model"]) for r in rows}
-  if not any(r["method"] != FEDRAS and (r["dataset"], r["model"]) in ours for r in ref_rows):
-    raise ValueError(f"{path}: part {name!r} has no uncompressed or baseline run of "
-                     f"{sorted(ours)}")
+  variant = any(r["method"] == FEDRAS for r in rows)
+  if not any(
+      (r["method"] != FEDRAS) == variant and (r["dataset"], r["model"]) in ours for r in ref_rows):
+    needed = "uncompressed or baseline" if variant else "FedRAS"
+    raise ValueError(f"{path}: part {name!r} has no {needed} run of {sorted(ours)}")
   rounds = lambda rs: sorted({r["rounds"] for r in rs if (r["dataset"], r["model"]) in ours})
   if rounds(rows) != rounds(ref_rows):
     raise ValueError(f"{path}: this part's runs are {rounds(rows)} rounds long, those of part "
@@ -573,10 +583,12 @@ def part_section(name: str,
     ref_name, ref_rows = reference
     ref_lines = margins(against_reference(rows, ref_rows))
     if len(ref_lines) > 2:
-      lines += [
-          "FedRAS of this part against the uncompressed and baseline runs of "
-          f"{part_link(ref_name, ref_rows)}:", "", *ref_lines, ""
-      ]
+      link = part_link(ref_name, ref_rows)
+      caption = (f"FedRAS of this part against the uncompressed and baseline runs of {link}:"
+                 if any(r["method"] == FEDRAS for r in rows) else
+                 f"The FedRAS runs of {link} against this part's runs and the other runs of "
+                 "that part:")
+      lines += [caption, "", *ref_lines, ""]
   if published:
     lines += [
         f"Against published figures ([{name}/published.csv](results/{name}/published.csv)):", "",

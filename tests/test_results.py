@@ -317,6 +317,46 @@ def test_a_part_with_a_reference_gets_margins_against_that_parts_runs(part):
     results.read_reference(diag, longer)
 
 
+def test_a_part_of_baselines_only_joins_its_references_baselines(part):
+  """Methods added to a grid later (a part without FedRAS runs): the reference's FedRAS is
+  set against them and the reference's own baselines, the best of all named."""
+  more = part.parent / "ekm"
+  more.mkdir()
+  with open(more / "compare.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, compare.COLUMNS)
+    writer.writeheader()
+    writer.writerows([
+        _row("embedding_kmeans", "1/32", 0, 0.66, 0.38),
+        _row("embedding_kmeans", "1/32", 1, 0.66, 0.38)
+    ])
+  (more / "compare.json").write_text((part / "compare.json").read_text())
+  (more / "reference").write_text("ml100k_mf_r32")
+  made, rows = results.read_part(more)
+  reference = results.read_reference(more, rows)
+  text = "\n".join(results.part_section("ekm", made, rows, None, reference=reference))
+  assert ("The FedRAS runs of [ml100k_mf_r32](#ml100k_mf_r32-ml-100k-mf) against this part's "
+          "runs" in text)
+  # The reference's FedRAS (0.67/0.39, 0.69/0.41) against its uncompressed (0.68/0.40,
+  # 0.70/0.42) and against embedding K-Means (0.66/0.38 both seeds), now ahead of the
+  # reference's topk (0.64/0.30) and svd (0.61/0.36 mean).
+  row = "| ml-100k | mf | 1/32 | 2 | -0.0100 / -0.0100 | +0.0200 / +0.0200 | embedding_kmeans |"
+  assert row in text
+  assert any(
+      line.startswith(f"| [ekm](#ekm-ml-100k-mf) {row}")
+      for line in results.overview([("ekm", made, rows, reference)]))
+  # A reference without a FedRAS run has nothing to set against these.
+  no_fedras = part.parent / "no_fedras"
+  no_fedras.mkdir()
+  with open(no_fedras / "compare.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, compare.COLUMNS)
+    writer.writeheader()
+    writer.writerows([r for r in ROWS if r["method"] != "fedras"])
+  (no_fedras / "compare.json").write_text((part / "compare.json").read_text())
+  (more / "reference").write_text("no_fedras")
+  with pytest.raises(ValueError, match="part 'no_fedras' has no FedRAS run of"):
+    results.read_reference(more, rows)
+
+
 def test_a_part_with_a_reference_times_its_runs_to_that_parts_uncompressed_target(part):
   """A part without uncompressed runs of its own (a FedRAS variant) still gets the time
   to target, set by the reference part's uncompressed runs of the same dataset and model
