@@ -23,6 +23,9 @@ instead (the table's ``valid_hr@10`` stays the pick's validation HR@10).
 With ``--tune_at=1/32`` each method searches once, at that ratio, and uses the
 setting it found at every ratio (a ratio sweep at the cost of one search per method);
 with ``--tune_seed=0`` the search runs at seed 0 only and every seed uses its pick.
+``--method_settings='uncompressed:item_lr=32;fedras:item_lr=16'`` fixes a setting per
+method instead of searching it (say the picks of a shorter grid's search, reused for
+longer runs); the table shows it as ``item_lr=32.0 (set)``.
 
 Nothing is lost when a comparison is interrupted: every run resumes from its
 workdir (``<outdir>/<run name>``) and a search's results are kept there in
@@ -71,6 +74,9 @@ flags.DEFINE_string("datasets", "", "datasets (default: the --dataset flag)")
 flags.DEFINE_string("seeds", "", "seeds (default: the --seed flag)")
 flags.DEFINE_string("outdir", "runs/compare", "where runs, compare.csv/.md/.png go")
 flags.DEFINE_string("tune", "", "per-method search on the validation split, e.g. 'item_lr=4,8,16'")
+flags.DEFINE_string(
+    "method_settings", "", "per-method fixed settings instead of a search, e.g. "
+    "'uncompressed:item_lr=32;fedras:item_lr=16' (a name may not also be in --tune)")
 flags.DEFINE_bool(
     "only_finished", False, "train nothing: tabulate the runs of the grid "
     "already finished in --outdir, and name the missing ones")
@@ -278,14 +284,41 @@ def finished_summary(config: TrainConfig) -> Optional[dict]:
   return summary if finished and not config_differences(summary["config"], config) else None
 
 
+def parse_method_settings(text: str, methods) -> dict:
+  """``"svd:item_lr=16;fedras:item_lr=8,dense_lr=0.1"`` -> ``{"svd": {"item_lr": 16.0},
+  "fedras": {"item_lr": 8.0, "dense_lr": 0.1}}``: one value per sweepable name; a
+  ``ValueError`` naming ``--method_settings`` for a malformed entry, a method not in
+  ``methods`` or a name given twice for one method."""
+  out = {}
+  for part in filter(None, (p.strip() for p in text.split(";"))):
+    method, colon, rest = part.partition(":")
+    method = method.strip()
+    if not colon or not method:
+      raise ValueError(f"--method_settings={text}: bad entry {part!r}: expected "
+                       "method:name=value[,name=value]")
+    if method not in methods:
+      raise ValueError(f"--method_settings={text}: {method!r} is not in --methods")
+    settings = out.setdefault(method, {})
+    for item in rest.split(","):
+      name, _, value = item.partition("=")
+      if name.strip() in settings:
+        raise ValueError(f"--method_settings={text}: {method} sets {name.strip()!r} twice")
+      settings.update(
+          {k: v[0] for k, v in parse_grid(item, flag=f"--method_settings={text}: {method}").items()})
+  return out
+
+
 def table_row(config: TrainConfig,
               ratio_text: str,
               summary: dict,
               tuned_names,
               valid_hr: float,
-              edges=()) -> dict:
+              edges=(),
+              set_names=()) -> dict:
   """``compare.csv``'s row of a finished run; ``tuned`` names the searched setting,
-  marked ``(grid edge)`` where the search's pick sits at its grid's edge (``edges``)."""
+  marked ``(grid edge)`` where the search's pick sits at its grid's edge (``edges``),
+  then the method's fixed settings (``set_names``, ``--method_settings``) marked
+  ``(set)``."""
   final, best = summary["final"], summary["best"]
   # A protocol the run did not compute (--eval_protocol) is left empty.
   scores = {
@@ -297,6 +330,8 @@ def table_row(config: TrainConfig,
   }
   tuned = ";".join(f"{name}={summary['config'][name]}" + (" (grid edge)" if name in edges else "")
                    for name in tuned_names)
+  tuned = ";".join(
+      filter(None, [tuned, *(f"{name}={summary['config'][name]} (set)" for name in set_names)]))
   return {
       "dataset": config.dataset, "model": config.model, "method": config.method,
       "payload_ratio": ratio_text, "seed": config.seed, "rounds": config.rounds,
@@ -375,17 +410,20 @@ def write_outputs(rows, outdir: pathlib.Path, curves=()):
   pages.save_figure(fig, plt, outdir / "compare.png", dpi=120)
 
 
-def run_in_parts(methods, parts: int) -> list:
+def run_in_parts(methods, parts: int, method_settings=None) -> list:
   """This command (``sys.argv``) once per method, ``parts`` processes at once (each slot
   pinned to its share of the CPUs; a slot takes the next method as its last one ends),
-  every part training its runs without writing the tables; returns the ``(method,
-  exit status)`` of every part that failed."""
+  every part training its runs without writing the tables (``method_settings``: what
+  :func:`parse_method_settings` made of the command's, each part given its method's);
+  returns the ``(method, exit status)`` of every part that failed."""
   slots = min(parts, len(methods))
   shares = jobs.cpu_shares(jobs.usable_cpus(), slots)
+  settings = lambda m: ",".join(f"{k}={v}" for k, v in (method_settings or {}).get(m, {}).items())
   # Flags given later win: each part's own flags override the command's.
   commands = [[
       sys.executable, "-m", "experiments.compare", *sys.argv[1:], f"--methods={m}", "--jobs=1",
-      "--notabulate"
+      "--notabulate",
+      f"--method_settings={m}:{settings(m)}" if settings(m) else "--method_settings="
   ] for m in methods]
   print(f"--jobs={parts}: {len(methods)} parts (one per method) in {slots} slots", flush=True)
   try:
@@ -423,8 +461,6 @@ def main(argv):
   if (tune_at or FLAGS.tune_seed is not None) and not grid:
     raise ValueError("--tune_at and --tune_seed need --tune")
   outdir = pathlib.Path(FLAGS.outdir)
-  with outputs.naming(outdir):
-    outdir.mkdir(parents=True, exist_ok=True)
 
   def run_config(dataset, model, method, ratio, seed):
     ratio_text, value = ratio
@@ -436,7 +472,8 @@ def main(argv):
                                  method=method,
                                  payload_ratio=value,
                                  seed=seed,
-                                 workdir=str(outdir / name))
+                                 workdir=str(outdir / name),
+                                 **method_settings.get(method, {}))
     config.validate()
     return name, config
 
@@ -444,9 +481,18 @@ def main(argv):
   if not methods:
     raise ValueError("--methods is empty: name at least one method")
   flag_lib.validate_points(base, "--methods", FLAGS.methods, [dict(method=m) for m in methods])
+  method_settings = parse_method_settings(FLAGS.method_settings, methods)
+  for method, settings in method_settings.items():
+    if set(settings) & set(grid):
+      raise ValueError(f"--method_settings={FLAGS.method_settings}: {method} sets "
+                       f"{sorted(set(settings) & set(grid))}, which --tune searches")
+    flag_lib.validate_points(base, "--method_settings", FLAGS.method_settings,
+                             [dict(method=method, **settings)])
+  with outputs.naming(outdir):
+    outdir.mkdir(parents=True, exist_ok=True)
   failed = []
   if FLAGS.jobs > 1 and not FLAGS.only_finished:
-    failed = run_in_parts(methods, FLAGS.jobs)
+    failed = run_in_parts(methods, FLAGS.jobs, method_settings)
   only_finished = FLAGS.only_finished or FLAGS.jobs > 1
   rows, curves = [], []
   grid_runs = list(
@@ -484,7 +530,9 @@ def main(argv):
     if summary is None:
       print("   not finished: left out of the table", flush=True)
       continue
-    rows.append(table_row(config, ratio[0], summary, grid, tuned[1], tuned[2]))
+    rows.append(
+        table_row(config, ratio[0], summary, grid, tuned[1], tuned[2],
+                  method_settings.get(method, {})))
     curves += curve_rows(config, ratio[0])
     if FLAGS.tabulate:  # after every run: nothing is lost if interrupted
       write_outputs(rows, outdir, curves)

@@ -141,6 +141,44 @@ def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
   assert "final_full_hr@10" in (tmp_path / "compare.md").read_text().splitlines()[0]
 
 
+def test_method_settings_fix_a_setting_per_method(ml100k_path, tmp_path):
+  """--method_settings trains each method at its own fixed setting (through --jobs' parts
+  too) and the table says it was set, not searched; a method outside --methods or a name
+  --tune searches is refused before any run."""
+  base = [
+      sys.executable, "-m", "experiments.compare", f"--data_dir={ml100k_path.parents[1]}",
+      f"--outdir={tmp_path}", "--methods=uncompressed,svd", "--ratios=1/32", "--rounds=1",
+      "--clients_per_round=4", "--eval_every=1", "--item_lr=5"
+  ]
+  proc = subprocess.run(base + ["--method_settings=svd:item_lr=3,dense_lr=0.2", "--jobs=2"],
+                        capture_output=True,
+                        text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / "compare.csv") as f:
+    rows = {r["method"]: r for r in csv.DictReader(f)}
+  assert rows["svd"]["tuned"] == "item_lr=3.0 (set);dense_lr=0.2 (set)"
+  assert rows["uncompressed"]["tuned"] == ""
+  for method, lr in (("uncompressed", 5.0), ("svd", 3.0)):
+    summary = json.loads(
+        (tmp_path / f"ml-100k_mf_{method}_1over32_s0" / "summary.json").read_text())
+    assert summary["config"]["item_lr"] == lr
+  for bad, says in (("topk:item_lr=3", "'topk' is not in --methods"),
+                    ("svd:user_lr=1;svd:user_lr=2", "svd sets 'user_lr' twice"), ("svd:item_lr=-1",
+                                                                                  "item_lr")):
+    proc = subprocess.run(base + [f"--method_settings={bad}", f"--outdir={tmp_path / 'bad'}"],
+                          capture_output=True,
+                          text=True,
+                          timeout=300)
+    assert proc.returncode == 1 and says in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "bad").exists()
+  proc = subprocess.run(base + ["--method_settings=svd:item_lr=3", "--tune=item_lr=1,2"],
+                        capture_output=True,
+                        text=True,
+                        timeout=300)
+  assert proc.returncode == 1 and "which --tune searches" in proc.stderr, proc.stderr[-2000:]
+
+
 def test_widened_grid_steps_past_the_edge_of_the_pick():
   grid = {"item_lr": [4.0, 8.0, 16.0], "dense_lr": [0.05, 0.1], "user_lr": [1.0]}
   assert compare.edge_names(grid, dict(item_lr=8.0, dense_lr=0.1, user_lr=1.0)) == ["dense_lr"]
