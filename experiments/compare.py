@@ -32,7 +32,10 @@ workdir (``<outdir>/<run name>``) and a search's results are kept there in
 ``tuning.json``, so running the same command again redoes only what is missing
 (a widened ``--tune`` grid searches only its new points).
 Runs may be split over several invocations into one ``--outdir`` (say one per
-method, in parallel); a last invocation over the whole grid with ``--only_finished``
+method, in parallel; each given the same ``--method_settings``, which may name methods
+it does not run, or its runs are not the grid's: a run trained at another setting is
+left out of the table, and a workdir holding one is not overwritten); a last invocation
+over the whole grid with ``--only_finished``
 then tabulates every finished run from the workdirs, trains nothing and names
 the runs that are missing. It takes each search's pick as the best of every point
 kept in its ``tuning.json``, so invocations may search a method from different
@@ -284,11 +287,12 @@ def finished_summary(config: TrainConfig) -> Optional[dict]:
   return summary if finished and not config_differences(summary["config"], config) else None
 
 
-def parse_method_settings(text: str, methods) -> dict:
+def parse_method_settings(text: str) -> dict:
   """``"svd:item_lr=16;fedras:item_lr=8,dense_lr=0.1"`` -> ``{"svd": {"item_lr": 16.0},
   "fedras": {"item_lr": 8.0, "dense_lr": 0.1}}``: one value per sweepable name; a
-  ``ValueError`` naming ``--method_settings`` for a malformed entry, a method not in
-  ``methods`` or a name given twice for one method."""
+  ``ValueError`` naming ``--method_settings`` for a malformed entry or a name given twice
+  for one method. Methods not run are allowed (one settings text serves the invocations
+  a grid is split into); the caller checks that each is a method."""
   out = {}
   for part in filter(None, (p.strip() for p in text.split(";"))):
     method, colon, rest = part.partition(":")
@@ -296,15 +300,22 @@ def parse_method_settings(text: str, methods) -> dict:
     if not colon or not method:
       raise ValueError(f"--method_settings={text}: bad entry {part!r}: expected "
                        "method:name=value[,name=value]")
-    if method not in methods:
-      raise ValueError(f"--method_settings={text}: {method!r} is not in --methods")
     settings = out.setdefault(method, {})
     for item in rest.split(","):
-      name, _, value = item.partition("=")
-      if name.strip() in settings:
-        raise ValueError(f"--method_settings={text}: {method} sets {name.strip()!r} twice")
-      settings.update(
-          {k: v[0] for k, v in parse_grid(item, flag=f"--method_settings={text}: {method}").items()})
+      name, eq, value = (x.strip() for x in item.partition("="))
+      where = f"--method_settings={text}: {method}"
+      if not eq or not name or not value:
+        raise ValueError(f"{where}: bad setting {item.strip()!r}: expected name=value (one "
+                         "value per name; a search is --tune)")
+      if name not in SWEEPABLE:
+        raise ValueError(f"{where}: cannot set {name!r} per method: settable are "
+                         f"{', '.join(SWEEPABLE)}")
+      if name in settings:
+        raise ValueError(f"{where} sets {name!r} twice")
+      try:
+        settings[name] = flag_lib.finite_float(value)
+      except ValueError:
+        raise ValueError(f"{where}: {name}={value!r} is not a finite number") from None
   return out
 
 
@@ -410,20 +421,17 @@ def write_outputs(rows, outdir: pathlib.Path, curves=()):
   pages.save_figure(fig, plt, outdir / "compare.png", dpi=120)
 
 
-def run_in_parts(methods, parts: int, method_settings=None) -> list:
+def run_in_parts(methods, parts: int) -> list:
   """This command (``sys.argv``) once per method, ``parts`` processes at once (each slot
   pinned to its share of the CPUs; a slot takes the next method as its last one ends),
-  every part training its runs without writing the tables (``method_settings``: what
-  :func:`parse_method_settings` made of the command's, each part given its method's);
-  returns the ``(method, exit status)`` of every part that failed."""
+  every part training its runs without writing the tables; returns the ``(method,
+  exit status)`` of every part that failed."""
   slots = min(parts, len(methods))
   shares = jobs.cpu_shares(jobs.usable_cpus(), slots)
-  settings = lambda m: ",".join(f"{k}={v}" for k, v in (method_settings or {}).get(m, {}).items())
   # Flags given later win: each part's own flags override the command's.
   commands = [[
       sys.executable, "-m", "experiments.compare", *sys.argv[1:], f"--methods={m}", "--jobs=1",
-      "--notabulate",
-      f"--method_settings={m}:{settings(m)}" if settings(m) else "--method_settings="
+      "--notabulate"
   ] for m in methods]
   print(f"--jobs={parts}: {len(methods)} parts (one per method) in {slots} slots", flush=True)
   try:
@@ -481,7 +489,7 @@ def main(argv):
   if not methods:
     raise ValueError("--methods is empty: name at least one method")
   flag_lib.validate_points(base, "--methods", FLAGS.methods, [dict(method=m) for m in methods])
-  method_settings = parse_method_settings(FLAGS.method_settings, methods)
+  method_settings = parse_method_settings(FLAGS.method_settings)
   for method, settings in method_settings.items():
     if set(settings) & set(grid):
       raise ValueError(f"--method_settings={FLAGS.method_settings}: {method} sets "
@@ -492,7 +500,7 @@ def main(argv):
     outdir.mkdir(parents=True, exist_ok=True)
   failed = []
   if FLAGS.jobs > 1 and not FLAGS.only_finished:
-    failed = run_in_parts(methods, FLAGS.jobs, method_settings)
+    failed = run_in_parts(methods, FLAGS.jobs)
   only_finished = FLAGS.only_finished or FLAGS.jobs > 1
   rows, curves = [], []
   grid_runs = list(

@@ -91,7 +91,7 @@ def method_table(rows) -> list:
   """Markdown lines: per (dataset, model, method, ratio) the seeds, mean ± std of
   ``METRICS``, the uplink compression, the information loss (the norm of the applied
   item update minus the uncompressed one, summed over rounds; the seeds' mean) and the
-  searched setting(s) used."""
+  setting(s) searched or fixed per method (``compare.csv``'s ``tuned``)."""
   extra = ("compression_up", "info_loss_total")
   stats = pages.seed_stats(rows, ("dataset", "model", "method", "payload_ratio"), METRICS + extra)
   tuned = {}
@@ -211,12 +211,18 @@ def against_reference(rows, ref_rows) -> list:
   """The rows a part's margins against its reference part come from. A part with FedRAS
   runs (a diagnostic variant): its FedRAS runs and the uncompressed and baseline runs of
   the reference (the reference's FedRAS aside). A part without (more baselines): the
-  reference's runs, this part's runs in place of those of the methods it ran."""
+  reference's runs at the datasets, models and ratios this part ran, this part's runs in
+  place of the reference's of the same method there."""
   if any(r["method"] == FEDRAS for r in rows):
     return [r for r in rows if r["method"] == FEDRAS
            ] + [r for r in ref_rows if r["method"] != FEDRAS]
-  own = {r["method"] for r in rows}
-  return [r for r in ref_rows if r["method"] not in own] + list(rows)
+  point = lambda r: (r["dataset"], r["model"], r["method"], dense_at_one(r)["payload_ratio"])
+  own = {point(r) for r in rows}
+  ran = {(d, m, ratio) for d, m, method, ratio in own if method != DENSE}
+  ran_models = {(d, m) for d, m, _, _ in own}
+  at_ours = lambda r: ((r["dataset"], r["model"], r["payload_ratio"]) in ran or
+                       (r["method"] == DENSE and (r["dataset"], r["model"]) in ran_models))
+  return [r for r in ref_rows if at_ours(r) and point(r) not in own] + list(rows)
 
 
 def overview(sections) -> list:
@@ -574,7 +580,8 @@ def part_section(name: str,
       f"- rows: [{name}/compare.csv](results/{name}/compare.csv)", *_trained_by(made),
       *not_run(made, rows), "",
       "Mean ± population std over seeds (one seed: its value); `setting`: what the validation "
-      "search picked (`-`: the command's fixed setting).", "", *method_table(rows), ""
+      "search picked (`(set)`: fixed per method by `--method_settings`; `-`: the command's "
+      "fixed setting).", "", *method_table(rows), ""
   ]
   margin_lines = margins(rows)
   if len(margin_lines) > 2:  # a header alone: no FedRAS runs in the part
@@ -649,7 +656,8 @@ def main(argv):
                              figures, read_published(part), reference)
   body += [
       "FedRAS against uncompressed and against the best baseline on each metric in every "
-      "part (a part with a reference: its FedRAS against the reference part's runs). A margin "
+      "part (a part with a reference: its FedRAS against the reference part's runs, or, for a "
+      "part of baselines only, the reference's FedRAS against both parts' runs). A margin "
       "is the mean over the seeds both methods ran (a cell says where those are fewer than "
       "FedRAS's); *best baseline* names the baseline FedRAS is closest to or furthest behind "
       "on HR@10 / NDCG@10 (one name where it is the same). `fedras` is the part's FedRAS "

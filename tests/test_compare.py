@@ -4,8 +4,11 @@ import dataclasses
 import functools
 import json
 import math
+import re
 import subprocess
 import sys
+
+import pytest
 
 from experiments import compare, jobs
 from fedras_jax.config import TrainConfig
@@ -143,17 +146,18 @@ def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
 
 def test_method_settings_fix_a_setting_per_method(ml100k_path, tmp_path):
   """--method_settings trains each method at its own fixed setting (through --jobs' parts
-  too) and the table says it was set, not searched; a method outside --methods or a name
-  --tune searches is refused before any run."""
+  too; a method not run may be named) and the table says it was set, not searched; an
+  unknown method or a name --tune searches is refused before any run."""
   base = [
       sys.executable, "-m", "experiments.compare", f"--data_dir={ml100k_path.parents[1]}",
       f"--outdir={tmp_path}", "--methods=uncompressed,svd", "--ratios=1/32", "--rounds=1",
       "--clients_per_round=4", "--eval_every=1", "--item_lr=5"
   ]
-  proc = subprocess.run(base + ["--method_settings=svd:item_lr=3,dense_lr=0.2", "--jobs=2"],
-                        capture_output=True,
-                        text=True,
-                        timeout=600)
+  proc = subprocess.run(
+      base + ["--method_settings=svd:item_lr=3,dense_lr=0.2;topk:item_lr=7", "--jobs=2"],
+      capture_output=True,
+      text=True,
+      timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(tmp_path / "compare.csv") as f:
     rows = {r["method"]: r for r in csv.DictReader(f)}
@@ -163,15 +167,20 @@ def test_method_settings_fix_a_setting_per_method(ml100k_path, tmp_path):
     summary = json.loads(
         (tmp_path / f"ml-100k_mf_{method}_1over32_s0" / "summary.json").read_text())
     assert summary["config"]["item_lr"] == lr
-  for bad, says in (("topk:item_lr=3", "'topk' is not in --methods"),
-                    ("svd:user_lr=1;svd:user_lr=2", "svd sets 'user_lr' twice"), ("svd:item_lr=-1",
-                                                                                  "item_lr")):
-    proc = subprocess.run(base + [f"--method_settings={bad}", f"--outdir={tmp_path / 'bad'}"],
-                          capture_output=True,
-                          text=True,
-                          timeout=300)
-    assert proc.returncode == 1 and says in proc.stderr, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr and not (tmp_path / "bad").exists()
+  # Refused before any run (and before --outdir is made).
+  proc = subprocess.run(base + ["--method_settings=tpok:item_lr=3", f"--outdir={tmp_path / 'bad'}"],
+                        capture_output=True,
+                        text=True,
+                        timeout=300)
+  assert proc.returncode == 1 and "--method='tpok' is invalid" in proc.stderr, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr and not (tmp_path / "bad").exists()
+  for bad, says in (("svd:user_lr=1;svd:user_lr=2", "svd sets 'user_lr' twice"),
+                    ("svd:item_lr=3,4", "bad setting '4': expected name=value"),
+                    ("svd:item_lr=x", "item_lr='x' is not a finite number"),
+                    ("svd:tau=0.5", "cannot set 'tau' per method"), ("svd", "bad entry 'svd'")):
+    with pytest.raises(ValueError, match=re.escape(f"--method_settings={bad}: ")) as e:
+      compare.parse_method_settings(bad)
+    assert says in str(e.value)
   proc = subprocess.run(base + ["--method_settings=svd:item_lr=3", "--tune=item_lr=1,2"],
                         capture_output=True,
                         text=True,
