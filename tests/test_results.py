@@ -57,6 +57,18 @@ def part(tmp_path):
   return d
 
 
+def _sibling(part, name, rows):
+  """A part ``name`` beside ``part`` holding ``rows`` (its provenance copied)."""
+  d = part.parent / name
+  d.mkdir()
+  with open(d / "compare.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, compare.COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+  (d / "compare.json").write_text((part / "compare.json").read_text())
+  return d
+
+
 def test_method_table_has_mean_and_population_std_over_seeds(part):
   _, rows = results.read_part(part)
   lines = results.method_table(rows)
@@ -276,18 +288,12 @@ def test_machine_line_names_the_cpus_of_a_narrowed_affinity(monkeypatch):
 
 
 def test_a_part_with_a_reference_gets_margins_against_that_parts_runs(part):
-  diag = part.parent / "gains"
-  diag.mkdir()
-  with open(diag / "compare.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, compare.COLUMNS)
-    writer.writeheader()
-    # Its own uncompressed run (another setting) is not pooled with the reference's.
-    writer.writerows([
-        _row("fedras", "1/32", 0, 0.70, 0.43),
-        _row("fedras", "1/32", 1, 0.70, 0.41),
-        _row("uncompressed", "1/32", 0, 0.50, 0.20, comp=0.0)
-    ])
-  (diag / "compare.json").write_text((part / "compare.json").read_text())
+  # Its own uncompressed run (another setting) is not pooled with the reference's.
+  diag = _sibling(part, "gains", [
+      _row("fedras", "1/32", 0, 0.70, 0.43),
+      _row("fedras", "1/32", 1, 0.70, 0.41),
+      _row("uncompressed", "1/32", 0, 0.50, 0.20, comp=0.0)
+  ])
   made, rows = results.read_part(diag)
   assert results.read_reference(diag, rows) is None
   (diag / "reference").write_text("ml100k_mf_r32\n")
@@ -329,16 +335,10 @@ def test_a_part_of_baselines_only_joins_its_references_baselines(part):
         _row("fedras", "1/8", 0, 0.66, 0.38),
         _row("embedding_kmeans", "1/8", 0, 0.69, 0.41)
     ])
-  more = part.parent / "ekm"
-  more.mkdir()
-  with open(more / "compare.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, compare.COLUMNS)
-    writer.writeheader()
-    writer.writerows([
-        _row("embedding_kmeans", "1/32", 0, 0.66, 0.34),
-        _row("embedding_kmeans", "1/32", 1, 0.66, 0.34)
-    ])
-  (more / "compare.json").write_text((part / "compare.json").read_text())
+  more = _sibling(part, "ekm", [
+      _row("embedding_kmeans", "1/32", 0, 0.66, 0.34),
+      _row("embedding_kmeans", "1/32", 1, 0.66, 0.34)
+  ])
   (more / "reference").write_text("ml100k_mf_r32")
   made, rows = results.read_part(more)
   reference = results.read_reference(more, rows)
@@ -357,13 +357,7 @@ def test_a_part_of_baselines_only_joins_its_references_baselines(part):
   assert len(ratio_lines) == 1 and ratio_lines[0].startswith(f"| [ekm](#ekm-ml-100k-mf) {row}")
   assert "| 1/8 |" not in text
   # A reference without a FedRAS run has nothing to set against these.
-  no_fedras = part.parent / "no_fedras"
-  no_fedras.mkdir()
-  with open(no_fedras / "compare.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, compare.COLUMNS)
-    writer.writeheader()
-    writer.writerows([r for r in ROWS if r["method"] != "fedras"])
-  (no_fedras / "compare.json").write_text((part / "compare.json").read_text())
+  _sibling(part, "no_fedras", [r for r in ROWS if r["method"] != "fedras"])
   (more / "reference").write_text("no_fedras")
   with pytest.raises(ValueError, match="part 'no_fedras' has no FedRAS run of"):
     results.read_reference(more, rows)
@@ -373,13 +367,9 @@ def test_a_part_with_a_reference_times_its_runs_to_that_parts_uncompressed_targe
   """A part without uncompressed runs of its own (a FedRAS variant) still gets the time
   to target, set by the reference part's uncompressed runs of the same dataset and model
   (final HR@10 0.68, 0.70: mean 0.69, target 0.68); a dataset without any gets no line."""
-  diag = part.parent / "gains"
-  diag.mkdir()
-  with open(diag / "compare.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, compare.COLUMNS)
-    writer.writeheader()
-    writer.writerows([_row("fedras", "1/32", 0, 0.685, 0.4), _row("fedras", "1/32", 1, 0.675, 0.3)])
-  (diag / "compare.json").write_text((part / "compare.json").read_text())
+  diag = _sibling(part, "gains",
+                  [_row("fedras", "1/32", 0, 0.685, 0.4),
+                   _row("fedras", "1/32", 1, 0.675, 0.3)])
   (diag / "reference").write_text("ml100k_mf_r32")
   made, rows = results.read_part(diag)
   # Seed 1 peaks at 0.675: below the mean minus 0.01 (0.68), above a seed's minus 0.01.
