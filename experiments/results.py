@@ -207,13 +207,18 @@ def margins(rows) -> list:
   return lines
 
 
+def has_fedras(rows) -> bool:
+  """Whether ``rows`` hold a FedRAS run (a part of baselines only does not)."""
+  return any(r["method"] == FEDRAS for r in rows)
+
+
 def against_reference(rows, ref_rows) -> list:
   """The rows a part's margins against its reference part come from. A part with FedRAS
   runs (a diagnostic variant): its FedRAS runs and the uncompressed and baseline runs of
   the reference (the reference's FedRAS aside). A part without (more baselines): the
   reference's runs at the datasets, models and ratios this part ran, this part's runs in
   place of the reference's of the same method there."""
-  if any(r["method"] == FEDRAS for r in rows):
+  if has_fedras(rows):
     return [r for r in rows if r["method"] == FEDRAS
            ] + [r for r in ref_rows if r["method"] != FEDRAS]
   point = lambda r: (r["dataset"], r["model"], r["method"], dense_at_one(r)["payload_ratio"])
@@ -239,7 +244,7 @@ def overview(sections) -> list:
     link = part_link(name, rows)
     lines += [f"| {link} {line}" for line in margins(compared)[2:]]
     planned = FEDRAS in (_command_list(made["command"], "methods") or ())
-    if planned and not any(r["method"] == FEDRAS for r in rows):
+    if planned and not has_fedras(rows):
       for dataset, model in dict.fromkeys((r["dataset"], r["model"]) for r in rows):
         lines.append(f"| {link} | {dataset} | {model} | - | 0 | no FedRAS run finished yet |"
                      + " - |" * 5)
@@ -522,7 +527,7 @@ def read_reference(part: pathlib.Path, rows):
     raise ValueError(f"{path}: names {name!r}, not another part in {part.parent}")
   ref_rows = read_part(other)[1]
   ours = {(r["dataset"], r["model"]) for r in rows}
-  variant = any(r["method"] == FEDRAS for r in rows)
+  variant = has_fedras(rows)
   if not any(
       (r["method"] != FEDRAS) == variant and (r["dataset"], r["model"]) in ours for r in ref_rows):
     needed = "uncompressed or baseline" if variant else "FedRAS"
@@ -592,7 +597,7 @@ def part_section(name: str,
     if len(ref_lines) > 2:
       link = part_link(ref_name, ref_rows)
       caption = (f"FedRAS of this part against the uncompressed and baseline runs of {link}:"
-                 if any(r["method"] == FEDRAS for r in rows) else
+                 if has_fedras(rows) else
                  f"The FedRAS runs of {link} against this part's runs and the other runs of "
                  "that part:")
       lines += [caption, "", *ref_lines, ""]
