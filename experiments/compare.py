@@ -339,10 +339,10 @@ def table_row(config: TrainConfig,
       for m in ("hr", "ndcg")
       if f"{which}_{prefix}{m}@10" in COLUMNS
   }
-  tuned = ";".join(f"{name}={summary['config'][name]}" + (" (grid edge)" if name in edges else "")
-                   for name in tuned_names)
-  tuned = ";".join(
-      filter(None, [tuned, *(f"{name}={summary['config'][name]} (set)" for name in set_names)]))
+  tuned = ";".join([
+      *(f"{name}={summary['config'][name]}" + (" (grid edge)" if name in edges else "")
+        for name in tuned_names), *(f"{name}={summary['config'][name]} (set)" for name in set_names)
+  ])
   return {
       "dataset": config.dataset, "model": config.model, "method": config.method,
       "payload_ratio": ratio_text, "seed": config.seed, "rounds": config.rounds,
