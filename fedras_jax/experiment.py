@@ -30,23 +30,31 @@ def build_compressors(config: TrainConfig, num_items: int, item_dim: int):
 
   The uplink sends per-row gains with ``gain_bits`` (``row_gains``). The downlink is
   ``identity`` for uncompressed runs and without ``downlink_compression`` (exact:
-  nothing to feed back); otherwise the uplink's compressor, started cold each round
-  without ``downlink_warm_start`` and with error feedback under ``downlink_feedback``.
+  nothing to feed back); otherwise the uplink's compressor (built again with
+  ``downlink_max_k`` action slots where that is set), started cold each round without
+  ``downlink_warm_start`` and with error feedback under ``downlink_feedback``.
   """
-  up = make_compressor(config.method,
-                       num_items,
-                       item_dim,
-                       payload_ratio=config.payload_ratio,
-                       max_k=config.max_k,
-                       tau=config.tau,
-                       tau_mode=config.tau_mode,
-                       value_bits=config.value_bits)
-  if config.gain_bits:
-    up = row_gains(up, config.gain_bits)
+  up = _compressor(config, num_items, item_dim, config.max_k)
   if up.name == "identity" or not config.downlink_compression:
     return up, identity(num_items)
-  down = up if config.downlink_warm_start else cold_start(up)
+  down = _compressor(config, num_items, item_dim,
+                     config.downlink_max_k) if config.downlink_max_k else up
+  down = down if config.downlink_warm_start else cold_start(down)
   return up, error_feedback(down) if config.downlink_feedback else down
+
+
+def _compressor(config: TrainConfig, num_items: int, item_dim: int, max_k: int):
+  """``config.method``'s compressor with ``max_k`` action slots, with row gains under
+  ``gain_bits``."""
+  c = make_compressor(config.method,
+                      num_items,
+                      item_dim,
+                      payload_ratio=config.payload_ratio,
+                      max_k=max_k,
+                      tau=config.tau,
+                      tau_mode=config.tau_mode,
+                      value_bits=config.value_bits)
+  return row_gains(c, config.gain_bits) if config.gain_bits else c
 
 
 def build_round_config(config: TrainConfig, split, seeds) -> RoundConfig:

@@ -1,12 +1,15 @@
 """FedRAS in the round: exactness at a large budget, per-client budgets, exact bits."""
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
 from fedras_jax import quantize
-from fedras_jax.compress import cold_start, error_feedback, fedras, identity
+from fedras_jax.compress import Context, cold_start, error_feedback, fedras, identity
+from fedras_jax.config import TrainConfig
+from fedras_jax.experiment import build_compressors
 from fedras_jax.federated import init_states, make_round
 from fedras_jax.models import get_model
 
@@ -164,3 +167,31 @@ def test_downlink_error_feedback_loses_nothing(synthetic, feedback, warm):
     else:
       assert float(np.abs(new_server.items - dense_server.items).max()) > 1e-4
     server = new_server
+
+
+def test_downlink_max_k_bounds_the_downlink_alone():
+  # --downlink_max_k rebuilds the downlink with its own action slots: it codes the
+  # server's update exactly as a FedRAS compressor built with those slots does, while
+  # the uplink keeps --max_k's. Scattered rows and a budget with room for 48 actions:
+  # the 16-slot uplink stops at 16, the 48-slot downlink goes past it.
+  n, d = 200, DIM
+  rows = jax.random.normal(jax.random.key(3), (n, d))
+  mask, key = jnp.ones(n, bool), jax.random.key(4)
+  budget = jnp.int32(quantize.payload_bits(48, n, d))
+  settings = dict(method="fedras", max_k=16, tau=0.95, tau_mode="fixed", value_bits=32)
+  up, down = build_compressors(TrainConfig(downlink_max_k=48, **settings), n, d)
+
+  def coded(comp):
+    out = comp.encode(rows, mask, budget, key, comp.init(n, d), Context())
+    return out.payload, comp.decode(out.payload)
+
+  (up_payload, _), (down_payload, down_rows) = coded(up), coded(down)
+  assert int(up_payload.num_actions) == 16
+  assert 16 < int(down_payload.num_actions) <= 48
+  reference = error_feedback(fedras(n, max_k=48, tau=0.95, tau_mode="fixed"))
+  chex.assert_trees_all_close(down_rows, coded(reference)[1])
+  # 0 (the default): the uplink's compressor, its slots too.
+  _, same = build_compressors(TrainConfig(**settings), n, d)
+  assert int(coded(same)[0].num_actions) == 16
+  with pytest.raises(ValueError, match="--downlink_max_k=-1 is invalid"):
+    TrainConfig(downlink_max_k=-1).validate()
