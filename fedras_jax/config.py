@@ -109,8 +109,9 @@ class TrainConfig:
       "static bound on actions per payload (0: from the payload ratio, at most 128)")
   downlink_max_k: int = setting(
       "compression", 0,
-      "static bound on the downlink's actions (0: --max_k's; the downlink is one clustering a "
-      "round, not one per client)")
+      "static bound on the downlink's actions (0: the budget's K rounded up to 16 while items "
+      "x K <= 2**23, at least the uplink's; the downlink is one clustering a round, not one "
+      "per client)")
   tau: float = setting(
       "compression", 0.9,
       "cosine threshold of the split test when --tau_mode=fixed (> 1: always use the budget's "
@@ -203,7 +204,7 @@ class TrainConfig:
               ("payload_ratio", 0 < self.payload_ratio <= 1, "in (0, 1]"),
               ("fluctuation", 0 <= self.fluctuation < 1, "in [0, 1)"),
               ("max_k", self.max_k >= 0, "non-negative (0: from the budget)"),
-              ("downlink_max_k", self.downlink_max_k >= 0, "non-negative (0: --max_k's)"),
+              ("downlink_max_k", self.downlink_max_k >= 0, "non-negative (0: from the budget)"),
               ("bandwidth_tiers", _tiers_ok(self.bandwidth_tiers),
                "comma-separated finite positive numbers"),
               ("neg_ratio", self.neg_ratio >= 0, "non-negative"),

@@ -15,7 +15,7 @@ import optax
 from fedras_jax import data as data_lib
 from fedras_jax import distributed
 from fedras_jax.compress import cold_start, dense_bits, error_feedback, identity, row_gains
-from fedras_jax.compress.registry import make_compressor
+from fedras_jax.compress.registry import auto_downlink_max_k, make_compressor
 from fedras_jax.config import DATASETS, TrainConfig
 from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams, client_data_from_split,
                                   init_states, make_round, plan_capacity)
@@ -30,15 +30,18 @@ def build_compressors(config: TrainConfig, num_items: int, item_dim: int):
 
   The uplink sends per-row gains with ``gain_bits`` (``row_gains``). The downlink is
   ``identity`` for uncompressed runs and without ``downlink_compression`` (exact:
-  nothing to feed back); otherwise the uplink's compressor (built again with
-  ``downlink_max_k`` action slots where that is set), started cold each round without
+  nothing to feed back); otherwise the uplink's method built with ``downlink_max_k``
+  action slots (0: the larger of ``max_k`` and ``auto_downlink_max_k``, the budget's K
+  past the uplink's bound of 128), started cold each round without
   ``downlink_warm_start`` and with error feedback under ``downlink_feedback``.
   """
   up = _compressor(config, num_items, item_dim, config.max_k)
   if up.name == "identity" or not config.downlink_compression:
     return up, identity(num_items)
-  down = _compressor(config, num_items, item_dim,
-                     config.downlink_max_k) if config.downlink_max_k else up
+  down_k = config.downlink_max_k or max(
+      config.max_k, auto_downlink_max_k(num_items, item_dim, config.payload_ratio,
+                                        config.value_bits))
+  down = _compressor(config, num_items, item_dim, down_k)
   down = down if config.downlink_warm_start else cold_start(down)
   return up, error_feedback(down) if config.downlink_feedback else down
 

@@ -331,6 +331,17 @@ def test_registry_builds_every_compressor_with_budget_derived_bounds():
   k = quantize.max_actions_for_budget(budget, 1682, 64, max_k=4096)  # 45
   assert registry.auto_max_k(1682, 64, 1 / 32) == min(128, max(16, -(-k // 16) * 16)) == 48
   assert registry.auto_max_k(1682, 64, 1.0) == 128
+  # The downlink's: no 128 bound. ML-1M NeuMF rows (3706 x 80) at 16 bits, 1/8: 1,185,920
+  # bits; K = 897 takes 897*80*16 + 3706*10 = 1,185,220, K = 898 1,186,500 -> 912.
+  assert registry.auto_downlink_max_k(3706, 80, 1 / 8, value_bits=16) == 912
+  assert registry.auto_downlink_max_k(1682, 64, 1 / 32) == 48  # as the uplink's under 128
+  # Bounded by the rows (1682 x 64 dense: K 1672 -> 1680 <= 1682) and by the distances'
+  # 2**23 entries (10^4 items: 838 -> 832), never below the uplink's (10^5 items: 80 -> 128;
+  # 40 items: 39 -> 48).
+  assert registry.auto_downlink_max_k(1682, 64, 1.0) == 1680
+  assert registry.auto_downlink_max_k(40, 64, 1.0) == registry.auto_max_k(40, 64, 1.0) == 48
+  assert registry.auto_downlink_max_k(10_000, 64, 1 / 4, value_bits=16) == 832
+  assert registry.auto_downlink_max_k(100_000, 64, 1 / 4) == 128
   assert registry.auto_max_entries(1682, 64, 1 / 32) == 2240  # 107648 // 49 = 2196 -> 2240
   # 32-bit indices: 107648 // 64 = 1682 -> 1728.
   assert registry.auto_max_entries(1682, 64, 1 / 32, int32_indices=True) == 1728

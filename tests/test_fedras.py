@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from fedras_jax import quantize
-from fedras_jax.compress import Context, cold_start, error_feedback, fedras, identity
+from fedras_jax.compress import Context, cold_start, dense_bits, error_feedback, fedras, identity
 from fedras_jax.config import TrainConfig
 from fedras_jax.experiment import build_compressors
 from fedras_jax.federated import init_states, make_round
@@ -190,8 +190,10 @@ def test_downlink_max_k_bounds_the_downlink_alone():
   assert 16 < int(down_payload.num_actions) <= 48
   reference = error_feedback(fedras(n, max_k=48, tau=0.95, tau_mode="fixed"))
   chex.assert_trees_all_close(down_rows, coded(reference)[1])
-  # 0 (the default): the uplink's compressor, its slots too.
-  _, same = build_compressors(TrainConfig(**settings), n, d)
-  assert int(coded(same)[0].num_actions) == 16
+  # 0 (the default): the budget's K, past the uplink's bound. A payload ratio whose
+  # nominal budget has room for 47-48 actions gives 48 slots: the same coding as above.
+  ratio = int(budget) / dense_bits(n, d)
+  _, auto = build_compressors(TrainConfig(payload_ratio=ratio, **settings), n, d)
+  chex.assert_trees_all_close(coded(auto)[1], down_rows)
   with pytest.raises(ValueError, match="--downlink_max_k=-1 is invalid"):
     TrainConfig(downlink_max_k=-1).validate()

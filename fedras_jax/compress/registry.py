@@ -10,7 +10,8 @@ them, and the reported bits are then below the budget):
 
 * fedras, fedras_fixed_k, embedding_kmeans: ``max_k`` (when 0) is the budget's K
   (``quantize.max_actions_for_budget``) rounded up to a multiple of 16, in
-  ``[16, 128]`` (``auto_max_k``).
+  ``[16, 128]`` (``auto_max_k``); the downlink's (``auto_downlink_max_k``) the same
+  rounded K past 128 while its ``[num_items, K]`` distances stay under 2**23 entries.
 * topk: ``max_entries`` = the budget's entry count rounded up to a multiple of 64,
   at least 64 and at most ``num_items * item_dim``; topk_int32 the same with every index counted as
   32 bits (the papers' accounting, for comparisons with published figures).
@@ -30,6 +31,7 @@ from fedras_jax.compress.svd import svd, svd_bits
 from fedras_jax.compress.topk import topk, topk_bits
 
 FIXED_K_TAU = 2.0  # > 1: no cluster is ever coherent enough, so K is always the budget's
+DOWNLINK_MAX_DISTANCES = 2**23  # auto_downlink_max_k: one clustering's [items, K] distances
 
 
 def nominal_budget_bits(num_items: int, item_dim: int, payload_ratio: float) -> int:
@@ -37,15 +39,36 @@ def nominal_budget_bits(num_items: int, item_dim: int, payload_ratio: float) -> 
   return int(payload_ratio * dense_bits(num_items, item_dim))
 
 
-def auto_max_k(num_items: int, item_dim: int, payload_ratio: float, value_bits: int = 32) -> int:
-  """The budget's K rounded up to a multiple of 16, in ``[16, 128]``."""
+def auto_max_k(num_items: int,
+               item_dim: int,
+               payload_ratio: float,
+               value_bits: int = 32,
+               cap: int = 128) -> int:
+  """The budget's K rounded up to a multiple of 16, in ``[16, cap]``."""
   k = int(
       quantize.max_actions_for_budget(nominal_budget_bits(num_items, item_dim, payload_ratio),
                                       num_items,
                                       item_dim,
-                                      max_k=4096,
+                                      max_k=cap,
                                       value_bits=value_bits))
-  return min(128, max(16, round_up(k, 16)))
+  return min(cap, max(16, round_up(k, 16)))
+
+
+def auto_downlink_max_k(num_items: int,
+                        item_dim: int,
+                        payload_ratio: float,
+                        value_bits: int = 32) -> int:
+  """The downlink's action slots: the budget's K rounded up to a multiple of 16, at most
+  ``num_items`` and with the clustering's ``[num_items, K]`` distances at most
+  ``DOWNLINK_MAX_DISTANCES`` entries, but never fewer than the uplink's ``auto_max_k``.
+
+  The downlink is one clustering of the server's ``[num_items, item_dim]`` update a round
+  (not one per client, as the uplink's), so its bound can follow the budget past the
+  uplink's 128 where the catalogue is small enough.
+  """
+  cap = min(num_items, DOWNLINK_MAX_DISTANCES // num_items // 16 * 16)
+  return max(auto_max_k(num_items, item_dim, payload_ratio, value_bits),
+             auto_max_k(num_items, item_dim, payload_ratio, value_bits, cap=cap))
 
 
 def auto_max_entries(num_items: int,
