@@ -11,7 +11,10 @@ variants that treat the blocks separately:
 * ``scaled``: each block divided by its per-client RMS before clustering, multiplied
   back after (the scales cost 32 bits each);
 * ``separate``: each block clustered on its own, the budget split by block width;
-* ``fixed_k``: one codebook, ``fedras_fixed_k`` (always the budget's K: no split test).
+* ``fixed_k``: one codebook, ``fedras_fixed_k`` (always the budget's K: no split test);
+* ``sub_blocks``: the row cut into ``--sub_blocks`` equal column blocks, each clustered on
+  its own with its width's share of the budget (product quantization: each row sends one
+  index per block; the centroids hold the same values as one codebook's).
 
 For ``joint`` and ``fixed_k`` it also reports ``*_magnitude_share``: the share of the
 squared error that is the rows' lengths rather than their directions
@@ -40,8 +43,9 @@ flag_lib.define_train_flags()
 
 _CKPT = flags.DEFINE_string("ckpt_dir", None, "checkpoints/ of a run with the same flags")
 _OUT = flags.DEFINE_string("out", None, "also write the rows as JSON lines here")
-VARIANTS = ("joint", "scaled", "separate", "fixed_k")
+VARIANTS = ("joint", "scaled", "separate", "fixed_k", "sub_blocks")
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), "what to measure")
+_SUB_BLOCKS = flags.DEFINE_integer("sub_blocks", 4, "column blocks of the sub_blocks variant")
 
 
 def block_relative_errors(decoded, rows, client, blocks, num_clients):
@@ -80,6 +84,8 @@ def main(argv):
   unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
   if unknown:
     raise ValueError(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
+  if _SUB_BLOCKS.value < 1:
+    raise ValueError(f"--sub_blocks={_SUB_BLOCKS.value}: must be at least 1")
   if not _CKPT.value:
     raise ValueError("--ckpt_dir is required: the checkpoints/ of a run with the same flags")
   checkpoints = ckpt_lib.list_checkpoints(pathlib.Path(_CKPT.value))
@@ -108,6 +114,11 @@ def main(argv):
   full = comp(d, config.payload_ratio)
   fixed = comp(d, config.payload_ratio, "fedras_fixed_k")
   parts = [comp(b - a, config.payload_ratio) for a, b in blocks]
+  if d % _SUB_BLOCKS.value:
+    raise ValueError(f"--sub_blocks={_SUB_BLOCKS.value} does not divide the row width {d}")
+  sub_width = d // _SUB_BLOCKS.value
+  sub_blocks = [(a, a + sub_width) for a in range(0, d, sub_width)]
+  sub = comp(sub_width, config.payload_ratio)
 
   def per_client(x, client):  # [S] -> [M]
     return jax.ops.segment_sum(x, client, num_segments=m)
@@ -117,6 +128,22 @@ def main(argv):
 
   def magnitude_share(decoded, rows, client):
     return magnitude_shares(decoded, rows, client, m)
+
+  def clustered_apart(local, col_blocks, compressors):
+    """Each column block ``(start, stop)`` through its own compressor with its width's
+    share of the client's budget: the blocks' errors (``[B + 1, M]``) and K (``[C, M]``)."""
+    rows = local.deltas
+    decoded, ks = [], []
+    for (a, b), c in zip(col_blocks, compressors):
+      up = roundtrip_clients(c,
+                             rows[:, a:b],
+                             local.layout.offset,
+                             local.plans.num_slots, (local.budget * (b - a)) // d,
+                             local.up_keys,
+                             buckets=buckets)
+      decoded.append(up.decoded)
+      ks.append(up.num_actions)
+    return block_errors(jnp.concatenate(decoded, axis=1), rows, local.layout.client), jnp.stack(ks)
 
   @jax.jit
   def measure(local):
@@ -161,14 +188,10 @@ def main(argv):
       res["scaled"] = block_errors(up.decoded * cols, rows, client)
       res["scaled_k"] = up.num_actions
     if "separate" in _VARIANTS.value:
-      dec, ks = [], []
-      for (a, b), c in zip(blocks, parts):
-        share = (local.budget * (b - a)) // d
-        up = roundtrip_clients(c, rows[:, a:b], *args, share, local.up_keys, buckets=buckets)
-        dec.append(up.decoded)
-        ks.append(up.num_actions)
-      res["separate"] = block_errors(jnp.concatenate(dec, axis=1), rows, client)
-      res["separate_k"] = jnp.stack(ks)
+      res["separate"], res["separate_k"] = clustered_apart(local, blocks, parts)
+    if "sub_blocks" in _VARIANTS.value:
+      res["sub_blocks"], res["sub_blocks_k"] = clustered_apart(local, sub_blocks,
+                                                               [sub] * len(sub_blocks))
     return res
 
   template = (sim.server, sim.clients)

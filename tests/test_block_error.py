@@ -40,6 +40,7 @@ def test_magnitude_share_splits_the_error_into_length_and_direction():
     "flags,message",
     [(["--variants=seperate"], "error: --variants: unknown ['seperate']"),
      ([], "error: --ckpt_dir is required"),
+     (["--sub_blocks=0"], "error: --sub_blocks=0: must be at least 1"),
      (["--ckpt_dir=/nonexistent/checkpoints"], "error: --ckpt_dir=/nonexistent/checkpoints: no"),])
 def test_bad_flags_fail_before_the_data_is_loaded(flags, message):
   """They used to end in a TypeError traceback after building the simulation, or in
