@@ -91,7 +91,8 @@ def method_table(rows) -> list:
   """Markdown lines: per (dataset, model, method, ratio) the seeds, mean ± std of
   ``METRICS``, the uplink compression, the information loss (the norm of the applied
   item update minus the uncompressed one, summed over rounds; the seeds' mean) and the
-  setting(s) searched or fixed per method (``compare.csv``'s ``tuned``)."""
+  setting(s) searched or fixed per method (``compare.csv``'s ``tuned``; ``-`` where the
+  command's flags set it, e.g. seeds run at a search's pick by another invocation)."""
   extra = ("compression_up", "info_loss_total")
   stats = pages.seed_stats(rows, ("dataset", "model", "method", "payload_ratio"), METRICS + extra)
   tuned = {}
@@ -110,7 +111,7 @@ def method_table(rows) -> list:
     lines.append("| " + " | ".join(key) + f" | {seeds} | "
                  + " | ".join(_cell(s[c], seeds) for c in METRICS)
                  + f" | {s['compression_up'][0]:.1%} | {_loss(s['info_loss_total'])} | "
-                 f"{'; '.join(sorted(tuned[key])) or '-'} |")
+                 f"{'; '.join(sorted(t or '-' for t in tuned[key]))} |")
   return lines
 
 

@@ -82,6 +82,11 @@ def test_method_table_has_mean_and_population_std_over_seeds(part):
   one = results.method_table([r for r in rows if r["seed"] == "0"])
   assert "| fedras | 1/32 | 1 | 0.6700 | 0.3900 |" in "\n".join(one)
   assert methods == ["uncompressed", "fedras", "svd", "topk", "fedras_fixed_k"]  # as run
+  # Seeds run at a pick by the command's flags (no search of their own) say so.
+  mixed = results.method_table([{**r, "tuned": ""} if r["seed"] == "1" else r for r in rows])
+  assert "| 90.0% | 2.5 | -; item_lr=16 |" in next(l for l in mixed if "| fedras | 1/32" in l)
+  assert "| - |" in next(
+      l for l in results.method_table([{**r, "tuned": ""} for r in rows]) if "| fedras | 1/32" in l)
 
 
 def test_margins_against_uncompressed_and_the_best_baseline_on_each_metric(part):
