@@ -114,11 +114,13 @@ def main(argv):
   full = comp(d, config.payload_ratio)
   fixed = comp(d, config.payload_ratio, "fedras_fixed_k")
   parts = [comp(b - a, config.payload_ratio) for a, b in blocks]
-  if d % _SUB_BLOCKS.value:
-    raise ValueError(f"--sub_blocks={_SUB_BLOCKS.value} does not divide the row width {d}")
-  sub_width = d // _SUB_BLOCKS.value
-  sub_blocks = [(a, a + sub_width) for a in range(0, d, sub_width)]
-  sub = comp(sub_width, config.payload_ratio)
+  sub_blocks, subs = [], []  # the sub_blocks variant's column blocks and compressors
+  if "sub_blocks" in _VARIANTS.value:
+    if d % _SUB_BLOCKS.value:
+      raise ValueError(f"--sub_blocks={_SUB_BLOCKS.value} does not divide the row width {d}")
+    width = d // _SUB_BLOCKS.value
+    sub_blocks = [(a, a + width) for a in range(0, d, width)]
+    subs = [comp(width, config.payload_ratio)] * len(sub_blocks)
 
   def per_client(x, client):  # [S] -> [M]
     return jax.ops.segment_sum(x, client, num_segments=m)
@@ -190,8 +192,7 @@ def main(argv):
     if "separate" in _VARIANTS.value:
       res["separate"], res["separate_k"] = clustered_apart(local, blocks, parts)
     if "sub_blocks" in _VARIANTS.value:
-      res["sub_blocks"], res["sub_blocks_k"] = clustered_apart(local, sub_blocks,
-                                                               [sub] * len(sub_blocks))
+      res["sub_blocks"], res["sub_blocks_k"] = clustered_apart(local, sub_blocks, subs)
     return res
 
   template = (sim.server, sim.clients)
