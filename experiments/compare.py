@@ -44,6 +44,15 @@ one of those points, that run's. ``--jobs=N`` does all that itself: one process 
 method, N at once, each pinned to its share of this process's CPUs (on CPU a run
 uses about one core's worth: ``experiments/jobs.py``), then the table of the whole
 grid.
+
+A run that diverges (``--on_nonfinite=stop`` and a non-finite update, or three rounds
+in a row in which every client's update was non-finite: ``training.DEAD_ROUNDS``)
+stops with one line that says so; the comparison goes on with the other runs, leaves
+it out of the table and exits with an error naming it (``--only_finished`` names it
+as missing). A pick near where a setting
+diverges can pass its search and diverge on the test items (the search trains
+without them): search a grid that stops short of that edge, or fix the setting with
+``--method_settings``.
 """
 import csv
 import dataclasses
@@ -65,7 +74,7 @@ from fedras_jax.config import TrainConfig, dataset_label
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
 from fedras_jax.sweep import (SWEEPABLE, grid_points, keep_results, kept_results, parse_grid,
                               sweep_points)
-from fedras_jax.training import train
+from fedras_jax.training import NonFiniteUpdateError, train
 from fedras_jax.workdir import config_differences, recorded_config
 
 flag_lib.define_train_flags()
@@ -511,6 +520,7 @@ def main(argv):
   planned = sum(
       method != "uncompressed" or ratio == ratios[0] for _, _, method, ratio, _ in grid_runs)
   started = 0
+  diverged = []  # the runs stopped on non-finite updates, with why
   for dataset, model, method, ratio, seed in grid_runs:
     if method == "uncompressed" and rows and any(r["method"] == method and r["dataset"] == dataset
                                                  and r["model"] == model and r["seed"] == seed
@@ -534,7 +544,11 @@ def main(argv):
       if not only_finished and holds_other_pick(config, grid):
         print(f"   replacing the run at an earlier pick with {tuned[0]}", flush=True)
         config = dataclasses.replace(config, overwrite=True)
-      summary = finished_summary(config) if only_finished else train(config)
+      try:
+        summary = finished_summary(config) if only_finished else train(config)
+      except NonFiniteUpdateError as e:
+        print(f"   stopped: {e}", flush=True)
+        diverged.append(f"{name} ({e})")
     if summary is None:
       print("   not finished: left out of the table", flush=True)
       continue
@@ -550,6 +564,9 @@ def main(argv):
     raise ValueError("--jobs: " + "; ".join(
         f"the part of {m} ended with exit status {code}" for m, code in failed)
                      + " (its lines above say why; the table holds the runs that finished)")
+  if diverged:
+    raise ValueError(f"{len(diverged)} run(s) stopped on non-finite updates and are left out "
+                     "of the table: " + "; ".join(diverged))
   if not rows:
     raise ValueError(f"no finished runs in {outdir}")
 

@@ -159,8 +159,8 @@ class TrainConfig:
       "fetch missing data files (--nodownload: fail at once, saying where to put them)")
   on_nonfinite: str = setting(
       "run", "skip",
-      "skip (drop clients whose update is non-finite, count and log them) | stop (fail naming "
-      "the round and the clients)")
+      "skip (drop clients whose update is non-finite, count and log them; stop after 3 rounds "
+      "in a row that dropped every client) | stop (fail naming the round and the clients)")
   validation: bool = setting(
       "data", False,
       "hold out one more interaction per user and score on it, with its own negatives (for "

@@ -30,7 +30,14 @@ from fedras_jax.workdir_lock import WorkdirLock
 
 
 class NonFiniteUpdateError(FloatingPointError):
-  """``on_nonfinite="stop"`` and a round had clients with non-finite updates."""
+  """``on_nonfinite="stop"`` and a round had clients with non-finite updates, or, with
+  either setting, ``DEAD_ROUNDS`` rounds in a row dropped every sampled client."""
+
+
+# Rounds in a row whose every sampled client sent a non-finite update before a run
+# stops under ``on_nonfinite="skip"``: the model no longer changes, so the rest of the
+# run would only repeat them (a diverged model: learning rates too large).
+DEAD_ROUNDS = 3
 
 
 def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
@@ -93,6 +100,7 @@ def _run(config: TrainConfig, log: Callable[[str], None], hold: contextlib.ExitS
   wall_before, start = host["wall_seconds"], time.time()
   cadence = ckpt_lib.Cadence(config.checkpoint_every, config.checkpoint_minutes)
   compile_seconds = None
+  dead_rounds = 0  # rounds in a row that dropped every sampled client
   for r in range(start_round + 1, config.rounds + 1):
     rows_before = rows_to_sample(server.key, server.round, clients.users)
     t0 = time.time()
@@ -104,7 +112,7 @@ def _run(config: TrainConfig, log: Callable[[str], None], hold: contextlib.ExitS
       host["train_seconds"] += time.time() - t0
       host["timed_rounds"] += 1
     _account(host, metrics, m)
-    _check_updates(config, r, metrics, rows_before, clients, say)
+    dead_rounds = _check_updates(config, r, metrics, rows_before, clients, say, dead_rounds)
     if r % config.eval_every == 0 or r == config.rounds:
       scores = exp.evaluate(clients.users, server.items, server.dense)
       row = _evaluation_row(r, scores, host, metrics, sim.dense_round_bits,
@@ -179,14 +187,17 @@ def _account(host: dict, metrics, m: int):
   host["loss_rounds"] += 1
 
 
-def _check_updates(config: TrainConfig, r: int, metrics, rows_before, clients, say):
+def _check_updates(config: TrainConfig, r: int, metrics, rows_before, clients, say,
+                   dead_rounds: int) -> int:
   """Names the clients round ``r`` dropped for a non-finite update (and stops with
-  ``on_nonfinite="stop"``); a non-finite loss with nothing dropped is an error."""
+  ``on_nonfinite="stop"``); a non-finite loss with nothing dropped is an error.
+  ``dead_rounds``: the rounds in a row before ``r`` that dropped every sampled client;
+  returns it counting ``r``, and stops when it reaches ``DEAD_ROUNDS``."""
   skipped = int(metrics.skipped)
   if not skipped:
     if not np.isfinite(metrics.loss).all():
       raise FloatingPointError(f"round {r}: non-finite training loss")
-    return
+    return 0
   sampled = np.asarray(metrics.sampled)
   ids = _skipped_users(sampled, rows_before,
                        np.asarray(clients.users)[sampled], metrics.loss, skipped)
@@ -196,6 +207,12 @@ def _check_updates(config: TrainConfig, r: int, metrics, rows_before, clients, s
   if config.on_nonfinite == "stop":
     raise NonFiniteUpdateError(f"{what}; stopped (--on_nonfinite=stop)")
   say(f"{what}; skipped them")
+  dead_rounds = dead_rounds + 1 if skipped == len(sampled) else 0
+  if dead_rounds == DEAD_ROUNDS:
+    raise NonFiniteUpdateError(
+        f"rounds {r - DEAD_ROUNDS + 1}-{r}: every sampled client sent a non-finite update, "
+        "so the model no longer changes (diverged? lower the learning rates); stopped")
+  return dead_rounds
 
 
 def _skipped_users(sampled, rows_before, rows_after, loss, count: int):

@@ -338,3 +338,27 @@ def test_tabulating_takes_the_point_a_finished_run_was_trained_at(tmp_path, monk
   # A point no search kept is not taken; a run differing in more than the grid is no pick.
   assert compare.tune(config, grid, search=False, prefer={"item_lr": 16.0})[0] == {"item_lr": 4.0}
   assert compare.recorded_pick(dataclasses.replace(config, rounds=7), grid) is None
+
+
+def test_a_diverged_run_is_named_and_left_out_while_the_others_finish(ml100k_path, tmp_path):
+  """A run whose model diverges stops (training.DEAD_ROUNDS); the comparison tabulates the
+  other runs and exits with an error naming the stopped one."""
+  proc = subprocess.run([
+      sys.executable, "-m", "experiments.compare", f"--data_dir={ml100k_path.parents[1]}",
+      f"--outdir={tmp_path}", "--methods=uncompressed,svd", "--ratios=1/32", "--rounds=12",
+      "--clients_per_round=4", "--eval_every=12", "--dim=8",
+      "--method_settings=uncompressed:item_lr=1e12"
+  ],
+                        capture_output=True,
+                        text=True,
+                        timeout=600)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  error = [l for l in proc.stderr.splitlines() if l.startswith("error: ")]
+  assert len(error) == 1 and error[0].startswith(
+      "error: 1 run(s) stopped on non-finite updates and are left out of the table: "
+      "ml-100k_mf_uncompressed_1over32_s0 (rounds "), error
+  assert "every sampled client sent a non-finite update" in error[0]
+  assert "   stopped: rounds " in proc.stdout
+  with open(tmp_path / "compare.csv") as f:
+    assert [r["method"] for r in csv.DictReader(f)] == ["svd"]

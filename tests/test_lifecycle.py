@@ -20,7 +20,7 @@ import pytest
 from fedras_jax import checkpoint, experiment
 from fedras_jax.config import TrainConfig
 from fedras_jax.federated import round_clients
-from fedras_jax.training import NonFiniteUpdateError, train
+from fedras_jax.training import DEAD_ROUNDS, NonFiniteUpdateError, train
 from fedras_jax.workdir import TIMING_FIELDS, WorkdirError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -320,6 +320,20 @@ def test_nonfinite_updates_stop_the_run_naming_round_and_users(data_dir, monkeyp
   assert "\n" not in message
   assert message.startswith(f"round 1: {len(expected)} of 16 sampled clients sent a "
                             f"non-finite update (user ids {expected})")
+
+
+def test_a_run_whose_every_client_fails_for_dead_rounds_rounds_stops(data_dir, monkeypatch):
+  """Skipping cannot help when every sampled client fails: the model no longer changes.
+  The run stops after ``DEAD_ROUNDS`` such rounds in a row, saying why, in one line."""
+  _poison_users(monkeypatch, lambda u: u >= 0)
+  lines = []
+  with pytest.raises(NonFiniteUpdateError) as e:
+    train(TrainConfig(data_dir=str(data_dir), **TINY), log=lines.append)
+  assert str(e.value) == (f"rounds 1-{DEAD_ROUNDS}: every sampled client sent a non-finite "
+                          "update, so the model no longer changes (diverged? lower the "
+                          "learning rates); stopped")
+  assert TINY["rounds"] > DEAD_ROUNDS
+  assert sum("16 of 16 sampled clients sent a non-finite update" in l for l in lines) == DEAD_ROUNDS
 
 
 def test_nonfinite_updates_are_skipped_counted_and_logged(data_dir, monkeypatch):
