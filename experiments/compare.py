@@ -458,6 +458,7 @@ def main(argv):
   enable_compilation_cache(FLAGS.compilation_cache)
   split = lambda s: [x.strip() for x in s.split(",") if x.strip()]
   base = flag_lib.config_from_flags(TrainConfig)
+  base.validate()  # a bad base flag names itself, not the first flag checked against it
   if base.eval_protocol == "full":
     raise ValueError("--eval_protocol=full: compare's searches, tables and plots score the "
                      "sampled protocol; use --eval_protocol=both (the default) or sampled")

@@ -54,6 +54,22 @@ def test_full_ranking_only_is_refused_before_any_run(tmp_path):
   assert "Traceback" not in proc.stderr and not list(tmp_path.iterdir())
 
 
+def test_a_bad_base_flag_is_named_before_any_run(tmp_path):
+  """A bad base flag used to be reported as the first grid flag checked against it
+  (``--seeds=: --dense_lr=-1.0 is invalid``)."""
+  proc = subprocess.run([
+      sys.executable, "-m", "experiments.compare", f"--outdir={tmp_path}", "--methods=svd",
+      "--dense_lr=-1"
+  ],
+                        capture_output=True,
+                        text=True,
+                        timeout=300)
+  assert proc.returncode == 1, proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "error: --dense_lr=-1.0 is invalid: must be finite and >= 0"), proc.stderr
+  assert not list(tmp_path.iterdir())
+
+
 def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
   data_dir = ml100k_path.parents[1]
   # Each method its own process on its own CPU (--jobs), then the table of both.
