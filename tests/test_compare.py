@@ -26,16 +26,19 @@ def _compare(data_dir, outdir, methods, *extra):
     return proc.stdout, list(csv.DictReader(f))
 
 
-def test_models_default_to_the_model_flag(ml100k_path, tmp_path):
-  """Without --models/--seeds the grid takes --model/--seed (as a flagfile sets them)."""
-  proc = subprocess.run([
-      sys.executable, "-m", "experiments.compare", f"--data_dir={ml100k_path.parents[1]}",
-      f"--outdir={tmp_path}", "--methods=svd", "--ratios=1/8", "--model=ncf", "--seed=3",
-      "--only_finished"
-  ],
+def _compare_process(*flags):
+  """``experiments.compare`` run with ``flags``, for tests that stop before any training."""
+  return subprocess.run([sys.executable, "-m", "experiments.compare", *flags],
                         capture_output=True,
                         text=True,
                         timeout=300)
+
+
+def test_models_default_to_the_model_flag(ml100k_path, tmp_path):
+  """Without --models/--seeds the grid takes --model/--seed (as a flagfile sets them)."""
+  proc = _compare_process(f"--data_dir={ml100k_path.parents[1]}", f"--outdir={tmp_path}",
+                          "--methods=svd", "--ratios=1/8", "--model=ncf", "--seed=3",
+                          "--only_finished")
   assert "== ml-100k_ncf_svd_1over8_s3 (1 of 1)" in proc.stdout, proc.stderr[-2000:]
   assert "error: no finished runs" in proc.stderr and proc.returncode == 1
 
@@ -43,13 +46,7 @@ def test_models_default_to_the_model_flag(ml100k_path, tmp_path):
 def test_full_ranking_only_is_refused_before_any_run(tmp_path):
   """compare scores the sampled protocol: --eval_protocol=full used to train a whole run
   and then die tabulating it (KeyError 'hr@10')."""
-  proc = subprocess.run([
-      sys.executable, "-m", "experiments.compare", f"--outdir={tmp_path}", "--methods=svd",
-      "--eval_protocol=full"
-  ],
-                        capture_output=True,
-                        text=True,
-                        timeout=300)
+  proc = _compare_process(f"--outdir={tmp_path}", "--methods=svd", "--eval_protocol=full")
   assert proc.returncode == 1 and "error: --eval_protocol=full" in proc.stderr, proc.stderr
   assert "Traceback" not in proc.stderr and not list(tmp_path.iterdir())
 
@@ -57,13 +54,7 @@ def test_full_ranking_only_is_refused_before_any_run(tmp_path):
 def test_a_bad_base_flag_is_named_before_any_run(tmp_path):
   """A bad base flag used to be reported as the first grid flag checked against it
   (``--seeds=: --dense_lr=-1.0 is invalid``)."""
-  proc = subprocess.run([
-      sys.executable, "-m", "experiments.compare", f"--outdir={tmp_path}", "--methods=svd",
-      "--dense_lr=-1"
-  ],
-                        capture_output=True,
-                        text=True,
-                        timeout=300)
+  proc = _compare_process(f"--outdir={tmp_path}", "--methods=svd", "--dense_lr=-1")
   assert proc.returncode == 1, proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == (
       "error: --dense_lr=-1.0 is invalid: must be finite and >= 0"), proc.stderr
