@@ -30,8 +30,8 @@ from fedras_jax.workdir_lock import WorkdirLock
 
 
 class NonFiniteUpdateError(FloatingPointError):
-  """``on_nonfinite="stop"`` and a round had clients with non-finite updates, or, with
-  either setting, ``DEAD_ROUNDS`` rounds in a row dropped every sampled client."""
+  """``on_nonfinite="stop"`` and a round had clients with non-finite updates, or
+  ``"skip"`` and ``DEAD_ROUNDS`` rounds in a row dropped every sampled client."""
 
 
 # Rounds in a row whose every sampled client sent a non-finite update before a run
