@@ -109,7 +109,8 @@ def main(argv):
                            max_k=config.max_k,
                            tau=config.tau,
                            tau_mode=config.tau_mode,
-                           value_bits=config.value_bits)
+                           value_bits=config.value_bits,
+                           stages=config.action_stages)
 
   full = comp(d, config.payload_ratio)
   fixed = comp(d, config.payload_ratio, "fedras_fixed_k")

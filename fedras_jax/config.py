@@ -119,6 +119,9 @@ class TrainConfig:
   tau_mode: str = setting("compression", "auto",
                           "fixed | auto (threshold from the data, see docs/design/quantizer.md)")
   value_bits: int = setting("compression", 32, "bits per centroid value: 32 or 16")
+  action_stages: int = setting(
+      "compression", 1, "FedRAS: send each row as a sum of this many actions, each stage "
+      "clustering what the stages before left (residual K-Means, docs/design/residual_stages.md)")
   gain_bits: int = setting(
       "compression", 0, "bits of a gain sent per nonzero decoded row, restoring its "
       "magnitude (gain-shape coding, compress.row_gains; 0: none, else 3-16)")
@@ -200,6 +203,7 @@ class TrainConfig:
               ("bandwidth", self.bandwidth in BANDWIDTHS, f"one of {BANDWIDTHS}"),
               ("tau_mode", self.tau_mode in ("fixed", "auto"), "fixed or auto"),
               ("value_bits", self.value_bits in (16, 32), "16 or 32"),
+              ("action_stages", self.action_stages >= 1, "at least 1"),
               ("gain_bits", self.gain_bits == 0 or 3 <= self.gain_bits <= 16, "0 or 3 to 16"),
               ("payload_ratio", 0 < self.payload_ratio <= 1, "in (0, 1]"),
               ("fluctuation", 0 <= self.fluctuation < 1, "in [0, 1)"),

@@ -56,7 +56,8 @@ def _compressor(config: TrainConfig, num_items: int, item_dim: int, max_k: int):
                       max_k=max_k,
                       tau=config.tau,
                       tau_mode=config.tau_mode,
-                      value_bits=config.value_bits)
+                      value_bits=config.value_bits,
+                      stages=config.action_stages)
   return row_gains(c, config.gain_bits) if config.gain_bits else c
 
 

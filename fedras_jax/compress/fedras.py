@@ -5,6 +5,10 @@ most ``max_k`` actions (K-Means centroids) plus one index per catalog item, K
 chosen by the client's bit budget and the cosine split test. When the touched rows
 themselves fit the budget (``n_touched * d * 32`` value bits plus a presence bit
 per catalog item), they go dense instead: exact and no larger than allowed.
+
+With ``stages > 1`` the rows are sent as a sum of actions (residual K-Means): each
+stage clusters what the stages before it left, with an equal share of what is left
+of the budget (docs/design/residual_stages.md).
 """
 from typing import NamedTuple
 
@@ -16,9 +20,10 @@ from fedras_jax.compress.base import Compressor, Encoded
 
 
 class FedRASPayload(NamedTuple):
-  """actions: the quantizer's ``ActionPayload``; dense_rows ``[n, d]``: the rows
-  when sent dense; is_dense: which form was sent; num_actions: K (0 when dense);
-  bits: exact size of what was sent."""
+  """actions: the quantizer's ``ActionPayload``, or a tuple of one per stage when
+  ``stages > 1``; dense_rows ``[n, d]``: the rows when sent dense; is_dense: which form
+  was sent; num_actions: K, summed over the stages (0 when dense); bits: exact size of
+  what was sent."""
   actions: quantize.ActionPayload
   dense_rows: jax.Array
   is_dense: jax.Array
@@ -38,7 +43,8 @@ def fedras(num_index_rows: int,
            tau_mode: str = "auto",
            value_bits: int = 32,
            max_iters: int = 2,
-           dense_fallback: bool = True) -> Compressor:
+           dense_fallback: bool = True,
+           stages: int = 1) -> Compressor:
   """The FedRAS action compressor.
 
   Args:
@@ -51,15 +57,25 @@ def fedras(num_index_rows: int,
       a bisection already leaves the halves near a fixed point, and more steps cost
       time without a measurable gain in the round (docs/design/quantizer_speed.md).
     dense_fallback: send the touched rows uncompressed when that fits the budget.
+    stages: residual stages (>= 1). Stage ``s`` (0-based) clusters the rows less what
+      stages ``0 .. s-1`` decode to, within ``remaining // (stages - s)`` bits of the
+      budget (``remaining``: the budget less the bits of the stages before), each with
+      ``max_k`` slots and its own indices; decode is the sum of the stages' decodes.
+      The dense fallback is tested once, against the whole budget.
 
   The state is ``(centroids [max_k, d], k)``, the last actions sent (none at
-  ``init``): each encode warm-starts its clustering from them (unchanged by an
-  encode sent dense). ``wrappers.cold_start`` makes every encode start from none.
+  ``init``), a tuple of one per stage when ``stages > 1``: each encode warm-starts
+  each stage's clustering from that stage's last actions (unchanged by an encode sent
+  dense). ``wrappers.cold_start`` makes every encode start from none.
   """
+  if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
+    raise ValueError(f"stages must be an int >= 1, got {stages!r}")
 
   def init(num_rows: int, dim: int):
     del num_rows
-    return jnp.zeros((max_k, dim), jnp.float32), jnp.int32(0)
+    # One buffer per stage: the round donates the state, and a buffer cannot go twice.
+    starts = tuple((jnp.zeros((max_k, dim), jnp.float32), jnp.int32(0)) for _ in range(stages))
+    return starts[0] if stages == 1 else starts
 
   def encode(rows, mask, budget_bits, key, start, context):
     del context
@@ -68,29 +84,40 @@ def fedras(num_index_rows: int,
                                    value_bits)
     is_dense = jnp.bool_(dense_fallback) & (dense_size <= budget_bits)
     # A client sent dense is not clustered: a zero budget makes the quantizer skip it.
-    actions = quantize.encode(rows,
-                              key,
-                              budget_bits=jnp.where(is_dense, 0, budget_bits),
-                              max_k=max_k,
-                              tau=tau,
-                              tau_mode=tau_mode,
-                              mask=mask,
-                              num_index_rows=num_index_rows,
-                              value_bits=value_bits,
-                              max_iters=max_iters,
-                              init_centroids=start[0],
-                              init_k=start[1])
-    payload = FedRASPayload(actions=actions,
+    remaining = jnp.where(is_dense, 0, budget_bits)
+    residual = rows
+    sent, states = [], []
+    for stage, (centroids, k) in enumerate([start] if stages == 1 else start):
+      actions = quantize.encode(residual,
+                                key,
+                                budget_bits=remaining // (stages - stage),
+                                max_k=max_k,
+                                tau=tau,
+                                tau_mode=tau_mode,
+                                mask=mask,
+                                num_index_rows=num_index_rows,
+                                value_bits=value_bits,
+                                max_iters=max_iters,
+                                init_centroids=centroids,
+                                init_k=k)
+      remaining = remaining - actions.bits
+      if stage + 1 < stages:
+        residual = residual - quantize.decode(actions)
+      sent.append(actions)
+      states.append((actions.centroids, actions.num_actions))
+    payload = FedRASPayload(actions=sent[0] if stages == 1 else tuple(sent),
                             dense_rows=jnp.where(live[:, None], rows, 0.0),
                             is_dense=is_dense,
-                            num_actions=jnp.where(is_dense, 0, actions.num_actions),
-                            bits=jnp.where(is_dense, dense_size, actions.bits).astype(jnp.int32))
+                            num_actions=jnp.where(is_dense, 0, sum(a.num_actions for a in sent)),
+                            bits=jnp.where(is_dense, dense_size,
+                                           sum(a.bits for a in sent)).astype(jnp.int32))
     return Encoded(payload=payload,
                    state=jax.tree.map(lambda new, old: jnp.where(is_dense, old, new),
-                                      (actions.centroids, actions.num_actions), start),
+                                      states[0] if stages == 1 else tuple(states), start),
                    target=jnp.where(mask[:, None], rows, 0.0))
 
   def decode(payload: FedRASPayload):
-    return jnp.where(payload.is_dense, payload.dense_rows, quantize.decode(payload.actions))
+    sent = [payload.actions] if stages == 1 else payload.actions
+    return jnp.where(payload.is_dense, payload.dense_rows, sum(quantize.decode(a) for a in sent))
 
   return Compressor(name="fedras", init=init, encode=encode, decode=decode)

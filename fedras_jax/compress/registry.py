@@ -101,13 +101,14 @@ class Bounds(NamedTuple):
 
   payload_ratio: the nominal budget as a fraction of the dense float32 table (> 0);
   max_k: action slots (0: auto); tau, tau_mode: FedRAS's split test; value_bits:
-  32 or 16 bits per sent value.
+  32 or 16 bits per sent value; stages: FedRAS's residual stages (``compress.fedras``).
   """
   payload_ratio: float
   max_k: int = 0
   tau: float = 0.9
   tau_mode: str = "auto"
   value_bits: int = 32
+  stages: int = 1
 
 
 def _action_slots(num_items: int, item_dim: int, bounds: Bounds) -> int:
@@ -125,7 +126,8 @@ def _fedras(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
                 max_k=_action_slots(num_items, item_dim, bounds),
                 tau=bounds.tau,
                 tau_mode=bounds.tau_mode,
-                value_bits=bounds.value_bits)
+                value_bits=bounds.value_bits,
+                stages=bounds.stages)
 
 
 def _fedras_fixed_k(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
@@ -133,7 +135,8 @@ def _fedras_fixed_k(num_items: int, item_dim: int, bounds: Bounds) -> Compressor
                 max_k=_action_slots(num_items, item_dim, bounds),
                 tau=FIXED_K_TAU,
                 tau_mode="fixed",
-                value_bits=bounds.value_bits)._replace(name="fedras_fixed_k")
+                value_bits=bounds.value_bits,
+                stages=bounds.stages)._replace(name="fedras_fixed_k")
 
 
 def _embedding_kmeans(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
@@ -195,7 +198,8 @@ def make_compressor(name: str,
                     max_k: int = 0,
                     tau: float = 0.9,
                     tau_mode: str = "auto",
-                    value_bits: int = 32) -> Compressor:
+                    value_bits: int = 32,
+                    stages: int = 1) -> Compressor:
   """The compressor ``name`` (a key of ``COMPRESSORS``) for a ``[num_items, item_dim]`` table.
 
   Args:
@@ -205,6 +209,7 @@ def make_compressor(name: str,
     tau, tau_mode: FedRAS's split test (ignored by the others; fedras_fixed_k uses
       ``tau=2.0, tau_mode="fixed"``).
     value_bits: 32 or 16 bits per sent value (ignored by uncompressed).
+    stages: residual stages of fedras / fedras_fixed_k (ignored by the others).
   """
   if name not in COMPRESSORS:
     raise ValueError(f"unknown compressor {name!r}; choose one of {tuple(COMPRESSORS)}")
@@ -215,4 +220,5 @@ def make_compressor(name: str,
                                   max_k=max_k,
                                   tau=tau,
                                   tau_mode=tau_mode,
-                                  value_bits=value_bits))
+                                  value_bits=value_bits,
+                                  stages=stages))
