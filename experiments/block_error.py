@@ -14,11 +14,20 @@ variants that treat the blocks separately:
 * ``fixed_k``: one codebook, ``fedras_fixed_k`` (always the budget's K: no split test);
 * ``sub_blocks``: the row cut into ``--sub_blocks`` equal column blocks, each clustered on
   its own with its width's share of the budget (product quantization: each row sends one
-  index per block; the centroids hold the same values as one codebook's).
+  index per block; the centroids hold the same values as one codebook's);
+* ``svd``, ``topk``: those baselines' uplinks at the same budgets, for comparison;
+* ``downlink``: the server's update of that round (its item step plus the residual the
+  checkpoint's error feedback holds) coded by the run's downlink (``downlink``, from the
+  checkpoint's compressor state) and, on the same matrix at the same budget, by SVD
+  (``downlink_svd``): relative errors ``||decoded - update|| / ||update||``.
 
 For ``joint`` and ``fixed_k`` it also reports ``*_magnitude_share``: the share of the
 squared error that is the rows' lengths rather than their directions
-(``magnitude_shares``; docs/design/row_gains.md).
+(``magnitude_shares``; docs/design/row_gains.md). For ``joint``, ``fixed_k``, ``svd`` and
+``topk`` it reports ``*_aggregate``: the relative error of the server's per-item aggregate
+of the decoded rows against that of the clients' rows (``aggregate_relative_error``), the
+error the server's step sees: the per-client errors weigh each client alike, while the
+aggregate weighs them by the rows they send (docs/design/residual_stages.md).
 
     python -m experiments.block_error --flagfile=configs/ml100k_ncf.flags \
         --data_dir=/work/data --ckpt_dir=/work/runs/ncf14/fedras/checkpoints
@@ -34,18 +43,23 @@ from absl import flags
 from fedras_jax import checkpoint as ckpt_lib
 from fedras_jax import flags as flag_lib
 from fedras_jax.compress.registry import make_compressor
-from fedras_jax.compress.roundtrip import roundtrip_clients
+from fedras_jax.compress.roundtrip import roundtrip, roundtrip_clients
 from fedras_jax.config import TrainConfig
 from fedras_jax.experiment import build_simulation, load_run_data
+from fedras_jax.federated.aggregation import aggregate_item_updates
+from fedras_jax.federated.state import DOWNLINK, round_key
 from fedras_jax.quantize import auto_tau
 
 flag_lib.define_train_flags()
 
 _CKPT = flags.DEFINE_string("ckpt_dir", None, "checkpoints/ of a run with the same flags")
 _OUT = flags.DEFINE_string("out", None, "also write the rows as JSON lines here")
-VARIANTS = ("joint", "scaled", "separate", "fixed_k", "sub_blocks")
+VARIANTS = ("joint", "scaled", "separate", "fixed_k", "sub_blocks", "svd", "topk", "downlink")
 _VARIANTS = flags.DEFINE_list("variants", list(VARIANTS), "what to measure")
 _SUB_BLOCKS = flags.DEFINE_integer("sub_blocks", 4, "column blocks of the sub_blocks variant")
+_STAGES = flags.DEFINE_integer(
+    "stages", None, "residual stages of the measured FedRAS uplinks (default: the run's "
+    "--action_stages, which the checkpoints' state follows)")
 
 
 def block_relative_errors(decoded, rows, client, blocks, num_clients):
@@ -64,6 +78,16 @@ def block_relative_errors(decoded, rows, client, blocks, num_clients):
     return jnp.sqrt(diff / jnp.maximum(norm, 1e-30))
 
   return jnp.stack([rel(slice(a, b)) for a, b in blocks] + [rel(slice(None))])
+
+
+def aggregate_relative_error(decoded, rows, items, touched, num_items, num_clients, rule):
+  """``[]``: ``||A(decoded) - A(rows)|| / ||A(rows)||`` with ``A`` the server's per-item
+  aggregation (``aggregate_item_updates`` by ``rule``) of ``[S, d]`` slot rows, ``items
+  [S]`` their item ids, ``touched [S]`` the real ones."""
+  agg = lambda x: aggregate_item_updates(
+      x, items, touched, num_items=num_items, num_clients=num_clients, rule=rule)[0]
+  true = agg(rows)
+  return jnp.linalg.norm(agg(decoded) - true) / jnp.maximum(jnp.linalg.norm(true), 1e-30)
 
 
 def magnitude_shares(decoded, rows, client, num_clients):
@@ -86,6 +110,8 @@ def main(argv):
     raise ValueError(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
   if _SUB_BLOCKS.value < 1:
     raise ValueError(f"--sub_blocks={_SUB_BLOCKS.value}: must be at least 1")
+  if _STAGES.value is not None and _STAGES.value < 1:
+    raise ValueError(f"--stages={_STAGES.value}: must be at least 1")
   if not _CKPT.value:
     raise ValueError("--ckpt_dir is required: the checkpoints/ of a run with the same flags")
   checkpoints = ckpt_lib.list_checkpoints(pathlib.Path(_CKPT.value))
@@ -110,10 +136,11 @@ def main(argv):
                            tau=config.tau,
                            tau_mode=config.tau_mode,
                            value_bits=config.value_bits,
-                           stages=config.action_stages)
+                           stages=_STAGES.value or config.action_stages)
 
   full = comp(d, config.payload_ratio)
   fixed = comp(d, config.payload_ratio, "fedras_fixed_k")
+  baselines = {name: comp(d, config.payload_ratio, name) for name in ("svd", "topk")}
   parts = [comp(b - a, config.payload_ratio) for a, b in blocks]
   sub_blocks, subs = [], []  # the sub_blocks variant's column blocks and compressors
   if "sub_blocks" in _VARIANTS.value:
@@ -131,6 +158,10 @@ def main(argv):
 
   def magnitude_share(decoded, rows, client):
     return magnitude_shares(decoded, rows, client, m)
+
+  def aggregate_error(decoded, local):
+    return aggregate_relative_error(decoded, local.deltas, local.items_of_slot, local.slot_ok,
+                                    split.num_items, m, config.aggregation)
 
   def clustered_apart(local, col_blocks, compressors):
     """Each column block ``(start, stop)`` through its own compressor with its width's
@@ -172,11 +203,18 @@ def main(argv):
       res["joint"] = block_errors(up.decoded, rows, client)
       res["joint_k"] = up.num_actions
       res["joint_magnitude_share"] = magnitude_share(up.decoded, rows, client)
+      res["joint_aggregate"] = aggregate_error(up.decoded, local)
     if "fixed_k" in _VARIANTS.value:
       up = roundtrip_clients(fixed, rows, *args, local.budget, local.up_keys, buckets=buckets)
       res["fixed_k"] = block_errors(up.decoded, rows, client)
       res["fixed_k_k"] = up.num_actions
       res["fixed_k_magnitude_share"] = magnitude_share(up.decoded, rows, client)
+      res["fixed_k_aggregate"] = aggregate_error(up.decoded, local)
+    for name, baseline in baselines.items():
+      if name in _VARIANTS.value:
+        up = roundtrip_clients(baseline, rows, *args, local.budget, local.up_keys, buckets=buckets)
+        res[name] = block_errors(up.decoded, rows, client)
+        res[f"{name}_aggregate"] = aggregate_error(up.decoded, local)
     if "scaled" in _VARIANTS.value:
       scale = res["rms"].T[client]  # [S, B]
       cols = jnp.concatenate(
@@ -196,15 +234,35 @@ def main(argv):
       res["sub_blocks"], res["sub_blocks_k"] = clustered_apart(local, sub_blocks, subs)
     return res
 
+  @jax.jit
+  def downlink_errors(server, local):
+    up = stages.uplink(server, sim.hp, local)
+    agg = stages.aggregate(server, local, up)
+    budget = jnp.int32(int(sim.hp.downlink_budget_bits))
+    key = jax.random.fold_in(round_key(server.key, server.round), DOWNLINK)
+    down = roundtrip(sim.downlink,
+                     agg.item_step,
+                     agg.counts > 0,
+                     budget,
+                     key,
+                     state=server.downlink_state)
+    rel = lambda x: jnp.linalg.norm(x - down.target) / jnp.maximum(jnp.linalg.norm(down.target),
+                                                                   1e-30)
+    svd = roundtrip(baselines["svd"], down.target, jnp.any(down.target != 0, axis=1), budget, key)
+    return {"downlink": rel(down.decoded), "downlink_svd": rel(svd.decoded)}
+
   template = (sim.server, sim.clients)
   out = open(_OUT.value, "w") if _OUT.value else None
   for round_index, path in checkpoints:
     (server, clients), _ = ckpt_lib.tree_from_bytes(path.read_bytes(), template, where=str(path))
     local = local_fn(server, clients, sim.hp)
-    res = jax.device_get(measure(local))
+    res = measure(local)
+    if "downlink" in _VARIANTS.value:
+      res.update(downlink_errors(server, local))
     row = {"round": round_index, "blocks": blocks}
-    for k, v in res.items():
-      row[k] = np.mean(np.asarray(v, np.float64), axis=-1).round(4).tolist()
+    for k, v in jax.device_get(res).items():
+      v = np.asarray(v, np.float64)
+      row[k] = (np.mean(v, axis=-1) if v.ndim else v).round(4).tolist()
     print(json.dumps(row), flush=True)
     if out:
       out.write(json.dumps(row) + "\n")

@@ -127,14 +127,21 @@ def _round(synthetic, downlink):
   return model, jax.jit(make_round(model, synthetic.data, config(synthetic), downlink=downlink))
 
 
-@pytest.mark.parametrize("feedback,warm", [(True, False), (False, False), (True, True)])
-def test_downlink_error_feedback_loses_nothing(synthetic, feedback, warm):
+@pytest.mark.parametrize("feedback,warm,stages", [(True, False, 1), (False, False, 1),
+                                                  (True, True, 1), (True, True, 2)])
+def test_downlink_error_feedback_loses_nothing(synthetic, feedback, warm, stages):
   # K <= 2 actions for the server update: lossy. From the same state, the lossy
   # round's applied update plus its new residual must equal the dense update plus
   # the old residual (nothing lost, only delayed); without feedback there is no
   # residual and the difference is lost. warm: the downlink starts from the last
-  # round's actions (the server's compressor state), which must be what it sent.
-  lossy = fedras(synthetic.num_items, max_k=2, tau=2.0, tau_mode="fixed", dense_fallback=False)
+  # round's actions (the server's compressor state), which must be what it sent
+  # (with two residual stages: each stage's own last actions).
+  lossy = fedras(synthetic.num_items,
+                 max_k=2,
+                 tau=2.0,
+                 tau_mode="fixed",
+                 dense_fallback=False,
+                 stages=stages)
   lossy = lossy if warm else cold_start(lossy)
   lossy = error_feedback(lossy) if feedback else lossy
   model, lossy_round = _round(synthetic, lossy)
@@ -152,7 +159,9 @@ def test_downlink_error_feedback_loses_nothing(synthetic, feedback, warm):
   for _ in range(3):
     dense_server, _, _ = dense_round(server, clients, HP)
     new_server, clients, _ = lossy_round(server, clients, HP)
-    if warm:
+    if warm and stages > 1:
+      assert [int(k) for _, k in memory(new_server.downlink_state)] == [2, 2]
+    elif warm:
       centroids, k = memory(new_server.downlink_state)
       assert int(k) == 2
       sent = np.asarray(new_server.items - server.items)
