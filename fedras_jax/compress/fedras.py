@@ -71,11 +71,17 @@ def fedras(num_index_rows: int,
   if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
     raise ValueError(f"stages must be an int >= 1, got {stages!r}")
 
+  # One stage keeps its state and payload bare (the format from before stages existed).
+  def unpack(x):
+    return (x,) if stages == 1 else x
+
+  def pack(xs):
+    return xs[0] if stages == 1 else tuple(xs)
+
   def init(num_rows: int, dim: int):
     del num_rows
     # One buffer per stage: the round donates the state, and a buffer cannot go twice.
-    starts = tuple((jnp.zeros((max_k, dim), jnp.float32), jnp.int32(0)) for _ in range(stages))
-    return starts[0] if stages == 1 else starts
+    return pack([(jnp.zeros((max_k, dim), jnp.float32), jnp.int32(0)) for _ in range(stages)])
 
   def encode(rows, mask, budget_bits, key, start, context):
     del context
@@ -87,7 +93,7 @@ def fedras(num_index_rows: int,
     remaining = jnp.where(is_dense, 0, budget_bits)
     residual = rows
     sent, states = [], []
-    for stage, (centroids, k) in enumerate([start] if stages == 1 else start):
+    for stage, (centroids, k) in enumerate(unpack(start)):
       actions = quantize.encode(residual,
                                 key,
                                 budget_bits=remaining // (stages - stage),
@@ -105,19 +111,19 @@ def fedras(num_index_rows: int,
         residual = residual - quantize.decode(actions)
       sent.append(actions)
       states.append((actions.centroids, actions.num_actions))
-    payload = FedRASPayload(actions=sent[0] if stages == 1 else tuple(sent),
+    payload = FedRASPayload(actions=pack(sent),
                             dense_rows=jnp.where(live[:, None], rows, 0.0),
                             is_dense=is_dense,
                             num_actions=jnp.where(is_dense, 0, sum(a.num_actions for a in sent)),
                             bits=jnp.where(is_dense, dense_size,
                                            sum(a.bits for a in sent)).astype(jnp.int32))
     return Encoded(payload=payload,
-                   state=jax.tree.map(lambda new, old: jnp.where(is_dense, old, new),
-                                      states[0] if stages == 1 else tuple(states), start),
+                   state=jax.tree.map(lambda new, old: jnp.where(is_dense, old, new), pack(states),
+                                      start),
                    target=jnp.where(mask[:, None], rows, 0.0))
 
   def decode(payload: FedRASPayload):
-    sent = [payload.actions] if stages == 1 else payload.actions
-    return jnp.where(payload.is_dense, payload.dense_rows, sum(quantize.decode(a) for a in sent))
+    decoded = sum(quantize.decode(a) for a in unpack(payload.actions))
+    return jnp.where(payload.is_dense, payload.dense_rows, decoded)
 
   return Compressor(name="fedras", init=init, encode=encode, decode=decode)
