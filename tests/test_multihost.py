@@ -16,9 +16,10 @@ from fedras_jax.launch import launch_local
 
 ROUNDS = 4
 TIMEOUT = 400
-# Small shapes: compiling the round dominates (three programs per method).
+# Small shapes: compiling the round dominates (three programs per method). The runs of one
+# test share a compilation cache of their own (the reruns of a topology load its programs).
 FLAGS = ("--method={method}", f"--rounds={ROUNDS}", "--eval_every=2", "--checkpoint_every=2",
-         "--clients_per_round=16", "--dim=8", "--compilation_cache=none")
+         "--clients_per_round=16", "--dim=8")
 
 
 def _run(argv, devices: int):
@@ -33,8 +34,10 @@ def _run(argv, devices: int):
 
 
 def _train(workdir, method, data_dir, *, processes=1, devices=1, extra=()):
-  argv = [f.format(method=method) for f in FLAGS
-         ] + [f"--data_dir={data_dir}", f"--workdir={workdir}", *extra]
+  argv = [f.format(method=method) for f in FLAGS] + [
+      f"--data_dir={data_dir}", f"--workdir={workdir}",
+      f"--compilation_cache={workdir.parent / 'xla_cache'}", *extra
+  ]
   if processes == 1:
     return [_run(argv + (["--shard_clients"] if devices > 1 else []), devices)]
   # Every child is killed if one fails or hangs: none is left waiting in a collective.
