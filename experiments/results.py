@@ -474,8 +474,13 @@ def _trained_by(made: dict) -> list:
 def _command_list(command: str, flag: str, _depth: int = 0):
   """The comma-separated values of ``--flag`` in ``command`` (``--flag=v`` or ``--flag
   v``, the last one winning, as absl reads it; a ``--flagfile`` that exists relative to
-  the repository is read in place), or None where it is not given."""
-  words, found = shlex.split(command), None
+  the repository is read in place), or None where it is not given. A command whose notes
+  are not shell words (an apostrophe) is split at whitespace."""
+  try:
+    words = shlex.split(command)
+  except ValueError:
+    words = command.split()
+  found = None
   for i, word in enumerate(words):
     name, eq, value = word.partition("=")
     if not eq and i + 1 < len(words):

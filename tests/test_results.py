@@ -221,6 +221,8 @@ def test_a_tabulating_command_says_what_trained_the_runs(part):
   assert results._command_list("x --flagfile=configs/ml100k_mf.flags", "dataset") == ["ml-100k"]
   assert results._command_list("x --flagfile=configs/ml100k_mf.flags --dataset=y",
                                "dataset") == ["y"]
+  # Notes in a command are free text: an apostrophe is no quotation.
+  assert results._command_list("x --seeds=0,1 (item_lr: the search's pick)", "seeds") == ["0", "1"]
 
 
 def test_curve_means_average_the_seeds_at_each_round():
