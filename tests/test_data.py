@@ -4,6 +4,7 @@ import hashlib
 import io
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -142,6 +143,19 @@ def test_ncf_test_negatives_file():
   assert neg.negatives.min() >= 0 and neg.negatives.max() < 3706
   s = np.sort(neg.negatives, axis=1)
   assert (s[:, 1:] != s[:, :-1]).all()
+
+
+def test_ml1m_without_the_ncf_negatives_file_says_it_samples_them(tmp_path, caplog):
+  from fedras_jax.data import datasets
+  with caplog.at_level("WARNING"):
+    assert datasets._ncf_negative_path(tmp_path) is None
+  assert "ml-1m/ml-1m.test.negative is not in" in caplog.text
+  caplog.clear()
+  (tmp_path / "ml-1m").mkdir()
+  shutil.copy(find_data_file("ml-1m/ml-1m.test.negative"), tmp_path / "ml-1m")
+  with caplog.at_level("WARNING"):
+    assert datasets._ncf_negative_path(tmp_path) == tmp_path / "ml-1m" / "ml-1m.test.negative"
+  assert "test.negative" not in caplog.text
 
 
 # ------------------------------------------------------------- parsers --

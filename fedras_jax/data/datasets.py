@@ -242,9 +242,14 @@ def _ml1m(paths, data_dir, seed, num_valid, k):
 
 
 def _ncf_negative_path(data_dir) -> pathlib.Path | None:
-  """The NCF negatives file if present in `data_dir` (sha256-checked)."""
+  """The NCF negatives file if present in `data_dir` (sha256-checked); absent, a warning
+  that the split samples its test negatives instead (its HR@10 / NDCG@10 are then not
+  comparable with runs on the published negatives)."""
   spec = FILES[_NCF_NEGATIVES]
   if not (data_dir / spec.relpath).exists():
+    _log.warning(
+        "%s is not in %s: ml-1m samples its test negatives instead of the NCF file's "
+        "(sampled HR@10 / NDCG@10 differ from runs on the published ones)", spec.relpath, data_dir)
     return None
   return fetch.ensure_file(spec, data_dir, download=False)
 
