@@ -231,7 +231,7 @@ def _lastfm(paths, data_dir, seed, num_valid, k):
 
 
 def _ml1m(paths, data_dir, seed, num_valid, k):
-  neg = _ncf_negative_path(data_dir)
+  neg = paths[2] if len(paths) > 2 else None  # the NCF negatives (_named_sources), if present
   return ncf_split(paths[0],
                    paths[1],
                    neg,
@@ -388,8 +388,10 @@ def _named_sources(name: str, data_dir: pathlib.Path, download: bool, fetch_cont
         if fetch_context is None else contextlib.nullcontext(fetch_context)) as ctx:
     paths = [fetch.ensure_file(FILES[p], data_dir, download=download, ctx=ctx) for p in relpaths]
   neg = _ncf_negative_path(data_dir) if name == "ml-1m" else None
-  named = list(zip(relpaths, paths)) + ([(_NCF_NEGATIVES, neg)] if neg is not None else [])
-  return _Sources(paths, {rel: fetch.sha256_file(p) for rel, p in named}, name, {}, neg is not None)
+  if neg is not None:  # read by the builder as its last path
+    relpaths, paths = (*relpaths, _NCF_NEGATIVES), [*paths, neg]
+  return _Sources(paths, {rel: fetch.sha256_file(p) for rel, p in zip(relpaths, paths)}, name, {},
+                  neg is not None)
 
 
 def _file_split(path, options: userfile.FileOptions, seed: int, num_valid: int, k: int) -> Split:
