@@ -50,6 +50,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
 
   The workdir is locked for the whole run (``workdir_lock``, by process 0): another
   run on it raises ``WorkdirLockError`` before anything in it is read or changed.
+
+  Timing in the summary: the first round a process runs compiles; ``compile_seconds``
+  is this process's (the checkpoint's when it ran no round). ``train_seconds`` sums
+  every other round, carried on through the checkpoints over every process of a
+  resumed run, and ``client_updates_per_second`` is over those rounds.
   """
   config.validate()
   with contextlib.ExitStack() as hold:

@@ -153,6 +153,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(data_dir, reference, tmp
   assert _untimed(summary["final"]) == _untimed(expected["final"])
   assert _untimed(summary["best"]) == _untimed(expected["best"])
   assert summary["resumed_from_round"] == 10 and expected["resumed_from_round"] is None
+  # Timed rounds: all but the first of each process, carried through the checkpoint
+  # (rounds 2-10 of the killed run, 12-30 of the resumed one; 2-30 uninterrupted).
+  m = summary["config"]["clients_per_round"]
+  for run, timed in ((summary, 9 + 19), (expected, 29)):
+    assert round(run["client_updates_per_second"] * run["train_seconds"] / m) == timed
   # The final model, bit for bit.
   assert (workdir / "final_params.msgpack").read_bytes() == \
       (reference / "final_params.msgpack").read_bytes()
