@@ -19,6 +19,7 @@ import pathlib
 from typing import Optional
 
 from fedras_jax import data as data_lib
+from fedras_jax.compress.base import INDEX_CODINGS
 from fedras_jax.compress.registry import COMPRESSORS
 from fedras_jax.federated import AGGREGATIONS
 from fedras_jax.federated.bandwidth import BANDWIDTHS
@@ -122,6 +123,11 @@ class TrainConfig:
   action_stages: int = setting(
       "compression", 1, "FedRAS: send each row as a sum of this many actions, each stage "
       "clustering what the stages before left (residual K-Means, docs/design/residual_stages.md)")
+  index_coding: str = setting(
+      "compression", "catalog",
+      "how an uplink payload addresses its rows: catalog (every catalog item carries an index "
+      "or a row, a 'no update' code if unsent) | touched (a bitmap of the sent items, then "
+      "content for those only; docs/design/index_coding.md); the downlink codes the catalog")
   gain_bits: int = setting(
       "compression", 0, "bits of a gain sent per nonzero decoded row, restoring its "
       "magnitude (gain-shape coding, compress.row_gains; 0: none, else 3-16)")
@@ -204,6 +210,7 @@ class TrainConfig:
               ("tau_mode", self.tau_mode in ("fixed", "auto"), "fixed or auto"),
               ("value_bits", self.value_bits in (16, 32), "16 or 32"),
               ("action_stages", self.action_stages >= 1, "at least 1"),
+              ("index_coding", self.index_coding in INDEX_CODINGS, f"one of {INDEX_CODINGS}"),
               ("gain_bits", self.gain_bits == 0 or 3 <= self.gain_bits <= 16, "0 or 3 to 16"),
               ("payload_ratio", 0 < self.payload_ratio <= 1, "in (0, 1]"),
               ("fluctuation", 0 <= self.fluctuation < 1, "in [0, 1)"),

@@ -33,22 +33,24 @@ def build_compressors(config: TrainConfig, num_items: int, item_dim: int):
   nothing to feed back); otherwise the uplink's method built with ``downlink_max_k``
   action slots (0: the larger of ``max_k`` and ``auto_downlink_max_k``, the budget's K
   past the uplink's bound of 128), started cold each round without
-  ``downlink_warm_start`` and with error feedback under ``downlink_feedback``.
+  ``downlink_warm_start`` and with error feedback under ``downlink_feedback``. The uplink
+  addresses its rows by ``index_coding``; the downlink by the catalog (the server's update
+  touches most rows, so a bitmap would only add bits).
   """
-  up = _compressor(config, num_items, item_dim, config.max_k)
+  up = _compressor(config, num_items, item_dim, config.max_k, config.index_coding)
   if up.name == "identity" or not config.downlink_compression:
     return up, identity(num_items)
   down_k = config.downlink_max_k or max(
       config.max_k, auto_downlink_max_k(num_items, item_dim, config.payload_ratio,
                                         config.value_bits))
-  down = _compressor(config, num_items, item_dim, down_k)
+  down = _compressor(config, num_items, item_dim, down_k, "catalog")
   down = down if config.downlink_warm_start else cold_start(down)
   return up, error_feedback(down) if config.downlink_feedback else down
 
 
-def _compressor(config: TrainConfig, num_items: int, item_dim: int, max_k: int):
-  """``config.method``'s compressor with ``max_k`` action slots, with row gains under
-  ``gain_bits``."""
+def _compressor(config: TrainConfig, num_items: int, item_dim: int, max_k: int, index_coding: str):
+  """``config.method``'s compressor with ``max_k`` action slots and ``index_coding``, with
+  row gains under ``gain_bits``."""
   c = make_compressor(config.method,
                       num_items,
                       item_dim,
@@ -57,7 +59,8 @@ def _compressor(config: TrainConfig, num_items: int, item_dim: int, max_k: int):
                       tau=config.tau,
                       tau_mode=config.tau_mode,
                       value_bits=config.value_bits,
-                      stages=config.action_stages)
+                      stages=config.action_stages,
+                      index_coding=index_coding)
   return row_gains(c, config.gain_bits) if config.gain_bits else c
 
 

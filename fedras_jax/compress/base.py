@@ -133,7 +133,7 @@ def units_bits(count, unit_bits: int):
 def units_for_budget(budget_bits, unit_bits: int, max_units: int):
   """Largest ``count <= max_units`` with ``units_bits(count, unit_bits) <= budget_bits``
   (traced int32; 0 for a negative budget)."""
-  count = jnp.maximum(jnp.asarray(budget_bits, jnp.int32), 0) // jnp.int32(unit_bits)
+  count = jnp.maximum(jnp.asarray(budget_bits, jnp.int32), 0) // jnp.asarray(unit_bits, jnp.int32)
   return jnp.minimum(count, max_units).astype(jnp.int32)
 
 
@@ -141,6 +141,42 @@ def round_up(x, granule: int) -> int:
   """``x`` rounded up to a multiple of ``granule`` (a Python int): static buffer sizes
   coarse enough that runs of similar size share compiled programs."""
   return -(-int(x) // granule) * granule
+
+
+INDEX_CODINGS = ("catalog", "touched")
+
+
+def check_index_coding(index_coding: str):
+  """Raises ``ValueError`` unless ``index_coding`` is one of ``INDEX_CODINGS``."""
+  if index_coding not in INDEX_CODINGS:
+    raise ValueError(f"index_coding must be one of {INDEX_CODINGS}, got {index_coding!r}")
+
+
+def indexed_rows(sent, num_index_rows: int, index_coding: str):
+  """``(rows, overhead_bits)``: how many rows a payload addresses, and what addressing them
+  costs besides their per-row content (docs/design/index_coding.md).
+
+  * ``"catalog"``: every one of the ``num_index_rows`` catalog rows carries its content (an
+    index, a row of ``U``), the unsent ones a "no update" code: ``(num_index_rows, 0)``.
+  * ``"touched"``: a presence bitmap of ``num_index_rows`` bits says which rows are sent,
+    and only those ``sum(sent)`` rows carry content: ``(sum(sent), num_index_rows)``.
+
+  Args:
+    sent: ``[n]`` bool, the rows the payload updates.
+  Returns:
+    int32 arrays. A payload that sends nothing costs nothing: the caller adds the
+    overhead only to a non-empty payload (:func:`with_overhead`).
+  """
+  check_index_coding(index_coding)
+  if index_coding == "catalog":
+    return jnp.int32(num_index_rows), jnp.int32(0)
+  return jnp.sum(sent, dtype=jnp.int32), jnp.int32(num_index_rows)
+
+
+def with_overhead(content_bits, overhead_bits):
+  """``content_bits`` plus ``overhead_bits`` when the content is not empty (int32)."""
+  content = jnp.asarray(content_bits, jnp.int32)
+  return jnp.where(content > 0, content + overhead_bits, 0).astype(jnp.int32)
 
 
 def dense_bits(num_rows: int, dim: int, value_bits: int = 32) -> int:

@@ -20,6 +20,9 @@ decode is linear, averaging decoded updates per item is averaging ``A``. At
 Payload: ``A`` over the catalog, ``bits = num_index_rows * r * value_bits``
 (``B`` comes from the shared seed). ``r`` is static: CoLR is a fixed-rate method,
 its rate chosen from the nominal budget, whatever a client's bandwidth this round.
+With ``index_coding="touched"`` only the rows the client updates send their row of ``A``,
+after a presence bitmap of ``num_index_rows`` bits (``base.indexed_rows``); the rank stays
+the one the registry chose, so the bits saved are not spent (docs/design/index_coding.md).
 """
 from typing import NamedTuple
 
@@ -27,7 +30,8 @@ import jax
 import jax.numpy as jnp
 
 from fedras_jax.compress import linalg
-from fedras_jax.compress.base import Compressor, check_value_bits, round_values, stateless
+from fedras_jax.compress.base import (Compressor, check_index_coding, check_value_bits,
+                                      indexed_rows, round_values, stateless, with_overhead)
 from fedras_jax.compress.wrappers import shared_basis
 
 
@@ -57,13 +61,20 @@ def colr_basis(key, rank: int, dim: int) -> jax.Array:
   return jnp.sqrt(dim / rank) * q.T
 
 
-def colr(num_index_rows: int, dim: int, *, rank: int, value_bits: int = 32) -> Compressor:
+def colr(num_index_rows: int,
+         dim: int,
+         *,
+         rank: int,
+         value_bits: int = 32,
+         index_coding: str = "catalog") -> Compressor:
   """CoLR's payload behind the compressor contract (see the module docstring).
 
   ``encode`` projects any ``[n, d]`` rows onto ``B``'s row space (exact for
   updates trained by the round, which stay there); ``B`` comes from the context's
-  shared key (``wrappers.shared_basis``).
+  shared key (``wrappers.shared_basis``). ``index_coding``: ``"catalog"`` (``A`` over every
+  catalog row) or ``"touched"`` (module docstring).
   """
+  check_index_coding(index_coding)
   check_value_bits(value_bits)
   _check_rank(rank, dim)
 
@@ -76,9 +87,10 @@ def colr(num_index_rows: int, dim: int, *, rank: int, value_bits: int = 32) -> C
     live = mask & jnp.all(jnp.isfinite(rows), axis=1)
     x = jnp.where(live[:, None], rows, 0.0)
     a = jnp.matmul(x, b.T, precision=jax.lax.Precision.HIGHEST) * (rank / dim)
+    index_rows, overhead = indexed_rows(jnp.any(x != 0, axis=1), num_index_rows, index_coding)
     return CoLRPayload(a=round_values(a, value_bits),
                        basis=b,
-                       bits=jnp.int32(colr_bits(rank, num_index_rows, value_bits)))
+                       bits=with_overhead(index_rows * (rank * value_bits), overhead))
 
   def decode(payload: CoLRPayload):
     return jnp.matmul(payload.a, payload.basis, precision=jax.lax.Precision.HIGHEST)

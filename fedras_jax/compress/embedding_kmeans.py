@@ -12,7 +12,8 @@ The payload is priced exactly like FedRAS's actions
 for the centroids plus ``ceil(log2(K + 1))`` bits per catalog row), ``K`` the
 largest that fits the (traced) budget (``quantize.max_actions_for_budget``), at
 most the static ``max_k`` and at most the number of live rows; empty clusters are
-dropped before counting. ``K = 0`` (no budget) sends nothing: every row keeps its
+dropped before counting. With ``index_coding="touched"`` a bitmap of the catalog rows
+names the sent rows and only those carry an index (``base.indexed_rows``). ``K = 0`` (no budget) sends nothing: every row keeps its
 base embedding (update 0).
 
 The plain K-Means coder (``encode`` takes embedding rows, ``decode`` returns
@@ -27,7 +28,8 @@ import jax
 import jax.numpy as jnp
 
 from fedras_jax import quantize
-from fedras_jax.compress.base import Compressor, check_value_bits, round_values, stateless
+from fedras_jax.compress.base import (Compressor, check_index_coding, check_value_bits,
+                                      indexed_rows, round_values, stateless, with_overhead)
 from fedras_jax.compress.wrappers import on_embeddings
 
 
@@ -46,15 +48,19 @@ def embedding_kmeans(num_index_rows: int,
                      *,
                      max_k: int,
                      value_bits: int = 32,
-                     max_iters: int = 50) -> Compressor:
+                     max_iters: int = 50,
+                     index_coding: str = "catalog") -> Compressor:
   """K-Means of the embedding rows, coding ``base_rows + update`` (``on_embeddings``).
 
   Args:
-    num_index_rows: rows that carry an index (the catalog size).
+    num_index_rows: the catalog size: the rows that carry an index under
+      ``index_coding="catalog"``, the bitmap's length under ``"touched"``.
     max_k: static number of centroid slots.
     value_bits: 32, or 16 (centroids rounded to bfloat16).
     max_iters: Lloyd iteration bound (``quantize.kmeans``; k-means++ seeding).
+    index_coding: ``"catalog"`` or ``"touched"`` (module docstring).
   """
+  check_index_coding(index_coding)
   check_value_bits(value_bits)
   if max_k < 1:
     raise ValueError(f"max_k must be >= 1, got {max_k}")
@@ -64,8 +70,9 @@ def embedding_kmeans(num_index_rows: int,
     x = jnp.asarray(rows, jnp.float32)
     live = mask & jnp.all(jnp.isfinite(x), axis=1)
     n_live = jnp.sum(live, dtype=jnp.int32)
-    k_budget = quantize.max_actions_for_budget(budget_bits,
-                                               num_index_rows,
+    index_rows, overhead = indexed_rows(live, num_index_rows, index_coding)
+    k_budget = quantize.max_actions_for_budget(jnp.maximum(budget_bits, overhead) - overhead,
+                                               index_rows,
                                                d,
                                                max_k=max_k,
                                                value_bits=value_bits)
@@ -92,8 +99,9 @@ def embedding_kmeans(num_index_rows: int,
                                   indices=indices,
                                   sent=sent,
                                   num_actions=num_actions,
-                                  bits=quantize.payload_bits(num_actions, num_index_rows, d,
-                                                             value_bits).astype(jnp.int32))
+                                  bits=with_overhead(
+                                      quantize.payload_bits(num_actions, index_rows, d, value_bits),
+                                      overhead))
 
   def decode(payload: EmbeddingKMeansPayload):
     rows = payload.centroids[jnp.clip(payload.indices, 0, payload.centroids.shape[0] - 1)]

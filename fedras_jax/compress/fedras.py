@@ -9,6 +9,10 @@ per catalog item), they go dense instead: exact and no larger than allowed.
 With ``stages > 1`` the rows are sent as a sum of actions (residual K-Means): each
 stage clusters what the stages before it left, with an equal share of what is left
 of the budget (docs/design/residual_stages.md).
+
+``index_coding="touched"`` addresses the rows with a presence bitmap (one bit per catalog
+item, sent once for all stages) and gives indices to the sent rows only, instead of one
+index per catalog item (docs/design/index_coding.md).
 """
 from typing import NamedTuple
 
@@ -16,7 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from fedras_jax import quantize
-from fedras_jax.compress.base import Compressor, Encoded
+from fedras_jax.compress.base import (Compressor, Encoded, check_index_coding, indexed_rows,
+                                      with_overhead)
 
 
 class FedRASPayload(NamedTuple):
@@ -32,8 +37,9 @@ class FedRASPayload(NamedTuple):
 
 
 def sparse_dense_bits(num_rows_sent, num_index_rows, dim, value_bits=32):
-  """Bits of sending ``num_rows_sent`` rows as values plus a presence bitmap."""
-  return num_rows_sent * dim * value_bits + num_index_rows
+  """Bits of sending ``num_rows_sent`` rows as values plus a presence bitmap (0 for no
+  rows: nothing is sent)."""
+  return with_overhead(num_rows_sent * dim * value_bits, num_index_rows)
 
 
 def fedras(num_index_rows: int,
@@ -44,12 +50,14 @@ def fedras(num_index_rows: int,
            value_bits: int = 32,
            max_iters: int = 2,
            dense_fallback: bool = True,
-           stages: int = 1) -> Compressor:
+           stages: int = 1,
+           index_coding: str = "catalog") -> Compressor:
   """The FedRAS action compressor.
 
   Args:
-    num_index_rows: rows that carry an index in the payload: the catalog size, so
-      the receiver knows which item each index belongs to.
+    num_index_rows: the catalog size: under ``index_coding="catalog"`` the rows that
+      carry an index, so the receiver knows which item each index belongs to; under
+      ``"touched"`` the bitmap's length.
     max_k: static bound on actions (the budget usually binds first).
     tau, tau_mode: the split test's cosine threshold (see ``quantize.encode``);
       ``tau > 1`` disables adaptivity: every client uses the budget's K.
@@ -62,6 +70,9 @@ def fedras(num_index_rows: int,
       budget (``remaining``: the budget less the bits of the stages before), each with
       ``max_k`` slots and its own indices; decode is the sum of the stages' decodes.
       The dense fallback is tested once, against the whole budget.
+    index_coding: ``"catalog"`` (one index per catalog row and stage) or ``"touched"``
+      (a bitmap of the sent rows, then one index per sent row and stage); see
+      ``base.indexed_rows``.
 
   The state is ``(centroids [max_k, d], k)``, the last actions sent (none at
   ``init``), a tuple of one per stage when ``stages > 1``: each encode warm-starts
@@ -70,6 +81,7 @@ def fedras(num_index_rows: int,
   """
   if isinstance(stages, bool) or not isinstance(stages, int) or stages < 1:
     raise ValueError(f"stages must be an int >= 1, got {stages!r}")
+  check_index_coding(index_coding)
 
   # One stage keeps its state and payload bare (the format from before stages existed).
   def unpack(x):
@@ -89,8 +101,10 @@ def fedras(num_index_rows: int,
     dense_size = sparse_dense_bits(jnp.sum(live, dtype=jnp.int32), num_index_rows, rows.shape[1],
                                    value_bits)
     is_dense = jnp.bool_(dense_fallback) & (dense_size <= budget_bits)
-    # A client sent dense is not clustered: a zero budget makes the quantizer skip it.
-    remaining = jnp.where(is_dense, 0, budget_bits)
+    index_rows, overhead = indexed_rows(live, num_index_rows, index_coding)
+    # A client sent dense is not clustered: a zero budget makes the quantizer skip it. The
+    # bitmap (if any) is set aside once, for every stage.
+    remaining = jnp.where(is_dense, 0, jnp.maximum(budget_bits, overhead) - overhead)
     residual = rows
     sent, states = [], []
     for stage, (centroids, k) in enumerate(unpack(start)):
@@ -101,7 +115,7 @@ def fedras(num_index_rows: int,
                                 tau=tau,
                                 tau_mode=tau_mode,
                                 mask=mask,
-                                num_index_rows=num_index_rows,
+                                num_index_rows=index_rows,
                                 value_bits=value_bits,
                                 max_iters=max_iters,
                                 init_centroids=centroids,
@@ -116,7 +130,8 @@ def fedras(num_index_rows: int,
                             is_dense=is_dense,
                             num_actions=jnp.where(is_dense, 0, sum(a.num_actions for a in sent)),
                             bits=jnp.where(is_dense, dense_size,
-                                           sum(a.bits for a in sent)).astype(jnp.int32))
+                                           with_overhead(sum(a.bits for a in sent),
+                                                         overhead)).astype(jnp.int32))
     return Encoded(payload=payload,
                    state=jax.tree.map(lambda new, old: jnp.where(is_dense, old, new), pack(states),
                                       start),

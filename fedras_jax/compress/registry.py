@@ -19,11 +19,18 @@ them, and the reported bits are then below the budget):
   ``[1, item_dim]`` (the SVD's cost does not depend on it).
 * colr: the fixed ``rank``: the largest whose ``A [num_items, r]`` fits the nominal
   budget (``floor(payload_ratio * item_dim * 32 / value_bits)``), in ``[1, item_dim]``.
+
+``index_coding="touched"`` (``base.indexed_rows``, docs/design/index_coding.md) lets a
+client's payload address only the rows it sends, so more fits its budget: svd's
+``max_rank`` is then ``item_dim`` and topk's ``max_entries`` counts the shortest index
+(one row: ``ceil(log2(item_dim))`` bits); fedras's and embedding_kmeans's slots keep the
+rule above (per stage, the cap of 128 rarely binds); colr's rank does not change.
 """
 from typing import Callable, Dict, NamedTuple
 
 from fedras_jax import quantize
-from fedras_jax.compress.base import Compressor, dense_bits, identity, round_up
+from fedras_jax.compress.base import (Compressor, check_index_coding, dense_bits, identity,
+                                      round_up)
 from fedras_jax.compress.colr import colr, colr_bits
 from fedras_jax.compress.embedding_kmeans import embedding_kmeans
 from fedras_jax.compress.fedras import fedras
@@ -75,11 +82,13 @@ def auto_max_entries(num_items: int,
                      item_dim: int,
                      payload_ratio: float,
                      value_bits: int = 32,
-                     int32_indices: bool = False) -> int:
+                     int32_indices: bool = False,
+                     index_coding: str = "catalog") -> int:
   """The budget's TopK entry count rounded up to a multiple of 64, at least 64, at most
-  ``n * d``."""
+  ``n * d`` (``index_coding="touched"``: with the index of a single row's entries)."""
   budget = nominal_budget_bits(num_items, item_dim, payload_ratio)
-  k = budget // topk_bits(1, num_items, item_dim, int32_indices, value_bits=value_bits)
+  index_rows = 1 if index_coding == "touched" else num_items
+  k = budget // topk_bits(1, index_rows, item_dim, int32_indices, value_bits=value_bits)
   return max(1, min(num_items * item_dim, max(64, round_up(k, 64))))
 
 
@@ -101,7 +110,8 @@ class Bounds(NamedTuple):
 
   payload_ratio: the nominal budget as a fraction of the dense float32 table (> 0);
   max_k: action slots (0: auto); tau, tau_mode: FedRAS's split test; value_bits:
-  32 or 16 bits per sent value; stages: FedRAS's residual stages (``compress.fedras``).
+  32 or 16 bits per sent value; stages: FedRAS's residual stages (``compress.fedras``);
+  index_coding: how a payload addresses its rows (``base.indexed_rows``).
   """
   payload_ratio: float
   max_k: int = 0
@@ -109,6 +119,7 @@ class Bounds(NamedTuple):
   tau_mode: str = "auto"
   value_bits: int = 32
   stages: int = 1
+  index_coding: str = "catalog"
 
 
 def _action_slots(num_items: int, item_dim: int, bounds: Bounds) -> int:
@@ -127,7 +138,8 @@ def _fedras(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
                 tau=bounds.tau,
                 tau_mode=bounds.tau_mode,
                 value_bits=bounds.value_bits,
-                stages=bounds.stages)
+                stages=bounds.stages,
+                index_coding=bounds.index_coding)
 
 
 def _fedras_fixed_k(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
@@ -136,28 +148,32 @@ def _fedras_fixed_k(num_items: int, item_dim: int, bounds: Bounds) -> Compressor
                 tau=FIXED_K_TAU,
                 tau_mode="fixed",
                 value_bits=bounds.value_bits,
-                stages=bounds.stages)._replace(name="fedras_fixed_k")
+                stages=bounds.stages,
+                index_coding=bounds.index_coding)._replace(name="fedras_fixed_k")
 
 
 def _embedding_kmeans(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
   return embedding_kmeans(num_items,
                           max_k=_action_slots(num_items, item_dim, bounds),
-                          value_bits=bounds.value_bits)
+                          value_bits=bounds.value_bits,
+                          index_coding=bounds.index_coding)
 
 
 def _colr(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
   return colr(num_items,
               item_dim,
               value_bits=bounds.value_bits,
-              rank=colr_rank(num_items, item_dim, bounds.payload_ratio, bounds.value_bits))
+              rank=colr_rank(num_items, item_dim, bounds.payload_ratio, bounds.value_bits),
+              index_coding=bounds.index_coding)
 
 
 def _topk(num_items: int, item_dim: int, bounds: Bounds, int32_indices: bool = False) -> Compressor:
   return topk(num_items,
               value_bits=bounds.value_bits,
               int32_indices=int32_indices,
+              index_coding=bounds.index_coding,
               max_entries=auto_max_entries(num_items, item_dim, bounds.payload_ratio,
-                                           bounds.value_bits, int32_indices))
+                                           bounds.value_bits, int32_indices, bounds.index_coding))
 
 
 def _topk_int32(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
@@ -165,9 +181,12 @@ def _topk_int32(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
 
 
 def _svd(num_items: int, item_dim: int, bounds: Bounds) -> Compressor:
+  max_rank = (item_dim if bounds.index_coding == "touched" else auto_max_rank(
+      num_items, item_dim, bounds.payload_ratio, bounds.value_bits))
   return svd(num_items,
              value_bits=bounds.value_bits,
-             max_rank=auto_max_rank(num_items, item_dim, bounds.payload_ratio, bounds.value_bits))
+             max_rank=max_rank,
+             index_coding=bounds.index_coding)
 
 
 # name -> factory(num_items, item_dim, Bounds) -> Compressor; ``register`` adds to it.
@@ -199,7 +218,8 @@ def make_compressor(name: str,
                     tau: float = 0.9,
                     tau_mode: str = "auto",
                     value_bits: int = 32,
-                    stages: int = 1) -> Compressor:
+                    stages: int = 1,
+                    index_coding: str = "catalog") -> Compressor:
   """The compressor ``name`` (a key of ``COMPRESSORS``) for a ``[num_items, item_dim]`` table.
 
   Args:
@@ -210,7 +230,10 @@ def make_compressor(name: str,
       ``tau=2.0, tau_mode="fixed"``).
     value_bits: 32 or 16 bits per sent value (ignored by uncompressed).
     stages: residual stages of fedras / fedras_fixed_k (ignored by the others).
+    index_coding: ``"catalog"`` or ``"touched"``: how a payload addresses its rows
+      (``base.indexed_rows``; ignored by uncompressed).
   """
+  check_index_coding(index_coding)
   if name not in COMPRESSORS:
     raise ValueError(f"unknown compressor {name!r}; choose one of {tuple(COMPRESSORS)}")
   if name not in LOSSLESS and not 0 < payload_ratio:
@@ -221,4 +244,5 @@ def make_compressor(name: str,
                                   tau=tau,
                                   tau_mode=tau_mode,
                                   value_bits=value_bits,
-                                  stages=stages))
+                                  stages=stages,
+                                  index_coding=index_coding))

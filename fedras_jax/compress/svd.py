@@ -7,6 +7,11 @@ and ``V``::
 
     bits = r * (num_index_rows + 1 + d) * value_bits
 
+With ``index_coding="touched"`` only the rows the payload updates (live, nonzero) get a
+row of ``U``, after a presence bitmap of ``num_index_rows`` bits:
+``num_index_rows + r * (T + 1 + d) * value_bits`` for ``T`` such rows
+(docs/design/index_coding.md).
+
 ``r`` is the largest rank that fits the (traced) budget, at most the static
 ``max_rank``, the number of live rows and the numerical rank: components with
 ``s_i <= s_max * max(n, d) * eps`` (numpy's ``matrix_rank`` rule) are round-off and
@@ -30,30 +35,30 @@ Neither cost depends on ``max_rank``. Both go through ``compress.linalg``, whose
 ``vmap`` loops over the batch instead of making a batched LAPACK call: independent
 batched LAPACK calls in one program can hang XLA:CPU (see that module).
 """
+import numbers
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from fedras_jax.compress import linalg
-from fedras_jax.compress.base import (Compressor, check_value_bits, round_values, stateless,
-                                      units_bits, units_for_budget)
+from fedras_jax.compress.base import (Compressor, check_index_coding, check_value_bits,
+                                      indexed_rows, round_values, stateless, units_bits,
+                                      units_for_budget, with_overhead)
 
 
-def svd_bits(rank, num_index_rows: int, dim: int, value_bits: int = 32):
+def svd_bits(rank, num_index_rows, dim: int, value_bits: int = 32):
   """``rank * (num_index_rows + 1 + dim) * value_bits``: U, S and V of a rank-r payload.
 
-  Python int for a Python ``rank``, else an int32 array.
+  Python int for a Python ``rank`` and ``num_index_rows``, else an int32 array.
   """
-  return units_bits(rank, (int(num_index_rows) + 1 + int(dim)) * int(value_bits))
+  if isinstance(num_index_rows, numbers.Integral):
+    return units_bits(rank, (int(num_index_rows) + 1 + int(dim)) * int(value_bits))
+  unit = (jnp.asarray(num_index_rows, jnp.int32) + 1 + int(dim)) * int(value_bits)
+  return jnp.maximum(jnp.asarray(rank, jnp.int32), 0) * unit
 
 
-def rank_for_budget(budget_bits,
-                    num_index_rows: int,
-                    dim: int,
-                    *,
-                    max_rank: int,
-                    value_bits: int = 32):
+def rank_for_budget(budget_bits, num_index_rows, dim: int, *, max_rank: int, value_bits: int = 32):
   """Largest ``r <= max_rank`` with ``svd_bits(r) <= budget_bits`` (traced int32)."""
   return units_for_budget(budget_bits, svd_bits(1, num_index_rows, dim, value_bits), max_rank)
 
@@ -80,17 +85,21 @@ def svd(num_index_rows: int,
         *,
         max_rank: int,
         value_bits: int = 32,
-        method: str = "gram") -> Compressor:
+        method: str = "gram",
+        index_coding: str = "catalog") -> Compressor:
   """Rank-r truncated SVD behind the compressor contract.
 
   Args:
-    num_index_rows: rows of ``U`` counted in the payload (the catalog size).
+    num_index_rows: the catalog size: the rows of ``U`` counted in the payload under
+      ``index_coding="catalog"``, the bitmap's length under ``"touched"``.
     max_rank: static bound on ``r``.
     value_bits: 32, or 16 (``U``, ``S``, ``V`` rounded to bfloat16).
     method: ``"gram"`` (default; ``eigh`` of ``X^T X``, then ``U S = X V``) or
       ``"lapack"`` (``jnp.linalg.svd``; on XLA:CPU tens of times slower, see the
       module docstring).
+    index_coding: ``"catalog"`` or ``"touched"`` (module docstring; ``base.indexed_rows``).
   """
+  check_index_coding(index_coding)
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
   check_value_bits(value_bits)
@@ -117,16 +126,18 @@ def svd(num_index_rows: int,
     tol = jnp.max(s) * max(n, d) * _EPS
     n_live = jnp.sum(live, dtype=jnp.int32)
     numerical_rank = jnp.minimum(jnp.sum(s > tol, dtype=jnp.int32), n_live)
-    r = jnp.minimum(
-        rank_for_budget(budget_bits, num_index_rows, d, max_rank=p, value_bits=value_bits),
-        numerical_rank)
+    index_rows, overhead = indexed_rows(live & jnp.any(x != 0, axis=1), num_index_rows,
+                                        index_coding)
+    budget = jnp.maximum(jnp.asarray(budget_bits, jnp.int32), overhead) - overhead
+    r = jnp.minimum(rank_for_budget(budget, index_rows, d, max_rank=p, value_bits=value_bits),
+                    numerical_rank)
     keep = jnp.arange(p) < r
     u = jnp.where(live[:, None] & keep[None, :], u, 0.0)
     return SVDPayload(u=round_values(u, value_bits),
                       s=round_values(jnp.where(keep, s, 0.0), value_bits),
                       vt=round_values(jnp.where(keep[:, None], vt, 0.0), value_bits),
                       rank=r,
-                      bits=svd_bits(r, num_index_rows, d, value_bits))
+                      bits=with_overhead(svd_bits(r, index_rows, d, value_bits), overhead))
 
   def decode(payload: SVDPayload):
     return _mm(payload.u * payload.s[None, :], payload.vt)

@@ -6,6 +6,10 @@ costs ``ceil(log2(num_index_rows * d))`` bits::
 
     bits = k * (value_bits + ceil(log2(R * d)))          (R = num_index_rows)
 
+With ``index_coding="touched"`` a presence bitmap of ``R`` bits names the rows with a
+nonzero entry, ``T`` of them, and an index addresses one entry of those rows:
+``R + k * (value_bits + ceil(log2(T * d)))`` (docs/design/index_coding.md).
+
 With ``int32_indices`` every index is counted as 32 bits, the convention most papers
 use (``k * (value_bits + 32)``): fewer entries fit a budget (registered as the method
 ``topk_int32``, for comparisons with published figures). ``k`` is the largest count
@@ -26,14 +30,16 @@ positions):
 (encode + decode under ``vmap``, figures in the CHANGELOG), the sort wins at the budgets
 of interest, hence the default.
 """
+import numbers
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from fedras_jax.compress.base import (Compressor, check_value_bits, round_values, stateless,
-                                      units_bits, units_for_budget)
+from fedras_jax.compress.base import (Compressor, check_index_coding, check_value_bits,
+                                      indexed_rows, round_values, stateless, units_bits,
+                                      units_for_budget, with_overhead)
 
 METHODS = ("top_k", "threshold")
 
@@ -47,14 +53,20 @@ def topk_bits(k, n, d, int32_indices: bool = False, value_bits: int = 32):
   """Exact size of ``k`` (value, index) pairs into an ``[n, d]`` matrix.
 
   ``k * (value_bits + ceil(log2(n * d)))``, or ``k * (value_bits + 32)`` with
-  ``int32_indices`` (the papers' convention). Python int for a Python ``k``,
+  ``int32_indices`` (the papers' convention). Python int for a Python ``k`` and ``n``,
   else an int32 array.
   """
-  return units_bits(k, int(value_bits) + (32 if int32_indices else index_bits_for(int(n) * int(d))))
+  if int32_indices:
+    return units_bits(k, int(value_bits) + 32)
+  if isinstance(n, numbers.Integral):
+    return units_bits(k, int(value_bits) + index_bits_for(int(n) * int(d)))
+  entries = jnp.asarray(n, jnp.int32) * int(d)
+  unit = int(value_bits) + 32 - lax.clz(jnp.maximum(entries - 1, 0))
+  return jnp.maximum(jnp.asarray(k, jnp.int32), 0) * unit
 
 
 def entries_for_budget(budget_bits,
-                       num_index_rows: int,
+                       num_index_rows,
                        dim: int,
                        *,
                        max_entries: int,
@@ -99,18 +111,22 @@ def topk(num_index_rows: int,
          max_entries: int,
          value_bits: int = 32,
          method: str = "top_k",
-         int32_indices: bool = False) -> Compressor:
+         int32_indices: bool = False,
+         index_coding: str = "catalog") -> Compressor:
   """TopK sparsification behind the compressor contract.
 
   Args:
-    num_index_rows: rows an index can address (the catalog size).
+    num_index_rows: the catalog size: the rows an index can address under
+      ``index_coding="catalog"``, the bitmap's length under ``"touched"``.
     max_entries: static bound on ``k`` (the payload buffer size).
     value_bits: 32, or 16 (values rounded to bfloat16).
     method: ``"top_k"`` (``lax.top_k``, default) or ``"threshold"`` (bisection); see
       the module docstring.
     int32_indices: count 32 bits per index (the papers' convention) instead of
       ``ceil(log2(num_index_rows * d))``.
+    index_coding: ``"catalog"`` or ``"touched"`` (module docstring; ``base.indexed_rows``).
   """
+  check_index_coding(index_coding)
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
   check_value_bits(value_bits)
@@ -125,9 +141,12 @@ def topk(num_index_rows: int,
     mag = jnp.abs(x)
     slots = min(max_entries, n * d)
     nnz = jnp.sum(mag > 0, dtype=jnp.int32)
+    index_rows, overhead = indexed_rows(jnp.any(mag.reshape(n, d) > 0, axis=1), num_index_rows,
+                                        index_coding)
+    budget = jnp.maximum(jnp.asarray(budget_bits, jnp.int32), overhead) - overhead
     k = jnp.minimum(
-        entries_for_budget(budget_bits,
-                           num_index_rows,
+        entries_for_budget(budget,
+                           index_rows,
                            d,
                            max_entries=slots,
                            value_bits=value_bits,
@@ -143,7 +162,8 @@ def topk(num_index_rows: int,
     return TopKPayload(values=round_values(values, value_bits),
                        indices=indices,
                        num_entries=k,
-                       bits=topk_bits(k, num_index_rows, d, int32_indices, value_bits),
+                       bits=with_overhead(topk_bits(k, index_rows, d, int32_indices, value_bits),
+                                          overhead),
                        layout=jnp.zeros((n, d, 0), jnp.float32))
 
   def decode(payload: TopKPayload):
