@@ -136,7 +136,8 @@ def main(argv):
                            tau=config.tau,
                            tau_mode=config.tau_mode,
                            value_bits=config.value_bits,
-                           stages=_STAGES.value or config.action_stages)
+                           stages=_STAGES.value or config.action_stages,
+                           index_coding=config.index_coding)
 
   full = comp(d, config.payload_ratio)
   fixed = comp(d, config.payload_ratio, "fedras_fixed_k")
