@@ -13,8 +13,8 @@ for the centroids plus ``ceil(log2(K + 1))`` bits per catalog row), ``K`` the
 largest that fits the (traced) budget (``quantize.max_actions_for_budget``), at
 most the static ``max_k`` and at most the number of live rows; empty clusters are
 dropped before counting. With ``index_coding="touched"`` a bitmap of the catalog rows
-names the sent rows and only those carry an index (``base.indexed_rows``). ``K = 0`` (no budget) sends nothing: every row keeps its
-base embedding (update 0).
+names the sent rows and only those carry an index (``base.indexed_rows``). ``K = 0``
+(no budget) sends nothing: every row keeps its base embedding (update 0).
 
 The plain K-Means coder (``encode`` takes embedding rows, ``decode`` returns
 reconstructed embedding rows, 0 for rows not sent) is wrapped by
