@@ -173,6 +173,13 @@ def indexed_rows(sent, num_index_rows: int, index_coding: str):
   return jnp.sum(sent, dtype=jnp.int32), jnp.int32(num_index_rows)
 
 
+def content_budget(budget_bits, overhead_bits):
+  """What is left of ``budget_bits`` for content once ``overhead_bits`` are set aside (int32,
+  at least 0; never overflows)."""
+  budget = jnp.asarray(budget_bits, jnp.int32)
+  return jnp.maximum(budget, overhead_bits) - overhead_bits
+
+
 def with_overhead(content_bits, overhead_bits):
   """``content_bits`` plus ``overhead_bits`` when the content is not empty (int32)."""
   content = jnp.asarray(content_bits, jnp.int32)

@@ -29,7 +29,8 @@ import jax.numpy as jnp
 
 from fedras_jax import quantize
 from fedras_jax.compress.base import (Compressor, check_index_coding, check_value_bits,
-                                      indexed_rows, round_values, stateless, with_overhead)
+                                      content_budget, indexed_rows, round_values, stateless,
+                                      with_overhead)
 from fedras_jax.compress.wrappers import on_embeddings
 
 
@@ -71,7 +72,7 @@ def embedding_kmeans(num_index_rows: int,
     live = mask & jnp.all(jnp.isfinite(x), axis=1)
     n_live = jnp.sum(live, dtype=jnp.int32)
     index_rows, overhead = indexed_rows(live, num_index_rows, index_coding)
-    k_budget = quantize.max_actions_for_budget(jnp.maximum(budget_bits, overhead) - overhead,
+    k_budget = quantize.max_actions_for_budget(content_budget(budget_bits, overhead),
                                                index_rows,
                                                d,
                                                max_k=max_k,

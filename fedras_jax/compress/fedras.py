@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 
 from fedras_jax import quantize
-from fedras_jax.compress.base import (Compressor, Encoded, check_index_coding, indexed_rows,
-                                      with_overhead)
+from fedras_jax.compress.base import (Compressor, Encoded, check_index_coding, content_budget,
+                                      indexed_rows, with_overhead)
 
 
 class FedRASPayload(NamedTuple):
@@ -104,7 +104,7 @@ def fedras(num_index_rows: int,
     index_rows, overhead = indexed_rows(live, num_index_rows, index_coding)
     # A client sent dense is not clustered: a zero budget makes the quantizer skip it. The
     # bitmap (if any) is set aside once, for every stage.
-    remaining = jnp.where(is_dense, 0, jnp.maximum(budget_bits, overhead) - overhead)
+    remaining = jnp.where(is_dense, 0, content_budget(budget_bits, overhead))
     residual = rows
     sent, states = [], []
     for stage, (centroids, k) in enumerate(unpack(start)):

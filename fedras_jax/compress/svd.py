@@ -43,8 +43,8 @@ import jax.numpy as jnp
 
 from fedras_jax.compress import linalg
 from fedras_jax.compress.base import (Compressor, check_index_coding, check_value_bits,
-                                      indexed_rows, round_values, stateless, units_bits,
-                                      units_for_budget, with_overhead)
+                                      content_budget, indexed_rows, round_values, stateless,
+                                      units_bits, units_for_budget, with_overhead)
 
 
 def svd_bits(rank, num_index_rows, dim: int, value_bits: int = 32):
@@ -128,7 +128,7 @@ def svd(num_index_rows: int,
     numerical_rank = jnp.minimum(jnp.sum(s > tol, dtype=jnp.int32), n_live)
     index_rows, overhead = indexed_rows(live & jnp.any(x != 0, axis=1), num_index_rows,
                                         index_coding)
-    budget = jnp.maximum(jnp.asarray(budget_bits, jnp.int32), overhead) - overhead
+    budget = content_budget(budget_bits, overhead)
     r = jnp.minimum(rank_for_budget(budget, index_rows, d, max_rank=p, value_bits=value_bits),
                     numerical_rank)
     keep = jnp.arange(p) < r

@@ -38,8 +38,8 @@ import jax.numpy as jnp
 from jax import lax
 
 from fedras_jax.compress.base import (Compressor, check_index_coding, check_value_bits,
-                                      indexed_rows, round_values, stateless, units_bits,
-                                      units_for_budget, with_overhead)
+                                      content_budget, indexed_rows, round_values, stateless,
+                                      units_bits, units_for_budget, with_overhead)
 
 METHODS = ("top_k", "threshold")
 
@@ -143,7 +143,7 @@ def topk(num_index_rows: int,
     nnz = jnp.sum(mag > 0, dtype=jnp.int32)
     index_rows, overhead = indexed_rows(jnp.any(mag.reshape(n, d) > 0, axis=1), num_index_rows,
                                         index_coding)
-    budget = jnp.maximum(jnp.asarray(budget_bits, jnp.int32), overhead) - overhead
+    budget = content_budget(budget_bits, overhead)
     k = jnp.minimum(
         entries_for_budget(budget,
                            index_rows,
