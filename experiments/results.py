@@ -3,7 +3,10 @@
 Each part of the evidence is one directory ``docs/results/<part>/`` holding what
 ``experiments/compare.py`` wrote for it: ``compare.csv`` (one row per run) and
 ``compare.json`` (the command, commit and machine). This binary reads every part and
-writes one page: first every part's FedRAS margins in one overview table, then
+writes one page: first, where ``docs/results/headline.csv`` names for each cell of the
+grid (dataset, model, payload ratio) the part and setting whose FedRAS stands for it, the
+acceptance table (:func:`headline`: that FedRAS's margins against the issue's targets and
+the baselines), then every part's FedRAS margins in one overview table, then
 per part its provenance, the mean ± std over seeds of HR@10 and
 NDCG@10 (sampled and full ranking) of every method and payload ratio with the setting
 the search picked, FedRAS's margin over uncompressed and over the best baseline at each
@@ -165,17 +168,25 @@ def _margin_cell(pair, ours: dict) -> str:
   return " / ".join(_margin_text(value, seeds, ours) for value, seeds in pair)
 
 
-def _against_best(ours: dict, baselines: dict, metrics) -> tuple:
-  """``(cell, names)``: FedRAS's margin on each of ``metrics`` against the baseline it is
-  closest to (or furthest behind) on that metric, and those baselines' names."""
-  pair, names = [], []
+def _best_pairs(ours: dict, baselines: dict, metrics) -> tuple:
+  """``(pairs, names)``: FedRAS's :func:`paired_margin` on each of ``metrics`` against the
+  baseline it is closest to (or furthest behind) on that metric, and that baseline's name
+  (``(nan, 0)`` and ``-`` where no baseline has the metric)."""
+  pairs, names = [], []
   for metric in metrics:
     found = {m: paired_margin(ours, runs, metric) for m, runs in baselines.items()}
     found = {m: v for m, v in found.items() if not math.isnan(v[0])}
     best = min(found, key=lambda m: found[m][0]) if found else None
-    pair.append(found[best] if best else (math.nan, 0))
+    pairs.append(found[best] if best else (math.nan, 0))
     names.append(best or "-")
-  return _margin_cell(pair, ours), " / ".join(dict.fromkeys(names))
+  return pairs, names
+
+
+def _against_best(ours: dict, baselines: dict, metrics) -> tuple:
+  """``(cell, names)``: :func:`_best_pairs` as a margins cell and the baselines' names
+  (one where it is the same on every metric)."""
+  pairs, names = _best_pairs(ours, baselines, metrics)
+  return _margin_cell(pairs, ours), " / ".join(dict.fromkeys(names))
 
 
 MARGIN_HEADER = ("| dataset | model | payload | FedRAS seeds | FedRAS − uncompressed (HR / NDCG) | "
@@ -214,16 +225,16 @@ def has_fedras(rows) -> bool:
 
 
 def against_reference(rows, ref_rows) -> list:
-  """The rows a part's margins against its reference part come from. A part with FedRAS
-  runs (a diagnostic variant): its FedRAS runs and the uncompressed and baseline runs of
-  the reference (the reference's FedRAS aside). A part without (more baselines): the
-  reference's runs at the datasets, models and ratios this part ran, this part's runs in
-  place of the reference's of the same method there."""
-  if has_fedras(rows):
-    return [r for r in rows if r["method"] == FEDRAS
-           ] + [r for r in ref_rows if r["method"] != FEDRAS]
+  """The rows a part's margins against its reference part come from; wherever this part
+  ran a method at a dataset, model and ratio, its runs stand in place of the reference's
+  (run with this part's flags, they compare like with like). A part with FedRAS runs (a
+  diagnostic variant): its runs and the reference's uncompressed and baseline runs (the
+  reference's FedRAS aside). A part without (more baselines): the reference's runs at the
+  datasets, models and ratios this part ran."""
   point = lambda r: (r["dataset"], r["model"], r["method"], dense_at_one(r)["payload_ratio"])
   own = {point(r) for r in rows}
+  if has_fedras(rows):
+    return list(rows) + [r for r in ref_rows if r["method"] != FEDRAS and point(r) not in own]
   ran = {(d, m, ratio) for d, m, method, ratio in own if method != DENSE}
   ran_models = {(d, m) for d, m, _, _ in own}
   at_ours = lambda r: ((r["dataset"], r["model"], r["payload_ratio"]) in ran or
@@ -249,6 +260,96 @@ def overview(sections) -> list:
       for dataset, model in dict.fromkeys((r["dataset"], r["model"]) for r in rows):
         lines.append(f"| {link} | {dataset} | {model} | - | 0 | no FedRAS run finished yet |"
                      + " - |" * 5)
+  return lines
+
+
+HEADLINE_FILE = "headline.csv"
+HEADLINE_COLUMNS = ("dataset", "model", "payload_ratio", "part", "fedras_setting", "see")
+# Issue #14's acceptance: FedRAS within this of uncompressed on HR@10 and NDCG@10.
+TARGETS = {("mf", "1/32"): 0.005, ("ncf", "1/32"): 0.01}
+_METRIC_NAMES = ("HR@10", "NDCG@10")
+
+
+def _ran_setting(word: str, made: dict, runs: dict) -> bool:
+  """Whether the flag ``word`` (``--name=value``) is one the part ran its FedRAS ``runs``
+  (``{seed: row}``) with: a word of its command, or a value their ``tuned`` records."""
+  if word in made["command"].replace("'", " ").split():
+    return True
+  name, _, value = word.removeprefix("--").partition("=")
+  for row in runs.values():
+    for entry in row.get("tuned", "").split(";"):
+      tuned_name, _, tuned = entry.split(" (")[0].partition("=")
+      try:
+        if tuned_name.strip() == name and float(tuned) == float(value):
+          return True
+      except ValueError:
+        continue
+  return False
+
+
+def _shortfall(pairs, bound: float) -> str:
+  """``yes`` if every value of :func:`paired_margin`'s ``pairs`` (at its printed 4
+  decimals) is above ``bound``, else ``no`` and the metrics that are not; ``-`` if one is
+  unknown."""
+  if any(math.isnan(value) for value, _ in pairs):
+    return "-"
+  short = [name for (value, _), name in zip(pairs, _METRIC_NAMES) if round(value, 4) <= bound]
+  return f"no: {', '.join(short)}" if short else "yes"
+
+
+def headline(path: pathlib.Path, parts: dict) -> list:
+  """Markdown lines: issue #14's acceptance, one row per row of ``path`` (a
+  ``headline.csv``: per cell of the grid, i.e. dataset, model and payload ratio, the part
+  whose FedRAS stands for it, that FedRAS's setting as ``--name=value`` words, and the page
+  under ``docs/`` that reads it). Each row: the part linked, the setting, the runs' rounds
+  and FedRAS's seeds, its margin over uncompressed and whether that is within ``TARGETS``
+  (``-`` where the issue sets none), its margin over the best baseline and whether it is
+  ahead of every baseline on both metrics. ``parts``: ``{name: (made, rows,
+  reference)}`` as :func:`main` reads them. A ``ValueError`` names the file and line of a
+  row whose columns are missing, whose part is unknown or has no FedRAS run at the cell,
+  whose setting the part's FedRAS did not run, or whose page does not exist."""
+  with open(path, newline="") as f:
+    reader = csv.DictReader(f)
+    entries = list(reader)
+  missing = [c for c in HEADLINE_COLUMNS if c not in (reader.fieldnames or ())]
+  if missing or not entries:
+    raise ValueError(f"{path}: no rows, or columns {missing} missing (wants {HEADLINE_COLUMNS})")
+  lines = [
+      "| dataset | model | payload | FedRAS: part and setting | rounds | seeds | FedRAS − "
+      "uncompressed (HR / NDCG) | within the target | FedRAS − best baseline (HR / NDCG) | "
+      "best baseline | ahead of every baseline | reading |", "|" + "---|" * 12
+  ]
+  for line_number, entry in enumerate(entries, start=2):
+    where = f"{path}:{line_number}"
+    name, cell = entry["part"], (entry["dataset"], entry["model"], entry["payload_ratio"])
+    if name not in parts:
+      raise ValueError(f"{where}: no part {name!r}")
+    made, rows, reference = parts[name]
+    compared = rows if reference is None else against_reference(rows, reference[1])
+    methods = runs_by_point(compared).get(cell, {})
+    ours = methods.get(FEDRAS)
+    if not ours:
+      raise ValueError(f"{where}: part {name!r} has no FedRAS run at {' '.join(cell)}")
+    setting = entry["fedras_setting"].split()
+    wrong = [w for w in setting if not _ran_setting(w, made, ours)]
+    if wrong:
+      raise ValueError(f"{where}: part {name!r}'s FedRAS did not run with {' '.join(wrong)}")
+    see = entry["see"]
+    if not (REPO / "docs" / see.partition("#")[0]).is_file():
+      raise ValueError(f"{where}: no page docs/{see.partition('#')[0]}")
+    target = TARGETS.get((cell[1], cell[2]))
+    dense = methods.get(DENSE)
+    to_dense = [paired_margin(ours, dense, m) for m in METRICS[:2]] if dense else []
+    within = "-" if target is None or not dense else _shortfall(to_dense, -target - 1e-9)
+    baselines = {m: runs for m, runs in methods.items() if m not in NOT_BASELINES}
+    best, names = _best_pairs(ours, baselines, METRICS[:2]) if baselines else ([], [])
+    rounds = "/".join(sorted({r["rounds"] for r in ours.values()}, key=int))
+    lines.append(
+        f"| {' | '.join(cell)} | {part_link(name, rows)} `{' '.join(setting)}` | {rounds} | "
+        f"{len(ours)} | {_margin_cell(to_dense, ours) if dense else '-'} | {within} | "
+        f"{_margin_cell(best, ours) if best else '-'} | "
+        f"{' / '.join(dict.fromkeys(names)) or '-'} | "
+        f"{_shortfall(best, 0.0) if best else '-'} | [{see}]({see}) |")
   return lines
 
 
@@ -665,7 +766,22 @@ def main(argv):
     ) if draw(part / file)]
     sections += part_section(part.name, made, rows, "ratio.png" if plotted else None, curves,
                              figures, read_published(part), reference)
+  headline_path = root / HEADLINE_FILE
+  if headline_path.is_file():
+    by_name = {name: (made, rows, reference) for name, made, rows, reference in overview_parts}
+    body += [
+        "## Acceptance", "",
+        f"Issue #14's criteria, per cell of the grid: FedRAS at 1/32 within {TARGETS[('mf', '1/32')]} "
+        f"(MF) / {TARGETS[('ncf', '1/32')]} (NCF) of uncompressed on HR@10 and NDCG@10, and ahead "
+        "of every baseline on both at every payload. Each cell's FedRAS is the part and setting "
+        f"[{HEADLINE_FILE}](results/{HEADLINE_FILE}) names (FedRAS's variants were compared "
+        "across parts on these test metrics; one seed's HR@10 moves by ~0.005 between "
+        "evaluations), its margins are computed as in the overview below, and *reading* is "
+        "the page that measures where FedRAS falls short.", "", *headline(headline_path, by_name),
+        ""
+    ]
   body += [
+      "## Every part", "",
       "FedRAS against uncompressed and against the best baseline on each metric in every "
       "part (a part with a reference: its FedRAS against the reference part's runs, or, for a "
       "part of baselines only, the reference's FedRAS against both parts' runs). A margin "

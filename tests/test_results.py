@@ -295,11 +295,14 @@ def test_machine_line_names_the_cpus_of_a_narrowed_affinity(monkeypatch):
 
 
 def test_a_part_with_a_reference_gets_margins_against_that_parts_runs(part):
-  # Its own uncompressed run (another setting) is not pooled with the reference's.
+  # Its own uncompressed and SVD runs (this part's flags) stand in place of the
+  # reference's, not pooled with them.
   diag = _sibling(part, "gains", [
       _row("fedras", "1/32", 0, 0.70, 0.43),
       _row("fedras", "1/32", 1, 0.70, 0.41),
-      _row("uncompressed", "1/32", 0, 0.50, 0.20, comp=0.0)
+      _row("uncompressed", "1/32", 0, 0.50, 0.20, comp=0.0),
+      _row("svd", "1/32", 0, 0.66, 0.40),
+      _row("svd", "1/32", 1, 0.66, 0.40),
   ])
   made, rows = results.read_part(diag)
   assert results.read_reference(diag, rows) is None
@@ -310,9 +313,15 @@ def test_a_part_with_a_reference_gets_margins_against_that_parts_runs(part):
   # The link is the referenced part's heading's anchor.
   assert results.heading("ml100k_mf_r32", reference[1]) == "ml100k_mf_r32: ml-100k, mf"
   assert "runs of [ml100k_mf_r32](#ml100k_mf_r32-ml-100k-mf):" in text
-  # This part's FedRAS 0.70/0.42 against the reference's uncompressed 0.69/0.41 and its
-  # best baselines, topk 0.64 (HR) and svd 0.36 (NDCG) (the reference's FedRAS and fixed K
-  # left out).
+  # This part's FedRAS 0.70/0.42 against its own uncompressed (seed 0: 0.70/0.43 minus
+  # 0.50/0.20) and the best baselines of its own SVD 0.66/0.40 and the reference's topk
+  # 0.64/0.30 (the reference's FedRAS, fixed K and SVD left out).
+  assert ("| ml-100k | mf | 1/32 | 2 | +0.2000 (1 of its seeds) / +0.2300 (1 of its seeds) | "
+          "+0.0400 / +0.0200 | svd |") in text
+  # Without its own runs, those of the reference: uncompressed 0.69/0.41, the best
+  # baselines topk 0.64 (HR) and svd 0.36 (NDCG).
+  fedras_only = [r for r in rows if r["method"] == "fedras"]
+  text = "\n".join(results.part_section("gains", made, fedras_only, None, reference=reference))
   assert "| ml-100k | mf | 1/32 | 2 | +0.0100 / +0.0100 | +0.0600 / +0.0600 | topk / svd |" in text
   for bad in ("gains", "nosuch", "", ".", ".."):
     (diag / "reference").write_text(bad)
@@ -473,3 +482,65 @@ def test_a_pages_command_is_quoted_for_the_shell(monkeypatch):
   command = pages.provenance("experiments.compare")["command"]
   assert command == "python -m experiments.compare '--tune=item_lr=4,8;dense_lr=0.1' --seeds=0"
   assert shlex.split(command)[3:] == sys.argv[1:]
+
+
+def _headline(tmp_path, *lines):
+  path = tmp_path / "headline.csv"
+  path.write_text("dataset,model,payload_ratio,part,fedras_setting,see\n"
+                  + "".join(line + "\n" for line in lines))
+  return path
+
+
+def test_the_acceptance_table_checks_each_cell_against_the_issues_targets(part, monkeypatch):
+  made, rows = results.read_part(part)
+  parts = {part.name: (made, rows, None)}
+  path = _headline(part.parent, "ml-100k,mf,1/32,ml100k_mf_r32,--item_lr=16,design/fedras.md")
+  # FedRAS 0.68/0.40 against uncompressed 0.69/0.41: -0.01 on both, outside MF's 0.005;
+  # ahead of the best baselines, topk (HR, +0.04) and svd (NDCG, +0.04).
+  assert results.headline(path, parts)[2] == (
+      "| ml-100k | mf | 1/32 | [ml100k_mf_r32](#ml100k_mf_r32-ml-100k-mf) `--item_lr=16` | 300 | "
+      "2 | -0.0100 / -0.0100 | no: HR@10, NDCG@10 | +0.0400 / +0.0400 | topk / svd | yes | "
+      "[design/fedras.md](design/fedras.md) |")
+  # A margin of exactly the target is within it; a baseline level on a metric is not beaten.
+  monkeypatch.setattr(results, "TARGETS", {("mf", "1/32"): 0.01})
+  level = [{**r, "final_ndcg@10": "0.40"} if r["method"] == "svd" else r for r in rows]
+  line = results.headline(path, {part.name: (made, level, None)})[2]
+  assert "| -0.0100 / -0.0100 | yes | +0.0400 / +0.0000 | topk / svd | no: NDCG@10 |" in line
+  # No target at other ratios; a setting found among the command's words.
+  at_4 = [{**r, "payload_ratio": "1/4"} if r["method"] != "uncompressed" else r for r in rows]
+  made_lr = {**made, "command": "python -m experiments.compare --gain_bits=8 --item_lr=16"}
+  path = _headline(part.parent, "ml-100k,mf,1/4,ml100k_mf_r32,--gain_bits=8,design/fedras.md")
+  line = results.headline(path, {part.name: (made_lr, at_4, None)})[2]
+  assert "| -0.0100 / -0.0100 | - | +0.0400 / +0.0400 |" in line
+
+
+@pytest.mark.parametrize("line,error", [
+    ("ml-100k,mf,1/32,nosuch,--item_lr=16,design/fedras.md", "headline.csv:2: no part 'nosuch'"),
+    ("ml-100k,mf,1/4,ml100k_mf_r32,--item_lr=16,design/fedras.md",
+     "no FedRAS run at ml-100k mf 1/4"),
+    ("ml-100k,mf,1/32,ml100k_mf_r32,--item_lr=8,design/fedras.md", "did not run with --item_lr=8"),
+    ("ml-100k,mf,1/32,ml100k_mf_r32,--gain_bits=8,design/fedras.md", "with --gain_bits=8"),
+    ("ml-100k,mf,1/32,ml100k_mf_r32,--item_lr=16,design/nosuch.md", "no page docs/design/nosuch"),
+])
+def test_an_acceptance_row_that_does_not_hold_is_named(part, line, error):
+  made, rows = results.read_part(part)
+  with pytest.raises(ValueError, match=error):
+    results.headline(_headline(part.parent, line), {part.name: (made, rows, None)})
+  (part.parent / "headline.csv").write_text("dataset,model,part\nml-100k,mf,x\n")
+  with pytest.raises(ValueError, match=r"columns \['payload_ratio', 'fedras_setting', 'see'\]"):
+    results.headline(part.parent / "headline.csv", {})
+
+
+def test_the_committed_acceptance_table_holds_for_the_committed_parts():
+  root = results.REPO / "docs" / "results"
+  parts = {}
+  for part in sorted(p for p in root.iterdir() if p.is_dir()):
+    made, rows = results.read_part(part)
+    parts[part.name] = (made, rows, results.read_reference(part, rows))
+  lines = results.headline(root / results.HEADLINE_FILE, parts)
+  cells = {tuple(line.split(" | ")[:3]) for line in lines[2:]}
+  # Every cell of the issue's grid has a row.
+  assert cells == {(f"| {d}", m, r)
+                   for d in ("ml-100k", "ml-1m")
+                   for m in ("mf", "ncf")
+                   for r in ("1/4", "1/8", "1/16", "1/32", "1/64")}
