@@ -775,9 +775,9 @@ def main(argv):
         f"(MF) / {TARGETS[('ncf', '1/32')]} (NCF) of uncompressed on HR@10 and NDCG@10, and ahead "
         "of every baseline on both at every payload. Each cell's FedRAS is the part and setting "
         f"[{HEADLINE_FILE}](results/{HEADLINE_FILE}) names (FedRAS's variants were compared "
-        "across parts on these test metrics; one seed's HR@10 moves by ~0.005 between "
-        "evaluations), its margins are computed as in the overview below, and *reading* is "
-        "the page that measures where FedRAS falls short.", "", *headline(headline_path, by_name),
+        "across parts on these test metrics, so a cell's pick carries some selection; each "
+        "part's table has the seeds' spread), its margins are computed as in the overview "
+        "below, and *reading* is the page that measures where FedRAS falls short.", "", *headline(headline_path, by_name),
         ""
     ]
   body += [
