@@ -777,8 +777,8 @@ def main(argv):
         f"[{HEADLINE_FILE}](results/{HEADLINE_FILE}) names (FedRAS's variants were compared "
         "across parts on these test metrics, so a cell's pick carries some selection; each "
         "part's table has the seeds' spread), its margins are computed as in the overview "
-        "below, and *reading* is the page that measures where FedRAS falls short.", "", *headline(headline_path, by_name),
-        ""
+        "below, and *reading* is the page that measures where FedRAS falls short.", "",
+        *headline(headline_path, by_name), ""
     ]
   body += [
       "## Every part", "",
