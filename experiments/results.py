@@ -242,6 +242,12 @@ def against_reference(rows, ref_rows) -> list:
   return [r for r in ref_rows if at_ours(r) and point(r) not in own] + list(rows)
 
 
+def compared_rows(rows, reference) -> list:
+  """The rows a part's FedRAS margins come from: its own, or with a ``reference``
+  (:func:`read_reference`'s ``(name, rows)``) :func:`against_reference`'s."""
+  return rows if reference is None else against_reference(rows, reference[1])
+
+
 def overview(sections) -> list:
   """Markdown lines: the FedRAS margins (:func:`margins`) of every part in one table, a
   row per part and ratio, the part linked to its section; a part whose command runs
@@ -252,7 +258,7 @@ def overview(sections) -> list:
   header, rule = margins([])  # the margins table's columns, the part's first
   lines = ["| part " + header, "|---" + rule]
   for name, made, rows, reference in sections:
-    compared = rows if reference is None else against_reference(rows, reference[1])
+    compared = compared_rows(rows, reference)
     link = part_link(name, rows)
     lines += [f"| {link} {line}" for line in margins(compared)[2:]]
     planned = FEDRAS in (_command_list(made["command"], "methods") or ())
@@ -321,12 +327,13 @@ def headline(path: pathlib.Path, parts: dict) -> list:
   ]
   for line_number, entry in enumerate(entries, start=2):
     where = f"{path}:{line_number}"
+    if any(entry[c] is None for c in HEADLINE_COLUMNS):
+      raise ValueError(f"{where}: fewer than the {len(HEADLINE_COLUMNS)} columns")
     name, cell = entry["part"], (entry["dataset"], entry["model"], entry["payload_ratio"])
     if name not in parts:
       raise ValueError(f"{where}: no part {name!r}")
     made, rows, reference = parts[name]
-    compared = rows if reference is None else against_reference(rows, reference[1])
-    methods = runs_by_point(compared).get(cell, {})
+    methods = runs_by_point(compared_rows(rows, reference)).get(cell, {})
     ours = methods.get(FEDRAS)
     if not ours:
       raise ValueError(f"{where}: part {name!r} has no FedRAS run at {' '.join(cell)}")
