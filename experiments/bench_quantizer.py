@@ -17,7 +17,7 @@ Part 2: ``encode`` for C client matrices ``[rows, d]`` (C=256, 32 with
 batching (``lax.map`` on CPU) and with ``vmap_strategy="parallel"`` vs C
 sequential calls of one jitted single-client ``encode``.
 
-Part 3: one large matrix (``[--split-rows, d]``, rows along 50 random
+Part 3: one large matrix (``[--split_rows, d]``, rows along 50 random
 directions with random magnitudes + Gaussian noise) under a budget allowing
 K = 45 (max_k 48): ``encode`` with one split per split test
 (``max_splits=1``) vs several and the default (every incoherent cluster at

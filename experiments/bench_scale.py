@@ -442,6 +442,8 @@ def main(argv):
                                   "a positive integer")
     fixed_items, fixed_clients = _FIXED_ITEMS.value, _FIXED_CLIENTS.value
   curves = [c.strip() for c in _CURVES.value.split(",") if c.strip()]
+  if not curves or set(curves) - {"clients", "items"}:
+    raise ValueError(f"--curves={_CURVES.value}: name one or both of clients, items")
   wall = _now()
   down = "compressed" if _DOWNLINK.value and _METHOD.value != "uncompressed" else "dense"
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {pages.cpus_text()}; "

@@ -41,6 +41,7 @@ import numpy as np
 from absl import flags
 
 from fedras_jax import checkpoint as ckpt_lib
+from fedras_jax import distributed
 from fedras_jax import flags as flag_lib
 from fedras_jax.compress.registry import make_compressor
 from fedras_jax.compress.roundtrip import roundtrip, roundtrip_clients
@@ -49,6 +50,7 @@ from fedras_jax.experiment import build_simulation, load_run_data
 from fedras_jax.federated.aggregation import aggregate_item_updates
 from fedras_jax.federated.state import DOWNLINK, round_key
 from fedras_jax.quantize import auto_tau
+from fedras_jax.runtime import enable_compilation_cache
 
 flag_lib.define_train_flags()
 
@@ -112,11 +114,14 @@ def main(argv):
     raise ValueError(f"--sub_blocks={_SUB_BLOCKS.value}: must be at least 1")
   if _STAGES.value is not None and _STAGES.value < 1:
     raise ValueError(f"--stages={_STAGES.value}: must be at least 1")
+  if flag_lib.config_from_flags(distributed.ProcessGroup).validate().coordinator:
+    raise ValueError("--coordinator: block_error runs in one process")
   if not _CKPT.value:
     raise ValueError("--ckpt_dir is required: the checkpoints/ of a run with the same flags")
   checkpoints = ckpt_lib.list_checkpoints(pathlib.Path(_CKPT.value))
   if not checkpoints:
     raise ValueError(f"--ckpt_dir={_CKPT.value}: no checkpoints there")
+  enable_compilation_cache(flags.FLAGS.compilation_cache)
   split, _, _ = load_run_data(config)
   sim = build_simulation(config, split)
   gmf = max(1, config.dim // 4) if config.model == "ncf" else sim.model.item_dim

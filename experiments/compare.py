@@ -57,7 +57,6 @@ without them): search a grid that stops short of that edge, or fix the setting w
 import csv
 import dataclasses
 import functools
-import io
 import itertools
 import pathlib
 import sys
@@ -70,10 +69,10 @@ import numpy as np
 from experiments import jobs, pages
 from fedras_jax import flags as flag_lib
 from fedras_jax import outputs
-from fedras_jax.config import TrainConfig, dataset_label
+from fedras_jax.config import DATASETS, TrainConfig, dataset_label
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
 from fedras_jax.sweep import (SWEEPABLE, grid_points, keep_results, kept_results, parse_grid,
-                              sweep_points)
+                              seed_stats, sweep_points)
 from fedras_jax.training import NonFiniteUpdateError, train
 from fedras_jax.workdir import config_differences, recorded_config
 
@@ -372,14 +371,6 @@ def curve_rows(config: TrainConfig, ratio_text: str) -> list:
     } for r in csv.DictReader(f)]
 
 
-def _write_csv(path: pathlib.Path, columns, rows):
-  text = io.StringIO(newline="")
-  writer = csv.DictWriter(text, columns)
-  writer.writeheader()
-  writer.writerows(rows)
-  outputs.write_atomic(path, text.getvalue().encode())
-
-
 def over_seeds(rows) -> list:
   """Lines of a markdown table: per dataset, model, method and ratio, the mean and
   (population) std over seeds of the final HR@10 and NDCG@10 (sampled and full ranking)
@@ -389,8 +380,8 @@ def over_seeds(rows) -> list:
       "| dataset | model | method | payload_ratio | seeds | " + " | ".join(metrics)
       + " | compression_up |", "|" + "---|" * 10
   ]
-  stats = pages.seed_stats(rows, ("dataset", "model", "method", "payload_ratio"), metrics +
-                           ("compression_up",))
+  stats = seed_stats(rows, ("dataset", "model", "method", "payload_ratio"), metrics +
+                     ("compression_up",))
   for key, (seeds, s) in stats.items():
     lines.append("| " + " | ".join(map(str, key)) + f" | {seeds} | " + " | ".join(
         f"{s[c][0]:.4f} ± {s[c][1]:.4f}" if np.isfinite(s[c][0]) else "" for c in metrics)
@@ -401,9 +392,9 @@ def over_seeds(rows) -> list:
 def write_outputs(rows, outdir: pathlib.Path, curves=()):
   """``compare.csv`` (``rows``), ``curves.csv`` (the runs' evaluation rows),
   ``compare.md``, ``compare.json`` (how they were made) and ``compare.png``."""
-  _write_csv(outdir / "compare.csv", COLUMNS, rows)
+  outputs.write_csv(outdir / "compare.csv", COLUMNS, rows)
   if curves:
-    _write_csv(outdir / "curves.csv", CURVE_COLUMNS, curves)
+    outputs.write_csv(outdir / "curves.csv", CURVE_COLUMNS, curves)
   shown = COLUMNS[:14]
   lines = ["| " + " | ".join(shown) + " |", "|" + "---|" * len(shown)]
   for r in rows:
@@ -506,6 +497,16 @@ def main(argv):
                        f"{sorted(set(settings) & set(grid))}, which --tune searches")
     flag_lib.validate_points(base, "--method_settings", FLAGS.method_settings,
                              [dict(method=method, **settings)])
+  datasets = split(FLAGS.datasets) or [base.dataset]
+  models = split(FLAGS.models) or [base.model]
+  flag_lib.validate_points(base, "--datasets", FLAGS.datasets, [dict(dataset=d) for d in datasets])
+  flag_lib.validate_points(base, "--models", FLAGS.models, [dict(model=m) for m in models])
+  for dataset in datasets:  # a file read at the first run that needs it, maybe hours in
+    if dataset not in DATASETS and not FLAGS.only_finished and not pathlib.Path(dataset).is_file():
+      raise ValueError(f"--datasets={FLAGS.datasets or dataset}: no file {dataset}")
+  grid_runs = list(itertools.product(datasets, models, methods, ratios, seeds))
+  for point in grid_runs:  # every run's settings, before the first one trains
+    run_config(*point)
   with outputs.naming(outdir):
     outdir.mkdir(parents=True, exist_ok=True)
   failed = []
@@ -513,10 +514,6 @@ def main(argv):
     failed = run_in_parts(methods, FLAGS.jobs)
   only_finished = FLAGS.only_finished or FLAGS.jobs > 1
   rows, curves = [], []
-  grid_runs = list(
-      itertools.product(
-          split(FLAGS.datasets) or [base.dataset],
-          split(FLAGS.models) or [base.model], methods, ratios, seeds))
   # The dense baseline does not depend on the ratio: one run per dataset, model, seed.
   planned = sum(
       method != "uncompressed" or ratio == ratios[0] for _, _, method, ratio, _ in grid_runs)

@@ -1,7 +1,7 @@
 """Short runs of every ``configs/*.flags`` against recorded results: a refactor that
 changes what a config computes shows here.
 
-Each config runs its first ``--rounds`` rounds (seed 0, its own settings otherwise,
+Each config runs its first ``ROUNDS`` (3) rounds (seed 0, its own settings otherwise,
 no workdir) and its final evaluation row, less the wall-clock fields, is compared
 with ``tests/golden/configs.json``::
 
@@ -82,6 +82,10 @@ def main(argv):
   del argv
   paths = sorted(CONFIGS.glob("*.flags"))
   if _ONLY.value:
+    unknown = sorted(set(_ONLY.value) - {p.stem for p in paths})
+    if unknown:
+      raise ValueError(f"--configs: no configs/NAME.flags for {', '.join(unknown)}; "
+                       f"known: {', '.join(p.stem for p in paths)}")
     paths = [p for p in paths if p.stem in _ONLY.value]
   recorded = json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {}
   failed = []

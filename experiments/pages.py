@@ -3,7 +3,6 @@
 Every page a benchmark or comparison writes states the command, the commit and the
 machine that produced it, so a reader can rerun it; pages are never edited by hand.
 """
-import math
 import os
 import platform
 import shlex
@@ -13,7 +12,6 @@ import time
 from typing import Sequence
 
 import jax
-import numpy as np
 
 from experiments import jobs
 from fedras_jax import outputs
@@ -76,30 +74,6 @@ def save_figure(fig, plt, path, dpi: int = 110):
   with outputs.naming(path):
     fig.savefig(path, dpi=dpi)
   plt.close(fig)
-
-
-def cell_value(row: dict, column: str) -> float:
-  """``row[column]`` as a float (a CSV string or a number); NaN where it is missing or
-  empty."""
-  value = row.get(column, "")
-  return math.nan if value is None or value == "" else float(value)
-
-
-def seed_stats(rows, keys: Sequence[str], columns: Sequence[str]) -> dict:
-  """``{group: (seeds, {column: (mean, std)})}`` over rows grouped by their ``keys``
-  values (in first-seen order); std is the population std; a column with an empty or
-  missing value in a group gets ``(nan, nan)``."""
-  groups = {}
-  for r in rows:
-    groups.setdefault(tuple(r[k] for k in keys), []).append(r)
-  out = {}
-  for group, members in groups.items():
-    stats = {}
-    for c in columns:
-      v = np.asarray([cell_value(r, c) for r in members])
-      stats[c] = (float(v.mean()), float(v.std())) if np.isfinite(v).all() else (np.nan, np.nan)
-    out[group] = (len(members), stats)
-  return out
 
 
 def write_page(path, title: str, module: str, setting: Sequence[str], body: Sequence[str]):

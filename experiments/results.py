@@ -40,6 +40,7 @@ from absl import flags
 from experiments import pages
 from fedras_jax import flags as flag_lib
 from fedras_jax import outputs
+from fedras_jax.sweep import cell_value, seed_stats
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _PARTS = flags.DEFINE_string("parts_dir", str(REPO / "docs" / "results"),
@@ -97,7 +98,7 @@ def method_table(rows) -> list:
   setting(s) searched or fixed per method (``compare.csv``'s ``tuned``; ``-`` where the
   command's flags set it, e.g. seeds run at a search's pick by another invocation)."""
   extra = ("compression_up", "info_loss_total")
-  stats = pages.seed_stats(rows, ("dataset", "model", "method", "payload_ratio"), METRICS + extra)
+  stats = seed_stats(rows, ("dataset", "model", "method", "payload_ratio"), METRICS + extra)
   tuned = {}
   for r in rows:
     key = (r["dataset"], r["model"], r["method"], r["payload_ratio"])
@@ -136,7 +137,7 @@ def runs_by_point(rows) -> dict:
 
 def _mean(runs: dict, seeds, metric: str) -> float:
   """The mean of ``metric`` over ``runs[seed]`` of ``seeds`` (NaN if one lacks it)."""
-  return float(np.mean([pages.cell_value(runs[s], metric) for s in seeds]))
+  return float(np.mean([cell_value(runs[s], metric) for s in seeds]))
 
 
 def paired_margin(ours: dict, theirs: dict, metric: str):
@@ -385,7 +386,7 @@ def published_table(rows, published, within: float = 0.03) -> list:
   """Markdown lines: each published HR@10 beside the part's mean final HR@10 of the
   same method and payload ratio (such a part holds one dataset and model), the
   difference and whether it is within ``within``."""
-  stats = pages.seed_stats(rows, ("method", "payload_ratio"), METRICS[:1])
+  stats = seed_stats(rows, ("method", "payload_ratio"), METRICS[:1])
   lines = [
       f"| method | payload | HR@10 here | published | here − published | within {within} | "
       "source |", "|" + "---|" * 7
@@ -422,8 +423,7 @@ def time_to_target(curves, rows, margin: float = 0.01) -> list:
   ``rows`` (see :func:`target_rows`) minus ``margin``, and the mean simulated seconds and
   rounds of its first evaluation at or above it (over the seeds that reached it). Runs of
   a dataset and model without uncompressed runs in ``rows`` have no target and no line."""
-  dense = pages.seed_stats([r for r in rows if r["method"] == DENSE], ("dataset", "model"),
-                           METRICS[:1])
+  dense = seed_stats([r for r in rows if r["method"] == DENSE], ("dataset", "model"), METRICS[:1])
   first = {}
   for r in sorted(curves, key=lambda r: r["round"]):
     ref = dense.get((r["dataset"], r["model"]))
@@ -457,8 +457,8 @@ def at_round(curves, rows, at: int = EARLY_ROUND) -> list:
   longer = [r for r in rows if float(r["rounds"]) > at]
   runs = {run(r) for r in longer}
   there = [r for r in curves if r["round"] == at and run(r) in runs]
-  early = pages.seed_stats(there, keys, ("hr@10", "ndcg@10"))
-  final = pages.seed_stats(longer, keys + ("rounds",), METRICS[:2])
+  early = seed_stats(there, keys, ("hr@10", "ndcg@10"))
+  final = seed_stats(longer, keys + ("rounds",), METRICS[:2])
   lines = [
       f"| dataset | model | method | payload | seeds | HR@10 at round {at} | NDCG@10 at round {at} "
       "| rounds | final HR@10 | final NDCG@10 |", "|" + "---|" * 10
@@ -481,7 +481,7 @@ def plot_part(rows, path: pathlib.Path) -> bool:
   plt = pages.pyplot()
   if plt is None:
     return False
-  stats = pages.seed_stats(rows, ("method", "payload_ratio"), METRICS[:2] + ("compression_up",))
+  stats = seed_stats(rows, ("method", "payload_ratio"), METRICS[:2] + ("compression_up",))
   fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
   sent = lambda s: 1.0 - s["compression_up"][0]
   for row, (x_of, label) in enumerate(
@@ -546,8 +546,8 @@ def plot_info_loss(rows, path: pathlib.Path) -> bool:
   method, bars grouped by payload ratio on a log scale, to ``path``; False without
   matplotlib or without a compressed run that recorded it."""
   plt = pages.pyplot()
-  stats = pages.seed_stats([r for r in rows if r["method"] != DENSE], ("payload_ratio", "method"),
-                           ("info_loss_total",))
+  stats = seed_stats([r for r in rows if r["method"] != DENSE], ("payload_ratio", "method"),
+                     ("info_loss_total",))
   stats = {k: s["info_loss_total"][0] for k, (_, s) in stats.items()}
   stats = {k: v for k, v in stats.items() if math.isfinite(v) and v > 0}
   if plt is None or not stats:

@@ -16,9 +16,7 @@ every ``--checkpoint_every`` rounds and every ``--checkpoint_minutes`` in
 and resumes the interrupted one (``--overwrite``: start over).
 """
 import contextlib
-import csv
 import dataclasses
-import io
 import itertools
 import os
 import pathlib
@@ -31,7 +29,7 @@ import numpy as np
 from fedras_jax import distributed
 from fedras_jax import flags as flag_lib
 from fedras_jax.config import TrainConfig
-from fedras_jax.outputs import naming, write_atomic
+from fedras_jax.outputs import naming, write_csv
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
 from fedras_jax.sweep import grid_points, kept_sweep, parse_grid, summarize, sweep
 from fedras_jax.workdir_lock import WorkdirLock
@@ -73,6 +71,9 @@ def point_dir_name(point: dict) -> str:
 def parse_sweep_flags(base: TrainConfig):
   """``(seeds, grid, shape_points)`` of the sweep flags; ``ValueError`` naming the flag
   and the value for anything that is not a valid setting of every run."""
+  if base.eval_protocol == "full":
+    raise ValueError("--eval_protocol=full: a sweep scores the sampled protocol only; use "
+                     "--eval_protocol=sampled (full ranking: experiments.train or compare)")
   seeds = flag_lib.parse_values("--seeds", FLAGS.seeds, int, "an integer")
   grid = parse_grid(FLAGS.grid)
   shape_grid = parse_grid(FLAGS.shape_grid,
@@ -117,12 +118,7 @@ def main(argv):
     distributed.on_writer(lambda: setup(hold), np.int32(0))
     rows = run_points(base, seeds, grid, shape_points, workdir)
   if output is not None and distributed.is_writer():
-    fields = list(dict.fromkeys(k for r in rows for k in r))
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(output, text.getvalue().encode())
+    write_csv(output, list(dict.fromkeys(k for r in rows for k in r)), rows)
 
 
 def run_points(base: TrainConfig, seeds, grid, shape_points, workdir) -> list:

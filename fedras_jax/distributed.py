@@ -66,6 +66,12 @@ class ProcessGroup:
 
   def validate(self) -> "ProcessGroup":
     if self.coordinator in ("", AUTO):
+      # Without an address the process count and index come from nowhere (one process) or
+      # from the cluster: a value given for them would be ignored.
+      for name, default in (("num_processes", 1), ("process_id", 0)):
+        if getattr(self, name) != default:
+          raise ValueError(f"--{name}={getattr(self, name)} needs --coordinator=HOST:PORT "
+                           f"(--coordinator={self.coordinator!r})")
       return self
     host, sep, port = self.coordinator.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:

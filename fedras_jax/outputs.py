@@ -4,12 +4,15 @@ Every JSON file the library and the binaries write (``metrics.jsonl``,
 ``summary.json``, ``config.json``, ``tuning.json``, benchmark results) goes through
 ``dumps``: strict RFC 8259 JSON, with a non-finite float (NaN, +-Infinity, which
 Python's ``json`` would write as the non-standard literals ``NaN`` / ``Infinity``)
-written as ``null``. ``write_atomic`` replaces a file whole; ``naming`` turns an
+written as ``null``. ``write_atomic`` replaces a file whole (``write_json`` and
+``write_csv`` through it); ``naming`` turns an
 ``OSError`` without a file name (a full disk: ``[Errno 28] No space left on device``)
 into one that names the file being written.
 """
 import contextlib
+import csv
 import errno
+import io
 import json
 import math
 import os
@@ -110,6 +113,15 @@ def remove_stale_temporaries(directory, stem: str = "*"):
 def write_json(path, obj, indent=2) -> pathlib.Path:
   """Writes ``obj`` as strict JSON (``dumps``) to ``path``, atomically."""
   return write_atomic(path, (dumps(obj, indent=indent) + "\n").encode())
+
+
+def write_csv(path, columns, rows) -> pathlib.Path:
+  """Writes ``rows`` (dicts) as CSV with the header ``columns`` to ``path``, atomically."""
+  text = io.StringIO(newline="")
+  writer = csv.DictWriter(text, columns)
+  writer.writeheader()
+  writer.writerows(rows)
+  return write_atomic(path, text.getvalue().encode())
 
 
 def read_json(path, remedy: str = ""):

@@ -19,6 +19,7 @@ sweep (other runs or result-affecting settings) are removed and the sweep starts
 """
 import dataclasses
 import itertools
+import math
 import pathlib
 import shutil
 import time
@@ -273,20 +274,40 @@ def _stacked_states(configs, model, split, server_opt, downlink):
   return server, clients, hp
 
 
+def cell_value(row: dict, column: str) -> float:
+  """``row[column]`` as a float (a CSV string or a number); NaN where it is missing or
+  empty."""
+  value = row.get(column, "")
+  return math.nan if value is None or value == "" else float(value)
+
+
+def seed_stats(rows, keys: Sequence[str], columns: Sequence[str]) -> dict:
+  """``{group: (seeds, {column: (mean, std)})}`` over rows grouped by their ``keys``
+  values (in first-seen order); std is the population std; a column with an empty or
+  missing value in a group gets ``(nan, nan)``."""
+  groups = {}
+  for r in rows:
+    groups.setdefault(tuple(r[k] for k in keys), []).append(r)
+  out = {}
+  for group, members in groups.items():
+    stats = {}
+    for c in columns:
+      v = np.asarray([cell_value(r, c) for r in members])
+      stats[c] = (float(v.mean()), float(v.std())) if np.isfinite(v).all() else (np.nan, np.nan)
+    out[group] = (len(members), stats)
+  return out
+
+
 def summarize(results: List[dict], metrics=("hr@10", "ndcg@10")) -> List[dict]:
   """One row per grid point: mean and std over seeds of each metric."""
   keys = [
       k for k in results[0] if k not in ("seed", "compile_seconds",
                                          "train_seconds") and not k.startswith(("hr@", "ndcg@"))
   ]
-  groups = {}
-  for row in results:
-    groups.setdefault(tuple(row[k] for k in keys), []).append(row)
   out = []
-  for values, rows in groups.items():
-    summary = dict(zip(keys, values), seeds=len(rows))
+  for values, (seeds, stats) in seed_stats(results, keys, metrics).items():
+    summary = dict(zip(keys, values), seeds=seeds)
     for m in metrics:
-      v = np.array([r[m] for r in rows])
-      summary[f"{m}_mean"], summary[f"{m}_std"] = float(v.mean()), float(v.std())
+      summary[f"{m}_mean"], summary[f"{m}_std"] = stats[m]
     out.append(summary)
   return out

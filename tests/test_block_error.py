@@ -62,6 +62,7 @@ def test_magnitude_share_splits_the_error_into_length_and_direction():
      ([], "error: --ckpt_dir is required"),
      (["--sub_blocks=0"], "error: --sub_blocks=0: must be at least 1"),
      (["--stages=0"], "error: --stages=0: must be at least 1"),
+     (["--coordinator=127.0.0.1:1234"], "error: --coordinator: block_error runs in one process"),
      (["--ckpt_dir=/nonexistent/checkpoints"], "error: --ckpt_dir=/nonexistent/checkpoints: no"),])
 def test_bad_flags_fail_before_the_data_is_loaded(flags, message):
   """They used to end in a TypeError traceback after building the simulation, or in

@@ -7,7 +7,8 @@ import optax
 import pytest
 
 from fedras_jax import quantize
-from fedras_jax.compress import Context, cold_start, dense_bits, error_feedback, fedras, identity
+from fedras_jax.compress import (Context, cold_start, dense_bits, error_feedback, fedras, identity,
+                                 roundtrip)
 from fedras_jax.config import TrainConfig
 from fedras_jax.experiment import build_compressors
 from fedras_jax.federated import init_states, make_round
@@ -71,6 +72,31 @@ def test_dense_fallback_is_exact_when_rows_fit(synthetic, uncompressed):
   server, clients, metrics = run(synthetic, fedras(synthetic.num_items, max_k=4))
   np.testing.assert_allclose(server.items, uncompressed[0].items, atol=1e-6)
   assert all(np.all(m.num_actions == 0) for m in metrics), "every client went dense"
+
+
+def bfloat16_round(x):
+  """NumPy reference: float32 to the nearest bfloat16 (ties to even), back to float32."""
+  bits = np.asarray(x, np.float32).view(np.uint32).astype(np.uint64)
+  bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16
+  return bits.astype(np.uint32).view(np.float32)
+
+
+@pytest.mark.parametrize("value_bits", [32, 16])
+def test_dense_fallback_sends_the_values_it_counts(value_bits):
+  # 5 live rows of 40 as values: 5 * 6 * value_bits + 40 presence bits, the whole budget.
+  rows = np.zeros((40, 6), np.float32)
+  rows[:5] = np.random.default_rng(0).normal(size=(5, 6))
+  budget = 5 * 6 * value_bits + 40
+  out = roundtrip(fedras(40, max_k=8, value_bits=value_bits),
+                  jnp.asarray(rows),
+                  jnp.ones(40, bool),
+                  jnp.int32(budget),
+                  jax.random.key(0),
+                  context=Context())
+  assert bool(out.payload.is_dense) and int(out.bits) == budget
+  want = rows if value_bits == 32 else bfloat16_round(rows)
+  assert value_bits == 32 or np.any(want != rows), "the rows must need rounding"
+  np.testing.assert_array_equal(np.asarray(out.decoded), want)
 
 
 def test_per_client_budgets_set_k_and_bits_in_one_compiled_round(synthetic):

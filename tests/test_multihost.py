@@ -115,10 +115,11 @@ def test_two_processes_equal_one_process_and_one_device(ml100k_path, tmp_path, m
   assert "process 0 failed to set up the run" in results[1].stderr.strip().splitlines()[-1]
 
 
-@pytest.mark.parametrize("flags,message",
-                         [(["--coordinator=localhost"], "--coordinator='localhost' is invalid"),
-                          (["--coordinator=127.0.0.1:1234", "--num_processes=2", "--process_id=2"
-                           ], "--process_id=2 is invalid"),])
+@pytest.mark.parametrize(
+    "flags,message", [(["--coordinator=localhost"], "--coordinator='localhost' is invalid"),
+                      (["--coordinator=127.0.0.1:1234", "--num_processes=2", "--process_id=2"
+                       ], "--process_id=2 is invalid"),
+                      (["--num_processes=2"], "--num_processes=2 needs --coordinator=HOST:PORT")])
 def test_bad_process_flags_fail_naming_the_flag(flags, message):
   result = _run(["--rounds=1", *flags], devices=1)
   assert result.returncode != 0

@@ -3,8 +3,9 @@
 A thin wrapper over ``fedras_jax.quantize``: the client's update rows become at
 most ``max_k`` actions (K-Means centroids) plus one index per catalog item, K
 chosen by the client's bit budget and the cosine split test. When the touched rows
-themselves fit the budget (``n_touched * d * 32`` value bits plus a presence bit
-per catalog item), they go dense instead: exact and no larger than allowed.
+themselves fit the budget (``n_touched * d * value_bits`` bits plus a presence bit
+per catalog item), they go dense instead: the rows as ``value_bits`` floats (16: rounded
+to bfloat16, as the centroids), no larger than allowed.
 
 With ``stages > 1`` the rows are sent as a sum of actions (residual K-Means): each
 stage clusters what the stages before it left, with an equal share of what is left
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 
 from fedras_jax import quantize
 from fedras_jax.compress.base import (Compressor, Encoded, check_index_coding, content_budget,
-                                      indexed_rows, with_overhead)
+                                      indexed_rows, round_values, with_overhead)
 
 
 class FedRASPayload(NamedTuple):
@@ -64,7 +65,8 @@ def fedras(num_index_rows: int,
     max_iters: Lloyd M-steps per refinement (one after each split test). 2 by default:
       a bisection already leaves the halves near a fixed point, and more steps cost
       time without a measurable gain in the round (docs/design/quantizer_speed.md).
-    dense_fallback: send the touched rows uncompressed when that fits the budget.
+    dense_fallback: send the touched rows as values (rounded to ``value_bits``) when that
+      fits the budget.
     stages: residual stages (>= 1). Stage ``s`` (0-based) clusters the rows less what
       stages ``0 .. s-1`` decode to, within ``remaining // (stages - s)`` bits of the
       budget (``remaining``: the budget less the bits of the stages before), each with
@@ -126,7 +128,8 @@ def fedras(num_index_rows: int,
       sent.append(actions)
       states.append((actions.centroids, actions.num_actions))
     payload = FedRASPayload(actions=pack(sent),
-                            dense_rows=jnp.where(live[:, None], rows, 0.0),
+                            dense_rows=round_values(jnp.where(live[:, None], rows, 0.0),
+                                                    value_bits),
                             is_dense=is_dense,
                             num_actions=jnp.where(is_dense, 0, sum(a.num_actions for a in sent)),
                             bits=jnp.where(is_dense, dense_size,

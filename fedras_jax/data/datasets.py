@@ -215,22 +215,22 @@ def _ncf_negatives(path, test: Interactions, U: int, I: int, k: int) -> np.ndarr
 # --------------------------------------------------------------- registry --
 
 
-def _ml100k(paths, data_dir, seed, num_valid, k):
+def _ml100k(paths, seed, num_valid, k):
   inter = formats.parse_movielens_100k(paths[0], "ml-100k")
   return leave_one_out(inter, num_test_negatives=k, num_valid=num_valid, seed=seed)
 
 
-def _ml1m_raw(paths, data_dir, seed, num_valid, k):
+def _ml1m_raw(paths, seed, num_valid, k):
   inter = formats.parse_movielens_1m(paths[0], "ml-1m-raw")
   return leave_one_out(inter, num_test_negatives=k, num_valid=num_valid, seed=seed)
 
 
-def _lastfm(paths, data_dir, seed, num_valid, k):
+def _lastfm(paths, seed, num_valid, k):
   inter = formats.parse_lastfm_user_artists(paths[0], "lastfm-2k")
   return leave_one_out(inter, num_test_negatives=k, num_valid=num_valid, seed=seed)
 
 
-def _ml1m(paths, data_dir, seed, num_valid, k):
+def _ml1m(paths, seed, num_valid, k):
   neg = paths[2] if len(paths) > 2 else None  # the NCF negatives (_named_sources), if present
   return ncf_split(paths[0],
                    paths[1],
@@ -254,7 +254,7 @@ def _ncf_negative_path(data_dir) -> pathlib.Path | None:
   return fetch.ensure_file(spec, data_dir, download=False)
 
 
-# name -> (files it reads, builder(paths, data_dir, seed, num_valid, k)).
+# name -> (files it reads, builder(paths, seed, num_valid, k)).
 DATASETS: dict[str, tuple[tuple[str, ...], Callable[..., Split]]] = {
     "ml-100k": (("ml-100k/u.data",), _ml100k),
     "ml-1m": (("ml-1m/ml-1m.train.rating", "ml-1m/ml-1m.test.rating"), _ml1m), "ml-1m-raw": (
@@ -351,7 +351,7 @@ def load_dataset(name: str,
   if is_file:
     split = _file_split(paths[0], options, seed, num_valid, num_test_negatives)
   else:
-    split = DATASETS[name][1](paths, data_dir, seed, num_valid, num_test_negatives)
+    split = DATASETS[name][1](paths, seed, num_valid, num_test_negatives)
   if cache:
     try:
       save_split(key, split, metadata)

@@ -79,11 +79,10 @@ class LocalResult(NamedTuple):
 
 
 class Aggregate(NamedTuple):
-  """The server's view after aggregation: per-item update and counts, the dense
-  update, the optimizer's steps and state."""
-  item_update: jax.Array
+  """The server's view after aggregation: counts ``[I]`` (clients per item), the negated
+  aggregate ``(items [I, item_dim], dense)`` the optimizer took as its gradient, the
+  optimizer's steps and state."""
   counts: jax.Array
-  dense_update: Any
   neg_grad: Any
   item_step: jax.Array
   dense_step: Any
@@ -303,9 +302,7 @@ def aggregate_stage(parts: RoundParts, server: ServerState, local: LocalResult,
   updates, opt_state = parts.server_opt.update(neg_grad, server.opt_state,
                                                (server.items, server.dense))
   item_step, dense_step = updates
-  return Aggregate(item_update=item_update,
-                   counts=counts,
-                   dense_update=dense_update,
+  return Aggregate(counts=counts,
                    neg_grad=neg_grad,
                    item_step=item_step,
                    dense_step=dense_step,
