@@ -464,9 +464,12 @@ def main(argv):
     flag_lib.validate_points(base, "--tune_seed", FLAGS.tune_seed, [dict(seed=FLAGS.tune_seed)])
   grid = parse_grid(FLAGS.tune, flag="--tune")
   flag_lib.validate_points(base, "--tune", FLAGS.tune, grid_points(grid))
-  tune_at = ((FLAGS.tune_at.strip(),
-              flag_lib.parse_values("--tune_at", FLAGS.tune_at, flag_lib.fraction, what)[0])
-             if FLAGS.tune_at else None)
+  tune_at = None
+  if FLAGS.tune_at:
+    values = flag_lib.parse_values("--tune_at", FLAGS.tune_at, flag_lib.fraction, what)
+    if len(values) != 1:
+      raise ValueError(f"--tune_at={FLAGS.tune_at}: name one payload ratio")
+    tune_at = (FLAGS.tune_at.strip(), values[0])
   if (tune_at or FLAGS.tune_seed is not None) and not grid:
     raise ValueError("--tune_at and --tune_seed need --tune")
   outdir = pathlib.Path(FLAGS.outdir)

@@ -267,6 +267,8 @@ def test_binaries_refuse_bad_input_in_one_line(tmp_path):
       ("compare", ["--ratios=1/0"], "--ratios=1/0: '1/0' is not a payload ratio in (0, 1]"),
       ("compare", ["--ratios=abc"], "--ratios=abc: 'abc' is not a payload ratio in (0, 1]"),
       ("compare", ["--tune=item_lr=abc"], "--tune=item_lr=abc: 'abc' is not a finite number"),
+      ("compare", ["--tune=item_lr=8,16",
+                   "--tune_at=1/32,1/8"], "--tune_at=1/32,1/8: name one payload ratio"),
       ("compare", ["--methods=svd,nosuch",
                    "--jobs=2"], "--methods=svd,nosuch: --method='nosuch' is invalid"),
       ("compare", ["--models=mf,nfc"], "--models=mf,nfc: --model='nfc' is invalid"),
