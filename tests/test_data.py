@@ -188,33 +188,6 @@ def test_parse_movielens_1m_small(tmp_path):
   np.testing.assert_array_equal(inter.timestamps, [978300760, 978302109, 978298413])
 
 
-def test_parse_recbole_inter(tmp_path):
-  p = write(
-      tmp_path / "toy.inter", "timestamp:float\titem_id:token\tuser_id:token\trating:float\n"
-      "881250949.0\t242\t196\t3\n"
-      "881250950\t30\t196\t4\n"
-      "881250951\t242\t9\t1\n")
-  inter = data.parse_recbole_inter(p)
-  assert inter.name == "toy"
-  np.testing.assert_array_equal(inter.raw_user_ids, [9, 196])  # numeric
-  np.testing.assert_array_equal(inter.raw_item_ids, [30, 242])
-  np.testing.assert_array_equal(inter.users, [1, 1, 0])
-  np.testing.assert_array_equal(inter.items, [1, 0, 1])
-  np.testing.assert_array_equal(inter.timestamps, [881250949, 881250950, 881250951])
-  # String tokens, no timestamp column (file order), custom field names.
-  q = write(tmp_path / "b.inter", "uid:token\tiid:token\n"
-            "bob\tx\nalice\ty\nbob\ty\n")
-  inter = data.parse_recbole_inter(q, user_field="uid", item_field="iid")
-  assert list(inter.raw_user_ids) == ["alice", "bob"]
-  np.testing.assert_array_equal(inter.users, [1, 0, 1])
-  np.testing.assert_array_equal(inter.timestamps, [0, 1, 2])
-  with pytest.raises(data.DataFormatError, match=r"b\.inter:1: .*user_id"):
-    data.parse_recbole_inter(q)
-  # Spaces around a token are not part of it (as userfile reads the same file).
-  r = write(tmp_path / "c.inter", "user_id:token\titem_id:token\n1 \tx\n1\ty\n")
-  assert data.parse_recbole_inter(r).num_users == data.parse_interaction_file(r).num_users == 1
-
-
 def test_parse_lastfm(tmp_path):
   p = write(tmp_path / "user_artists.dat", "userID\tartistID\tweight\n"
             "2\t51\t13883\n2\t52\t11690\n3\t51\t228\n3\t99\t1\n")
@@ -231,7 +204,7 @@ def test_parse_lastfm(tmp_path):
 _BAD = {
     "u.data": (data.parse_movielens_100k, "1\t2\t3\t4\n1\t3\t3\t5\n1\t4\tthree\t6\n"),
     "ratings.dat": (data.parse_movielens_1m, "1::2::3::4\n1::3::3::5\n1::4::3\n"), "a.inter":
-        (data.parse_recbole_inter, "user_id:token\titem_id:token\ttimestamp:float\n"
+        (data.parse_interaction_file, "user_id:token\titem_id:token\ttimestamp:float\n"
          "1\t2\t3\n1\t3\n"), "user_artists.dat":
              (data.parse_lastfm_user_artists, "userID\tartistID\tweight\n1\t2\t3\n1\tx\t3\n"),
     "x.rating": (data.parse_ncf_rating, "0\t1\t5\t100\n0\t2\t5\t101\n0\t-3\t5\t102\n"),

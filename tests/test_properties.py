@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fedras_jax import flags as flag_lib
-from fedras_jax.data import formats
+from fedras_jax.data import formats, userfile
 from fedras_jax.data.formats import DataFormatError
 from fedras_jax.sweep import SWEEPABLE, parse_grid
 from fedras_jax.config import TrainConfig
@@ -86,15 +86,15 @@ def _negatives_lines():
   return _file_lines(valid, odd)
 
 
-# (parser, header line or None, lines strategy)
+# file name (a user's file is read by its suffix): (parser, header line or None, lines)
 PARSERS = {
-    "ml-100k": (formats.parse_movielens_100k, None, _lines("\t", 4)),
-    "ml-1m-raw": (formats.parse_movielens_1m, None, _lines("::", 4)),
-    "ncf-rating": (formats.parse_ncf_rating, None, _lines("\t", 4)), "lastfm":
-        (formats.parse_lastfm_user_artists, "userID\tartistID\tweight", _lines("\t", 3)), "recbole":
-            (formats.parse_recbole_inter, "user_id:token\titem_id:token\ttimestamp:float",
-             _lines("\t", 3)), "ncf-negatives": (formats.parse_ncf_test_negatives, None,
-                                                 _negatives_lines()),
+    "u.data": (formats.parse_movielens_100k, None, _lines("\t", 4)),
+    "ratings.dat": (formats.parse_movielens_1m, None, _lines("::", 4)),
+    "x.rating": (formats.parse_ncf_rating, None, _lines("\t", 4)), "user_artists.dat":
+        (formats.parse_lastfm_user_artists, "userID\tartistID\tweight", _lines("\t", 3)), "x.inter":
+            (userfile.parse_interaction_file, "user_id:token\titem_id:token\ttimestamp:float",
+             _lines("\t", 3)), "x.test.negative": (formats.parse_ncf_test_negatives, None,
+                                                   _negatives_lines()),
 }
 
 
@@ -119,7 +119,7 @@ def scratch():
 @pytest.mark.parametrize("name", sorted(PARSERS))
 def test_parsers_parse_or_raise_a_one_line_data_error(name, scratch):
   parse, header, lines = PARSERS[name]
-  path = scratch / f"{name}.txt"
+  path = scratch / name
 
   @PARSE
   @given(lines=lines,

@@ -174,6 +174,18 @@ def test_recbole_inter_file(tmp_path):
       "u1\ti1\t5\t10\nu1\ti2\t4\t11\nu2\ti1\t3\t12\n")
   inter = data.parse_interaction_file(path)
   assert rows_of(inter) == {("u1", "i1"): 10, ("u1", "i2"): 11, ("u2", "i1"): 12}
+  # Columns by header name in any order, numeric ids remapped numerically, whole float
+  # timestamps kept as integers.
+  path = write(
+      tmp_path / "toy.inter", "timestamp:float\titem_id:token\tuser_id:token\trating:float\n"
+      "881250949.0\t242\t196\t3\n881250950\t30\t196\t4\n881250951\t242\t9\t1\n")
+  inter = data.parse_interaction_file(path)
+  assert inter.name == "toy"
+  np.testing.assert_array_equal(inter.raw_user_ids, [9, 196])
+  np.testing.assert_array_equal(inter.raw_item_ids, [30, 242])
+  np.testing.assert_array_equal(inter.users, [1, 1, 0])
+  np.testing.assert_array_equal(inter.items, [1, 0, 1])
+  np.testing.assert_array_equal(inter.timestamps, [881250949, 881250950, 881250951])
   bad = write(tmp_path / "y.inter", "user\titem\nu1\ti1\n")
   with pytest.raises(data.DataFormatError, match="name:type"):
     data.parse_interaction_file(bad)

@@ -19,7 +19,7 @@ from fedras_jax.data.fetch import (ChecksumError, FetchContext, FetchError, PipW
                                    sha256_file)
 from fedras_jax.data.formats import (DataFormatError, TestNegatives, parse_lastfm_user_artists,
                                      parse_movielens_100k, parse_movielens_1m, parse_ncf_rating,
-                                     parse_ncf_test_negatives, parse_recbole_inter)
+                                     parse_ncf_test_negatives)
 from fedras_jax.data.interactions import Interactions
 from fedras_jax.data.negatives import sample_negatives
 from fedras_jax.data.split import (EmptyClientError, Split, build_split, describe, leave_one_out)
@@ -33,5 +33,5 @@ __all__ = [
     "default_data_dir", "describe", "ensure_file", "is_path", "leave_one_out", "load_dataset",
     "load_split", "ncf_split", "parse_interaction_file", "parse_lastfm_user_artists",
     "parse_movielens_100k", "parse_movielens_1m", "parse_ncf_rating", "parse_ncf_test_negatives",
-    "parse_recbole_inter", "sample_negatives", "save_split", "sha256_file",
+    "sample_negatives", "save_split", "sha256_file",
 ]

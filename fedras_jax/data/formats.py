@@ -5,9 +5,6 @@ to be numbers, then dropped):
 
 * MovieLens-100K ``u.data``: ``user<TAB>item<TAB>rating<TAB>timestamp``.
 * MovieLens-1M GroupLens ``ratings.dat``: ``user::item::rating::timestamp``.
-* RecBole atomic ``.inter``: tab-separated, typed header such as
-  ``user_id:token<TAB>item_id:token<TAB>rating:float<TAB>timestamp:float``;
-  columns are found by header name.
 * Last.fm-2K (HetRec 2011) ``user_artists.dat``: header
   ``userID<TAB>artistID<TAB>weight``; no time, so the line index is the time.
 * NCF ``.rating`` (``ml-1m.train.rating`` / ``ml-1m.test.rating`` from the
@@ -18,6 +15,8 @@ to be numbers, then dropped):
 Raw-format parsers remap ids by sorted raw id and keep the earliest of
 duplicated (user, item) pairs (see `interactions.py`).
 
+A user's own file (RecBole ``.inter``, CSV, TSV) is read by `userfile`.
+
 Malformed input raises `DataFormatError` (a `ValueError`) with a one-line
 message ``<file>:<line>: <problem>`` (line numbers are 1-based and count the
 header). Blank lines are errors except at the end of a file; an empty file is
@@ -26,7 +25,6 @@ an error. ``\\r\\n`` line endings are accepted.
 
 import dataclasses
 import math
-import os
 import re
 
 import numpy as np
@@ -214,52 +212,6 @@ def parse_movielens_100k(path, name: str = "ml-100k") -> Interactions:
 def parse_movielens_1m(path, name: str = "ml-1m-raw") -> Interactions:
   """MovieLens-1M GroupLens ``ratings.dat`` (``user::item::rating::ts``)."""
   return _standard_4col(path, name, "::")
-
-
-def parse_recbole_inter(path,
-                        name: str | None = None,
-                        *,
-                        user_field: str = "user_id",
-                        item_field: str = "item_id",
-                        time_field: str = "timestamp") -> Interactions:
-  """RecBole atomic ``.inter`` file (tab-separated, ``name:type`` header).
-
-  Columns are located by header name (the part before ``:``). Ids are
-  tokens: if every token of a column is a decimal integer the column is
-  remapped in numeric order, else in string order. Without a `time_field`
-  column the line order is the time. Float timestamps that are not whole
-  numbers are replaced by their dense rank (order is all that is used).
-  """
-  if name is None:
-    name = os.path.splitext(os.path.basename(str(path)))[0]
-  lines = read_lines(path)
-  header = lines[0].split("\t")
-  names = []
-  for field in header:
-    base, colon, ftype = field.partition(":")
-    if not colon or not base or not ftype:
-      raise DataFormatError(
-          path, 1, f"header field {quote_snippet(field)} is not 'name:type' "
-          "(is this a RecBole .inter file?)")
-    names.append(base)
-  wanted = {}
-  for key, field, kind in (("user", user_field, "token"), ("item", item_field, "token"),
-                           ("timestamp", time_field, "float")):
-    if field in names:
-      wanted[key] = (names.index(field), kind)
-    elif key != "timestamp":
-      raise DataFormatError(path, 1, f"header has no {field!r} column (columns: "
-                            f"{', '.join(names)})")
-  if len(lines) < 2:
-    raise DataFormatError(path, 1, "header only, no interactions")
-  c = read_columns(path, lines[1:], "\t", len(header), wanted, first_line=2)
-  if "timestamp" in c:
-    ts = timestamps_to_int64(c["timestamp"])
-  else:
-    ts = np.arange(len(lines) - 1, dtype=np.int64)
-  # Tokens stripped as `userfile` strips them: "1 " and "1" are one user either way.
-  ids = {col: numeric_tokens(np.char.strip(c[col])) for col in ("user", "item")}
-  return from_raw_ids(name, ids["user"], ids["item"], ts)
 
 
 _LASTFM_HEADER = ["userID", "artistID", "weight"]
