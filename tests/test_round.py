@@ -56,8 +56,11 @@ def run_rounds(model, synthetic, cfg, rounds=2, users=None):
   return history, (server, clients, metrics)
 
 
-def reference_round(model, synthetic, cfg, server, clients):
-  """One round as PyTorch-style codebases simulate it: a Python loop over clients."""
+def reference_round(model, synthetic, cfg, server, clients, exclude=()):
+  """One round as PyTorch-style codebases simulate it: a Python loop over clients.
+
+  Users in `exclude` are left out (their rows unchanged, no item counts, the dense mean
+  over the others); FedAvg's divisor stays the number sampled."""
   data = synthetic.data
   sampled = round_clients(server.key, server.round, data.num_users, M)
   keys = client_keys(server.key, server.round, sampled)
@@ -75,6 +78,8 @@ def reference_round(model, synthetic, cfg, server, clients):
   users = np.array(clients.users)
   dense_sum = jax.tree.map(lambda p: np.zeros(p.shape, np.float64), server.dense)
   for user, key in zip(np.asarray(sampled), keys):
+    if int(user) in exclude:
+      continue
     out = update_fn(plan_fn(user, key), server.items, server.dense, clients.users[user])
     mask = np.asarray(out.mask)
     items = np.asarray(out.items)[mask]
@@ -85,7 +90,8 @@ def reference_round(model, synthetic, cfg, server, clients):
     dense_sum = jax.tree.map(lambda a, d: a + np.asarray(d, np.float64), dense_sum, out.dense_delta)
   divisor = np.maximum(counts, 1)[:, None] if cfg.aggregation == "inverse_frequency" else M
   items = np.asarray(server.items, np.float64) + sums / divisor
-  dense = jax.tree.map(lambda p, s: np.asarray(p, np.float64) + s / M, server.dense, dense_sum)
+  dense = jax.tree.map(lambda p, s: np.asarray(p, np.float64) + s / (M - len(exclude)),
+                       server.dense, dense_sum)
   return items, users, dense
 
 
@@ -143,10 +149,18 @@ def test_nonfinite_client_is_skipped(synthetic):
                                 seed=0)
   victim = int(round_clients(server.key, 0, synthetic.num_users, M)[0])
   users = clients.users.at[victim].set(jnp.nan)
-  _, (server_b, clients_b, metrics) = run_rounds(model, synthetic, cfg, rounds=1, users=users)
+  [(server, clients)], (server_b, clients_b, metrics) = run_rounds(model,
+                                                                   synthetic,
+                                                                   cfg,
+                                                                   rounds=1,
+                                                                   users=users)
   assert int(metrics.skipped) == 1
-  assert np.all(np.isfinite(server_b.items))
   assert np.all(np.isnan(clients_b.users[victim])), "the bad client's row is left as it was"
+  # The others' updates land as a round without the victim would apply them.
+  items, users, dense = reference_round(model, synthetic, cfg, server, clients, exclude={victim})
+  np.testing.assert_allclose(server_b.items, items, atol=2e-6, rtol=1e-5)
+  np.testing.assert_allclose(clients_b.users, users, atol=2e-6, rtol=1e-5)
+  chex.assert_trees_all_close(server_b.dense, dense, atol=2e-6, rtol=1e-5)
 
 
 def test_aggregation_hand_case():
