@@ -67,7 +67,9 @@ def find_data_file(relpath: str, download: bool = True) -> pathlib.Path:
   where = ", ".join(str(d) for d in data_dirs())
   if spec is None or not spec.sources:
     pytest.skip(f"{relpath} is in none of {where} and cannot be fetched (put it there)")
-  if not download or os.environ.get("FEDRAS_TEST_DOWNLOAD", "1") == "0":
+  if not download:
+    pytest.skip(f"{relpath} is in none of {where}; this test does not fetch it")
+  if os.environ.get("FEDRAS_TEST_DOWNLOAD", "1") == "0":
     pytest.skip(f"{relpath} is in none of {where}; fetching disabled (FEDRAS_TEST_DOWNLOAD=0)")
   try:
     return fetch.ensure_file(spec, fetch.default_data_dir())
