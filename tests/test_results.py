@@ -233,16 +233,34 @@ def test_curve_means_average_the_seeds_at_each_round():
   assert [p[0] for p in means[("1/32", "uncompressed")]] == [25.0, 50.0, 75.0]
 
 
-def test_the_curve_and_information_loss_plots(part):
+def test_the_curve_and_information_loss_plots(part, monkeypatch):
+  """Curves: per method, the seeds' mean simulated seconds and HR@10 at each round.
+  Information loss: one bar per (ratio, method), the seeds' mean (recomputed here)."""
   pytest.importorskip("matplotlib")
   _, rows = results.read_part(part)
+  figures, save = [], pages.save_figure
+  monkeypatch.setattr(pages, "save_figure", lambda fig, *a, **k:
+                      (figures.append(fig), save(fig, *a, **k)))
   assert results.plot_curves(_curves(), part / "curves.png")
   assert results.plot_info_loss(rows, part / "info_loss.png")
   for name in ("curves.png", "info_loss.png"):
     assert (part / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  # Only the dense baseline, or nothing recorded: no information-loss plot.
-  assert not results.plot_info_loss([r for r in rows if r["method"] == "uncompressed"],
-                                    part / "none.png")
+  (curves_ax,) = figures[0].axes
+  drawn = {line.get_label(): np.asarray(line.get_data(), float) for line in curves_ax.lines}
+  for method, seeds in (("uncompressed", ((0.5, 0.68, 0.68), (0.6, 0.69, 0.70))),
+                        ("fedras", ((0.4, 0.6, 0.685), (0.4, 0.5, 0.6)))):
+    np.testing.assert_allclose(drawn[method], [[100.5, 200.5, 300.5], np.mean(seeds, axis=0)])
+  assert set(drawn) == {"uncompressed", "fedras"}
+  bars = figures[1].axes[0].containers
+  drawn = {c.get_label(): sorted(b.get_height() for b in c) for c in bars}
+  want = {}
+  for r in rows:
+    if r["method"] != "uncompressed":
+      want.setdefault(r["method"], {}).setdefault(r["payload_ratio"],
+                                                  []).append(float(r["info_loss_total"]))
+  assert set(drawn) == set(want)
+  for method, by_ratio in want.items():
+    np.testing.assert_allclose(drawn[method], sorted(np.mean(v) for v in by_ratio.values()))
 
 
 def test_the_dense_baseline_counts_at_every_ratio(part):
