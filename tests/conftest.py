@@ -6,6 +6,7 @@ can fetch (ML-100K) is fetched into the library's data directory when absent, as
 ``python -m experiments.train`` does; ``FEDRAS_TEST_DOWNLOAD=0`` forbids that (the tests
 needing it then skip, saying why).
 """
+import json
 import os
 import pathlib
 import shutil
@@ -75,6 +76,20 @@ def find_data_file(relpath: str, download: bool = True) -> pathlib.Path:
     return fetch.ensure_file(spec, fetch.default_data_dir())
   except fetch.FetchError as e:
     pytest.skip(f"{relpath} is in none of {where} and could not be fetched: {e}")
+
+
+def write(path, text: str) -> pathlib.Path:
+  """Writes ``text`` to ``path`` (parents made); returns the path."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(text)
+  return path
+
+
+def metrics_rows(workdir) -> list:
+  """The rows of a run's ``metrics.jsonl``."""
+  lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+  return [json.loads(line) for line in lines]
 
 
 class Synthetic:

@@ -16,17 +16,9 @@ from fedras_jax import data
 from fedras_jax.data import datasets as datasets_lib
 from fedras_jax.data import fetch
 
-from conftest import find_data_file
+from conftest import find_data_file, write
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def write(path, text):
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(text)
-  return path
-
 
 # ------------------------------------------------------------- real data --
 

@@ -18,6 +18,8 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import metrics_rows
+
 from fedras_jax import checkpoint, experiment
 from fedras_jax.config import TrainConfig
 from fedras_jax.federated import round_clients
@@ -73,10 +75,6 @@ def _cached_env(cache_dir):
               JAX_COMPILATION_CACHE_DIR=str(cache_dir),
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
-
-
-def _rows(workdir):
-  return [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def _untimed(row):
@@ -136,7 +134,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(data_dir, reference, tmp
       proc.kill()
       proc.wait()
   assert proc.returncode == -signal.SIGKILL
-  assert [r["round"] for r in _rows(workdir)] == [5, 10, 15]  # 15 is past the checkpoint
+  assert [r["round"] for r in metrics_rows(workdir)] == [5, 10, 15]  # 15 is past the checkpoint
   assert not (workdir / "summary.json").exists()
 
   resumed = _binary(*flags, env=_cached_env(xla_cache))  # the same command again
@@ -144,7 +142,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(data_dir, reference, tmp
   assert "resuming from round 10 of 30" in resumed.stdout
 
   # No duplicated or lost rows, every number equal to the uninterrupted run's.
-  rows, want = _rows(workdir), _rows(reference)
+  rows, want = metrics_rows(workdir), metrics_rows(reference)
   assert [r["round"] for r in rows] == [5, 10, 15, 20, 25, 30]
   assert [_untimed(r) for r in rows] == [_untimed(r) for r in want]
   csv_rows = (workdir / "metrics.csv").read_text().splitlines()
@@ -187,7 +185,8 @@ def test_same_flags_and_seed_give_identical_metrics(data_dir, reference, tmp_pat
   for key in ("final", "best"):
     assert _untimed(summary[key]) == _untimed(expected[key])
   assert summary["config"] == dict(expected["config"], workdir=str(tmp_path))
-  assert [_untimed(r) for r in _rows(tmp_path)] == [_untimed(r) for r in _rows(reference)]
+  assert [_untimed(r) for r in metrics_rows(tmp_path)
+         ] == [_untimed(r) for r in metrics_rows(reference)]
   assert (tmp_path / "final_params.msgpack").read_bytes() == \
       (reference / "final_params.msgpack").read_bytes()
   assert not any("\r" in l or "\n" in l for l in lines)
@@ -227,7 +226,8 @@ def test_altered_newest_checkpoint_falls_back_to_the_previous_one(data_dir, refe
   assert summary["resumed_from_round"] == 20
   expected = json.loads((reference / "summary.json").read_text())
   assert _untimed(summary["final"]) == _untimed(expected["final"])
-  assert [_untimed(r) for r in _rows(workdir)] == [_untimed(r) for r in _rows(reference)]
+  assert [_untimed(r) for r in metrics_rows(workdir)
+         ] == [_untimed(r) for r in metrics_rows(reference)]
   assert (workdir / "final_params.msgpack").read_bytes() == \
       (reference / "final_params.msgpack").read_bytes()
 
@@ -269,7 +269,8 @@ def test_a_checkpoint_by_time_between_evaluations_resumes_exactly(data_dir, refe
     path.unlink()
   summary = train(_config(data_dir, workdir=str(workdir), **by_time))
   assert summary["resumed_from_round"] == 29
-  assert [_untimed(r) for r in _rows(workdir)] == [_untimed(r) for r in _rows(reference)]
+  assert [_untimed(r) for r in metrics_rows(workdir)
+         ] == [_untimed(r) for r in metrics_rows(reference)]
   assert (workdir / "final_params.msgpack").read_bytes() == \
       (reference / "final_params.msgpack").read_bytes()
 
@@ -295,7 +296,7 @@ def test_overwrite_starts_the_workdir_over(data_dir, reference, tmp_path):
   summary = train(
       _config(data_dir, workdir=str(workdir), overwrite=True, **dict(TINY, checkpoint_every=3)))
   assert summary["resumed_from_round"] is None
-  assert [r["round"] for r in _rows(workdir)] == [2, 4]
+  assert [r["round"] for r in metrics_rows(workdir)] == [2, 4]
   assert [r for r, _ in checkpoint.list_checkpoints(workdir / "checkpoints")] == [3, 4]
   assert json.loads((workdir / "config.json").read_text())["rounds"] == 4
 

@@ -2,7 +2,6 @@
 equals 1 process x 1 device (the uncompressed run also 1 process x 8 devices); process
 0 alone writes the workdir, a multi-process run resumes from it, and a failure of
 process 0's set-up stops every process."""
-import json
 import os
 import subprocess
 import sys
@@ -10,6 +9,8 @@ import time
 
 import numpy as np
 import pytest
+
+from conftest import metrics_rows
 
 from fedras_jax.checkpoint import load_params
 from fedras_jax.launch import launch_local
@@ -59,15 +60,11 @@ def _params(workdir):
   return load_params(workdir / "final_params.msgpack")
 
 
-def _rows(workdir):
-  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
 def _assert_same_run(a, b):
   pa, pb = _params(a), _params(b)
   for name in ("users", "items"):
     np.testing.assert_allclose(pa[name], pb[name], rtol=1e-5, atol=1e-6, err_msg=name)
-  for ra, rb in zip(_rows(a), _rows(b), strict=True):
+  for ra, rb in zip(metrics_rows(a), metrics_rows(b), strict=True):
     assert ra["round"] == rb["round"]
     assert ra["bits_up_total"] == rb["bits_up_total"]
     assert ra["bits_down_total"] == rb["bits_down_total"]
@@ -85,7 +82,7 @@ def test_two_processes_equal_one_process_and_one_device(ml100k_path, tmp_path, m
   # Process 0 logs and writes; process 1 computes the same rounds silently.
   assert f"round     {ROUNDS}/{ROUNDS}" in writer.stdout and "done:" in writer.stdout
   assert "round" not in other.stdout and "done:" not in other.stdout
-  assert [r["round"] for r in _rows(multi)] == [2, 4]  # each row once, not once per process
+  assert [r["round"] for r in metrics_rows(multi)] == [2, 4]  # each row once, not once per process
 
   if method != "uncompressed":
     return

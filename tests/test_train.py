@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+from conftest import metrics_rows
+
 from fedras_jax.config import TrainConfig
 from fedras_jax.runtime import enable_compilation_cache
 from fedras_jax.training import train
@@ -46,7 +48,7 @@ def test_short_fedmf_run_beats_random_ranking(ml100k_path, tmp_path):
   final = summary["final"]
   assert 0.03 < final["full_hr@10"] <= final["hr@10"]
   assert 0 < final["full_ndcg@10"] <= final["ndcg@10"]
-  rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  rows = metrics_rows(tmp_path)
   assert [r["round"] for r in rows] == [20, 40]
   assert all("full_hr@10" in r and "hr@10" in r for r in rows)
   assert "full_hr@10" in (tmp_path / "metrics.csv").read_text().splitlines()[0]

@@ -2,10 +2,11 @@
 
 import logging
 import os
-import pathlib
 
 import numpy as np
 import pytest
+
+from conftest import write
 
 from fedras_jax import data
 from fedras_jax.data import userfile
@@ -22,13 +23,6 @@ carol,m5,4,301
 carol,m6,5,302
 dave,m7,4,400
 """
-
-
-def write(path, text):
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(text)
-  return path
 
 
 def rows_of(inter):
