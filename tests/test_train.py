@@ -61,21 +61,6 @@ def test_short_fedmf_run_beats_random_ranking(ml100k_path, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "flag,message",
-    [("--dataset=nope", "--dataset='nope' is invalid"), ("--rounds=0", "--rounds=0 is invalid"),
-     ("--aggregation=median", "--aggregation='median' is invalid"),
-     ("--item_lr=-1", "--item_lr=-1.0 is invalid: must be finite and >= 0"),
-     ("--compute_seconds=-1", "--compute_seconds=-1.0 is invalid: must be finite and >= 0"),])
-def test_bad_flags_fail_fast_naming_the_flag(flag, message):
-  proc = subprocess.run([sys.executable, "-m", "experiments.train", flag],
-                        capture_output=True,
-                        text=True,
-                        timeout=120)
-  assert proc.returncode != 0
-  assert message in proc.stderr.strip().splitlines()[-1]
-
-
-@pytest.mark.parametrize(
     "settings,message",
     [(dict(model="ncf", dim=3), "--dim=3 is invalid: must be at least 4 with --model=ncf"),
      (dict(bandwidth="lognormal",
