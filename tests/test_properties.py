@@ -143,15 +143,6 @@ def test_parsers_parse_or_raise_a_one_line_data_error(name, scratch):
   check()
 
 
-def test_a_huge_id_names_the_file_and_line(tmp_path):
-  path = tmp_path / "user_artists.dat"
-  path.write_text("userID\tartistID\tweight\n1\t2\t3\n2\t18446744073709551616\t5\n")
-  with pytest.raises(DataFormatError,
-                     match=rf"^{path}:3: field 2 \(item\) is "
-                     r"'18446744073709551616', expected an integer$"):
-    formats.parse_lastfm_user_artists(path)
-
-
 # ------------------------------------------------------------------- flags --
 
 

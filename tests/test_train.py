@@ -182,9 +182,9 @@ def test_a_run_without_workdir_leaves_files_and_quiet_prints_the_final_line(ml10
   assert proc.stdout.splitlines()[-1].startswith("done: ")
 
 
-def test_own_csv_and_inter_files_train(ml100k_path, tmp_path):
-  """The acceptance command of issue #15 on ML-100K exported as a headerless CSV, and the
-  same data as a RecBole .inter file."""
+def test_own_csv_file_trains(ml100k_path, tmp_path):
+  """The acceptance command of issue #15 on ML-100K exported as a headerless CSV (that
+  the CSV and a RecBole .inter copy give ML-100K's split: test_userfile.py)."""
   raw = ml100k_path.read_text()
   csv_path = tmp_path / "ratings.csv"
   csv_path.write_text(raw.replace("\t", ","))
@@ -194,20 +194,8 @@ def test_own_csv_and_inter_files_train(ml100k_path, tmp_path):
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.startswith(f"{csv_path}: 943 users, 1682 items, 99057 training")
   assert proc.stdout.splitlines()[1] == f"writing to {tmp_path / 'run'}"
-  csv_summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-  inter_path = tmp_path / "ratings.inter"
-  inter_path.write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n" + raw)
-  summary = train(
-      TrainConfig(dataset=str(inter_path),
-                  data_dir=str(tmp_path / "dd"),
-                  quiet=True,
-                  **{
-                      a[2:].split("=")[0]: type_(a.split("=")[1])
-                      for a, type_ in zip(SMALL, (str, int, int, int, int))
-                  }))
-  # The same interactions, the same split and seed: the same run.
-  assert summary["final"]["hr@10"] == csv_summary["final"]["hr@10"]
-  assert summary["final"]["full_hr@10"] == csv_summary["final"]["full_hr@10"]
+  summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+  assert summary["final"]["round"] == 2
   # A malformed line: one line naming file and line; nothing cached from it.
   bad = tmp_path / "bad.csv"
   bad.write_text("1,2,5,10\n1,3,5,11\n1,x4,5\n")
