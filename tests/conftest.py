@@ -10,11 +10,14 @@ import json
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
 import pytest
 
+from fedras_jax import experiment
 from fedras_jax.data import datasets, fetch
 from fedras_jax.federated import client_data_from_csr
 
@@ -90,6 +93,36 @@ def metrics_rows(workdir) -> list:
   """The rows of a run's ``metrics.jsonl``."""
   lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
   return [json.loads(line) for line in lines]
+
+
+def exited_pid() -> int:
+  """The pid of a process that has exited (a lock or temporary file's dead writer)."""
+  proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                        capture_output=True,
+                        text=True,
+                        check=True)
+  return int(proc.stdout)
+
+
+def flip_middle(path, size: int = 4096):
+  """Overwrites ``size`` bytes in the middle of ``path`` with 0xFF (same file size)."""
+  data = bytearray(path.read_bytes())
+  start = (len(data) - size) // 2
+  data[start:start + size] = b"\xff" * size
+  path.write_bytes(bytes(data))
+
+
+def poison_users(monkeypatch, bad):
+  """Makes the user rows of the users ``bad(ids)`` (a mask of ``[U]`` ids) NaN when a run
+  initialises its state."""
+  init_states = experiment.init_states
+
+  def poisoned(*args, **kwargs):
+    server, clients = init_states(*args, **kwargs)
+    ids = np.arange(clients.users.shape[0])
+    return server, clients._replace(users=clients.users.at[bad(ids)].set(np.nan))
+
+  monkeypatch.setattr(experiment, "init_states", poisoned)
 
 
 class Synthetic:

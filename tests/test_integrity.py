@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedras_jax import checkpoint, experiment, outputs
+from conftest import exited_pid, flip_middle, poison_users
+
+from fedras_jax import checkpoint, outputs
 from fedras_jax import flags as flag_lib
 from fedras_jax.config import TrainConfig
 from fedras_jax.training import train
@@ -129,25 +131,15 @@ def test_a_run_with_nan_losses_writes_strict_json_and_takes_over_a_dead_lock(
   """Poisoned user rows make some clients' loss NaN (the row's mean loss is NaN): every
   JSON file of the workdir still parses strictly, with null where the NaN was. The
   workdir's lock file was left by a dead process: the run takes it over, warning."""
-  init_states = experiment.init_states
-
-  def poisoned(*args, **kwargs):
-    server, clients = init_states(*args, **kwargs)
-    return server, clients._replace(users=clients.users.at[::4].set(jnp.nan))
-
-  monkeypatch.setattr(experiment, "init_states", poisoned)
-  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                        capture_output=True,
-                        text=True,
-                        check=True)
+  poison_users(monkeypatch, lambda u: u % 4 == 0)
+  dead = exited_pid()
   (tmp_path / LOCK_FILE).write_text(
-      json.dumps(dict(pid=int(dead.stdout), host=socket.gethostname(), started="earlier")))
+      json.dumps(dict(pid=dead, host=socket.gethostname(), started="earlier")))
   lines = []
   summary = train(TrainConfig(data_dir=str(ml100k_path.parents[1]), workdir=str(tmp_path), **TINY),
                   log=lines.append)
   assert any(
-      l.startswith("warning: taking over the lock") and f"pid {int(dead.stdout)}" in l
-      for l in lines), lines
+      l.startswith("warning: taking over the lock") and f"pid {dead}" in l for l in lines), lines
   assert not (tmp_path / LOCK_FILE).exists()
   assert summary["final"]["skipped_clients"] > 0 and math.isnan(summary["final"]["loss"])
   rows = [_strict_json(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -164,14 +156,6 @@ def _state(value):
   return dict(table=jnp.full((64, 64), value, jnp.float32), step=jnp.asarray(value, jnp.int32))
 
 
-def _flip_middle(path, size=4096):
-  """Overwrites ``size`` bytes in the middle of ``path`` with 0xFF (same file size)."""
-  data = bytearray(path.read_bytes())
-  start = (len(data) - size) // 2
-  data[start:start + size] = b"\xff" * size
-  path.write_bytes(bytes(data))
-
-
 @pytest.mark.parametrize("damage", ["flip_4k", "flip_one_bit", "truncate"])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
   for r in (1, 2):
@@ -180,7 +164,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, da
   size = newest.stat().st_size
   assert size > 3 * 4096
   if damage == "flip_4k":
-    _flip_middle(newest)
+    flip_middle(newest)
   elif damage == "flip_one_bit":
     data = bytearray(newest.read_bytes())
     data[size // 2] ^= 0x01
@@ -201,7 +185,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path, da
 def test_final_params_are_checksummed(tmp_path):
   path = checkpoint.save_params(tmp_path / "final_params.msgpack", _state(3))
   assert checkpoint.load_params(path)["table"].sum() == 3 * 64 * 64
-  _flip_middle(path, size=64)
+  flip_middle(path, size=64)
   with pytest.raises(checkpoint.CheckpointError, match="checksum mismatch"):
     checkpoint.load_params(path)
 
@@ -314,11 +298,7 @@ def test_temporary_files_of_killed_writes_are_removed(tmp_path):
   """A kill during the first checkpoint write, or during a final file's, leaves a
   temporary file: the next restore, or --overwrite, removes it (they used to stay); one
   whose writer still runs (a concurrent search's write in flight) is left alone."""
-  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                        capture_output=True,
-                        text=True,
-                        check=True)
-  gone, alive = int(dead.stdout), os.getpid()
+  gone, alive = exited_pid(), os.getpid()
   ckpt_dir = tmp_path / workdir_lib.CHECKPOINT_DIR
   ckpt_dir.mkdir()
   (ckpt_dir / f".round_000002.msgpack.{gone}.abcd1234.tmp").write_bytes(b"torn")

@@ -18,9 +18,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import metrics_rows
+from conftest import flip_middle, metrics_rows, poison_users
 
-from fedras_jax import checkpoint, experiment
+from fedras_jax import checkpoint
 from fedras_jax.config import TrainConfig
 from fedras_jax.federated import round_clients
 from fedras_jax.training import DEAD_ROUNDS, NonFiniteUpdateError, train
@@ -214,10 +214,7 @@ def test_altered_newest_checkpoint_falls_back_to_the_previous_one(data_dir, refe
   saved = checkpoint.list_checkpoints(workdir / "checkpoints")
   assert [r for r, _ in saved] == [20, 30]
   newest = saved[-1][1]
-  data = bytearray(newest.read_bytes())
-  middle = (len(data) - 4096) // 2
-  data[middle:middle + 4096] = b"\xff" * 4096
-  newest.write_bytes(bytes(data))
+  flip_middle(newest)
   lines = []
   summary = train(TrainConfig(data_dir=str(data_dir), workdir=str(workdir), **RUN),
                   log=lines.append)
@@ -301,24 +298,12 @@ def test_overwrite_starts_the_workdir_over(data_dir, reference, tmp_path):
   assert json.loads((workdir / "config.json").read_text())["rounds"] == 4
 
 
-def _poison_users(monkeypatch, bad):
-  """Makes the user rows of the users ``bad(u)`` NaN at initialisation."""
-  init_states = experiment.init_states
-
-  def poisoned(*args, **kwargs):
-    server, clients = init_states(*args, **kwargs)
-    ids = np.arange(clients.users.shape[0])
-    return server, clients._replace(users=clients.users.at[bad(ids)].set(np.nan))
-
-  monkeypatch.setattr(experiment, "init_states", poisoned)
-
-
 def _sampled(round_index, seed=0):
   return np.asarray(round_clients(jax.random.key(seed), round_index, ML100K_USERS, 16))
 
 
 def test_nonfinite_updates_stop_the_run_naming_round_and_users(data_dir, monkeypatch):
-  _poison_users(monkeypatch, lambda u: u % 4 == 0)
+  poison_users(monkeypatch, lambda u: u % 4 == 0)
   expected = sorted(int(u) for u in _sampled(0) if u % 4 == 0)
   assert expected  # seed 0 samples some of them in round 1
   with pytest.raises(NonFiniteUpdateError) as e:
@@ -332,7 +317,7 @@ def test_nonfinite_updates_stop_the_run_naming_round_and_users(data_dir, monkeyp
 def test_a_run_whose_every_client_fails_for_dead_rounds_rounds_stops(data_dir, monkeypatch):
   """Skipping cannot help when every sampled client fails: the model no longer changes.
   The run stops after ``DEAD_ROUNDS`` such rounds in a row, saying why, in one line."""
-  _poison_users(monkeypatch, lambda u: u >= 0)
+  poison_users(monkeypatch, lambda u: u >= 0)
   lines = []
   with pytest.raises(NonFiniteUpdateError) as e:
     train(TrainConfig(data_dir=str(data_dir), **TINY), log=lines.append)
@@ -344,7 +329,7 @@ def test_a_run_whose_every_client_fails_for_dead_rounds_rounds_stops(data_dir, m
 
 
 def test_nonfinite_updates_are_skipped_counted_and_logged(data_dir, monkeypatch):
-  _poison_users(monkeypatch, lambda u: u % 4 == 0)
+  poison_users(monkeypatch, lambda u: u % 4 == 0)
   lines = []
   summary = train(TrainConfig(data_dir=str(data_dir), **dict(TINY, rounds=2, eval_every=1)),
                   log=lines.append)
