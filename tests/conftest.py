@@ -21,7 +21,8 @@ from fedras_jax import experiment
 from fedras_jax.data import datasets, fetch
 from fedras_jax.federated import client_data_from_csr
 
-SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
 
 
 def pytest_configure(config):
@@ -93,6 +94,19 @@ def metrics_rows(workdir) -> list:
   """The rows of a run's ``metrics.jsonl``."""
   lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
   return [json.loads(line) for line in lines]
+
+
+def train_binary(*args, cwd=REPO, env=None, timeout: float = 300):
+  """``python -m experiments.train *args`` of this checkout, run in ``cwd`` (``env``: the
+  variables to run it with, default this process's); the completed process, output
+  captured as text."""
+  env = dict(os.environ if env is None else env, PYTHONPATH=str(REPO))
+  return subprocess.run([sys.executable, "-m", "experiments.train", *args],
+                        cwd=cwd,
+                        capture_output=True,
+                        text=True,
+                        timeout=timeout,
+                        env=env)
 
 
 def exited_pid() -> int:

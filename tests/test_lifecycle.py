@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import flip_middle, metrics_rows, poison_users
+from conftest import flip_middle, metrics_rows, poison_users, train_binary
 
 from fedras_jax import checkpoint
 from fedras_jax.config import TrainConfig
@@ -58,15 +58,6 @@ def _flags(data_dir, workdir, **settings):
          ] + [f"--{k}={v}" for k, v in settings.items()]
 
 
-def _binary(*args, timeout=300, env=None):
-  return subprocess.run([sys.executable, "-m", "experiments.train", *args],
-                        cwd=REPO,
-                        capture_output=True,
-                        text=True,
-                        timeout=timeout,
-                        env=env)
-
-
 def _cached_env(cache_dir):
   """Environment sharing a persistent XLA compilation cache between processes (the
   killed and the resumed run load the reference run's executable instead of
@@ -99,7 +90,7 @@ def xla_cache(tmp_path_factory):
 def reference(data_dir, tmp_path_factory, xla_cache):
   """An uninterrupted run of the binary (its workdir; treat it as read-only)."""
   workdir = tmp_path_factory.mktemp("reference")
-  proc = _binary(*_flags(data_dir, workdir, **RUN), env=_cached_env(xla_cache))
+  proc = train_binary(*_flags(data_dir, workdir, **RUN), env=_cached_env(xla_cache))
   assert proc.returncode == 0, proc.stderr
   (workdir / "stdout.log").write_text(proc.stdout)
   return workdir
@@ -137,7 +128,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(data_dir, reference, tmp
   assert [r["round"] for r in metrics_rows(workdir)] == [5, 10, 15]  # 15 is past the checkpoint
   assert not (workdir / "summary.json").exists()
 
-  resumed = _binary(*flags, env=_cached_env(xla_cache))  # the same command again
+  resumed = train_binary(*flags, env=_cached_env(xla_cache))  # the same command again
   assert resumed.returncode == 0, resumed.stderr
   assert "resuming from round 10 of 30" in resumed.stdout
 
@@ -277,7 +268,8 @@ def test_workdir_with_other_flags_is_refused(data_dir, reference, tmp_path):
   before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
   # --data_dir and --quiet may differ; --dim and --rounds may not. The refusal comes
   # before the data is read (the data_dir here does not exist).
-  proc = _binary(*_flags(tmp_path / "nowhere", workdir, **dict(RUN, dim=32, rounds=31)), "--quiet")
+  proc = train_binary(*_flags(tmp_path / "nowhere", workdir, **dict(RUN, dim=32, rounds=31)),
+                      "--quiet")
   assert proc.returncode != 0
   last = proc.stderr.strip().splitlines()[-1]
   assert last.startswith("error: --workdir=") and "--overwrite" in last, last
@@ -359,7 +351,7 @@ def _one_line_error(proc):
 
 
 def test_missing_data_without_download_is_one_line_error(tmp_path):
-  line = _one_line_error(_binary(f"--data_dir={tmp_path}", "--nodownload", timeout=120))
+  line = _one_line_error(train_binary(f"--data_dir={tmp_path}", "--nodownload", timeout=120))
   assert f"{tmp_path}/ml-100k/u.data is missing (downloads disabled)" in line
 
 
@@ -367,7 +359,7 @@ def test_malformed_ratings_file_is_one_line_error_naming_file_and_line(tmp_path)
   ratings = tmp_path / "ml-1m" / "ratings.dat"
   ratings.parent.mkdir()
   ratings.write_text("1::1193::5::978300760\n1::oops::3::978302109\n")
-  line = _one_line_error(_binary(f"--data_dir={tmp_path}", "--dataset=ml-1m-raw", timeout=120))
+  line = _one_line_error(train_binary(f"--data_dir={tmp_path}", "--dataset=ml-1m-raw", timeout=120))
   assert line.startswith(f"error: {ratings}:2: ") and "'oops'" in line
 
 

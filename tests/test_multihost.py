@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import metrics_rows
+from conftest import metrics_rows, train_binary
 
 from fedras_jax.checkpoint import load_params
 from fedras_jax.launch import launch_local
@@ -27,11 +27,7 @@ def _run(argv, devices: int):
   env = dict(os.environ,
              JAX_PLATFORMS="cpu",
              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  return subprocess.run([sys.executable, "-m", "experiments.train", *argv],
-                        env=env,
-                        capture_output=True,
-                        text=True,
-                        timeout=TIMEOUT)
+  return train_binary(*argv, env=env, timeout=TIMEOUT)
 
 
 def _train(workdir, method, data_dir, *, processes=1, devices=1, extra=()):

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import metrics_rows
+from conftest import metrics_rows, train_binary
 
 from fedras_jax.config import TrainConfig
 from fedras_jax.runtime import enable_compilation_cache
@@ -20,17 +20,6 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SMALL = [
     "--method=uncompressed", "--rounds=2", "--eval_every=2", "--clients_per_round=8", "--dim=8"
 ]
-
-
-def _train_binary(*args, cwd=REPO):
-  """``python -m experiments.train`` of this checkout, run in ``cwd``."""
-  env = dict(os.environ, PYTHONPATH=str(REPO))
-  return subprocess.run([sys.executable, "-m", "experiments.train", *args],
-                        cwd=cwd,
-                        capture_output=True,
-                        text=True,
-                        timeout=300,
-                        env=env)
 
 
 def test_short_fedmf_run_beats_random_ranking(ml100k_path, tmp_path):
@@ -163,7 +152,7 @@ def test_compilation_cache_is_filled_then_reused(ml100k_path, tmp_path, monkeypa
 
 
 def test_a_run_without_workdir_leaves_files_and_quiet_prints_the_final_line(ml100k_path, tmp_path):
-  proc = _train_binary(f"--data_dir={ml100k_path.parents[1]}", "--quiet", *SMALL, cwd=tmp_path)
+  proc = train_binary(f"--data_dir={ml100k_path.parents[1]}", "--quiet", *SMALL, cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr
   (line,) = proc.stdout.splitlines()
   assert line.startswith("done: HR@10 ") and " full HR@10 " in line
@@ -173,10 +162,10 @@ def test_a_run_without_workdir_leaves_files_and_quiet_prints_the_final_line(ml10
   summary = json.loads((run / "summary.json").read_text())
   assert summary["final"]["round"] == 2 and (run / "metrics.csv").exists()
   # Not quiet: where the files go is said before the first round too.
-  proc = _train_binary(f"--data_dir={ml100k_path.parents[1]}",
-                       *SMALL,
-                       "--workdir=none",
-                       cwd=tmp_path)
+  proc = train_binary(f"--data_dir={ml100k_path.parents[1]}",
+                      *SMALL,
+                      "--workdir=none",
+                      cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr
   assert "writing to" not in proc.stdout and len(list((tmp_path / "runs").iterdir())) == 1
   assert proc.stdout.splitlines()[-1].startswith("done: ")
@@ -188,9 +177,9 @@ def test_own_csv_file_trains(ml100k_path, tmp_path):
   raw = ml100k_path.read_text()
   csv_path = tmp_path / "ratings.csv"
   csv_path.write_text(raw.replace("\t", ","))
-  proc = _train_binary(f"--dataset={csv_path}", "--data_columns=user,item,rating,timestamp",
-                       "--min_user_interactions=5", f"--data_dir={tmp_path / 'dd'}",
-                       f"--workdir={tmp_path / 'run'}", *SMALL)
+  proc = train_binary(f"--dataset={csv_path}", "--data_columns=user,item,rating,timestamp",
+                      "--min_user_interactions=5", f"--data_dir={tmp_path / 'dd'}",
+                      f"--workdir={tmp_path / 'run'}", *SMALL)
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.startswith(f"{csv_path}: 943 users, 1682 items, 99057 training")
   assert proc.stdout.splitlines()[1] == f"writing to {tmp_path / 'run'}"
@@ -199,8 +188,8 @@ def test_own_csv_file_trains(ml100k_path, tmp_path):
   # A malformed line: one line naming file and line; nothing cached from it.
   bad = tmp_path / "bad.csv"
   bad.write_text("1,2,5,10\n1,3,5,11\n1,x4,5\n")
-  proc = _train_binary(f"--dataset={bad}", "--data_columns=user,item,rating,timestamp",
-                       f"--data_dir={tmp_path / 'dd2'}", *SMALL)
+  proc = train_binary(f"--dataset={bad}", "--data_columns=user,item,rating,timestamp",
+                      f"--data_dir={tmp_path / 'dd2'}", *SMALL)
   assert proc.returncode != 0
   assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {bad}:3: expected 4 fields")
   assert not (tmp_path / "dd2").exists()
@@ -211,6 +200,6 @@ def test_own_csv_file_trains(ml100k_path, tmp_path):
                      ("--min_rating=4", "--min_rating=4.0 applies to --dataset=PATH only"),
                      ("--eval_protocol=all", "--eval_protocol='all' is invalid"),])
 def test_bad_data_flags_are_one_line_errors(flag, message, tmp_path):
-  proc = _train_binary(flag, f"--data_dir={tmp_path}", "--nodownload", cwd=tmp_path)
+  proc = train_binary(flag, f"--data_dir={tmp_path}", "--nodownload", cwd=tmp_path)
   assert proc.returncode != 0
   assert message in proc.stderr.strip().splitlines()[-1]
