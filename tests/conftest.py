@@ -1,4 +1,5 @@
-"""Shared fixtures: a small ragged synthetic dataset and the real data files.
+"""Shared fixtures (a small ragged synthetic dataset, the real data files) and helpers
+(files written, runs of ``experiments.train``, damaged checkpoints, poisoned users).
 
 Real data is found as the library finds it: ``$FEDRAS_DATA`` (else the cache
 ``~/.cache/fedras_jax``), then the cache, then ``../shared/data`` (CI). A file the library
