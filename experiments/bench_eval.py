@@ -15,7 +15,7 @@ import resource
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 import numpy as np
 
@@ -28,10 +28,13 @@ from fedras_jax.runtime import tune_host_allocator
 
 _CASES = flags.DEFINE_list("cases", ["ml-1m", "synthetic"], "ml-100k | ml-1m | synthetic")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "data directory (default: library default)")
-_DIM = flags.DEFINE_integer("dim", 64, "MF embedding size")
-_ITEMS = flags.DEFINE_integer("synthetic_items", 1_000_000, "catalogue of the synthetic case")
-_USERS = flags.DEFINE_integer("synthetic_users", 1024, "users of the synthetic case")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls per evaluation (median)")
+_DIM = flags.DEFINE_integer("dim", 64, "MF embedding size", lower_bound=1)
+_ITEMS = flags.DEFINE_integer("synthetic_items",
+                              1_000_000,
+                              "catalogue of the synthetic case",
+                              lower_bound=1)
+_USERS = flags.DEFINE_integer("synthetic_users", 1024, "users of the synthetic case", lower_bound=1)
+_REPEATS = flags.DEFINE_integer("repeats", 3, "timed calls per evaluation (median)", lower_bound=1)
 
 
 def load_case(name: str):
@@ -80,8 +83,7 @@ def bench(name: str) -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv
   tune_host_allocator()
   for name in _CASES.value:
     if name not in ("ml-100k", "ml-1m", "synthetic"):

@@ -36,10 +36,13 @@ def _run(outdir: pathlib.Path, jobs_flag: int) -> tuple:
       f"--eval_every={_ROUNDS.value}", "--compilation_cache=none", f"--jobs={jobs_flag}"
   ] + ([f"--data_dir={_DATA_DIR.value}"] if _DATA_DIR.value else [])
   start = time.perf_counter()
-  proc = subprocess.run(cmd, capture_output=True, text=True)
+  # compare's progress goes straight to this stdout; its error line, if any, is relayed.
+  proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True)
   wall = time.perf_counter() - start
   if proc.returncode != 0:
-    raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+    lines = [l for l in proc.stderr.splitlines() if l.strip()] or ["(no output)"]
+    raise ValueError(f"experiments.compare --jobs={jobs_flag} failed: "
+                     f"{lines[-1].removeprefix('error: ')}")
   with open(outdir / "compare.csv") as f:
     rows = [(r["method"], r["final_hr@10"]) for r in csv.DictReader(f)]
   return wall, rows

@@ -7,8 +7,8 @@ Each layout runs ``experiments.train`` (the same flags, ML-100K FedMF by default
 peers on this machine with D simulated CPU devices each (``fedras_jax.launch``), 1 x D
 with ``--shard_clients``; the time per round is process 0's ``train_seconds`` over the
 rounds after the compiling one. A P x D layout is compared with 1 x (P*D), the same
-devices in one process: the ratio is what the cross-process transport (gloo over
-localhost here) costs. Results must be equal across layouts; the final HR@10 is printed
+devices in one process, when ``--layouts`` lists it (one-process layouts run first): the
+ratio is what the cross-process transport (gloo over localhost here) costs. Results must be equal across layouts; the final HR@10 is printed
 to show it.
 """
 import json
@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 
-from absl import app, flags
+from absl import flags
 
 from experiments import pages
 from fedras_jax import flags as flag_lib
@@ -78,8 +78,7 @@ def run_layout(method: str, processes: int, devices: int, workdir: str) -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv
   if _ROUNDS.value < 2:
     sys.exit(f"error: --rounds={_ROUNDS.value} is invalid: must be >= 2 (the first compiles)")
   try:
@@ -94,7 +93,8 @@ def main(argv):
   with tempfile.TemporaryDirectory() as tmp:
     for method in _METHODS.value:
       one_process = {}
-      for processes, devices in layouts:
+      # One-process layouts first (stable): each P x D then finds its 1 x (P*D).
+      for processes, devices in sorted(layouts, key=lambda layout: layout[0] > 1):
         try:
           summary = run_layout(method, processes, devices,
                                os.path.join(tmp, f"{method}_{processes}x{devices}"))

@@ -57,8 +57,22 @@ def _time_once(fn):
   return time.perf_counter() - t
 
 
+def best_of(runs: dict, repeats: int) -> dict:
+  """``{name: fastest of repeats seconds}`` of ``runs`` (``{name: callable}``), timed
+  interleaved so drifts of the machine touch each alike."""
+  times = {name: [] for name in runs}
+  for _ in range(repeats):
+    for name, run in runs.items():
+      times[name].append(_time_once(run))
+  return {name: min(v) for name, v in times.items()}
+
+
 def bench_kmeans(sizes, ks, d, iters, repeats, seed=0):
-  from sklearn.cluster import KMeans, kmeans_plusplus
+  try:
+    from sklearn.cluster import KMeans, kmeans_plusplus
+  except ImportError:
+    raise ImportError("part 1 times scikit-learn's K-Means: pip install -e '.[bench]' "
+                      "(or --skip_kmeans)") from None
 
   try:  # scikit-learn's Lloyd loop without fit()'s validation/copy overhead
     from sklearn.cluster._kmeans import _kmeans_single_lloyd
@@ -95,21 +109,17 @@ def bench_kmeans(sizes, ks, d, iters, repeats, seed=0):
         # (it updates centers_init in place: pass a fresh copy every call)
         runs["sk_core"] = lambda: _kmeans_single_lloyd(
             xc, sw, cc.copy(), max_iter=iters, tol=0.0, n_threads=nt)
-      times = {name: [] for name in runs}
-      for _ in range(repeats):  # interleaved
-        for name, run in runs.items():
-          times[name].append(_time_once(run))
-      med = {name: min(v) for name, v in times.items()}
-      t_core = med.get("sk_core", float("nan"))
+      best = best_of(runs, repeats)
+      t_core = best.get("sk_core", float("nan"))
       r = dict(n=n,
                k=k,
-               t_jax=med["jax"],
-               t_fit=med["sk_fit"],
+               t_jax=best["jax"],
+               t_fit=best["sk_fit"],
                t_core=t_core,
                inertia_ratio=float(res.inertia) / km.inertia_,
                it_jax=int(res.iters),
                it_sk=int(km.n_iter_),
-               compile=max(first - med["jax"], 0.0),
+               compile=max(first - best["jax"], 0.0),
               )
       rows.append(r)
       print(
@@ -149,16 +159,12 @@ def bench_vmap(clients, n_rows, d, max_k, repeats, seed=0):
     t = time.perf_counter()
     run()
     compile_s[name] = time.perf_counter() - t  # first call (includes one run)
-  times = {name: [] for name in runs}
-  for _ in range(repeats):  # interleaved
-    for name, run in runs.items():
-      times[name].append(_time_once(run))
-  med = {name: min(v) for name, v in times.items()}
+  best = best_of(runs, repeats)
   seq_name = list(runs)[-1]
   for name in runs:
-    first = compile_s[name] - med[name]  # each first call compiled once and ran once
+    first = compile_s[name] - best[name]  # each first call compiled once and ran once
     print(
-        f"| {name} | {med[name]*1e3:9.1f} | {med[seq_name] / med[name]:5.2f} | {max(first, 0):6.2f} |"
+        f"| {name} | {best[name]*1e3:9.1f} | {best[seq_name] / best[name]:5.2f} | {max(first, 0):6.2f} |"
     )
   pb = list(variants.values())[0](gs, keys, budgets)
   pp = list(variants.values())[1](gs, keys, budgets)
@@ -166,7 +172,7 @@ def bench_vmap(clients, n_rows, d, max_k, repeats, seed=0):
   assert bool(jnp.all(pb.indices == pp.indices))
   print(f"mean actions {float(pb.num_actions.mean()):.2f} (budget allows {full // 8}..{full} bits, "
         f"max_k={max_k}), mean bits/budget {float((pb.bits / budgets).mean()):.3f}")
-  return med
+  return best
 
 
 def bench_splits(n, d, max_k, k_budget, noise, repeats, splits=(1, 4, None), ndir=50, seed=0):

@@ -53,41 +53,55 @@ from fedras_jax import flags as flag_lib
 from fedras_jax import outputs
 from fedras_jax.compress import identity
 from fedras_jax.config import TrainConfig
-from fedras_jax.experiment import build_simulation
-from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams, RoundParts,
-                                  aggregate_item_updates, client_data_from_split, client_keys,
-                                  client_plan, client_update, init_states, make_round,
-                                  plan_capacity, plan_clients, round_clients, train_clients)
+from fedras_jax.experiment import build_simulation, round_hparams
+from fedras_jax.federated import (RoundConfig, RoundParts, aggregate_item_updates,
+                                  client_data_from_split, client_keys, client_plan, client_update,
+                                  init_states, make_round, plan_capacity, plan_clients,
+                                  round_clients, train_clients)
 from fedras_jax.federated.local_data import client_sizes
 from fedras_jax.federated.local_training import lane_batches, lane_schedule
 from fedras_jax.models import get_model
 from fedras_jax.runtime import tune_host_allocator
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "data directory (default: library default)")
-_ROUNDS = flags.DEFINE_integer("rounds", 20, "timed rounds of the packed round")
-_CLIENTS = flags.DEFINE_integer("clients_per_round", 64, "clients sampled per round")
-_LANES = flags.DEFINE_integer("num_lanes", 16, "lanes of the packed round")
-_LOOP_ROUNDS = flags.DEFINE_integer("loop_rounds", 3, "timed rounds of the per-client loop")
+_ROUNDS = flags.DEFINE_integer("rounds", 20, "timed rounds of the packed round", lower_bound=1)
+_CLIENTS = flags.DEFINE_integer("clients_per_round", 64, "clients sampled per round", lower_bound=1)
+_LANES = flags.DEFINE_integer("num_lanes", 16, "lanes of the packed round", lower_bound=1)
+_LOOP_ROUNDS = flags.DEFINE_integer("loop_rounds",
+                                    3,
+                                    "timed rounds of the per-client loop",
+                                    lower_bound=1)
 _SWEEP = flags.DEFINE_string("lane_sweep", "",
                              "comma list of lane counts to also time, e.g. 8,16,32")
 _PIECES = flags.DEFINE_bool("pieces", True, "time the packed round's main pieces")
-_SEED = flags.DEFINE_integer("seed", 0, "seed of sampling, negatives and initialisation")
+_SEED = flags.DEFINE_integer("seed",
+                             0,
+                             "seed of sampling, negatives and initialisation",
+                             lower_bound=0)
 _METHODS = flags.DEFINE_list(
     "methods", [], "compare these methods' rounds, with a stage breakdown (name or "
     "name:uplink for a dense downlink); empty: the packed round against a per-client loop")
 _DATASET = flags.DEFINE_string("dataset", "ml-100k", "dataset of --methods")
-_METHOD_CLIENTS = flags.DEFINE_integer("method_clients", 0,
-                                       "clients per round of --methods (0: 64, or 256 on ml-1m)")
-_WARMUP = flags.DEFINE_integer("warmup_rounds", 20, "rounds trained before timing (--methods)")
+_METHOD_CLIENTS = flags.DEFINE_integer("method_clients",
+                                       0,
+                                       "clients per round of --methods (0: 64, or 256 on ml-1m)",
+                                       lower_bound=0)
+_WARMUP = flags.DEFINE_integer("warmup_rounds",
+                               20,
+                               "rounds trained before timing (--methods)",
+                               lower_bound=0)
 _RATIO = flags.DEFINE_float("payload_ratio", 1 / 32, "payload ratio of --methods")
 _OUT = flags.DEFINE_string("out", None, "also write the --methods results as JSON here")
 _MARKDOWN = flags.DEFINE_string(
     "markdown", None, "also write the --methods table as a markdown page here (with the "
     "command, commit and machine that produced it)")
 
-DATASET, DIM, EPOCHS, BATCH, NEG = "ml-100k", 64, 2, 64, 4
-# The training defaults (experiments/train.py): FedMF, uncompressed.
-HP = RoundHParams(local=LocalHParams(user_lr=1.0, item_lr=8.0, dense_lr=0.1, weight_decay=0.0))
+# The training defaults (`TrainConfig()`: ML-100K FedMF), timed uncompressed (the downlink
+# budget of the hyper-parameters is unread).
+DEFAULTS = TrainConfig()
+DATASET, DIM, EPOCHS, BATCH, NEG = (DEFAULTS.dataset, DEFAULTS.dim, DEFAULTS.local_epochs,
+                                    DEFAULTS.batch_size, DEFAULTS.neg_ratio)
+HP = round_hparams(DEFAULTS, dense_round_bits=0)
 
 
 def _now():
@@ -100,7 +114,7 @@ class Setting:
   def __init__(self, split, clients_per_round, seed):
     self.split = split
     self.data = client_data_from_split(split)
-    self.model = get_model("mf", dim=DIM, init_scale=0.01)
+    self.model = get_model(DEFAULTS.model, dim=DIM, init_scale=DEFAULTS.init_scale)
     self.m = clients_per_round
     self.seed = seed
     self.num_users, self.num_items = split.num_users, split.num_items
@@ -531,8 +545,7 @@ def compare_methods():
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv
   tuned = tune_host_allocator()
   wall = _now()
   if _METHODS.value:
@@ -541,12 +554,14 @@ def main(argv):
     compare_methods()
     print(f"\ntotal wall time {_now() - wall:.1f} s")
     return
+  sweep = (flag_lib.parse_values("--lane_sweep", _SWEEP.value, flag_lib.positive_int,
+                                 "a positive integer") if _SWEEP.value else [])
   split = data_lib.load_dataset(DATASET, _DATA_DIR.value, seed=_SEED.value)
   s = Setting(split, _CLIENTS.value, _SEED.value)
   rounds, loop_rounds = _ROUNDS.value, min(_LOOP_ROUNDS.value, _ROUNDS.value)
   total = rounds + 1  # round 0 is the warm-up
   main_w = _LANES.value
-  lanes = [main_w] + [int(w) for w in _SWEEP.value.split(",") if w.strip()]
+  lanes = [main_w] + sweep
   lanes = list(dict.fromkeys(lanes))
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {pages.cpus_text()}, "
         f"malloc tuned: {tuned}")

@@ -22,10 +22,10 @@ its own. Per configuration: data generation seconds, AOT compile seconds, the fi
 * ``state``: bytes of the round's inputs (item table, user table, ...);
 * ``xla temp``: XLA's planned scratch of the compiled round (``memory_analysis``);
 * ``peak rss``: the process's peak resident memory while running rounds, and its
-  growth over the resident memory before compiling (``VmHWM`` reset through
+  growth over the resident memory before the rounds (``VmHWM`` reset through
   ``/proc/self/clear_refs`` after data and state are built, and again after
   compiling, so data generation and compilation are not counted; where the reset
-  is not possible, ``ru_maxrss``);
+  is not possible, ``ru_maxrss`` and the growth over the memory before compiling);
 * the device's ``peak_bytes_in_use`` where the backend reports one (not on CPU).
 
 The growth exponent of a curve is the least-squares slope of ``log(y)`` on
@@ -49,7 +49,7 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 import numpy as np
 
 from fedras_jax import flags as flag_lib
@@ -414,8 +414,7 @@ def print_curve(title, key, results):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv
   from fedras_jax.config import TrainConfig  # checks what every configuration shares
   TrainConfig(method=_METHOD.value,
               dim=_DIM.value,

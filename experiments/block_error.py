@@ -204,18 +204,13 @@ def main(argv):
     unit = lambda v: v / jnp.maximum(jnp.linalg.norm(v, axis=1, keepdims=True), 1e-30)
     cos = jnp.where(live, jnp.sum(unit(rows) * unit(mean), axis=1), 0.0)
     res["auto_tau"] = auto_tau(per_client(cos, client) / jnp.maximum(counts, 1.0))
-    if "joint" in _VARIANTS.value:
-      up = roundtrip_clients(full, rows, *args, local.budget, local.up_keys, buckets=buckets)
-      res["joint"] = block_errors(up.decoded, rows, client)
-      res["joint_k"] = up.num_actions
-      res["joint_magnitude_share"] = magnitude_share(up.decoded, rows, client)
-      res["joint_aggregate"] = aggregate_error(up.decoded, local)
-    if "fixed_k" in _VARIANTS.value:
-      up = roundtrip_clients(fixed, rows, *args, local.budget, local.up_keys, buckets=buckets)
-      res["fixed_k"] = block_errors(up.decoded, rows, client)
-      res["fixed_k_k"] = up.num_actions
-      res["fixed_k_magnitude_share"] = magnitude_share(up.decoded, rows, client)
-      res["fixed_k_aggregate"] = aggregate_error(up.decoded, local)
+    for name, comp in (("joint", full), ("fixed_k", fixed)):
+      if name in _VARIANTS.value:
+        up = roundtrip_clients(comp, rows, *args, local.budget, local.up_keys, buckets=buckets)
+        res[name] = block_errors(up.decoded, rows, client)
+        res[f"{name}_k"] = up.num_actions
+        res[f"{name}_magnitude_share"] = magnitude_share(up.decoded, rows, client)
+        res[f"{name}_aggregate"] = aggregate_error(up.decoded, local)
     for name, baseline in baselines.items():
       if name in _VARIANTS.value:
         up = roundtrip_clients(baseline, rows, *args, local.budget, local.up_keys, buckets=buckets)

@@ -63,7 +63,7 @@ import sys
 from fractions import Fraction
 from typing import Optional
 
-from absl import app, flags
+from absl import flags
 import numpy as np
 
 from experiments import jobs, pages
@@ -443,8 +443,7 @@ def run_in_parts(methods, parts: int) -> list:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv
   tune_host_allocator()
   enable_compilation_cache(FLAGS.compilation_cache)
   split = lambda s: [x.strip() for x in s.split(",") if x.strip()]

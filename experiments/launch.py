@@ -56,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flag_lib.run_main(main)
+  flag_lib.run_main(main, arguments=True)

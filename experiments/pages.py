@@ -4,6 +4,7 @@ Every page a benchmark or comparison writes states the command, the commit and t
 machine that produced it, so a reader can rerun it; pages are never edited by hand.
 """
 import os
+import pathlib
 import platform
 import shlex
 import subprocess
@@ -69,9 +70,10 @@ def pyplot():
 
 
 def save_figure(fig, plt, path, dpi: int = 110):
-  """Writes ``fig`` to ``path`` (tight layout) and closes it."""
+  """Writes ``fig`` to ``path`` (tight layout; missing folders made) and closes it."""
   fig.tight_layout()
   with outputs.naming(path):
+    pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
   plt.close(fig)
 

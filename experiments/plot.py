@@ -16,8 +16,8 @@ from typing import List, Sequence, Tuple
 
 from absl import app, flags
 
+from experiments import pages
 from fedras_jax import flags as flag_lib
-from fedras_jax import outputs
 
 _WORKDIRS = flags.DEFINE_list("workdirs", [], "run directories (also accepted as arguments)")
 _LABELS = flags.DEFINE_list(
@@ -84,10 +84,9 @@ def shared_metrics(runs: Sequence[Tuple[str, List[dict]]]):
 def plot_runs(runs: Sequence[Tuple[str, List[dict]]], out, title: str = "") -> pathlib.Path:
   """Draws ``[(label, rows), ...]`` into the PNG ``out``; returns its path."""
   metrics = shared_metrics(runs)
-  import matplotlib  # the optional "plot" extra
-  matplotlib.use("Agg")
-  from matplotlib import pyplot as plt
-
+  plt = pages.pyplot()
+  if plt is None:
+    raise ImportError("no module named 'matplotlib'")
   fig, axes = plt.subplots(len(metrics),
                            len(AXES),
                            figsize=(5 * len(AXES), 3.6 * len(metrics)),
@@ -110,12 +109,8 @@ def plot_runs(runs: Sequence[Tuple[str, List[dict]]], out, title: str = "") -> p
   axes[0][0].legend(fontsize="small")
   if title:
     fig.suptitle(title)
-  fig.tight_layout()
   out = pathlib.Path(out)
-  with outputs.naming(out):
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-  plt.close(fig)
+  pages.save_figure(fig, plt, out, dpi=100)
   return out
 
 
@@ -135,4 +130,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  flag_lib.run_main(main)
+  flag_lib.run_main(main, arguments=True)

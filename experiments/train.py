@@ -17,7 +17,7 @@ import dataclasses
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 
 from fedras_jax import distributed
 from fedras_jax import flags as flag_lib
@@ -39,8 +39,7 @@ def default_workdir(config: TrainConfig, now=None):
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  del argv
   tune_host_allocator()
   enable_compilation_cache(FLAGS.compilation_cache)
   config = flag_lib.config_from_flags(TrainConfig)

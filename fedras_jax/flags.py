@@ -114,10 +114,17 @@ def guarded(main):
   return wrapper
 
 
-def run_main(main, argv=None):
+def run_main(main, argv=None, *, arguments: bool = False):
   """``absl.app.run(main)``, with flag errors and ``USER_ERRORS`` raised by ``main`` as
-  one line ``error: ...`` and exit status 1."""
-  app.run(guarded(main), argv=argv, flags_parser=_parse_flags)
+  one line ``error: ...`` and exit status 1. Without ``arguments`` a binary takes flags
+  only: anything else on its command line is refused before ``main`` runs."""
+
+  def flags_only(argv):
+    if len(argv) > 1:
+      raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
+    return main(argv)
+
+  app.run(guarded(main if arguments else flags_only), argv=argv, flags_parser=_parse_flags)
 
 
 # --------------------------------------------------------- list-valued flags --
