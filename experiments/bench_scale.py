@@ -36,6 +36,7 @@ dense ``[clients, items, d]`` tensor.
 
     python -m experiments.bench_scale                    # both curves, fedras
     python -m experiments.bench_scale --method=uncompressed
+    python -m experiments.bench_scale --curves=items --baseline_method=uncompressed
     python -m experiments.bench_scale --quick            # small maxima, 2 rounds
     python -m experiments.bench_scale --single --num_clients=64 --num_items=1000000
 """
@@ -57,6 +58,9 @@ from fedras_jax import outputs
 
 _METHOD = flags.DEFINE_string("method", "fedras", "compressor (config.METHODS): fedras, "
                               "uncompressed, ...")
+_BASELINE = flags.DEFINE_string(
+    "baseline_method", "", "also run this method (e.g. uncompressed) at every configuration, "
+    "just before --method's run, and print --method's s/round over it")
 _CLIENTS = flags.DEFINE_string("clients", "64,256,1024,4096",
                                "clients-per-round curve (at --fixed_items)")
 _ITEMS = flags.DEFINE_string("items", "1000,10000,100000,1000000",
@@ -303,14 +307,15 @@ def growth_exponent(x, y):
   return float(np.polyfit(lx, ly, 1)[0])
 
 
-def _child(num_clients, num_items, rounds):
-  """Runs one configuration in a fresh interpreter; its result dict (or an error)."""
+def _child(num_clients, num_items, rounds, method):
+  """Runs one configuration of ``method`` in a fresh interpreter; its result dict (or an
+  error)."""
   args = [
       sys.executable, "-m", "experiments.bench_scale", "--single", f"--num_clients={num_clients}",
-      f"--num_items={num_items}"
+      f"--num_items={num_items}", f"--method={method}"
   ]
-  for f in (_METHOD, _DIM, _LANES, _ZIPF, _MEDIAN, _SIGMA, _MIN_INTER, _MAX_INTER, _MIN_USERS,
-            _SEED, _ROUND_BUDGET):
+  for f in (_DIM, _LANES, _ZIPF, _MEDIAN, _SIGMA, _MIN_INTER, _MAX_INTER, _MIN_USERS, _SEED,
+            _ROUND_BUDGET):
     args.append(f"--{f.name}={f.value}")
   args += [
       f"--rounds={rounds}",
@@ -362,12 +367,13 @@ def _num(v, fmt):
 def print_curve(title, key, results):
   """Prints one curve's table, its growth exponents and HLO findings; returns the exponents."""
   print(f"\n### {title}\n")
-  print(f"| {key:>8} | {'users':>6} | {'slots S':>8} | {'touched':>8} | {'compile s':>9} | "
-        f"{'1st round s':>11} | {'s/round':>9} | {'x prev':>6} | {'updates/s':>9} | "
-        f"{'state MiB':>9} | {'xla temp MiB':>12} | {'peak RSS MiB':>12} | "
-        f"{'RSS growth MiB':>14} | {'up/dense':>8} |")
+  print(
+      f"| {key:>8} | {'users':>6} | {'slots S':>8} | {'touched':>8} | {'compile s':>9} | "
+      f"{'1st round s':>11} | {'s/round':>9} | {'x prev':>6} | {'x base':>6} | {'updates/s':>9} | "
+      f"{'state MiB':>9} | {'xla temp MiB':>12} | {'peak RSS MiB':>12} | "
+      f"{'RSS growth MiB':>14} | {'up/dense':>8} |")
   print(f"|{'-' * 10}|{'-' * 8}|{'-' * 10}|{'-' * 10}|{'-' * 11}|{'-' * 13}|{'-' * 11}|"
-        f"{'-' * 8}|{'-' * 11}|{'-' * 11}|{'-' * 14}|{'-' * 14}|{'-' * 16}|{'-' * 10}|")
+        f"{'-' * 8}|{'-' * 8}|{'-' * 11}|{'-' * 11}|{'-' * 14}|{'-' * 14}|{'-' * 16}|{'-' * 10}|")
   prev = None
   for r in results:
     if "compile_s" not in r:  # nothing came back
@@ -376,13 +382,16 @@ def print_curve(title, key, results):
     med = r.get("median_s")
     ratio = "-" if prev is None or med is None else f"{med / prev:.2f}"
     prev = med
+    base = r.get("baseline_median_s")
+    over_base = "-" if base is None or med is None else f"{med / base:.2f}"
     star = "*" if r.get("median_from_first") else " "
-    print(f"| {r[key]:>8} | {r['users']:>6} | {r['slot_capacity']:>8} | "
-          f"{_num(r.get('touched_items'), '>8')} | {r['compile_s']:>9.1f} | "
-          f"{_num(r.get('first_round_s'), '>11.2f')} | {_num(med, '>8.3f')}{star} | {ratio:>6} | "
-          f"{_num(r.get('updates_per_s'), '>9.1f')} | {_mib(r['state_bytes']):>9} | "
-          f"{_mib(r.get('xla_temp_bytes')):>12} | {_mib(r.get('peak_rss')):>12} | "
-          f"{_mib(r.get('rss_growth')):>14} | {_num(r.get('bits_up_ratio'), '>8.4f')} |")
+    print(
+        f"| {r[key]:>8} | {r['users']:>6} | {r['slot_capacity']:>8} | "
+        f"{_num(r.get('touched_items'), '>8')} | {r['compile_s']:>9.1f} | "
+        f"{_num(r.get('first_round_s'), '>11.2f')} | {_num(med, '>8.3f')}{star} | {ratio:>6} | {over_base:>6} | "
+        f"{_num(r.get('updates_per_s'), '>9.1f')} | {_mib(r['state_bytes']):>9} | "
+        f"{_mib(r.get('xla_temp_bytes')):>12} | {_mib(r.get('peak_rss')):>12} | "
+        f"{_mib(r.get('rss_growth')):>14} | {_num(r.get('bits_up_ratio'), '>8.4f')} |")
     if r.get("error"):
       print(f"|          | {r['error']}; compile peak RSS {_mib(r.get('compile_peak_rss'))} MiB |")
   ok = [r for r in results if r.get("median_s") is not None]
@@ -416,11 +425,12 @@ def print_curve(title, key, results):
 def main(argv):
   del argv
   from fedras_jax.config import TrainConfig  # checks what every configuration shares
-  TrainConfig(method=_METHOD.value,
-              dim=_DIM.value,
-              num_lanes=_LANES.value,
-              seed=_SEED.value,
-              rounds=_ROUNDS.value).validate()
+  for method in filter(None, (_METHOD.value, _BASELINE.value)):
+    TrainConfig(method=method,
+                dim=_DIM.value,
+                num_lanes=_LANES.value,
+                seed=_SEED.value,
+                rounds=_ROUNDS.value).validate()
   if _SINGLE.value:
     res = run_single(_NUM_CLIENTS.value, _NUM_ITEMS.value)
     print(_TAG + json.dumps(res), flush=True)
@@ -446,7 +456,9 @@ def main(argv):
   wall = _now()
   down = "compressed" if _DOWNLINK.value and _METHOD.value != "uncompressed" else "dense"
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {pages.cpus_text()}; "
-        f"method {_METHOD.value} (downlink {down}), FedMF d={_DIM.value}, {_LANES.value} lanes; "
+        f"method {_METHOD.value} (downlink {down})"
+        + (f" against {_BASELINE.value}" if _BASELINE.value else "")
+        + f", FedMF d={_DIM.value}, {_LANES.value} lanes; "
         f"per configuration a fresh process: compile, 1 warm-up round, up to {rounds} timed "
         f"rounds (at most {_ROUND_BUDGET.value:g} s of them)"
         + ("; COMPILE ONLY" if _COMPILE_ONLY.value else ""))
@@ -462,11 +474,16 @@ def main(argv):
     runs += [("items", fixed_clients, i) for i in items]
   results = {}
   for curve, m, i in runs:
-    res = _child(m, i, rounds)
+    base = _child(m, i, rounds, _BASELINE.value) if _BASELINE.value else {}
+    res = _child(m, i, rounds, _METHOD.value)
+    res["baseline_median_s"] = base.get("median_s")
     results.setdefault(curve, []).append(res)
     print(f"  clients={m} items={i}: " +
           (f"{res['median_s']:.3f} s/round" if res.get("median_s") is not None else "") +
-          (f" {res['error']}" if res.get("error") else "") + f" ({res['wall_s']:.0f} s)",
+          (f" ({_BASELINE.value} {base['median_s']:.3f})" if base.get("median_s") else "") +
+          (f" {res['error']}" if res.get("error") else "") +
+          (f" {_BASELINE.value}: {base['error']}" if base.get("error") else "")
+          + f" ({res['wall_s']:.0f} s)",
           flush=True)
   exponents = {}
   titles = {
@@ -480,7 +497,8 @@ def main(argv):
   print("\nslots S: the round's static slot buffer (positives + distinct negatives of the "
         "sampled clients, rounded up);\ntouched: items with an update in the last round; "
         "compile: AOT lower+compile; 1st round: the warm-up call;\ns/round: median of the "
-        "timed rounds; x prev: ratio to the previous row; state: the round's input arrays;\n"
+        "timed rounds; x prev: ratio to the previous row; x base: to --baseline_method's s/round\n"
+        "at the same configuration, run just before; state: the round's input arrays;\n"
         "xla temp: XLA's planned scratch; peak RSS: process high-water mark while running "
         "rounds; RSS growth: over the\nresident memory before the rounds; up/dense: mean "
         "uplink bits over the dense float32 table.")
