@@ -363,7 +363,7 @@ def test_malformed_ratings_file_is_one_line_error_naming_file_and_line(tmp_path)
   assert line.startswith(f"error: {ratings}:2: ") and "'oops'" in line
 
 
-def test_plot_draws_each_runs_metrics(tmp_path, monkeypatch):
+def test_plot_draws_each_runs_metrics(tmp_path):
   pytest.importorskip("matplotlib")
   dirs = []
   for name, scale in (("fedras", 1), ("dense", 32)):
@@ -389,20 +389,33 @@ def test_plot_draws_each_runs_metrics(tmp_path, monkeypatch):
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   # What is drawn: per run, HR@10 (top) and NDCG@10 (bottom) against the round, the bits
   # sent up + down and the simulated seconds, as written above (the torn line left out).
-  from experiments import plot as plot_lib
-  from matplotlib import pyplot as plt
-  figures, close = [], plt.close
-  monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
-  plot_lib.plot_runs([(d, plot_lib.read_rows(d)) for d in dirs], tmp_path / "direct.png")
-  axes = np.asarray(figures[0].axes).reshape(2, 3)
+  # Read in a fresh interpreter: importing experiments.plot here would define its flags in
+  # this test process beside other binaries'.
+  probe = ("import json, sys\n"
+           "from matplotlib import pyplot as plt\n"
+           "from experiments import plot\n"
+           "figures, close = [], plt.close\n"
+           "plt.close = lambda fig=None: (figures.append(fig), close(fig))\n"
+           "plot.plot_runs([(d, plot.read_rows(d)) for d in sys.argv[2:]], sys.argv[1])\n"
+           "print(json.dumps([[(l.get_label(), [list(map(float, v)) for v in l.get_data()])\n"
+           "                   for l in ax.lines] for ax in figures[0].axes]))\n")
+  drawn = subprocess.run([sys.executable, "-c", probe,
+                          str(tmp_path / "direct.png"), *dirs],
+                         cwd=REPO,
+                         capture_output=True,
+                         text=True,
+                         check=True,
+                         timeout=120)
+  axes = json.loads(drawn.stdout)  # six axes, row by row
+  axes = [axes[:3], axes[3:]]
   rounds = np.array([5.0, 10.0, 15.0])
   for (ax_row, metric), (col, x) in itertools.product(
       zip(axes, (0.1 + rounds / 100, 0.05 + rounds / 200)),
       enumerate((lambda s: rounds, lambda s: rounds * 1900 * s, lambda s: rounds * 0.5 * s))):
-    lines = ax_row[col].lines
-    assert [line.get_label() for line in lines] == dirs
-    for line, scale in zip(lines, (1, 32)):
-      np.testing.assert_allclose(np.asarray(line.get_data(), float), [x(scale), metric])
+    lines = ax_row[col]
+    assert [label for label, _ in lines] == dirs
+    for (_, xy), scale in zip(lines, (1, 32)):
+      np.testing.assert_allclose(xy, [x(scale), metric])
   missing = subprocess.run(
       [sys.executable, "-m", "experiments.plot", f"--out={out}",
        str(tmp_path / "nothing")],
