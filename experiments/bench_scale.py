@@ -385,13 +385,13 @@ def print_curve(title, key, results):
     base = r.get("baseline_median_s")
     over_base = "-" if base is None or med is None else f"{med / base:.2f}"
     star = "*" if r.get("median_from_first") else " "
-    print(
-        f"| {r[key]:>8} | {r['users']:>6} | {r['slot_capacity']:>8} | "
-        f"{_num(r.get('touched_items'), '>8')} | {r['compile_s']:>9.1f} | "
-        f"{_num(r.get('first_round_s'), '>11.2f')} | {_num(med, '>8.3f')}{star} | {ratio:>6} | {over_base:>6} | "
-        f"{_num(r.get('updates_per_s'), '>9.1f')} | {_mib(r['state_bytes']):>9} | "
-        f"{_mib(r.get('xla_temp_bytes')):>12} | {_mib(r.get('peak_rss')):>12} | "
-        f"{_mib(r.get('rss_growth')):>14} | {_num(r.get('bits_up_ratio'), '>8.4f')} |")
+    print(f"| {r[key]:>8} | {r['users']:>6} | {r['slot_capacity']:>8} | "
+          f"{_num(r.get('touched_items'), '>8')} | {r['compile_s']:>9.1f} | "
+          f"{_num(r.get('first_round_s'), '>11.2f')} | {_num(med, '>8.3f')}{star} | {ratio:>6} | "
+          f"{over_base:>6} | "
+          f"{_num(r.get('updates_per_s'), '>9.1f')} | {_mib(r['state_bytes']):>9} | "
+          f"{_mib(r.get('xla_temp_bytes')):>12} | {_mib(r.get('peak_rss')):>12} | "
+          f"{_mib(r.get('rss_growth')):>14} | {_num(r.get('bits_up_ratio'), '>8.4f')} |")
     if r.get("error"):
       print(f"|          | {r['error']}; compile peak RSS {_mib(r.get('compile_peak_rss'))} MiB |")
   ok = [r for r in results if r.get("median_s") is not None]
