@@ -139,8 +139,9 @@ def test_round_compiles_once(synthetic):
   assert np.all(np.isfinite(metrics.loss))
 
 
-def test_nonfinite_client_is_skipped(synthetic):
-  model = get_model("mf", **MODELS["mf"])
+@pytest.mark.parametrize("name", ["mf", "ncf"])
+def test_nonfinite_client_is_skipped(synthetic, name):
+  model = get_model(name, **MODELS[name])
   cfg = config(synthetic)
   server, clients = init_states(model,
                                 synthetic.num_users,

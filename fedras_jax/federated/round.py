@@ -295,9 +295,12 @@ def aggregate_stage(parts: RoundParts, server: ServerState, local: LocalResult,
   optimizer."""
   item_update, counts = _aggregate_rows(parts, local, up.decoded)
   ok_f = local.ok.astype(jnp.float32)
-  dense_update = jax.tree.map(
-      lambda d: jnp.tensordot(ok_f, d, axes=1) / jnp.maximum(jnp.sum(ok_f), 1.0),
-      local.trained.dense_deltas)
+
+  def dense_mean(d):  # a skipped client's NaN must not reach the sum (0 * NaN is NaN)
+    d = jnp.where(local.ok.reshape((-1,) + (1,) * (d.ndim - 1)), d, 0.0)
+    return jnp.tensordot(ok_f, d, axes=1) / jnp.maximum(jnp.sum(ok_f), 1.0)
+
+  dense_update = jax.tree.map(dense_mean, local.trained.dense_deltas)
   neg_grad = jax.tree.map(jnp.negative, (item_update, dense_update))
   updates, opt_state = parts.server_opt.update(neg_grad, server.opt_state,
                                                (server.items, server.dense))
