@@ -694,6 +694,16 @@ def test_warm_start():
   assert int(p4.num_actions) == 4 and int(p4.split_tests) == 0
   p2 = enc_warm(g, budget, 2.0, cold.centroids, jnp.int32(2))
   assert int(p2.num_actions) == 6 and int(p2.split_tests) >= 1
+  # One action (given, or all the budget allows) is the mean of the rows, as cold: the
+  # given action is not sent unrefined.
+  budget1 = q.payload_bits(1, EN, ED)
+  cold1 = enc_fixed(g, ALL, budget1, 2.0)
+  stale = jnp.full((EMAX, ED), 7.0, jnp.float32)
+  for k0 in (1, 5):
+    p1 = enc_warm(g, budget1, 2.0, stale, jnp.int32(k0))
+    assert int(p1.num_actions) == 1, k0
+    np.testing.assert_allclose(p1.centroids[0], np.asarray(g, np.float64).mean(0), rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(p1.centroids), np.asarray(cold1.centroids))
   # Warm centroids are in the units of g: scaling g and them alike changes nothing.
   ps = enc_warm(g * 2.0**-60, budget, 2.0, cold.centroids * 2.0**-60, cold.num_actions)
   np.testing.assert_array_equal(np.asarray(ps.indices), np.asarray(pw.indices))
@@ -722,6 +732,8 @@ def test_static_options_are_validated():
       q.encode(bad, KEY, budget_bits=1000, max_k=2)
   with pytest.raises(ValueError, match=r"init_centroids must be \[max_k, d\] = \[2, 2\]"):
     q.encode(g, KEY, budget_bits=1000, max_k=2, init_centroids=jnp.zeros((3, 2)), init_k=1)
+  with pytest.raises(ValueError, match="init_k needs init_centroids"):
+    q.encode(g, KEY, budget_bits=1000, max_k=2, init_k=3)
   # A nested list is an array like any other (jnp.shape of it failed under jit).
   listed = jax.jit(lambda c: q.encode(g + c[0][0],
                                       KEY,

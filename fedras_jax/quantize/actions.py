@@ -223,6 +223,8 @@ def encode(grads,
   if x.ndim != 2 or 0 in x.shape:
     raise ValueError(f"grads must be a non-empty [n, d] matrix, got shape {x.shape}")
   n, d = x.shape
+  if init_centroids is None and init_k is not None:
+    raise ValueError("init_k needs init_centroids (the actions a warm start begins from)")
   init = None if init_centroids is None else jnp.asarray(init_centroids)
   if init is not None and init.shape != (max_k, d):
     raise ValueError(f"init_centroids must be [max_k, d] = {[max_k, d]}, got shape "
@@ -373,12 +375,13 @@ def _encode_rows(x0, live, w, n_live, k_cap, tau, tol, *, max_k, tau_mode):
 
 def _initial_state(rows: EncodeRows, expo, init_centroids, init_k) -> EncodeState:
   """One action, the mean of the live rows (the exact Lloyd fixed point for K=1), or,
-  warm (``init_k > 0``), the given actions scaled like the rows, refined before the
-  first split test."""
+  warm (``min(init_k, k_cap) > 1``), the given actions scaled like the rows, refined
+  before the first split test. A warm start of one action is the cold start: the
+  refinement of one action is its mean, whatever it started from."""
   max_k, d = init_centroids.shape
   c = jnp.zeros((max_k, d), jnp.float32).at[0].set(rows.mean)
   a = jnp.where(rows.live, 0, -1).astype(jnp.int32)
-  warm = init_k > 0
+  warm = (init_k > 0) & (jnp.clip(init_k, 1, rows.k_cap) > 1)
   k0 = jnp.where(warm, jnp.clip(init_k, 1, rows.k_cap), 1)
   c_warm = jnp.where(
       (jnp.arange(max_k) < k0)[:, None],
