@@ -108,6 +108,10 @@ def test_fedras_with_gains_fits_the_budget_and_is_exact_when_sent_dense():
     payload, decoded = run(gained, budget)
     assert int(payload.bits) <= budget
     errors.append(np.linalg.norm(decoded - rows) / np.linalg.norm(rows))
+  # A budget too small for anything: nothing sent, nothing counted (the gains' range
+  # was counted with no gain to send).
+  payload, decoded = run(gained, 40)
+  assert int(payload.bits) == 0 and not bool(payload.on) and not np.any(decoded)
   _, plain_decoded = run(plain, 8000)
   # Collinear rows of spread magnitudes: coherent for the split test, so FedRAS keeps
   # few actions; the gains remove most of what that loses.

@@ -200,7 +200,7 @@ def _gains_encode(inner: Compressor, gain_bits: int, rows, mask, budget_bits, ke
   sent = norm2 > 0  # the receiver knows these rows: they decode nonzero
   gains = jnp.where(sent, jnp.sum(coded.target * approx, axis=1) / jnp.where(sent, norm2, 1.0), 1.0)
   codes, lo, hi = gain_codes(gains, sent, gain_bits)
-  on = jnp.any(approx != coded.target)
+  on = jnp.any(sent) & jnp.any(approx != coded.target)
   bits = coded.payload.bits + jnp.where(on, jnp.sum(sent, dtype=jnp.int32) * gain_bits + 64, 0)
   return coded._replace(
       payload=GainPayload(inner=coded.payload, codes=codes, lo=lo, hi=hi, on=on, bits=bits))
