@@ -75,6 +75,13 @@ def make_evaluate(model: RecModel,
     sampled = make_sampled_ranks(model, test_items, test_negatives, chunk=chunk)
     parts.append(lambda *a: hit_and_ndcg(sampled(*a), ks))
   if protocol in ("full", "both"):
+    missing = [
+        name for name, v in (("train_indptr", train_indptr), ("train_items", train_items),
+                             ("num_items", num_items)) if v is None
+    ]
+    if missing:
+      raise ValueError(f"protocol {protocol!r} ranks the whole catalogue and needs "
+                       f"{', '.join(missing)} (the training CSR and the catalogue size)")
     full = make_full_ranks(model, test_items, train_indptr, train_items, num_items)
     parts.append(lambda *a: hit_and_ndcg(full(*a), ks, prefix="full_"))
 

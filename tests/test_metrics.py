@@ -39,6 +39,18 @@ def test_evaluate_scores_candidates_with_the_model():
   # ranks: user0 -> 0; user1 (0.5 vs 0, 0, 3) -> 1; user2 (3 vs 0, 2, [itself]) -> 0
   np.testing.assert_allclose(m["hr@1"], 2 / 3)
   np.testing.assert_allclose(m["ndcg@2"], (1 + 1 / np.log2(3) + 1) / 3, rtol=1e-6)
+  # The full ranking needs the training CSR: a ValueError naming what is missing.
+  with pytest.raises(ValueError,
+                     match="'both' ranks the whole catalogue and needs "
+                     "train_indptr, train_items, num_items"):
+    make_evaluate(model, test_items, negatives, protocol="both")
+  with pytest.raises(ValueError, match="needs num_items"):
+    make_evaluate(model,
+                  test_items,
+                  negatives,
+                  protocol="full",
+                  train_indptr=[0, 1, 2, 3],
+                  train_items=[0, 0, 0])
 
 
 # ------------------------------------------------------------ full ranking --
