@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from fedras_jax import quantize
-from fedras_jax.compress import (COMPRESSORS, Context, embedding_kmeans, make_compressor, roundtrip,
-                                 roundtrip_clients, svd, svd_bits, topk, topk_bits)
+from fedras_jax.compress import (COMPRESSORS, Context, colr, embedding_kmeans, make_compressor,
+                                 roundtrip, roundtrip_clients, svd, svd_bits, topk, topk_bits)
 from fedras_jax.compress import registry
 
 N, D, R, BATCH = 24, 6, 40, 8  # rows per client, width, catalog rows, clients per call
@@ -131,6 +131,19 @@ def test_bit_formulas_by_hand():
   assert int(topk_bits(jnp.int32(5), R, D)) == 200
   assert svd_bits(2, R, D) == 2 * (R + 1 + D) * 32
   assert int(svd_bits(jnp.int32(2), R, D, value_bits=16)) == 2 * (R + 1 + D) * 16
+
+
+def test_payloads_past_the_int32_bit_counts_are_refused():
+  # 2**20 rows of 64 floats are 2**31 bits, one past the largest int32; one row fewer fits.
+  rows, mask = jnp.zeros((2, 64)), jnp.ones((2,), bool)
+  identity = registry.make_compressor("identity", 2**20, 64, payload_ratio=1.0)
+  with pytest.raises(ValueError, match="a dense payload of 2,147,483,648 bits does not fit"):
+    identity.encode(rows, mask, jnp.int32(0), KEYS[0], identity.init(2, 64), Context())
+  fits = registry.make_compressor("identity", 2**20 - 1, 64, payload_ratio=1.0)
+  coded = fits.encode(rows, mask, jnp.int32(0), KEYS[0], fits.init(2, 64), Context())
+  assert int(coded.payload.bits) == (2**20 - 1) * 64 * 32
+  with pytest.raises(ValueError, match="CoLR's payload of 2,147,483,648 bits"):
+    colr(2**21, 64, rank=32)
 
 
 @pytest.mark.parametrize("name", list(COMPS))

@@ -191,6 +191,15 @@ def dense_bits(num_rows: int, dim: int, value_bits: int = 32) -> int:
   return int(num_rows) * int(dim) * int(value_bits)
 
 
+def check_bit_count(bits: int, what: str) -> int:
+  """``bits`` if it fits the payloads' int32 bit counts (below ``2**31``), else a
+  ValueError naming ``what`` (e.g. a dense table of 2**20 rows of 64 floats)."""
+  if bits >= 2**31:
+    raise ValueError(f"{what} of {bits:,} bits does not fit the int32 bit counts "
+                     "(below 2**31): use fewer rows or narrower ones")
+  return bits
+
+
 class DensePayload(NamedTuple):
   """rows ``[n, d]`` sent as they are; bits: their dense size."""
   rows: jax.Array
@@ -199,7 +208,7 @@ class DensePayload(NamedTuple):
 
 def _dense_encode(num_index_rows: int, rows, mask, budget_bits, key) -> DensePayload:
   del budget_bits, key
-  bits = jnp.int32(dense_bits(num_index_rows, rows.shape[-1]))
+  bits = jnp.int32(check_bit_count(dense_bits(num_index_rows, rows.shape[-1]), "a dense payload"))
   return DensePayload(rows=jnp.where(mask[:, None], rows, 0.0), bits=bits)
 
 

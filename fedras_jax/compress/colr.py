@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 
 from fedras_jax.compress import linalg
-from fedras_jax.compress.base import (Compressor, check_index_coding, check_value_bits,
-                                      indexed_rows, round_values, stateless, with_overhead)
+from fedras_jax.compress.base import (Compressor, check_bit_count, check_index_coding,
+                                      check_value_bits, indexed_rows, round_values, stateless,
+                                      with_overhead)
 from fedras_jax.compress.wrappers import shared_basis
 
 
@@ -77,6 +78,7 @@ def colr(num_index_rows: int,
   check_index_coding(index_coding)
   check_value_bits(value_bits)
   _check_rank(rank, dim)
+  check_bit_count(colr_bits(rank, num_index_rows, value_bits), "CoLR's payload")
 
   def basis(key):
     return colr_basis(key, rank, dim)
