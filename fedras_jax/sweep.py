@@ -171,7 +171,17 @@ def sweep_points(base: TrainConfig,
   one call. With ``checkpoint_dir``, checkpoints by ``base``'s cadence
   (``checkpoint.Cadence``: every ``checkpoint_every`` rounds and every
   ``checkpoint_minutes``) and resumes from that directory's newest checkpoint of this sweep.
+
+  Every run is scored on ``base.seed``'s split and test negatives (one evaluation
+  program for all; on files without timestamps, whose split is seeded, every run also
+  trains on that split), so a run of seed ``s != base.seed`` differs from
+  ``train(seed=s)`` in its data, not in its initialisation and sampling
+  (docs/design/round.md). Only the sampled protocol is scored: ``eval_protocol``
+  "full" is refused, "both" scores the sampled half.
   """
+  if base.eval_protocol == "full":
+    raise ValueError("eval_protocol='full': a sweep scores the sampled protocol only "
+                     "(full ranking: training.train or experiments.compare)")
   base.validate()
   for point in points:
     _check_sweepable(point)

@@ -348,6 +348,32 @@ def _single_action_coherence(g):
   return cos.mean()
 
 
+def test_cluster_coherence_against_numpy():
+  rng = np.random.default_rng(8)
+  x = rng.standard_normal((12, 5)) * np.exp(rng.uniform(-30, 30, (12, 1)))  # spread scales
+  x[3] = 0.0  # a zero row: cosine 0
+  c = rng.standard_normal((4, 5))
+  a = np.array([0, 0, 1, 1, 1, 0, -1, 1, 0, 0, 1, -1])  # cluster 2 and 3 empty
+  w = rng.uniform(0.5, 2.0, 12)
+  w[9] = 0.0  # not a member
+  coh, cnt, cos = q.cluster_coherence(jnp.asarray(x, jnp.float32), jnp.asarray(c, jnp.float32),
+                                      jnp.asarray(a, jnp.int32), jnp.asarray(w, jnp.float32))
+  nx = np.linalg.norm(x, axis=1)
+  ref_cos = np.array([
+      x[i] @ c[max(a[i], 0)] / (nx[i] * np.linalg.norm(c[max(a[i], 0)])) if nx[i] > 0 else 0.0
+      for i in range(12)
+  ])
+  member = np.where(a >= 0, w, 0.0)
+  ref_cnt = np.array([member[a == j].sum() for j in range(4)])
+  ref_coh = np.array([
+      (member * ref_cos)[a == j].sum() / ref_cnt[j] if ref_cnt[j] > 0 else 1.0 for j in range(4)
+  ])
+  np.testing.assert_allclose(cos, ref_cos, atol=1e-5)
+  np.testing.assert_allclose(cnt, ref_cnt, rtol=1e-6)
+  np.testing.assert_allclose(coh, ref_coh, atol=1e-5)
+  assert np.all(np.asarray(coh)[2:] == 1.0)  # empty clusters are vacuously coherent
+
+
 @pytest.mark.parametrize("budget", [456, 900, 1500, 2200, 2848, 100000])
 def test_split_respects_budget_and_improves_coherence(budget):
   rng = np.random.default_rng(5)

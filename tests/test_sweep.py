@@ -51,6 +51,8 @@ def test_grid_rejects_shape_changing_settings():
                                                               {"item_lr": 2, "user_lr": 3}]
   with pytest.raises(ValueError, match="cannot vmap over 'dim'"):
     grid_points({"dim": [8, 16]})
+  with pytest.raises(ValueError, match="eval_protocol='full': a sweep scores the sampled"):
+    sweep_points(TrainConfig(eval_protocol="full"), [0], [])
 
 
 def test_parse_grid():

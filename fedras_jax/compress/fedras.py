@@ -61,7 +61,8 @@ def fedras(num_index_rows: int,
       ``"touched"`` the bitmap's length.
     max_k: static bound on actions (the budget usually binds first).
     tau, tau_mode: the split test's cosine threshold (see ``quantize.encode``);
-      ``tau > 1`` disables adaptivity: every client uses the budget's K.
+      with ``tau_mode="fixed"``, ``tau > 1`` disables adaptivity: every client uses
+      the budget's K.
     max_iters: Lloyd M-steps per refinement (one after each split test). 2 by default:
       a bisection already leaves the halves near a fixed point, and more steps cost
       time without a measurable gain in the round (docs/design/quantizer_speed.md).

@@ -13,7 +13,7 @@ own CSV / TSV / ``.inter`` file), `datasets` (named datasets and files,
 cache). Only numpy and the standard library are imported.
 """
 
-from fedras_jax.data.datasets import (DATASETS, dataset_files, load_dataset, ncf_split)
+from fedras_jax.data.datasets import (DATASETS, load_dataset, ncf_split)
 from fedras_jax.data.fetch import (ChecksumError, FetchContext, FetchError, PipWheelSource,
                                    RemoteFile, ZipUrlSource, default_data_dir, ensure_file,
                                    sha256_file)
@@ -29,9 +29,9 @@ from fedras_jax.data.userfile import (FileOptions, is_path, parse_interaction_fi
 __all__ = [
     "DATASETS", "ChecksumError", "DataFormatError", "EmptyClientError", "FetchContext",
     "FetchError", "FileOptions", "Interactions", "PipWheelSource", "RemoteFile", "Split",
-    "StaleSplitError", "TestNegatives", "ZipUrlSource", "build_split", "dataset_files",
-    "default_data_dir", "describe", "ensure_file", "is_path", "leave_one_out", "load_dataset",
-    "load_split", "ncf_split", "parse_interaction_file", "parse_lastfm_user_artists",
-    "parse_movielens_100k", "parse_movielens_1m", "parse_ncf_rating", "parse_ncf_test_negatives",
-    "sample_negatives", "save_split", "sha256_file",
+    "StaleSplitError", "TestNegatives", "ZipUrlSource", "build_split", "default_data_dir",
+    "describe", "ensure_file", "is_path", "leave_one_out", "load_dataset", "load_split",
+    "ncf_split", "parse_interaction_file", "parse_lastfm_user_artists", "parse_movielens_100k",
+    "parse_movielens_1m", "parse_ncf_rating", "parse_ncf_test_negatives", "sample_negatives",
+    "save_split", "sha256_file",
 ]

@@ -262,12 +262,6 @@ DATASETS: dict[str, tuple[tuple[str, ...], Callable[..., Split]]] = {
 }
 
 
-def dataset_files(name: str) -> tuple[fetch.RemoteFile, ...]:
-  """The files `load_dataset(name)` reads (or fetches)."""
-  _check_name(name)
-  return tuple(FILES[p] for p in DATASETS[name][0])
-
-
 def _check_name(name: str):
   if name not in DATASETS:
     raise ValueError(f"unknown dataset {name!r}; known: "

@@ -107,7 +107,7 @@ def actions_quantizer(budget_bits: Optional[int] = None,
     out = []
     total = jnp.int32(0)
     for i, (path, u) in enumerate(leaves):
-      if u is None or not leaf_filter(path, u):
+      if not leaf_filter(path, u):
         out.append(u)
         continue
       if u.ndim != 2:
