@@ -48,6 +48,7 @@ from fedras_jax.compress.roundtrip import roundtrip, roundtrip_clients
 from fedras_jax.config import TrainConfig
 from fedras_jax.experiment import build_simulation, load_run_data
 from fedras_jax.federated.aggregation import aggregate_item_updates
+from fedras_jax.federated.round import relative_error
 from fedras_jax.federated.state import DOWNLINK, round_key
 from fedras_jax.quantize import auto_tau
 from fedras_jax.runtime import enable_compilation_cache
@@ -72,13 +73,7 @@ def block_relative_errors(decoded, rows, client, blocks, num_clients):
     decoded, rows: ``[S, d]`` flat slot rows; client: ``[S]`` the client of each slot.
   """
 
-  def rel(cols):
-    diff = jnp.sum(jnp.square(decoded[:, cols] - rows[:, cols]), axis=1)
-    norm = jnp.sum(jnp.square(rows[:, cols]), axis=1)
-    diff = jax.ops.segment_sum(diff, client, num_segments=num_clients)
-    norm = jax.ops.segment_sum(norm, client, num_segments=num_clients)
-    return jnp.sqrt(diff / jnp.maximum(norm, 1e-30))
-
+  rel = lambda cols: relative_error(decoded[:, cols], rows[:, cols], client, num_clients)
   return jnp.stack([rel(slice(a, b)) for a, b in blocks] + [rel(slice(None))])
 
 

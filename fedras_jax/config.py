@@ -27,7 +27,7 @@ from fedras_jax.metrics import PROTOCOLS
 from fedras_jax.models import MODELS
 
 GROUPS = ("data", "model", "federated", "compression", "run")
-DATASETS = ("ml-100k", "ml-1m", "ml-1m-raw", "lastfm-2k")
+DATASETS = tuple(data_lib.DATASETS)  # the named datasets
 # The settings of --dataset=PATH (``TrainConfig.file_options``).
 FILE_OPTION_FLAGS = ("data_columns", "data_header", "min_rating", "min_user_interactions",
                      "min_item_interactions", "kcore")

@@ -49,7 +49,10 @@ def _client_finite(deltas, slot_client, num_clients, users, dense_deltas):
   return ~bad
 
 
-def _relative_error(decoded, rows, segments=None, num_segments=None):
+def relative_error(decoded, rows, segments=None, num_segments=None):
+  """``||decoded - rows|| / ||rows||`` of ``[..., d]`` rows: one ``[]`` over all of them,
+  or ``[num_segments]`` per segment with ``segments`` (e.g. ``[S]`` the client of each
+  slot row)."""
   diff = jnp.sum(jnp.square(decoded - rows), axis=-1)
   norm = jnp.sum(jnp.square(rows), axis=-1)
   if segments is not None:
@@ -352,9 +355,9 @@ def downlink_stage(parts: RoundParts, server: ServerState, clients: ClientStates
                          bits_down=bits_down,
                          budget_up=local.budget,
                          num_actions=up.num_actions,
-                         error_up=_relative_error(up.decoded, up.target, local.layout.client,
-                                                  parts.config.clients_per_round),
-                         error_down=_relative_error(down.decoded, down.target),
+                         error_up=relative_error(up.decoded, up.target, local.layout.client,
+                                                 parts.config.clients_per_round),
+                         error_down=relative_error(down.decoded, down.target),
                          info_loss=info_loss,
                          touched_items=jnp.sum(agg.counts > 0),
                          skipped=jnp.sum(~local.ok),
