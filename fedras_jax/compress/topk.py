@@ -40,13 +40,9 @@ from jax import lax
 from fedras_jax.compress.base import (Compressor, check_index_coding, check_value_bits,
                                       content_budget, indexed_rows, round_values, stateless,
                                       units_bits, units_for_budget, with_overhead)
+from fedras_jax.quantize import index_bits
 
 METHODS = ("top_k", "threshold")
-
-
-def index_bits_for(num_entries: int) -> int:
-  """``ceil(log2(num_entries))``: bits to address one of ``num_entries`` (Python int)."""
-  return max(int(num_entries) - 1, 0).bit_length()
 
 
 def topk_bits(k, n, d, int32_indices: bool = False, value_bits: int = 32):
@@ -58,10 +54,10 @@ def topk_bits(k, n, d, int32_indices: bool = False, value_bits: int = 32):
   """
   if int32_indices:
     return units_bits(k, int(value_bits) + 32)
+  # ceil(log2(n * d)) bits address an entry: the bits of the largest address n*d - 1.
   if isinstance(n, numbers.Integral):
-    return units_bits(k, int(value_bits) + index_bits_for(int(n) * int(d)))
-  entries = jnp.asarray(n, jnp.int32) * int(d)
-  unit = int(value_bits) + 32 - lax.clz(jnp.maximum(entries - 1, 0))
+    return units_bits(k, int(value_bits) + index_bits(max(int(n) * int(d) - 1, 0)))
+  unit = int(value_bits) + index_bits(jnp.asarray(n, jnp.int32) * int(d) - 1)
   return jnp.maximum(jnp.asarray(k, jnp.int32), 0) * unit
 
 
