@@ -534,6 +534,16 @@ def test_value_bits_16_rounds_centroids_and_counts_16_bits():
                                 np.asarray(jnp.asarray(c).astype(jnp.bfloat16).astype(jnp.float32)))
 
 
+def test_round_values_by_hand():
+  x = jnp.array([1 + 2**-10, 1 + 2**-6, 7e4, -np.inf, 3.0], jnp.float32)
+  # bfloat16 keeps 8 significant bits, float16 11; both clip to their finite range.
+  bf = float(jnp.finfo(jnp.bfloat16).max)
+  np.testing.assert_array_equal(q.round_values(x, 16), [1.0, 1 + 2**-6, 70144.0, -bf, 3.0])
+  np.testing.assert_array_equal(q.round_values(x, 16, "float16"),
+                                [1 + 2**-10, 1 + 2**-6, 65504.0, -65504.0, 3.0])
+  np.testing.assert_array_equal(q.round_values(x, 32), x)
+
+
 def test_no_retrace_across_values():
   # Every shared function was compiled once; calling again with new values must not retrace.
   g = jnp.asarray(np.random.default_rng(15).standard_normal((EN, ED)), jnp.float32)

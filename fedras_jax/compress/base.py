@@ -111,15 +111,6 @@ def check_value_bits(value_bits: int):
     raise ValueError(f"value_bits must be 16 or 32, got {value_bits}")
 
 
-def round_values(values, value_bits: int):
-  """What a receiver gets from ``value_bits`` 32 (as is) or 16 (bfloat16, clipped to its
-  finite range) float values."""
-  if value_bits == 16:
-    big = float(jnp.finfo(jnp.bfloat16).max)
-    return jnp.clip(values, -big, big).astype(jnp.bfloat16).astype(jnp.float32)
-  return values
-
-
 def units_bits(count, unit_bits: int):
   """``max(count, 0) * unit_bits``: the size of ``count`` equal units (a rank, an entry).
 

@@ -31,9 +31,9 @@ import jax.numpy as jnp
 
 from fedras_jax.compress import linalg
 from fedras_jax.compress.base import (Compressor, check_bit_count, check_index_coding,
-                                      check_value_bits, indexed_rows, round_values, stateless,
-                                      with_overhead)
+                                      check_value_bits, indexed_rows, stateless, with_overhead)
 from fedras_jax.compress.wrappers import shared_basis
+from fedras_jax.quantize import round_values
 
 
 class CoLRPayload(NamedTuple):

@@ -29,8 +29,7 @@ import jax.numpy as jnp
 
 from fedras_jax import quantize
 from fedras_jax.compress.base import (Compressor, check_index_coding, check_value_bits,
-                                      content_budget, indexed_rows, round_values, stateless,
-                                      with_overhead)
+                                      content_budget, indexed_rows, stateless, with_overhead)
 from fedras_jax.compress.wrappers import on_embeddings
 
 
@@ -93,7 +92,7 @@ def embedding_kmeans(num_index_rows: int,
     centroids = jnp.zeros((max_k, d), jnp.float32).at[jnp.where(keep, new_pos,
                                                                 max_k)].set(fit.centroids,
                                                                             mode="drop")
-    centroids = round_values(centroids, value_bits)
+    centroids = quantize.round_values(centroids, value_bits)
     sent = live & (fit.assignment >= 0) & keep[slot]
     indices = jnp.where(sent, new_pos[slot], quantize.NO_UPDATE).astype(jnp.int32)
     return EmbeddingKMeansPayload(centroids=centroids,

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from fedras_jax import quantize
 from fedras_jax.compress.base import (Compressor, Encoded, check_index_coding, content_budget,
-                                      indexed_rows, round_values, with_overhead)
+                                      indexed_rows, with_overhead)
 
 
 class FedRASPayload(NamedTuple):
@@ -129,8 +129,8 @@ def fedras(num_index_rows: int,
       sent.append(actions)
       states.append((actions.centroids, actions.num_actions))
     payload = FedRASPayload(actions=pack(sent),
-                            dense_rows=round_values(jnp.where(live[:, None], rows, 0.0),
-                                                    value_bits),
+                            dense_rows=quantize.round_values(jnp.where(live[:, None], rows, 0.0),
+                                                             value_bits),
                             is_dense=is_dense,
                             num_actions=jnp.where(is_dense, 0, sum(a.num_actions for a in sent)),
                             bits=jnp.where(is_dense, dense_size,

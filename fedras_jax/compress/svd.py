@@ -43,8 +43,9 @@ import jax.numpy as jnp
 
 from fedras_jax.compress import linalg
 from fedras_jax.compress.base import (Compressor, check_index_coding, check_value_bits,
-                                      content_budget, indexed_rows, round_values, stateless,
-                                      units_bits, units_for_budget, with_overhead)
+                                      content_budget, indexed_rows, stateless, units_bits,
+                                      units_for_budget, with_overhead)
+from fedras_jax.quantize import round_values
 
 
 def svd_bits(rank, num_index_rows, dim: int, value_bits: int = 32):

@@ -38,9 +38,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from fedras_jax.compress.base import (Compressor, check_index_coding, check_value_bits,
-                                      content_budget, indexed_rows, round_values, stateless,
-                                      units_bits, units_for_budget, with_overhead)
-from fedras_jax.quantize import index_bits
+                                      content_budget, indexed_rows, stateless, units_bits,
+                                      units_for_budget, with_overhead)
+from fedras_jax.quantize import index_bits, round_values
 
 METHODS = ("top_k", "threshold")
 

@@ -399,6 +399,16 @@ def _initial_state(rows: EncodeRows, expo, init_centroids, init_k) -> EncodeStat
                      lloyd_steps=jnp.int32(0))
 
 
+def round_values(values, value_bits: int, half_dtype: str = "bfloat16"):
+  """What a receiver gets from float ``values`` sent at ``value_bits``: 32, as they are;
+  16, rounded to ``half_dtype`` ("bfloat16" or "float16"), clipped to its finite range
+  (float32 out either way)."""
+  if value_bits == 16:
+    big = float(jnp.finfo(_HALF[half_dtype]).max)
+    return jnp.clip(values, -big, big).astype(_HALF[half_dtype]).astype(jnp.float32)
+  return values
+
+
 def _compact(rows: EncodeRows, state: EncodeState, expo, r_rows, *, value_bits,
              half_dtype) -> ActionPayload:
   """The payload of the loop's final ``state``: non-empty live clusters moved to a
@@ -416,9 +426,7 @@ def _compact(rows: EncodeRows, state: EncodeState, expo, r_rows, *, value_bits,
   a = state.assignment
   a_c = jnp.clip(a, 0, max_k - 1)
   indices = jnp.where(rows.live & (a >= 0) & keep[a_c], new_pos[a_c], NO_UPDATE).astype(jnp.int32)
-  if value_bits == 16:
-    big = float(jnp.finfo(_HALF[half_dtype]).max)
-    cents = jnp.clip(cents, -big, big).astype(_HALF[half_dtype]).astype(jnp.float32)
+  cents = round_values(cents, value_bits, half_dtype)
   bits = payload_bits(num_actions, r_rows, d, value_bits).astype(jnp.int32)
   return ActionPayload(centroids=cents,
                        indices=indices,
