@@ -40,7 +40,8 @@ def rank_of_positive(pos_scores, neg_scores, ignore=None):
 
 
 def hit_and_ndcg(ranks, ks: Sequence[int] = (5, 10, 20), prefix: str = "") -> Dict[str, jax.Array]:
-  """``{"hr@K": mean hit, "ndcg@K": mean 1/log2(rank + 2) within top K}`` (keys prefixed)."""
+  """``{"hr@K": mean hit, "ndcg@K": mean 1/log2(rank + 2) within top K}`` (keys prefixed)
+  of ``ranks [U]``, each user's 0-based rank of its held-out item."""
   out = {}
   ranks = jnp.asarray(ranks)
   for k in ks:

@@ -12,8 +12,9 @@ from fedras_jax.compress.base import Compressor, Context
 class Roundtrip(NamedTuple):
   """decoded: rows as the receiver sees them (shape of the input); bits: int32
   payload sizes (``[M]`` for clients); num_actions: actions used (-1 where the
-  compressor has no such notion); target: the update the payload stood for
-  (``Encoded.target``, shape of ``decoded``); state: the sender's next state
+  compressor has no such notion); target: the update the payload stood for, shape of
+  ``decoded`` (``roundtrip``: ``Encoded.target``; ``roundtrip_clients``: its
+  ``flat_rows``); state: the sender's next state
   (``roundtrip``; None for clients, who keep none); payload: what was sent
   (``roundtrip``; None for clients)."""
   decoded: jax.Array
@@ -99,7 +100,9 @@ def roundtrip_clients(compressor: Compressor,
   Args:
     flat_rows: ``[S, d]`` the round's slot rows, client ``c`` owning
       ``offset[c] : offset[c] + num_slots[c]`` (clients in order: ``offset``
-      non-decreasing, as ``slot_layout`` makes it); budget_bits: ``[M]``; keys: ``[M]``.
+      non-decreasing, as ``slot_layout`` makes it).
+    offset, num_slots: ``[M]`` int32, each client's first slot and slot count.
+    budget_bits: ``[M]``; keys: ``[M]``.
     buckets: static ``((count, width), ...)`` with counts summing to ``M``: the
       ``count`` largest remaining clients are padded to ``width`` rows (widths
       must bound their clients' ``num_slots``; see ``plan_capacity``). Padding
