@@ -179,6 +179,10 @@ def _open_files(config: TrainConfig, workdir, rows) -> workdir_lib.MetricsWriter
 
 def _account(host: dict, metrics, m: int):
   """Adds a round's ``RoundMetrics`` to the totals and the evaluation window."""
+  if bool(metrics.overflow):
+    raise RuntimeError("a round's clients outgrew the static round shape (slot capacity, "
+                       "bucket widths or lane steps): the run's RoundConfig was not planned "
+                       "for these clients (federated.plan_capacity)")
   totals, window = host["totals"], host["window"]
   totals["bits_up"] += int(np.sum(metrics.bits_up, dtype=np.int64))
   totals["bits_down"] += int(metrics.bits_down) * m

@@ -3,6 +3,7 @@
 All runs are small (ML-100K, uncompressed FedMF, 16 clients, dim 16, <= 30 rounds):
 their cost is mostly XLA compilation (~8 s a run on 2 cores).
 """
+import dataclasses
 import itertools
 import json
 import os
@@ -20,7 +21,7 @@ import pytest
 
 from conftest import flip_middle, metrics_rows, poison_users, train_binary
 
-from fedras_jax import checkpoint
+from fedras_jax import checkpoint, experiment
 from fedras_jax.config import TrainConfig
 from fedras_jax.federated import round_clients
 from fedras_jax.training import DEAD_ROUNDS, NonFiniteUpdateError, train
@@ -304,6 +305,14 @@ def test_nonfinite_updates_stop_the_run_naming_round_and_users(data_dir, monkeyp
   assert "\n" not in message
   assert message.startswith(f"round 1: {len(expected)} of 16 sampled clients sent a "
                             f"non-finite update (user ids {expected})")
+
+
+def test_a_round_shape_too_small_for_its_clients_stops_the_run(data_dir, monkeypatch):
+  plan = experiment.build_round_config
+  monkeypatch.setattr(experiment, "build_round_config",
+                      lambda *a, **k: dataclasses.replace(plan(*a, **k), max_lane_steps=1))
+  with pytest.raises(RuntimeError, match="outgrew the static round shape"):
+    train(_config(data_dir, **TINY))
 
 
 def test_a_run_whose_every_client_fails_for_dead_rounds_rounds_stops(data_dir, monkeypatch):

@@ -1,4 +1,5 @@
 """The jitted packed round against a plain per-client loop of ``client_update``."""
+import dataclasses
 import functools
 
 import chex
@@ -9,8 +10,8 @@ import optax
 import pytest
 
 from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams, aggregate_item_updates,
-                                  client_keys, client_plan, client_update, init_states, make_round,
-                                  plan_capacity, round_clients)
+                                  capacity_overflow, client_keys, client_plan, client_update,
+                                  init_states, make_round, plan_capacity, round_clients)
 from fedras_jax.models import get_model
 
 M, EPOCHS, BATCH, RATIO = 5, 2, 4, 2
@@ -162,6 +163,30 @@ def test_nonfinite_client_is_skipped(synthetic, name):
   np.testing.assert_allclose(server_b.items, items, atol=2e-6, rtol=1e-5)
   np.testing.assert_allclose(clients_b.users, users, atol=2e-6, rtol=1e-5)
   chex.assert_trees_all_close(server_b.dense, dense, atol=2e-6, rtol=1e-5)
+
+
+def test_capacity_overflow_hand_cases():
+  cfg = RoundConfig(clients_per_round=3,
+                    slot_capacity=10,
+                    client_buckets=((1, 6), (2, 4)),
+                    max_lane_steps=5,
+                    num_lanes=2)
+  flag = lambda slots, steps: bool(capacity_overflow(cfg, jnp.array(slots), jnp.array(steps)))
+  # Lanes in snake order by steps: 3 -> lane 0, then 2 and 2 -> lane 1 (4 steps).
+  assert not flag([4, 6, 0], [3, 2, 2])
+  assert flag([5, 6, 0], [3, 2, 2])  # 11 slots
+  assert flag([5, 5, 0], [3, 2, 2])  # the second largest client is wider than 4
+  assert flag([4, 6, 0], [3, 3, 3])  # lane 1 runs 6 steps
+
+
+def test_planned_rounds_fit_and_a_short_shape_is_flagged(synthetic):
+  model = get_model("mf", **MODELS["mf"])
+  cfg = config(synthetic)
+  _, (_, _, metrics) = run_rounds(model, synthetic, cfg, rounds=2)
+  assert not bool(metrics.overflow)
+  short = dataclasses.replace(cfg, max_lane_steps=1)
+  _, (_, _, metrics) = run_rounds(model, synthetic, short, rounds=1)
+  assert bool(metrics.overflow)
 
 
 def test_aggregation_hand_case():

@@ -5,8 +5,9 @@ from fedras_jax.federated.local_data import ClientPlan, client_plan, minibatch, 
 from fedras_jax.federated.local_training import (ClientOutput, LocalHParams, client_update,
                                                  local_step, packed_client_updates, slot_layout)
 from fedras_jax.federated.capacity import Capacity, client_buckets, plan_capacity
-from fedras_jax.federated.round import (ClientPlans, RoundParts, RoundStages, make_round,
-                                        make_round_stages, plan_clients, train_clients)
+from fedras_jax.federated.round import (ClientPlans, RoundParts, RoundStages, capacity_overflow,
+                                        make_round, make_round_stages, plan_clients, relative_error,
+                                        train_clients)
 from fedras_jax.federated.state import (ClientStates, RoundConfig, RoundHParams, RoundMetrics,
                                         ServerState, client_keys, init_states, round_basis_key,
                                         round_clients, round_key, sample_clients)

@@ -25,7 +25,8 @@ from fedras_jax.compress.roundtrip import Roundtrip, roundtrip, roundtrip_client
 from fedras_jax.federated.aggregation import aggregate_item_updates
 from fedras_jax.federated.client_data import ClientData
 from fedras_jax.federated.local_data import client_plan, slot_item
-from fedras_jax.federated.local_training import (LocalHParams, packed_client_updates, slot_layout)
+from fedras_jax.federated.local_training import (LocalHParams, lane_schedule, packed_client_updates,
+                                                 slot_layout)
 from fedras_jax.federated.state import (BANDWIDTH, DOWNLINK, UPLINK, ClientStates, RoundConfig,
                                         RoundHParams, RoundMetrics, ServerState, client_keys,
                                         round_basis_key, round_clients, round_key)
@@ -232,6 +233,17 @@ def train_clients(parts: RoundParts, server: ServerState, users, local_hp: Local
                                mesh=parts.mesh)
 
 
+def capacity_overflow(config: RoundConfig, num_slots, num_steps):
+  """``[]`` bool: clients of ``num_slots [M]`` slots and ``num_steps [M]`` SGD steps do not
+  fit ``config``'s static sizes (total slots, bucket widths of the clients by size, the
+  busiest lane's steps). ``plan_capacity`` sizes a run so this never holds; an overflow
+  would drop slots, read a neighbour's rows and cut lanes short."""
+  widths = jnp.asarray([w for c, w in config.client_buckets for _ in range(c)], jnp.int32)
+  lane_steps = jnp.max(lane_schedule(num_steps, config.num_lanes)[1][:, -1])
+  return ((jnp.sum(num_slots) > config.slot_capacity) | jnp.any(-jnp.sort(-num_slots) > widths)
+          | (lane_steps > config.max_lane_steps))
+
+
 def local_stage(parts: RoundParts, server: ServerState, clients: ClientStates,
                 hp: RoundHParams) -> LocalResult:
   """Samples the round's clients, trains them (packed lanes), checks their updates and
@@ -361,7 +373,9 @@ def downlink_stage(parts: RoundParts, server: ServerState, clients: ClientStates
                          info_loss=info_loss,
                          touched_items=jnp.sum(agg.counts > 0),
                          skipped=jnp.sum(~local.ok),
-                         sim_seconds=jnp.max(seconds))
+                         sim_seconds=jnp.max(seconds),
+                         overflow=capacity_overflow(parts.config, local.plans.num_slots,
+                                                    local.plans.num_steps))
   server = ServerState(items=server.items + down.decoded,
                        dense=jax.tree.map(jnp.add, server.dense, agg.dense_step),
                        opt_state=agg.opt_state,

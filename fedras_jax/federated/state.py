@@ -111,6 +111,7 @@ class RoundMetrics(NamedTuple):
   touched_items: jax.Array  # items with at least one update
   skipped: jax.Array  # clients whose update was non-finite and dropped
   sim_seconds: jax.Array  # simulated round duration (slowest client)
+  overflow: jax.Array  # bool: the round's clients outgrew RoundConfig's static sizes
 
 
 def init_states(model: RecModel,
