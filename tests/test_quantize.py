@@ -534,6 +534,20 @@ def test_value_bits_16_rounds_centroids_and_counts_16_bits():
                                 np.asarray(jnp.asarray(c).astype(jnp.bfloat16).astype(jnp.float32)))
 
 
+def test_compact_clusters_by_hand():
+  cents = jnp.arange(8.0).reshape(4, 2)
+  coh = jnp.array([0.1, 0.2, 0.3, 0.4])
+  keep = jnp.array([False, True, False, True])
+  assignment = jnp.array([3, 1, 0, -1, 3, 2])
+  live = jnp.array([True, True, True, True, False, True])
+  (c, h), idx, k = q.compact_clusters((cents, coh), assignment, keep, live)
+  np.testing.assert_array_equal(c, [[2, 3], [6, 7], [0, 0], [0, 0]])
+  np.testing.assert_array_equal(h, np.float32([0.2, 0.4, 0, 0]))
+  # Row 2's and row 5's clusters were dropped, row 3 has none, row 4 is not live.
+  np.testing.assert_array_equal(idx, [1, 0, -1, -1, -1, -1])
+  assert int(k) == 2
+
+
 def test_round_values_by_hand():
   x = jnp.array([1 + 2**-10, 1 + 2**-6, 7e4, -np.inf, 3.0], jnp.float32)
   # bfloat16 keeps 8 significant bits, float16 11; both clip to their finite range.

@@ -87,14 +87,10 @@ def embedding_kmeans(num_index_rows: int,
     slot = jnp.clip(fit.assignment, 0, max_k - 1)
     count = jax.ops.segment_sum(live.astype(jnp.int32), slot, num_segments=max_k)
     keep = fit.active & (count > 0) & (k > 0)
-    new_pos = jnp.cumsum(keep.astype(jnp.int32)) - 1
-    num_actions = jnp.sum(keep, dtype=jnp.int32)
-    centroids = jnp.zeros((max_k, d), jnp.float32).at[jnp.where(keep, new_pos,
-                                                                max_k)].set(fit.centroids,
-                                                                            mode="drop")
+    (centroids,), indices, num_actions = quantize.compact_clusters(
+        (fit.centroids.astype(jnp.float32),), fit.assignment, keep, live)
     centroids = quantize.round_values(centroids, value_bits)
-    sent = live & (fit.assignment >= 0) & keep[slot]
-    indices = jnp.where(sent, new_pos[slot], quantize.NO_UPDATE).astype(jnp.int32)
+    sent = indices != quantize.NO_UPDATE
     return EmbeddingKMeansPayload(centroids=centroids,
                                   indices=indices,
                                   sent=sent,

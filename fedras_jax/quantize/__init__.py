@@ -34,8 +34,8 @@ Example (runs as is)::
     assert bool((ps.bits <= budgets).all())
 """
 
-from fedras_jax.quantize.actions import (NO_UPDATE, ActionPayload, auto_tau, decode, encode,
-                                         round_values)
+from fedras_jax.quantize.actions import (NO_UPDATE, ActionPayload, auto_tau, compact_clusters,
+                                         decode, encode, round_values)
 from fedras_jax.quantize.bits import (compression_rate, index_bits, max_actions_for_budget,
                                       payload_bits, payload_bits_int32_indices,
                                      )
@@ -49,7 +49,8 @@ from fedras_jax.quantize.optax_adapter import (ActionsQuantizerState, actions_qu
 
 __all__ = [
     "NO_UPDATE", "ActionPayload", "ActionsQuantizerState", "KMeansResult", "actions_quantizer",
-    "auto_tau", "cluster_coherence", "compression_rate", "decode", "default_leaf_filter", "encode",
-    "index_bits", "kmeans", "kmeans_plusplus", "lloyd_step", "max_actions_for_budget",
-    "nearest_centroid", "payload_bits", "payload_bits_int32_indices", "round_values",
+    "auto_tau", "cluster_coherence", "compact_clusters", "compression_rate", "decode",
+    "default_leaf_filter", "encode", "index_bits", "kmeans", "kmeans_plusplus", "lloyd_step",
+    "max_actions_for_budget", "nearest_centroid", "payload_bits", "payload_bits_int32_indices",
+    "round_values",
 ]

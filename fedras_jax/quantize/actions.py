@@ -409,6 +409,28 @@ def round_values(values, value_bits: int, half_dtype: str = "bfloat16"):
   return values
 
 
+def compact_clusters(per_cluster, assignment, keep, live):
+  """Moves the kept clusters to a prefix of the slots and remaps the rows' indices.
+
+  Args:
+    per_cluster: a tuple of ``[max_k, ...]`` arrays (centroids, coherences, ...).
+    assignment: ``[n]`` int32 cluster of each row (negative: none); keep: ``[max_k]``
+      bool, the clusters kept; live: ``[n]`` bool, the rows that may carry an index.
+  Returns:
+    ``(compacted, indices, num_actions)``: ``per_cluster`` with kept cluster ``j`` in slot
+    ``sum(keep[:j])`` and zeros past ``num_actions`` (``[]`` int32); ``indices [n]``
+    int32, each live row's new slot or ``NO_UPDATE`` where its cluster was dropped.
+  """
+  max_k = keep.shape[0]
+  new_pos = jnp.cumsum(keep.astype(jnp.int32)) - 1
+  dest = jnp.where(keep, new_pos, max_k)  # max_k = dropped
+  compacted = tuple(jnp.zeros_like(v).at[dest].set(v, mode="drop") for v in per_cluster)
+  a_c = jnp.clip(assignment, 0, max_k - 1)
+  sent = live & (assignment >= 0) & keep[a_c]
+  indices = jnp.where(sent, new_pos[a_c], NO_UPDATE).astype(jnp.int32)
+  return compacted, indices, jnp.sum(keep, dtype=jnp.int32)
+
+
 def _compact(rows: EncodeRows, state: EncodeState, expo, r_rows, *, value_bits,
              half_dtype) -> ActionPayload:
   """The payload of the loop's final ``state``: non-empty live clusters moved to a
@@ -416,16 +438,9 @@ def _compact(rows: EncodeRows, state: EncodeState, expo, r_rows, *, value_bits,
   max_k, d = state.centroids.shape
   slots = jnp.arange(max_k)
   keep = (slots < state.k) & (state.count > 0)
-  new_pos = jnp.cumsum(keep.astype(jnp.int32)) - 1
-  dest = jnp.where(keep, new_pos, max_k)  # max_k = dropped
-  num_actions = jnp.sum(keep).astype(jnp.int32)
-  cents = jnp.zeros((max_k, d),
-                    jnp.float32).at[dest].set(_times_power_of_two(state.centroids, expo),
-                                              mode="drop")
-  coh_out = jnp.zeros((max_k,), jnp.float32).at[dest].set(state.coherence, mode="drop")
-  a = state.assignment
-  a_c = jnp.clip(a, 0, max_k - 1)
-  indices = jnp.where(rows.live & (a >= 0) & keep[a_c], new_pos[a_c], NO_UPDATE).astype(jnp.int32)
+  (cents, coh_out), indices, num_actions = compact_clusters(
+      (_times_power_of_two(state.centroids, expo).astype(jnp.float32), state.coherence),
+      state.assignment, keep, rows.live)
   cents = round_values(cents, value_bits, half_dtype)
   bits = payload_bits(num_actions, r_rows, d, value_bits).astype(jnp.int32)
   return ActionPayload(centroids=cents,
