@@ -11,6 +11,7 @@ the checkpoint's rows, so rows written after it are dropped, not duplicated.
 """
 import contextlib
 import dataclasses
+import math
 import pathlib
 import sys
 import time
@@ -73,7 +74,8 @@ def _fresh_host(config: TrainConfig) -> dict:
               train_seconds=0.0,
               timed_rounds=0,
               compile_seconds=None,
-              wall_seconds=0.0)
+              wall_seconds=0.0,
+              dead_rounds=0)
 
 
 def _run(config: TrainConfig, log: Callable[[str], None], hold: contextlib.ExitStack) -> dict:
@@ -105,7 +107,6 @@ def _run(config: TrainConfig, log: Callable[[str], None], hold: contextlib.ExitS
   wall_before, start = host["wall_seconds"], time.time()
   cadence = ckpt_lib.Cadence(config.checkpoint_every, config.checkpoint_minutes)
   compile_seconds = None
-  dead_rounds = 0  # rounds in a row that dropped every sampled client
   for r in range(start_round + 1, config.rounds + 1):
     rows_before = rows_to_sample(server.key, server.round, clients.users)
     t0 = time.time()
@@ -117,7 +118,10 @@ def _run(config: TrainConfig, log: Callable[[str], None], hold: contextlib.ExitS
       host["train_seconds"] += time.time() - t0
       host["timed_rounds"] += 1
     _account(host, metrics, m)
-    dead_rounds = _check_updates(config, r, metrics, rows_before, clients, say, dead_rounds)
+    # Rounds in a row that dropped every sampled client (checkpointed: a resumed run
+    # stops where the uninterrupted one would).
+    host["dead_rounds"] = _check_updates(config, r, metrics, rows_before, clients, say,
+                                         host.get("dead_rounds", 0))
     if r % config.eval_every == 0 or r == config.rounds:
       scores = exp.evaluate(clients.users, server.items, server.dense)
       row = _evaluation_row(r, scores, host, metrics, sim.dense_round_bits,
@@ -192,8 +196,10 @@ def _account(host: dict, metrics, m: int):
   window["actions"].append(np.asarray(metrics.num_actions).tolist())
   window["error_up"].append(float(np.mean(metrics.error_up)))
   window["error_down"].append(float(metrics.error_down))
-  host["loss_sum"] += float(np.mean(metrics.loss))
-  host["loss_rounds"] += 1
+  loss = np.asarray(metrics.loss)[np.isfinite(metrics.loss)]  # skipped clients' is NaN
+  if loss.size:
+    host["loss_sum"] += float(np.mean(loss))
+    host["loss_rounds"] += 1
 
 
 def _check_updates(config: TrainConfig, r: int, metrics, rows_before, clients, say,
@@ -248,7 +254,7 @@ def _evaluation_row(r: int, scores: dict, host: dict, metrics, dense_round_bits:
   actions = np.asarray(window["actions"], np.int32)
   row = dict(round=r,
              **{k: float(v) for k, v in scores.items()},
-             loss=host["loss_sum"] / host["loss_rounds"],
+             loss=host["loss_sum"] / host["loss_rounds"] if host["loss_rounds"] else math.nan,
              bits_up_total=totals["bits_up"],
              bits_down_total=totals["bits_down"],
              compression_up=1.0 - float(np.mean(metrics.bits_up)) / dense_round_bits,

@@ -329,6 +329,32 @@ def test_a_run_whose_every_client_fails_for_dead_rounds_rounds_stops(data_dir, m
   assert sum("16 of 16 sampled clients sent a non-finite update" in l for l in lines) == DEAD_ROUNDS
 
 
+def test_a_resumed_run_counts_the_dead_rounds_before_its_checkpoint(data_dir, monkeypatch,
+                                                                    tmp_path):
+  poison_users(monkeypatch, lambda u: u >= 0)
+  config = TrainConfig(data_dir=str(data_dir),
+                       workdir=str(tmp_path / "run"),
+                       checkpoint_every=1,
+                       **TINY)
+  save = checkpoint.save
+
+  class Killed(Exception):
+    pass
+
+  def save_then_die(directory, r, *args, **kwargs):
+    save(directory, r, *args, **kwargs)
+    if r == DEAD_ROUNDS - 1:
+      raise Killed
+
+  monkeypatch.setattr(checkpoint, "save", save_then_die)
+  with pytest.raises(Killed):
+    train(config)
+  monkeypatch.setattr(checkpoint, "save", save)
+  # Resumed after round DEAD_ROUNDS - 1: it stops one round later, as the run would have.
+  with pytest.raises(NonFiniteUpdateError, match=f"rounds 1-{DEAD_ROUNDS}: every sampled"):
+    train(config)
+
+
 def test_nonfinite_updates_are_skipped_counted_and_logged(data_dir, monkeypatch):
   poison_users(monkeypatch, lambda u: u % 4 == 0)
   lines = []
@@ -339,6 +365,8 @@ def test_nonfinite_updates_are_skipped_counted_and_logged(data_dir, monkeypatch)
   logged = [l for l in lines if "non-finite" in l]
   assert len(logged) == sum(n > 0 for n in per_round)
   assert all(l.endswith("skipped them") for l in logged)
+  # The loss is the kept clients' mean (the skipped ones' is NaN).
+  assert np.isfinite(summary["final"]["loss"])
 
 
 @pytest.mark.parametrize(
