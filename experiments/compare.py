@@ -401,7 +401,7 @@ def write_outputs(rows, outdir: pathlib.Path, curves=()):
     lines.append("| " + " | ".join(
         f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in shown) + " |")
   if len({r["seed"] for r in rows}) > 1:
-    lines += ["", "Over seeds (mean ± std):", ""] + over_seeds(rows)
+    lines += ["", "Over seeds (mean ± population std, ddof=0):", ""] + over_seeds(rows)
   outputs.write_atomic(outdir / "compare.md", ("\n".join(lines) + "\n").encode())
   outputs.write_json(outdir / "compare.json", pages.provenance("experiments.compare"), indent=1)
   plt = pages.pyplot()
@@ -545,7 +545,11 @@ def main(argv):
         print(f"   replacing the run at an earlier pick with {tuned[0]}", flush=True)
         config = dataclasses.replace(config, overwrite=True)
       try:
-        summary = finished_summary(config) if only_finished else train(config)
+        # A finished run is read, not resumed: it may have no checkpoint to resume from
+        # (--checkpoint_every=0 --checkpoint_minutes=0, or checkpoints/ deleted).
+        summary = None if config.overwrite else finished_summary(config)
+        if summary is None and not only_finished:
+          summary = train(config)
       except NonFiniteUpdateError as e:
         print(f"   stopped: {e}", flush=True)
         diverged.append(f"{name} ({e})")

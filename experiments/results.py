@@ -475,7 +475,7 @@ def at_round(curves, rows, at: int = EARLY_ROUND) -> list:
 
 def plot_part(rows, path: pathlib.Path) -> bool:
   """HR@10 and NDCG@10 against the payload ratio (top) and against the uplink each run
-  actually sent (bottom: ``1 - compression_up``, the seeds' mean; an adaptive method
+  actually sent (bottom: ``1 - compression_up`` of the last round, the seeds' mean; an adaptive method
   sends less than its ratio allows), one line per method, seed std as error bars, to
   ``path``; False without matplotlib."""
   plt = pages.pyplot()
@@ -486,7 +486,7 @@ def plot_part(rows, path: pathlib.Path) -> bool:
   sent = lambda s: 1.0 - s["compression_up"][0]
   for row, (x_of, label) in enumerate(
       ((lambda t, s: float(Fraction(t)), "payload ratio (of the dense float32 item table)"),
-       (lambda t, s: sent(s), "uplink sent (of the dense float32 item table, measured)"))):
+       (lambda t, s: sent(s), "uplink sent in the last round (of the dense float32 item table)"))):
     for ax, metric in zip(axes[row], METRICS[:2]):
       for method in dict.fromkeys(m for m, _ in stats):
         pts = sorted((x_of(t, s), *s[metric]) for (m, t), (_, s) in stats.items() if m == method)
@@ -799,8 +799,9 @@ def main(argv):
       "`ncf16` 16-bit values and a fixed 0.95 threshold, `ndcg` searched by NDCG@10). Each "
       "part's section below has its command, its runs and the searched settings.", "",
       *overview(overview_parts), "",
-      "In the parts' tables, *uplink smaller by* is one minus the bits a client sent over the "
-      "bits of the dense float32 item table (what the payload ratio budgets). NCF clients also "
+      "In the parts' tables, *uplink smaller by* is one minus the bits a client sent in the "
+      "run's last round (the mean over that round's clients) over the bits of the dense "
+      "float32 item table (what the payload ratio budgets). NCF clients also "
       "send the tower's dense weights whole, with every method: an uncompressed NCF client "
       "sends more than the item table, and its row shows a negative reduction.", "", *sections
   ]

@@ -309,7 +309,7 @@ def seed_stats(rows, keys: Sequence[str], columns: Sequence[str]) -> dict:
 
 
 def summarize(results: List[dict], metrics=("hr@10", "ndcg@10")) -> List[dict]:
-  """One row per grid point: mean and std over seeds of each metric."""
+  """One row per grid point: mean and population std (ddof=0) over seeds of each metric."""
   keys = [
       k for k in results[0] if k not in ("seed", "compile_seconds",
                                          "train_seconds") and not k.startswith(("hr@", "ndcg@"))

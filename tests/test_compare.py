@@ -5,6 +5,7 @@ import functools
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 
@@ -122,6 +123,10 @@ def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
   assert "   tuned " not in out2 and "compile" not in out2
   assert out2.count("not finished") == 2
   assert rows2 == rows
+  # A finished run without checkpoints (deleted, or none kept) is read, not trained again.
+  shutil.rmtree(tmp_path / "ml-100k_mf_svd_1over8_s0" / "checkpoints")
+  out2, rows2 = _compare(data_dir, tmp_path, "uncompressed,svd")
+  assert "compile" not in out2 and rows2 == rows
 
   # A widened grid searches only its new point; --tune_seed=0 lends seed 0's search to seed 1.
   before = json.loads((tmp_path / "ml-100k_mf_svd_1over32_s0" / "tuning.json").read_text())
