@@ -400,6 +400,11 @@ def write_outputs(rows, outdir: pathlib.Path, curves=()):
   for r in rows:
     lines.append("| " + " | ".join(
         f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in shown) + " |")
+  lines += [
+      "", "final_*: the last round's test metrics (what the tables report); best_*: the "
+      "evaluation with the highest test HR@10, picked on test data (an upper bound, not a "
+      "result); valid_hr@10: the search's validation score of the pick."
+  ]
   if len({r["seed"] for r in rows}) > 1:
     lines += ["", "Over seeds (mean ± population std, ddof=0):", ""] + over_seeds(rows)
   outputs.write_atomic(outdir / "compare.md", ("\n".join(lines) + "\n").encode())
