@@ -290,8 +290,10 @@ def finished_summary(config: TrainConfig) -> Optional[dict]:
   path = pathlib.Path(config.workdir) / "summary.json"
   if not path.is_file():
     return None
-  summary = outputs.read_json(path)
-  finished = summary["final"]["round"] == config.rounds
+  summary = outputs.read_json(path,
+                              "use --overwrite to start the run over",
+                              fields=("final", "config"))
+  finished = isinstance(summary["final"], dict) and summary["final"].get("round") == config.rounds
   return summary if finished and not config_differences(summary["config"], config) else None
 
 

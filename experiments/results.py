@@ -61,7 +61,7 @@ def read_part(part: pathlib.Path):
   for path in (csv_path, json_path):
     if not path.is_file():
       raise ValueError(f"{path}: missing (a part is a compare --outdir's compare.csv/.json)")
-  made = outputs.read_json(json_path)
+  made = outputs.read_json(json_path, fields=("command",))
   with open(csv_path, newline="") as f:
     rows = list(csv.DictReader(f))
   if not rows or any(c not in rows[0] for c in ("method", "payload_ratio", *METRICS[:2])):
@@ -411,9 +411,13 @@ def read_curves(part: pathlib.Path):
     return None
   with open(path, newline="") as f:
     rows = list(csv.DictReader(f))
-  for r in rows:
-    for c in ("round", "sim_seconds", "hr@10", "ndcg@10"):
-      r[c] = float(r[c])
+  try:
+    for r in rows:
+      for c in ("round", "sim_seconds", "hr@10", "ndcg@10"):
+        r[c] = float(r[c])
+  except (KeyError, TypeError, ValueError) as e:
+    raise ValueError(f"{path}: not a compare curves.csv (a row without a number for "
+                     f"{e})") from None
   return [dense_at_one(r) for r in rows]
 
 

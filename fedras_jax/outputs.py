@@ -124,12 +124,19 @@ def write_csv(path, columns, rows) -> pathlib.Path:
   return write_atomic(path, text.getvalue().encode())
 
 
-def read_json(path, remedy: str = ""):
+def read_json(path, remedy: str = "", fields=None):
   """The JSON in ``path``; a ``ValueError`` naming the file (and ``remedy``, e.g. "use
-  --overwrite to start over") if it is not JSON."""
+  --overwrite to start over") if it is not JSON, or, with ``fields`` (names), not an
+  object holding them."""
+  tail = f"; {remedy}" if remedy else ""
   try:
     with open(path, encoding="utf-8") as f:
-      return json.loads(f.read())
+      value = json.loads(f.read())
   except ValueError as e:  # UnicodeDecodeError (not UTF-8) too
-    raise ValueError(f"{path} is not readable JSON ({e})"
-                     + (f"; {remedy}" if remedy else "")) from None
+    raise ValueError(f"{path} is not readable JSON ({e}){tail}") from None
+  if fields is not None:
+    missing = [k for k in fields if k not in value] if isinstance(value, dict) else None
+    if missing is None or missing:
+      what = "not a JSON object" if missing is None else f"has no {', '.join(missing)}"
+      raise ValueError(f"{path}: {what}{tail}")
+  return value

@@ -150,7 +150,7 @@ def kept_results(path, config: TrainConfig, remedy: str, **setting) -> Optional[
   (no file, or another sweep's). A file that is not JSON raises, naming ``remedy``."""
   if not pathlib.Path(path).is_file():
     return None
-  saved = outputs.read_json(path, remedy)
+  saved = outputs.read_json(path, remedy, fields=())
   if ("config" not in saved or config_differences(saved["config"], config)
       or any(saved.get(k) != v for k, v in setting.items())):
     return None

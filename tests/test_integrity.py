@@ -327,3 +327,14 @@ def test_a_json_file_that_is_not_text_is_named_with_the_remedy(tmp_path):
   path.write_bytes(b"\xff\xfe garbage")
   with pytest.raises(ValueError, match=f"{path} is not readable JSON .*; use --overwrite"):
     outputs.read_json(path, "use --overwrite")
+
+
+@pytest.mark.parametrize("text, message", [("[1, 2]", "not a JSON object"),
+                                           ('{"final": {}}', "has no config"),
+                                           ('{"x": 1}', "has no final, config")])
+def test_a_json_file_without_its_fields_is_named(tmp_path, text, message):
+  path = tmp_path / "summary.json"
+  path.write_text(text)
+  with pytest.raises(ValueError, match=f"{path}: {message}; use --overwrite"):
+    outputs.read_json(path, "use --overwrite", fields=("final", "config"))
+  assert outputs.read_json(path) == json.loads(text)  # without fields: any JSON

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from experiments import compare, pages, results
+from fedras_jax.config import TrainConfig
 
 
 def _row(method, ratio, seed, hr, ndcg, comp=0.9, tuned="item_lr=8"):
@@ -568,3 +569,17 @@ def test_the_committed_acceptance_table_covers_the_grid_and_each_row_has_its_rea
     for row in csv.DictReader(f):
       page = (results.REPO / "docs" / row["see"].partition("#")[0]).read_text()
       assert f"`{row['part']}`" in page, (row["part"], row["see"])
+
+
+def test_malformed_part_files_are_one_line_errors(tmp_path):
+  """A summary without its fields was a KeyError in compare; a curves.csv with a short row
+  a TypeError in results."""
+  (tmp_path / "summary.json").write_text('{"final": 3}')
+  config = TrainConfig(workdir=str(tmp_path))
+  with pytest.raises(ValueError, match="has no config"):
+    compare.finished_summary(config)
+  (tmp_path / "summary.json").write_text('{"final": 3, "config": {}}')
+  assert compare.finished_summary(config) is None  # not a finished run's summary
+  (tmp_path / "curves.csv").write_text("round,sim_seconds,hr@10,ndcg@10\n1,2,0.5\n")
+  with pytest.raises(ValueError, match="curves.csv: not a compare curves.csv"):
+    results.read_curves(tmp_path)
