@@ -251,6 +251,12 @@ def tune(config: TrainConfig,
     print(f"   {how} {point} (payload {config.payload_ratio:g}): validation {metric} " + ", ".join(
         f"{'/'.join(str(value(r, n)) for n in grid)}: {r[metric]:.4f}" for r in results),
           flush=True)
+    dropped = [r for r in results if r.get("skipped_clients")]
+    if dropped:
+      print("   (non-finite client updates skipped in the search: " + ", ".join(
+          f"{'/'.join(str(value(r, n)) for n in grid)}: {r['skipped_clients']}" for r in dropped)
+            + ")",
+            flush=True)
     edges = open_edges(grid, point, valid)
     if not edges or step == widen:
       return point, best["hr@10"], edges

@@ -76,6 +76,10 @@ def parse_sweep_flags(base: TrainConfig):
   if base.eval_protocol == "full":
     raise ValueError("--eval_protocol=full: a sweep scores the sampled protocol only; use "
                      "--eval_protocol=sampled (full ranking: experiments.train or compare)")
+  if base.on_nonfinite == "stop":
+    raise ValueError("--on_nonfinite=stop: a sweep's runs share one program and cannot "
+                     "stop one by one; they skip such clients and count them "
+                     "(skipped_clients)")
   seeds = flag_lib.parse_values("--seeds", FLAGS.seeds, int, "an integer")
   grid = parse_grid(FLAGS.grid)
   shape_grid = parse_grid(FLAGS.shape_grid,

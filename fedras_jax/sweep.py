@@ -165,8 +165,9 @@ def sweep_points(base: TrainConfig,
   """Trains ``len(seeds) * len(points)`` runs of ``base`` in one program.
 
   ``points`` are ``{name: value}`` settings of ``SWEEPABLE`` names (``[]``: ``base``
-  alone). Returns one dict per run: its seed, its point's values, final HR@K/NDCG@K, and
-  the program's ``compile_seconds`` (its first round in this process) and
+  alone). Returns one dict per run: its seed, its point's values, final HR@K/NDCG@K,
+  ``skipped_clients`` (the clients its rounds dropped for a non-finite update: a sweep
+  always skips them, whatever ``on_nonfinite``, and counts them), and the program's ``compile_seconds`` (its first round in this process) and
   ``train_seconds`` (the other rounds and the final evaluation), shared by the runs of
   one call. With ``checkpoint_dir``, checkpoints by ``base``'s cadence
   (``checkpoint.Cadence``: every ``checkpoint_every`` rounds and every
@@ -199,9 +200,10 @@ def sweep_points(base: TrainConfig,
                          mesh=mesh)
   model, round_fn = sim.model, sim.round_fn
   server, clients, hp = _stacked_states(configs, model, split, sim.server_opt, sim.downlink)
-  start_round = 0
+  start_round, skipped = 0, np.zeros(len(runs), np.int32)
   if checkpoint_dir is not None:
-    start_round, (server, clients) = _resume(checkpoint_dir, configs, (server, clients), log)
+    start_round, (server, clients), skipped = _resume(checkpoint_dir, configs, (server, clients),
+                                                      skipped, log)
   if mesh is not None:
     server, clients, hp = distributed.replicate((server, clients, hp), mesh)
   batched_round = distributed.jit(jax.vmap(round_fn), mesh, donate_argnums=(0, 1))
@@ -210,14 +212,17 @@ def sweep_points(base: TrainConfig,
   start = time.time()
   cadence = ckpt_lib.Cadence(base.checkpoint_every, base.checkpoint_minutes)
   for r in range(start_round + 1, base.rounds + 1):
-    server, clients, _ = batched_round(server, clients, hp)
+    server, clients, metrics = batched_round(server, clients, hp)
+    skipped = skipped + metrics.skipped  # on the device: no wait for the round
     if r == start_round + 1:  # the first call compiles
       jax.block_until_ready(server)
       first_round = time.time()
     if (checkpoint_dir is not None and r < base.rounds and cadence.due(r)
         and distributed.is_writer()):
-      ckpt_lib.save(checkpoint_dir, r, (server, clients),
-                    dict(configs=[dataclasses.asdict(c) for c in configs]))
+      ckpt_lib.save(
+          checkpoint_dir, r, (server, clients),
+          dict(configs=[dataclasses.asdict(c) for c in configs],
+               skipped=np.asarray(skipped).tolist()))
       cadence.saved()
     if not base.quiet and (r % base.eval_every == 0 or r == base.rounds):
       # Every process evaluates (one program over all devices); process 0 logs.
@@ -229,23 +234,27 @@ def sweep_points(base: TrainConfig,
             f"ETA {elapsed / (r - start_round) * (base.rounds - r):.0f}s")
   scores = jax.device_get(batched_eval(clients.users, server.items, server.dense))
   timing = dict(compile_seconds=first_round - start, train_seconds=time.time() - first_round)
+  skipped = np.asarray(skipped)
   return [
-      dict(seed=s, **p, **{k: float(v[i])
-                           for k, v in scores.items()}, **timing)
-      for i, (s, p) in enumerate(runs)
+      dict(seed=s,
+           **p,
+           **{k: float(v[i]) for k, v in scores.items()},
+           skipped_clients=int(skipped[i]),
+           **timing) for i, (s, p) in enumerate(runs)
   ]
 
 
-def _resume(checkpoint_dir, configs, initial, log):
-  """``(start_round, (server, clients))``: the newest checkpoint in ``checkpoint_dir``
-  of the sweep of ``configs`` (its runs, in order), or ``(0, initial)``. Process 0
-  reads it and sends it to every process. Checkpoints of another sweep are removed."""
+def _resume(checkpoint_dir, configs, initial, skipped, log):
+  """``(start_round, (server, clients), skipped [runs])``: the newest checkpoint in
+  ``checkpoint_dir`` of the sweep of ``configs`` (its runs, in order) and the clients each
+  run skipped until then, or ``(0, initial, skipped)``. Process 0 reads it and sends it to
+  every process. Checkpoints of another sweep are removed."""
 
   def start_over(why):
     log(f"{checkpoint_dir}: {why}: starting over")
     for _, old in ckpt_lib.list_checkpoints(checkpoint_dir):
       old.unlink()
-    return None, (np.int32(0), initial)
+    return None, (np.int32(0), initial, skipped)
 
   def restore():
     try:
@@ -253,16 +262,16 @@ def _resume(checkpoint_dir, configs, initial, log):
     except ckpt_lib.CheckpointError as e:
       return start_over(e)
     if found is None:
-      return None, (np.int32(0), initial)
+      return None, (np.int32(0), initial, skipped)
     start_round, state, host, path = found
     saved = host.get("configs", [])
     if len(saved) != len(configs) or any(config_differences(s, c) for s, c in zip(saved, configs)):
       return start_over("another sweep's checkpoints")
     log(f"resuming from round {start_round} of {configs[0].rounds} ({path})")
-    return None, (np.int32(start_round), state)
+    return None, (np.int32(start_round), state, np.asarray(host.get("skipped", skipped), np.int32))
 
-  _, (start_round, state) = distributed.on_writer(restore, (np.int32(0), initial))
-  return int(start_round), state
+  _, (start_round, state, skipped) = distributed.on_writer(restore, (np.int32(0), initial, skipped))
+  return int(start_round), state, skipped
 
 
 def _stacked_states(configs, model, split, server_opt, downlink):
@@ -311,7 +320,7 @@ def seed_stats(rows, keys: Sequence[str], columns: Sequence[str]) -> dict:
 def summarize(results: List[dict], metrics=("hr@10", "ndcg@10")) -> List[dict]:
   """One row per grid point: mean and population std (ddof=0) over seeds of each metric."""
   keys = [
-      k for k in results[0] if k not in ("seed", "compile_seconds",
+      k for k in results[0] if k not in ("seed", "compile_seconds", "skipped_clients",
                                          "train_seconds") and not k.startswith(("hr@", "ndcg@"))
   ]
   out = []

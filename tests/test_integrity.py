@@ -128,25 +128,29 @@ def test_dumps_writes_non_finite_numbers_as_null():
 
 def test_a_run_with_nan_losses_writes_strict_json_and_takes_over_a_dead_lock(
     ml100k_path, tmp_path, monkeypatch):
-  """Poisoned user rows make some clients' loss NaN (the row's mean loss is NaN): every
-  JSON file of the workdir still parses strictly, with null where the NaN was. The
-  workdir's lock file was left by a dead process: the run takes it over, warning."""
-  poison_users(monkeypatch, lambda u: u % 4 == 0)
+  """Every user row poisoned: every client is skipped, so no loss is finite (the rows'
+  loss is NaN; two such rounds stay below DEAD_ROUNDS): every JSON file of the workdir
+  still parses strictly, with null where the NaN was. The workdir's lock file was left by
+  a dead process: the run takes it over, warning."""
+  poison_users(monkeypatch, lambda u: u >= 0)
   dead = exited_pid()
   (tmp_path / LOCK_FILE).write_text(
       json.dumps(dict(pid=dead, host=socket.gethostname(), started="earlier")))
   lines = []
-  summary = train(TrainConfig(data_dir=str(ml100k_path.parents[1]), workdir=str(tmp_path), **TINY),
+  summary = train(TrainConfig(data_dir=str(ml100k_path.parents[1]),
+                              workdir=str(tmp_path),
+                              **dict(TINY, rounds=2)),
                   log=lines.append)
   assert any(
       l.startswith("warning: taking over the lock") and f"pid {dead}" in l for l in lines), lines
   assert not (tmp_path / LOCK_FILE).exists()
-  assert summary["final"]["skipped_clients"] > 0 and math.isnan(summary["final"]["loss"])
+  assert summary["final"]["skipped_clients"] == 2 * TINY["clients_per_round"]
+  assert math.isnan(summary["final"]["loss"])
   rows = [_strict_json(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  assert [r["round"] for r in rows] == [2, 4] and all(r["loss"] is None for r in rows)
+  assert [r["round"] for r in rows] == [2] and all(r["loss"] is None for r in rows)
   saved = _strict_json((tmp_path / "summary.json").read_text())
   assert saved["final"]["loss"] is None and saved["final"]["hr@10"] == summary["final"]["hr@10"]
-  assert _strict_json((tmp_path / "config.json").read_text())["rounds"] == 4
+  assert _strict_json((tmp_path / "config.json").read_text())["rounds"] == 2
 
 
 # ------------------------------------------------------ checksummed checkpoints --
@@ -254,6 +258,7 @@ def test_binaries_refuse_bad_input_in_one_line(tmp_path):
       ("sweep", ["--shape_grid=nosuch=1,2"], "--shape_grid=nosuch=1,2: no setting 'nosuch'"),
       ("sweep", ["--seeds=a,b"], "--seeds=a,b: 'a' is not an integer"),
       ("sweep", ["--eval_protocol=full"], "--eval_protocol=full: a sweep scores the sampled"),
+      ("sweep", ["--on_nonfinite=stop"], "--on_nonfinite=stop: a sweep's runs share one program"),
       ("compare", ["--ratios=1/0"], "--ratios=1/0: '1/0' is not a payload ratio in (0, 1]"),
       ("compare", ["--ratios=abc"], "--ratios=abc: 'abc' is not a payload ratio in (0, 1]"),
       ("compare", ["--tune=item_lr=abc"], "--tune=item_lr=abc: 'abc' is not a finite number"),

@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import poison_users
+
 from fedras_jax import checkpoint as ckpt_lib
 from fedras_jax import sweep as sweep_lib
 from fedras_jax.sweep import grid_points, parse_grid, summarize, sweep_points
@@ -44,6 +46,34 @@ def test_sweep_run_equals_single_run_and_resumes_from_its_checkpoint(ml100k_path
   rows = summarize(results)
   assert [(r["item_lr"], r["seeds"]) for r in rows] == [(4.0, 2), (8.0, 2)]
   np.testing.assert_allclose(rows[1]["hr@10_mean"], (results[2]["hr@10"] + results[3]["hr@10"]) / 2)
+
+
+def test_a_sweep_counts_the_clients_it_skips_as_train_does(ml100k_path, tmp_path, monkeypatch):
+  base = TrainConfig(data_dir=str(ml100k_path.parents[1]),
+                     method="uncompressed",
+                     rounds=3,
+                     eval_every=3,
+                     clients_per_round=16,
+                     dim=8,
+                     quiet=True,
+                     checkpoint_every=2)
+  bad = lambda ids: ids % 4 == 0
+  poison_users(monkeypatch, bad)  # train's states
+  init_states = sweep_lib.init_states
+
+  def poisoned(*args, **kwargs):  # the sweep's
+    server, clients = init_states(*args, **kwargs)
+    ids = np.arange(clients.users.shape[0])
+    return server, clients._replace(users=clients.users.at[bad(ids)].set(np.nan))
+
+  monkeypatch.setattr(sweep_lib, "init_states", poisoned)
+  swept = sweep_points(base, [0, 1], [], checkpoint_dir=tmp_path)
+  for row in swept:
+    alone = train(dataclasses.replace(base, seed=row["seed"], checkpoint_every=0))["final"]
+    assert row["skipped_clients"] == alone["skipped_clients"] > 0, row
+  # Resumed from its round-2 checkpoint, it keeps the count of rounds 1-2.
+  resumed = sweep_points(base, [0, 1], [], checkpoint_dir=tmp_path)
+  assert [r["skipped_clients"] for r in resumed] == [r["skipped_clients"] for r in swept]
 
 
 def test_grid_rejects_shape_changing_settings():
@@ -84,25 +114,29 @@ def test_validation_scores_a_held_out_interaction_never_the_test_item(ml100k_pat
 def test_a_sweep_starts_over_on_another_sweeps_checkpoint(tmp_path):
   configs = [TrainConfig(item_lr=4.0), TrainConfig(item_lr=8.0)]
   state = {"items": np.arange(6, dtype=np.float32).reshape(3, 2)}
-  ckpt_lib.save(tmp_path, 2, state, dict(configs=[dataclasses.asdict(c) for c in configs]))
+  host = dict(configs=[dataclasses.asdict(c) for c in configs], skipped=[3, 0])
+  none = np.zeros(2, np.int32)
+  ckpt_lib.save(tmp_path, 2, state, host)
   lines = []
-  start, restored = sweep_lib._resume(tmp_path, configs, {"items": np.zeros((3, 2), np.float32)},
-                                      lines.append)
+  start, restored, skipped = sweep_lib._resume(tmp_path, configs,
+                                               {"items": np.zeros(
+                                                   (3, 2), np.float32)}, none, lines.append)
   assert start == 2 and np.array_equal(restored["items"], state["items"])
+  assert list(skipped) == [3, 0]
   # Other values, other runs, or another number of runs: not this sweep's.
   for other in ([TrainConfig(item_lr=4.0), TrainConfig(item_lr=16.0)], configs[:1]):
-    ckpt_lib.save(tmp_path, 2, state, dict(configs=[dataclasses.asdict(c) for c in configs]))
+    ckpt_lib.save(tmp_path, 2, state, host)
     fresh = {"items": np.zeros((3, 2), np.float32)}
-    start, restored = sweep_lib._resume(tmp_path, other, fresh, lines.append)
-    assert start == 0 and restored is fresh
+    start, restored, skipped = sweep_lib._resume(tmp_path, other, fresh, none, lines.append)
+    assert start == 0 and restored is fresh and skipped is none
     assert "another sweep's checkpoints: starting over" in lines[-1]
     assert ckpt_lib.list_checkpoints(tmp_path) == []
   # A damaged checkpoint: starts over too.
-  ckpt_lib.save(tmp_path, 2, state, dict(configs=[dataclasses.asdict(c) for c in configs]))
+  ckpt_lib.save(tmp_path, 2, state, host)
   path = ckpt_lib.path_for(tmp_path, 2)
   path.write_bytes(path.read_bytes()[:-3])
-  start, _ = sweep_lib._resume(tmp_path, configs, {"items": np.zeros((3, 2), np.float32)},
-                               lines.append)
+  start, _, _ = sweep_lib._resume(tmp_path, configs, {"items": np.zeros((3, 2), np.float32)}, none,
+                                  lines.append)
   assert start == 0 and "starting over" in lines[-1] and not path.exists()
 
 
