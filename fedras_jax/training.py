@@ -75,7 +75,9 @@ def _fresh_host(config: TrainConfig) -> dict:
               timed_rounds=0,
               compile_seconds=None,
               wall_seconds=0.0,
-              dead_rounds=0)
+              dead_rounds=0,
+              eval_seconds=0.0,
+              evaluations=0)
 
 
 def _run(config: TrainConfig, log: Callable[[str], None], hold: contextlib.ExitStack) -> dict:
@@ -106,7 +108,7 @@ def _run(config: TrainConfig, log: Callable[[str], None], hold: contextlib.ExitS
 
   wall_before, start = host["wall_seconds"], time.time()
   cadence = ckpt_lib.Cadence(config.checkpoint_every, config.checkpoint_minutes)
-  compile_seconds = None
+  compile_seconds, evaluated = None, False
   for r in range(start_round + 1, config.rounds + 1):
     rows_before = rows_to_sample(server.key, server.round, clients.users)
     t0 = time.time()
@@ -123,7 +125,12 @@ def _run(config: TrainConfig, log: Callable[[str], None], hold: contextlib.ExitS
     host["dead_rounds"] = _check_updates(config, r, metrics, rows_before, clients, say,
                                          host.get("dead_rounds", 0))
     if r % config.eval_every == 0 or r == config.rounds:
-      scores = exp.evaluate(clients.users, server.items, server.dense)
+      t0 = time.time()
+      scores = jax.device_get(exp.evaluate(clients.users, server.items, server.dense))
+      if evaluated:  # the first evaluation of a process compiles: not timed
+        host["eval_seconds"] = host.get("eval_seconds", 0.0) + time.time() - t0
+        host["evaluations"] = host.get("evaluations", 0) + 1
+      evaluated = True
       row = _evaluation_row(r, scores, host, metrics, sim.dense_round_bits,
                             wall_before + time.time() - start)
       writer.write(row)
@@ -284,8 +291,13 @@ def _evaluation_row(r: int, scores: dict, host: dict, metrics, dense_round_bits:
 def _progress_line(config: TrainConfig, row: dict, host: dict) -> str:
   totals, per_round = host["totals"], row["seconds_per_round"]
   speed = f"{1 / per_round:.1f} rounds/s" if per_round > 0 else "- rounds/s"
-  return (f"round {row['round']:5d}/{config.rounds}  {scores_text(row)}  "
-          f"loss {row['loss']:.4f}  {speed}  ETA {per_round * (config.rounds - row['round']):.0f}s"
+  r, rounds = row["round"], config.rounds
+  evals_left = (rounds // config.eval_every - r // config.eval_every +
+                (rounds % config.eval_every != 0 and r < rounds))
+  per_eval = host.get("eval_seconds", 0.0) / max(host.get("evaluations", 0), 1)
+  eta = per_round * (rounds - r) + per_eval * evals_left
+  return (f"round {r:5d}/{rounds}  {scores_text(row)}  "
+          f"loss {row['loss']:.4f}  {speed}  ETA {eta:.0f}s"
           f"  up {totals['bits_up'] / 8e6:.1f} MB  down {totals['bits_down'] / 8e6:.1f} MB"
           f"  K {row['actions_mean']:.1f}  sim {totals['sim_seconds']:.0f}s")
 

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import flip_middle, metrics_rows, poison_users, train_binary
 
-from fedras_jax import checkpoint, experiment
+from fedras_jax import checkpoint, experiment, training
 from fedras_jax.config import TrainConfig
 from fedras_jax.federated import round_clients
 from fedras_jax.training import DEAD_ROUNDS, NonFiniteUpdateError, train
@@ -165,6 +165,21 @@ def test_progress_lines_are_plain_lines(reference):
       r"round +30/30  HR@10 0\.\d{4}  NDCG@10 0\.\d{4}  "
       r"full HR@10 0\.\d{4}  NDCG@10 0\.\d{4}  loss \d\.\d{4}  "
       r"[\d.]+ rounds/s  ETA \d+s  up [\d.]+ MB  down [\d.]+ MB", lines[-1])
+
+
+def test_the_eta_counts_the_rounds_and_the_evaluations_left():
+  config = TrainConfig(rounds=1000, eval_every=50)
+  row = {
+      "round": 400, "hr@10": 0.5, "ndcg@10": 0.3, "loss": 0.1, "seconds_per_round": 0.5,
+      "actions_mean": 4.0
+  }
+  host = dict(totals=dict(bits_up=0, bits_down=0, sim_seconds=0.0),
+              eval_seconds=10.0,
+              evaluations=2)
+  # 600 rounds of 0.5 s and 12 evaluations (rounds 450 to 1,000) of 5 s.
+  assert " ETA 360s " in training._progress_line(config, row, host)
+  row["round"] = 990  # one evaluation left, the last round's
+  assert " ETA 10s " in training._progress_line(dataclasses.replace(config, rounds=995), row, host)
 
 
 def test_same_flags_and_seed_give_identical_metrics(data_dir, reference, tmp_path):
