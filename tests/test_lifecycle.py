@@ -178,8 +178,8 @@ def test_the_eta_counts_the_rounds_and_the_evaluations_left():
               evaluations=2)
   # 600 rounds of 0.5 s and 12 evaluations (rounds 450 to 1,000) of 5 s.
   assert " ETA 360s " in training._progress_line(config, row, host)
-  row["round"] = 990  # one evaluation left, the last round's
-  assert " ETA 10s " in training._progress_line(dataclasses.replace(config, rounds=995), row, host)
+  row["round"] = 990  # 6 rounds and one evaluation left, the last round's
+  assert " ETA 8s " in training._progress_line(dataclasses.replace(config, rounds=996), row, host)
 
 
 def test_same_flags_and_seed_give_identical_metrics(data_dir, reference, tmp_path):
