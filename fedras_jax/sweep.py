@@ -228,10 +228,12 @@ def sweep_points(base: TrainConfig,
       # Every process evaluates (one program over all devices); process 0 logs.
       hr = np.asarray(batched_eval(clients.users, server.items, server.dense)["hr@10"])
       if distributed.is_writer():
-        elapsed = time.time() - start
+        now = time.time()
+        # The rounds after the first, compiling one set the pace.
+        per_round = (now - first_round) / max(r - start_round - 1, 1)
         log(f"round {r}/{base.rounds}: HR@10 mean {hr.mean():.4f} (min {hr.min():.4f}, "
-            f"max {hr.max():.4f}) over {len(runs)} runs, {elapsed:.0f}s, "
-            f"ETA {elapsed / (r - start_round) * (base.rounds - r):.0f}s")
+            f"max {hr.max():.4f}) over {len(runs)} runs, {now - start:.0f}s, "
+            f"ETA {per_round * (base.rounds - r):.0f}s")
   scores = jax.device_get(batched_eval(clients.users, server.items, server.dense))
   timing = dict(compile_seconds=first_round - start, train_seconds=time.time() - first_round)
   skipped = np.asarray(skipped)
