@@ -19,15 +19,19 @@ from fedras_jax.training import train
 from fedras_jax.workdir_lock import WorkdirLock
 
 
-def test_sweep_run_equals_single_run_and_resumes_from_its_checkpoint(ml100k_path, tmp_path):
-  base = TrainConfig(data_dir=str(ml100k_path.parents[1]),
+def _tiny(ml100k_path, rounds, **settings):
+  """An uncompressed ML-100K FedMF run of ``rounds`` rounds, d=8, evaluated at the end."""
+  return TrainConfig(data_dir=str(ml100k_path.parents[1]),
                      method="uncompressed",
-                     rounds=6,
-                     eval_every=6,
-                     clients_per_round=8,
+                     rounds=rounds,
+                     eval_every=rounds,
                      dim=8,
                      quiet=True,
-                     checkpoint_every=4)
+                     **settings)
+
+
+def test_sweep_run_equals_single_run_and_resumes_from_its_checkpoint(ml100k_path, tmp_path):
+  base = _tiny(ml100k_path, rounds=6, clients_per_round=8, checkpoint_every=4)
   points = grid_points({"item_lr": [4.0, 8.0]})
   # The whole sweep leaves its round-4 checkpoint behind (none at the end).
   results = sweep_points(base, [0, 1], points, checkpoint_dir=tmp_path)
@@ -49,14 +53,7 @@ def test_sweep_run_equals_single_run_and_resumes_from_its_checkpoint(ml100k_path
 
 
 def test_a_sweep_counts_the_clients_it_skips_as_train_does(ml100k_path, tmp_path, monkeypatch):
-  base = TrainConfig(data_dir=str(ml100k_path.parents[1]),
-                     method="uncompressed",
-                     rounds=3,
-                     eval_every=3,
-                     clients_per_round=16,
-                     dim=8,
-                     quiet=True,
-                     checkpoint_every=2)
+  base = _tiny(ml100k_path, rounds=3, clients_per_round=16, checkpoint_every=2)
   bad = lambda ids: ids % 4 == 0
   poison_users(monkeypatch, bad)  # train's states
   init_states = sweep_lib.init_states
