@@ -479,9 +479,9 @@ def at_round(curves, rows, at: int = EARLY_ROUND) -> list:
 
 def plot_part(rows, path: pathlib.Path) -> bool:
   """HR@10 and NDCG@10 against the payload ratio (top) and against the uplink each run
-  actually sent (bottom: ``1 - compression_up`` of the last round, the seeds' mean; an adaptive method
-  sends less than its ratio allows), one line per method, seed std as error bars, to
-  ``path``; False without matplotlib."""
+  actually sent in its last round (bottom: ``1 - compression_up``, the seeds' mean; an
+  adaptive method sends less than its ratio allows), one line per method, seed std as
+  error bars, to ``path``; False without matplotlib."""
   plt = pages.pyplot()
   if plt is None:
     return False

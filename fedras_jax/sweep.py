@@ -167,7 +167,8 @@ def sweep_points(base: TrainConfig,
   ``points`` are ``{name: value}`` settings of ``SWEEPABLE`` names (``[]``: ``base``
   alone). Returns one dict per run: its seed, its point's values, final HR@K/NDCG@K,
   ``skipped_clients`` (the clients its rounds dropped for a non-finite update: a sweep
-  always skips them, whatever ``on_nonfinite``, and counts them), and the program's ``compile_seconds`` (its first round in this process) and
+  always skips them, whatever ``on_nonfinite``, and counts them), and the program's
+  ``compile_seconds`` (its first round in this process) and
   ``train_seconds`` (the other rounds and the final evaluation), shared by the runs of
   one call. With ``checkpoint_dir``, checkpoints by ``base``'s cadence
   (``checkpoint.Cadence``: every ``checkpoint_every`` rounds and every
