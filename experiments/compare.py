@@ -75,6 +75,7 @@ from fedras_jax.sweep import (SWEEPABLE, grid_points, keep_results, kept_results
                               seed_stats, sweep_points)
 from fedras_jax.training import NonFiniteUpdateError, train
 from fedras_jax.workdir import config_differences, recorded_config
+from fedras_jax.workdir_lock import WorkdirLock
 
 flag_lib.define_train_flags()
 
@@ -188,7 +189,9 @@ def tune(config: TrainConfig,
   ``<config.workdir>/search_checkpoints`` every ``checkpoint_every`` rounds and every
   ``checkpoint_minutes``; cut off midway, the same search resumes from them. Up to ``widen``
   times, a pick at the grid's edge widens the grid past it (``widened``) and searches the
-  new points; the names still at an edge are returned. With ``search=False`` (tabulating)
+  new points; the names still at an edge are returned. While it searches, the search holds
+  the lock of ``config.workdir`` (``WorkdirLockError`` if another process holds it: a second
+  invocation searching or training the same run). With ``search=False`` (tabulating)
   nothing is searched: the pick is the best of every point kept for this setting, whatever
   grids searched them (invocations may have searched a method from different starting
   grids), or ``prefer`` (``{name: value}``, the setting of a finished run) when it is one of
@@ -202,7 +205,8 @@ def tune(config: TrainConfig,
                                   quiet=False,
                                   overwrite=False)
   path = pathlib.Path(config.workdir) / TUNING_FILE
-  kept = kept_results(path, candidate, "delete it to search again") or []
+  read_kept = lambda: kept_results(path, candidate, "delete it to search again") or []
+  kept = read_kept()
   # A point's full setting: its values, the candidate's for the other sweepable names.
   # A kept point lacks the names its own search did not vary: it ran at the candidate's.
   value = lambda point, name: point.get(name, getattr(candidate, name))
@@ -234,16 +238,23 @@ def tune(config: TrainConfig,
     points = grid_points(grid)
     missing = [p for p in points if key(p) not in found]
     if missing:
-      checkpoints = path.parent / SEARCH_CHECKPOINT_DIR
-      new = sweep_points(
-          candidate, [config.seed],
-          missing,
-          log=lambda line: print(f"   searching {len(missing)} points (validation): {line}",
-                                 flush=True),
-          checkpoint_dir=checkpoints)
-      found.update((key(r), r) for r in new)
-      kept += new
-      keep_results(path, candidate, kept, checkpoints)
+      # The run's workdir is locked while its points are searched: a second invocation
+      # searching the same run is refused instead of training the same points into the
+      # same checkpoints, and what the file holds is read again under the lock.
+      with WorkdirLock(config.workdir):
+        kept = read_kept()
+        found = {key(r): r for r in kept}
+        missing = [p for p in points if key(p) not in found]
+        checkpoints = path.parent / SEARCH_CHECKPOINT_DIR
+        new = sweep_points(
+            candidate, [config.seed],
+            missing,
+            log=lambda line: print(f"   searching {len(missing)} points (validation): {line}",
+                                   flush=True),
+            checkpoint_dir=checkpoints) if missing else []
+        found.update((key(r), r) for r in new)
+        kept += new
+        keep_results(path, candidate, kept, checkpoints)
     results = [found[key(p)] for p in points]
     best = max(results, key=score)
     point = {name: value(best, name) for name in grid}

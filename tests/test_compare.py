@@ -13,6 +13,7 @@ import pytest
 
 from experiments import compare, jobs
 from fedras_jax.config import TrainConfig
+from fedras_jax.workdir_lock import WorkdirLockError
 
 
 def _compare(data_dir, outdir, methods, *extra):
@@ -280,6 +281,38 @@ def test_tune_widens_until_the_pick_is_inside_and_keeps_every_point(tmp_path, mo
   assert compare.tune(config, {"item_lr": [64.0, 128.0]}, widen=0)[0] == {"item_lr": 64.0}
   assert compare.tune(config, {"item_lr": [64.0, 128.0]}, search=False)[0] == {"item_lr": 32.0}
   assert searched[-1] == [128.0] and len(searched) == 6  # the repeats searched nothing
+
+
+def test_a_search_of_a_run_another_process_holds_is_refused(tmp_path, monkeypatch):
+  """A run's workdir held by another process (its lock): a search with points to run is
+  refused before it trains any and keeps nothing; a search whose points are all kept,
+  and tabulating, still read the kept points; released, the search runs."""
+  searched = []
+
+  def fake_sweep(config, seeds, points, log=print, checkpoint_dir=None):
+    searched.append([p["item_lr"] for p in points])
+    return [dict(seed=seeds[0], **p, **{"hr@10": 0.5 + 0.01 * p["item_lr"]}) for p in points]
+
+  monkeypatch.setattr(compare, "sweep_points", fake_sweep)
+  config = TrainConfig(workdir=str(tmp_path / "run"))
+  assert compare.tune(config, {"item_lr": [2.0, 4.0]}) == ({"item_lr": 4.0}, 0.54, ["item_lr"])
+  hold = ("import sys, time; from fedras_jax.workdir_lock import WorkdirLock; "
+          "lock = WorkdirLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)")
+  other = subprocess.Popen([sys.executable, "-c", hold, config.workdir],
+                           stdout=subprocess.PIPE,
+                           text=True)
+  try:
+    assert other.stdout.readline() == "held\n"
+    with pytest.raises(WorkdirLockError, match=f"pid {other.pid}"):
+      compare.tune(config, {"item_lr": [2.0, 4.0, 8.0]})
+    assert searched == [[2.0, 4.0]]
+    assert compare.tune(config, {"item_lr": [2.0, 4.0]})[0] == {"item_lr": 4.0}
+    assert compare.tune(config, {"item_lr": [8.0]}, search=False)[0] == {"item_lr": 4.0}
+  finally:
+    other.kill()
+    other.wait()
+  assert compare.tune(config, {"item_lr": [2.0, 4.0, 8.0]})[0] == {"item_lr": 8.0}
+  assert searched == [[2.0, 4.0], [8.0]]
 
 
 def test_a_search_over_a_new_name_keeps_the_points_searched_without_it(tmp_path, monkeypatch):
