@@ -545,10 +545,12 @@ def main(argv):
       method != "uncompressed" or ratio == ratios[0] for _, _, method, ratio, _ in grid_runs)
   started = 0
   diverged = []  # the runs stopped on non-finite updates, with why
+  # (dataset, model, seed) of the dense runs that finished or diverged: not run again at the
+  # later ratios (one not finished is looked for there: a run an earlier invocation with other
+  # --ratios trained).
+  dense_settled = set()
   for dataset, model, method, ratio, seed in grid_runs:
-    if method == "uncompressed" and rows and any(r["method"] == method and r["dataset"] == dataset
-                                                 and r["model"] == model and r["seed"] == seed
-                                                 for r in rows):
+    if method == "uncompressed" and (dataset, model, seed) in dense_settled:
       continue
     name, config = run_config(dataset, model, method, ratio, seed)
     search_seed = seed if FLAGS.tune_seed is None else FLAGS.tune_seed
@@ -577,9 +579,13 @@ def main(argv):
       except NonFiniteUpdateError as e:
         print(f"   stopped: {e}", flush=True)
         diverged.append(f"{name} ({e})")
+        if method == "uncompressed":
+          dense_settled.add((dataset, model, seed))
     if summary is None:
       print("   not finished: left out of the table", flush=True)
       continue
+    if method == "uncompressed":
+      dense_settled.add((dataset, model, seed))
     rows.append(
         table_row(config, ratio[0], summary, grid, tuned[1], tuned[2],
                   method_settings.get(method, {})))

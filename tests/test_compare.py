@@ -387,10 +387,11 @@ def test_tabulating_takes_the_point_a_finished_run_was_trained_at(tmp_path, monk
 
 def test_a_diverged_run_is_named_and_left_out_while_the_others_finish(ml100k_path, tmp_path):
   """A run whose model diverges stops (training.DEAD_ROUNDS); the comparison tabulates the
-  other runs and exits with an error naming the stopped one."""
+  other runs and exits with an error naming the stopped one. The diverged dense run is not
+  trained again at the next ratio."""
   proc = subprocess.run([
       sys.executable, "-m", "experiments.compare", f"--data_dir={ml100k_path.parents[1]}",
-      f"--outdir={tmp_path}", "--methods=uncompressed,svd", "--ratios=1/32", "--rounds=12",
+      f"--outdir={tmp_path}", "--methods=uncompressed,svd", "--ratios=1/32,1/8", "--rounds=12",
       "--clients_per_round=4", "--eval_every=12", "--dim=8",
       "--method_settings=uncompressed:item_lr=1e12"
   ],
@@ -406,4 +407,6 @@ def test_a_diverged_run_is_named_and_left_out_while_the_others_finish(ml100k_pat
   assert "every sampled client sent a non-finite update" in error[0]
   assert "   stopped: rounds " in proc.stdout
   with open(tmp_path / "compare.csv") as f:
-    assert [r["method"] for r in csv.DictReader(f)] == ["svd"]
+    assert [(r["method"], r["payload_ratio"]) for r in csv.DictReader(f)] == [("svd", "1/32"),
+                                                                              ("svd", "1/8")]
+  assert proc.stdout.count("   stopped: rounds ") == 1
