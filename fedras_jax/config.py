@@ -176,8 +176,11 @@ class TrainConfig:
       "tuning; never the test items)")
   eval_protocol: str = setting(
       "run", "both",
-      "sampled (the positive among 99 sampled negatives) | full (among every item not in the "
-      "user's training data) | both")
+      "sampled (the positive among --test_negatives sampled negatives) | full (among every item "
+      "not in the user's training data) | both")
+  test_negatives: int = setting(
+      "data", 99, "items sampled per user as the sampled protocol's negatives (99: the NCF "
+      "protocol; 0 with --eval_protocol=full, which ranks every item and needs none)")
   data_columns: str = setting(
       "data", "",
       "--dataset=PATH without a header: the columns in order, e.g. user,item,rating,timestamp "
@@ -223,7 +226,9 @@ class TrainConfig:
               ("checkpoint_every", self.checkpoint_every >= 0, "non-negative (0: off)"),
               ("on_nonfinite", self.on_nonfinite in ON_NONFINITE, f"one of {ON_NONFINITE}"),
               ("seed", 0 <= self.seed < 2**32, "an integer in [0, 2^32)"),
-              ("eval_protocol", self.eval_protocol in PROTOCOLS, f"one of {PROTOCOLS}"),]
+              ("eval_protocol", self.eval_protocol in PROTOCOLS, f"one of {PROTOCOLS}"),
+              ("test_negatives", self.test_negatives >= (0 if self.eval_protocol == "full" else 1),
+               "at least 1 (0 only with --eval_protocol=full)"),]
     for name in ("dim", "rounds", "clients_per_round", "local_epochs", "batch_size", "num_lanes",
                  "eval_every"):
       checks.append((name, getattr(self, name) > 0, "positive"))
@@ -237,6 +242,9 @@ class TrainConfig:
                    and self.bandwidth_sigma >= 0, "finite and >= 0"))
     # NeuMF's tower ends in dim / 4 units (models.ncf_for_run).
     checks.append(("dim", self.model != "ncf" or self.dim >= 4, "at least 4 with --model=ncf"))
+    checks.append(
+        ("test_negatives", self.dataset != "ml-1m"
+         or self.test_negatives == 99, "99 with --dataset=ml-1m (the NCF split's negatives file)"))
     for name, ok, want in checks:
       if not ok:
         raise ValueError(f"--{name}={getattr(self, name)!r} is invalid: must be {want}")

@@ -185,28 +185,35 @@ def run_mesh(config: TrainConfig):
 
 
 def load_run_data(config: TrainConfig):
-  """``(split, eval_items [U], eval_negatives [U, 99])`` of ``config``.
+  """``(split, eval_items [U], eval_negatives [U, N])`` of ``config`` (N:
+  ``config.test_negatives``).
 
   With ``config.validation`` one more interaction per user (the latest before the
-  test one) is held out of training and is what runs are scored on, against 99
+  test one) is held out of training and is what runs are scored on, against N
   negatives of their own draw: tuning never sees the test items. Otherwise runs
   are scored on the test items and their saved negatives.
   """
-  split = data_lib.load_dataset(
-      config.dataset,
-      config.data_dir,
-      seed=config.seed,
-      num_valid=int(config.validation),
-      download=config.download,
-      file_options=None if config.dataset in DATASETS else config.file_options())
-  if not config.validation:
-    return split, split.test_item, split.test_negatives
-  negatives = data_lib.sample_negatives(split.seen_indptr,
-                                        split.seen_items,
-                                        split.num_items,
-                                        split.test_negatives.shape[1],
-                                        seed=config.seed + _VALID_NEGATIVES_SEED,
-                                        name=config.dataset)
+  try:
+    split = data_lib.load_dataset(
+        config.dataset,
+        config.data_dir,
+        seed=config.seed,
+        num_valid=int(config.validation),
+        num_test_negatives=config.test_negatives,
+        download=config.download,
+        file_options=None if config.dataset in DATASETS else config.file_options())
+    if not config.validation:
+      return split, split.test_item, split.test_negatives
+    negatives = data_lib.sample_negatives(split.seen_indptr,
+                                          split.seen_items,
+                                          split.num_items,
+                                          config.test_negatives,
+                                          seed=config.seed + _VALID_NEGATIVES_SEED,
+                                          name=config.dataset)
+  except data_lib.TooFewCandidatesError as e:
+    raise data_lib.TooFewCandidatesError(
+        f"{e}: sample fewer with --test_negatives, or rank every item with "
+        "--eval_protocol=full --test_negatives=0") from None
   return split, split.valid_item, negatives
 
 

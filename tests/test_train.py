@@ -1,5 +1,6 @@
 """End to end: the training entry point on real ML-100K, files, and bad flags."""
 import ctypes
+import dataclasses
 import json
 import os
 import pathlib
@@ -8,11 +9,14 @@ import subprocess
 import re
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import metrics_rows, train_binary
 
 from fedras_jax.config import TrainConfig
+from fedras_jax.data import TooFewCandidatesError
+from fedras_jax.experiment import load_run_data
 from fedras_jax.runtime import enable_compilation_cache
 from fedras_jax.training import train
 
@@ -193,6 +197,43 @@ def test_own_csv_file_trains(ml100k_path, tmp_path):
   assert proc.returncode != 0
   assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {bad}:3: expected 4 fields")
   assert not (tmp_path / "dd2").exists()
+
+
+def test_a_small_catalogue_samples_fewer_negatives_or_ranks_every_item(tmp_path):
+  """20 users (ids 101-120) with 8 of 30 items each: 99 negatives cannot be drawn (one
+  error line naming a user by its id and both ways out); 20 can, none of them an item the
+  user touched, for test and validation; full ranking needs none."""
+  rng = np.random.default_rng(0)
+  pairs = [(101 + u, int(i)) for u in range(20) for i in rng.choice(30, 8, replace=False)]
+  path = tmp_path / "small.csv"
+  path.write_text("user,item,timestamp\n"
+                  + "".join(f"{u},{i},{t}\n" for t, (u, i) in enumerate(pairs)))
+  # Users and items are numbered by sorted id (interactions.from_raw_ids).
+  item_index = {i: n for n, i in enumerate(sorted({i for _, i in pairs}))}
+  touched = [set() for _ in range(20)]
+  for u, i in pairs:
+    touched[u - 101].add(item_index[i])
+  config = TrainConfig(dataset=str(path), data_dir=str(tmp_path / "dd"))
+  with pytest.raises(TooFewCandidatesError,
+                     match=r"user 0 \(raw id 101\) interacted with 8 "
+                     r"of 30 items, leaving 22 < 99 candidates.*--test_negatives.*"
+                     r"--eval_protocol=full --test_negatives=0"):
+    load_run_data(config)
+  for validation in (False, True):
+    split, items, negatives = load_run_data(
+        dataclasses.replace(config, test_negatives=20, validation=validation))
+    assert negatives.shape == (20, 20)
+    assert split.num_items == len(item_index)
+    for row, seen in zip(negatives.tolist(), touched):
+      assert len(set(row)) == 20 and not set(row) & seen
+  with pytest.raises(ValueError, match="--test_negatives=0 is invalid: must be at least 1"):
+    dataclasses.replace(config, test_negatives=0).validate()
+  with pytest.raises(ValueError, match="--test_negatives=50 is invalid: must be 99 with"):
+    TrainConfig(dataset="ml-1m", test_negatives=50).validate()
+  proc = train_binary(f"--dataset={path}", f"--data_dir={tmp_path / 'dd'}", "--workdir=none",
+                      "--eval_protocol=full", "--test_negatives=0", *SMALL)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.splitlines()[-1].startswith("done: full HR@10 ")
 
 
 @pytest.mark.parametrize(

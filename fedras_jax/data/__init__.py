@@ -21,7 +21,7 @@ from fedras_jax.data.formats import (DataFormatError, TestNegatives, parse_lastf
                                      parse_movielens_100k, parse_movielens_1m, parse_ncf_rating,
                                      parse_ncf_test_negatives)
 from fedras_jax.data.interactions import Interactions
-from fedras_jax.data.negatives import sample_negatives
+from fedras_jax.data.negatives import TooFewCandidatesError, sample_negatives
 from fedras_jax.data.split import (EmptyClientError, Split, build_split, describe, leave_one_out)
 from fedras_jax.data.split_file import (StaleSplitError, load_split, save_split)
 from fedras_jax.data.userfile import (FileOptions, is_path, parse_interaction_file)
@@ -29,9 +29,9 @@ from fedras_jax.data.userfile import (FileOptions, is_path, parse_interaction_fi
 __all__ = [
     "DATASETS", "ChecksumError", "DataFormatError", "EmptyClientError", "FetchContext",
     "FetchError", "FileOptions", "Interactions", "PipWheelSource", "RemoteFile", "Split",
-    "StaleSplitError", "TestNegatives", "ZipUrlSource", "build_split", "default_data_dir",
-    "describe", "ensure_file", "is_path", "leave_one_out", "load_dataset", "load_split",
-    "ncf_split", "parse_interaction_file", "parse_lastfm_user_artists", "parse_movielens_100k",
-    "parse_movielens_1m", "parse_ncf_rating", "parse_ncf_test_negatives", "sample_negatives",
-    "save_split", "sha256_file",
+    "StaleSplitError", "TestNegatives", "TooFewCandidatesError", "ZipUrlSource", "build_split",
+    "default_data_dir", "describe", "ensure_file", "is_path", "leave_one_out", "load_dataset",
+    "load_split", "ncf_split", "parse_interaction_file", "parse_lastfm_user_artists",
+    "parse_movielens_100k", "parse_movielens_1m", "parse_ncf_rating", "parse_ncf_test_negatives",
+    "sample_negatives", "save_split", "sha256_file",
 ]

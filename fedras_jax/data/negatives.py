@@ -6,12 +6,17 @@ import numpy as np
 _CHUNK_ELEMENTS = 1 << 22
 
 
+class TooFewCandidatesError(ValueError):
+  """A user has fewer unseen items than the negatives asked for."""
+
+
 def sample_negatives(seen_indptr: np.ndarray,
                      seen_items: np.ndarray,
                      num_items: int,
                      k: int,
                      seed: int,
-                     name: str = "") -> np.ndarray:
+                     name: str = "",
+                     raw_user_ids=None) -> np.ndarray:
   """Per user, `k` distinct items the user never interacted with.
 
   Each user's set is uniform over the k-subsets of the items outside the
@@ -31,13 +36,14 @@ def sample_negatives(seen_indptr: np.ndarray,
       k: negatives per user.
       seed: seed of the numpy Generator.
       name: dataset name for error messages.
+      raw_user_ids: [U] the users' ids in the data, for error messages (None: unnamed).
 
   Returns:
       int32 [U, k].
 
   Raises:
-      ValueError: a user has fewer than `k` items they never interacted
-          with (the message names the user).
+      TooFewCandidatesError: a user has fewer than `k` items they never
+          interacted with (the message names the user).
   """
   num_users = seen_indptr.shape[0] - 1
   counts = np.diff(seen_indptr)
@@ -45,9 +51,10 @@ def sample_negatives(seen_indptr: np.ndarray,
   short = np.flatnonzero(free < k)
   if short.size:
     u = int(short[0])
-    raise ValueError(f"{name}: user {u} interacted with {int(counts[u])} of "
-                     f"{num_items} items, leaving {int(free[u])} < {k} candidates for "
-                     f"test negatives ({short.size} such users)")
+    raw = "" if raw_user_ids is None else f" (raw id {raw_user_ids[u]})"
+    raise TooFewCandidatesError(
+        f"{name}: user {u}{raw} interacted with {int(counts[u])} of {num_items} items, "
+        f"leaving {int(free[u])} < {k} candidates for test negatives ({short.size} such users)")
   out = np.empty((num_users, k), dtype=np.int32)
   if k == 0 or num_users == 0:
     return out

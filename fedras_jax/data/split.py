@@ -257,7 +257,8 @@ def build_split(inter: Interactions,
                                       I,
                                       num_test_negatives,
                                       seed,
-                                      name=inter.name)
+                                      name=inter.name,
+                                      raw_user_ids=inter.raw_user_ids)
   return Split(num_users=U,
                num_items=I,
                name=inter.name,
