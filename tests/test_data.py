@@ -522,6 +522,9 @@ def test_load_dataset_missing_file_says_where(tmp_path, monkeypatch):
   assert fetch.default_data_dir() == tmp_path / "env"
   with pytest.raises(data.FetchError, match=str(tmp_path / "env" / "lastfm-2k")):
     data.load_dataset("lastfm-2k")
+  # An empty directory (--data_dir=) is the default too, not the current directory.
+  with pytest.raises(data.FetchError, match=str(tmp_path / "env" / "lastfm-2k")):
+    data.load_dataset("lastfm-2k", "", download=False)
   with pytest.raises(ValueError, match="unknown dataset"):
     data.load_dataset("ml-20m")
 

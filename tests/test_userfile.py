@@ -59,6 +59,14 @@ def test_a_byte_order_mark_and_spaces_around_fields_are_ignored(tmp_path):
   assert list(inter.raw_user_ids) == [1, 2, 9] and list(inter.raw_item_ids) == [10, 11, 12]
 
 
+def test_ids_that_read_as_one_number_but_differ_stay_apart(tmp_path):
+  """"-0" and "0" are different users (they merged into user 0); "007" and "7" too."""
+  inter = data.parse_interaction_file(write(tmp_path / "r.csv", "user,item\n0,1\n-0,1\n5,2\n"))
+  assert inter.num_users == 3 and sorted(map(str, inter.raw_user_ids)) == ["-0", "0", "5"]
+  inter = data.parse_interaction_file(write(tmp_path / "s.csv", "user,item\n-3,1\n0,1\n5,2\n"))
+  assert list(inter.raw_user_ids) == [-3, 0, 5]  # canonical integers stay numbers
+
+
 def test_headerless_file_needs_data_columns(tmp_path):
   path = write(tmp_path / "r.csv", "3,10,5,7\n3,11,1,8\n20,10,2,9\n")
   with pytest.raises(ValueError, match="--data_columns"):
@@ -189,7 +197,10 @@ def test_recbole_inter_file(tmp_path):
                          [("user,item,rating\na,b,5\na,c\n", 3, "expected 3 fields"),
                           ("user,item,rating\na,b,5\na,c,five\n", 3, "'five'"),
                           ("user,item,rating\na,b,5\n\na,c,1\n", 3, "blank line"),
-                          ("user,item,timestamp\na,b,1\n,c,2\n", 3, "user"),])
+                          ("user,item,timestamp\na,b,1\n,c,2\n", 3, "user"),
+                          ("user,item,rating\na,b,5\na,c,4_5\n", 3, "(rating) is '4_5'"),
+                          ("user,item,timestamp\na,b,1\na,c,1_00\n", 3, "(timestamp) is '1_00'"),
+                          ("user\titem\trating\n1\t2\t5\n1\t3\t4_5\n", 3, "(rating) is '4_5'"),])
 def test_malformed_line_is_one_line_error_and_nothing_is_cached(tmp_path, text, line, what):
   path = write(tmp_path / "bad.csv", text)
   with pytest.raises(data.DataFormatError) as e:

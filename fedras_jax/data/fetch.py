@@ -76,8 +76,9 @@ class ChecksumError(FetchError):
 
 
 def default_data_dir(data_dir=None) -> pathlib.Path:
-  """`data_dir` if given, else ``$FEDRAS_DATA``, else ``~/.cache/fedras_jax``."""
-  if data_dir is None:
+  """`data_dir` if given (not None or ""), else ``$FEDRAS_DATA``, else
+  ``~/.cache/fedras_jax``."""
+  if data_dir is None or str(data_dir) == "":  # (--data_dir= is "": unset, not the cwd)
     data_dir = os.environ.get(DATA_DIR_ENV) or "~/.cache/fedras_jax"
   return pathlib.Path(os.path.expanduser(str(data_dir)))
 

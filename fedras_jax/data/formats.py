@@ -143,6 +143,9 @@ def _columns_fast(lines, sep, nfields, wanted):
     raise ValueError("non-ASCII")
   kinds = {kind for _, kind in wanted.values()}
   numeric = "token" not in kinds and len(wanted) == nfields
+  # numpy's number parsers, like Python's, read "1_0" as 10; files do not mean it.
+  if numeric and any("_" in s for s in lines):
+    raise ValueError("underscore")
   if numeric and (len(sep) == 1 or not any("\t" in s for s in lines)):
     # C parser (numpy >= 1.23). It skips blank lines: compare counts.
     rows = lines if len(sep) == 1 else [s.replace(sep, "\t") for s in lines]
@@ -168,6 +171,8 @@ def _columns_fast(lines, sep, nfields, wanted):
           raise ValueError("empty token")
         out[name] = col
       else:
+        if (np.char.find(col, "_") >= 0).any():
+          raise ValueError("underscore")
         out[name] = col.astype(np.int64 if kind == "int" else np.float64)
   for name, (_, kind) in wanted.items():
     if kind == "float" and not np.isfinite(out[name]).all():
@@ -186,10 +191,10 @@ def numeric_tokens(col: np.ndarray) -> np.ndarray:
   """Token ids that are all canonical decimal integers -> int64.
 
   (So "10" sorts after "9". Tokens with leading zeros stay strings: "007"
-  and "7" are different tokens.)
+  and "7" are different tokens, and so are "-0" and "0".)
   """
   try:
-    if all(re.fullmatch(r"-?(0|[1-9][0-9]{0,17})", t) for t in col.tolist()):
+    if all(re.fullmatch(r"0|-?[1-9][0-9]{0,17}", t) for t in col.tolist()):
       return col.astype(np.int64)
   except ValueError:
     pass

@@ -42,8 +42,9 @@ from fedras_jax.data.interactions import Interactions, from_raw_ids
 SUFFIXES = (".inter", ".csv", ".tsv", ".txt", ".dat")
 # Part of a cached split's options: bumped when a change to the reader changes what a file
 # parses to, so no split cached by an older reader is served (2: a byte-order mark before
-# a headerless file's first id, numbers such as 1_0 refused).
-READER_VERSION = 2
+# a headerless file's first id, numbers such as 1_0 refused; 3: also by the vectorised
+# path, and "-0" an id of its own).
+READER_VERSION = 3
 DELIMITERS = ("\t", "::", ",", ";", "|", " ")
 _SNIFF_LINES = 50
 
