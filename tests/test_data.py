@@ -384,6 +384,16 @@ def test_ncf_split_inconsistencies(tmp_path):
     data.ncf_split(tr, te, ng, num_test_negatives=1)
   with pytest.raises(data.DataFormatError, match="num_test_negatives=99"):
     data.ncf_split(tr, te, ng)
+  # A repeated user line, a missing one, a negative listed twice: named by line (a repeated
+  # line was "expected one line per user, got 3 lines"; a repeated negative got past the
+  # file and failed the split's own check, naming neither file nor line).
+  cases = [("(0,3)\t4\t5\n(1,0)\t3\t5\n(0,3)\t4\t5\n", r"negative:3: a second line of user 0"),
+           ("(0,3)\t4\t5\n", r"negative: .*no line of user 1"),
+           ("(0,3)\t4\t5\n(1,0)\t5\t5\n", r"negative:2: a negative item listed twice"),]
+  for neg, where in cases:
+    tr, te, ng = _ncf_files(tmp_path, neg=neg)
+    with pytest.raises(data.DataFormatError, match=where):
+      data.ncf_split(tr, te, ng, num_test_negatives=2)
   # A user with a test line and no training line: an empty client, named with the file
   # (was a ValueError of the split's own invariants, naming neither).
   tr = write(tmp_path / "e.train.rating", "0\t1\t5\t5\n0\t2\t5\t5\n2\t1\t3\t3\n")

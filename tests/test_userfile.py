@@ -132,6 +132,25 @@ def test_filters_one_pass_and_kcore_hand_computed(tmp_path):
       rows_of(two)) == {k for k in rows_of(data.parse_interaction_file(path)) if k[0] != "dave"}
 
 
+def test_a_user_left_too_short_for_leave_one_out_is_named_with_the_filter_that_helps(tmp_path):
+  """c has 3 interactions, two of them with items no one else touched: without filters the
+  advice is the user filter; with both filters (one pass) c is counted at 3, then keeps 1, and
+  the advice is --kcore, which drops c and leaves a and b whole."""
+  path = write(
+      tmp_path / "r.csv", "user,item,timestamp\na,i1,1\na,i2,2\na,i3,3\nb,i1,4\n"
+      "b,i2,5\nb,i3,6\nc,i1,7\nc,x1,8\nc,x2,9\nd,i1,10\n")
+  load = lambda **options: data.load_dataset(
+      str(path), tmp_path / "dd", num_test_negatives=0, file_options=data.FileOptions(**options))
+  with pytest.raises(data.EmptyClientError,
+                     match=r"user 3 \(raw id d\) has 1 .*"
+                     r"\(--min_user_interactions=2 drops such users\)"):
+    load()
+  with pytest.raises(data.EmptyClientError, match=r"user 2 \(raw id c\) has 1 .*--kcore repeats"):
+    load(min_user_interactions=3, min_item_interactions=2)
+  split = load(min_user_interactions=3, min_item_interactions=2, kcore=True)
+  assert (split.num_users, split.num_items, len(split.train_items)) == (2, 3, 4)
+
+
 def test_kcore_against_a_brute_force_fixed_point():
   rng = np.random.default_rng(0)
   users = rng.integers(0, 60, 600)

@@ -196,10 +196,19 @@ def _ncf_negatives(path, test: Interactions, U: int, I: int, k: int) -> np.ndarr
       raise formats.DataFormatError(path,
                                     int(bad[0]) + 1, f"{what} id {int(arr[bad[0]])} out of "
                                     f"range [0, {hi})")
-  if neg.users.shape[0] != U or (np.sort(neg.users) != np.arange(U)).any():
+  first = np.unique(neg.users, return_index=True)[1]
+  if first.size != neg.users.shape[0]:  # a user's second line
+    again = int(np.setdiff1d(np.arange(neg.users.shape[0]), first)[0])
+    raise formats.DataFormatError(path, again + 1, f"a second line of user {int(neg.users[again])}")
+  if neg.users.shape[0] != U:
+    missing = int(np.setdiff1d(np.arange(U), neg.users)[0])
     raise formats.DataFormatError(
         path, None, f"expected one line per user 0..{U - 1}, got "
-        f"{neg.users.shape[0]} lines")
+        f"{neg.users.shape[0]} lines (no line of user {missing})")
+  repeated = np.flatnonzero((np.diff(np.sort(neg.negatives, axis=1), axis=1) == 0).any(axis=1))
+  if repeated.size:
+    raise formats.DataFormatError(path,
+                                  int(repeated[0]) + 1, "a negative item listed twice on the line")
   bad = np.flatnonzero(test_item[neg.users] != neg.items)
   if bad.size:
     k0 = int(bad[0])
@@ -393,5 +402,10 @@ def _file_split(path, options: userfile.FileOptions, seed: int, num_valid: int, 
   try:
     return leave_one_out(inter, num_test_negatives=k, num_valid=num_valid, seed=seed)
   except EmptyClientError as e:
-    raise EmptyClientError(f"{path}: {e} (--min_user_interactions={2 + num_valid} drops "
-                           "such users)") from None
+    need = 2 + num_valid
+    if options.min_user_interactions < need:
+      remedy = f"--min_user_interactions={need} drops such users"
+    else:  # the one-pass item filter took interactions the user filter had counted
+      remedy = ("the item filter left them short after the user filter counted them: --kcore "
+                "repeats both filters until they hold")
+    raise EmptyClientError(f"{path}: {e} ({remedy})") from None
