@@ -173,14 +173,26 @@ def test_kcore_against_a_brute_force_fixed_point():
   assert out.num_users == len({u for u, _ in pairs})
 
 
-def test_without_timestamps_the_held_out_item_is_seeded_random(tmp_path):
+def test_without_timestamps_the_held_out_item_is_seeded_random(tmp_path, caplog):
   rng = np.random.default_rng(1)
   lines = ["user,item"
           ] + [f"u{u},i{i}" for u in range(30) for i in rng.choice(120, 6, replace=False)]
   path = write(tmp_path / "r.csv", "\n".join(lines) + "\n")
   split = lambda seed: data.load_dataset(
       str(path), tmp_path, seed=seed, num_test_negatives=5, cache=False)
-  a, b, c = split(0), split(0), split(1)
+  with caplog.at_level(logging.WARNING):
+    a, b, c = split(0), split(0), split(1)
+  assert not caplog.records  # no other columns: nothing to warn of
+  # A time column under a name not known is ignored: said, with the flag that names it.
+  dated = write(tmp_path / "d.csv", "user,item,date\na,x,2\na,y,1\nb,x,5\n")
+  with caplog.at_level(logging.WARNING):
+    data.parse_interaction_file(dated)
+  assert [r.getMessage() for r in caplog.records] == [
+      f"{dated}: no timestamp column (known names: timestamp, time, ts, unixreviewtime, "
+      "unix_timestamp; ignored columns: date): each user's held-out interaction is a seeded "
+      "random one; name a time column with --data_columns, e.g. "
+      "--data_columns=user,item,timestamp"
+  ]
   np.testing.assert_array_equal(a.test_item, b.test_item)
   assert (a.test_item != c.test_item).any()
   # Not simply the last line of each user.

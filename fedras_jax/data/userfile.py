@@ -26,12 +26,15 @@ rows (any other columns are ignored):
   both hold (a k-core). Ids are remapped after filtering.
 * **Time**: the timestamp column (numbers; non-integral ones are replaced by
   their rank), else a seeded random order, so leave-one-out holds out a
-  random interaction per user (`leave_one_out` then takes the "latest").
+  random interaction per user (`leave_one_out` then takes the "latest"); a
+  warning says so when the header has columns of other names (``date``: a time
+  column under a name not in `COLUMN_NAMES`?).
 
 Malformed input raises `formats.DataFormatError` (``<file>:<line>: ...``).
 """
 
 import dataclasses
+import logging
 import os
 
 import numpy as np
@@ -47,6 +50,7 @@ SUFFIXES = (".inter", ".csv", ".tsv", ".txt", ".dat")
 READER_VERSION = 3
 DELIMITERS = ("\t", "::", ",", ";", "|", " ")
 _SNIFF_LINES = 50
+_log = logging.getLogger(__name__)
 
 # Header names (lower case, RecBole ``:type`` suffix removed) of each column.
 COLUMN_NAMES = {
@@ -211,6 +215,13 @@ def parse_interaction_file(path,
     ts = formats.timestamps_to_int64(c["timestamp"])
   else:
     ts = np.random.default_rng(seed).permutation(n).astype(np.int64)
+    ignored = [col for col in names if col not in _BY_NAME]
+    if ignored and source == "the header":  # a time column under a name not known?
+      _log.warning(
+          "%s: no timestamp column (known names: %s; ignored columns: %s): each user's held-out "
+          "interaction is a seeded random one; name a time column with --data_columns, e.g. "
+          "--data_columns=%s", path, ", ".join(COLUMN_NAMES["timestamp"]), ", ".join(ignored),
+          ",".join("timestamp" if col == ignored[0] else col for col in names))
   if not keep.any():
     raise formats.DataFormatError(path, None, f"no rating >= --min_rating={options.min_rating}")
   ids = {col: formats.numeric_tokens(np.char.strip(c[col][keep])) for col in ("user", "item")}
