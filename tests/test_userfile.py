@@ -67,6 +67,21 @@ def test_ids_that_read_as_one_number_but_differ_stay_apart(tmp_path):
   assert list(inter.raw_user_ids) == [-3, 0, 5]  # canonical integers stay numbers
 
 
+def test_ids_with_colons_are_data_not_a_recbole_header(tmp_path):
+  """Every field of the first line holds a ':' (URIs as ids): with --data_columns it is the
+  first interaction (it was taken for a RecBole header and dropped); without, the error asks
+  for --data_columns (it said the "header" had no user column)."""
+  text = "spotify:user:a,spotify:track:1\nspotify:user:a,spotify:track:2\nspotify:user:b,x:y\n"
+  path = write(tmp_path / "r.csv", text)
+  inter = data.parse_interaction_file(path, data.FileOptions(columns="user,item"))
+  assert inter.num_interactions == 3
+  assert list(inter.raw_item_ids) == ["spotify:track:1", "spotify:track:2", "x:y"]
+  with pytest.raises(ValueError, match="has no header naming known columns.*--data_columns"):
+    data.parse_interaction_file(path)
+  typed = write(tmp_path / "t.csv", "user_id:token,item_id:token,rating:float\n1,2,3\n")
+  assert data.parse_interaction_file(typed).num_interactions == 1
+
+
 def test_headerless_file_needs_data_columns(tmp_path):
   path = write(tmp_path / "r.csv", "3,10,5,7\n3,11,1,8\n20,10,2,9\n")
   with pytest.raises(ValueError, match="--data_columns"):

@@ -46,7 +46,7 @@ SUFFIXES = (".inter", ".csv", ".tsv", ".txt", ".dat")
 # Part of a cached split's options: bumped when a change to the reader changes what a file
 # parses to, so no split cached by an older reader is served (2: a byte-order mark before
 # a headerless file's first id, numbers such as 1_0 refused; 3: also by the vectorised
-# path, and "-0" an id of its own).
+# path, "-0" an id of its own, a first line of ids with colons not a RecBole header).
 READER_VERSION = 3
 DELIMITERS = ("\t", "::", ",", ";", "|", " ")
 _SNIFF_LINES = 50
@@ -138,9 +138,16 @@ def _delimiter(path, lines: list[str]) -> str:
       "number (>= 2) of fields")
 
 
+# The field types of a RecBole header (``name:type``); a data field such as
+# ``spotify:track:1`` is not one.
+RECBOLE_TYPES = ("token", "float", "token_seq", "float_seq")
+
+
 def _header_columns(fields: list[str]) -> tuple[list[str], bool] | None:
   """Column names of a header line, and whether it is RecBole-typed."""
-  typed = all(":" in f and f.partition(":")[0] and f.partition(":")[2] for f in fields)
+  typed = all(
+      f.partition(":")[0].strip() and f.partition(":")[2].strip().lower() in RECBOLE_TYPES
+      for f in fields)
   names = [(f.partition(":")[0] if typed else f).strip().strip('"').lower() for f in fields]
   if typed or any(n in _BY_NAME for n in names):
     return names, typed
@@ -193,8 +200,8 @@ def parse_interaction_file(path,
     header = [f.strip().lower() for f in lines[0].split(sep)], False
   if is_inter and (header is None or not header[1]):
     raise formats.DataFormatError(
-        path, 1, "a RecBole .inter file starts with a 'name:type' header, "
-        f"got {formats.quote_snippet(lines[0])}")
+        path, 1, "a RecBole .inter file starts with a tab-separated 'name:type' header (types: "
+        f"{', '.join(RECBOLE_TYPES)}), got {formats.quote_snippet(lines[0])}")
   nfields = len(lines[0].split(sep))
   names, source = _column_names(path, options, header, lines[0], sep)
   wanted = _wanted(path, names, source)
