@@ -82,6 +82,22 @@ def test_ids_with_colons_are_data_not_a_recbole_header(tmp_path):
   assert data.parse_interaction_file(typed).num_interactions == 1
 
 
+@pytest.mark.parametrize("user", ["u", "\u00fc"])  # the vectorised and the line-by-line reader
+def test_integer_timestamps_keep_every_digit(tmp_path, user):
+  """Nanosecond timestamps (19 digits) went through float64: A (…100) and B (…000) tied and
+  the later line, B, was held out although A is later."""
+  text = f"user,item,timestamp\n{user},A,1700000000000000100\n{user},B,1700000000000000000\n" \
+         f"{user},C,5\n"
+  inter = data.parse_interaction_file(write(tmp_path / "r.csv", text))
+  assert inter.timestamps.tolist() == [1700000000000000100, 1700000000000000000, 5]
+  split = data.leave_one_out(inter, num_test_negatives=0)
+  assert inter.raw_item_ids[split.test_item[0]] == "A"
+  # Fractional ones are still ranked (1.5 after 1, before 2).
+  inter = data.parse_interaction_file(
+      write(tmp_path / "f.csv", f"user,item,timestamp\n{user},A,2\n{user},B,1.5\n{user},C,1\n"))
+  assert inter.timestamps.tolist() == [2, 1, 0]
+
+
 def test_headerless_file_needs_data_columns(tmp_path):
   path = write(tmp_path / "r.csv", "3,10,5,7\n3,11,1,8\n20,10,2,9\n")
   with pytest.raises(ValueError, match="--data_columns"):

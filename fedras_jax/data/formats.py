@@ -70,8 +70,14 @@ def read_lines(path) -> list[str]:
   return lines
 
 
-_KINDS = {"int": int, "float": float}
-_EXPECTED = {"int": "an integer", "float": "a finite number", "token": "a non-empty token"}
+_INTEGER = re.compile(r"\s*[-+]?[0-9]+\s*")
+_KINDS = {
+    "int": int, "float": float, "number": lambda v: int(v) if _INTEGER.fullmatch(v) else float(v)
+}
+_EXPECTED = {
+    "int": "an integer", "float": "a finite number", "number": "a finite number",
+    "token": "a non-empty token"
+}
 
 
 def read_columns(path,
@@ -89,6 +95,8 @@ def read_columns(path,
       nfields: required number of fields on every line.
       wanted: column name -> (field index, kind), kind one of
           "int" (-> int64 array), "float" (-> float64 array),
+          "number" (-> int64 array if every value is an integer, so
+          that 19-digit timestamps keep their digits, else float64),
           "token" (-> str array).
       first_line: 1-based line number of ``lines[0]`` in the file.
 
@@ -121,7 +129,7 @@ def read_columns(path,
         try:
           parsed = _KINDS[kind](value)
           # (np.isfinite of a Python int beyond int64 is a TypeError)
-          ok = (abs(parsed) < 2**63 if kind == "int" else math.isfinite(parsed))
+          ok = (abs(parsed) < 2**63 if isinstance(parsed, int) else math.isfinite(parsed))
           # Python also reads "1_0" and non-ASCII digits, which numpy and files do not mean
           ok = ok and value.isascii() and "_" not in value
         except (ValueError, OverflowError):
@@ -132,7 +140,12 @@ def read_columns(path,
             f"{quote_snippet(value)}, expected {_EXPECTED[kind]}")
       values[name].append(parsed)
   dtypes = {"int": np.int64, "float": np.float64, "token": str}
-  return {name: np.asarray(values[name], dtype=dtypes[kind]) for name, (_, kind) in wanted.items()}
+  number = lambda v: np.int64 if all(isinstance(x, int) for x in v) else np.float64
+  return {
+      name:
+          np.asarray(values[name], dtype=number(values[name]) if kind == "number" else dtypes[kind])
+      for name, (_, kind) in wanted.items()
+  }
 
 
 def _columns_fast(lines, sep, nfields, wanted):
@@ -142,7 +155,7 @@ def _columns_fast(lines, sep, nfields, wanted):
     # fault in loadtxt's integer parser, one run in two); such lines go the Python way.
     raise ValueError("non-ASCII")
   kinds = {kind for _, kind in wanted.values()}
-  numeric = "token" not in kinds and len(wanted) == nfields
+  numeric = kinds <= {"int", "float"} and len(wanted) == nfields
   # numpy's number parsers, like Python's, read "1_0" as 10; files do not mean it.
   if numeric and any("_" in s for s in lines):
     raise ValueError("underscore")
@@ -173,15 +186,24 @@ def _columns_fast(lines, sep, nfields, wanted):
       else:
         if (np.char.find(col, "_") >= 0).any():
           raise ValueError("underscore")
-        out[name] = col.astype(np.int64 if kind == "int" else np.float64)
+        if kind == "number":
+          try:  # numpy's int cast takes what int() takes: "7", " -7 ", not "7.0" or "7e0"
+            out[name] = col.astype(np.int64)
+          except (ValueError, OverflowError):
+            out[name] = col.astype(np.float64)
+        else:
+          out[name] = col.astype(np.int64 if kind == "int" else np.float64)
   for name, (_, kind) in wanted.items():
-    if kind == "float" and not np.isfinite(out[name]).all():
+    if out[name].dtype == np.float64 and not np.isfinite(out[name]).all():
       raise ValueError("non-finite")
   return out
 
 
 def timestamps_to_int64(ts: np.ndarray) -> np.ndarray:
-  """Float timestamps -> int64; non-integral ones -> their dense rank."""
+  """Integer timestamps as they are; float ones -> int64, or their dense rank where
+  some are not integral."""
+  if np.issubdtype(ts.dtype, np.integer):
+    return ts.astype(np.int64)
   if np.all(ts == np.floor(ts)) and np.all(np.abs(ts) < 2.0**62):
     return ts.astype(np.int64)
   return np.unique(ts, return_inverse=True)[1].reshape(-1).astype(np.int64)

@@ -46,7 +46,8 @@ SUFFIXES = (".inter", ".csv", ".tsv", ".txt", ".dat")
 # Part of a cached split's options: bumped when a change to the reader changes what a file
 # parses to, so no split cached by an older reader is served (2: a byte-order mark before
 # a headerless file's first id, numbers such as 1_0 refused; 3: also by the vectorised
-# path, "-0" an id of its own, a first line of ids with colons not a RecBole header).
+# path, "-0" an id of its own, a first line of ids with colons not a RecBole header,
+# integer timestamps read as integers).
 READER_VERSION = 3
 DELIMITERS = ("\t", "::", ",", ";", "|", " ")
 _SNIFF_LINES = 50
@@ -160,7 +161,7 @@ def _wanted(path, names: list[str], source: str) -> dict:
   for j, n in enumerate(names):
     col = _BY_NAME.get(n)
     if col is not None and col not in wanted:
-      kind = "token" if col in ("user", "item") else "float"
+      kind = {"user": "token", "item": "token", "timestamp": "number"}.get(col, "float")
       wanted[col] = (j, kind)
   for col in ("user", "item"):
     if col not in wanted:
