@@ -127,6 +127,10 @@ def is_path(dataset: str) -> bool:
 
 
 def _delimiter(path, lines: list[str]) -> str:
+  if not lines[0].strip():
+    raise formats.DataFormatError(
+        path, 1, "blank line (the first line is the header or the "
+        "first interaction)")
   sample = lines[:_SNIFF_LINES]
   for sep in DELIMITERS:
     n = len(lines[0].split(sep))
