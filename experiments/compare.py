@@ -43,7 +43,10 @@ starting grids (say one nearer its expected pick), or, where a finished run hold
 one of those points, that run's. ``--jobs=N`` does all that itself: one process per
 method, N at once, each pinned to its share of this process's CPUs (on CPU a run
 uses about one core's worth: ``experiments/jobs.py``), then the table of the whole
-grid.
+grid. A run's search and its training hold the run's workdir (its ``.lock``): an
+invocation that reaches a run another one holds stops with an error naming the holder,
+so invocations running at once split the grid by method or seed, not into runs that
+share a search (``--tune_seed``, ``--tune_at``).
 
 A run that diverges (``--on_nonfinite=stop`` and a non-finite update, or three rounds
 in a row in which every client's update was non-finite: ``training.DEAD_ROUNDS``)
@@ -119,7 +122,7 @@ FLAGS = flags.FLAGS
 COLUMNS = ("dataset", "model", "method", "payload_ratio", "seed", "rounds", "final_hr@10",
            "final_ndcg@10", "final_full_hr@10", "final_full_ndcg@10", "best_hr@10", "best_ndcg@10",
            "tuned", "valid_hr@10", "bits_up_total", "bits_down_total", "compression_up",
-           "compression_down", "info_loss_total", "sim_seconds", "train_seconds")
+           "compression_down", "info_loss_total", "sim_seconds", "train_seconds", "test_negatives")
 
 CURVE_COLUMNS = ("dataset", "model", "method", "payload_ratio", "seed", "round", "sim_seconds",
                  "hr@10", "ndcg@10")
@@ -376,7 +379,8 @@ def table_row(config: TrainConfig,
       **scores, "tuned": tuned, "valid_hr@10": valid_hr, "bits_up_total": final["bits_up_total"],
       "bits_down_total": final["bits_down_total"], "compression_up": final["compression_up"],
       "compression_down": final["compression_down"], "info_loss_total": final["info_loss_total"],
-      "sim_seconds": final["sim_seconds"], "train_seconds": summary["train_seconds"]
+      "sim_seconds": final["sim_seconds"], "train_seconds": summary["train_seconds"],
+      "test_negatives": config.test_negatives
   }
 
 
@@ -546,8 +550,8 @@ def main(argv):
   started = 0
   diverged = []  # the runs stopped on non-finite updates, with why
   # (dataset, model, seed) of the dense runs that finished or diverged: not run again at the
-  # later ratios (one not finished is looked for there: a run an earlier invocation with other
-  # --ratios trained).
+  # later ratios. One that did neither at the first ratio (--only_finished: not there) is
+  # looked for at the next: a run an earlier invocation with other --ratios trained.
   dense_settled = set()
   for dataset, model, method, ratio, seed in grid_runs:
     if method == "uncompressed" and (dataset, model, seed) in dense_settled:

@@ -66,7 +66,10 @@ def read_part(part: pathlib.Path):
     rows = list(csv.DictReader(f))
   if not rows or any(c not in rows[0] for c in ("method", "payload_ratio", *METRICS[:2])):
     raise ValueError(f"{csv_path}: not a compare.csv (no rows, or columns missing)")
-  return made, [dense_at_one(r) for r in rows]
+  # (A compare.csv written before --test_negatives existed scored against 99.)
+  return made, [
+      dense_at_one({**r, "test_negatives": r.get("test_negatives") or "99"}) for r in rows
+  ]
 
 
 def dense_at_one(row: dict) -> dict:
@@ -633,8 +636,8 @@ def read_reference(part: pathlib.Path, rows):
   """``(name, rows)`` of the part named in ``part/reference`` (``rows``: this part's), or
   None without that file; a ``ValueError`` naming the file if that is not another part,
   one with no uncompressed or baseline run of this part's datasets and models (no FedRAS
-  run, for a part without FedRAS runs), or one
-  whose runs have other lengths (rounds) than this part's."""
+  run, for a part without FedRAS runs), or one whose runs have other lengths (rounds) or
+  other numbers of sampled negatives than this part's."""
   path = part / "reference"
   if not path.is_file():
     return None
@@ -650,10 +653,12 @@ def read_reference(part: pathlib.Path, rows):
       (r["method"] != FEDRAS) == variant and (r["dataset"], r["model"]) in ours for r in ref_rows):
     needed = "uncompressed or baseline" if variant else "FedRAS"
     raise ValueError(f"{path}: part {name!r} has no {needed} run of {sorted(ours)}")
-  rounds = lambda rs: sorted({r["rounds"] for r in rs if (r["dataset"], r["model"]) in ours})
-  if rounds(rows) != rounds(ref_rows):
-    raise ValueError(f"{path}: this part's runs are {rounds(rows)} rounds long, those of part "
-                     f"{name!r} {rounds(ref_rows)}: their final metrics do not compare")
+  values = lambda rs, key: sorted({r[key] for r in rs if (r["dataset"], r["model"]) in ours})
+  for key, what in (("rounds", "rounds long"), ("test_negatives", "sampled negatives per user")):
+    if values(rows, key) != values(ref_rows, key):
+      raise ValueError(f"{path}: this part's runs have {values(rows, key)} {what}, those of "
+                       f"part {name!r} {values(ref_rows, key)}: their final metrics do not "
+                       "compare")
   return name, ref_rows
 
 

@@ -212,8 +212,8 @@ def load_run_data(config: TrainConfig):
                                           name=config.dataset)
   except data_lib.TooFewCandidatesError as e:
     raise data_lib.TooFewCandidatesError(
-        f"{e}: sample fewer with --test_negatives, or rank every item with "
-        "--eval_protocol=full --test_negatives=0") from None
+        f"{e}: sample fewer with --test_negatives, or (experiments.train) rank every item "
+        "with --eval_protocol=full --test_negatives=0") from None
   return split, split.valid_item, negatives
 
 
@@ -223,8 +223,8 @@ def build_model(config: TrainConfig):
 
 
 class Experiment(NamedTuple):
-  """A run of ``config`` ready to step: ``split``, the ``[U]`` items and ``[U, 99]``
-  negatives it is scored on (test, or validation with ``config.validation``),
+  """A run of ``config`` ready to step: ``split``, the ``[U]`` items and ``[U, N]``
+  negatives (N: ``config.test_negatives``) it is scored on (test, or validation with ``config.validation``),
   ``evaluate(users, items, dense) -> {metric: value}`` and the ``Simulation``."""
   config: TrainConfig
   split: Any

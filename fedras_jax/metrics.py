@@ -3,8 +3,8 @@
 Two protocols rank each user's held-out positive (the test item, or the validation
 item when tuning):
 
-* **sampled**: among its fixed candidates, the positive and its 99 sampled negatives
-  (``hr@K``, ``ndcg@K``);
+* **sampled**: among its fixed candidates, the positive and its sampled negatives (99 by
+  default, ``--test_negatives``) (``hr@K``, ``ndcg@K``);
 * **full**: among every item of the catalogue except the user's training items
   (``full_hr@K``, ``full_ndcg@K``; see ``docs/design/full_ranking.md``).
 

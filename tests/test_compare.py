@@ -315,6 +315,34 @@ def test_a_search_of_a_run_another_process_holds_is_refused(tmp_path, monkeypatc
   assert searched == [[2.0, 4.0], [8.0]]
 
 
+def test_a_search_keeps_what_another_invocation_searched_before_it_took_the_lock(
+    tmp_path, monkeypatch):
+  """Another invocation keeps item_lr 8 between this search's first read of tuning.json and
+  its taking the lock: the search reads the file again under the lock, does not search 8
+  and keeps it (it rewrote the file with its own points only)."""
+  searched = []
+
+  def fake_sweep(config, seeds, points, log=print, checkpoint_dir=None):
+    searched.append([p["item_lr"] for p in points])
+    return [dict(seed=seeds[0], **p, **{"hr@10": 0.5 + 0.01 * p["item_lr"]}) for p in points]
+
+  class LockAfterAnotherSearch(compare.WorkdirLock):
+
+    def __enter__(self):
+      config = dataclasses.replace(TrainConfig(), validation=True, workdir=None, quiet=False)
+      compare.keep_results(self.workdir / compare.TUNING_FILE, config,
+                           [dict(seed=0, item_lr=8.0, **{"hr@10": 0.9})], tmp_path / "none")
+      return super().__enter__()
+
+  monkeypatch.setattr(compare, "sweep_points", fake_sweep)
+  monkeypatch.setattr(compare, "WorkdirLock", LockAfterAnotherSearch)
+  config = TrainConfig(workdir=str(tmp_path / "run"))
+  assert compare.tune(config, {"item_lr": [2.0, 4.0, 8.0]}) == ({"item_lr": 8.0}, 0.9, ["item_lr"])
+  assert searched == [[2.0, 4.0]]
+  kept = json.loads((tmp_path / "run" / compare.TUNING_FILE).read_text())["results"]
+  assert sorted(r["item_lr"] for r in kept) == [2.0, 4.0, 8.0]
+
+
 def test_a_search_over_a_new_name_keeps_the_points_searched_without_it(tmp_path, monkeypatch):
   """item_lr searched first, then dense_lr at one item_lr: the kept points (no dense_lr
   in them: they ran at the config's) take part, and one of them can win."""

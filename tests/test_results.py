@@ -356,6 +356,13 @@ def test_a_part_with_a_reference_gets_margins_against_that_parts_runs(part):
   with pytest.raises(ValueError,
                      match=r"\['1000'\] rounds long, those of part 'ml100k_mf_r32' \['300'\]"):
     results.read_reference(diag, longer)
+  # Nor do runs scored among other numbers of sampled negatives (an empty or missing cell, as
+  # the reference's here and every compare.csv written before the column: 99).
+  fewer = [dict(r, test_negatives="49") for r in rows]
+  with pytest.raises(ValueError,
+                     match=r"\['49'\] sampled negatives per user, those of part 'ml100k_mf_r32' "
+                     r"\['99'\]"):
+    results.read_reference(diag, fewer)
 
 
 def test_a_part_of_baselines_only_joins_its_references_baselines(part):

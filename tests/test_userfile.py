@@ -92,10 +92,12 @@ def test_integer_timestamps_keep_every_digit(tmp_path, user):
   assert inter.timestamps.tolist() == [1700000000000000100, 1700000000000000000, 5]
   split = data.leave_one_out(inter, num_test_negatives=0)
   assert inter.raw_item_ids[split.test_item[0]] == "A"
-  # Fractional ones are still ranked (1.5 after 1, before 2).
-  inter = data.parse_interaction_file(
-      write(tmp_path / "f.csv", f"user,item,timestamp\n{user},A,2\n{user},B,1.5\n{user},C,1\n"))
-  assert inter.timestamps.tolist() == [2, 1, 0]
+  # Fractional ones are still ranked (1.5 after 1, before 2), and so are integers past
+  # int64, by both readers (the line-by-line one refused 10^19).
+  for text, ranks in ((f"{user},A,2\n{user},B,1.5\n{user},C,1\n", [2, 1, 0]),
+                      (f"{user},A,10000000000000000000\n{user},B,1\n", [1, 0])):
+    inter = data.parse_interaction_file(write(tmp_path / "f.csv", "user,item,timestamp\n" + text))
+    assert inter.timestamps.tolist() == ranks
 
 
 def test_headerless_file_needs_data_columns(tmp_path):
@@ -211,9 +213,13 @@ def test_without_timestamps_the_held_out_item_is_seeded_random(tmp_path, caplog)
   path = write(tmp_path / "r.csv", "\n".join(lines) + "\n")
   split = lambda seed: data.load_dataset(
       str(path), tmp_path, seed=seed, num_test_negatives=5, cache=False)
+  # No other columns, or one without a name (the index column pandas writes): nothing to
+  # warn of.
+  indexed = write(tmp_path / "i.csv", ",user,item\n0,a,x\n1,a,y\n2,b,x\n")
   with caplog.at_level(logging.WARNING):
     a, b, c = split(0), split(0), split(1)
-  assert not caplog.records  # no other columns: nothing to warn of
+    data.parse_interaction_file(indexed)
+  assert not caplog.records
   # A time column under a name not known is ignored: said, with the flag that names it.
   dated = write(tmp_path / "d.csv", "user,item,date\na,x,2\na,y,1\nb,x,5\n")
   with caplog.at_level(logging.WARNING):

@@ -71,8 +71,10 @@ def read_lines(path) -> list[str]:
 
 
 _INTEGER = re.compile(r"\s*[-+]?[0-9]+\s*")
+# "number": an integer while it fits int64 (as numpy's cast in the vectorised reader), else float.
 _KINDS = {
-    "int": int, "float": float, "number": lambda v: int(v) if _INTEGER.fullmatch(v) else float(v)
+    "int": int, "float": float,
+    "number": lambda v: int(v) if _INTEGER.fullmatch(v) and abs(int(v)) < 2**63 else float(v)
 }
 _EXPECTED = {
     "int": "an integer", "float": "a finite number", "number": "a finite number",
@@ -156,9 +158,6 @@ def _columns_fast(lines, sep, nfields, wanted):
     raise ValueError("non-ASCII")
   kinds = {kind for _, kind in wanted.values()}
   numeric = kinds <= {"int", "float"} and len(wanted) == nfields
-  # numpy's number parsers, like Python's, read "1_0" as 10; files do not mean it.
-  if numeric and any("_" in s for s in lines):
-    raise ValueError("underscore")
   if numeric and (len(sep) == 1 or not any("\t" in s for s in lines)):
     # C parser (numpy >= 1.23). It skips blank lines: compare counts.
     rows = lines if len(sep) == 1 else [s.replace(sep, "\t") for s in lines]
@@ -184,6 +183,7 @@ def _columns_fast(lines, sep, nfields, wanted):
           raise ValueError("empty token")
         out[name] = col
       else:
+        # numpy's cast, like Python's int() and float(), reads "1_0" as 10 (loadtxt does not)
         if (np.char.find(col, "_") >= 0).any():
           raise ValueError("underscore")
         if kind == "number":

@@ -227,7 +227,8 @@ def parse_interaction_file(path,
     ts = formats.timestamps_to_int64(c["timestamp"])
   else:
     ts = np.random.default_rng(seed).permutation(n).astype(np.int64)
-    ignored = [col for col in names if col not in _BY_NAME]
+    # (An empty name, e.g. the index column pandas writes, is no time column.)
+    ignored = [col for col in names if col and col not in _BY_NAME]
     if ignored and source == "the header":  # a time column under a name not known?
       _log.warning(
           "%s: no timestamp column (known names: %s; ignored columns: %s): each user's held-out "
