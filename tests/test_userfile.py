@@ -266,7 +266,8 @@ def test_recbole_inter_file(tmp_path):
                           ("user,item,rating\na,b,5\na,c,five\n", 3, "'five'"),
                           ("user,item,rating\na,b,5\n\na,c,1\n", 3, "blank line"),
                           ("\nuser,item\na,b\n", 1, "blank line"),
-                          ("user,item,timestamp\na,b,1\n,c,2\n", 3, "user"),
+                          ("user,item\na,b,\na,c,\n", 1, "2 field(s) separated by ',', the "
+                           "lines below 3"), ("user,item,timestamp\na,b,1\n,c,2\n", 3, "user"),
                           ("user,item,rating\na,b,5\na,c,4_5\n", 3, "(rating) is '4_5'"),
                           ("user,item,timestamp\na,b,1\na,c,1_00\n", 3, "(timestamp) is '1_00'"),
                           ("user\titem\trating\n1\t2\t5\n1\t3\t4_5\n", 3, "(rating) is '4_5'"),])

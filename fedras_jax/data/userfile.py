@@ -136,6 +136,13 @@ def _delimiter(path, lines: list[str]) -> str:
     n = len(lines[0].split(sep))
     if n >= 2 and 2 * sum(len(s.split(sep)) == n for s in sample) > len(sample):
       return sep
+  for sep in DELIMITERS:  # the lines below agree, the first does not: say so
+    counts = [len(s.split(sep)) for s in sample[1:]]
+    m = max(set(counts), key=counts.count, default=1)
+    if m >= 2 and 2 * counts.count(m) > len(counts):
+      raise formats.DataFormatError(
+          path, 1, f"{len(lines[0].split(sep))} field(s) separated by {sep!r}, the lines below "
+          f"{m} (a missing or extra separator?): {formats.quote_snippet(lines[0])}")
   tried = ", ".join(repr(d) for d in DELIMITERS)
   raise formats.DataFormatError(
       path, 1, f"cannot detect the delimiter: none of {tried} splits the "
