@@ -41,7 +41,6 @@ import numpy as np
 from absl import flags
 
 from fedras_jax import checkpoint as ckpt_lib
-from fedras_jax import distributed
 from fedras_jax import flags as flag_lib
 from fedras_jax.compress.registry import make_compressor
 from fedras_jax.compress.roundtrip import roundtrip, roundtrip_clients
@@ -109,8 +108,7 @@ def main(argv):
     raise ValueError(f"--sub_blocks={_SUB_BLOCKS.value}: must be at least 1")
   if _STAGES.value is not None and _STAGES.value < 1:
     raise ValueError(f"--stages={_STAGES.value}: must be at least 1")
-  if flag_lib.config_from_flags(distributed.ProcessGroup).validate().coordinator:
-    raise ValueError("--coordinator: block_error runs in one process")
+  flag_lib.refuse_process_group("block_error")
   if not _CKPT.value:
     raise ValueError("--ckpt_dir is required: the checkpoints/ of a run with the same flags")
   checkpoints = ckpt_lib.list_checkpoints(pathlib.Path(_CKPT.value))

@@ -475,6 +475,7 @@ def main(argv):
   tune_host_allocator()
   enable_compilation_cache(FLAGS.compilation_cache)
   split = lambda s: [x.strip() for x in s.split(",") if x.strip()]
+  flag_lib.refuse_process_group("compare")
   base = flag_lib.config_from_flags(TrainConfig)
   base.validate()  # a bad base flag names itself, not the first flag checked against it
   if base.eval_protocol == "full":

@@ -55,6 +55,8 @@ def bench(base: TrainConfig, seeds, grid):
   singles = [sweep(base, [s], grid)[0] for s in seeds]
   sequential_total = time.time() - t0
   train = sum(r["train_seconds"] for r in singles)
+  if not distributed.is_writer():  # every process timed the same programs
+    return
   print(f"{len(seeds)} seeds x {base.rounds} rounds, method {base.method}:")
   print(f"  vmapped in one program: {batched_total:.1f}s "
         f"(compile {batched['compile_seconds']:.1f}s, rounds {batched['train_seconds']:.1f}s)")

@@ -38,7 +38,8 @@ ON_NONFINITE = ("skip", "stop")
 # how often state is saved, whether data may be downloaded, whether a round with
 # non-finite client updates stops the run (if it does not stop, the numbers are those
 # of "skip"), and whether local training is sharded over devices (the sharded round
-# equals the single-device one; a run may resume on another number of devices). A
+# equals the single-device one up to float rounding, which FedRAS's K-Means can carry on:
+# docs/multihost.md; a run may resume on another number of devices). A
 # workdir whose run differs from the flags only in these is the same run (resumed).
 # Everything else, eval_every and num_lanes included, counts: eval_every decides the
 # rows of metrics.jsonl and the windows their loss/actions average over, and num_lanes

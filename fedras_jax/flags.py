@@ -57,6 +57,13 @@ def define_train_flags(flag_values=flags.FLAGS):
       flag_values=flag_values)
 
 
+def refuse_process_group(binary: str, flag_values=flags.FLAGS):
+  """A ``ValueError`` if the process-group flags (``--coordinator``, ...) ask for
+  several processes: ``binary`` runs in one (it has the flags as a training binary)."""
+  if config_from_flags(distributed.ProcessGroup, flag_values).validate().coordinator:
+    raise ValueError(f"--coordinator: {binary} runs in one process")
+
+
 def config_from_flags(config_cls, flag_values=flags.FLAGS):
   """Builds ``config_cls`` from the parsed flags."""
   return config_cls(**{f.name: flag_values[f.name].value for f in dataclasses.fields(config_cls)})

@@ -110,20 +110,22 @@ def kept_sweep(base: TrainConfig,
   else the sweep checkpointed in ``directory/checkpoints`` (resumed from there), whose
   results are then kept there. ``base.overwrite``: ``directory`` is cleared first.
 
-  In a multi-process run process 0 alone writes ``directory`` and the checkpoints
-  reach every process from it, but finished results are reused by a single process
-  only (the others could not see that the sweep need not run): there a rerun runs
-  finished sweeps again."""
+  In a multi-process run process 0 alone reads and writes ``directory``: the kept results
+  and the checkpoints reach every process from it."""
   directory = pathlib.Path(directory)
-  if distributed.is_writer():
+  path = directory / RESULTS_FILE
+  setting = dict(seeds=list(seeds), grid={k: list(v) for k, v in grid.items()})
+
+  def prepare():
     if base.overwrite:
       shutil.rmtree(directory, ignore_errors=True)
     with outputs.naming(directory):  # an unwritable directory fails now, not after training
       directory.mkdir(parents=True, exist_ok=True)
-  path = directory / RESULTS_FILE
-  setting = dict(seeds=list(seeds), grid={k: list(v) for k, v in grid.items()})
-  kept = (kept_results(path, base, "delete it or use --overwrite to run the sweep again", **setting)
-          if jax.process_count() == 1 else None)
+    remedy = "delete it or use --overwrite to run the sweep again"
+    return kept_results(path, base, remedy, **setting), np.int32(0)
+
+  kept, _ = distributed.on_writer(prepare, np.int32(0))
+  kept = distributed.share_json(kept)  # (None on every process where process 0 has none)
   if kept is not None:
     log(f"kept: the finished sweep in {path}")
     return kept

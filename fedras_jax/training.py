@@ -90,6 +90,8 @@ def _run(config: TrainConfig, log: Callable[[str], None], hold: contextlib.ExitS
       _print(log, msg)
 
   mesh = run_mesh(config)
+  if jax.process_count() > 1:  # (a scheduler may show each process fewer devices than meant)
+    say(f"{jax.process_count()} processes, {jax.device_count()} devices")
   exp = build_experiment(config, mesh=mesh)
   split, sim = exp.split, exp.sim
   say(f"{config.dataset}: {split.num_users} users, {split.num_items} items, "

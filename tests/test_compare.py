@@ -53,6 +53,14 @@ def test_full_ranking_only_is_refused_before_any_run(tmp_path):
   assert "Traceback" not in proc.stderr and not list(tmp_path.iterdir())
 
 
+def test_several_processes_are_refused(tmp_path):
+  """compare runs in one process (each of its runs would have run whole on every host)."""
+  proc = _compare_process(f"--outdir={tmp_path}", "--coordinator=127.0.0.1:1234",
+                          "--num_processes=2", "--process_id=0")
+  assert proc.returncode == 1
+  assert proc.stderr.strip().splitlines()[-1] == "error: --coordinator: compare runs in one process"
+
+
 def test_a_bad_base_flag_is_named_before_any_run(tmp_path):
   """A bad base flag used to be reported as the first grid flag checked against it
   (``--seeds=: --dense_lr=-1.0 is invalid``)."""

@@ -3,6 +3,8 @@ equals 1 process x 1 device (the uncompressed run also 1 process x 8 devices); p
 0 alone writes the workdir, a multi-process run resumes from it, and a failure of
 process 0's set-up stops every process."""
 import os
+import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -75,7 +77,9 @@ def test_two_processes_equal_one_process_and_one_device(ml100k_path, tmp_path, m
   _ok(_train(single, method, data_dir))
   writer, other = _ok(_train(multi, method, data_dir, processes=2, devices=4))
   _assert_same_run(multi, single)
-  # Process 0 logs and writes; process 1 computes the same rounds silently.
+  # Process 0 logs and writes (first the process group it is in); process 1 computes the
+  # same rounds silently.
+  assert writer.stdout.startswith("2 processes, 8 devices\n")
   assert f"round     {ROUNDS}/{ROUNDS}" in writer.stdout and "done:" in writer.stdout
   assert "round" not in other.stdout and "done:" not in other.stdout
   assert [r["round"] for r in metrics_rows(multi)] == [2, 4]  # each row once, not once per process
@@ -108,6 +112,29 @@ def test_two_processes_equal_one_process_and_one_device(ml100k_path, tmp_path, m
   assert "process 0 failed to set up the run" in results[1].stderr.strip().splitlines()[-1]
 
 
+def test_a_finished_two_process_sweep_is_kept_on_a_rerun(ml100k_path, tmp_path):
+  """Rerun of a finished two-process sweep: every process takes process 0's kept results
+  and trains nothing (only a single process reused them: two ran the whole sweep again)."""
+  args = [
+      "--seeds=0", "--grid=item_lr=4,8", "--rounds=2", "--eval_every=2", "--clients_per_round=8",
+      "--dim=8", f"--data_dir={ml100k_path.parents[1]}", f"--workdir={tmp_path / 'sweep'}",
+      f"--output={tmp_path / 'out.csv'}", f"--compilation_cache={tmp_path / 'xla_cache'}"
+  ]
+  runs = [
+      _ok(
+          launch_local("experiments.sweep",
+                       args,
+                       num_processes=2,
+                       devices_per_process=1,
+                       timeout=TIMEOUT,
+                       log_dir=tmp_path / f"logs{i}")) for i in range(2)
+  ]
+  first = (tmp_path / "sweep" / "base" / "results.json").read_text()
+  assert not any("kept: the finished sweep" in r.stdout for r in runs[0])
+  assert all("kept: the finished sweep" in r.stdout for r in runs[1])
+  assert (tmp_path / "sweep" / "base" / "results.json").read_text() == first
+
+
 @pytest.mark.parametrize(
     "flags,message", [(["--coordinator=localhost"], "--coordinator='localhost' is invalid"),
                       (["--coordinator=127.0.0.1:1234", "--num_processes=2", "--process_id=2"
@@ -130,6 +157,24 @@ def test_launcher_stops_every_peer_when_one_fails(tmp_path):
   assert [r.returncode for r in results] == [-9, 3, -9]
   assert "process 1 fails" in results[1].stderr
   assert "--num_processes=3" in results[2].args and "--process_id=2" in results[2].args
+
+
+def test_a_launcher_stopped_by_sigterm_stops_its_processes(tmp_path):
+  """SIGTERM (a `timeout`, a batch system) to the launch binary: its hanging process is
+  killed before it exits (it was left running, reparented, holding its workdir)."""
+  launcher = subprocess.Popen(
+      [sys.executable, "-m", "experiments.launch", "--num_processes=1", "--", "tests.launch_probe"],
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL)
+  children = pathlib.Path(f"/proc/{launcher.pid}/task/{launcher.pid}/children")
+  deadline = time.time() + 60
+  while not children.read_text().split() and time.time() < deadline:
+    time.sleep(0.2)
+  (child,) = map(int, children.read_text().split())
+  launcher.send_signal(signal.SIGTERM)
+  assert launcher.wait(timeout=30) == 128 + signal.SIGTERM
+  with pytest.raises(ProcessLookupError):
+    os.kill(child, 0)
 
 
 def test_the_launch_binary_reports_processes_killed_at_its_timeout(tmp_path):
