@@ -16,6 +16,7 @@ cluster, start one process per host (or per accelerator) yourself, see
 docs/multihost.md: this launcher is for one machine (tests, benchmarks, trials).
 """
 import sys
+import tempfile
 
 from absl import app, flags
 
@@ -35,12 +36,15 @@ def main(argv):
     raise app.UsageError("name the module to run: ... -- experiments.train [flags]")
   if not _TIMEOUT.value >= 0:
     raise ValueError(f"--timeout={_TIMEOUT.value} is invalid: must be >= 0 (0: none)")
+  log_dir = _LOGS.value or tempfile.mkdtemp(prefix="fedras_launch_")
+  if _PROCESSES.value > 1:
+    print(f"processes 1-{_PROCESSES.value - 1} write their output to {log_dir}", file=sys.stderr)
   results = launch_local(argv[1],
                          argv[2:],
                          num_processes=_PROCESSES.value,
                          devices_per_process=_DEVICES.value,
                          timeout=_TIMEOUT.value or None,
-                         log_dir=_LOGS.value,
+                         log_dir=log_dir,
                          stream_first=True)
   failed = [r for r in results if r.returncode != 0]
   for i, r in enumerate(results):

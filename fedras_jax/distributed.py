@@ -65,6 +65,9 @@ class ProcessGroup:
       default=300, metadata=dict(help="seconds to wait for every process to join"))
 
   def validate(self) -> "ProcessGroup":
+    if self.initialization_timeout < 1:
+      raise ValueError(f"--initialization_timeout={self.initialization_timeout} is invalid: "
+                       "must be >= 1 second")
     if self.coordinator in ("", AUTO):
       # Without an address the process count and index come from nowhere (one process) or
       # from the cluster: a value given for them would be ignored.
@@ -82,9 +85,6 @@ class ProcessGroup:
     if not 0 <= self.process_id < self.num_processes:
       raise ValueError(f"--process_id={self.process_id} is invalid: must be in "
                        f"[0, {self.num_processes}) for --num_processes={self.num_processes}")
-    if self.initialization_timeout < 1:
-      raise ValueError(f"--initialization_timeout={self.initialization_timeout} is invalid: "
-                       "must be >= 1 second")
     return self
 
 

@@ -4,6 +4,7 @@ equals 1 process x 1 device (the uncompressed run also 1 process x 8 devices); p
 process 0's set-up stops every process."""
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -135,11 +136,13 @@ def test_a_finished_two_process_sweep_is_kept_on_a_rerun(ml100k_path, tmp_path):
   assert (tmp_path / "sweep" / "base" / "results.json").read_text() == first
 
 
-@pytest.mark.parametrize(
-    "flags,message", [(["--coordinator=localhost"], "--coordinator='localhost' is invalid"),
-                      (["--coordinator=127.0.0.1:1234", "--num_processes=2", "--process_id=2"
-                       ], "--process_id=2 is invalid"),
-                      (["--num_processes=2"], "--num_processes=2 needs --coordinator=HOST:PORT")])
+@pytest.mark.parametrize("flags,message", [
+    (["--coordinator=localhost"], "--coordinator='localhost' is invalid"),
+    (["--coordinator=127.0.0.1:1234", "--num_processes=2", "--process_id=2"
+     ], "--process_id=2 is invalid"),
+    (["--num_processes=2"], "--num_processes=2 needs --coordinator=HOST:PORT"),
+    (["--coordinator=auto", "--initialization_timeout=0"], "--initialization_timeout=0 is invalid")
+])
 def test_bad_process_flags_fail_naming_the_flag(flags, message):
   result = _run(["--rounds=1", *flags], devices=1)
   assert result.returncode != 0
@@ -188,6 +191,10 @@ def test_the_launch_binary_reports_processes_killed_at_its_timeout(tmp_path):
   proc = launch("--num_processes=1", "--timeout=1", f"--process_logs={tmp_path}")
   assert proc.returncode == 1
   assert "process 0 was killed (--timeout, or stopped after a peer failed)" in proc.stderr
+  # Where the other processes' output went is said, also for the default temporary folder.
+  proc = launch("--num_processes=3", "--timeout=30")
+  logs = re.search(r"processes 1-2 write their output to (\S+)\n", proc.stderr).group(1)
+  assert "process 1 fails" in (pathlib.Path(logs) / "process_1.err").read_text()
   proc = launch("--timeout=-1")
   assert proc.returncode == 1
   assert proc.stderr.strip().splitlines()[-1].startswith("error: --timeout=-1.0 is invalid")
