@@ -16,12 +16,11 @@ cluster, start one process per host (or per accelerator) yourself, see
 docs/multihost.md: this launcher is for one machine (tests, benchmarks, trials).
 """
 import sys
-import tempfile
 
 from absl import app, flags
 
 from fedras_jax import flags as flag_lib
-from fedras_jax.launch import launch_local
+from fedras_jax.launch import launch_local, new_log_dir
 
 _PROCESSES = flags.DEFINE_integer("num_processes", 2, "processes to start")
 _DEVICES = flags.DEFINE_integer("devices_per_process", 0,
@@ -36,7 +35,7 @@ def main(argv):
     raise app.UsageError("name the module to run: ... -- experiments.train [flags]")
   if not _TIMEOUT.value >= 0:
     raise ValueError(f"--timeout={_TIMEOUT.value} is invalid: must be >= 0 (0: none)")
-  log_dir = _LOGS.value or tempfile.mkdtemp(prefix="fedras_launch_")
+  log_dir = _LOGS.value or new_log_dir()
   if _PROCESSES.value > 1:
     print(f"processes 1-{_PROCESSES.value - 1} write their output to {log_dir}", file=sys.stderr)
   results = launch_local(argv[1],

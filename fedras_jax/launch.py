@@ -19,6 +19,11 @@ import time
 from typing import List, Optional, Sequence
 
 
+def new_log_dir() -> pathlib.Path:
+  """A fresh temporary folder for the processes' output (``launch_local``'s default)."""
+  return pathlib.Path(tempfile.mkdtemp(prefix="fedras_launch_"))
+
+
 def free_port() -> int:
   """A TCP port on 127.0.0.1 that nothing listens on now."""
   with socket.socket() as s:
@@ -74,7 +79,7 @@ def launch_local(module: str,
   if devices_per_process:
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="
                         f"{devices_per_process}").strip()
-  log_dir = pathlib.Path(log_dir or tempfile.mkdtemp(prefix="fedras_launch_"))
+  log_dir = pathlib.Path(log_dir) if log_dir else new_log_dir()
   log_dir.mkdir(parents=True, exist_ok=True)
   port = free_port()
   procs, logs = [], []
