@@ -577,7 +577,7 @@ def main(argv):
         config = dataclasses.replace(config, overwrite=True)
       try:
         # A finished run is read, not resumed: it may have no checkpoint to resume from
-        # (--checkpoint_every=0 --checkpoint_minutes=0, or checkpoints/ deleted).
+        # (checkpoints/ deleted, or trained with no cadence before its last round was kept).
         summary = None if config.overwrite else finished_summary(config)
         if summary is None and not only_finished:
           summary = train(config)

@@ -55,10 +55,6 @@ class Cadence:
     self.every_rounds, self.every_minutes, self._clock = every_rounds, every_minutes, clock
     self._last = clock()
 
-  @property
-  def enabled(self) -> bool:
-    return bool(self.every_rounds or self.every_minutes)
-
   def due(self, round_index: int) -> bool:
     """Whether the state after round ``round_index`` is to be saved."""
     by_rounds = bool(self.every_rounds) and round_index % self.every_rounds == 0

@@ -137,7 +137,9 @@ def _run(config: TrainConfig, log: Callable[[str], None], hold: contextlib.ExitS
                             wall_before + time.time() - start)
       writer.write(row)
       say(_progress_line(config, row, host))
-    if workdir and cadence.enabled and (cadence.due(r) or r == config.rounds):
+    # The last round is saved whatever the cadence: rerunning a finished run resumes it
+    # at its end instead of training it again.
+    if workdir and (cadence.due(r) or r == config.rounds):
       host["wall_seconds"] = wall_before + time.time() - start
       if host["compile_seconds"] is None:
         host["compile_seconds"] = compile_seconds

@@ -212,6 +212,25 @@ def test_rerunning_a_finished_run_resumes_it_without_training(data_dir, referenc
   assert summary["final"] == expected["final"]
 
 
+def test_a_run_without_a_cadence_saves_its_last_round_and_is_not_trained_again(data_dir, tmp_path):
+  """--checkpoint_every=0 --checkpoint_minutes=0: no checkpoint on the way, the last
+  round's at the end, so rerunning the finished run does not train it again."""
+  lines = []
+  config = TrainConfig(data_dir=str(data_dir),
+                       workdir=str(tmp_path),
+                       checkpoint_minutes=0,
+                       **dict(TINY, checkpoint_every=0))
+  first = train(config, log=lines.append)
+  assert [r for r, _ in checkpoint.list_checkpoints(tmp_path / "checkpoints")] == [4]
+  trained = [l for l in lines if l.startswith("round")]
+  assert len(trained) == 2
+  lines.clear()
+  again = train(config, log=lines.append)
+  assert again["resumed_from_round"] == 4
+  assert not [l for l in lines if l.startswith("round")]
+  assert again["final"] == first["final"]
+
+
 def test_altered_newest_checkpoint_falls_back_to_the_previous_one(data_dir, reference, tmp_path):
   """4 KiB in the middle of the newest checkpoint overwritten with 0xFF (same size):
   its checksum does not match, so the run warns, resumes from the one before and ends
@@ -239,7 +258,6 @@ def test_altered_newest_checkpoint_falls_back_to_the_previous_one(data_dir, refe
 def test_cadence_saves_by_rounds_and_by_minutes_since_the_last_save():
   now = [0.0]
   every_10_rounds_or_minute = checkpoint.Cadence(10, 1.0, clock=lambda: now[0])
-  assert every_10_rounds_or_minute.enabled
   assert [r for r in range(1, 25) if every_10_rounds_or_minute.due(r)] == [10, 20]
   now[0] = 59.9
   assert not every_10_rounds_or_minute.due(3)
@@ -257,7 +275,7 @@ def test_cadence_saves_by_rounds_and_by_minutes_since_the_last_save():
   assert by_time_only.due(1)
   never = checkpoint.Cadence(0, 0.0, clock=lambda: now[0])
   now[0] += 1e6
-  assert not never.enabled and not any(never.due(r) for r in (1, 10, 100))
+  assert not any(never.due(r) for r in (1, 10, 100))
 
 
 def test_a_checkpoint_by_time_between_evaluations_resumes_exactly(data_dir, reference, tmp_path):
