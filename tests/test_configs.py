@@ -40,6 +40,12 @@ def test_derived_configs_override_their_base(monkeypatch):
   assert (base.method, base.value_bits) == ("fedras", 32)
   assert (fixed.method, fixed.value_bits) == ("fedras_fixed_k", 16)
   assert fixed.dim == base.dim and fixed.item_lr == base.item_lr
+  ml1m, stages = (_config(REPO / f"configs/{name}.flags", monkeypatch)
+                  for name in ("ml1m_ncf", "ml1m_ncf_stages"))
+  assert (ml1m.action_stages, ml1m.value_bits, ml1m.item_lr) == (1, 32, 8.0)
+  assert (stages.action_stages, stages.value_bits, stages.tau_mode, stages.tau,
+          stages.item_lr) == (8, 16, "fixed", 0.95, 32.0)
+  assert stages.rounds == ml1m.rounds and stages.clients_per_round == ml1m.clients_per_round
   tiers = _config(REPO / "configs/ml100k_mf_tiers.flags", monkeypatch)
   assert (tiers.bandwidth, tiers.bandwidth_tiers, tiers.fluctuation) == ("tiers", "4,16,32,64", 0.3)
 
