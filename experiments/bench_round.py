@@ -19,6 +19,8 @@ the wall time of the packed round's main pieces, each jitted on its own.
 
     python -m experiments.bench_round --data_dir=/work/shared/data
     python -m experiments.bench_round --data_dir=/work/shared/data --lane_sweep=8,16,32
+    python -m experiments.bench_round --data_dir=/work/shared/data --rounds=30 --loop_rounds=5 \
+        --markdown=docs/benchmarks/round_loop_ml100k.md   # the tables as a generated page
 
 With ``--methods`` it compares the rounds of compression methods instead: the round
 ``experiments/train.py`` runs (``experiment.build_simulation``, 1/32 both ways unless a
@@ -93,8 +95,8 @@ _WARMUP = flags.DEFINE_integer("warmup_rounds",
 _RATIO = flags.DEFINE_float("payload_ratio", 1 / 32, "payload ratio of --methods")
 _OUT = flags.DEFINE_string("out", None, "also write the --methods results as JSON here")
 _MARKDOWN = flags.DEFINE_string(
-    "markdown", None, "also write the --methods table as a markdown page here (with the "
-    "command, commit and machine that produced it)")
+    "markdown", None, "also write the tables (--methods: the methods') as a markdown page here "
+    "(with the command, commit and machine that produced it)")
 
 # The training defaults (`TrainConfig()`: ML-100K FedMF), timed uncompressed (the downlink
 # budget of the hyper-parameters is unread).
@@ -367,7 +369,7 @@ class LoopRunner:
 
 
 def padding_stats(s: Setting, sampled: np.ndarray, lanes, max_lane_steps):
-  """Wasted work in rounds ``sampled [R, M]``, summed over the rounds.
+  """The table lines of the wasted work in rounds ``sampled [R, M]``, summed over the rounds.
 
   A lane-step is one SGD step of one lane (B minibatch positions). Useful work:
   every client's own steps, and ``epochs * examples`` of its minibatch positions.
@@ -386,28 +388,31 @@ def padding_stats(s: Setting, sampled: np.ndarray, lanes, max_lane_steps):
                  w * max_lane_steps[w] * len(steps), f"{max_lane_steps[w]}"))
   rows.append(("pad every client to round max", (steps.shape[1] * steps.max(axis=1)).sum(),
                f"{steps.max(axis=1).mean():.1f}"))
-  print(f"\nPadding over {len(steps)} rounds x {steps.shape[1]} clients: client SGD steps "
-        f"min/median/max {steps.min()}/{int(np.median(steps))}/{steps.max()}, "
-        f"{useful_steps / len(steps):.0f} per round; slots of a minibatch that hold an example: "
-        f"{useful_pos / (BATCH * useful_steps):.1%} even without padding")
-  print(f"| {'schedule':<36} | {'lane-steps/round':>16} | {'wasted lane-steps':>17} | "
-        f"{'wasted positions':>16} | {'iters/round':>22} |")
-  print(f"|{'-' * 38}|{'-' * 18}|{'-' * 19}|{'-' * 18}|{'-' * 24}|")
+  lines = [
+      f"Padding over {len(steps)} rounds x {steps.shape[1]} clients: client SGD steps "
+      f"min/median/max {steps.min()}/{int(np.median(steps))}/{steps.max()}, "
+      f"{useful_steps / len(steps):.0f} per round; slots of a minibatch that hold an example: "
+      f"{useful_pos / (BATCH * useful_steps):.1%} even without padding", "",
+      f"| {'schedule':<36} | {'lane-steps/round':>16} | {'wasted lane-steps':>17} | "
+      f"{'wasted positions':>16} | {'iters/round':>22} |",
+      f"|{'-' * 38}|{'-' * 18}|{'-' * 19}|{'-' * 18}|{'-' * 24}|"
+  ]
   for name, lane_steps, iters in rows:
-    print(f"| {name:<36} | {lane_steps / len(steps):16.0f} | "
-          f"{1 - useful_steps / lane_steps:17.1%} | "
-          f"{1 - useful_pos / (BATCH * lane_steps):16.1%} | {iters:>22} |")
+    lines.append(f"| {name:<36} | {lane_steps / len(steps):16.0f} | "
+                 f"{1 - useful_steps / lane_steps:17.1%} | "
+                 f"{1 - useful_pos / (BATCH * lane_steps):16.1%} | {iters:>22} |")
+  return lines
 
 
 # ---------------------------------------------------------------------------------------
 
 
-def _row(name, times, m, loop_times, compile_s):
+def _row(name, times, m, loop_times, compile_s) -> str:
   mean = statistics.fmean(times)
-  print(f"| {name:<30} | {m / mean:9.0f} | {1e3 * min(times):7.1f} | "
-        f"{1e3 * statistics.median(times):9.1f} | {1e3 * mean:7.1f} | "
-        f"{statistics.fmean(loop_times) / mean:9.2f}x | {min(loop_times) / min(times):8.2f}x | "
-        f"{compile_s:9.2f} |")
+  return (f"| {name:<30} | {m / mean:9.0f} | {1e3 * min(times):7.1f} | "
+          f"{1e3 * statistics.median(times):9.1f} | {1e3 * mean:7.1f} | "
+          f"{statistics.fmean(loop_times) / mean:9.2f}x | {min(loop_times) / min(times):8.2f}x | "
+          f"{compile_s:9.2f} |")
 
 
 # ---------------------------------------------------------------------------------------
@@ -474,14 +479,11 @@ class MethodRunner:
     self.times["downlink"].append(t)
 
 
-def _write_markdown(path, dataset, clients, lines):
-  """The table as a page stating how it was made (generated: edit the benchmark)."""
-  pages.write_page(
-      path, f"Round cost by method: {dataset}, {clients} clients per round",
-      "experiments.bench_round", [
-          f"setting: FedMF d=64, E=2, B=64, 4 negatives, item_lr 8, payload {_RATIO.value:g} both "
-          f"ways (`:uplink`: dense downlink), seed {_SEED.value}"
-      ], lines)
+def _write_markdown(title: str, setting: str, lines):
+  """``lines`` as the ``--markdown`` page, stating how it was made (generated: edit the
+  benchmark)."""
+  pages.write_page(_MARKDOWN.value, title, "experiments.bench_round", [f"setting: {setting}"],
+                   lines)
 
 
 def compare_methods():
@@ -529,7 +531,10 @@ def compare_methods():
         dict(method=r.name, ms=med, ratio=ratio, actions_mean=acts, compile_s=r.compile_s))
   print("\n" + "\n".join(lines))
   if _MARKDOWN.value:
-    _write_markdown(_MARKDOWN.value, dataset, clients, lines)
+    _write_markdown(
+        f"Round cost by method: {dataset}, {clients} clients per round",
+        f"FedMF d=64, E=2, B=64, 4 negatives, item_lr 8, payload {_RATIO.value:g} both ways "
+        f"(`:uplink`: dense downlink), seed {_SEED.value}", lines)
   if _OUT.value:
     outputs.write_json(
         _OUT.value,
@@ -586,30 +591,44 @@ def main(argv):
       loop.timed()
 
   steps = s.steps[s.sampled(total)].sum(axis=1)
-  print(f"\nTimed rounds 1..{rounds} (packed) and 1..{loop_rounds} (loop), interleaved; client "
-        f"SGD steps per round: {steps[1:].mean():.0f} mean over 1..{rounds}, "
-        f"{steps[1:loop_rounds + 1].mean():.0f} over 1..{loop_rounds}")
-  print(f"| {'method':<30} | {'updates/s':>9} | {'ms min':>7} | {'ms median':>9} | "
-        f"{'ms mean':>7} | {'loop/mean':>10} | {'loop/min':>9} | {'compile s':>9} |")
-  print(f"|{'-' * 32}|{'-' * 11}|{'-' * 9}|{'-' * 11}|{'-' * 9}|{'-' * 12}|{'-' * 11}|"
-        f"{'-' * 11}|")
-  for w in lanes:
-    _row(f"packed round W={w}", packed[w].times, s.m, loop.times, packed[w].compile_s)
-  _row(f"packed W={main_w}, rounds 1..{loop_rounds}", packed[main_w].times[:loop_rounds], s.m,
-       loop.times, packed[main_w].compile_s)
-  _row(f"per-client loop, rounds 1..{loop_rounds}", loop.times, s.m, loop.times, loop.compile_s)
-  print("updates/s: clients per round / mean round time; loop/mean, loop/min: speed-up over the "
-        "per-client loop\n(ratio of mean, of min round times); compile: AOT lower+compile (loop: "
-        "all its jitted functions)")
-
+  lines = [
+      f"Timed rounds 1..{rounds} (packed) and 1..{loop_rounds} (loop), interleaved; client "
+      f"SGD steps per round: {steps[1:].mean():.0f} mean over 1..{rounds}, "
+      f"{steps[1:loop_rounds + 1].mean():.0f} over 1..{loop_rounds}", "",
+      f"| {'method':<30} | {'updates/s':>9} | {'ms min':>7} | {'ms median':>9} | "
+      f"{'ms mean':>7} | {'loop/mean':>10} | {'loop/min':>9} | {'compile s':>9} |",
+      f"|{'-' * 32}|{'-' * 11}|{'-' * 9}|{'-' * 11}|{'-' * 9}|{'-' * 12}|{'-' * 11}|"
+      f"{'-' * 11}|"
+  ]
+  lines += [
+      _row(f"packed round W={w}", packed[w].times, s.m, loop.times, packed[w].compile_s)
+      for w in lanes
+  ]
+  lines += [
+      _row(f"packed W={main_w}, rounds 1..{loop_rounds}", packed[main_w].times[:loop_rounds], s.m,
+           loop.times, packed[main_w].compile_s),
+      _row(f"per-client loop, rounds 1..{loop_rounds}", loop.times, s.m, loop.times,
+           loop.compile_s), "",
+      "updates/s: clients per round / mean round time; loop/mean, loop/min: speed-up over the "
+      "per-client loop (ratio of mean, of min round times); compile: AOT lower+compile (loop: "
+      "all its jitted functions)", ""
+  ]
   sampled = s.sampled(total)[1:]
-  padding_stats(s, sampled, lanes, {w: c.max_lane_steps for w, c in cfgs.items()})
+  lines += padding_stats(s, sampled, lanes, {w: c.max_lane_steps for w, c in cfgs.items()})
   slots = (s.num_pos[sampled]
            + np.minimum(NEG * s.num_pos[sampled], s.num_items - s.num_seen[sampled])).sum(axis=1)
-  print(f"slot buffer: {slots.mean():.0f} of {cfg.slot_capacity} slots used per round "
-        f"({1 - slots.mean() / cfg.slot_capacity:.1%} padding); the loop pads each client to "
-        f"max_client_slots={cfg.max_client_slots} (mean use "
-        f"{slots.mean() / s.m / cfg.max_client_slots:.1%})")
+  lines += [
+      "", f"slot buffer: {slots.mean():.0f} of {cfg.slot_capacity} slots used per round "
+      f"({1 - slots.mean() / cfg.slot_capacity:.1%} padding); the loop pads each client to "
+      f"max_client_slots={cfg.max_client_slots} (mean use "
+      f"{slots.mean() / s.m / cfg.max_client_slots:.1%})"
+  ]
+  print("\n" + "\n".join(lines))
+  if _MARKDOWN.value:
+    _write_markdown(
+        f"Packed round against a per-client loop: {DATASET}, {s.m} clients per round",
+        f"FedMF d={DIM}, E={EPOCHS}, B={BATCH}, {NEG} negatives, uncompressed, "
+        f"{main_w} lanes, seed {s.seed}", lines)
 
   if _PIECES.value:
     p = bench_pieces(s, cfg, rounds, packed[main_w])
