@@ -68,7 +68,10 @@ from fedras_jax.runtime import tune_host_allocator
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "data directory (default: library default)")
 _ROUNDS = flags.DEFINE_integer("rounds", 20, "timed rounds of the packed round", lower_bound=1)
 _CLIENTS = flags.DEFINE_integer("clients_per_round", 64, "clients sampled per round", lower_bound=1)
-_LANES = flags.DEFINE_integer("num_lanes", 16, "lanes of the packed round", lower_bound=1)
+_LANES = flags.DEFINE_integer("num_lanes",
+                              TrainConfig().num_lanes,
+                              "lanes of the packed round (default: train's)",
+                              lower_bound=1)
 _LOOP_ROUNDS = flags.DEFINE_integer("loop_rounds",
                                     3,
                                     "timed rounds of the per-client loop",
