@@ -7,6 +7,7 @@ final HR@10 is (a run on fewer threads may round differently)::
 
     python -m experiments.bench_jobs --data_dir=/work/shared/data --jobs=2
     python -m experiments.bench_jobs --methods=fedras,svd,topk,colr --rounds=100
+    python -m experiments.bench_jobs --rounds=300 --markdown=docs/benchmarks/jobs_ml100k.md
 """
 import csv
 import pathlib
@@ -27,6 +28,9 @@ _METHODS = flags.DEFINE_string("methods", "fedras,svd,topk,colr",
 _JOBS = flags.DEFINE_integer("jobs", 2, "processes at once", lower_bound=2)
 _ROUNDS = flags.DEFINE_integer("rounds", 100, "rounds per run", lower_bound=1)
 _RATIO = flags.DEFINE_string("ratio", "1/32", "payload ratio")
+_MARKDOWN = flags.DEFINE_string(
+    "markdown", None, "also write the timing as a markdown page here (with the command, "
+    "commit and machine that produced it)")
 
 
 def _run(outdir: pathlib.Path, jobs_flag: int) -> tuple:
@@ -66,6 +70,17 @@ def main(argv):
       f"{m} {float(b) - float(a):+.4f}" for (m, a), (_, b) in zip(rows_one, rows_many))
   print(f"final HR@10, --jobs minus one after another: {diffs}")
   print(f"--jobs={_JOBS.value} is {one / many:.2f}x faster")
+  if _MARKDOWN.value:
+    table = [
+        "| grid run as | wall s |", "|---|---|", f"| one method after another | {one:.1f} |",
+        f"| compare --jobs={_JOBS.value} | {many:.1f} |", f"| speed-up | {one / many:.2f}x |", "",
+        f"final HR@10, --jobs minus one after another: {diffs}"
+    ]
+    setting = (f"setting: {_METHODS.value} at {_RATIO.value}, {_ROUNDS.value} rounds, ML-100K "
+               "FedMF defaults, fresh outdirs, no compilation cache")
+    pages.write_page(_MARKDOWN.value,
+                     f"A grid as compare --jobs={_JOBS.value} against one method after another",
+                     "experiments.bench_jobs", [setting], table)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@
         --method=uncompressed --output=runs/sweep.csv
     python -m experiments.sweep --shape_grid="dim=32,64" ...   # one program per shape point
     python -m experiments.sweep --bench --seeds=0,1,2,3,4,5,6,7  # vmapped vs sequential
+    python -m experiments.sweep --bench --seeds=0,1,2,3,4,5,6,7 --rounds=50 \
+        --method=uncompressed --markdown=docs/benchmarks/sweep_ml100k.md   # as a page
 
 Every other flag is a ``TrainConfig`` flag (see ``python -m experiments.train --help``),
 the multi-process ones included (``--coordinator``, ``--num_processes``, ``--process_id``:
@@ -26,6 +28,7 @@ import time
 from absl import flags
 import numpy as np
 
+from experiments import pages
 from fedras_jax import distributed
 from fedras_jax import flags as flag_lib
 from fedras_jax.config import TrainConfig
@@ -43,11 +46,15 @@ flags.DEFINE_string("output", "", "CSV of one row per configuration (mean/std ov
 flags.DEFINE_boolean(
     "bench", False, "time the seeds vmapped against one run per seed (compiling afresh: "
     "the compilation cache is not used)")
+flags.DEFINE_string(
+    "markdown", "", "with --bench: also write its timing as a markdown page here (with the "
+    "command, commit and machine that produced it)")
 FLAGS = flags.FLAGS
 
 
-def bench(base: TrainConfig, seeds, grid):
-  """Prints the time of the seeds vmapped in one program against one run per seed."""
+def bench(base: TrainConfig, seeds, grid, markdown: str = ""):
+  """Prints the time of the seeds vmapped in one program against one run per seed (and
+  writes it as the page ``markdown`` if given)."""
   t0 = time.time()
   batched = sweep(base, seeds, grid)[0]
   batched_total = time.time() - t0
@@ -57,13 +64,25 @@ def bench(base: TrainConfig, seeds, grid):
   train = sum(r["train_seconds"] for r in singles)
   if not distributed.is_writer():  # every process timed the same programs
     return
+  compile_singles = sum(r['compile_seconds'] for r in singles)
+  lines = [
+      "| | total s | compile s | rounds s |", "|---|---|---|---|",
+      f"| vmapped in one program | {batched_total:.1f} | {batched['compile_seconds']:.1f} | "
+      f"{batched['train_seconds']:.1f} |",
+      f"| one run per seed | {sequential_total:.1f} | {compile_singles:.1f} | {train:.1f} |",
+      f"| vmapped / one per seed | {batched_total / sequential_total:.2f} | "
+      f"{batched['compile_seconds'] / compile_singles:.2f} | "
+      f"{batched['train_seconds'] / train:.2f} |"
+  ]
   print(f"{len(seeds)} seeds x {base.rounds} rounds, method {base.method}:")
-  print(f"  vmapped in one program: {batched_total:.1f}s "
-        f"(compile {batched['compile_seconds']:.1f}s, rounds {batched['train_seconds']:.1f}s)")
-  print(f"  one run per seed:       {sequential_total:.1f}s "
-        f"(compile {sum(r['compile_seconds'] for r in singles):.1f}s, rounds {train:.1f}s)")
-  print(f"  ratio vmapped / sequential: {batched_total / sequential_total:.2f} in all, "
-        f"{batched['train_seconds'] / train:.2f} without compilation")
+  print("\n".join(lines))
+  if markdown:
+    pages.write_page(markdown, "Seeds vmapped in one program against one run per seed",
+                     "experiments.sweep", [
+                         f"setting: {len(seeds)} seeds x {base.rounds} rounds, {base.dataset} "
+                         f"{base.model}, method {base.method}, {base.clients_per_round} clients "
+                         "per round; compiling afresh (no compilation cache)"
+                     ], lines)
 
 
 def point_dir_name(point: dict) -> str:
@@ -103,9 +122,11 @@ def main(argv):
     enable_compilation_cache(FLAGS.compilation_cache)
   base = flag_lib.config_from_flags(TrainConfig).validate()
   seeds, grid, shape_points = parse_sweep_flags(base)
+  if FLAGS.markdown and not FLAGS.bench:
+    raise ValueError(f"--markdown={FLAGS.markdown}: the page is --bench's timing; add --bench")
   distributed.initialize(flag_lib.config_from_flags(distributed.ProcessGroup))
   if FLAGS.bench:
-    bench(dataclasses.replace(base, quiet=True), seeds, grid)
+    bench(dataclasses.replace(base, quiet=True), seeds, grid, FLAGS.markdown)
     return
   workdir = None if (base.workdir or "none").lower() == "none" else pathlib.Path(base.workdir)
   output = pathlib.Path(FLAGS.output) if FLAGS.output else None

@@ -259,6 +259,7 @@ def test_binaries_refuse_bad_input_in_one_line(tmp_path):
       ("sweep", ["--seeds=a,b"], "--seeds=a,b: 'a' is not an integer"),
       ("sweep", ["--eval_protocol=full"], "--eval_protocol=full: a sweep scores the sampled"),
       ("sweep", ["--on_nonfinite=stop"], "--on_nonfinite=stop: a sweep's runs share one program"),
+      ("sweep", ["--markdown=page.md"], "--markdown=page.md: the page is --bench's timing"),
       ("compare", ["--ratios=1/0"], "--ratios=1/0: '1/0' is not a payload ratio in (0, 1]"),
       ("compare", ["--ratios=abc"], "--ratios=abc: 'abc' is not a payload ratio in (0, 1]"),
       ("compare", ["--tune=item_lr=abc"], "--tune=item_lr=abc: 'abc' is not a finite number"),
