@@ -20,6 +20,7 @@ from absl import flags
 
 from experiments import jobs, pages
 from fedras_jax import flags as flag_lib
+from fedras_jax import outputs
 
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "where the dataset is (default: the "
                                 "library's data directory)")
@@ -54,6 +55,8 @@ def _run(outdir: pathlib.Path, jobs_flag: int) -> tuple:
 
 def main(argv):
   del argv
+  if _MARKDOWN.value:
+    outputs.check_writable_file(_MARKDOWN.value, "--markdown")
   print(f"{pages.cpus_text()}; grid: {_METHODS.value} at {_RATIO.value}, {_ROUNDS.value} rounds, "
         f"ML-100K FedMF defaults; slots of --jobs={_JOBS.value}: "
         f"{jobs.cpu_shares(jobs.usable_cpus(), _JOBS.value)}")
@@ -68,19 +71,18 @@ def main(argv):
   # thread), so the final HR@10 may differ by the noise of a seed.
   diffs = ", ".join(
       f"{m} {float(b) - float(a):+.4f}" for (m, a), (_, b) in zip(rows_one, rows_many))
-  print(f"final HR@10, --jobs minus one after another: {diffs}")
-  print(f"--jobs={_JOBS.value} is {one / many:.2f}x faster")
+  lines = [
+      "| grid run as | wall s |", "|---|---|", f"| one method after another | {one:.1f} |",
+      f"| compare --jobs={_JOBS.value} | {many:.1f} |", f"| speed-up | {one / many:.2f}x |", "",
+      f"final HR@10, --jobs minus one after another: {diffs}"
+  ]
+  print("\n".join(lines))
   if _MARKDOWN.value:
-    table = [
-        "| grid run as | wall s |", "|---|---|", f"| one method after another | {one:.1f} |",
-        f"| compare --jobs={_JOBS.value} | {many:.1f} |", f"| speed-up | {one / many:.2f}x |", "",
-        f"final HR@10, --jobs minus one after another: {diffs}"
-    ]
     setting = (f"setting: {_METHODS.value} at {_RATIO.value}, {_ROUNDS.value} rounds, ML-100K "
                "FedMF defaults, fresh outdirs, no compilation cache")
     pages.write_page(_MARKDOWN.value,
                      f"A grid as compare --jobs={_JOBS.value} against one method after another",
-                     "experiments.bench_jobs", [setting], table)
+                     "experiments.bench_jobs", [setting], lines)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ the wall time of the packed round's main pieces, each jitted on its own.
 
     python -m experiments.bench_round --data_dir=/work/shared/data
     python -m experiments.bench_round --data_dir=/work/shared/data --lane_sweep=8,16,32
-    python -m experiments.bench_round --data_dir=/work/shared/data --rounds=30 --loop_rounds=5 \
-        --markdown=docs/benchmarks/round_loop_ml100k.md   # the tables as a generated page
+    python -m experiments.bench_round --data_dir=/work/shared/data --rounds=100 \
+        --loop_rounds=20 --lane_sweep=4,16 --markdown=docs/benchmarks/round_loop_ml100k.md
 
 With ``--methods`` it compares the rounds of compression methods instead: the round
 ``experiments/train.py`` runs (``experiment.build_simulation``, 1/32 both ways unless a
@@ -554,6 +554,8 @@ def compare_methods():
 
 def main(argv):
   del argv
+  if _MARKDOWN.value:
+    outputs.check_writable_file(_MARKDOWN.value, "--markdown")
   tuned = tune_host_allocator()
   wall = _now()
   if _METHODS.value:

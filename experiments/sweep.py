@@ -20,7 +20,6 @@ and resumes the interrupted one (``--overwrite``: start over).
 import contextlib
 import dataclasses
 import itertools
-import os
 import pathlib
 import re
 import time
@@ -32,7 +31,7 @@ from experiments import pages
 from fedras_jax import distributed
 from fedras_jax import flags as flag_lib
 from fedras_jax.config import TrainConfig
-from fedras_jax.outputs import naming, write_csv
+from fedras_jax.outputs import check_writable_file, write_csv
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
 from fedras_jax.sweep import grid_points, kept_sweep, parse_grid, summarize, sweep
 from fedras_jax.workdir_lock import WorkdirLock
@@ -47,12 +46,12 @@ flags.DEFINE_boolean(
     "bench", False, "time the seeds vmapped against one run per seed (compiling afresh: "
     "the compilation cache is not used)")
 flags.DEFINE_string(
-    "markdown", "", "with --bench: also write its timing as a markdown page here (with the "
+    "markdown", None, "with --bench: also write its timing as a markdown page here (with the "
     "command, commit and machine that produced it)")
 FLAGS = flags.FLAGS
 
 
-def bench(base: TrainConfig, seeds, grid, markdown: str = ""):
+def bench(base: TrainConfig, seeds, grid, markdown=None):
   """Prints the time of the seeds vmapped in one program against one run per seed (and
   writes it as the page ``markdown`` if given)."""
   t0 = time.time()
@@ -61,28 +60,36 @@ def bench(base: TrainConfig, seeds, grid, markdown: str = ""):
   t0 = time.time()
   singles = [sweep(base, [s], grid)[0] for s in seeds]
   sequential_total = time.time() - t0
-  train = sum(r["train_seconds"] for r in singles)
   if not distributed.is_writer():  # every process timed the same programs
     return
-  compile_singles = sum(r['compile_seconds'] for r in singles)
-  lines = [
-      "| | total s | compile s | rounds s |", "|---|---|---|---|",
-      f"| vmapped in one program | {batched_total:.1f} | {batched['compile_seconds']:.1f} | "
-      f"{batched['train_seconds']:.1f} |",
-      f"| one run per seed | {sequential_total:.1f} | {compile_singles:.1f} | {train:.1f} |",
-      f"| vmapped / one per seed | {batched_total / sequential_total:.2f} | "
-      f"{batched['compile_seconds'] / compile_singles:.2f} | "
-      f"{batched['train_seconds'] / train:.2f} |"
-  ]
+  lines = bench_table(batched, batched_total, singles, sequential_total)
   print(f"{len(seeds)} seeds x {base.rounds} rounds, method {base.method}:")
   print("\n".join(lines))
   if markdown:
+    setting = (f"setting: {len(seeds)} seeds x {base.rounds} rounds, {base.dataset} "
+               f"{base.model}, method {base.method}, {base.clients_per_round} clients per "
+               "round; compiling afresh (no compilation cache)")
     pages.write_page(markdown, "Seeds vmapped in one program against one run per seed",
-                     "experiments.sweep", [
-                         f"setting: {len(seeds)} seeds x {base.rounds} rounds, {base.dataset} "
-                         f"{base.model}, method {base.method}, {base.clients_per_round} clients "
-                         "per round; compiling afresh (no compilation cache)"
-                     ], lines)
+                     "experiments.sweep", [setting], lines)
+
+
+def bench_table(batched: dict, batched_total: float, singles: list,
+                sequential_total: float) -> list:
+  """The markdown lines of ``--bench``: total, compile and round seconds of the vmapped
+  sweep (its result row ``batched``, ``batched_total`` s in all) and of the runs one per
+  seed (their rows ``singles``, ``sequential_total`` s), and vmapped / one per seed."""
+  compile_singles = sum(r["compile_seconds"] for r in singles)
+  train_singles = sum(r["train_seconds"] for r in singles)
+  return [
+      "| | total s | compile s | rounds s |", "|---|---|---|---|",
+      f"| vmapped in one program | {batched_total:.1f} | {batched['compile_seconds']:.1f} | "
+      f"{batched['train_seconds']:.1f} |",
+      f"| one run per seed | {sequential_total:.1f} | {compile_singles:.1f} | "
+      f"{train_singles:.1f} |",
+      f"| vmapped / one per seed | {batched_total / sequential_total:.2f} | "
+      f"{batched['compile_seconds'] / compile_singles:.2f} | "
+      f"{batched['train_seconds'] / train_singles:.2f} |"
+  ]
 
 
 def point_dir_name(point: dict) -> str:
@@ -125,26 +132,25 @@ def main(argv):
   if FLAGS.markdown and not FLAGS.bench:
     raise ValueError(f"--markdown={FLAGS.markdown}: the page is --bench's timing; add --bench")
   distributed.initialize(flag_lib.config_from_flags(distributed.ProcessGroup))
-  if FLAGS.bench:
-    bench(dataclasses.replace(base, quiet=True), seeds, grid, FLAGS.markdown)
-    return
   workdir = None if (base.workdir or "none").lower() == "none" else pathlib.Path(base.workdir)
   output = pathlib.Path(FLAGS.output) if FLAGS.output else None
 
   def setup(hold):
-    """Process 0: ``--output`` checked now, not after the sweep; the workdir locked (one
-    sweep at a time in it). A failure here stops every process (``on_writer``)."""
-    if output is not None:
-      with naming(output):
-        output.parent.mkdir(parents=True, exist_ok=True)
-        if output.is_dir() or not os.access(output.parent, os.W_OK):
-          raise ValueError(f"--output={FLAGS.output}: not a writable file path")
-    if workdir:
+    """Process 0: ``--output`` and ``--markdown`` checked now, not after the sweep; the
+    workdir locked (one sweep at a time in it). A failure here stops every process
+    (``on_writer``)."""
+    for flag, path in (("--output", output), ("--markdown", FLAGS.markdown)):
+      if path:
+        check_writable_file(path, flag)
+    if workdir and not FLAGS.bench:
       hold.enter_context(WorkdirLock(workdir))
     return None, np.int32(0)
 
   with contextlib.ExitStack() as hold:
     distributed.on_writer(lambda: setup(hold), np.int32(0))
+    if FLAGS.bench:
+      bench(dataclasses.replace(base, quiet=True), seeds, grid, FLAGS.markdown)
+      return
     rows = run_points(base, seeds, grid, shape_points, workdir)
   if output is not None and distributed.is_writer():
     write_csv(output, list(dict.fromkeys(k for r in rows for k in r)), rows)

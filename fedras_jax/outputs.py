@@ -62,6 +62,16 @@ def naming(path):
     raise type(e)(e.errno, e.strerror or str(e), str(path)) from e
 
 
+def check_writable_file(path, flag: str):
+  """Raises ``ValueError`` naming ``flag`` unless a file can be written at ``path`` (its
+  folder is made): a binary checks where its outputs go before its work, not after."""
+  path = pathlib.Path(path)
+  with naming(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir() or not os.access(path.parent, os.W_OK):
+      raise ValueError(f"{flag}={path}: not a writable file path")
+
+
 def write_atomic(path, data: bytes, verify=None) -> pathlib.Path:
   """Writes ``data`` to ``path`` via a temporary file in the same directory, fsync and
   ``os.replace``: a reader (or a run killed at any instant) sees the old file or the

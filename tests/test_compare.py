@@ -132,7 +132,7 @@ def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
   assert "   tuned " not in out2 and "compile" not in out2
   assert out2.count("not finished") == 2
   assert rows2 == rows
-  # A finished run without checkpoints (deleted, or none kept) is read, not trained again.
+  # A finished run whose checkpoints were deleted is read, not trained again.
   shutil.rmtree(tmp_path / "ml-100k_mf_svd_1over8_s0" / "checkpoints")
   out2, rows2 = _compare(data_dir, tmp_path, "uncompressed,svd")
   assert "compile" not in out2 and rows2 == rows

@@ -218,8 +218,7 @@ def test_a_run_without_a_cadence_saves_its_last_round_and_is_not_trained_again(d
   lines = []
   config = TrainConfig(data_dir=str(data_dir),
                        workdir=str(tmp_path),
-                       checkpoint_minutes=0,
-                       **dict(TINY, checkpoint_every=0))
+                       **dict(TINY, checkpoint_every=0, checkpoint_minutes=0))
   first = train(config, log=lines.append)
   assert [r for r, _ in checkpoint.list_checkpoints(tmp_path / "checkpoints")] == [4]
   trained = [l for l in lines if l.startswith("round")]

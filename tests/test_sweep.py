@@ -192,11 +192,33 @@ def test_the_sweep_binary_checks_its_output_and_locks_its_workdir(tmp_path):
                           text=True,
                           timeout=300)
 
-  proc = sweep_binary(f"--output={tmp_path}")
-  assert proc.returncode == 1, proc.stderr
-  assert proc.stderr.strip().splitlines()[-1] == (
-      f"error: --output={tmp_path}: not a writable file path")
+  for flag in ("--output", "--bench --markdown"):
+    proc = sweep_binary(*f"{flag}={tmp_path}".split())
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: {flag.split()[-1]}={tmp_path}: not a writable file path")
   with WorkdirLock(tmp_path / "sweep"):
     proc = sweep_binary(f"--workdir={tmp_path / 'sweep'}", f"--output={tmp_path / 'out.csv'}")
   assert proc.returncode == 1 and "is in use by another run" in proc.stderr, proc.stderr
   assert not (tmp_path / "out.csv").exists()
+
+
+def test_sweep_bench_writes_the_table_it_prints_as_a_page(ml100k_path, tmp_path):
+  page = tmp_path / "pages" / "bench.md"
+  argv = [
+      "--bench", "--seeds=0,1", "--rounds=1", "--dim=8", "--clients_per_round=8",
+      f"--data_dir={ml100k_path.parents[1]}", f"--markdown={page}"
+  ]
+  proc = subprocess.run([sys.executable, "-m", "experiments.sweep", *argv],
+                        capture_output=True,
+                        text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  printed = [l for l in proc.stdout.splitlines() if l.startswith("|")]
+  assert [l.split("|")[1].strip() for l in printed[2:]
+         ] == ["vmapped in one program", "one run per seed", "vmapped / one per seed"]
+  text = page.read_text()
+  assert text.startswith("# Seeds vmapped in one program against one run per seed\n")
+  assert f"- command: `python -m experiments.sweep {' '.join(argv)}`" in text
+  assert "- setting: 2 seeds x 1 rounds, ml-100k mf, method fedras, 8 clients per round" in text
+  assert [l for l in text.splitlines() if l.startswith("|")] == printed
