@@ -482,11 +482,13 @@ class MethodRunner:
     self.times["downlink"].append(t)
 
 
-def _write_markdown(title: str, setting: str, lines):
-  """``lines`` as the ``--markdown`` page, stating how it was made (generated: edit the
-  benchmark)."""
-  pages.write_page(_MARKDOWN.value, title, "experiments.bench_round", [f"setting: {setting}"],
-                   lines)
+def _report(title: str, setting: str, lines):
+  """Prints ``lines``; with ``--markdown``, also writes them as that page, headed by
+  ``title``, how it was made and ``setting`` (generated: edit the benchmark)."""
+  print("\n" + "\n".join(lines))
+  if _MARKDOWN.value:
+    pages.write_page(_MARKDOWN.value, title, "experiments.bench_round", [f"setting: {setting}"],
+                     lines)
 
 
 def compare_methods():
@@ -532,12 +534,10 @@ def compare_methods():
                  + f" | {acts:.1f} | {r.compile_s:.1f} |")
     results.append(
         dict(method=r.name, ms=med, ratio=ratio, actions_mean=acts, compile_s=r.compile_s))
-  print("\n" + "\n".join(lines))
-  if _MARKDOWN.value:
-    _write_markdown(
-        f"Round cost by method: {dataset}, {clients} clients per round",
-        f"FedMF d=64, E=2, B=64, 4 negatives, item_lr 8, payload {_RATIO.value:g} both ways "
-        f"(`:uplink`: dense downlink), seed {_SEED.value}", lines)
+  _report(
+      f"Round cost by method: {dataset}, {clients} clients per round",
+      f"FedMF d=64, E=2, B=64, 4 negatives, item_lr 8, payload {_RATIO.value:g} both ways "
+      f"(`:uplink`: dense downlink), seed {_SEED.value}", lines)
   if _OUT.value:
     outputs.write_json(
         _OUT.value,
@@ -628,12 +628,10 @@ def main(argv):
       f"max_client_slots={cfg.max_client_slots} (mean use "
       f"{slots.mean() / s.m / cfg.max_client_slots:.1%})"
   ]
-  print("\n" + "\n".join(lines))
-  if _MARKDOWN.value:
-    _write_markdown(
-        f"Packed round against a per-client loop: {DATASET}, {s.m} clients per round",
-        f"FedMF d={DIM}, E={EPOCHS}, B={BATCH}, {NEG} negatives, uncompressed, "
-        f"{main_w} lanes, seed {s.seed}", lines)
+  _report(
+      f"Packed round against a per-client loop: {DATASET}, {s.m} clients per round",
+      f"FedMF d={DIM}, E={EPOCHS}, B={BATCH}, {NEG} negatives, uncompressed, {main_w} lanes, "
+      f"seed {s.seed}", lines)
 
   if _PIECES.value:
     p = bench_pieces(s, cfg, rounds, packed[main_w])
