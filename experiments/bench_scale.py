@@ -39,6 +39,7 @@ dense ``[clients, items, d]`` tensor.
     python -m experiments.bench_scale --curves=items --baseline_method=uncompressed
     python -m experiments.bench_scale --quick            # small maxima, 2 rounds
     python -m experiments.bench_scale --single --num_clients=64 --num_items=1000000
+    python -m experiments.bench_scale --markdown=docs/benchmarks/scale_fedras.md
 """
 import json
 import math
@@ -93,6 +94,9 @@ _MIN_USERS = flags.DEFINE_integer("min_users", 1000, "users = max(2 * clients, m
 _SEED = flags.DEFINE_integer("seed", 0, "seed of data, sampling and initialisation")
 _TIMEOUT = flags.DEFINE_integer("timeout", 1800, "seconds allowed per configuration")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "also write every result to this JSON file")
+_MARKDOWN = flags.DEFINE_string(
+    "markdown", None, "also write the tables as a markdown page here (headed by the command, "
+    "commit and machine)")
 _SINGLE = flags.DEFINE_bool("single", False, "internal: run one configuration, print JSON")
 _NUM_CLIENTS = flags.DEFINE_integer("num_clients", 64, "--single: clients per round")
 _NUM_ITEMS = flags.DEFINE_integer("num_items", 10000, "--single: catalogue size")
@@ -364,20 +368,22 @@ def _num(v, fmt):
   return format(v, fmt)
 
 
-def print_curve(title, key, results):
-  """Prints one curve's table, its growth exponents and HLO findings; returns the exponents."""
-  print(f"\n### {title}\n")
-  print(
+def curve_lines(title, key, results):
+  """One curve's markdown: its table, growth exponents and HLO findings (``key``: the curve's
+  variable, ``"clients"`` or ``"items"``); returns ``(lines, exponents)``."""
+  lines = [
+      f"## {title}", "",
       f"| {key:>8} | {'users':>6} | {'slots S':>8} | {'touched':>8} | {'compile s':>9} | "
       f"{'1st round s':>11} | {'s/round':>9} | {'x prev':>6} | {'x base':>6} | {'updates/s':>9} | "
       f"{'state MiB':>9} | {'xla temp MiB':>12} | {'peak RSS MiB':>12} | "
-      f"{'RSS growth MiB':>14} | {'up/dense':>8} |")
-  print(f"|{'-' * 10}|{'-' * 8}|{'-' * 10}|{'-' * 10}|{'-' * 11}|{'-' * 13}|{'-' * 11}|"
-        f"{'-' * 8}|{'-' * 8}|{'-' * 11}|{'-' * 11}|{'-' * 14}|{'-' * 14}|{'-' * 16}|{'-' * 10}|")
+      f"{'RSS growth MiB':>14} | {'up/dense':>8} |",
+      f"|{'-' * 10}|{'-' * 8}|{'-' * 10}|{'-' * 10}|{'-' * 11}|{'-' * 13}|{'-' * 11}|"
+      f"{'-' * 8}|{'-' * 8}|{'-' * 11}|{'-' * 11}|{'-' * 14}|{'-' * 14}|{'-' * 16}|{'-' * 10}|"
+  ]
   prev = None
   for r in results:
     if "compile_s" not in r:  # nothing came back
-      print(f"| {r[key]:>8} | error: {r.get('error')} |")
+      lines.append(f"| {r[key]:>8} | error: {r.get('error')} |")
       continue
     med = r.get("median_s")
     ratio = "-" if prev is None or med is None else f"{med / prev:.2f}"
@@ -385,15 +391,17 @@ def print_curve(title, key, results):
     base = r.get("baseline_median_s")
     over_base = "-" if base is None or med is None else f"{med / base:.2f}"
     star = "*" if r.get("median_from_first") else " "
-    print(f"| {r[key]:>8} | {r['users']:>6} | {r['slot_capacity']:>8} | "
-          f"{_num(r.get('touched_items'), '>8')} | {r['compile_s']:>9.1f} | "
-          f"{_num(r.get('first_round_s'), '>11.2f')} | {_num(med, '>8.3f')}{star} | {ratio:>6} | "
-          f"{over_base:>6} | "
-          f"{_num(r.get('updates_per_s'), '>9.1f')} | {_mib(r['state_bytes']):>9} | "
-          f"{_mib(r.get('xla_temp_bytes')):>12} | {_mib(r.get('peak_rss')):>12} | "
-          f"{_mib(r.get('rss_growth')):>14} | {_num(r.get('bits_up_ratio'), '>8.4f')} |")
+    lines.append(
+        f"| {r[key]:>8} | {r['users']:>6} | {r['slot_capacity']:>8} | "
+        f"{_num(r.get('touched_items'), '>8')} | {r['compile_s']:>9.1f} | "
+        f"{_num(r.get('first_round_s'), '>11.2f')} | {_num(med, '>8.3f')}{star} | {ratio:>6} | "
+        f"{over_base:>6} | "
+        f"{_num(r.get('updates_per_s'), '>9.1f')} | {_mib(r['state_bytes']):>9} | "
+        f"{_mib(r.get('xla_temp_bytes')):>12} | {_mib(r.get('peak_rss')):>12} | "
+        f"{_mib(r.get('rss_growth')):>14} | {_num(r.get('bits_up_ratio'), '>8.4f')} |")
     if r.get("error"):
-      print(f"|          | {r['error']}; compile peak RSS {_mib(r.get('compile_peak_rss'))} MiB |")
+      lines.append(f"|          | {r['error']}; compile peak RSS "
+                   f"{_mib(r.get('compile_peak_rss'))} MiB |")
   ok = [r for r in results if r.get("median_s") is not None]
   xs = [r[key] for r in ok]
   exps = {
@@ -408,18 +416,21 @@ def print_curve(title, key, results):
   exps["slots S"] = growth_exponent([r[key] for r in compiled],
                                     [r["slot_capacity"] for r in compiled])
   fmt = lambda v: "-" if v is None else f"{v:.2f}"
-  print(f"\ngrowth exponents b (least squares of log y on log {key}: y ~ {key}^b), "
-        f"{key} {min(r[key] for r in results)}..{max(r[key] for r in results)}: "
-        + ", ".join(f"{k} {fmt(v)}" for k, v in exps.items()))
+  lines += [
+      "", f"Growth exponents b (least squares of log y on log {key}: y ~ {key}^b), "
+      f"{key} {min(r[key] for r in results)}..{max(r[key] for r in results)}: "
+      + ", ".join(f"{k} {fmt(v)}" for k, v in exps.items()) + "."
+  ]
   if any(r.get("median_from_first") for r in ok):
-    print("  * only the warm-up round was run (it took longer than --round_budget_s): it is the "
-          "measure")
+    lines.append("\\* only the warm-up round was run (it took longer than --round_budget_s): "
+                 "it is the measure.")
+  lines.append("")
   for r in compiled:
     largest = ", ".join(f"{s} ({b / MIB:,.1f} MiB)" for b, s in r.get("hlo_largest", [])[:3])
     flagged = r.get("hlo_clients_by_items")
-    print(f"  {key}={r[key]}: largest HLO arrays {largest}"
-          + (f"; CLIENTS x ITEMS arrays: {flagged}" if flagged else ""))
-  return exps
+    lines.append(f"- {key}={r[key]}: largest HLO arrays {largest}"
+                 + (f"; CLIENTS x ITEMS arrays: {flagged}" if flagged else ""))
+  return lines + [""], exps
 
 
 def main(argv):
@@ -435,6 +446,9 @@ def main(argv):
     res = run_single(_NUM_CLIENTS.value, _NUM_ITEMS.value)
     print(_TAG + json.dumps(res), flush=True)
     return
+  for flag in (_MARKDOWN, _JSON_OUT):  # where the results go is checked before the work
+    if flag.value:
+      outputs.check_writable_file(flag.value, f"--{flag.name}")
   import jax  # only for the header line
 
   from experiments import pages
@@ -455,18 +469,20 @@ def main(argv):
     raise ValueError(f"--curves={_CURVES.value}: name one or both of clients, items")
   wall = _now()
   down = "compressed" if _DOWNLINK.value and _METHOD.value != "uncompressed" else "dense"
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {pages.cpus_text()}; "
-        f"method {_METHOD.value} (downlink {down})"
-        + (f" against {_BASELINE.value}" if _BASELINE.value else "")
-        + f", FedMF d={_DIM.value}, {_LANES.value} lanes; "
-        f"per configuration a fresh process: compile, 1 warm-up round, up to {rounds} timed "
-        f"rounds (at most {_ROUND_BUDGET.value:g} s of them)"
-        + ("; COMPILE ONLY" if _COMPILE_ONLY.value else ""))
-  print(
+  setting = [
+      f"method {_METHOD.value} (downlink {down})" +
+      (f" against {_BASELINE.value}" if _BASELINE.value else "")
+      + f", FedMF d={_DIM.value}, {_LANES.value} lanes; per configuration a fresh process: "
+      f"compile, 1 warm-up round, up to {rounds} timed rounds (at most "
+      f"{_ROUND_BUDGET.value:g} s of them)" + ("; COMPILE ONLY" if _COMPILE_ONLY.value else ""),
       f"synthetic data: Zipf({_ZIPF.value}) item popularity, users lognormal(median "
       f"{_MEDIAN.value:g}, sigma {_SIGMA.value:g}) clipped to [{_MIN_INTER.value}, "
-      f"{_MAX_INTER.value}] interactions, users = max(2 x clients, {_MIN_USERS.value})",
-      flush=True)
+      f"{_MAX_INTER.value}] interactions, users = max(2 x clients, {_MIN_USERS.value}), "
+      f"seed {_SEED.value}"
+  ]
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {pages.cpus_text()}; "
+        + "\n".join(setting),
+        flush=True)
   runs = []
   if "clients" in curves:
     runs += [("clients", m, fixed_items) for m in clients]
@@ -485,34 +501,43 @@ def main(argv):
           (f" {_BASELINE.value}: {base['error']}" if base.get("error") else "")
           + f" ({res['wall_s']:.0f} s)",
           flush=True)
-  exponents = {}
   titles = {
       "clients": f"Clients per round ({fixed_items} items, {_METHOD.value}, downlink "
                  f"{down})",
       "items": f"Catalogue size ({fixed_clients} clients per round, {_METHOD.value}, "
                f"downlink {down})"
   }
+  lines, exponents = [], {}
   for curve, res in results.items():
-    exponents[curve] = print_curve(titles[curve], curve, res)
-  print("\nslots S: the round's static slot buffer (positives + distinct negatives of the "
-        "sampled clients, rounded up);\ntouched: items with an update in the last round; "
-        "compile: AOT lower+compile; 1st round: the warm-up call;\ns/round: median of the "
-        "timed rounds; x prev: ratio to the previous row; x base: to --baseline_method's s/round\n"
-        "at the same configuration, run just before; state: the round's input arrays;\n"
-        "xla temp: XLA's planned scratch; peak RSS: process high-water mark while running "
-        "rounds; RSS growth: over the\nresident memory before the rounds; up/dense: mean "
-        "uplink bits over the dense float32 table.")
+    curve_text, exponents[curve] = curve_lines(titles[curve], curve, res)
+    lines += curve_text
+  lines += [
+      "slots S: the round's static slot buffer (positives + distinct negatives of the "
+      "sampled clients, rounded up); touched: items with an update in the last round; "
+      "compile: AOT lower+compile; 1st round: the warm-up call; s/round: median of the "
+      "timed rounds; x prev: ratio to the previous row; x base: to --baseline_method's "
+      "s/round at the same configuration, run just before; state: the round's input arrays; "
+      "xla temp: XLA's planned scratch; peak RSS: process high-water mark while running "
+      "rounds; RSS growth: over the resident memory before the rounds; up/dense: mean "
+      "uplink bits over the dense float32 table."
+  ]
   done = [r for rs in results.values() for r in rs if "compile_s" in r]
   if done:
     top = max(done, key=lambda r: (r["items"], r["clients"]))
     dev = top.get("device_peak_bytes")
     gib = lambda b: "-" if b is None else f"{b / 2**30:.2f} GiB"
     speed = (top.get("error", "")
-             if top.get("median_s") is None else f"{top['median_s']:.2f} s/round")
-    print(f"\nlargest catalogue: {top['items']} items x {top['clients']} clients: peak RSS "
-          f"{gib(top.get('peak_rss'))} while running rounds, {gib(top.get('compile_peak_rss'))} "
-          f"while compiling; XLA temp {gib(top.get('xla_temp_bytes'))}; device peak "
-          f"{'n/a' if dev is None else gib(dev)}; {speed}")
+             if top.get("median_s") is None else f"{top['median_s']:.3f} s/round")
+    lines += [
+        "", f"Largest catalogue: {top['items']} items x {top['clients']} clients: peak RSS "
+        f"{gib(top.get('peak_rss'))} while running rounds, {gib(top.get('compile_peak_rss'))} "
+        f"while compiling; XLA temp {gib(top.get('xla_temp_bytes'))}; device peak "
+        f"{'n/a' if dev is None else gib(dev)}; {speed}."
+    ]
+  print("\n" + "\n".join(lines))
+  if _MARKDOWN.value:
+    pages.write_page(_MARKDOWN.value, "Cost of a round as the work grows",
+                     "experiments.bench_scale", setting, lines)
   if _JSON_OUT.value:
     outputs.write_json(_JSON_OUT.value, dict(results=results, exponents=exponents), indent=1)
   print(f"\ntotal wall time {_now() - wall:.1f} s")

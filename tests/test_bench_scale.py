@@ -1,4 +1,8 @@
-"""Tests of the synthetic data generator behind experiments/bench_scale.py."""
+"""Tests of experiments/bench_scale.py and the synthetic data generator behind it."""
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -105,3 +109,33 @@ def test_a_million_item_catalogue_keeps_the_size_and_popularity_laws():
 def test_catalogue_clips_sizes():
   split = synthetic.synthetic_split(200, 150, num_test_negatives=99, seed=1)
   assert split.num_seen_per_user.max() <= 150 - 99
+
+
+def test_the_page_holds_the_printed_table_of_the_measured_rounds(tmp_path):
+  """``--markdown`` writes the tables it prints, and their ratios are those of the results
+  in ``--json_out``: one configuration of uncompressed against itself as the baseline."""
+  page, results = tmp_path / "pages" / "scale.md", tmp_path / "scale.json"
+  proc = subprocess.run([
+      sys.executable, "-m", "experiments.bench_scale", "--method=uncompressed",
+      "--baseline_method=uncompressed", "--curves=clients", "--clients=8", "--fixed_items=300",
+      "--min_users=40", "--rounds=2", f"--markdown={page}", f"--json_out={results}"
+  ],
+                        capture_output=True,
+                        text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  text = page.read_text()
+  assert text.startswith("# Cost of a round as the work grows\n")
+  assert "- command: `python -m experiments.bench_scale --method=uncompressed" in text
+  printed = [l for l in proc.stdout.splitlines() if l.startswith("|")]
+  assert [l for l in text.splitlines() if l.startswith("|")] == printed
+  header, row = [c.strip() for c in printed[0].split("|")
+                ], [c.strip() for c in printed[2].split("|")]
+  cell = dict(zip(header, row))
+  (res,) = json.loads(results.read_text())["results"]["clients"]
+  assert res["clients"] == 8 and len(res["round_s"]) == 2
+  assert cell["clients"] == "8" and cell["slots S"] == str(res["slot_capacity"])
+  assert cell["s/round"] == f"{res['median_s']:.3f}"
+  assert cell["x base"] == f"{res['median_s'] / res['baseline_median_s']:.2f}"
+  assert cell["updates/s"] == f"{8 / res['median_s']:.1f}"
+  assert cell["up/dense"] == "1.0000"  # uncompressed sends the dense rows

@@ -280,6 +280,7 @@ def test_binaries_refuse_bad_input_in_one_line(tmp_path):
       ("plot", [], "give one or more workdirs"),
       ("bench_scale", ["--method=nosuch"], "--method='nosuch' is invalid"),
       ("bench_scale", ["--curves=client"], "--curves=client: name one or both of clients, items"),
+      ("bench_scale", [f"--markdown={tmp_path}"], f"--markdown={tmp_path}: not a writable file"),
       ("bench_round", ["--methods=nosuch"], "--method='nosuch' is invalid"),
       ("bench_quantizer", ["--dim=0"], "flag --dim=0: 0 is not a positive integer"),
       ("bench_jobs", ["--jobs=1"], "flag --jobs=1: "),
