@@ -36,10 +36,11 @@ def test_config_parses_and_validates(path, monkeypatch):
 
 def test_derived_configs_override_their_base(monkeypatch):
   base = _config(REPO / "configs/ml100k_ncf.flags", monkeypatch)
-  fixed = _config(REPO / "configs/ml100k_ncf_fedras.flags", monkeypatch)
-  assert (base.method, base.value_bits) == ("fedras", 32)
-  assert (fixed.method, fixed.value_bits) == ("fedras_fixed_k", 16)
-  assert fixed.dim == base.dim and fixed.item_lr == base.item_lr
+  ncf = _config(REPO / "configs/ml100k_ncf_fedras.flags", monkeypatch)
+  assert (base.method, base.value_bits, base.tau_mode, base.item_lr) == ("fedras", 32, "auto", 8.0)
+  assert (ncf.method, ncf.value_bits, ncf.tau_mode, ncf.tau, ncf.item_lr) == ("fedras", 16, "fixed",
+                                                                              0.95, 16.0)
+  assert ncf.dim == base.dim and ncf.rounds == base.rounds
   ml1m, stages = (_config(REPO / f"configs/{name}.flags", monkeypatch)
                   for name in ("ml1m_ncf", "ml1m_ncf_stages"))
   assert (ml1m.action_stages, ml1m.value_bits, ml1m.item_lr) == (1, 32, 8.0)
