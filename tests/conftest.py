@@ -18,7 +18,18 @@ import tempfile
 import numpy as np
 import pytest
 
-from fedras_jax import experiment
+# XLA:CPU's LLVM back end at -O0 for every program the tests compile: in this process, its
+# xdist workers and the binaries the tests start (they inherit the environment). Set before
+# JAX starts its backend. The tests' shapes are tiny and their runs short, so compiling is
+# most of their time; -O0 compiles faster and runs slower, and XLA's own passes (fusion,
+# layout, simplification) are the same, so the programs compute the same values up to float
+# rounding (BUILD.md, Running tests). The suite took 540 s at the default level and 442 s
+# at -O0 (2 cores; CHANGELOG). A level the user sets in XLA_FLAGS wins.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
+from fedras_jax import experiment, runtime  # noqa: E402
 from fedras_jax.data import datasets, fetch
 from fedras_jax.federated import client_data_from_csr
 
@@ -34,14 +45,23 @@ def pytest_configure(config):
   misses) and load it from the cache instead of compiling it again. The directory is new
   for every session (nothing of an earlier session's or the user's cache is read) and set
   before any test module is imported (JAX decides once per process whether the cache is
-  on). Binaries the tests start as subprocesses do not inherit it; what the cache itself
-  does is tested there.
+  on).
+
+  The binaries the tests start (``python -m experiments.*``) share one more directory, made
+  by the main pytest process and handed down in ``$FEDRAS_COMPILATION_CACHE`` (the workers
+  and the binaries inherit it): a binary loads the programs an earlier one of the same
+  shapes stored, and no test writes to the user's default cache
+  (``~/.cache/fedras_jax/compilation_cache``). Tests of the cache itself give their
+  binaries a directory of their own.
   """
   import jax
 
   config.fedras_xla_cache = tempfile.mkdtemp(prefix="fedras-tests-xla-cache-")
   jax.config.update("jax_compilation_cache_dir", config.fedras_xla_cache)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
+  if not hasattr(config, "workerinput"):  # the main process (pytest-xdist's or -n 0's)
+    config.fedras_binaries_cache = tempfile.mkdtemp(prefix="fedras-tests-binaries-xla-cache-")
+    os.environ[runtime.COMPILATION_CACHE_ENV] = config.fedras_binaries_cache
 
 
 def pytest_xdist_auto_num_workers(config):
@@ -54,7 +74,9 @@ def pytest_xdist_auto_num_workers(config):
 
 
 def pytest_unconfigure(config):
-  shutil.rmtree(getattr(config, "fedras_xla_cache", ""), ignore_errors=True)
+  for name in ("fedras_xla_cache", "fedras_binaries_cache"):
+    if hasattr(config, name):
+      shutil.rmtree(getattr(config, name), ignore_errors=True)
 
 
 def data_dirs():
@@ -108,6 +130,13 @@ def train_binary(*args, cwd=REPO, env=None, timeout: float = 300):
                         text=True,
                         timeout=timeout,
                         env=env)
+
+
+def xla_flags_with_devices(devices: int) -> str:
+  """``XLA_FLAGS`` for a subprocess with ``devices`` simulated CPU devices (this process's
+  flags kept)."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  return f"{flags} --xla_force_host_platform_device_count={devices}".strip()
 
 
 def exited_pid() -> int:

@@ -64,7 +64,7 @@ def _cached_env(cache_dir):
   killed and the resumed run load the reference run's executable instead of
   recompiling it; compiling afresh is covered by the determinism test)."""
   return dict(os.environ,
-              JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+              FEDRAS_COMPILATION_CACHE=str(cache_dir),
               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
 

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import metrics_rows, train_binary
+from conftest import metrics_rows, train_binary, xla_flags_with_devices
 
 from fedras_jax.checkpoint import load_params
 from fedras_jax.launch import launch_local
@@ -27,9 +27,7 @@ FLAGS = ("--method={method}", f"--rounds={ROUNDS}", "--eval_every=2", "--checkpo
 
 
 def _run(argv, devices: int):
-  env = dict(os.environ,
-             JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags_with_devices(devices))
   return train_binary(*argv, env=env, timeout=TIMEOUT)
 
 
