@@ -53,6 +53,13 @@ def _stop_signals_raise():
       signal.signal(sig, handler)
 
 
+def xla_flags_with_devices(devices: int) -> str:
+  """``XLA_FLAGS`` for a process with ``devices`` simulated CPU devices: this process's
+  ``XLA_FLAGS`` kept, the device count appended."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  return f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+
+
 def launch_local(module: str,
                  args: Sequence[str],
                  *,
@@ -77,8 +84,7 @@ def launch_local(module: str,
     raise ValueError(f"--devices_per_process={devices_per_process} is invalid: must be >= 0")
   env = dict(os.environ)
   if devices_per_process:
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count="
-                        f"{devices_per_process}").strip()
+    env["XLA_FLAGS"] = xla_flags_with_devices(devices_per_process)
   log_dir = pathlib.Path(log_dir) if log_dir else new_log_dir()
   log_dir.mkdir(parents=True, exist_ok=True)
   port = free_port()

@@ -132,13 +132,6 @@ def train_binary(*args, cwd=REPO, env=None, timeout: float = 300):
                         env=env)
 
 
-def xla_flags_with_devices(devices: int) -> str:
-  """``XLA_FLAGS`` for a subprocess with ``devices`` simulated CPU devices (this process's
-  flags kept)."""
-  flags = os.environ.get("XLA_FLAGS", "")
-  return f"{flags} --xla_force_host_platform_device_count={devices}".strip()
-
-
 def exited_pid() -> int:
   """The pid of a process that has exited (a lock or temporary file's dead writer)."""
   proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],

@@ -13,10 +13,10 @@ import time
 import numpy as np
 import pytest
 
-from conftest import metrics_rows, train_binary, xla_flags_with_devices
+from conftest import metrics_rows, train_binary
 
 from fedras_jax.checkpoint import load_params
-from fedras_jax.launch import launch_local
+from fedras_jax.launch import launch_local, xla_flags_with_devices
 
 ROUNDS = 4
 TIMEOUT = 400

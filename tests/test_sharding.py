@@ -4,7 +4,7 @@ import pathlib
 import subprocess
 import sys
 
-from conftest import xla_flags_with_devices
+from fedras_jax.launch import xla_flags_with_devices
 
 
 def test_sharded_round_equals_single_device():
