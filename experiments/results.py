@@ -6,7 +6,10 @@ Each part of the evidence is one directory ``docs/results/<part>/`` holding what
 writes one page: first, where ``docs/results/headline.csv`` names for each cell of the
 grid (dataset, model, payload ratio) the part and setting whose FedRAS stands for it, the
 acceptance table (:func:`headline`: that FedRAS's margins against the issue's targets and
-the baselines), then every part's FedRAS margins in one overview table, then
+the baselines), then, where ``docs/results/tiers.csv`` names in the same columns the part
+whose FedRAS ran under bandwidth tiers, every method's simulated time to the uncompressed
+final HR@10 minus 0.01 there (:func:`tiers`), then every part's FedRAS margins in one
+overview table, then
 per part its provenance, the mean ± std over seeds of HR@10 and
 NDCG@10 (sampled and full ranking) of every method and payload ratio with the setting
 the search picked, FedRAS's margin over uncompressed and over the best baseline at each
@@ -282,10 +285,14 @@ _METRIC_NAMES = ("HR@10", "NDCG@10")
 
 def _ran_setting(word: str, made: dict, runs: dict) -> bool:
   """Whether the flag ``word`` (``--name=value``) is one the part ran its FedRAS ``runs``
-  (``{seed: row}``) with: a word of its command, or a value their ``tuned`` records."""
+  (``{seed: row}``) with: a word of its command, the value the command gives the flag
+  (a ``--flagfile`` of the repository read in place: :func:`_command_list`), or a value
+  their ``tuned`` records."""
   if word in made["command"].replace("'", " ").split():
     return True
   name, _, value = word.removeprefix("--").partition("=")
+  if _command_list(made["command"], name) == value.split(","):
+    return True
   for row in runs.values():
     for entry in row.get("tuned", "").split(";"):
       tuned_name, _, tuned = entry.split(" (")[0].partition("=")
@@ -307,28 +314,23 @@ def _shortfall(pairs, bound: float) -> str:
   return f"no: {', '.join(short)}" if short else "yes"
 
 
-def headline(path: pathlib.Path, parts: dict) -> list:
-  """Markdown lines: issue #14's acceptance, one row per row of ``path`` (a
-  ``headline.csv``: per cell of the grid, i.e. dataset, model and payload ratio, the part
-  whose FedRAS stands for it, that FedRAS's setting as ``--name=value`` words, and the page
-  under ``docs/`` that reads it). Each row: the part linked, the setting, the runs' rounds
-  and FedRAS's seeds, its margin over uncompressed and whether that is within ``TARGETS``
-  (``-`` where the issue sets none), its margin over the best baseline and whether it is
-  ahead of every baseline on both metrics. ``parts``: ``{name: (made, rows,
-  reference)}`` as :func:`main` reads them. A ``ValueError`` names the file and line of a
-  row whose columns are missing, whose part is unknown or has no FedRAS run at the cell,
-  whose setting the part's FedRAS did not run, or whose page does not exist."""
+def read_cells(path: pathlib.Path, parts: dict) -> list:
+  """The rows of a cells file (``headline.csv``, ``tiers.csv``: per cell of the grid,
+  i.e. dataset, model and payload ratio, the part whose FedRAS stands for it, that
+  FedRAS's setting as ``--name=value`` words, and the page under ``docs/`` that reads
+  it), each checked against ``parts`` (``{name: (made, rows, reference)}`` as
+  :func:`main` reads them): per row ``(entry, cell, methods)``, ``methods`` the cell's
+  ``{method: {seed: row}}`` of the part's compared runs (:func:`compared_rows`). A
+  ``ValueError`` names the file and line of a row whose columns are missing, whose part
+  is unknown or has no FedRAS run at the cell, whose setting the part's FedRAS did not
+  run, or whose page does not exist."""
   with open(path, newline="") as f:
     reader = csv.DictReader(f)
     entries = list(reader)
   missing = [c for c in HEADLINE_COLUMNS if c not in (reader.fieldnames or ())]
   if missing or not entries:
     raise ValueError(f"{path}: no rows, or columns {missing} missing (wants {HEADLINE_COLUMNS})")
-  lines = [
-      "| dataset | model | payload | FedRAS: part and setting | rounds | seeds | FedRAS − "
-      "uncompressed (HR / NDCG) | within the target | FedRAS − best baseline (HR / NDCG) | "
-      "best baseline | ahead of every baseline | reading |", "|" + "---|" * 12
-  ]
+  cells = []
   for line_number, entry in enumerate(entries, start=2):
     where = f"{path}:{line_number}"
     if any(entry[c] is None for c in HEADLINE_COLUMNS):
@@ -338,29 +340,82 @@ def headline(path: pathlib.Path, parts: dict) -> list:
       raise ValueError(f"{where}: no part {name!r}")
     made, rows, reference = parts[name]
     methods = runs_by_point(compared_rows(rows, reference)).get(cell, {})
-    ours = methods.get(FEDRAS)
-    if not ours:
+    if not methods.get(FEDRAS):
       raise ValueError(f"{where}: part {name!r} has no FedRAS run at {' '.join(cell)}")
-    setting = entry["fedras_setting"].split()
-    wrong = [w for w in setting if not _ran_setting(w, made, ours)]
+    wrong = [
+        w for w in entry["fedras_setting"].split() if not _ran_setting(w, made, methods[FEDRAS])
+    ]
     if wrong:
       raise ValueError(f"{where}: part {name!r}'s FedRAS did not run with {' '.join(wrong)}")
-    see = entry["see"]
-    if not (REPO / "docs" / see.partition("#")[0]).is_file():
-      raise ValueError(f"{where}: no page docs/{see.partition('#')[0]}")
+    if not (REPO / "docs" / entry["see"].partition("#")[0]).is_file():
+      raise ValueError(f"{where}: no page docs/{entry['see'].partition('#')[0]}")
+    cells.append((entry, cell, methods))
+  return cells
+
+
+def _cell_part(entry: dict, rows) -> str:
+  """A cells file row's part, linked, and its FedRAS setting."""
+  return f"{part_link(entry['part'], rows)} `{entry['fedras_setting']}`"
+
+
+def headline(path: pathlib.Path, parts: dict) -> list:
+  """Markdown lines: issue #14's acceptance, one row per row of ``path`` (a
+  ``headline.csv``, read by :func:`read_cells`). Each row: the part linked, the setting,
+  the runs' rounds and FedRAS's seeds, its margin over uncompressed and whether that is
+  within ``TARGETS`` (``-`` where the issue sets none), its margin over the best baseline
+  and whether it is ahead of every baseline on both metrics, and the reading page."""
+  lines = [
+      "| dataset | model | payload | FedRAS: part and setting | rounds | seeds | FedRAS − "
+      "uncompressed (HR / NDCG) | within the target | FedRAS − best baseline (HR / NDCG) | "
+      "best baseline | ahead of every baseline | reading |", "|" + "---|" * 12
+  ]
+  for entry, cell, methods in read_cells(path, parts):
+    ours, dense = methods[FEDRAS], methods.get(DENSE)
     target = TARGETS.get((cell[1], cell[2]))
-    dense = methods.get(DENSE)
     to_dense = [paired_margin(ours, dense, m) for m in METRICS[:2]] if dense else []
     within = "-" if target is None or not dense else _shortfall(to_dense, -target - 1e-9)
     baselines = {m: runs for m, runs in methods.items() if m not in NOT_BASELINES}
     best, names = _best_pairs(ours, baselines, METRICS[:2]) if baselines else ([], [])
     rounds = "/".join(sorted({r["rounds"] for r in ours.values()}, key=int))
+    see = entry["see"]
     lines.append(
-        f"| {' | '.join(cell)} | {part_link(name, rows)} `{' '.join(setting)}` | {rounds} | "
+        f"| {' | '.join(cell)} | {_cell_part(entry, parts[entry['part']][1])} | {rounds} | "
         f"{len(ours)} | {_margin_cell(to_dense, ours) if dense else '-'} | {within} | "
         f"{_margin_cell(best, ours) if best else '-'} | "
         f"{' / '.join(dict.fromkeys(names)) or '-'} | "
         f"{_shortfall(best, 0.0) if best else '-'} | [{see}]({see}) |")
+  return lines
+
+
+TIERS_FILE = "tiers.csv"
+
+
+def tiers(path: pathlib.Path, parts: dict, curves: dict) -> list:
+  """Markdown lines: issue #14's bandwidth-tiers criterion, the simulated time each
+  method takes to reach the uncompressed final HR@10 minus 0.01, per row of ``path`` (a
+  ``tiers.csv``, read as :func:`read_cells` reads ``headline.csv``: per cell the part
+  whose FedRAS ran under tiers). Each cell's runs are the part's compared runs (with a
+  reference part, FedRAS's from the part and the others' from the reference) and their
+  ``curves`` (``{part name: curves.csv rows}``), timed by :func:`time_to_target`, one row
+  per method (FedRAS's first, uncompressed's next), the part linked and its FedRAS
+  setting first. A ``ValueError`` names the
+  file and line of a row whose part has no curves."""
+  lines = []
+  for number, (entry, cell, methods) in enumerate(read_cells(path, parts), start=2):
+    made, rows, reference = parts[entry["part"]]
+    own = curves.get(entry["part"])
+    if not own:
+      raise ValueError(f"{path}:{number}: part {entry['part']!r} has no curves.csv")
+    if reference is not None:
+      own = against_reference(own, curves.get(reference[0]) or [])
+    at_cell = lambda r: (r["dataset"], r["model"], r["payload_ratio"]) == cell or (r[
+        "method"] == DENSE and (r["dataset"], r["model"]) == cell[:2])
+    first = {FEDRAS: 0, DENSE: 1}  # then the others in the curves' order
+    at_cell_curves = sorted((c for c in own if at_cell(c)), key=lambda c: first.get(c["method"], 2))
+    table = time_to_target(at_cell_curves, [r for runs in methods.values() for r in runs.values()])
+    if not lines:
+      lines = ["| FedRAS: part and setting " + table[0], "|---" + table[1]]
+    lines += [f"| {_cell_part(entry, rows)} {line}" for line in table[2:]]
   return lines
 
 
@@ -764,13 +819,13 @@ def main(argv):
       "# Results", "", "Generated by `experiments/results.py` from `docs/results/*/`; do not "
       "edit by hand.", ""
   ]
-  sections, overview_parts = [], []
+  sections, overview_parts, part_curves = [], [], {}
   for part in parts:
     made, rows = read_part(part)
     reference = read_reference(part, rows)
     overview_parts.append((part.name, made, rows, reference))
     plotted = plot_part(rows, part / "ratio.png")
-    curves = read_curves(part)
+    curves = part_curves[part.name] = read_curves(part)
     figures = [(caption, file) for caption, file, draw in (
         ("HR@10 against simulated time (seeds' mean)", "curves.png",
          lambda path: curves and plot_curves(curves, path)),
@@ -782,9 +837,9 @@ def main(argv):
     ) if draw(part / file)]
     sections += part_section(part.name, made, rows, "ratio.png" if plotted else None, curves,
                              figures, read_published(part), reference)
+  by_name = {name: (made, rows, reference) for name, made, rows, reference in overview_parts}
   headline_path = root / HEADLINE_FILE
   if headline_path.is_file():
-    by_name = {name: (made, rows, reference) for name, made, rows, reference in overview_parts}
     body += [
         "## Acceptance", "",
         f"Issue #14's criteria, per cell of the grid: FedRAS at 1/32 within {TARGETS[('mf', '1/32')]} "
@@ -795,6 +850,18 @@ def main(argv):
         "part's table has the seeds' spread), its margins are computed as in the overview "
         "below, and *reading* is the page that measures where FedRAS falls short.", "",
         *headline(headline_path, by_name), ""
+    ]
+  tiers_path = root / TIERS_FILE
+  if tiers_path.is_file():
+    body += [
+        "## Under bandwidth tiers", "",
+        "Issue #14's tiers criterion: under four bandwidth tiers with fluctuation 0.3, the "
+        "simulated time each method takes to reach the uncompressed final HR@10 (its seeds' "
+        "mean) minus 0.01, per dataset and model, from the runs' evaluation rounds. Each "
+        f"cell's FedRAS is the part and setting [{TIERS_FILE}](results/{TIERS_FILE}) names "
+        "(its reference part's runs stand for the other methods, as in the overview below); "
+        "each part's section has its command and curves.", "",
+        *tiers(tiers_path, by_name, part_curves), ""
     ]
   body += [
       "## Every part", "",

@@ -590,3 +590,64 @@ def test_malformed_part_files_are_one_line_errors(tmp_path):
   (tmp_path / "curves.csv").write_text("round,sim_seconds,hr@10,ndcg@10\n1,2,0.5\n")
   with pytest.raises(ValueError, match="curves.csv: not a compare curves.csv"):
     results.read_curves(tmp_path)
+
+
+def test_the_tiers_table_times_each_cells_fedras_and_its_references_methods(part):
+  """A tiers.csv row names a FedRAS variant part: its FedRAS curves are timed against the
+  reference part's uncompressed target (final HR@10 0.68, 0.70: target 0.68), the
+  reference's other methods beside it and the reference's own FedRAS left out."""
+  diag = _sibling(part, "gains", [_row("fedras", "1/32", s, 0.69, 0.4) for s in (0, 1)])
+  (diag / "reference").write_text(part.name)
+  parts = {}
+  for p in (part, diag):
+    made, rows = results.read_part(p)
+    parts[p.name] = (made, rows, results.read_reference(p, rows))
+  reference = _curves()  # uncompressed: both seeds reach 0.68 at round 50 (200 s)
+  reference += [dict(c, method="svd", **{"hr@10": 0.5}) for c in reference[:3]]
+  variant = [dict(c, **{"hr@10": 0.7}) for c in _curves() if c["method"] == "fedras"]
+  curves = {part.name: [results.dense_at_one(c) for c in reference], diag.name: variant}
+  path = part.parent / "tiers.csv"
+  path.write_text("dataset,model,payload_ratio,part,fedras_setting,see\n"
+                  "ml-100k,mf,1/32,gains,,design/fedras.md\n")
+  lines = results.tiers(path, parts, curves)
+  link = "| [gains](#gains-ml-100k-mf) `` | ml-100k | mf |"
+  assert lines[2:] == [
+      f"{link} fedras | 1/32 | 2 of 2 | 100 | 25 |",  # the variant's, at its first round
+      f"{link} uncompressed | 1 | 2 of 2 | 200 | 50 |",
+      f"{link} svd | 1/32 | 0 of 1 | - | - |",
+  ]
+  del curves[diag.name]
+  with pytest.raises(ValueError, match="tiers.csv:2: part 'gains' has no curves.csv"):
+    results.tiers(path, parts, curves)
+
+
+def test_a_cells_setting_may_come_from_the_commands_flagfile(part):
+  """A headline or tiers row's setting counts as run when the command's flagfile (a
+  config of the repository) sets it, not only when the command's own words do."""
+  made, rows = results.read_part(part)
+  made = {**made, "command": "python -m experiments.compare --flagfile=configs/ml1m_mf_gains.flags"}
+  path = _headline(part.parent, "ml-100k,mf,1/32,ml100k_mf_r32,--gain_bits=8,design/fedras.md")
+  assert "`--gain_bits=8`" in results.headline(path, {part.name: (made, rows, None)})[2]
+  path = _headline(part.parent, "ml-100k,mf,1/32,ml100k_mf_r32,--gain_bits=4,design/fedras.md")
+  with pytest.raises(ValueError, match="did not run with --gain_bits=4"):
+    results.headline(path, {part.name: (made, rows, None)})
+
+
+def test_the_committed_tiers_table_covers_every_dataset_and_model():
+  root = results.REPO / "docs" / "results"
+  parts, curves = {}, {}
+  for part in sorted(p for p in root.iterdir() if p.is_dir()):
+    made, rows = results.read_part(part)
+    parts[part.name] = (made, rows, results.read_reference(part, rows))
+    curves[part.name] = results.read_curves(part)
+  lines = results.tiers(root / results.TIERS_FILE, parts, curves)
+  cells = {tuple(line.split(" | ")[1:4]) for line in lines[2:]}
+  assert cells == {(d, m, method)
+                   for d in ("ml-100k", "ml-1m")
+                   for m in ("mf", "ncf")
+                   for method in ("fedras", "uncompressed", "fedras_fixed_k", "topk", "svd", "colr",
+                                  "embedding_kmeans")}
+  with open(root / results.TIERS_FILE, newline="") as f:
+    for row in csv.DictReader(f):
+      page = (results.REPO / "docs" / row["see"].partition("#")[0]).read_text()
+      assert f"`{row['part']}`" in page, (row["part"], row["see"])
