@@ -314,16 +314,49 @@ def _shortfall(pairs, bound: float) -> str:
   return f"no: {', '.join(short)}" if short else "yes"
 
 
+def _at_cell(row: dict, cell: tuple) -> bool:
+  """Whether a run (or curve) ``row`` is at ``cell`` (dataset, model, payload ratio):
+  uncompressed's at every ratio of its dataset and model."""
+  if row["method"] == DENSE:
+    return (row["dataset"], row["model"]) == cell[:2]
+  return (row["dataset"], row["model"], row["payload_ratio"]) == cell
+
+
+def cell_runs(name: str, cell: tuple, parts: dict) -> dict:
+  """``{label: (part, method, {seed: row})}``: the runs a cell's FedRAS part ``name`` is
+  judged against at ``cell``, and the part each came from. First the part's compared runs
+  (:func:`compared_rows`: with a reference part, its own where it ran the method and the
+  reference's elsewhere), labelled by their method; then the baseline runs at the cell of
+  every other part of baselines only whose reference is this part or its reference (say SVD
+  rerun at another item_lr), labelled ``method (part)`` where the method is already
+  there, so that each is a baseline of its own and none hides behind another.
+  ``parts``: ``{name: (made, rows, reference)}`` as :func:`main` reads them."""
+  _, rows, reference = parts[name]
+  ran_here = {r["method"] for r in rows if _at_cell(r, cell)}
+  runs = {
+      method: (name if method in ran_here else reference[0], method, seeds)
+      for method, seeds in runs_by_point(compared_rows(rows, reference)).get(cell, {}).items()
+  }
+  related = {name} | ({reference[0]} if reference else set())
+  for other, (_, other_rows, other_reference) in parts.items():
+    if (other in related or has_fedras(other_rows) or other_reference is None
+        or other_reference[0] not in related):
+      continue
+    for method, seeds in runs_by_point(other_rows).get(cell, {}).items():
+      if method != DENSE:
+        runs[method if method not in runs else f"{method} ({other})"] = (other, method, seeds)
+  return runs
+
+
 def read_cells(path: pathlib.Path, parts: dict) -> list:
   """The rows of a cells file (``headline.csv``, ``tiers.csv``: per cell of the grid,
   i.e. dataset, model and payload ratio, the part whose FedRAS stands for it, that
   FedRAS's setting as ``--name=value`` words, and the page under ``docs/`` that reads
   it), each checked against ``parts`` (``{name: (made, rows, reference)}`` as
-  :func:`main` reads them): per row ``(entry, cell, methods)``, ``methods`` the cell's
-  ``{method: {seed: row}}`` of the part's compared runs (:func:`compared_rows`). A
-  ``ValueError`` names the file and line of a row whose columns are missing, whose part
-  is unknown or has no FedRAS run at the cell, whose setting the part's FedRAS did not
-  run, or whose page does not exist."""
+  :func:`main` reads them): per row ``(entry, cell, runs)``, ``runs`` the cell's
+  :func:`cell_runs`. A ``ValueError`` names the file and line of a row whose columns are
+  missing, whose part is unknown or has no FedRAS run at the cell, whose setting the
+  part's FedRAS did not run, or whose page does not exist."""
   with open(path, newline="") as f:
     reader = csv.DictReader(f)
     entries = list(reader)
@@ -338,18 +371,18 @@ def read_cells(path: pathlib.Path, parts: dict) -> list:
     name, cell = entry["part"], (entry["dataset"], entry["model"], entry["payload_ratio"])
     if name not in parts:
       raise ValueError(f"{where}: no part {name!r}")
-    made, rows, reference = parts[name]
-    methods = runs_by_point(compared_rows(rows, reference)).get(cell, {})
-    if not methods.get(FEDRAS):
+    runs = cell_runs(name, cell, parts)
+    if FEDRAS not in runs:
       raise ValueError(f"{where}: part {name!r} has no FedRAS run at {' '.join(cell)}")
+    made = parts[name][0]
     wrong = [
-        w for w in entry["fedras_setting"].split() if not _ran_setting(w, made, methods[FEDRAS])
+        w for w in entry["fedras_setting"].split() if not _ran_setting(w, made, runs[FEDRAS][2])
     ]
     if wrong:
       raise ValueError(f"{where}: part {name!r}'s FedRAS did not run with {' '.join(wrong)}")
     if not (REPO / "docs" / entry["see"].partition("#")[0]).is_file():
       raise ValueError(f"{where}: no page docs/{entry['see'].partition('#')[0]}")
-    cells.append((entry, cell, methods))
+    cells.append((entry, cell, runs))
   return cells
 
 
@@ -363,27 +396,32 @@ def headline(path: pathlib.Path, parts: dict) -> list:
   ``headline.csv``, read by :func:`read_cells`). Each row: the part linked, the setting,
   the runs' rounds and FedRAS's seeds, its margin over uncompressed and whether that is
   within ``TARGETS`` (``-`` where the issue sets none), its margin over the best baseline
-  and whether it is ahead of every baseline on both metrics, and the reading page."""
+  of :func:`cell_runs` and whether it is ahead of every one on both metrics, the
+  baselines it was set against with their seeds, and the reading page."""
   lines = [
       "| dataset | model | payload | FedRAS: part and setting | rounds | seeds | FedRAS − "
       "uncompressed (HR / NDCG) | within the target | FedRAS − best baseline (HR / NDCG) | "
-      "best baseline | ahead of every baseline | reading |", "|" + "---|" * 12
+      "best baseline | ahead of every baseline | baselines (seeds) | reading |", "|" + "---|" * 13
   ]
-  for entry, cell, methods in read_cells(path, parts):
+  for entry, cell, runs in read_cells(path, parts):
+    methods = {label: seeds for label, (_, _, seeds) in runs.items()}
     ours, dense = methods[FEDRAS], methods.get(DENSE)
     target = TARGETS.get((cell[1], cell[2]))
     to_dense = [paired_margin(ours, dense, m) for m in METRICS[:2]] if dense else []
     within = "-" if target is None or not dense else _shortfall(to_dense, -target - 1e-9)
-    baselines = {m: runs for m, runs in methods.items() if m not in NOT_BASELINES}
+    baselines = {
+        label: seeds for label, (_, method, seeds) in runs.items() if method not in NOT_BASELINES
+    }
     best, names = _best_pairs(ours, baselines, METRICS[:2]) if baselines else ([], [])
     rounds = "/".join(sorted({r["rounds"] for r in ours.values()}, key=int))
+    listed = ", ".join(f"{label} {len(seeds)}" for label, seeds in baselines.items()) or "-"
     see = entry["see"]
     lines.append(
         f"| {' | '.join(cell)} | {_cell_part(entry, parts[entry['part']][1])} | {rounds} | "
         f"{len(ours)} | {_margin_cell(to_dense, ours) if dense else '-'} | {within} | "
         f"{_margin_cell(best, ours) if best else '-'} | "
         f"{' / '.join(dict.fromkeys(names)) or '-'} | "
-        f"{_shortfall(best, 0.0) if best else '-'} | [{see}]({see}) |")
+        f"{_shortfall(best, 0.0) if best else '-'} | {listed} | [{see}]({see}) |")
   return lines
 
 
@@ -394,28 +432,26 @@ def tiers(path: pathlib.Path, parts: dict, curves: dict) -> list:
   """Markdown lines: issue #14's bandwidth-tiers criterion, the simulated time each
   method takes to reach the uncompressed final HR@10 minus 0.01, per row of ``path`` (a
   ``tiers.csv``, read as :func:`read_cells` reads ``headline.csv``: per cell the part
-  whose FedRAS ran under tiers). Each cell's runs are the part's compared runs (with a
-  reference part, FedRAS's from the part and the others' from the reference) and their
-  ``curves`` (``{part name: curves.csv rows}``), timed by :func:`time_to_target`, one row
-  per method (FedRAS's first, uncompressed's next), the part linked and its FedRAS
-  setting first. A ``ValueError`` names the
-  file and line of a row whose part has no curves."""
+  whose FedRAS ran under tiers). Each cell's runs (:func:`cell_runs`) are timed on the
+  curves of the parts they came from (``curves``: ``{part name: curves.csv rows}``) by
+  :func:`time_to_target`, one row per run label (FedRAS's first, uncompressed's next), the
+  part linked and its FedRAS setting first. A ``ValueError`` names the file and line of a
+  row whose part has no curves."""
   lines = []
-  for number, (entry, cell, methods) in enumerate(read_cells(path, parts), start=2):
-    made, rows, reference = parts[entry["part"]]
-    own = curves.get(entry["part"])
-    if not own:
+  for number, (entry, cell, runs) in enumerate(read_cells(path, parts), start=2):
+    if not curves.get(entry["part"]):
       raise ValueError(f"{path}:{number}: part {entry['part']!r} has no curves.csv")
-    if reference is not None:
-      own = against_reference(own, curves.get(reference[0]) or [])
-    at_cell = lambda r: (r["dataset"], r["model"], r["payload_ratio"]) == cell or (r[
-        "method"] == DENSE and (r["dataset"], r["model"]) == cell[:2])
-    first = {FEDRAS: 0, DENSE: 1}  # then the others in the curves' order
-    at_cell_curves = sorted((c for c in own if at_cell(c)), key=lambda c: first.get(c["method"], 2))
-    table = time_to_target(at_cell_curves, [r for runs in methods.values() for r in runs.values()])
+    first = {FEDRAS: 0, DENSE: 1}  # then the others in cell_runs' order
+    timed = [
+        dict(c, method=label)
+        for label, (source, method, _) in sorted(runs.items(), key=lambda kv: first.get(kv[0], 2))
+        for c in curves.get(source) or ()
+        if c["method"] == method and _at_cell(c, cell)
+    ]
+    table = time_to_target(timed, [r for _, _, seeds in runs.values() for r in seeds.values()])
     if not lines:
       lines = ["| FedRAS: part and setting " + table[0], "|---" + table[1]]
-    lines += [f"| {_cell_part(entry, rows)} {line}" for line in table[2:]]
+    lines += [f"| {_cell_part(entry, parts[entry['part']][1])} {line}" for line in table[2:]]
   return lines
 
 
@@ -848,8 +884,12 @@ def main(argv):
         f"[{HEADLINE_FILE}](results/{HEADLINE_FILE}) names (FedRAS's variants were compared "
         "across parts on these test metrics, so a cell's pick carries some selection; each "
         "part's table has the seeds' spread), its margins are computed as in the overview "
-        "below, and *reading* is the page that measures where FedRAS falls short.", "",
-        *headline(headline_path, by_name), ""
+        "below, and *reading* is the page that measures where FedRAS falls short. Its "
+        "baselines are the part's (or its reference part's) and those of every part of "
+        "baselines only beside them (one naming the part or its reference: say SVD rerun at "
+        "FedRAS's item_lr), each a baseline of its own, labelled by its part where the method "
+        "is already there; *baselines (seeds)* lists them.", "", *headline(headline_path, by_name),
+        ""
     ]
   tiers_path = root / TIERS_FILE
   if tiers_path.is_file():
@@ -859,9 +899,9 @@ def main(argv):
         "simulated time each method takes to reach the uncompressed final HR@10 (its seeds' "
         "mean) minus 0.01, per dataset and model, from the runs' evaluation rounds. Each "
         f"cell's FedRAS is the part and setting [{TIERS_FILE}](results/{TIERS_FILE}) names "
-        "(its reference part's runs stand for the other methods, as in the overview below); "
-        "each part's section has its command and curves.", "",
-        *tiers(tiers_path, by_name, part_curves), ""
+        "(the other methods' runs are those of the acceptance table's cells: the part's, its "
+        "reference's and those of parts of baselines only beside them); each part's section "
+        "has its command and curves.", "", *tiers(tiers_path, by_name, part_curves), ""
     ]
   body += [
       "## Every part", "",

@@ -526,7 +526,7 @@ def test_the_acceptance_table_checks_each_cell_against_the_issues_targets(part, 
   assert results.headline(path, parts)[2] == (
       "| ml-100k | mf | 1/32 | [ml100k_mf_r32](#ml100k_mf_r32-ml-100k-mf) `--item_lr=16` | 300 | "
       "2 | -0.0100 / -0.0100 | no: HR@10, NDCG@10 | +0.0400 / +0.0400 | topk / svd | yes | "
-      "[design/fedras.md](design/fedras.md) |")
+      "svd 2, topk 2 | [design/fedras.md](design/fedras.md) |")
   # A margin of exactly the target is within it; a baseline level on a metric is not beaten.
   monkeypatch.setattr(results, "TARGETS", {("mf", "1/32"): 0.01})
   level = [{**r, "final_ndcg@10": "0.40"} if r["method"] == "svd" else r for r in rows]
@@ -556,6 +556,34 @@ def test_an_acceptance_row_that_does_not_hold_is_named(part, line, error):
   (part.parent / "headline.csv").write_text("dataset,model,part\nml-100k,mf,x\n")
   with pytest.raises(ValueError, match=r"columns \['payload_ratio', 'fedras_setting', 'see'\]"):
     results.headline(part.parent / "headline.csv", {})
+
+
+def test_a_cells_baselines_include_those_of_parts_of_baselines_only_beside_it(part):
+  """A part of baselines only whose reference is the cell's part (or that part's
+  reference) adds its runs as baselines of their own: SVD rerun at another setting is
+  labelled by its part and beats FedRAS on HR@10 here, so the row is not ahead."""
+  variant = _sibling(part, "gains", [_row("fedras", "1/32", s, 0.69, 0.40) for s in (0, 1)])
+  (variant / "reference").write_text(part.name)
+  svd = _sibling(part, "svd_lr32", [_row("svd", "1/32", s, 0.70, 0.38) for s in (0, 1, 2)])
+  (svd / "reference").write_text(variant.name)
+  ekm = _sibling(part, "ekm", [_row("embedding_kmeans", "1/32", 0, 0.5, 0.3)])
+  (ekm / "reference").write_text(part.name)
+  parts = {}
+  for p in (part, variant, svd, ekm):
+    made, rows = results.read_part(p)
+    parts[p.name] = (made, rows, results.read_reference(p, rows))
+  runs = results.cell_runs("gains", ("ml-100k", "mf", "1/32"), parts)
+  assert {label: (source, len(seeds)) for label, (source, _, seeds) in runs.items()} == {
+      "fedras": ("gains", 2), "uncompressed": (part.name, 2), "svd": (part.name, 2),
+      "topk": (part.name, 2), "fedras_fixed_k": (part.name, 1), "svd (svd_lr32)": ("svd_lr32", 3),
+      "embedding_kmeans": ("ekm", 1),
+  }
+  path = _headline(part.parent, "ml-100k,mf,1/32,gains,,design/fedras.md")
+  # FedRAS 0.69 / 0.40 against SVD at item_lr 32's 0.70 (seeds 0-1) / 0.38, the
+  # reference's SVD 0.61 / 0.36, TopK 0.64 / 0.30, embedding K-Means 0.50 / 0.30 (seed 0).
+  assert results.headline(path, parts)[2].endswith(
+      "| -0.0100 / +0.0200 | svd (svd_lr32) | no: HR@10 | svd 2, topk 2, "
+      "svd (svd_lr32) 3, embedding_kmeans 1 | [design/fedras.md](design/fedras.md) |")
 
 
 def test_the_committed_acceptance_table_covers_the_grid_and_each_row_has_its_reading():
