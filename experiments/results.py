@@ -283,25 +283,34 @@ TARGETS = {("mf", "1/32"): 0.005, ("ncf", "1/32"): 0.01}
 _METRIC_NAMES = ("HR@10", "NDCG@10")
 
 
+def _same_value(a: str, b: str) -> bool:
+  """Whether two flag values are the same, as numbers where both are (``32`` is
+  ``32.0``)."""
+  try:
+    return float(a) == float(b)
+  except ValueError:
+    return a == b
+
+
 def _ran_setting(word: str, made: dict, runs: dict) -> bool:
   """Whether the flag ``word`` (``--name=value``) is one the part ran its FedRAS ``runs``
-  (``{seed: row}``) with: a word of its command, the value the command gives the flag
-  (a ``--flagfile`` of the repository read in place: :func:`_command_list`), or a value
-  their ``tuned`` records."""
-  if word in made["command"].replace("'", " ").split():
-    return True
+  (``{seed: row}``) with: where their ``tuned`` records the flag (a search's pick, or a
+  ``--method_settings`` value), that value wherever it is recorded; else a word of the command or
+  the value the command gives the flag (a ``--flagfile`` of the repository read in place,
+  as it is now: ``experiments.golden`` checks that no config's runs change)."""
   name, _, value = word.removeprefix("--").partition("=")
-  if _command_list(made["command"], name) == value.split(","):
-    return True
+  recorded = []
   for row in runs.values():
     for entry in row.get("tuned", "").split(";"):
       tuned_name, _, tuned = entry.split(" (")[0].partition("=")
-      try:
-        if tuned_name.strip() == name and float(tuned) == float(value):
-          return True
-      except ValueError:
-        continue
-  return False
+      if tuned_name.strip() == name:
+        recorded.append(tuned.strip())
+  if recorded:
+    return all(_same_value(v, value) for v in recorded)
+  if word in made["command"].replace("'", " ").split():
+    return True
+  given = _command_list(made["command"], name)
+  return given is not None and len(given) == 1 and _same_value(given[0], value)
 
 
 def _shortfall(pairs, bound: float) -> str:
@@ -322,29 +331,57 @@ def _at_cell(row: dict, cell: tuple) -> bool:
   return (row["dataset"], row["model"], row["payload_ratio"]) == cell
 
 
+def linked_parts(name: str, parts: dict) -> set:
+  """The names of the parts ``reference`` files link to part ``name``, either way and at
+  any remove (``name`` among them). ``parts``: ``{name: (made, rows, reference)}``."""
+  links = {}
+  for other, (_, _, reference) in parts.items():
+    if reference is not None:
+      links.setdefault(other, set()).add(reference[0])
+      links.setdefault(reference[0], set()).add(other)
+  linked, todo = {name}, [name]
+  while todo:
+    for other in links.get(todo.pop(), ()):
+      if other not in linked:
+        linked.add(other)
+        todo.append(other)
+  return linked
+
+
 def cell_runs(name: str, cell: tuple, parts: dict) -> dict:
   """``{label: (part, method, {seed: row})}``: the runs a cell's FedRAS part ``name`` is
   judged against at ``cell``, and the part each came from. First the part's compared runs
   (:func:`compared_rows`: with a reference part, its own where it ran the method and the
-  reference's elsewhere), labelled by their method; then the baseline runs at the cell of
-  every other part of baselines only whose reference is this part or its reference (say SVD
-  rerun at another item_lr), labelled ``method (part)`` where the method is already
-  there, so that each is a baseline of its own and none hides behind another.
-  ``parts``: ``{name: (made, rows, reference)}`` as :func:`main` reads them."""
+  reference's elsewhere), labelled by their method; then, labelled ``method (part)``, the
+  baseline runs at the cell of every part of baselines only that ``reference`` files link
+  to this one (:func:`linked_parts`: say SVD rerun at FedRAS's item_lr), each a baseline
+  of its own so that none hides behind another, less the runs that reproduce one already
+  there (same method and seed, same final HR@10 and NDCG@10). ``parts``: ``{name: (made,
+  rows, reference)}`` as :func:`main` reads them. A ``ValueError`` names a part whose runs
+  at the cell have other rounds or sampled negatives than the FedRAS runs'."""
   _, rows, reference = parts[name]
   ran_here = {r["method"] for r in rows if _at_cell(r, cell)}
   runs = {
       method: (name if method in ran_here else reference[0], method, seeds)
       for method, seeds in runs_by_point(compared_rows(rows, reference)).get(cell, {}).items()
   }
-  related = {name} | ({reference[0]} if reference else set())
-  for other, (_, other_rows, other_reference) in parts.items():
-    if (other in related or has_fedras(other_rows) or other_reference is None
-        or other_reference[0] not in related):
+  run_id = lambda method, r: (method, r["seed"], r["final_hr@10"], r["final_ndcg@10"])
+  known = {run_id(method, r) for _, method, seeds in runs.values() for r in seeds.values()}
+  direct = {name} | ({reference[0]} if reference else set())
+  for other in sorted(linked_parts(name, parts) - direct):
+    if has_fedras(parts[other][1]):
       continue
-    for method, seeds in runs_by_point(other_rows).get(cell, {}).items():
-      if method != DENSE:
-        runs[method if method not in runs else f"{method} ({other})"] = (other, method, seeds)
+    for method, seeds in runs_by_point(parts[other][1]).get(cell, {}).items():
+      fresh = {s: r for s, r in seeds.items() if run_id(method, r) not in known}
+      if method != DENSE and fresh:
+        runs[f"{method} ({other})"] = (other, method, fresh)
+        known |= {run_id(method, r) for r in fresh.values()}
+  lengths = lambda seeds: {(r["rounds"], r["test_negatives"]) for r in seeds.values()}
+  ours = lengths(runs[FEDRAS][2]) if FEDRAS in runs else set()
+  for source, method, seeds in runs.values():
+    if ours and lengths(seeds) != ours:
+      raise ValueError(f"part {source!r}'s {method} runs at {' '.join(cell)} have (rounds, "
+                       f"sampled negatives) {sorted(lengths(seeds))}, FedRAS's {sorted(ours)}")
   return runs
 
 
@@ -371,7 +408,10 @@ def read_cells(path: pathlib.Path, parts: dict) -> list:
     name, cell = entry["part"], (entry["dataset"], entry["model"], entry["payload_ratio"])
     if name not in parts:
       raise ValueError(f"{where}: no part {name!r}")
-    runs = cell_runs(name, cell, parts)
+    try:
+      runs = cell_runs(name, cell, parts)
+    except ValueError as e:
+      raise ValueError(f"{where}: {e}") from None
     if FEDRAS not in runs:
       raise ValueError(f"{where}: part {name!r} has no FedRAS run at {' '.join(cell)}")
     made = parts[name][0]
@@ -433,20 +473,26 @@ def tiers(path: pathlib.Path, parts: dict, curves: dict) -> list:
   method takes to reach the uncompressed final HR@10 minus 0.01, per row of ``path`` (a
   ``tiers.csv``, read as :func:`read_cells` reads ``headline.csv``: per cell the part
   whose FedRAS ran under tiers). Each cell's runs (:func:`cell_runs`) are timed on the
-  curves of the parts they came from (``curves``: ``{part name: curves.csv rows}``) by
-  :func:`time_to_target`, one row per run label (FedRAS's first, uncompressed's next), the
-  part linked and its FedRAS setting first. A ``ValueError`` names the file and line of a
-  row whose part has no curves."""
+  curves of the parts and seeds they came from (``curves``: ``{part name: curves.csv
+  rows}``) by :func:`time_to_target`, one row per run label (FedRAS's first and
+  uncompressed's next where the runs evaluate at the same rounds), the part linked and its
+  FedRAS setting first. A ``ValueError`` names the file and line of a row whose cell has
+  no uncompressed runs or one of whose runs' parts has no curves."""
   lines = []
   for number, (entry, cell, runs) in enumerate(read_cells(path, parts), start=2):
-    if not curves.get(entry["part"]):
-      raise ValueError(f"{path}:{number}: part {entry['part']!r} has no curves.csv")
+    if DENSE not in runs:
+      raise ValueError(f"{path}:{number}: no uncompressed runs at {' '.join(cell)} to time "
+                       "the others against")
+    no_curves = sorted({source for source, _, _ in runs.values() if not curves.get(source)})
+    if no_curves:
+      raise ValueError(f"{path}:{number}: part(s) {', '.join(no_curves)} have no curves.csv")
     first = {FEDRAS: 0, DENSE: 1}  # then the others in cell_runs' order
     timed = [
         dict(c, method=label)
-        for label, (source, method, _) in sorted(runs.items(), key=lambda kv: first.get(kv[0], 2))
-        for c in curves.get(source) or ()
-        if c["method"] == method and _at_cell(c, cell)
+        for label, (source, method,
+                    seeds) in sorted(runs.items(), key=lambda kv: first.get(kv[0], 2))
+        for c in curves[source]
+        if c["method"] == method and c["seed"] in seeds and _at_cell(c, cell)
     ]
     table = time_to_target(timed, [r for _, _, seeds in runs.values() for r in seeds.values()])
     if not lines:
@@ -885,11 +931,11 @@ def main(argv):
         "across parts on these test metrics, so a cell's pick carries some selection; each "
         "part's table has the seeds' spread), its margins are computed as in the overview "
         "below, and *reading* is the page that measures where FedRAS falls short. Its "
-        "baselines are the part's (or its reference part's) and those of every part of "
-        "baselines only beside them (one naming the part or its reference: say SVD rerun at "
-        "FedRAS's item_lr), each a baseline of its own, labelled by its part where the method "
-        "is already there; *baselines (seeds)* lists them.", "", *headline(headline_path, by_name),
-        ""
+        "baselines are the part's (or its reference part's) and, labelled by their part, those "
+        "of every part of baselines only that `reference` files link to it at any remove (say "
+        "SVD rerun at FedRAS's item_lr), each a baseline of its own, less reruns that "
+        "reproduce a run already there; *baselines (seeds)* lists them.", "",
+        *headline(headline_path, by_name), ""
     ]
   tiers_path = root / TIERS_FILE
   if tiers_path.is_file():
@@ -899,9 +945,9 @@ def main(argv):
         "simulated time each method takes to reach the uncompressed final HR@10 (its seeds' "
         "mean) minus 0.01, per dataset and model, from the runs' evaluation rounds. Each "
         f"cell's FedRAS is the part and setting [{TIERS_FILE}](results/{TIERS_FILE}) names "
-        "(the other methods' runs are those of the acceptance table's cells: the part's, its "
-        "reference's and those of parts of baselines only beside them); each part's section "
-        "has its command and curves.", "", *tiers(tiers_path, by_name, part_curves), ""
+        "(the other methods' runs are chosen as for the acceptance table: the part's, its "
+        "reference's and those of linked parts of baselines only); each part's section has "
+        "its command and curves.", "", *tiers(tiers_path, by_name, part_curves), ""
     ]
   body += [
       "## Every part", "",

@@ -558,32 +558,63 @@ def test_an_acceptance_row_that_does_not_hold_is_named(part, line, error):
     results.headline(part.parent / "headline.csv", {})
 
 
-def test_a_cells_baselines_include_those_of_parts_of_baselines_only_beside_it(part):
-  """A part of baselines only whose reference is the cell's part (or that part's
-  reference) adds its runs as baselines of their own: SVD rerun at another setting is
-  labelled by its part and beats FedRAS on HR@10 here, so the row is not ahead."""
-  variant = _sibling(part, "gains", [_row("fedras", "1/32", s, 0.69, 0.40) for s in (0, 1)])
-  (variant / "reference").write_text(part.name)
-  svd = _sibling(part, "svd_lr32", [_row("svd", "1/32", s, 0.70, 0.38) for s in (0, 1, 2)])
-  (svd / "reference").write_text(variant.name)
-  ekm = _sibling(part, "ekm", [_row("embedding_kmeans", "1/32", 0, 0.5, 0.3)])
-  (ekm / "reference").write_text(part.name)
+def _linked_parts(part):
+  """Beside ``part`` (FedRAS, uncompressed, SVD, TopK, fixed K at 1/32): a FedRAS variant
+  ``gains`` and one ``stages`` (which also ran an SVD of its own) naming ``part``, and
+  parts of baselines only: ``svd_lr32`` naming ``gains``, ``svd_st`` naming ``stages``
+  (two links from ``gains``), ``ekm`` and ``rerun`` naming ``part`` (``rerun``: TopK seed
+  0 bit for bit as ``part``'s, a new seed 2, and an uncompressed run), and ``alone``
+  naming none. Returns ``{name: (made, rows, reference)}``."""
+  _sibling(part, "gains", [_row("fedras", "1/32", s, 0.69, 0.40) for s in (0, 1)])
+  _sibling(part, "stages", [_row("fedras", "1/32", 0, 0.6, 0.3), _row("svd", "1/32", 0, 0.9, 0.9)])
+  _sibling(part, "svd_lr32", [_row("svd", "1/32", s, 0.70, 0.38) for s in (0, 1, 2)])
+  _sibling(part, "svd_st", [_row("svd", "1/32", 0, 0.5, 0.2)])
+  _sibling(part, "ekm", [_row("embedding_kmeans", "1/32", 0, 0.5, 0.3)])
+  _sibling(part, "rerun", [
+      _row("topk", "1/32", 0, 0.64, 0.30),
+      _row("topk", "1/32", 2, 0.66, 0.31),
+      _row("uncompressed", "1/32", 2, 0.99, 0.99, comp=0.0)
+  ])
+  _sibling(part, "alone", [_row("svd", "1/32", 0, 0.95, 0.95)])
+  for name, reference in (("gains", part.name), ("stages", part.name), ("svd_lr32", "gains"),
+                          ("svd_st", "stages"), ("ekm", part.name), ("rerun", part.name)):
+    (part.parent / name / "reference").write_text(reference)
   parts = {}
-  for p in (part, variant, svd, ekm):
+  for p in sorted(d for d in part.parent.iterdir() if d.is_dir()):
     made, rows = results.read_part(p)
     parts[p.name] = (made, rows, results.read_reference(p, rows))
+  return parts
+
+
+def test_a_cells_baselines_are_every_linked_part_of_baselines_onlys(part):
+  """The cell's runs: the variant's FedRAS, its reference's others, and, labelled by their
+  part, the baselines of every part of baselines only linked to it at any remove (not a
+  FedRAS part's own SVD, not an unlinked part's, not a rerun of a run already there, not
+  an uncompressed rerun)."""
+  parts = _linked_parts(part)
   runs = results.cell_runs("gains", ("ml-100k", "mf", "1/32"), parts)
-  assert {label: (source, len(seeds)) for label, (source, _, seeds) in runs.items()} == {
-      "fedras": ("gains", 2), "uncompressed": (part.name, 2), "svd": (part.name, 2),
-      "topk": (part.name, 2), "fedras_fixed_k": (part.name, 1), "svd (svd_lr32)": ("svd_lr32", 3),
-      "embedding_kmeans": ("ekm", 1),
+  assert {label: (source, sorted(seeds)) for label, (source, _, seeds) in runs.items()} == {
+      "fedras": ("gains", ["0", "1"]), "uncompressed": (part.name, ["0", "1"]), "svd":
+          (part.name, ["0", "1"]), "topk": (part.name, ["0",
+                                                        "1"]), "fedras_fixed_k": (part.name, ["0"]),
+      "embedding_kmeans (ekm)": ("ekm", ["0"]), "topk (rerun)": ("rerun", ["2"]),
+      "svd (svd_lr32)": ("svd_lr32", ["0", "1", "2"]), "svd (svd_st)": ("svd_st", ["0"]),
   }
   path = _headline(part.parent, "ml-100k,mf,1/32,gains,,design/fedras.md")
-  # FedRAS 0.69 / 0.40 against SVD at item_lr 32's 0.70 (seeds 0-1) / 0.38, the
-  # reference's SVD 0.61 / 0.36, TopK 0.64 / 0.30, embedding K-Means 0.50 / 0.30 (seed 0).
+  # FedRAS 0.69 / 0.40 against SVD at item_lr 32's 0.70 / 0.38 (seeds 0-1), the
+  # reference's SVD 0.61 / 0.36, TopK 0.64 / 0.30 and the others below them.
   assert results.headline(path, parts)[2].endswith(
       "| -0.0100 / +0.0200 | svd (svd_lr32) | no: HR@10 | svd 2, topk 2, "
-      "svd (svd_lr32) 3, embedding_kmeans 1 | [design/fedras.md](design/fedras.md) |")
+      "embedding_kmeans (ekm) 1, topk (rerun) 1, svd (svd_lr32) 3, svd (svd_st) 1 | "
+      "[design/fedras.md](design/fedras.md) |")
+  # A linked run of another length is refused, naming its part (read_reference keeps a
+  # part's runs as long as its reference's, so only a hand-made parts table has one).
+  made, rows, reference = parts["ekm"]
+  parts["ekm"] = (made, [dict(r, rounds="1000") for r in rows], reference)
+  with pytest.raises(ValueError,
+                     match=r"headline.csv:2: part 'ekm''s embedding_kmeans runs "
+                     r"at ml-100k mf 1/32 have \(rounds, sampled negatives\) \[\('1000', '99'\)\]"):
+    results.headline(path, parts)
 
 
 def test_the_committed_acceptance_table_covers_the_grid_and_each_row_has_its_reading():
@@ -620,32 +651,42 @@ def test_malformed_part_files_are_one_line_errors(tmp_path):
     results.read_curves(tmp_path)
 
 
-def test_the_tiers_table_times_each_cells_fedras_and_its_references_methods(part):
+def test_the_tiers_table_times_each_of_a_cells_runs_on_its_own_parts_curves(part):
   """A tiers.csv row names a FedRAS variant part: its FedRAS curves are timed against the
-  reference part's uncompressed target (final HR@10 0.68, 0.70: target 0.68), the
-  reference's other methods beside it and the reference's own FedRAS left out."""
-  diag = _sibling(part, "gains", [_row("fedras", "1/32", s, 0.69, 0.4) for s in (0, 1)])
-  (diag / "reference").write_text(part.name)
-  parts = {}
-  for p in (part, diag):
-    made, rows = results.read_part(p)
-    parts[p.name] = (made, rows, results.read_reference(p, rows))
-  reference = _curves()  # uncompressed: both seeds reach 0.68 at round 50 (200 s)
-  reference += [dict(c, method="svd", **{"hr@10": 0.5}) for c in reference[:3]]
-  variant = [dict(c, **{"hr@10": 0.7}) for c in _curves() if c["method"] == "fedras"]
-  curves = {part.name: [results.dense_at_one(c) for c in reference], diag.name: variant}
+  reference part's uncompressed target (final HR@10 0.68, 0.70: target 0.68), beside the
+  reference's other methods and a linked part's SVD on that part's curves of the seeds
+  it counts; the reference's own FedRAS curves are not read."""
+  parts = _linked_parts(part)
+  base = [results.dense_at_one(c) for c in _curves()]  # uncompressed reach 0.68 at round 50
+  reference = [c for c in base if c["method"] == "uncompressed"]
+  reference += [dict(c, method="svd", **{"hr@10": 0.5}) for c in _curves()[:3]]
+  reference += [dict(c, **{"hr@10": 0.99}) for c in base if c["method"] == "fedras"]
+  variant = [dict(c, **{"hr@10": 0.6 + 0.04 * c["round"] / 25}) for c in base[6:]]
+  svd_lr32 = [
+      dict(c, method="svd", seed=seed, **{"hr@10": hr})
+      for seed, hr in (("0", 0.69), ("1", 0.5), ("2", 0.5))
+      for c in _curves()[:1]
+  ]
+  curves = {part.name: reference, "gains": variant, "svd_lr32": svd_lr32}
+  curves.update({name: [dict(base[0], method="x")] for name in ("svd_st", "ekm", "rerun")})
   path = part.parent / "tiers.csv"
   path.write_text("dataset,model,payload_ratio,part,fedras_setting,see\n"
                   "ml-100k,mf,1/32,gains,,design/fedras.md\n")
   lines = results.tiers(path, parts, curves)
   link = "| [gains](#gains-ml-100k-mf) `` | ml-100k | mf |"
   assert lines[2:] == [
-      f"{link} fedras | 1/32 | 2 of 2 | 100 | 25 |",  # the variant's, at its first round
+      f"{link} fedras | 1/32 | 2 of 2 | 200 | 50 |",  # 0.68 at round 50, not the 0.99 at 25
       f"{link} uncompressed | 1 | 2 of 2 | 200 | 50 |",
       f"{link} svd | 1/32 | 0 of 1 | - | - |",
+      f"{link} svd (svd_lr32) | 1/32 | 1 of 3 | 100 | 25 |",
   ]
-  del curves[diag.name]
-  with pytest.raises(ValueError, match="tiers.csv:2: part 'gains' has no curves.csv"):
+  del curves[part.name]
+  with pytest.raises(ValueError, match=f"tiers.csv:2: part\\(s\\) {part.name} have no curves"):
+    results.tiers(path, parts, curves)
+  curves[part.name] = reference
+  made, rows, (name, ref_rows) = parts["gains"]
+  parts["gains"] = (made, rows, (name, [r for r in ref_rows if r["method"] != "uncompressed"]))
+  with pytest.raises(ValueError, match="tiers.csv:2: no uncompressed runs at ml-100k mf 1/32"):
     results.tiers(path, parts, curves)
 
 
@@ -659,6 +700,15 @@ def test_a_cells_setting_may_come_from_the_commands_flagfile(part):
   path = _headline(part.parent, "ml-100k,mf,1/32,ml100k_mf_r32,--gain_bits=4,design/fedras.md")
   with pytest.raises(ValueError, match="did not run with --gain_bits=4"):
     results.headline(path, {part.name: (made, rows, None)})
+  # The flagfile's item_lr (64) is not what FedRAS ran where its tuned column records
+  # another (16, as --method_settings would); values compare as numbers.
+  for setting, ran in (("--item_lr=64", False), ("--item_lr=16", True), ("--gain_bits=8.0", True)):
+    path = _headline(part.parent, f"ml-100k,mf,1/32,ml100k_mf_r32,{setting},design/fedras.md")
+    if ran:
+      results.headline(path, {part.name: (made, rows, None)})
+    else:
+      with pytest.raises(ValueError, match=f"did not run with {setting}"):
+        results.headline(path, {part.name: (made, rows, None)})
 
 
 def test_the_committed_tiers_table_covers_every_dataset_and_model():
