@@ -357,8 +357,9 @@ def cell_runs(name: str, cell: tuple, parts: dict) -> dict:
   to this one (:func:`linked_parts`: say SVD rerun at FedRAS's item_lr), each a baseline
   of its own so that none hides behind another, less the runs that reproduce one already
   there (same method and seed, same final HR@10 and NDCG@10). ``parts``: ``{name: (made,
-  rows, reference)}`` as :func:`main` reads them. A ``ValueError`` names a part whose runs
-  at the cell have other rounds or sampled negatives than the FedRAS runs'."""
+  rows, reference)}`` as :func:`main` reads them (docs/design/evidence.md says why). A
+  ``ValueError`` names a part whose runs at the cell have other rounds or sampled
+  negatives than the FedRAS runs'."""
   _, rows, reference = parts[name]
   ran_here = {r["method"] for r in rows if _at_cell(r, cell)}
   runs = {
