@@ -295,8 +295,8 @@ def _same_value(a: str, b: str) -> bool:
 def _ran_setting(word: str, made: dict, runs: dict) -> bool:
   """Whether the flag ``word`` (``--name=value``) is one the part ran its FedRAS ``runs``
   (``{seed: row}``) with: where their ``tuned`` records the flag (a search's pick, or a
-  ``--method_settings`` value), that value wherever it is recorded; else a word of the command or
-  the value the command gives the flag (a ``--flagfile`` of the repository read in place,
+  ``--method_settings`` value), that value wherever it is recorded; else a word of the command
+  (its notes aside: :func:`command_words`) or the value the command gives the flag (a ``--flagfile`` of the repository read in place,
   as it is now: ``experiments.golden`` checks that no config's runs change)."""
   name, _, value = word.removeprefix("--").partition("=")
   recorded = []
@@ -307,7 +307,7 @@ def _ran_setting(word: str, made: dict, runs: dict) -> bool:
         recorded.append(tuned.strip())
   if recorded:
     return all(_same_value(v, value) for v in recorded)
-  if word in made["command"].replace("'", " ").split():
+  if word in command_words(made["command"]):
     return True
   given = _command_list(made["command"], name)
   return given is not None and len(given) == 1 and _same_value(given[0], value)
@@ -353,8 +353,8 @@ def cell_runs(name: str, cell: tuple, parts: dict) -> dict:
   judged against at ``cell``, and the part each came from. First the part's compared runs
   (:func:`compared_rows`: with a reference part, its own where it ran the method and the
   reference's elsewhere), labelled by their method; then, labelled ``method (part)``, the
-  baseline runs at the cell of every part of baselines only that ``reference`` files link
-  to this one (:func:`linked_parts`: say SVD rerun at FedRAS's item_lr), each a baseline
+  reference's baseline runs of the methods the part ran too, and the baseline runs at the
+  cell of every part of baselines only that ``reference`` files link to this one (:func:`linked_parts`: say SVD rerun at FedRAS's item_lr), each a baseline
   of its own so that none hides behind another, less the runs that reproduce one already
   there (same method and seed, same final HR@10 and NDCG@10). ``parts``: ``{name: (made,
   rows, reference)}`` as :func:`main` reads them (docs/design/evidence.md says why). A
@@ -368,13 +368,17 @@ def cell_runs(name: str, cell: tuple, parts: dict) -> dict:
   }
   run_id = lambda method, r: (method, r["seed"], r["final_hr@10"], r["final_ndcg@10"])
   known = {run_id(method, r) for _, method, seeds in runs.values() for r in seeds.values()}
+  # The reference's runs of a method the part ran too (compared_rows kept the part's), then
+  # the linked parts of baselines only.
+  others = [(reference[0], reference[1])] if reference else []
   direct = {name} | ({reference[0]} if reference else set())
-  for other in sorted(linked_parts(name, parts) - direct):
-    if has_fedras(parts[other][1]):
-      continue
-    for method, seeds in runs_by_point(parts[other][1]).get(cell, {}).items():
+  others += [(other, parts[other][1])
+             for other in sorted(linked_parts(name, parts) - direct)
+             if not has_fedras(parts[other][1])]
+  for other, other_rows in others:
+    for method, seeds in runs_by_point(other_rows).get(cell, {}).items():
       fresh = {s: r for s, r in seeds.items() if run_id(method, r) not in known}
-      if method != DENSE and fresh:
+      if method not in (FEDRAS, DENSE) and fresh:
         runs[f"{method} ({other})"] = (other, method, fresh)
         known |= {run_id(method, r) for r in fresh.values()}
   lengths = lambda seeds: {(r["rounds"], r["test_negatives"]) for r in seeds.values()}
@@ -393,7 +397,7 @@ def read_cells(path: pathlib.Path, parts: dict) -> list:
   it), each checked against ``parts`` (``{name: (made, rows, reference)}`` as
   :func:`main` reads them): per row ``(entry, cell, runs)``, ``runs`` the cell's
   :func:`cell_runs`. A ``ValueError`` names the file and line of a row whose columns are
-  missing, whose part is unknown or has no FedRAS run at the cell, whose setting the
+  missing, whose part is unknown, has no FedRAS runs or none at the cell, whose setting the
   part's FedRAS did not run, or whose page does not exist."""
   with open(path, newline="") as f:
     reader = csv.DictReader(f)
@@ -409,6 +413,9 @@ def read_cells(path: pathlib.Path, parts: dict) -> list:
     name, cell = entry["part"], (entry["dataset"], entry["model"], entry["payload_ratio"])
     if name not in parts:
       raise ValueError(f"{where}: no part {name!r}")
+    if not has_fedras(parts[name][1]):
+      raise ValueError(f"{where}: part {name!r} has no FedRAS runs (a part of baselines only "
+                       "stands for no cell: name its reference)")
     try:
       runs = cell_runs(name, cell, parts)
     except ValueError as e:
@@ -478,7 +485,7 @@ def tiers(path: pathlib.Path, parts: dict, curves: dict) -> list:
   rows}``) by :func:`time_to_target`, one row per run label (FedRAS's first and
   uncompressed's next where the runs evaluate at the same rounds), the part linked and its
   FedRAS setting first. A ``ValueError`` names the file and line of a row whose cell has
-  no uncompressed runs or one of whose runs' parts has no curves."""
+  no uncompressed runs or one of whose runs (a seed of a method) has no curves."""
   lines = []
   for number, (entry, cell, runs) in enumerate(read_cells(path, parts), start=2):
     if DENSE not in runs:
@@ -495,6 +502,13 @@ def tiers(path: pathlib.Path, parts: dict, curves: dict) -> list:
         for c in curves[source]
         if c["method"] == method and c["seed"] in seeds and _at_cell(c, cell)
     ]
+    curved = {(c["method"], c["seed"]) for c in timed}
+    bare = [
+        f"{label} seed {seed} ({source})" for label, (source, _, seeds) in runs.items()
+        for seed in seeds if (label, seed) not in curved
+    ]
+    if bare:
+      raise ValueError(f"{path}:{number}: no curves at {' '.join(cell)} for {', '.join(bare)}")
     table = time_to_target(timed, [r for _, _, seeds in runs.values() for r in seeds.values()])
     if not lines:
       lines = ["| FedRAS: part and setting " + table[0], "|---" + table[1]]
@@ -724,15 +738,22 @@ def _trained_by(made: dict) -> list:
   ]
 
 
+def command_words(command: str) -> list:
+  """The shell words of a part's ``command`` without its notes (the text from the first
+  `` (``: how runs appended later were made, with their own flags)."""
+  command = command.split(" (", 1)[0]
+  try:
+    return shlex.split(command)
+  except ValueError:  # an unbalanced quote: whitespace it is
+    return command.split()
+
+
 def _command_list(command: str, flag: str, _depth: int = 0):
   """The comma-separated values of ``--flag`` in ``command`` (``--flag=v`` or ``--flag
   v``, the last one winning, as absl reads it; a ``--flagfile`` that exists relative to
-  the repository is read in place), or None where it is not given. A command whose notes
-  are not shell words (an apostrophe) is split at whitespace."""
-  try:
-    words = shlex.split(command)
-  except ValueError:
-    words = command.split()
+  the repository is read in place; the notes aside: :func:`command_words`), or None where
+  it is not given."""
+  words = command_words(command)
   found = None
   for i, word in enumerate(words):
     name, eq, value = word.partition("=")

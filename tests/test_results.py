@@ -560,14 +560,17 @@ def test_an_acceptance_row_that_does_not_hold_is_named(part, line, error):
 
 def _linked_parts(part):
   """Beside ``part`` (FedRAS, uncompressed, SVD, TopK, fixed K at 1/32): a FedRAS variant
-  ``gains`` and one ``stages`` (which also ran an SVD of its own) naming ``part``, and
-  parts of baselines only: ``svd_lr32`` naming ``gains``, ``svd_st`` naming ``stages``
-  (two links from ``gains``), ``ekm`` and ``rerun`` naming ``part`` (``rerun``: TopK seed
-  0 bit for bit as ``part``'s, a new seed 2, and an uncompressed run), and ``alone``
-  naming none. Returns ``{name: (made, rows, reference)}``."""
-  _sibling(part, "gains", [_row("fedras", "1/32", s, 0.69, 0.40) for s in (0, 1)])
+  ``gains`` with an SVD run of its own and one ``stages`` (with an SVD of its own) naming
+  ``part``, and parts of baselines only: ``svd_lr32`` naming ``gains``,
+  ``svd_lr32_again`` naming ``gains`` (its seed 0 bit for bit, nothing new), ``svd_st``
+  naming ``stages`` (two links from ``gains``), ``ekm`` and ``rerun`` naming ``part``
+  (``rerun``: TopK seed 0 bit for bit as ``part``'s, a new seed 2, and an uncompressed
+  run), and ``alone`` naming none. Returns ``{name: (made, rows, reference)}``."""
+  _sibling(part, "gains", [_row("fedras", "1/32", s, 0.69, 0.40) for s in (0, 1)]
+           + [_row("svd", "1/32", 0, 0.55, 0.33)])
   _sibling(part, "stages", [_row("fedras", "1/32", 0, 0.6, 0.3), _row("svd", "1/32", 0, 0.9, 0.9)])
   _sibling(part, "svd_lr32", [_row("svd", "1/32", s, 0.70, 0.38) for s in (0, 1, 2)])
+  _sibling(part, "svd_lr32_again", [_row("svd", "1/32", 0, 0.70, 0.38)])
   _sibling(part, "svd_st", [_row("svd", "1/32", 0, 0.5, 0.2)])
   _sibling(part, "ekm", [_row("embedding_kmeans", "1/32", 0, 0.5, 0.3)])
   _sibling(part, "rerun", [
@@ -577,7 +580,8 @@ def _linked_parts(part):
   ])
   _sibling(part, "alone", [_row("svd", "1/32", 0, 0.95, 0.95)])
   for name, reference in (("gains", part.name), ("stages", part.name), ("svd_lr32", "gains"),
-                          ("svd_st", "stages"), ("ekm", part.name), ("rerun", part.name)):
+                          ("svd_lr32_again", "gains"), ("svd_st", "stages"), ("ekm", part.name),
+                          ("rerun", part.name)):
     (part.parent / name / "reference").write_text(reference)
   parts = {}
   for p in sorted(d for d in part.parent.iterdir() if d.is_dir()):
@@ -587,26 +591,30 @@ def _linked_parts(part):
 
 
 def test_a_cells_baselines_are_every_linked_part_of_baselines_onlys(part):
-  """The cell's runs: the variant's FedRAS, its reference's others, and, labelled by their
-  part, the baselines of every part of baselines only linked to it at any remove (not a
-  FedRAS part's own SVD, not an unlinked part's, not a rerun of a run already there, not
-  an uncompressed rerun)."""
+  """The cell's runs: the variant's FedRAS and SVD, its reference's others and, labelled by
+  their part, the reference's SVD the variant's replaced and the baselines of every part of
+  baselines only linked to it at any remove (not a FedRAS part's own SVD, not an unlinked
+  part's, not a rerun of a run already there, not an uncompressed rerun)."""
   parts = _linked_parts(part)
   runs = results.cell_runs("gains", ("ml-100k", "mf", "1/32"), parts)
   assert {label: (source, sorted(seeds)) for label, (source, _, seeds) in runs.items()} == {
-      "fedras": ("gains", ["0", "1"]), "uncompressed": (part.name, ["0", "1"]), "svd":
-          (part.name, ["0", "1"]), "topk": (part.name, ["0",
-                                                        "1"]), "fedras_fixed_k": (part.name, ["0"]),
-      "embedding_kmeans (ekm)": ("ekm", ["0"]), "topk (rerun)": ("rerun", ["2"]),
-      "svd (svd_lr32)": ("svd_lr32", ["0", "1", "2"]), "svd (svd_st)": ("svd_st", ["0"]),
+      "fedras": ("gains", ["0", "1"]), "svd": ("gains", ["0"]),
+      "uncompressed": (part.name, ["0", "1"]), "topk": (part.name, ["0", "1"]),
+      "fedras_fixed_k": (part.name, ["0"]), f"svd ({part.name})": (part.name, ["0", "1"]),
+      "embedding_kmeans (ekm)": ("ekm", ["0"]), "topk (rerun)": ("rerun", ["2"]), "svd (svd_lr32)":
+          ("svd_lr32", ["0", "1", "2"]), "svd (svd_st)": ("svd_st", ["0"]),
   }
   path = _headline(part.parent, "ml-100k,mf,1/32,gains,,design/fedras.md")
   # FedRAS 0.69 / 0.40 against SVD at item_lr 32's 0.70 / 0.38 (seeds 0-1), the
   # reference's SVD 0.61 / 0.36, TopK 0.64 / 0.30 and the others below them.
   assert results.headline(path, parts)[2].endswith(
-      "| -0.0100 / +0.0200 | svd (svd_lr32) | no: HR@10 | svd 2, topk 2, "
+      f"| -0.0100 / +0.0200 | svd (svd_lr32) | no: HR@10 | svd 1, topk 2, svd ({part.name}) 2, "
       "embedding_kmeans (ekm) 1, topk (rerun) 1, svd (svd_lr32) 3, svd (svd_st) 1 | "
       "[design/fedras.md](design/fedras.md) |")
+  # A part of baselines only stands for no cell (its runs would replace its reference's).
+  with pytest.raises(ValueError, match="headline.csv:2: part 'ekm' has no FedRAS runs"):
+    results.headline(_headline(part.parent, "ml-100k,mf,1/32,ekm,,design/fedras.md"), parts)
+  path = _headline(part.parent, "ml-100k,mf,1/32,gains,,design/fedras.md")
   # A linked run of another length is refused, naming its part (read_reference keeps a
   # part's runs as long as its reference's, so only a hand-made parts table has one).
   made, rows, reference = parts["ekm"]
@@ -651,64 +659,95 @@ def test_malformed_part_files_are_one_line_errors(tmp_path):
     results.read_curves(tmp_path)
 
 
+def _flat_curves(rows, hr=0.5):
+  """One evaluation per run of ``rows`` (round 25, 100 simulated s) at HR@10 ``hr``."""
+  return [{
+      **{k: r[k] for k in ("dataset", "model", "method", "payload_ratio", "seed")}, "round": 25.0,
+      "sim_seconds": 100.0, "hr@10": hr, "ndcg@10": 0.0
+  } for r in rows]
+
+
 def test_the_tiers_table_times_each_of_a_cells_runs_on_its_own_parts_curves(part):
-  """A tiers.csv row names a FedRAS variant part: its FedRAS curves are timed against the
-  reference part's uncompressed target (final HR@10 0.68, 0.70: target 0.68), beside the
-  reference's other methods and a linked part's SVD on that part's curves of the seeds
-  it counts; the reference's own FedRAS curves are not read."""
+  """A tiers.csv row names a FedRAS variant part: every one of the cell's runs is timed on
+  its own part's curves of the seeds it counts, against the reference part's uncompressed
+  target (final HR@10 0.68, 0.70: target 0.68); the reference's own FedRAS curves and a
+  rerun's curves of a seed counted elsewhere are not read."""
   parts = _linked_parts(part)
-  base = [results.dense_at_one(c) for c in _curves()]  # uncompressed reach 0.68 at round 50
-  reference = [c for c in base if c["method"] == "uncompressed"]
-  reference += [dict(c, method="svd", **{"hr@10": 0.5}) for c in _curves()[:3]]
-  reference += [dict(c, **{"hr@10": 0.99}) for c in base if c["method"] == "fedras"]
-  variant = [dict(c, **{"hr@10": 0.6 + 0.04 * c["round"] / 25}) for c in base[6:]]
-  svd_lr32 = [
-      dict(c, method="svd", seed=seed, **{"hr@10": hr})
-      for seed, hr in (("0", 0.69), ("1", 0.5), ("2", 0.5))
-      for c in _curves()[:1]
+  curves = {name: _flat_curves(rows) for name, (_, rows, _) in parts.items()}
+  uncompressed = [
+      dict(c, round=50.0, sim_seconds=200.0, **{"hr@10": 0.68})
+      for c in curves[part.name]
+      if c["method"] == "uncompressed"
   ]
-  curves = {part.name: reference, "gains": variant, "svd_lr32": svd_lr32}
-  curves.update({name: [dict(base[0], method="x")] for name in ("svd_st", "ekm", "rerun")})
+  curves[part.name] += uncompressed
+  for c in curves[part.name]:
+    c["hr@10"] = 0.99 if c["method"] == "fedras" else c["hr@10"]  # not the variant's
+  curves["gains"] = [
+      dict(c, **{"hr@10": 0.7}) if c["method"] == "fedras" else c for c in curves["gains"]
+  ]
+  curves["rerun"] = [
+      dict(c, **{"hr@10": 0.99}) if c["seed"] == "0" else c for c in curves["rerun"]
+  ]  # TopK seed 0 is part's run
+  curves["svd_lr32"] = [
+      dict(c, **{"hr@10": 0.69}) if c["seed"] == "0" else c for c in curves["svd_lr32"]
+  ]
   path = part.parent / "tiers.csv"
   path.write_text("dataset,model,payload_ratio,part,fedras_setting,see\n"
                   "ml-100k,mf,1/32,gains,,design/fedras.md\n")
   lines = results.tiers(path, parts, curves)
   link = "| [gains](#gains-ml-100k-mf) `` | ml-100k | mf |"
   assert lines[2:] == [
-      f"{link} fedras | 1/32 | 2 of 2 | 200 | 50 |",  # 0.68 at round 50, not the 0.99 at 25
-      f"{link} uncompressed | 1 | 2 of 2 | 200 | 50 |",
-      f"{link} svd | 1/32 | 0 of 1 | - | - |",
+      f"{link} fedras | 1/32 | 2 of 2 | 100 | 25 |",
+      f"{link} uncompressed | 1 | 2 of 2 | 200 | 50 |", f"{link} svd | 1/32 | 0 of 1 | - | - |",
+      f"{link} topk | 1/32 | 0 of 2 | - | - |", f"{link} fedras_fixed_k | 1/32 | 0 of 1 | - | - |",
+      f"{link} svd ({part.name}) | 1/32 | 0 of 2 | - | - |",
+      f"{link} embedding_kmeans (ekm) | 1/32 | 0 of 1 | - | - |",
+      f"{link} topk (rerun) | 1/32 | 0 of 1 | - | - |",
       f"{link} svd (svd_lr32) | 1/32 | 1 of 3 | 100 | 25 |",
+      f"{link} svd (svd_st) | 1/32 | 0 of 1 | - | - |",
   ]
+  # A run without curves is an error naming it, not a shorter table.
+  curves["svd_lr32"] = [c for c in curves["svd_lr32"] if c["seed"] != "2"]
+  with pytest.raises(ValueError,
+                     match=r"tiers.csv:2: no curves at ml-100k mf 1/32 for "
+                     r"svd \(svd_lr32\) seed 2 \(svd_lr32\)"):
+    results.tiers(path, parts, curves)
   del curves[part.name]
   with pytest.raises(ValueError, match=f"tiers.csv:2: part\\(s\\) {part.name} have no curves"):
     results.tiers(path, parts, curves)
-  curves[part.name] = reference
   made, rows, (name, ref_rows) = parts["gains"]
   parts["gains"] = (made, rows, (name, [r for r in ref_rows if r["method"] != "uncompressed"]))
   with pytest.raises(ValueError, match="tiers.csv:2: no uncompressed runs at ml-100k mf 1/32"):
     results.tiers(path, parts, curves)
 
 
-def test_a_cells_setting_may_come_from_the_commands_flagfile(part):
-  """A headline or tiers row's setting counts as run when the command's flagfile (a
-  config of the repository) sets it, not only when the command's own words do."""
+def test_a_cells_setting_is_what_the_runs_recorded_or_the_command_set(part):
+  """A headline or tiers row's setting counts as run where the FedRAS runs' tuned column
+  records it (every recorded value, as numbers), else where the command's words (not its
+  notes) or its flagfile (a config of the repository) set it."""
   made, rows = results.read_part(part)
-  made = {**made, "command": "python -m experiments.compare --flagfile=configs/ml1m_mf_gains.flags"}
-  path = _headline(part.parent, "ml-100k,mf,1/32,ml100k_mf_r32,--gain_bits=8,design/fedras.md")
-  assert "`--gain_bits=8`" in results.headline(path, {part.name: (made, rows, None)})[2]
-  path = _headline(part.parent, "ml-100k,mf,1/32,ml100k_mf_r32,--gain_bits=4,design/fedras.md")
-  with pytest.raises(ValueError, match="did not run with --gain_bits=4"):
-    results.headline(path, {part.name: (made, rows, None)})
-  # The flagfile's item_lr (64) is not what FedRAS ran where its tuned column records
-  # another (16, as --method_settings would); values compare as numbers.
-  for setting, ran in (("--item_lr=64", False), ("--item_lr=16", True), ("--gain_bits=8.0", True)):
-    path = _headline(part.parent, f"ml-100k,mf,1/32,ml100k_mf_r32,{setting},design/fedras.md")
-    if ran:
-      results.headline(path, {part.name: (made, rows, None)})
-    else:
-      with pytest.raises(ValueError, match=f"did not run with {setting}"):
-        results.headline(path, {part.name: (made, rows, None)})
+  # FedRAS's tuned column records item_lr 16.0 (as --method_settings would); the command's
+  # flagfile sets --item_lr=64 and --gain_bits=8, its notes --gain_bits=4.
+  rows = [dict(r, tuned="item_lr=16.0 (set)") if r["method"] == "fedras" else r for r in rows]
+  made = {
+      **made, "command": "python -m experiments.compare --flagfile=configs/ml1m_mf_gains.flags "
+                         "(seed 1: the same with --gain_bits=4)"
+  }
+  check = lambda rows: lambda setting: results.headline(
+      _headline(part.parent, f"ml-100k,mf,1/32,ml100k_mf_r32,{setting},design/fedras.md"),
+      {part.name: (made, rows, None)})
+  for setting in ("--item_lr=16", "--gain_bits=8", "--gain_bits=8.0"):
+    assert f"`{setting}`" in check(rows)(setting)[2]
+  for setting in ("--item_lr=64", "--gain_bits=4", "--value_bits=16"):
+    with pytest.raises(ValueError, match=f"did not run with {setting}"):
+      check(rows)(setting)
+  # Seeds that recorded different values: the setting is not every run's.
+  mixed = [
+      dict(r, tuned="item_lr=32.0 (set)") if (r["method"], r["seed"]) == ("fedras", "1") else r
+      for r in rows
+  ]
+  with pytest.raises(ValueError, match="did not run with --item_lr=16"):
+    check(mixed)("--item_lr=16")
 
 
 def test_the_committed_tiers_table_covers_every_dataset_and_model():
