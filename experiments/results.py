@@ -295,9 +295,10 @@ def _same_value(a: str, b: str) -> bool:
 def _ran_setting(word: str, made: dict, runs: dict) -> bool:
   """Whether the flag ``word`` (``--name=value``) is one the part ran its FedRAS ``runs``
   (``{seed: row}``) with: where their ``tuned`` records the flag (a search's pick, or a
-  ``--method_settings`` value), that value wherever it is recorded; else a word of the command
-  (its notes aside: :func:`command_words`) or the value the command gives the flag (a ``--flagfile`` of the repository read in place,
-  as it is now: ``experiments.golden`` checks that no config's runs change)."""
+  ``--method_settings`` value), that value wherever it is recorded; else a word of the
+  command (its notes aside: :func:`command_words`) or the value the command gives the flag
+  (a ``--flagfile`` of the repository read in place, as it is now: ``experiments.golden``
+  checks that no config's runs change)."""
   name, _, value = word.removeprefix("--").partition("=")
   recorded = []
   for row in runs.values():
@@ -354,10 +355,11 @@ def cell_runs(name: str, cell: tuple, parts: dict) -> dict:
   (:func:`compared_rows`: with a reference part, its own where it ran the method and the
   reference's elsewhere), labelled by their method; then, labelled ``method (part)``, the
   reference's baseline runs of the methods the part ran too, and the baseline runs at the
-  cell of every part of baselines only that ``reference`` files link to this one (:func:`linked_parts`: say SVD rerun at FedRAS's item_lr), each a baseline
-  of its own so that none hides behind another, less the runs that reproduce one already
-  there (same method and seed, same final HR@10 and NDCG@10). ``parts``: ``{name: (made,
-  rows, reference)}`` as :func:`main` reads them (docs/design/evidence.md says why). A
+  cell of every part of baselines only that ``reference`` files link to this one
+  (:func:`linked_parts`: say SVD rerun at FedRAS's item_lr), each a baseline of its own so
+  that none hides behind another, less the runs that reproduce one already there (same
+  method and seed, same final HR@10 and NDCG@10). ``parts``: ``{name: (made, rows,
+  reference)}`` as :func:`main` reads them (docs/design/evidence.md says why). A
   ``ValueError`` names a part whose runs at the cell have other rounds or sampled
   negatives than the FedRAS runs'."""
   _, rows, reference = parts[name]
@@ -491,15 +493,12 @@ def tiers(path: pathlib.Path, parts: dict, curves: dict) -> list:
     if DENSE not in runs:
       raise ValueError(f"{path}:{number}: no uncompressed runs at {' '.join(cell)} to time "
                        "the others against")
-    no_curves = sorted({source for source, _, _ in runs.values() if not curves.get(source)})
-    if no_curves:
-      raise ValueError(f"{path}:{number}: part(s) {', '.join(no_curves)} have no curves.csv")
     first = {FEDRAS: 0, DENSE: 1}  # then the others in cell_runs' order
     timed = [
         dict(c, method=label)
         for label, (source, method,
                     seeds) in sorted(runs.items(), key=lambda kv: first.get(kv[0], 2))
-        for c in curves[source]
+        for c in curves.get(source) or ()
         if c["method"] == method and c["seed"] in seeds and _at_cell(c, cell)
     ]
     curved = {(c["method"], c["seed"]) for c in timed}

@@ -712,8 +712,10 @@ def test_the_tiers_table_times_each_of_a_cells_runs_on_its_own_parts_curves(part
                      match=r"tiers.csv:2: no curves at ml-100k mf 1/32 for "
                      r"svd \(svd_lr32\) seed 2 \(svd_lr32\)"):
     results.tiers(path, parts, curves)
-  del curves[part.name]
-  with pytest.raises(ValueError, match=f"tiers.csv:2: part\\(s\\) {part.name} have no curves"):
+  del curves[part.name]  # a part without curves: each of its runs is named
+  with pytest.raises(ValueError,
+                     match=r"tiers.csv:2: no curves at ml-100k mf 1/32 for "
+                     f"topk seed 0 \\({part.name}\\), topk seed 1"):
     results.tiers(path, parts, curves)
   made, rows, (name, ref_rows) = parts["gains"]
   parts["gains"] = (made, rows, (name, [r for r in ref_rows if r["method"] != "uncompressed"]))
