@@ -33,6 +33,7 @@ FILE_OPTION_FLAGS = ("data_columns", "data_header", "min_rating", "min_user_inte
                      "min_item_interactions", "kcore")
 METHODS = tuple(m for m in COMPRESSORS if m != "identity")
 ON_NONFINITE = ("skip", "stop")
+SERVER_LR_SCHEDULES = ("constant", "cosine", "linear")
 
 # Settings that cannot change a run's numbers: where files are, how much is printed,
 # how often state is saved, whether data may be downloaded, whether a round with
@@ -87,6 +88,13 @@ class TrainConfig:
   dense_lr: float = setting("federated", 0.1, "local SGD step of dense weights (NCF)")
   weight_decay: float = setting("federated", 0.0, "L2 coefficient on the parameters a step touches")
   server_lr: float = setting("federated", 1.0, "server SGD step applied to the aggregated update")
+  server_lr_schedule: str = setting(
+      "federated", "constant",
+      "constant | cosine | linear: the server step decays over --rounds from --server_lr to "
+      "--server_lr x --server_lr_end (docs/design/round.md)")
+  server_lr_end: float = setting(
+      "federated", 0.0, "a decaying --server_lr_schedule's final step as a fraction of "
+      "--server_lr, in [0, 1]")
   aggregation: str = setting("federated", "inverse_frequency",
                              "inverse_frequency (FedRAS) | fedavg")
   method: str = setting(
@@ -226,6 +234,9 @@ class TrainConfig:
               ("init_scale", self.init_scale > 0, "positive"),
               ("checkpoint_every", self.checkpoint_every >= 0, "non-negative (0: off)"),
               ("on_nonfinite", self.on_nonfinite in ON_NONFINITE, f"one of {ON_NONFINITE}"),
+              ("server_lr_schedule", self.server_lr_schedule
+               in SERVER_LR_SCHEDULES, f"one of {SERVER_LR_SCHEDULES}"),
+              ("server_lr_end", 0 <= self.server_lr_end <= 1, "in [0, 1]"),
               ("seed", 0 <= self.seed < 2**32, "an integer in [0, 2^32)"),
               ("eval_protocol", self.eval_protocol in PROTOCOLS, f"one of {PROTOCOLS}"),
               ("test_negatives", self.test_negatives >= (0 if self.eval_protocol == "full" else 1),

@@ -109,6 +109,21 @@ def round_hparams(config: TrainConfig, dense_round_bits: int) -> RoundHParams:
                       downlink_budget_bits=float(config.payload_ratio * dense_round_bits))
 
 
+def server_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+  """The server's SGD on the negated aggregated update: a step of ``config.server_lr``,
+  or one decaying over ``config.rounds`` (``server_lr_schedule``): round ``r``
+  (1-based) steps with ``server_lr x s((r - 1) / rounds)``, ``s(t) = end + (1 - end)
+  c(t)`` with ``end = server_lr_end`` and ``c(t) = (1 + cos(pi t)) / 2`` (cosine) or
+  ``1 - t`` (linear). The step count is optimizer state, so a resumed run continues its
+  schedule."""
+  lr, end, rounds = config.server_lr, config.server_lr_end, config.rounds
+  if config.server_lr_schedule == "cosine":
+    lr = optax.cosine_decay_schedule(lr, decay_steps=rounds, alpha=end)
+  elif config.server_lr_schedule == "linear":
+    lr = optax.linear_schedule(lr, lr * end, transition_steps=rounds)
+  return optax.sgd(lr)
+
+
 class Simulation(NamedTuple):
   """Everything a run of ``config`` on a split steps through (see ``build_simulation``):
   the model, static round shape, server optimizer, compressors, the pure (unjitted)
@@ -137,7 +152,7 @@ def build_simulation(config: TrainConfig,
   ``mesh``: devices to shard local training over (see ``make_round``)."""
   model = build_model(config)
   round_config = round_config or build_round_config(config, split, seeds=[config.seed])
-  server_opt = optax.sgd(config.server_lr)
+  server_opt = server_optimizer(config)
   dense_round_bits = dense_bits(split.num_items, model.item_dim)
   bandwidth = build_bandwidth(config, split.num_users, dense_round_bits)
   uplink, downlink = build_compressors(config, split.num_items, model.item_dim)

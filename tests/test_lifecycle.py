@@ -296,6 +296,21 @@ def test_a_checkpoint_by_time_between_evaluations_resumes_exactly(data_dir, refe
       (reference / "final_params.msgpack").read_bytes()
 
 
+def test_a_resumed_run_continues_its_server_lr_schedule(data_dir, tmp_path):
+  """Resumed from round 2 of 4, a linear decay to 0 goes on from its third step (the
+  step count is in the checkpoint): the model ends as the uninterrupted run's."""
+  decaying = dict(TINY, checkpoint_every=2, server_lr_schedule="linear", server_lr_end=0.0)
+  workdir = tmp_path / "run"
+  train(_config(data_dir, workdir=str(workdir), **decaying))
+  uninterrupted = (workdir / "final_params.msgpack").read_bytes()
+  saved = checkpoint.list_checkpoints(workdir / "checkpoints")
+  assert [r for r, _ in saved] == [2, 4]
+  for path in (saved[-1][1], workdir / "summary.json", workdir / "final_params.msgpack"):
+    path.unlink()
+  assert train(_config(data_dir, workdir=str(workdir), **decaying))["resumed_from_round"] == 2
+  assert (workdir / "final_params.msgpack").read_bytes() == uninterrupted
+
+
 def test_workdir_with_other_flags_is_refused(data_dir, reference, tmp_path):
   workdir = _copy(reference, tmp_path)
   before = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
@@ -406,7 +421,10 @@ def test_nonfinite_updates_are_skipped_counted_and_logged(data_dir, monkeypatch)
     [(dict(on_nonfinite="ignore"), "--on_nonfinite='ignore' is invalid"),
      (dict(checkpoint_every=-1), "--checkpoint_every=-1 is invalid"),
      (dict(checkpoint_minutes=-1.0), "--checkpoint_minutes=-1.0 is invalid"),
-     (dict(checkpoint_minutes=float("nan")), "--checkpoint_minutes=nan is invalid"),])
+     (dict(checkpoint_minutes=float("nan")), "--checkpoint_minutes=nan is invalid"),
+     (dict(server_lr_schedule="step"), "--server_lr_schedule='step' is invalid: must be one of"),
+     (dict(server_lr_end=1.5), "--server_lr_end=1.5 is invalid: must be in [0, 1]"),
+     (dict(server_lr_end=float("nan")), "--server_lr_end=nan is invalid"),])
 def test_bad_new_settings_are_refused(setting, message):
   with pytest.raises(ValueError, match=re.escape(message)):
     TrainConfig(**setting).validate()

@@ -9,6 +9,8 @@ import numpy as np
 import optax
 import pytest
 
+from fedras_jax.config import TrainConfig
+from fedras_jax.experiment import server_optimizer
 from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams, aggregate_item_updates,
                                   capacity_overflow, client_keys, client_plan, client_update,
                                   init_states, make_round, plan_capacity, round_clients)
@@ -41,15 +43,12 @@ def config(synthetic, aggregation="inverse_frequency", lanes=2, extra=0):
                      aggregation=aggregation)
 
 
-def run_rounds(model, synthetic, cfg, rounds=2, users=None):
-  server, clients = init_states(model,
-                                synthetic.num_users,
-                                synthetic.num_items,
-                                optax.sgd(1.0),
-                                seed=0)
+def run_rounds(model, synthetic, cfg, rounds=2, users=None, server_opt=None):
+  server_opt = server_opt or optax.sgd(1.0)
+  server, clients = init_states(model, synthetic.num_users, synthetic.num_items, server_opt, seed=0)
   if users is not None:
     clients = clients._replace(users=users)
-  round_fn = jax.jit(make_round(model, synthetic.data, cfg))
+  round_fn = jax.jit(make_round(model, synthetic.data, cfg, server_opt))
   history = []
   for _ in range(rounds):
     history.append((server, clients))
@@ -57,11 +56,12 @@ def run_rounds(model, synthetic, cfg, rounds=2, users=None):
   return history, (server, clients, metrics)
 
 
-def reference_round(model, synthetic, cfg, server, clients, exclude=()):
+def reference_round(model, synthetic, cfg, server, clients, exclude=(), server_lr=1.0):
   """One round as PyTorch-style codebases simulate it: a Python loop over clients.
 
   Users in `exclude` are left out (their rows unchanged, no item counts, the dense mean
-  over the others); FedAvg's divisor stays the number sampled."""
+  over the others); FedAvg's divisor stays the number sampled. The server adds
+  ``server_lr`` times the aggregate."""
   data = synthetic.data
   sampled = round_clients(server.key, server.round, data.num_users, M)
   keys = client_keys(server.key, server.round, sampled)
@@ -90,8 +90,8 @@ def reference_round(model, synthetic, cfg, server, clients, exclude=()):
     users[user] = np.asarray(out.user)
     dense_sum = jax.tree.map(lambda a, d: a + np.asarray(d, np.float64), dense_sum, out.dense_delta)
   divisor = np.maximum(counts, 1)[:, None] if cfg.aggregation == "inverse_frequency" else M
-  items = np.asarray(server.items, np.float64) + sums / divisor
-  dense = jax.tree.map(lambda p, s: np.asarray(p, np.float64) + s / (M - len(exclude)),
+  items = np.asarray(server.items, np.float64) + server_lr * sums / divisor
+  dense = jax.tree.map(lambda p, s: np.asarray(p, np.float64) + server_lr * s / (M - len(exclude)),
                        server.dense, dense_sum)
   return items, users, dense
 
@@ -108,6 +108,24 @@ def test_round_equals_per_client_loop(synthetic, model_name, aggregation):
     np.testing.assert_allclose(next_clients.users, users, atol=2e-6, rtol=1e-5)
     chex.assert_trees_all_close(next_server.dense, dense, atol=2e-6, rtol=1e-5)
     assert int(next_server.round) == int(server.round) + 1
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_server_lr_schedule_scales_each_rounds_step(synthetic, schedule):
+  # Round r (1-based) of R adds lr * (end + (1 - end) c((r - 1) / R)) times the aggregate.
+  lr, end, rounds = 0.8, 0.25, 3
+  decay = {"cosine": lambda t: (1 + np.cos(np.pi * t)) / 2, "linear": lambda t: 1 - t}[schedule]
+  opt = server_optimizer(
+      TrainConfig(rounds=rounds, server_lr=lr, server_lr_schedule=schedule, server_lr_end=end))
+  model = get_model("ncf", **MODELS["ncf"])
+  cfg = config(synthetic)
+  history, last = run_rounds(model, synthetic, cfg, rounds=rounds, server_opt=opt)
+  history.append(last[:2])
+  for r, ((server, clients), (next_server, _)) in enumerate(zip(history[:-1], history[1:]), 1):
+    step = lr * (end + (1 - end) * decay((r - 1) / rounds))
+    items, _, dense = reference_round(model, synthetic, cfg, server, clients, server_lr=step)
+    np.testing.assert_allclose(next_server.items, items, atol=2e-6, rtol=1e-5)
+    chex.assert_trees_all_close(next_server.dense, dense, atol=2e-6, rtol=1e-5)
 
 
 def test_padding_is_inert(synthetic):
