@@ -31,7 +31,13 @@ def _tiny(ml100k_path, rounds, **settings):
 
 
 def test_sweep_run_equals_single_run_and_resumes_from_its_checkpoint(ml100k_path, tmp_path):
-  base = _tiny(ml100k_path, rounds=6, clients_per_round=8, checkpoint_every=4)
+  # A decaying server step: its count is vmapped, checkpointed and resumed with the runs.
+  base = _tiny(ml100k_path,
+               rounds=6,
+               clients_per_round=8,
+               checkpoint_every=4,
+               server_lr_schedule="cosine",
+               server_lr_end=0.1)
   points = grid_points({"item_lr": [4.0, 8.0]})
   # The whole sweep leaves its round-4 checkpoint behind (none at the end).
   results = sweep_points(base, [0, 1], points, checkpoint_dir=tmp_path)
