@@ -47,6 +47,9 @@ def test_derived_configs_override_their_base(monkeypatch):
   assert (stages.action_stages, stages.value_bits, stages.tau_mode, stages.tau,
           stages.item_lr) == (8, 16, "fixed", 0.95, 32.0)
   assert stages.rounds == ml1m.rounds and stages.clients_per_round == ml1m.clients_per_round
+  cosine = _config(REPO / "configs/ml1m_ncf_stages_cosine.flags", monkeypatch)
+  assert (ml1m.server_lr_schedule, cosine.server_lr_schedule) == ("constant", "cosine")
+  assert dataclasses.replace(cosine, server_lr_schedule="constant") == stages
   tiers = _config(REPO / "configs/ml100k_mf_tiers.flags", monkeypatch)
   assert (tiers.bandwidth, tiers.bandwidth_tiers, tiers.fluctuation) == ("tiers", "4,16,32,64", 0.3)
 
