@@ -14,7 +14,7 @@ import pytest
 
 from fedras_jax import quantize
 from fedras_jax.compress import (Context, colr, embedding_kmeans, fedras, make_compressor,
-                                 roundtrip, sparse_dense_bits, svd, topk)
+                                 dense_fits, roundtrip, sparse_dense_bits, svd, topk)
 from fedras_jax.compress.base import indexed_rows, with_overhead
 from fedras_jax.config import TrainConfig
 from fedras_jax.experiment import build_compressors
@@ -103,6 +103,16 @@ def test_indexed_rows_and_overhead_by_hand():
   # FedRAS's dense fallback always sent a bitmap; for no rows it sends nothing.
   assert int(sparse_dense_bits(jnp.int32(2), 50, 6)) == 2 * 6 * 32 + 50
   assert int(sparse_dense_bits(jnp.int32(0), 50, 6)) == 0
+  # Fits exactly at its size, not a bit below; no rows fit any budget >= 0.
+  for rows, budget in ((2, 434), (2, 433), (0, 0), (0, -1), (3, 10**6)):
+    want = rows * 6 * 32 + (50 if rows else 0) <= budget
+    assert bool(dense_fits(jnp.int32(rows), 50, 6, 32, jnp.int32(budget))) == want, (rows, budget)
+  # 1.1M rows of 64 floats are 2.25e9 bits: their int32 size wraps (to 0 here), and they
+  # were sent dense within a budget of 1e6 bits.
+  assert int(sparse_dense_bits(jnp.int32(1_100_000), 1_100_000, 64)) <= 0
+  assert not bool(dense_fits(jnp.int32(1_100_000), 1_100_000, 64, 32, jnp.int32(10**6)))
+  assert not bool(dense_fits(jnp.int32(1_100_000), 1_100_000, 64, 32, jnp.int32(2**31 - 1)))
+  assert bool(dense_fits(jnp.int32(1_000), 1_100_000, 64, 32, jnp.int32(2**31 - 1)))
   with pytest.raises(ValueError, match="index_coding"):
     indexed_rows(sent, 50, "bitmap")
 

@@ -313,6 +313,12 @@ def test_budgets_past_int32_saturate_and_never_wrap():
   assert int(saturating_int32(3e9)) == 2**31 - 1  # exact in float64
   assert int(saturating_int32(jnp.float32(1e12))) == 2**31 - 128  # float32's largest below
   assert int(jax.jit(saturating_int32)(jnp.float16(-np.inf))) == -2**31
+  # A uint32 past int32's max was cast as it was, wrapping 3e9 to a negative budget.
+  for saturate in (saturating_int32, jax.jit(saturating_int32)):
+    assert int(saturate(jnp.uint32(3_000_000_000))) == 2**31 - 1
+    assert int(saturate(jnp.uint32(560))) == 560
+  p = q.encode(g, KEY, budget_bits=jnp.uint32(3_000_000_000), max_k=4)
+  assert (int(p.num_actions), int(p.bits)) == (4, 560)
   # R * index bits past int32: the Python-int count (exact) says one action fits; the traced
   # test used to overflow to K = 4 with negative bits.
   budget, rows = 2**30 + 300, 2**30
@@ -784,6 +790,16 @@ def test_static_options_are_validated():
     q.encode(g, KEY, budget_bits=1000, max_k=2, init_centroids=jnp.zeros((3, 2)), init_k=1)
   with pytest.raises(ValueError, match="init_k needs init_centroids"):
     q.encode(g, KEY, budget_bits=1000, max_k=2, init_k=3)
+  # A [1] mask broadcast over every row (all sent or none); [n, 1] failed deep inside.
+  for bad in (jnp.ones(1, bool), jnp.ones((4, 1), bool)):
+    with pytest.raises(ValueError, match=r"mask must be \[n\] = \[4\], got shape"):
+      q.encode(g, KEY, budget_bits=1000, max_k=2, mask=bad)
+  # kmeans: max_k 0 was a math domain error; a [1] weights vector broadcast silently.
+  for bad in (0, -1, 2.0):
+    with pytest.raises(ValueError, match="max_k must be an int >= 1"):
+      q.kmeans(g, KEY, max_k=bad)
+  with pytest.raises(ValueError, match=r"weights must be \[n\] = \[4\], got shape \[1\]"):
+    q.kmeans(g, KEY, max_k=2, weights=jnp.ones(1))
   # A nested list is an array like any other (jnp.shape of it failed under jit).
   listed = jax.jit(lambda c: q.encode(g + c[0][0],
                                       KEY,

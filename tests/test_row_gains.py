@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedras_jax.compress import (Context, GainPayload, fedras, identity, row_gains, stateless)
+from fedras_jax.compress import (Context, GainPayload, embedding_kmeans, fedras, identity,
+                                 roundtrip, row_gains, stateless)
 from fedras_jax.compress.wrappers import gain_codes, gain_values
 from fedras_jax.config import TrainConfig
 from fedras_jax.experiment import build_compressors
@@ -121,6 +122,32 @@ def test_fedras_with_gains_fits_the_budget_and_is_exact_when_sent_dense():
   assert bool(payload.inner.is_dense) and not bool(payload.on)
   assert int(payload.bits) == int(payload.inner.bits)
   np.testing.assert_array_equal(decoded, np.asarray(rows))
+
+
+def test_gains_around_a_coder_of_new_rows_stay_within_the_budget():
+  # embedding_kmeans codes base + update, so the 45 masked rows without an update decode
+  # nonzero too: beyond the gains' set-aside (15 rows), which sent 8 bits for all 60.
+  rng = np.random.default_rng(2)
+  base = jnp.asarray(rng.normal(size=(60, 8)), jnp.float32)
+  update = np.zeros((60, 8), np.float32)
+  update[:15] = 0.05 * rng.normal(size=(15, 8))
+  comp = row_gains(embedding_kmeans(60, max_k=16), 8)
+  for budget in (1200, 3000, 6000):
+    out = roundtrip(comp,
+                    jnp.asarray(update),
+                    jnp.ones(60, bool),
+                    jnp.int32(budget),
+                    jax.random.key(3),
+                    context=Context(base_rows=base))
+    inner_bits, sent = int(out.payload.inner.bits), int(out.payload.inner.inner.sent.sum())
+    assert int(out.bits) <= budget and sent == 60 and int(out.payload.inner.num_actions) > 0
+    if inner_bits + 60 * 8 + 64 <= budget:  # the gains fit: sent, and counted
+      assert bool(out.payload.on) and int(out.bits) == inner_bits + 60 * 8 + 64
+      # A row without an update gets gain 0: it decodes to no update at all.
+      assert not np.any(np.asarray(out.decoded)[15:])
+    else:
+      assert not bool(out.payload.on) and int(out.bits) == inner_bits
+  assert bool(out.payload.on), "the largest budget must fit the gains"
 
 
 def test_an_exact_compressor_is_left_alone_and_bad_bits_are_refused():

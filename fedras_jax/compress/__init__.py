@@ -6,7 +6,7 @@ from fedras_jax.compress.base import (Compressor, Context, DensePayload, Encoded
 from fedras_jax.compress.wrappers import (EmbeddingPayload, FeedbackState, GainPayload, cold_start,
                                           error_feedback, on_embeddings, row_gains, shared_basis)
 from fedras_jax.compress.roundtrip import Roundtrip, roundtrip, roundtrip_clients
-from fedras_jax.compress.fedras import FedRASPayload, fedras, sparse_dense_bits
+from fedras_jax.compress.fedras import FedRASPayload, dense_fits, fedras, sparse_dense_bits
 from fedras_jax.compress.topk import TopKPayload, entries_for_budget, topk, topk_bits
 from fedras_jax.compress.colr import CoLRPayload, colr, colr_basis, colr_bits
 from fedras_jax.compress.svd import SVDPayload, rank_for_budget, svd, svd_bits

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from fedras_jax import quantize
 from fedras_jax.compress.base import (Compressor, Encoded, check_index_coding, content_budget,
                                       indexed_rows, with_overhead)
+from fedras_jax.quantize.bits import saturating_int32
 
 
 class FedRASPayload(NamedTuple):
@@ -41,6 +42,18 @@ def sparse_dense_bits(num_rows_sent, num_index_rows, dim, value_bits=32):
   """Bits of sending ``num_rows_sent`` rows as values plus a presence bitmap (0 for no
   rows: nothing is sent)."""
   return with_overhead(num_rows_sent * dim * value_bits, num_index_rows)
+
+
+def dense_fits(num_rows_sent, num_index_rows, dim, value_bits, budget_bits):
+  """Whether ``sparse_dense_bits(num_rows_sent, ...) <= budget_bits`` (bool array).
+
+  Asked as a row count, which cannot overflow: rows whose dense size passes ``2**31``
+  bits never fit (their int32 size would wrap to a small number).
+  """
+  rows_that_fit = content_budget(saturating_int32(budget_bits),
+                                 num_index_rows) // (dim * value_bits)
+  return jnp.where(num_rows_sent == 0,
+                   jnp.asarray(budget_bits) >= 0, num_rows_sent <= rows_that_fit)
 
 
 def fedras(num_index_rows: int,
@@ -101,9 +114,11 @@ def fedras(num_index_rows: int,
   def encode(rows, mask, budget_bits, key, start, context):
     del context
     live = mask & jnp.any(rows != 0, axis=1) & jnp.all(jnp.isfinite(rows), axis=1)
-    dense_size = sparse_dense_bits(jnp.sum(live, dtype=jnp.int32), num_index_rows, rows.shape[1],
+    num_live = jnp.sum(live, dtype=jnp.int32)
+    is_dense = jnp.bool_(dense_fallback) & dense_fits(num_live, num_index_rows, rows.shape[1],
+                                                      value_bits, budget_bits)
+    dense_size = sparse_dense_bits(jnp.where(is_dense, num_live, 0), num_index_rows, rows.shape[1],
                                    value_bits)
-    is_dense = jnp.bool_(dense_fallback) & (dense_size <= budget_bits)
     index_rows, overhead = indexed_rows(live, num_index_rows, index_coding)
     # A client sent dense is not clustered: a zero budget makes the quantizer skip it. The
     # bitmap (if any) is set aside once, for every stage.

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from fedras_jax.compress.base import Compressor, Encoded, no_state
+from fedras_jax.quantize.bits import saturating_int32
 
 
 class FeedbackState(NamedTuple):
@@ -192,7 +193,8 @@ def gain_values(codes, lo, hi, gain_bits: int):
 
 def _gains_encode(inner: Compressor, gain_bits: int, rows, mask, budget_bits, key, state,
                   context) -> Encoded:
-  # The gains' bits are set aside first: a nonzero decoded row is a masked row.
+  # The gains' bits are set aside first, for the masked rows with an update: the rows
+  # an update coder can decode nonzero.
   candidates = jnp.sum(mask & jnp.any(rows != 0, axis=1), dtype=jnp.int32)
   coded = inner.encode(rows, mask, budget_bits - candidates * gain_bits - 64, key, state, context)
   approx = inner.decode(coded.payload)
@@ -200,8 +202,12 @@ def _gains_encode(inner: Compressor, gain_bits: int, rows, mask, budget_bits, ke
   sent = norm2 > 0  # the receiver knows these rows: they decode nonzero
   gains = jnp.where(sent, jnp.sum(coded.target * approx, axis=1) / jnp.where(sent, norm2, 1.0), 1.0)
   codes, lo, hi = gain_codes(gains, sent, gain_bits)
-  on = jnp.any(sent) & jnp.any(approx != coded.target)
-  bits = coded.payload.bits + jnp.where(on, jnp.sum(sent, dtype=jnp.int32) * gain_bits + 64, 0)
+  gain_size = jnp.sum(sent, dtype=jnp.int32) * gain_bits + 64
+  # A coder of new rows (``on_embeddings``) also decodes masked rows without an update
+  # nonzero, beyond the set-aside: when the gains do not fit what is left, none are sent.
+  fits = gain_size <= jnp.maximum(saturating_int32(budget_bits), 0) - coded.payload.bits
+  on = jnp.any(sent) & jnp.any(approx != coded.target) & fits
+  bits = coded.payload.bits + jnp.where(on, gain_size, 0)
   return coded._replace(
       payload=GainPayload(inner=coded.payload, codes=codes, lo=lo, hi=hi, on=on, bits=bits))
 
@@ -218,7 +224,9 @@ def row_gains(inner: Compressor, gain_bits: int) -> Compressor:
   row, 64 for the range), decodes, and sends for every row ``i`` that decodes
   nonzero the quantized (:func:`gain_codes`) least-squares gain ``g_i = t_i . a_i /
   |a_i|^2`` of its decoded row ``a_i`` onto the row ``t_i`` it stands for; decode is
-  ``g_i a_i``. An action quantizer's decoded rows are shared directions (the
+  ``g_i a_i``. Never over the budget: when the gains of the rows that decode nonzero
+  do not fit what the inner payload left (a coder of new rows, ``on_embeddings``,
+  decodes rows without an update too), none are sent. An action quantizer's decoded rows are shared directions (the
   centroids): the gains restore each row's magnitude, which a cosine split test does
   not see (docs/design/fedras.md). Sends no gains (and counts none) when the inner
   payload decoded exactly. An exact ``inner`` is returned as it is.

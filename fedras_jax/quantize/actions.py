@@ -72,7 +72,6 @@ stability (and vmapped per client) but currently unused.
 """
 
 import functools
-import numbers
 from typing import NamedTuple
 
 import jax
@@ -82,7 +81,7 @@ from jax import lax
 from fedras_jax.quantize.batching import batched_as, check_vmap_strategy
 from fedras_jax.quantize.bits import max_actions_for_budget, payload_bits, saturating_int32
 from fedras_jax.quantize.encode_loop import EncodeRows, EncodeState, encode_loop, unit_rows
-from fedras_jax.quantize.lloyd import prepare_rows
+from fedras_jax.quantize.lloyd import count_arg, prepare_rows
 
 NO_UPDATE = -1
 """Reserved index: the row carries no update and decodes to exactly zero."""
@@ -212,8 +211,8 @@ def encode(grads,
   if half_dtype not in _HALF:
     raise ValueError(f"half_dtype must be one of {sorted(_HALF)}, got {half_dtype!r}")
   check_vmap_strategy(vmap_strategy)
-  max_k = _count("max_k", max_k)
-  max_splits = None if max_splits is None else _count("max_splits", max_splits)
+  max_k = count_arg("max_k", max_k)
+  max_splits = None if max_splits is None else count_arg("max_splits", max_splits)
   # More than max_k - 1 splits per test are impossible: normalise (one compile).
   max_splits = max(1, max_k - 1) if max_splits is None else min(max_splits, max(1, max_k - 1))
   del key
@@ -223,6 +222,9 @@ def encode(grads,
   if x.ndim != 2 or 0 in x.shape:
     raise ValueError(f"grads must be a non-empty [n, d] matrix, got shape {x.shape}")
   n, d = x.shape
+  mask = None if mask is None else jnp.asarray(mask)
+  if mask is not None and mask.shape != (n,):
+    raise ValueError(f"mask must be [n] = [{n}], got shape {list(mask.shape)}")
   if init_centroids is None and init_k is not None:
     raise ValueError("init_k needs init_centroids (the actions a warm start begins from)")
   init = None if init_centroids is None else jnp.asarray(init_centroids)
@@ -265,13 +267,6 @@ def _encode_jit(x, mask, budget_bits, tau, num_index_rows, tol, init_centroids, 
   args = (real(x), m, budget_bits, real(tau), num_index_rows, real(tol), init,
           jnp.asarray(0 if init_k is None else init_k, jnp.int32))
   return batched_as(_encode_impl, vmap_strategy, **static._asdict())(*args)
-
-
-def _count(name: str, value) -> int:
-  """``value`` as a Python int >= 1 (a NumPy integer too); a ValueError naming ``name``."""
-  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-    raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-  return int(value)
 
 
 def _times_power_of_two(x, e):

@@ -43,6 +43,8 @@ def saturating_int32(value):
     v = jnp.clip(v, -2.0**31, 2.0**31 - 128)  # bounds exact in float32
   elif jnp.iinfo(v.dtype).bits > 32:
     v = jnp.clip(v, _INT32.min, _INT32.max)
+  elif jnp.issubdtype(v.dtype, jnp.unsignedinteger):  # uint32 reaches past int32's max
+    v = jnp.minimum(v, _INT32.max)
   return v.astype(jnp.int32)
 
 

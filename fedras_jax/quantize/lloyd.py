@@ -34,6 +34,7 @@ Conventions
 
 import functools
 import math
+import numbers
 from typing import NamedTuple, Optional
 
 import jax
@@ -235,6 +236,13 @@ def _sample_index(key, mass, num):
   return jnp.clip(idx, 0, mass.shape[0] - 1).astype(jnp.int32)
 
 
+def count_arg(name: str, value) -> int:
+  """``value`` as a Python int >= 1 (a NumPy integer too); a ValueError naming ``name``."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+    raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+  return int(value)
+
+
 @functools.partial(jax.jit, static_argnames=("max_k",))
 def kmeans_plusplus(x, key, *, max_k: int, k=None, weights=None):
   """Greedy k-means++ seeding (scikit-learn's variant) into a slot buffer.
@@ -328,8 +336,12 @@ def kmeans(x,
     :class:`KMeansResult`.
   """
   check_vmap_strategy(vmap_strategy)
+  count_arg("max_k", max_k)
   x = jnp.asarray(x, jnp.float32)
   n, d = x.shape
+  weights = None if weights is None else jnp.asarray(weights, jnp.float32)
+  if weights is not None and weights.shape != (n,):
+    raise ValueError(f"weights must be [n] = [{n}], got shape {list(weights.shape)}")
   if key is None:
     if init_centroids is None:
       raise ValueError("kmeans needs a key for k-means++ seeding (or init_centroids)")
