@@ -178,6 +178,10 @@ def test_parse_movielens_1m_small(tmp_path):
   np.testing.assert_array_equal(inter.users, [0, 0, 1])
   np.testing.assert_array_equal(inter.items, [1, 0, 1])
   np.testing.assert_array_equal(inter.timestamps, [978300760, 978302109, 978298413])
+  # Lone \r line ends (classic Mac OS) read the same; they were one line.
+  p = write(tmp_path / "ratings.dat", "1::1193::5::978300760\r1::661::3::978302109\r"
+            "2::1193::4::978298413\r")
+  np.testing.assert_array_equal(data.parse_movielens_1m(p).items, inter.items)
 
 
 def test_parse_lastfm(tmp_path):

@@ -51,8 +51,8 @@ def quote_snippet(text: str) -> str:
 
 
 def read_lines(path) -> list[str]:
-  """Lines of a text file; a leading byte-order mark (Excel's "CSV UTF-8") and trailing
-  blank lines dropped, ``\\r`` stripped."""
+  """Lines of a text file ending in ``\\n``, ``\\r\\n`` or a lone ``\\r`` (classic Mac
+  OS); a leading byte-order mark (Excel's "CSV UTF-8") and trailing blank lines dropped."""
   with open(path, "rb") as f:
     data = f.read()
   try:
@@ -60,13 +60,13 @@ def read_lines(path) -> list[str]:
   except UnicodeDecodeError as e:
     line = data.count(b"\n", 0, e.start) + 1
     raise DataFormatError(path, line, f"not valid UTF-8 text ({e.reason})")
+  if text.find("\r") >= 0:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
   lines = text.split("\n")
   while lines and not lines[-1].strip():
     lines.pop()
   if not lines:
     raise DataFormatError(path, None, "file is empty")
-  if text.find("\r") >= 0:
-    lines = [s[:-1] if s.endswith("\r") else s for s in lines]
   return lines
 
 

@@ -33,7 +33,8 @@ class Interactions:
   Attributes:
       users: int32 [n], user id in [0, num_users).
       items: int32 [n], item id in [0, num_items).
-      timestamps: int64 [n]; order key (formats without time: line index).
+      timestamps: int64 [n]; order key (without time: the line index for Last.fm, a
+        seeded random permutation for user files and synthetic data).
       num_users: number of users.
       num_items: number of items.
       name: dataset name (for messages and bookkeeping).
