@@ -21,7 +21,7 @@ from typing import Optional
 from fedras_jax import data as data_lib
 from fedras_jax.compress.base import INDEX_CODINGS
 from fedras_jax.compress.registry import COMPRESSORS
-from fedras_jax.federated import AGGREGATIONS
+from fedras_jax.federated import AGGREGATIONS, TRAIN_NEGATIVES
 from fedras_jax.federated.bandwidth import BANDWIDTHS
 from fedras_jax.metrics import PROTOCOLS
 from fedras_jax.models import MODELS
@@ -83,6 +83,11 @@ class TrainConfig:
   local_epochs: int = setting("federated", 2, "local epochs per round")
   batch_size: int = setting("federated", 64, "local minibatch size")
   neg_ratio: int = setting("federated", 4, "training negatives per positive, re-drawn every round")
+  train_negatives: str = setting(
+      "data", "unseen",
+      "where training negatives come from: unseen (items the user never interacted with, its "
+      "held-out validation/test items excluded: PFedRec's protocol) | untrained (items outside "
+      "its training positives, so a held-out item can be a negative: NCF's original code)")
   user_lr: float = setting("federated", 1.0, "local SGD step of the private user embedding")
   item_lr: float = setting("federated", 8.0, "local SGD step of item embeddings")
   dense_lr: float = setting("federated", 0.1, "local SGD step of dense weights (NCF)")
@@ -231,6 +236,8 @@ class TrainConfig:
               ("bandwidth_tiers", _tiers_ok(self.bandwidth_tiers),
                "comma-separated finite positive numbers"),
               ("neg_ratio", self.neg_ratio >= 0, "non-negative"),
+              ("train_negatives", self.train_negatives
+               in TRAIN_NEGATIVES, f"one of {TRAIN_NEGATIVES}"),
               ("init_scale", self.init_scale > 0, "positive"),
               ("checkpoint_every", self.checkpoint_every >= 0, "non-negative (0: off)"),
               ("on_nonfinite", self.on_nonfinite in ON_NONFINITE, f"one of {ON_NONFINITE}"),

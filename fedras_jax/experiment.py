@@ -18,7 +18,7 @@ from fedras_jax.compress import cold_start, dense_bits, error_feedback, identity
 from fedras_jax.compress.registry import auto_downlink_max_k, make_compressor
 from fedras_jax.config import DATASETS, TrainConfig
 from fedras_jax.federated import (LocalHParams, RoundConfig, RoundHParams, client_data_from_split,
-                                  init_states, make_round, plan_capacity)
+                                  init_states, make_round, negative_exclusions, plan_capacity)
 from fedras_jax.federated.bandwidth import draw_bandwidth
 from fedras_jax.metrics import make_evaluate
 from fedras_jax.models import model_for_run
@@ -66,8 +66,9 @@ def _compressor(config: TrainConfig, num_items: int, item_dim: int, max_k: int, 
 
 def build_round_config(config: TrainConfig, split, seeds) -> RoundConfig:
   """The static round shape fitting every round of ``config`` for all ``seeds``."""
+  excluded_indptr, _ = negative_exclusions(split, config.train_negatives)
   capacity = plan_capacity(split.num_train_per_user,
-                           np.diff(split.seen_indptr),
+                           np.diff(excluded_indptr),
                            split.num_items,
                            seed=list(seeds),
                            rounds=config.rounds,
@@ -164,7 +165,7 @@ def build_simulation(config: TrainConfig,
                                 bandwidth=bandwidth,
                                 downlink=downlink)
   round_fn = make_round(model,
-                        client_data_from_split(split),
+                        client_data_from_split(split, config.train_negatives),
                         round_config,
                         server_opt,
                         uplink=uplink,

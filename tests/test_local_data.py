@@ -4,8 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fedras_jax.federated import (ClientPlan, LocalHParams, client_plan, client_update, local_data,
-                                  minibatch, slot_item, unseen_item)
+from fedras_jax.data import synthetic as synthetic_data
+from fedras_jax.federated import (ClientPlan, LocalHParams, client_data_from_split, client_plan,
+                                  client_update, local_data, minibatch, slot_item, unseen_item)
 from fedras_jax.models import get_model
 
 EPOCHS, BATCH, RATIO = 2, 4, 2
@@ -27,6 +28,36 @@ def test_unseen_item_matches_numpy(synthetic):
     ranks = np.arange(len(unseen))
     got = fn(jnp.full(len(ranks), u), jnp.asarray(ranks))
     np.testing.assert_array_equal(np.asarray(got), unseen)
+
+
+def test_train_negatives_avoid_every_seen_item_or_only_the_training_positives():
+  # 12 users of 20 items, a validation and a test item each.
+  split = synthetic_data.synthetic_split(12,
+                                         20,
+                                         num_valid=1,
+                                         num_test_negatives=3,
+                                         min_interactions=4,
+                                         max_interactions=8,
+                                         seed=5)
+  fn = jax.jit(jax.vmap(unseen_item, in_axes=(None, 0, 0)))
+  for train_negatives in ("unseen", "untrained"):
+    data = client_data_from_split(split, train_negatives)
+    for u in range(split.num_users):
+      train = split.train_items[split.train_indptr[u]:split.train_indptr[u + 1]]
+      held_out = {int(split.test_item[u]), int(split.valid_item[u])}
+      avoided = split.user_seen_items(u) if train_negatives == "unseen" else train
+      drawable = np.setdiff1d(np.arange(20), avoided)  # the NumPy reference
+      assert int(data.num_seen[u]) == len(avoided)
+      got = np.asarray(fn(data, jnp.full(len(drawable), u), jnp.arange(len(drawable))))
+      np.testing.assert_array_equal(got, drawable)
+      drawn = set(got.tolist())
+      if train_negatives == "untrained":  # held-out items can be negatives
+        assert held_out <= drawn
+      else:
+        assert not held_out & drawn
+      assert not set(train.tolist()) & drawn
+  with pytest.raises(ValueError, match="train_negatives must be one of"):
+    client_data_from_split(split, "seen")
 
 
 def test_slots_hold_positives_then_distinct_unseen_negatives(synthetic, plans):

@@ -1,6 +1,7 @@
 """The federated simulator: client data, local training, aggregation, the round."""
 from fedras_jax.federated.aggregation import AGGREGATIONS, aggregate_item_updates
-from fedras_jax.federated.client_data import ClientData, client_data_from_csr, client_data_from_split
+from fedras_jax.federated.client_data import (TRAIN_NEGATIVES, ClientData, client_data_from_csr,
+                                              client_data_from_split, negative_exclusions)
 from fedras_jax.federated.local_data import ClientPlan, client_plan, minibatch, slot_item, unseen_item
 from fedras_jax.federated.local_training import (ClientOutput, LocalHParams, client_update,
                                                  local_step, packed_client_updates, slot_layout)

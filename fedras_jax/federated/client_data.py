@@ -6,6 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# Where training negatives come from: "unseen", the items the user never interacted with,
+# held-out ones included (PFedRec's sampler, this project's protocol), or "untrained", the
+# items outside its training positives (NCF's original code: a held-out item can be a
+# negative). docs/design/data.md.
+TRAIN_NEGATIVES = ("unseen", "untrained")
+
 
 @flax.struct.dataclass
 class ClientData:
@@ -14,9 +20,10 @@ class ClientData:
   train_indptr: ``[U + 1]`` int32, user u's positives are
     ``train_items[train_indptr[u]:train_indptr[u + 1]]``.
   train_items: ``[N_train]`` int32 item ids.
-  seen_indptr / seen_items: CSR of every item the user ever interacted with (train,
-    validation and test positives), sorted ascending within a user; training
-    negatives are drawn from the complement of this set.
+  seen_indptr / seen_items: CSR of the items training negatives are never drawn from,
+    sorted ascending within a user: every item the user interacted with (training,
+    validation and test positives), or its training positives alone
+    (``TRAIN_NEGATIVES``); negatives are drawn from the complement.
   num_users, num_items: static sizes.
   search_steps: static number of binary-search steps that cover the longest seen list.
   """
@@ -56,7 +63,18 @@ def client_data_from_csr(train_indptr, train_items, seen_indptr, seen_items,
                     search_steps=max(1, math.ceil(math.log2(max_seen + 1))))
 
 
-def client_data_from_split(split) -> ClientData:
-  """Builds ``ClientData`` from a ``fedras_jax.data.Split``."""
-  return client_data_from_csr(split.train_indptr, split.train_items, split.seen_indptr,
-                              split.seen_items, split.num_items)
+def negative_exclusions(split, train_negatives: str = "unseen"):
+  """``(indptr [U + 1], items)``: the CSR of the items a user's training negatives avoid
+  under ``train_negatives`` (one of ``TRAIN_NEGATIVES``), from a ``data.Split``."""
+  if train_negatives not in TRAIN_NEGATIVES:
+    raise ValueError(f"train_negatives must be one of {TRAIN_NEGATIVES}, got {train_negatives!r}")
+  if train_negatives == "unseen":
+    return split.seen_indptr, split.seen_items
+  return split.train_indptr, split.train_items
+
+
+def client_data_from_split(split, train_negatives: str = "unseen") -> ClientData:
+  """Builds ``ClientData`` from a ``fedras_jax.data.Split`` (training negatives as
+  ``train_negatives`` says: :func:`negative_exclusions`)."""
+  return client_data_from_csr(split.train_indptr, split.train_items,
+                              *negative_exclusions(split, train_negatives), split.num_items)
