@@ -176,14 +176,25 @@ def make_full_ranks(model: RecModel,
     users = jnp.pad(users, ((0, nb * B - num_users), (0, 0))).reshape(nb, B, -1)
     table = jnp.pad(items, ((0, nc * C - num_items), (0, 0)))
 
+    def block(u, c):  # [B, C] scores of chunk c, computed alike in both passes
+      rows = jax.lax.dynamic_slice_in_dim(table, c * C, C)
+      return jax.vmap(lambda uu: model.score(uu, rows, dense))(u)
+
     def batch(args):
       u, t, eu, ei = args
-      pos = jax.vmap(lambda uu, tt: model.score(uu, items[tt][None], dense)[0])(u, t)
+
+      # The positive's score is read out of its chunk's block, not scored alone: a
+      # different shape of the same product can round differently, and an item tied
+      # with the positive then ranked below it (every tie went to the model).
+      def positive(c, pos):
+        j = c * C + jnp.arange(C)
+        return pos + jnp.sum(jnp.where(j[None, :] == t[:, None], block(u, c), 0.0), axis=1)
+
+      pos = jax.lax.fori_loop(0, nc, positive, jnp.zeros(B, jnp.float32))
 
       def chunk(c, count):
         lo = c * C
-        rows = jax.lax.dynamic_slice_in_dim(table, lo, C)
-        s = jax.vmap(lambda uu: model.score(uu, rows, dense))(u)  # [B, C]
+        s = block(u, c)
         j = lo + jnp.arange(C)
         local = jnp.where((ei >= lo) & (ei < lo + C), ei - lo, C)
         seen = jnp.zeros((B, C), bool).at[eu, local].set(True, mode="drop")

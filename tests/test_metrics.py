@@ -131,6 +131,22 @@ def test_full_ranking_of_a_constant_model_is_the_worst_rank():
   np.testing.assert_array_equal(ranks, [37 - 1 - len(t) for t in train])
 
 
+@pytest.mark.parametrize("blocks", [dict(user_batch=16, item_chunk=64), {}])
+def test_identical_item_rows_tie_with_the_positive_under_float_rounding(blocks):
+  # Every item row is the same 64 random floats, so every item ties with the positive
+  # exactly, whatever the rounding of the dot product, if all are scored alike. The
+  # positive was scored alone ([1, d]): it rounded apart from its block's ties, and rank 0
+  # (a hit) came out for about half the users.
+  rng = np.random.default_rng(4)
+  users = jnp.asarray(rng.normal(size=(96, 64)), jnp.float32)
+  items = jnp.tile(jnp.asarray(rng.normal(size=(1, 64)), jnp.float32), (400, 1))
+  targets = rng.integers(0, 400, 96)
+  no_train = np.zeros(97, np.int64)
+  ranks = make_full_ranks(get_model("mf", dim=64), targets, no_train, np.zeros(0, np.int64), 400,
+                          **blocks)(users, items, {})
+  np.testing.assert_array_equal(ranks, np.full(96, 399))
+
+
 def test_a_nan_positive_is_a_miss_in_both_protocols():
   model = get_model("mf", dim=2)
   users = jnp.array([[1.0, 0.0], [jnp.nan, 0.0]])
