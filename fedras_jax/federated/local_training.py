@@ -165,8 +165,8 @@ class PackedOutput(NamedTuple):
 
 class LaneBatches(NamedTuple):
   """Every iteration's work, precomputed: ``client [T, W]`` (M for an idle lane);
-  ``flat``, ``items``, ``labels``, ``valid``: ``[T, W, B]`` flat slot, item id,
-  label and validity of each minibatch position."""
+  ``flat``, ``items``, ``labels``, ``valid``: ``[T, W, B]`` flat slot (past the last for
+  an idle lane), item id, label and validity of each minibatch position."""
   client: jax.Array
   flat: jax.Array
   items: jax.Array
@@ -194,12 +194,16 @@ def lane_batches(plans: ClientPlan, layout: SlotLayout, slot_items, *, num_lanes
   local, labels, valid = jax.vmap(jax.vmap(minibatch, (0, 0, None)), (0, 0, None))(plan, t - start,
                                                                                    batch_size)
   flat = layout.offset[client][..., None] + local
-  valid = valid & busy[..., None]
+  items = slot_items[flat]
+  # An idle lane writes past the last slot (dropped). It reads the last client's user row
+  # (its index m clamps), and a diverged client's NaN times a zero weight is NaN: written
+  # into the first client's slots, it made that client non-finite too.
+  flat = jnp.where(busy[..., None], flat, slot_items.shape[0])
   return LaneBatches(client=jnp.where(busy, client, m),
                      flat=flat,
-                     items=slot_items[flat],
+                     items=items,
                      labels=labels,
-                     valid=valid)
+                     valid=valid & busy[..., None])
 
 
 @jax.custom_batching.custom_vmap
@@ -238,7 +242,8 @@ def run_lanes(model: RecModel, hp: LocalHParams, work: LaneBatches, item_table, 
 
   def body(carry):
     t, users, deltas, dense_c, loss_sum = carry
-    # An idle lane's client index is m: its reads clamp, its writes are dropped.
+    # An idle lane's client index is m and its slots past the last: its reads clamp, its
+    # writes are dropped.
     # (rows.* keep these gathers/scatters fast when a sweep vmaps the round.)
     client, flat = work.client[t], work.flat[t]
     rows = take_rows(item_table, work.items[t]) + take_rows(deltas, flat)
