@@ -139,14 +139,18 @@ def run_main(main, argv=None, *, arguments: bool = False):
 
 def parse_values(flag: str, text: str, cast: Callable[[str], Any], what: str) -> list:
   """``text`` split at commas, each entry ``cast``; a ``ValueError`` naming ``flag``,
-  the whole value and the entry that is not ``what`` (e.g. "an integer")."""
+  the whole value and the entry that is not ``what`` (e.g. "an integer") or that repeats
+  an earlier one (``--seeds=0,0`` would count one run as two seeds)."""
   out = []
   for entry in text.split(","):
     entry = entry.strip()
     try:
-      out.append(cast(entry))
+      value = cast(entry)
     except (ValueError, TypeError, ArithmeticError):
       raise ValueError(f"{flag}={text}: {entry!r} is not {what}") from None
+    if value in out:
+      raise ValueError(f"{flag}={text}: {entry!r} repeats an earlier entry")
+    out.append(value)
   return out
 
 
