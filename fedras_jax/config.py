@@ -245,6 +245,8 @@ class TrainConfig:
                in SERVER_LR_SCHEDULES, f"one of {SERVER_LR_SCHEDULES}"),
               ("server_lr_end", 0 <= self.server_lr_end <= 1, "in [0, 1]"),
               ("seed", 0 <= self.seed < 2**32, "an integer in [0, 2^32)"),
+              ("workdir", self.workdir is None
+               or self.workdir.strip() != "", "a directory, or none (no files)"),
               ("eval_protocol", self.eval_protocol in PROTOCOLS, f"one of {PROTOCOLS}"),
               ("test_negatives", self.test_negatives >= (0 if self.eval_protocol == "full" else 1),
                "at least 1 (0 only with --eval_protocol=full)"),]

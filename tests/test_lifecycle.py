@@ -425,7 +425,8 @@ def test_nonfinite_updates_are_skipped_counted_and_logged(data_dir, monkeypatch)
      (dict(server_lr_schedule="step"), "--server_lr_schedule='step' is invalid: must be one of"),
      (dict(server_lr_end=1.5), "--server_lr_end=1.5 is invalid: must be in [0, 1]"),
      (dict(server_lr_end=float("nan")), "--server_lr_end=nan is invalid"),
-     (dict(train_negatives="seen"), "--train_negatives='seen' is invalid: must be one of"),])
+     (dict(train_negatives="seen"), "--train_negatives='seen' is invalid: must be one of"),
+     (dict(workdir=" "), "--workdir=' ' is invalid: must be a directory, or none (no files)"),])
 def test_bad_new_settings_are_refused(setting, message):
   with pytest.raises(ValueError, match=re.escape(message)):
     TrainConfig(**setting).validate()

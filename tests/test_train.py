@@ -17,6 +17,7 @@ from conftest import metrics_rows, train_binary
 from fedras_jax.config import TrainConfig
 from fedras_jax.data import TooFewCandidatesError
 from fedras_jax.experiment import load_run_data
+from fedras_jax.federated.bandwidth import draw_bandwidth
 from fedras_jax.runtime import enable_compilation_cache
 from fedras_jax.training import train
 
@@ -64,6 +65,17 @@ def test_settings_that_failed_late_are_refused_by_validate(settings, message):
   with pytest.raises(ValueError, match=message):
     TrainConfig(**settings).validate()
   TrainConfig(**{**settings, **dict(dim=4, bandwidth_sigma=0.0)}).validate()
+
+
+def test_a_bandwidth_that_rounds_to_zero_is_refused():
+  # sigma 50: exp(N(0, 2500) - 1250) is 0 in float32 for nearly everyone, and the
+  # round's simulated seconds were 0 / 0 (the progress line showed "sim nan").
+  with pytest.raises(ValueError, match=r"--bandwidth=lognormal drew 0.0 bits per second for"):
+    draw_bandwidth("lognormal", 100, 10**6, seed=0, payload_ratio=1 / 32, sigma=50.0)
+  with pytest.raises(ValueError, match=r"--bandwidth=tiers drew 0.0 bits per second for 50 of"):
+    draw_bandwidth("tiers", 100, 10**6, seed=0, tiers=(4, 1e300))
+  bw = draw_bandwidth("lognormal", 100, 10**6, seed=0, payload_ratio=1 / 32, sigma=3.0)
+  assert np.all(bw > 0) and bw.dtype == np.float32
 
 
 _ALLOCATOR_PROBE = """

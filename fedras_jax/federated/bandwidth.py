@@ -36,4 +36,10 @@ def draw_bandwidth(mode: str,
     bw = payload_ratio * dense_bits * np.exp(rng.normal(0.0, sigma, num_users) - sigma**2 / 2)
   else:
     raise ValueError(f"unknown bandwidth mode {mode!r}; choose one of {BANDWIDTHS}")
-  return bw.astype(np.float32)
+  bw = bw.astype(np.float32)
+  bad = np.flatnonzero(~(np.isfinite(bw) & (bw > 0)))
+  if bad.size:  # a zero bandwidth made the round's simulated time 0 / 0
+    raise ValueError(f"--bandwidth={mode} drew {float(bw[bad[0]])} bits per second for "
+                     f"{bad.size} of {num_users} users: bandwidths must be positive in float32 "
+                     "(a smaller --bandwidth_sigma or --bandwidth_tiers)")
+  return bw
