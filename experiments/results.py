@@ -69,6 +69,12 @@ def read_part(part: pathlib.Path):
     rows = list(csv.DictReader(f))
   if not rows or any(c not in rows[0] for c in ("method", "payload_ratio", *METRICS[:2])):
     raise ValueError(f"{csv_path}: not a compare.csv (no rows, or columns missing)")
+  runs = [
+      tuple(r.get(c) for c in ("dataset", "model", "method", "payload_ratio", "seed")) for r in rows
+  ]
+  repeated = next((run for i, run in enumerate(runs) if run in runs[:i]), None)
+  if repeated:  # the margins would keep one row, the mean ± std count both
+    raise ValueError(f"{csv_path}: run {', '.join(map(str, repeated))} appears twice")
   # (A compare.csv written before --test_negatives existed scored against 99.)
   return made, [
       dense_at_one({**r, "test_negatives": r.get("test_negatives") or "99"}) for r in rows

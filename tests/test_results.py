@@ -657,6 +657,12 @@ def test_malformed_part_files_are_one_line_errors(tmp_path):
   (tmp_path / "curves.csv").write_text("round,sim_seconds,hr@10,ndcg@10\n1,2,0.5\n")
   with pytest.raises(ValueError, match="curves.csv: not a compare curves.csv"):
     results.read_curves(tmp_path)
+  (tmp_path / "compare.json").write_text('{"command": "python -m experiments.compare"}')
+  row = "ml-100k,mf,fedras,1/32,0,0.6,0.4\n"
+  (tmp_path / "compare.csv").write_text("dataset,model,method,payload_ratio,seed,final_hr@10,"
+                                        "final_ndcg@10\n" + row + row.replace(",0,", ",1,") + row)
+  with pytest.raises(ValueError, match="compare.csv: run ml-100k, mf, fedras, 1/32, 0 appears"):
+    results.read_part(tmp_path)
 
 
 def _flat_curves(rows, hr=0.5):
