@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fedras_jax.compress.base import Compressor, Context, identity
+from fedras_jax.compress.base import (Compressor, Context, check_bit_count, dense_bits, identity)
 from fedras_jax.compress.roundtrip import Roundtrip, roundtrip, roundtrip_clients
 from fedras_jax.federated.aggregation import aggregate_item_updates
 from fedras_jax.federated.client_data import ClientData
@@ -344,9 +344,12 @@ def downlink_stage(parts: RoundParts, server: ServerState, clients: ClientStates
   """The server update's encode and decode (from ``ServerState.downlink_state``), the new
   states and the round's metrics."""
   key = round_key(server.key, server.round)
+  # The touched rows, and any other the server's step moves (an optimizer with momentum
+  # moves rows nobody touched this round; plain SGD moves none).
+  moved = (agg.counts > 0) | jnp.any(agg.item_step != 0, axis=1)
   down = roundtrip(parts.downlink,
                    agg.item_step,
-                   agg.counts > 0,
+                   moved,
                    _bits(hp.downlink_budget_bits),
                    jax.random.fold_in(key, DOWNLINK),
                    state=server.downlink_state,
@@ -355,11 +358,17 @@ def downlink_stage(parts: RoundParts, server: ServerState, clients: ClientStates
   info_loss = jnp.sqrt(
       jnp.sum(jnp.square(down.decoded - uncompressed_item_step(parts, server, local, agg))))
   dense_count = sum(x.size for x in jax.tree.leaves(server.dense))
+  # Each direction's bits are int32: a dense item table plus the dense parameters must fit
+  # (a payload the budget bounds is no larger). Their sum need not: seconds are float.
+  check_bit_count(
+      dense_bits(*server.items.shape) + 32 * dense_count,
+      "the dense item table plus the dense parameters")
   bits_down = down.bits + jnp.int32(32 * dense_count)
   bits_up = up.bits + jnp.int32(32 * dense_count)
 
   sampled, trained = local.sampled, local.trained
-  seconds = (bits_up + bits_down) / local.bandwidth + hp.compute_seconds
+  seconds = (bits_up.astype(jnp.float32) + bits_down.astype(jnp.float32)) / local.bandwidth
+  seconds = seconds + hp.compute_seconds
   new_users = jnp.where(local.ok[:, None], trained.users, clients.users[sampled])
   metrics = RoundMetrics(sampled=sampled,
                          loss=trained.loss,
