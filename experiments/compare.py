@@ -208,7 +208,13 @@ def tune(config: TrainConfig,
                                   quiet=False,
                                   overwrite=False)
   path = pathlib.Path(config.workdir) / TUNING_FILE
-  read_kept = lambda: kept_results(path, candidate, "delete it to search again") or []
+  # A search writes over the file: one kept by a search with other settings is refused
+  # first (a finished run's record), unless --overwrite says to search again.
+  refuse = search and not config.overwrite
+  read_kept = lambda: kept_results(path,
+                                   candidate, "delete it, or rerun with the flags it was searched "
+                                   "with (--overwrite: search again)",
+                                   refuse_other=refuse) or []
   kept = read_kept()
   # A point's full setting: its values, the candidate's for the other sweepable names.
   # A kept point lacks the names its own search did not vary: it ran at the candidate's.

@@ -39,7 +39,7 @@ from fedras_jax.experiment import (build_bandwidth, build_round_config, build_si
                                    load_run_data, round_hparams, run_mesh)
 from fedras_jax.federated import init_states
 from fedras_jax.metrics import make_evaluate
-from fedras_jax.workdir import config_differences
+from fedras_jax.workdir import WorkdirError, config_differences
 
 RESULTS_FILE = "results.json"  # kept_sweep's results
 # Round hyper-parameters that are traced values of one program. Not payload_ratio: it sets
@@ -122,7 +122,7 @@ def kept_sweep(base: TrainConfig,
     with outputs.naming(directory):  # an unwritable directory fails now, not after training
       directory.mkdir(parents=True, exist_ok=True)
     remedy = "delete it or use --overwrite to run the sweep again"
-    return kept_results(path, base, remedy, **setting), np.int32(0)
+    return kept_results(path, base, remedy, refuse_other=True, **setting), np.int32(0)
 
   kept, _ = distributed.on_writer(prepare, np.int32(0))
   kept = distributed.share_json(kept)  # (None on every process where process 0 has none)
@@ -145,18 +145,29 @@ def keep_results(path, config: TrainConfig, results, checkpoint_dir, **setting):
   shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
-def kept_results(path, config: TrainConfig, remedy: str, **setting) -> Optional[List[dict]]:
+def kept_results(path,
+                 config: TrainConfig,
+                 remedy: str,
+                 *,
+                 refuse_other: bool = False,
+                 **setting) -> Optional[List[dict]]:
   """The ``results`` rows kept in JSON file ``path`` (``{"config", **setting,
   "results"}``, non-finite numbers as NaN again) if its config differs from ``config``
   in no result-affecting setting and its other entries equal ``setting``; else None
-  (no file, or another sweep's). A file that is not JSON raises, naming ``remedy``."""
+  (no file, or another sweep's). Another sweep's file raises a ``WorkdirError`` naming
+  the differences and ``remedy`` with ``refuse_other`` (a caller about to write over it:
+  nothing finished is replaced unasked). A file that is not JSON raises, naming ``remedy``."""
   if not pathlib.Path(path).is_file():
     return None
   saved = outputs.read_json(path, remedy, fields=())
-  if ("config" not in saved or config_differences(saved["config"], config)
-      or any(saved.get(k) != v for k, v in setting.items())):
-    return None
-  return outputs.rows_with_nan(saved.get("results", []))
+  diffs = (config_differences(saved["config"], config) if "config" in saved else ["its config"])
+  diffs += [
+      f"{k} (kept {saved.get(k)!r}, now {v!r})" for k, v in setting.items() if saved.get(k) != v
+  ]
+  if diffs and refuse_other:
+    raise WorkdirError(f"{path} holds the results of a sweep with other settings: "
+                       f"{', '.join(diffs)}; {remedy}")
+  return None if diffs else outputs.rows_with_nan(saved.get("results", []))
 
 
 def sweep_points(base: TrainConfig,

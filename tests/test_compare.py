@@ -13,6 +13,7 @@ import pytest
 
 from experiments import compare, jobs
 from fedras_jax.config import TrainConfig
+from fedras_jax.workdir import WorkdirError
 from fedras_jax.workdir_lock import WorkdirLockError
 
 
@@ -289,6 +290,33 @@ def test_tune_widens_until_the_pick_is_inside_and_keeps_every_point(tmp_path, mo
   assert compare.tune(config, {"item_lr": [64.0, 128.0]}, widen=0)[0] == {"item_lr": 64.0}
   assert compare.tune(config, {"item_lr": [64.0, 128.0]}, search=False)[0] == {"item_lr": 32.0}
   assert searched[-1] == [128.0] and len(searched) == 6  # the repeats searched nothing
+
+
+def test_a_search_with_other_settings_refuses_the_kept_file_unless_overwriting(
+    tmp_path, monkeypatch):
+  """A rerun with one flag changed searched at once and replaced tuning.json, then was
+  refused by the run's workdir: the finished run's record was lost. It is refused before
+  searching; tabulating reads nothing from the other settings' file; --overwrite
+  searches again and replaces it."""
+  searched = []
+
+  def fake_sweep(config, seeds, points, log=print, checkpoint_dir=None):
+    searched.append(config.rounds)
+    return [dict(seed=seeds[0], **p, **{"hr@10": 0.5 + p["item_lr"] / 100}) for p in points]
+
+  monkeypatch.setattr(compare, "sweep_points", fake_sweep)
+  config = TrainConfig(workdir=str(tmp_path / "run"), rounds=20)
+  assert compare.tune(config, {"item_lr": [8.0, 16.0]})[0] == {"item_lr": 16.0}
+  path = tmp_path / "run" / compare.TUNING_FILE
+  kept = path.read_text()
+  longer = dataclasses.replace(config, rounds=21)
+  with pytest.raises(WorkdirError, match=r"other settings: --rounds \(workdir 20, now 21\)"):
+    compare.tune(longer, {"item_lr": [8.0, 16.0]})
+  assert path.read_text() == kept and searched == [20]
+  assert compare.tune(longer, {"item_lr": [8.0, 16.0]}, search=False) is None
+  again = dataclasses.replace(longer, overwrite=True)
+  assert compare.tune(again, {"item_lr": [8.0, 16.0]})[0] == {"item_lr": 16.0}
+  assert searched == [20, 21] and json.loads(path.read_text())["config"]["rounds"] == 21
 
 
 def test_a_search_of_a_run_another_process_holds_is_refused(tmp_path, monkeypatch):

@@ -13,6 +13,7 @@ from conftest import poison_users
 from fedras_jax import checkpoint as ckpt_lib
 from fedras_jax import sweep as sweep_lib
 from fedras_jax.sweep import grid_points, parse_grid, summarize, sweep_points
+from fedras_jax.workdir import WorkdirError
 from fedras_jax.config import TrainConfig
 from fedras_jax.experiment import load_run_data
 from fedras_jax.training import train
@@ -167,11 +168,23 @@ def test_kept_sweep_reuses_finished_results_and_reruns_another_sweep(tmp_path, m
   assert [r["hr@10"] for r in again[:2]] == [0.5, 1.5] and all(
       math.isnan(r["hr@10"]) for r in again[2:])
   assert [r["item_lr"] for r in again] == [r["item_lr"] for r in first]
-  # Other seeds, another grid, other result-affecting settings, or --overwrite: run again.
-  sweep_lib.kept_sweep(base, [0], grid, tmp_path / "point")
-  sweep_lib.kept_sweep(base, [0], {"item_lr": [4.0]}, tmp_path / "point")
-  sweep_lib.kept_sweep(dataclasses.replace(base, rounds=4), [0], {"item_lr": [4.0]},
-                       tmp_path / "point")
+  # Other seeds, another grid or other result-affecting settings: refused, naming what
+  # differs, the finished sweep kept (it was replaced silently); --overwrite runs again.
+  kept = (tmp_path / "point" / "results.json").read_text()
+  for seeds, other_grid, config, differs in (([0], grid, base,
+                                              r"seeds \(kept \[0, 1\], now \[0\]\)"),
+                                             ([0, 1], {"item_lr": [4.0]}, base,
+                                              r"grid \(kept \{'item_lr': \[4.0, 16.0\]\}"),
+                                             ([0, 1], grid, dataclasses.replace(base, rounds=4),
+                                              r"--rounds \(workdir 3, now 4\)")):
+    with pytest.raises(WorkdirError, match="other settings: " + differs):
+      sweep_lib.kept_sweep(config, seeds, other_grid, tmp_path / "point")
+  assert len(calls) == 1 and (tmp_path / "point" / "results.json").read_text() == kept
+  for seeds, other_grid, rounds in (([0], grid, 3), ([0], {"item_lr": [4.0]}, 3),
+                                    ([0], {"item_lr": [4.0]}, 4)):
+    sweep_lib.kept_sweep(dataclasses.replace(base, rounds=rounds, overwrite=True), seeds,
+                         other_grid, tmp_path / "point")
+  assert len(calls) == 4
   sweep_lib.kept_sweep(dataclasses.replace(base, rounds=4, overwrite=True), [0], {"item_lr": [4.0]},
                        tmp_path / "point")
   assert len(calls) == 5
