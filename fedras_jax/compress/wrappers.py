@@ -220,16 +220,16 @@ def _gains_decode(inner: Compressor, gain_bits: int, payload: GainPayload) -> ja
 def row_gains(inner: Compressor, gain_bits: int) -> Compressor:
   """``inner`` with a ``gain_bits``-bit gain per nonzero decoded row (gain-shape coding).
 
-  Encodes with the budget less the gains' share (``gain_bits`` per masked nonzero
-  row, 64 for the range), decodes, and sends for every row ``i`` that decodes
-  nonzero the quantized (:func:`gain_codes`) least-squares gain ``g_i = t_i . a_i /
-  |a_i|^2`` of its decoded row ``a_i`` onto the row ``t_i`` it stands for; decode is
-  ``g_i a_i``. Never over the budget: when the gains of the rows that decode nonzero
-  do not fit what the inner payload left (a coder of new rows, ``on_embeddings``,
-  decodes rows without an update too), none are sent. An action quantizer's decoded rows are shared directions (the
-  centroids): the gains restore each row's magnitude, which a cosine split test does
-  not see (docs/design/fedras.md). Sends no gains (and counts none) when the inner
-  payload decoded exactly. An exact ``inner`` is returned as it is.
+  Encodes with the budget less the gains' share (``gain_bits`` per masked nonzero row, 64
+  for the range), decodes, and sends for every row ``i`` that decodes nonzero the
+  quantized (:func:`gain_codes`) least-squares gain ``g_i = t_i . a_i / |a_i|^2`` of its
+  decoded row ``a_i`` onto the row ``t_i`` it stands for; decode is ``g_i a_i``. Never
+  over the budget: when the gains of the rows that decode nonzero do not fit what the
+  inner payload left (a coder of new rows, ``on_embeddings``, decodes rows without an
+  update too), none are sent. An action quantizer's decoded rows are shared directions
+  (the centroids): the gains restore each row's magnitude, which a cosine split test does
+  not see (docs/design/fedras.md). Sends no gains (and counts none) when the inner payload
+  decoded exactly. An exact ``inner`` is returned as it is.
   """
   if inner.exact:
     return inner
