@@ -68,6 +68,23 @@ def test_staged_bits_are_the_stages_sum_and_never_exceed_the_budget():
   assert err(1) > err(2) > 0.0  # random rows: the second stage codes part of the rest
 
 
+def test_a_later_stage_that_cannot_afford_two_actions_leaves_its_share_to_the_next():
+  # What stage 0 leaves has mean ~0, so a later stage of one action sent a centroid of
+  # rounding noise: four stages of one action each coded no better than one action.
+  rows = jax.random.normal(jax.random.key(3), (40, D))
+  one, two = quantize.payload_bits(1, 40, D), quantize.payload_bits(2, 40, D)  # 232, 464
+  budget = 4 * one + 50
+  comp = fedras(40, max_k=16, tau=2.0, tau_mode="fixed", dense_fallback=False, stages=4)
+  out = code(comp, rows, budget)
+  # Shares: 244 (one action), then 248 and 373 of the 746 left (below two actions: none),
+  # then all 746 (three actions: 3 * 6 * 32 + 40 * 2 = 656).
+  assert [int(a.num_actions) for a in out.payload.actions] == [1, 0, 0, 3]
+  assert int(out.bits) == one + quantize.payload_bits(3, 40, D) <= budget and two > 373
+  single = code(fedras(40, max_k=16, tau=2.0, tau_mode="fixed", dense_fallback=False), rows, one)
+  error = lambda r: float(jnp.linalg.norm(r.decoded - rows))
+  assert error(out) < 0.95 * error(single)
+
+
 def test_rows_that_fit_the_whole_budget_go_dense_with_any_stages():
   # 5 live rows as values: 5 * 6 * 32 + 40 presence bits = 1000, within the budget but
   # beyond half of it: the fallback is tested once, against the whole budget.

@@ -84,7 +84,9 @@ def fedras(num_index_rows: int,
     stages: residual stages (>= 1). Stage ``s`` (0-based) clusters the rows less what
       stages ``0 .. s-1`` decode to, within ``remaining // (stages - s)`` bits of the
       budget (``remaining``: the budget less the bits of the stages before), each with
-      ``max_k`` slots and its own indices; decode is the sum of the stages' decodes.
+      ``max_k`` slots and its own indices; decode is the sum of the stages' decodes. A
+      later stage whose share cannot pay for two actions sends nothing (one action would
+      be the mean of a residual whose mean is ~0) and leaves its share to those after.
       The dense fallback is tested once, against the whole budget.
     index_coding: ``"catalog"`` (one index per catalog row and stage) or ``"touched"``
       (a bitmap of the sent rows, then one index per sent row and stage); see
@@ -125,10 +127,17 @@ def fedras(num_index_rows: int,
     remaining = jnp.where(is_dense, 0, content_budget(budget_bits, overhead))
     residual = rows
     sent, states = [], []
+    two_actions = quantize.payload_bits(2, index_rows, rows.shape[1], value_bits)
     for stage, (centroids, k) in enumerate(unpack(start)):
+      share = remaining // (stages - stage)
+      if stage > 0:
+        # What the stages before left has mean ~0 (each centroid is its members' mean): one
+        # action would pay for a centroid of rounding noise. A share below two actions is
+        # left to the stages after.
+        share = jnp.where((share >= two_actions) & (max_k >= 2), share, 0)
       actions = quantize.encode(residual,
                                 key,
-                                budget_bits=remaining // (stages - stage),
+                                budget_bits=share,
                                 max_k=max_k,
                                 tau=tau,
                                 tau_mode=tau_mode,
