@@ -117,6 +117,14 @@ def guarded(main):
       if lost is None or os.environ.get("FEDRAS_TRACEBACK"):
         raise
       fail(lost)
+    except KeyboardInterrupt:  # Ctrl-C: what a workdir holds is resumed by the same command
+      if os.environ.get("FEDRAS_TRACEBACK"):
+        raise
+      print(
+          "interrupted (a run with a --workdir resumes from its last checkpoint when the "
+          "same command runs again)",
+          file=sys.stderr)
+      sys.exit(130)
 
   return wrapper
 

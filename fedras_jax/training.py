@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from fedras_jax import checkpoint as ckpt_lib
+from fedras_jax import data as data_lib
 from fedras_jax import distributed
 from fedras_jax import outputs
 from fedras_jax import workdir as workdir_lib
@@ -62,9 +63,11 @@ def train(config: TrainConfig, log: Callable[[str], None] = print) -> dict:
     return _run(config, log, hold)
 
 
-def _fresh_host(config: TrainConfig) -> dict:
-  """Host-side state of a run (checkpointed as JSON next to the arrays)."""
+def _fresh_host(config: TrainConfig, data_sha256: str) -> dict:
+  """Host-side state of a run (checkpointed as JSON next to the arrays); ``data_sha256``:
+  the split's (``data.split_sha256``), which a resumed run must train on too."""
   return dict(config=dataclasses.asdict(config),
+              data_sha256=data_sha256,
               totals=dict(bits_up=0, bits_down=0, sim_seconds=0.0, skipped=0, info_loss=0.0),
               window=dict(actions=[], error_up=[], error_down=[]),
               loss_sum=0.0,
@@ -104,7 +107,8 @@ def _run(config: TrainConfig, log: Callable[[str], None], hold: contextlib.ExitS
   rows_to_sample = distributed.jit(
       lambda key, r, users: users[round_clients(key, r, split.num_users, m)], mesh)
 
-  host, start_round, server, clients = _resume(config, sim, mesh, hold, log, say)
+  host, start_round, server, clients = _resume(config, sim, data_lib.split_sha256(split), mesh,
+                                               hold, log, say)
   workdir = pathlib.Path(config.workdir) if config.workdir and writes else None
   writer = _open_files(config, workdir, host["rows"])
 
@@ -157,7 +161,7 @@ def _run(config: TrainConfig, log: Callable[[str], None], hold: contextlib.ExitS
   return summary
 
 
-def _resume(config: TrainConfig, sim, mesh, hold: contextlib.ExitStack, log, say):
+def _resume(config: TrainConfig, sim, data_sha256: str, mesh, hold: contextlib.ExitStack, log, say):
   """``(host, start_round, server, clients)``: the newest checkpoint of the run in the
   workdir, or a fresh start. Process 0 alone locks and reads the workdir and sends what
   it found to every process (``distributed.on_writer``); the states are replicated over
@@ -165,12 +169,19 @@ def _resume(config: TrainConfig, sim, mesh, hold: contextlib.ExitStack, log, say
   initial = (sim.server, sim.clients)
 
   def restore():
-    host, start_round, state = _fresh_host(config), 0, initial
+    host, start_round, state = _fresh_host(config, data_sha256), 0, initial
     if config.workdir:
       hold.enter_context(WorkdirLock(config.workdir, warn=log))
       found = workdir_lib.restore(config, initial, warn=log)
       if found is not None:
         start_round, state, host, path = found
+        # The flags match; the data may not (an edited file, a negatives file gone from
+        # --data_dir). A checkpoint from before the data was recorded is taken as it is.
+        if host.setdefault("data_sha256", data_sha256) != data_sha256:
+          raise workdir_lib.WorkdirError(
+              f"--workdir={config.workdir} holds a run trained on other data (its split "
+              "differs: the dataset file, its options or the test negatives changed); restore "
+              "them to resume it, or add --overwrite to start over")
         say(f"resuming from round {start_round} of {config.rounds} ({path})")
     return host, (np.int32(start_round), state)
 

@@ -93,6 +93,8 @@ def recorded_config(workdir) -> Optional[dict]:
     path = workdir / name
     if path.exists():
       remedy = "use --overwrite to start over"
+      if ckpt_lib.list_checkpoints(workdir / CHECKPOINT_DIR):  # they record the flags too
+        remedy = f"delete it to resume from the checkpoints, or {remedy}"
       try:
         recorded = get(outputs.read_json(path, remedy))
       except ValueError as e:

@@ -213,6 +213,19 @@ def test_a_full_disk_is_one_line_naming_the_file(tmp_path):
                           f"'{tmp_path / 'metrics.jsonl'}'")
 
 
+def test_ctrl_c_is_one_line_and_exit_status_130(capsys, monkeypatch):
+  """A KeyboardInterrupt printed its traceback (the run itself resumes as after a kill)."""
+
+  def main():
+    raise KeyboardInterrupt
+
+  monkeypatch.delenv("FEDRAS_TRACEBACK", raising=False)
+  with pytest.raises(SystemExit) as e:
+    flag_lib.guarded(main)()
+  assert e.value.code == 130
+  assert capsys.readouterr().err.startswith("interrupted (a run with a --workdir resumes")
+
+
 def test_write_atomic_names_the_file_on_a_write_error(tmp_path, monkeypatch):
 
   def no_space(fd):

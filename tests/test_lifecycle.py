@@ -212,6 +212,42 @@ def test_rerunning_a_finished_run_resumes_it_without_training(data_dir, referenc
   assert summary["final"] == expected["final"]
 
 
+def test_a_damaged_config_json_names_the_remedy_that_keeps_the_checkpoints(
+    data_dir, reference, tmp_path):
+  """Its only remedy was --overwrite, which deletes the checkpoints; they record the flags,
+  so deleting the file resumes the run."""
+  workdir = _copy(reference, tmp_path)
+  (workdir / "config.json").write_text('{"rou')
+  with pytest.raises(WorkdirError, match="delete it to resume from the checkpoints, or use"):
+    train(_config(data_dir, workdir=str(workdir), **RUN))
+  (workdir / "config.json").unlink()
+  summary = train(_config(data_dir, workdir=str(workdir), **RUN))
+  assert summary["resumed_from_round"] == 30
+
+
+def test_a_run_on_changed_data_is_refused_not_resumed(ml100k_path, tmp_path):
+  """The same flags on an edited ratings file (or a --data_dir without ML-1M's negatives
+  file) resumed the run on the new split, silently mixing the two."""
+  ratings = tmp_path / "ratings.tsv"
+  shutil.copy(ml100k_path, ratings)
+  config = TrainConfig(dataset=str(ratings),
+                       data_columns="user,item,rating,timestamp",
+                       data_dir=str(tmp_path / "data"),
+                       workdir=str(tmp_path / "run"),
+                       quiet=True,
+                       **dict(TINY, rounds=2))
+  first = train(config)
+  assert train(config)["resumed_from_round"] == 2  # the same data: resumed
+  lines = ratings.read_text().splitlines()
+  user, item, rating, stamp = lines[0].split("\t")  # user 196's one rating moves last
+  lines[0] = "\t".join([user, item, rating, "1999999999"])
+  ratings.write_text("\n".join(lines) + "\n")
+  with pytest.raises(WorkdirError, match="holds a run trained on other data"):
+    train(config)
+  again = train(dataclasses.replace(config, overwrite=True))
+  assert again["resumed_from_round"] is None and again["final"] != first["final"]
+
+
 def test_a_run_without_a_cadence_saves_its_last_round_and_is_not_trained_again(data_dir, tmp_path):
   """--checkpoint_every=0 --checkpoint_minutes=0: no checkpoint on the way, the last
   round's at the end, so rerunning the finished run does not train it again."""

@@ -23,7 +23,7 @@ from fedras_jax.data.formats import (DataFormatError, TestNegatives, parse_lastf
 from fedras_jax.data.interactions import Interactions
 from fedras_jax.data.negatives import TooFewCandidatesError, sample_negatives
 from fedras_jax.data.split import (EmptyClientError, Split, build_split, describe, leave_one_out)
-from fedras_jax.data.split_file import (StaleSplitError, load_split, save_split)
+from fedras_jax.data.split_file import (StaleSplitError, load_split, save_split, split_sha256)
 from fedras_jax.data.userfile import (FileOptions, is_path, parse_interaction_file)
 
 __all__ = [
@@ -33,5 +33,5 @@ __all__ = [
     "default_data_dir", "describe", "ensure_file", "is_path", "leave_one_out", "load_dataset",
     "load_split", "ncf_split", "parse_interaction_file", "parse_lastfm_user_artists",
     "parse_movielens_100k", "parse_movielens_1m", "parse_ncf_rating", "parse_ncf_test_negatives",
-    "sample_negatives", "save_split", "sha256_file",
+    "sample_negatives", "save_split", "sha256_file", "split_sha256",
 ]

@@ -38,6 +38,13 @@ def _content_sha256(num_users: int, num_items: int, name: str, metadata: str, ar
   return h.hexdigest()
 
 
+def split_sha256(split: Split) -> str:
+  """sha256 of a split's sizes and arrays (its positives, held-out items and test
+  negatives): what a run trains and is scored on, whatever file it came from."""
+  return _content_sha256(split.num_users, split.num_items, "", "",
+                         {k: getattr(split, k) for k in _ARRAYS})
+
+
 def save_split(path, split: Split, metadata: dict | None = None) -> pathlib.Path:
   """Writes `split` to `path` (.npz, uncompressed) atomically.
 
