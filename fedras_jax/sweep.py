@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fedras_jax import checkpoint as ckpt_lib
+from fedras_jax import data as data_lib
 from fedras_jax import distributed
 from fedras_jax import flags as flag_lib
 from fedras_jax import outputs
@@ -215,9 +216,10 @@ def sweep_points(base: TrainConfig,
   model, round_fn = sim.model, sim.round_fn
   server, clients, hp = _stacked_states(configs, model, split, sim.server_opt, sim.downlink)
   start_round, skipped = 0, np.zeros(len(runs), np.int32)
+  data_sha256 = data_lib.split_sha256(split)
   if checkpoint_dir is not None:
-    start_round, (server, clients), skipped = _resume(checkpoint_dir, configs, (server, clients),
-                                                      skipped, log)
+    start_round, (server, clients), skipped = _resume(checkpoint_dir, configs, data_sha256,
+                                                      (server, clients), skipped, log)
   if mesh is not None:
     server, clients, hp = distributed.replicate((server, clients, hp), mesh)
   batched_round = distributed.jit(jax.vmap(round_fn), mesh, donate_argnums=(0, 1))
@@ -236,6 +238,7 @@ def sweep_points(base: TrainConfig,
       ckpt_lib.save(
           checkpoint_dir, r, (server, clients),
           dict(configs=[dataclasses.asdict(c) for c in configs],
+               data_sha256=data_sha256,
                skipped=np.asarray(skipped).tolist()))
       cadence.saved()
     if not base.quiet and (r % base.eval_every == 0 or r == base.rounds):
@@ -260,11 +263,12 @@ def sweep_points(base: TrainConfig,
   ]
 
 
-def _resume(checkpoint_dir, configs, initial, skipped, log):
+def _resume(checkpoint_dir, configs, data_sha256, initial, skipped, log):
   """``(start_round, (server, clients), skipped [runs])``: the newest checkpoint in
-  ``checkpoint_dir`` of the sweep of ``configs`` (its runs, in order) and the clients each
-  run skipped until then, or ``(0, initial, skipped)``. Process 0 reads it and sends it to
-  every process. Checkpoints of another sweep are removed."""
+  ``checkpoint_dir`` of the sweep of ``configs`` (its runs, in order) on the split of
+  ``data_sha256`` (``data.split_sha256``) and the clients each run skipped until then, or
+  ``(0, initial, skipped)``. Process 0 reads it and sends it to every process.
+  Checkpoints of another sweep, or of one on other data, are removed."""
 
   def start_over(why):
     log(f"{checkpoint_dir}: {why}: starting over")
@@ -283,6 +287,8 @@ def _resume(checkpoint_dir, configs, initial, skipped, log):
     saved = host.get("configs", [])
     if len(saved) != len(configs) or any(config_differences(s, c) for s, c in zip(saved, configs)):
       return start_over("another sweep's checkpoints")
+    if host.get("data_sha256", data_sha256) != data_sha256:
+      return start_over("checkpoints of a sweep on other data")
     log(f"resuming from round {start_round} of {configs[0].rounds} ({path})")
     return None, (np.int32(start_round), state, np.asarray(host.get("skipped", skipped), np.int32))
 

@@ -118,11 +118,11 @@ def test_validation_scores_a_held_out_interaction_never_the_test_item(ml100k_pat
 def test_a_sweep_starts_over_on_another_sweeps_checkpoint(tmp_path):
   configs = [TrainConfig(item_lr=4.0), TrainConfig(item_lr=8.0)]
   state = {"items": np.arange(6, dtype=np.float32).reshape(3, 2)}
-  host = dict(configs=[dataclasses.asdict(c) for c in configs], skipped=[3, 0])
+  host = dict(configs=[dataclasses.asdict(c) for c in configs], data_sha256="ab", skipped=[3, 0])
   none = np.zeros(2, np.int32)
   ckpt_lib.save(tmp_path, 2, state, host)
   lines = []
-  start, restored, skipped = sweep_lib._resume(tmp_path, configs,
+  start, restored, skipped = sweep_lib._resume(tmp_path, configs, "ab",
                                                {"items": np.zeros(
                                                    (3, 2), np.float32)}, none, lines.append)
   assert start == 2 and np.array_equal(restored["items"], state["items"])
@@ -131,16 +131,22 @@ def test_a_sweep_starts_over_on_another_sweeps_checkpoint(tmp_path):
   for other in ([TrainConfig(item_lr=4.0), TrainConfig(item_lr=16.0)], configs[:1]):
     ckpt_lib.save(tmp_path, 2, state, host)
     fresh = {"items": np.zeros((3, 2), np.float32)}
-    start, restored, skipped = sweep_lib._resume(tmp_path, other, fresh, none, lines.append)
+    start, restored, skipped = sweep_lib._resume(tmp_path, other, "ab", fresh, none, lines.append)
     assert start == 0 and restored is fresh and skipped is none
     assert "another sweep's checkpoints: starting over" in lines[-1]
     assert ckpt_lib.list_checkpoints(tmp_path) == []
+  # The same sweep on other data (an edited file, other test negatives): starts over.
+  ckpt_lib.save(tmp_path, 2, state, host)
+  fresh = {"items": np.zeros((3, 2), np.float32)}
+  start, restored, _ = sweep_lib._resume(tmp_path, configs, "cd", fresh, none, lines.append)
+  assert start == 0 and restored is fresh
+  assert "checkpoints of a sweep on other data: starting over" in lines[-1]
   # A damaged checkpoint: starts over too.
   ckpt_lib.save(tmp_path, 2, state, host)
   path = ckpt_lib.path_for(tmp_path, 2)
   path.write_bytes(path.read_bytes()[:-3])
-  start, _, _ = sweep_lib._resume(tmp_path, configs, {"items": np.zeros((3, 2), np.float32)}, none,
-                                  lines.append)
+  start, _, _ = sweep_lib._resume(tmp_path, configs, "ab", {"items": np.zeros((3, 2), np.float32)},
+                                  none, lines.append)
   assert start == 0 and "starting over" in lines[-1] and not path.exists()
 
 
