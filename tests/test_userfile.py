@@ -318,6 +318,20 @@ def test_an_edited_file_is_never_served_stale(tmp_path, caplog):
   np.testing.assert_array_equal(load().test_item, second.test_item)
 
 
+def test_the_same_bytes_elsewhere_are_a_cache_hit(tmp_path, caplog):
+  """The cache's record named the file by its absolute path: a copy in another folder was
+  rebuilt, warning that it was "built from other data or options"."""
+  load = lambda path: data.load_dataset(str(path),
+                                        tmp_path / "dd",
+                                        num_test_negatives=1,
+                                        file_options=data.FileOptions(min_user_interactions=2))
+  first = load(write(tmp_path / "a" / "r.csv", HEADER_CSV))
+  with caplog.at_level(logging.WARNING):
+    second = load(write(tmp_path / "b" / "r.csv", HEADER_CSV))
+  assert "rebuilding" not in caplog.text and len(_cached(tmp_path)) == 1
+  np.testing.assert_array_equal(second.test_item, first.test_item)
+
+
 def test_a_split_cached_by_an_older_reader_is_not_served(tmp_path, monkeypatch):
   """The same bytes and options read by a changed reader (``READER_VERSION``) may parse
   to other interactions: such a cache entry is another key, not a hit."""

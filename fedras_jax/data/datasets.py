@@ -381,8 +381,8 @@ def _file_sources(name: str, options: userfile.FileOptions) -> _Sources:
   digest = fetch.sha256_file(path)
   opts = dict(dataclasses.asdict(options.check()), reader=userfile.READER_VERSION)
   tag = hashlib.sha256(json.dumps(opts, sort_keys=True).encode()).hexdigest()
-  return _Sources([path], {str(path.resolve()): digest}, f"{path.stem}-{digest[:16]}-{tag[:8]}",
-                  opts, False)
+  # By its name, not where it lies: the same bytes elsewhere are the same split.
+  return _Sources([path], {path.name: digest}, f"{path.stem}-{digest[:16]}-{tag[:8]}", opts, False)
 
 
 def _named_sources(name: str, data_dir: pathlib.Path, download: bool, fetch_context) -> _Sources:
