@@ -73,11 +73,12 @@ from experiments import jobs, pages
 from fedras_jax import flags as flag_lib
 from fedras_jax import outputs
 from fedras_jax.config import DATASETS, TrainConfig, dataset_label
+from fedras_jax.experiment import run_data_sha256
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
 from fedras_jax.sweep import (SWEEPABLE, grid_points, keep_results, kept_results, parse_grid,
                               seed_stats, sweep_points)
 from fedras_jax.training import NonFiniteUpdateError, train
-from fedras_jax.workdir import config_differences, recorded_config
+from fedras_jax.workdir import config_differences, other_data, recorded_config
 from fedras_jax.workdir_lock import WorkdirLock
 
 flag_lib.define_train_flags()
@@ -211,9 +212,12 @@ def tune(config: TrainConfig,
   # A search writes over the file: one kept by a search with other settings is refused
   # first (a finished run's record), unless --overwrite says to search again.
   refuse = search and not config.overwrite
+  data_sha256 = run_data_sha256(candidate)
   read_kept = lambda: kept_results(path,
-                                   candidate, "delete it, or rerun with the flags it was searched "
+                                   candidate,
+                                   "delete it, or rerun with the flags and data it was searched "
                                    "with (--overwrite: search again)",
+                                   data_sha256,
                                    refuse_other=refuse) or []
   kept = read_kept()
   # A point's full setting: its values, the candidate's for the other sweepable names.
@@ -263,7 +267,7 @@ def tune(config: TrainConfig,
             checkpoint_dir=checkpoints) if missing else []
         found.update((key(r), r) for r in new)
         kept += new
-        keep_results(path, candidate, kept, checkpoints)
+        keep_results(path, candidate, data_sha256, kept, checkpoints)
     results = [found[key(p)] for p in points]
     best = max(results, key=score)
     point = {name: value(best, name) for name in grid}
@@ -312,7 +316,10 @@ def holds_other_pick(config: TrainConfig, grid) -> bool:
 
 
 def finished_summary(config: TrainConfig) -> Optional[dict]:
-  """The summary of ``config``'s run in its workdir if that run is finished, else None."""
+  """The summary of ``config``'s run in its workdir if that run is finished, else None.
+  A finished run trained on other data (``data_sha256``; a summary written before it
+  was recorded is taken as it is) raises ``workdir.other_data``: tabulated, it would
+  pass for a run of these data."""
   path = pathlib.Path(config.workdir) / "summary.json"
   if not path.is_file():
     return None
@@ -320,7 +327,11 @@ def finished_summary(config: TrainConfig) -> Optional[dict]:
                               "use --overwrite to start the run over",
                               fields=("final", "config"))
   finished = isinstance(summary["final"], dict) and summary["final"].get("round") == config.rounds
-  return summary if finished and not config_differences(summary["config"], config) else None
+  if not finished or config_differences(summary["config"], config):
+    return None
+  if summary.get("data_sha256", None) not in (None, run_data_sha256(config)):
+    raise other_data(config.workdir)
+  return summary
 
 
 def parse_method_settings(text: str) -> dict:

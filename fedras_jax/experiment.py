@@ -200,6 +200,25 @@ def run_mesh(config: TrainConfig):
   return mesh
 
 
+def run_split(config: TrainConfig) -> data_lib.Split:
+  """The split ``config`` trains on (with ``config.validation``, one more interaction per
+  user held out as ``valid_item``): ``data.load_dataset`` of its dataset flags."""
+  return data_lib.load_dataset(
+      config.dataset,
+      config.data_dir,
+      seed=config.seed,
+      num_valid=int(config.validation),
+      num_test_negatives=config.test_negatives,
+      download=config.download,
+      file_options=None if config.dataset in DATASETS else config.file_options())
+
+
+def run_data_sha256(config: TrainConfig) -> str:
+  """``data.split_sha256`` of ``run_split(config)``: what a run's records hold to tell
+  a result of these data from one of an edited file or other test negatives."""
+  return data_lib.split_sha256(run_split(config))
+
+
 def load_run_data(config: TrainConfig):
   """``(split, eval_items [U], eval_negatives [U, N])`` of ``config`` (N:
   ``config.test_negatives``).
@@ -210,14 +229,7 @@ def load_run_data(config: TrainConfig):
   are scored on the test items and their saved negatives.
   """
   try:
-    split = data_lib.load_dataset(
-        config.dataset,
-        config.data_dir,
-        seed=config.seed,
-        num_valid=int(config.validation),
-        num_test_negatives=config.test_negatives,
-        download=config.download,
-        file_options=None if config.dataset in DATASETS else config.file_options())
+    split = run_split(config)
     if not config.validation:
       return split, split.test_item, split.test_negatives
     negatives = data_lib.sample_negatives(split.seen_indptr,

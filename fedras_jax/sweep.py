@@ -37,10 +37,10 @@ from fedras_jax import outputs
 from fedras_jax.compress import dense_bits
 from fedras_jax.config import TrainConfig
 from fedras_jax.experiment import (build_bandwidth, build_round_config, build_simulation,
-                                   load_run_data, round_hparams, run_mesh)
+                                   load_run_data, round_hparams, run_data_sha256, run_mesh)
 from fedras_jax.federated import init_states
 from fedras_jax.metrics import make_evaluate
-from fedras_jax.workdir import WorkdirError, config_differences
+from fedras_jax.workdir import SPLIT_DIFFERS, WorkdirError, config_differences
 
 RESULTS_FILE = "results.json"  # kept_sweep's results
 # Round hyper-parameters that are traced values of one program. Not payload_ratio: it sets
@@ -116,6 +116,7 @@ def kept_sweep(base: TrainConfig,
   directory = pathlib.Path(directory)
   path = directory / RESULTS_FILE
   setting = dict(seeds=list(seeds), grid={k: list(v) for k, v in grid.items()})
+  data_sha256 = run_data_sha256(base)
 
   def prepare():
     if base.overwrite:
@@ -123,7 +124,7 @@ def kept_sweep(base: TrainConfig,
     with outputs.naming(directory):  # an unwritable directory fails now, not after training
       directory.mkdir(parents=True, exist_ok=True)
     remedy = "delete it or use --overwrite to run the sweep again"
-    return kept_results(path, base, remedy, refuse_other=True, **setting), np.int32(0)
+    return kept_results(path, base, remedy, data_sha256, refuse_other=True, **setting), np.int32(0)
 
   kept, _ = distributed.on_writer(prepare, np.int32(0))
   kept = distributed.share_json(kept)  # (None on every process where process 0 has none)
@@ -133,15 +134,19 @@ def kept_sweep(base: TrainConfig,
   checkpoints = directory / "checkpoints"
   results = sweep(base, seeds, grid, log, checkpoint_dir=checkpoints)
   if distributed.is_writer():
-    keep_results(path, base, results, checkpoints, **setting)
+    keep_results(path, base, data_sha256, results, checkpoints, **setting)
   return results
 
 
-def keep_results(path, config: TrainConfig, results, checkpoint_dir, **setting):
-  """Writes ``{"config", **setting, "results"}`` to ``path`` (what ``kept_results``
-  reads back), then removes the ``checkpoint_dir`` the results no longer need."""
+def keep_results(path, config: TrainConfig, data_sha256: str, results, checkpoint_dir, **setting):
+  """Writes ``{"config", "data_sha256", **setting, "results"}`` to ``path`` (what
+  ``kept_results`` reads back), then removes the ``checkpoint_dir`` the results no
+  longer need. ``data_sha256``: ``experiment.run_data_sha256(config)``."""
   outputs.write_json(path,
-                     dict(config=dataclasses.asdict(config), **setting, results=results),
+                     dict(config=dataclasses.asdict(config),
+                          data_sha256=data_sha256,
+                          **setting,
+                          results=results),
                      indent=1)
   shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
@@ -149,19 +154,24 @@ def keep_results(path, config: TrainConfig, results, checkpoint_dir, **setting):
 def kept_results(path,
                  config: TrainConfig,
                  remedy: str,
+                 data_sha256: str,
                  *,
                  refuse_other: bool = False,
                  **setting) -> Optional[List[dict]]:
-  """The ``results`` rows kept in JSON file ``path`` (``{"config", **setting,
-  "results"}``, non-finite numbers as NaN again) if its config differs from ``config``
-  in no result-affecting setting and its other entries equal ``setting``; else None
-  (no file, or another sweep's). Another sweep's file raises a ``WorkdirError`` naming
-  the differences and ``remedy`` with ``refuse_other`` (a caller about to write over it:
-  nothing finished is replaced unasked). A file that is not JSON raises, naming ``remedy``."""
+  """The ``results`` rows kept in JSON file ``path`` (``{"config", "data_sha256",
+  **setting, "results"}``, non-finite numbers as NaN again) if its config differs from
+  ``config`` in no result-affecting setting, it was run on the data of ``data_sha256``
+  (``experiment.run_data_sha256``; a file written before the data were recorded is taken
+  as it is) and its other entries equal ``setting``; else None (no file, or another
+  sweep's). Another sweep's file raises a ``WorkdirError`` naming the differences and
+  ``remedy`` with ``refuse_other`` (a caller about to write over it: nothing finished is
+  replaced unasked). A file that is not JSON raises, naming ``remedy``."""
   if not pathlib.Path(path).is_file():
     return None
   saved = outputs.read_json(path, remedy, fields=())
   diffs = (config_differences(saved["config"], config) if "config" in saved else ["its config"])
+  if saved.get("data_sha256", data_sha256) != data_sha256:
+    diffs.append(f"its data ({SPLIT_DIFFERS})")
   diffs += [
       f"{k} (kept {saved.get(k)!r}, now {v!r})" for k, v in setting.items() if saved.get(k) != v
   ]

@@ -178,10 +178,7 @@ def _resume(config: TrainConfig, sim, data_sha256: str, mesh, hold: contextlib.E
         # The flags match; the data may not (an edited file, a negatives file gone from
         # --data_dir). A checkpoint from before the data was recorded is taken as it is.
         if host.setdefault("data_sha256", data_sha256) != data_sha256:
-          raise workdir_lib.WorkdirError(
-              f"--workdir={config.workdir} holds a run trained on other data (its split "
-              "differs: the dataset file, its options or the test negatives changed); restore "
-              "them to resume it, or add --overwrite to start over")
+          raise workdir_lib.other_data(config.workdir)
         say(f"resuming from round {start_round} of {config.rounds} ({path})")
     return host, (np.int32(start_round), state)
 
@@ -342,6 +339,7 @@ def _summary(config: TrainConfig, sim, host: dict, compile_seconds, start_round:
                             client_buckets=round_config.client_buckets,
                             max_lane_steps=round_config.max_lane_steps),
               config=dataclasses.asdict(config),
+              data_sha256=host["data_sha256"],
               resumed_from_round=start_round or None)
 
 

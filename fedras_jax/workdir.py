@@ -10,12 +10,14 @@ The workdir holds the run:
   ``checkpoint_minutes`` and at the last round (the newest two are kept): server state,
   stacked client states, the round counter and the host-side totals, metrics rows so far and
   best row (see ``fedras_jax.checkpoint``);
-* ``summary.json`` (final figures and the exact config) and ``final_params.msgpack``
-  (users, items, dense of the final model; ``checkpoint.load_params`` reads it).
+* ``summary.json`` (final figures, the exact config and the split's ``data_sha256``) and
+  ``final_params.msgpack`` (users, items, dense of the final model;
+  ``checkpoint.load_params`` reads it).
 
-A workdir holding a run with different flags is refused unless ``overwrite`` (which
-starts over); flags in ``config.NON_RESULT_FIELDS`` do not change a run's numbers and
-may differ.
+A workdir holding a run with different flags, or one trained on other data (its
+checkpoints and summary record the split's sha256), is refused unless ``overwrite``
+(which starts over); flags in ``config.NON_RESULT_FIELDS`` do not change a run's
+numbers and may differ.
 """
 import csv
 import dataclasses
@@ -122,6 +124,17 @@ def refuse(workdir, diffs: List[str]):
   raise WorkdirError(
       f"--workdir={workdir} holds a run with different flags: {', '.join(diffs)}; rerun "
       "with its flags to resume it, or add --overwrite to replace it")
+
+
+# What differs when a record's data_sha256 is not the rerun's (data.split_sha256).
+SPLIT_DIFFERS = ("the split differs: the dataset file, its options or the test negatives "
+                 "changed")
+
+
+def other_data(workdir) -> WorkdirError:
+  """The error for ``workdir``'s run whose records name other data than a rerun's."""
+  return WorkdirError(f"--workdir={workdir} holds a run trained on other data ({SPLIT_DIFFERS}); "
+                      "restore them to use the run, or add --overwrite to start over")
 
 
 def clear_run(workdir):

@@ -187,6 +187,20 @@ def synthetic():
   return Synthetic()
 
 
+@pytest.fixture
+def data_now(monkeypatch):
+  """``{"sha256": ...}``, what ``compare`` and ``sweep`` take for the data's sha256
+  (``experiment.run_data_sha256``) in this test: tests of kept records that train
+  nothing load no data; setting the entry stands for an edited dataset."""
+  from experiments import compare
+  from fedras_jax import sweep
+
+  now = {"sha256": "data-a"}
+  monkeypatch.setattr(compare, "run_data_sha256", lambda config: now["sha256"])
+  monkeypatch.setattr(sweep, "run_data_sha256", lambda config: now["sha256"])
+  return now
+
+
 @pytest.fixture(scope="session")
 def ml100k_path():
   """``<data dir>/ml-100k/u.data`` (found or fetched, see the module docstring)."""

@@ -241,7 +241,8 @@ def test_widening_stops_at_the_bound_of_the_setting():
   assert compare.open_edges(grid, point, valid) == ["fluctuation"]
 
 
-def test_tune_widens_until_the_pick_is_inside_and_keeps_every_point(tmp_path, monkeypatch):
+def test_tune_widens_until_the_pick_is_inside_and_keeps_every_point(tmp_path, monkeypatch,
+                                                                    data_now):
   """Validation HR@10 peaks at item_lr 32 (a diverged 128 is NaN): a grid of 2..8
   widens to 16 and 32 and 64, searching only new points, and a second call searches
   nothing."""
@@ -293,7 +294,7 @@ def test_tune_widens_until_the_pick_is_inside_and_keeps_every_point(tmp_path, mo
 
 
 def test_a_search_with_other_settings_refuses_the_kept_file_unless_overwriting(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch, data_now):
   """A rerun with one flag changed searched at once and replaced tuning.json, then was
   refused by the run's workdir: the finished run's record was lost. It is refused before
   searching; tabulating reads nothing from the other settings' file; --overwrite
@@ -319,7 +320,55 @@ def test_a_search_with_other_settings_refuses_the_kept_file_unless_overwriting(
   assert searched == [20, 21] and json.loads(path.read_text())["config"]["rounds"] == 21
 
 
-def test_a_search_of_a_run_another_process_holds_is_refused(tmp_path, monkeypatch):
+def test_a_search_kept_on_other_data_is_refused_unless_overwriting(tmp_path, monkeypatch, data_now):
+  """The same flags on an edited dataset reused tuning.json's points (searched on the old
+  data) as these data's. Refused before searching, as other flags are; tabulating reads
+  nothing from it; --overwrite searches again. A file kept before the data were
+  recorded is taken as it is."""
+  searched = []
+
+  def fake_sweep(config, seeds, points, log=print, checkpoint_dir=None):
+    searched.append([p["item_lr"] for p in points])
+    return [dict(seed=seeds[0], **p, **{"hr@10": 0.5 + p["item_lr"] / 100}) for p in points]
+
+  monkeypatch.setattr(compare, "sweep_points", fake_sweep)
+  config, grid = TrainConfig(workdir=str(tmp_path / "run"), rounds=20), {"item_lr": [8.0, 16.0]}
+  assert compare.tune(config, grid)[0] == {"item_lr": 16.0}
+  path = tmp_path / "run" / compare.TUNING_FILE
+  kept = path.read_text()
+  assert json.loads(kept)["data_sha256"] == "data-a"
+  data_now["sha256"] = "data-b"
+  with pytest.raises(WorkdirError, match=r"other settings: its data \(the split differs"):
+    compare.tune(config, grid)
+  assert path.read_text() == kept and searched == [[8.0, 16.0]]
+  assert compare.tune(config, grid, search=False) is None
+  assert compare.tune(dataclasses.replace(config, overwrite=True), grid)[0] == {"item_lr": 16.0}
+  assert len(searched) == 2 and json.loads(path.read_text())["data_sha256"] == "data-b"
+  record = json.loads(path.read_text())
+  del record["data_sha256"]
+  path.write_text(json.dumps(record))
+  data_now["sha256"] = "data-c"
+  assert compare.tune(config, grid)[0] == {"item_lr": 16.0} and len(searched) == 2
+
+
+def test_a_finished_run_of_other_data_is_refused_not_tabulated(tmp_path, data_now):
+  """A finished run's summary is read, not resumed, so the checkpoints' data check never
+  ran: a run of the old data passed for one of the edited data. A summary written before
+  the data were recorded is taken as it is."""
+  config = TrainConfig(workdir=str(tmp_path), rounds=20)
+  summary = dict(final=dict(round=20), config=dataclasses.asdict(config), data_sha256="data-a")
+  (tmp_path / "summary.json").write_text(json.dumps(summary))
+  assert compare.finished_summary(config) == summary
+  assert compare.finished_summary(dataclasses.replace(config, rounds=30)) is None
+  data_now["sha256"] = "data-b"
+  with pytest.raises(WorkdirError, match="holds a run trained on other data"):
+    compare.finished_summary(config)
+  del summary["data_sha256"]
+  (tmp_path / "summary.json").write_text(json.dumps(summary))
+  assert compare.finished_summary(config) == summary
+
+
+def test_a_search_of_a_run_another_process_holds_is_refused(tmp_path, monkeypatch, data_now):
   """A run's workdir held by another process (its lock): a search with points to run is
   refused before it trains any and keeps nothing; a search whose points are all kept,
   and tabulating, still read the kept points; released, the search runs."""
@@ -352,7 +401,7 @@ def test_a_search_of_a_run_another_process_holds_is_refused(tmp_path, monkeypatc
 
 
 def test_a_search_keeps_what_another_invocation_searched_before_it_took_the_lock(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch, data_now):
   """Another invocation keeps item_lr 8 between this search's first read of tuning.json and
   its taking the lock: the search reads the file again under the lock, does not search 8
   and keeps it (it rewrote the file with its own points only)."""
@@ -367,6 +416,7 @@ def test_a_search_keeps_what_another_invocation_searched_before_it_took_the_lock
     def __enter__(self):
       config = dataclasses.replace(TrainConfig(), validation=True, workdir=None, quiet=False)
       compare.keep_results(self.workdir / compare.TUNING_FILE, config,
+                           compare.run_data_sha256(config),
                            [dict(seed=0, item_lr=8.0, **{"hr@10": 0.9})], tmp_path / "none")
       return super().__enter__()
 
@@ -379,7 +429,8 @@ def test_a_search_keeps_what_another_invocation_searched_before_it_took_the_lock
   assert sorted(r["item_lr"] for r in kept) == [2.0, 4.0, 8.0]
 
 
-def test_a_search_over_a_new_name_keeps_the_points_searched_without_it(tmp_path, monkeypatch):
+def test_a_search_over_a_new_name_keeps_the_points_searched_without_it(
+    tmp_path, monkeypatch, data_now):
   """item_lr searched first, then dense_lr at one item_lr: the kept points (no dense_lr
   in them: they ran at the config's) take part, and one of them can win."""
   searched = []
@@ -401,7 +452,7 @@ def test_a_search_over_a_new_name_keeps_the_points_searched_without_it(tmp_path,
   assert compare.tune(config, grid, search=False)[0] == point
 
 
-def test_tune_picks_by_the_chosen_metric(tmp_path, monkeypatch):
+def test_tune_picks_by_the_chosen_metric(tmp_path, monkeypatch, data_now):
   """HR@10 peaks at item_lr 8, NDCG@10 at 16: each metric picks its own peak, the
   second from the first's kept points, and the returned score is the pick's HR@10."""
   searched = []
@@ -422,7 +473,7 @@ def test_tune_picks_by_the_chosen_metric(tmp_path, monkeypatch):
   assert searched == [4]
 
 
-def test_tabulating_takes_the_point_a_finished_run_was_trained_at(tmp_path, monkeypatch):
+def test_tabulating_takes_the_point_a_finished_run_was_trained_at(tmp_path, monkeypatch, data_now):
   """item_lr 2 and 4 tie on validation HR@10; a search over the widened grid (2, 4, 8)
   picks 2 (grid order), while the kept file order is 4, 8, 2: tabulating takes the
   point of the run that finished there (``recorded_pick``), not the first kept."""

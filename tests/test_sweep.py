@@ -150,7 +150,8 @@ def test_a_sweep_starts_over_on_another_sweeps_checkpoint(tmp_path):
   assert start == 0 and "starting over" in lines[-1] and not path.exists()
 
 
-def test_kept_sweep_reuses_finished_results_and_reruns_another_sweep(tmp_path, monkeypatch):
+def test_kept_sweep_reuses_finished_results_and_reruns_another_sweep(tmp_path, monkeypatch,
+                                                                     data_now):
   calls = []
 
   def fake_sweep(base, seeds, grid, log=print, checkpoint_dir=None):
@@ -186,6 +187,11 @@ def test_kept_sweep_reuses_finished_results_and_reruns_another_sweep(tmp_path, m
     with pytest.raises(WorkdirError, match="other settings: " + differs):
       sweep_lib.kept_sweep(config, seeds, other_grid, tmp_path / "point")
   assert len(calls) == 1 and (tmp_path / "point" / "results.json").read_text() == kept
+  # The same sweep on other data (an edited file): refused as well.
+  data_now["sha256"] = "data-b"
+  with pytest.raises(WorkdirError, match=r"other settings: its data \(the split differs"):
+    sweep_lib.kept_sweep(base, [0, 1], grid, tmp_path / "point")
+  data_now["sha256"] = "data-a"
   for seeds, other_grid, rounds in (([0], grid, 3), ([0], {"item_lr": [4.0]}, 3),
                                     ([0], {"item_lr": [4.0]}, 4)):
     sweep_lib.kept_sweep(dataclasses.replace(base, rounds=rounds, overwrite=True), seeds,
