@@ -7,6 +7,7 @@ round function, its hyper-parameters and the initial states). ``training.train``
 ``sweep``, ``compare`` and the benchmarks build from these functions, so a setting
 means the same thing everywhere.
 """
+import contextlib
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -203,14 +204,26 @@ def run_mesh(config: TrainConfig):
 def run_split(config: TrainConfig) -> data_lib.Split:
   """The split ``config`` trains on (with ``config.validation``, one more interaction per
   user held out as ``valid_item``): ``data.load_dataset`` of its dataset flags."""
-  return data_lib.load_dataset(
-      config.dataset,
-      config.data_dir,
-      seed=config.seed,
-      num_valid=int(config.validation),
-      num_test_negatives=config.test_negatives,
-      download=config.download,
-      file_options=None if config.dataset in DATASETS else config.file_options())
+  with _naming_the_remedy_for_too_few_candidates():
+    return data_lib.load_dataset(
+        config.dataset,
+        config.data_dir,
+        seed=config.seed,
+        num_valid=int(config.validation),
+        num_test_negatives=config.test_negatives,
+        download=config.download,
+        file_options=None if config.dataset in DATASETS else config.file_options())
+
+
+@contextlib.contextmanager
+def _naming_the_remedy_for_too_few_candidates():
+  """A ``TooFewCandidatesError`` raised inside goes on with the flags that avoid it."""
+  try:
+    yield
+  except data_lib.TooFewCandidatesError as e:
+    raise data_lib.TooFewCandidatesError(
+        f"{e}: sample fewer with --test_negatives, or (experiments.train) rank every item "
+        "with --eval_protocol=full --test_negatives=0") from None
 
 
 def run_data_sha256(config: TrainConfig) -> str:
@@ -228,20 +241,16 @@ def load_run_data(config: TrainConfig):
   negatives of their own draw: tuning never sees the test items. Otherwise runs
   are scored on the test items and their saved negatives.
   """
-  try:
-    split = run_split(config)
-    if not config.validation:
-      return split, split.test_item, split.test_negatives
+  split = run_split(config)
+  if not config.validation:
+    return split, split.test_item, split.test_negatives
+  with _naming_the_remedy_for_too_few_candidates():
     negatives = data_lib.sample_negatives(split.seen_indptr,
                                           split.seen_items,
                                           split.num_items,
                                           config.test_negatives,
                                           seed=config.seed + _VALID_NEGATIVES_SEED,
                                           name=config.dataset)
-  except data_lib.TooFewCandidatesError as e:
-    raise data_lib.TooFewCandidatesError(
-        f"{e}: sample fewer with --test_negatives, or (experiments.train) rank every item "
-        "with --eval_protocol=full --test_negatives=0") from None
   return split, split.valid_item, negatives
 
 
