@@ -21,7 +21,7 @@ from absl import flags
 
 from experiments import pages
 from fedras_jax import flags as flag_lib
-from fedras_jax.launch import launch_local
+from fedras_jax.launch import launch_local, xla_flags_with_devices
 
 _METHODS = flags.DEFINE_list("methods", ["uncompressed", "fedras"], "train --method values")
 _LAYOUTS = flags.DEFINE_list("layouts", ["1x1", "1x2", "2x1", "1x8", "2x4"],
@@ -53,7 +53,8 @@ def run_layout(method: str, processes: int, devices: int, workdir: str) -> dict:
   if _DATA_DIR.value:
     args.append(f"--data_dir={_DATA_DIR.value}")
   if processes == 1:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    # The user's XLA_FLAGS kept, as launch_local keeps them for the other layouts.
+    env = dict(os.environ, XLA_FLAGS=xla_flags_with_devices(devices))
     results = [
         subprocess.run([
             sys.executable, "-m", "experiments.train", *args,

@@ -183,16 +183,18 @@ def bench_splits(n, d, max_k, k_budget, noise, repeats, splits=(1, 4, None), ndi
   g = (g + noise * rng.standard_normal((n, d))).astype(np.float32)
   gj, key = jnp.asarray(g), jax.random.PRNGKey(seed)
   budget = q.payload_bits(k_budget, n, d)
-  base = None
+  calls, payloads, firsts = {}, {}, {}
   for s in splits:
     f = jax.jit(
         lambda x, b, s=s: q.encode(x, key, budget_bits=b, max_k=max_k, tau=0.95, max_splits=s))
     t = time.perf_counter()
-    p = jax.block_until_ready(f(gj, budget))
-    first = time.perf_counter() - t
-    best = min(
-        _time_once(lambda r=r: jax.block_until_ready(f(gj, budget + 1 + r)))
-        for r in range(repeats))
+    payloads[s] = jax.block_until_ready(f(gj, budget))
+    firsts[s] = time.perf_counter() - t
+    calls[s] = lambda f=f: jax.block_until_ready(f(gj, budget))
+  bests = best_of(calls, repeats)
+  base = None
+  for s in splits:
+    p, first, best = payloads[s], firsts[s], bests[s]
     err = float(np.linalg.norm(np.asarray(q.decode(p)) - g) / np.linalg.norm(g))
     base = base or (best, err)
     assert int(p.bits) <= budget
@@ -203,7 +205,9 @@ def bench_splits(n, d, max_k, k_budget, noise, repeats, splits=(1, 4, None), ndi
         flush=True)
 
 
-_QUICK = flags.DEFINE_boolean("quick", False, "small sizes only (n<=20000, K<=64)")
+_QUICK = flags.DEFINE_boolean(
+    "quick", False, "small sizes only (n<=20000, K<=64, 32 clients), "
+    "each where its flag is not given")
 _SIZES = flags.DEFINE_list("sizes", [], "K-Means row counts n (default 1000,20000,200000)")
 _KS = flags.DEFINE_list("ks", [], "K-Means cluster counts (default 16,64,256)")
 _DIM = flags.DEFINE_integer("dim", 64, "row width d", lower_bound=1)
@@ -254,18 +258,18 @@ def main(argv):
     print("|---|---|---|---|---|---|---|---|---|---|")
     bench_kmeans(sizes, ks, dim, _ITERS.value, repeats)
   if not _SKIP_VMAP.value:
-    clients = 32 if quick else _CLIENTS.value
+    clients = 32 if quick and not _CLIENTS.present else _CLIENTS.value
     print(f"\n| encode {clients} clients x [{_CLIENT_ROWS.value}, {dim}], "
           f"max_k={_CLIENT_MAX_K.value} | wall ms | speed-up vs sequential | compile s |")
     print("|---|---|---|---|")
-    bench_vmap(clients, _CLIENT_ROWS.value, dim, _CLIENT_MAX_K.value, max(1, repeats // 2))
+    bench_vmap(clients, _CLIENT_ROWS.value, dim, _CLIENT_MAX_K.value, repeats)
   if not _SKIP_SPLITS.value:
     rows = _SPLIT_ROWS.value
     print(f"\n| encode [{rows}, {dim}], K cap 45, max_k 48, noise {_SPLIT_NOISE.value}: "
           "max_splits | s/call | speed-up | split rounds | Lloyd steps | K | bits | rel. error "
           "| error / S=1 | compile s |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    bench_splits(rows, dim, 48, 45, _SPLIT_NOISE.value, max(1, repeats // 2))
+    bench_splits(rows, dim, 48, 45, _SPLIT_NOISE.value, repeats)
 
 
 if __name__ == "__main__":

@@ -411,10 +411,17 @@ def padding_stats(s: Setting, sampled: np.ndarray, lanes, max_lane_steps):
 
 
 def _row(name, times, m, loop_times, compile_s) -> str:
+  """A table row of round ``times``; the speed-ups over the loop only where ``loop_times``
+  (None: ``-``) timed the same rounds."""
   mean = statistics.fmean(times)
+  if loop_times is None:
+    ratios = f"{'-':>10} | {'-':>9}"
+  else:
+    assert len(loop_times) == len(times), "a speed-up over other rounds is no like-for-like"
+    ratios = (f"{statistics.fmean(loop_times) / mean:9.2f}x | "
+              f"{min(loop_times) / min(times):8.2f}x")
   return (f"| {name:<30} | {m / mean:9.0f} | {1e3 * min(times):7.1f} | "
-          f"{1e3 * statistics.median(times):9.1f} | {1e3 * mean:7.1f} | "
-          f"{statistics.fmean(loop_times) / mean:9.2f}x | {min(loop_times) / min(times):8.2f}x | "
+          f"{1e3 * statistics.median(times):9.1f} | {1e3 * mean:7.1f} | {ratios} | "
           f"{compile_s:9.2f} |")
 
 
@@ -605,18 +612,20 @@ def main(argv):
       f"|{'-' * 32}|{'-' * 11}|{'-' * 9}|{'-' * 11}|{'-' * 9}|{'-' * 12}|{'-' * 11}|"
       f"{'-' * 11}|"
   ]
+  if loop_rounds < rounds:
+    lines += [
+        _row(f"packed round W={w}", packed[w].times, s.m, None, packed[w].compile_s) for w in lanes
+    ]
   lines += [
-      _row(f"packed round W={w}", packed[w].times, s.m, loop.times, packed[w].compile_s)
-      for w in lanes
+      _row(f"packed W={w}, rounds 1..{loop_rounds}", packed[w].times[:loop_rounds], s.m, loop.times,
+           packed[w].compile_s) for w in lanes
   ]
   lines += [
-      _row(f"packed W={main_w}, rounds 1..{loop_rounds}", packed[main_w].times[:loop_rounds], s.m,
-           loop.times, packed[main_w].compile_s),
       _row(f"per-client loop, rounds 1..{loop_rounds}", loop.times, s.m, loop.times,
            loop.compile_s), "",
       "updates/s: clients per round / mean round time; loop/mean, loop/min: speed-up over the "
-      "per-client loop (ratio of mean, of min round times); compile: AOT lower+compile (loop: "
-      "all its jitted functions)", ""
+      "per-client loop on the same rounds (ratio of mean, of min round times; `-`: rounds the "
+      "loop did not time); compile: AOT lower+compile (loop: all its jitted functions)", ""
   ]
   sampled = s.sampled(total)[1:]
   lines += padding_stats(s, sampled, lanes, {w: c.max_lane_steps for w, c in cfgs.items()})

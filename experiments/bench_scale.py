@@ -82,7 +82,7 @@ _COMPILE_ONLY = flags.DEFINE_bool(
     "round (memory plan and compile cost only)")
 _QUICK = flags.DEFINE_bool(
     "quick", False, "small maxima: clients 16..128 at 2000 items, "
-    "items 10^3..10^5 at 16 clients, 2 timed rounds")
+    "items 10^3..10^5 at 16 clients, 2 timed rounds (each where its flag is not given)")
 _DIM = flags.DEFINE_integer("dim", 64, "embedding size")
 _LANES = flags.DEFINE_integer("num_lanes", 8, "lanes of packed local training")
 _ZIPF = flags.DEFINE_float("zipf", 1.1, "Zipf exponent of item popularity")
@@ -453,17 +453,14 @@ def main(argv):
 
   from experiments import pages
 
-  rounds = _ROUNDS.value
-  if _QUICK.value:
-    clients, items = [16, 32, 64, 128], [1000, 10000, 100000]
-    fixed_items, fixed_clients = 2000, 16
-    rounds = rounds if _ROUNDS.present else 2
-  else:
-    clients = flag_lib.parse_values("--clients", _CLIENTS.value, flag_lib.positive_int,
-                                    "a positive integer")
-    items = flag_lib.parse_values("--items", _ITEMS.value, flag_lib.positive_int,
-                                  "a positive integer")
-    fixed_items, fixed_clients = _FIXED_ITEMS.value, _FIXED_CLIENTS.value
+  # --quick sets the sizes a user did not give.
+  quick = lambda flag, small: small if _QUICK.value and not flag.present else flag.value
+  rounds = quick(_ROUNDS, 2)
+  clients = flag_lib.parse_values("--clients", quick(_CLIENTS, "16,32,64,128"),
+                                  flag_lib.positive_int, "a positive integer")
+  items = flag_lib.parse_values("--items", quick(_ITEMS, "1000,10000,100000"),
+                                flag_lib.positive_int, "a positive integer")
+  fixed_items, fixed_clients = quick(_FIXED_ITEMS, 2000), quick(_FIXED_CLIENTS, 16)
   curves = [c.strip() for c in _CURVES.value.split(",") if c.strip()]
   if not curves or set(curves) - {"clients", "items"}:
     raise ValueError(f"--curves={_CURVES.value}: name one or both of clients, items")

@@ -289,7 +289,7 @@ def test_binaries_refuse_bad_input_in_one_line(tmp_path):
       ("golden", ["--configs=nosuch"], "--configs: no configs/NAME.flags for nosuch"),
       ("golden", ["ml100k_mf"], "unexpected arguments: ml100k_mf (flags are --name=value)"),
       ("bench_jobs", ["--methods=nosuch", "--data_dir=/nonexistent"],
-       "experiments.compare --jobs=1 failed: --methods=nosuch: --method='nosuch' is invalid"),
+       "--methods=nosuch: --method='nosuch' is invalid"),
       ("bench_round", ["--lane_sweep=8,x"], "--lane_sweep=8,x: 'x' is not a positive integer"),
       ("bench_round", [f"--markdown={tmp_path}"], f"--markdown={tmp_path}: not a writable file"),
       ("bench_eval", ["--repeats=0"], "flag --repeats=0: 0 is not"),
