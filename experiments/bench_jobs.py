@@ -62,7 +62,7 @@ def main(argv):
   print(f"{pages.cpus_text()}; grid: {_METHODS.value} at {_RATIO.value}, {_ROUNDS.value} rounds, "
         f"ML-100K FedMF defaults; slots of --jobs={_JOBS.value}: "
         f"{jobs.cpu_shares(jobs.usable_cpus(), _JOBS.value)}")
-  methods = [m.strip() for m in _METHODS.value.split(",")]
+  methods = [m.strip() for m in _METHODS.value.split(",") if m.strip()]
   flag_lib.validate_points(TrainConfig(), "--methods", _METHODS.value,
                            [dict(method=m) for m in methods])  # before any fetch
   # Untimed: fetching ML-100K and building its cached split would count against the

@@ -64,7 +64,7 @@ import itertools
 import pathlib
 import sys
 from fractions import Fraction
-from typing import Optional
+from typing import Callable, Optional
 
 from absl import flags
 import numpy as np
@@ -73,12 +73,14 @@ from experiments import jobs, pages
 from fedras_jax import flags as flag_lib
 from fedras_jax import outputs
 from fedras_jax.config import DATASETS, TrainConfig, dataset_label
+from fedras_jax.data import FetchError
 from fedras_jax.experiment import run_data_sha256
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
 from fedras_jax.sweep import (SWEEPABLE, grid_points, keep_results, kept_results, parse_grid,
                               seed_stats, sweep_points)
 from fedras_jax.training import NonFiniteUpdateError, train
-from fedras_jax.workdir import config_differences, other_data, recorded_config
+from fedras_jax.workdir import (config_differences, names_other_data, other_data_error,
+                                recorded_config)
 from fedras_jax.workdir_lock import WorkdirLock
 
 flag_lib.define_train_flags()
@@ -211,14 +213,15 @@ def tune(config: TrainConfig,
   path = pathlib.Path(config.workdir) / TUNING_FILE
   # A search writes over the file: one kept by a search with other settings is refused
   # first (a finished run's record), unless --overwrite says to search again.
-  refuse = search and not config.overwrite
-  data_sha256 = run_data_sha256(candidate)
+  # One of other data is refused when tabulating too (it would else be left out unsaid).
+  data_sha256 = data_sha256_asked(candidate, tabulating=not search)
   read_kept = lambda: kept_results(path,
                                    candidate,
                                    "delete it, or rerun with the flags and data it was searched "
                                    "with (--overwrite: search again)",
                                    data_sha256,
-                                   refuse_other=refuse) or []
+                                   refuse_other=search and not config.overwrite,
+                                   refuse_other_data=not config.overwrite) or []
   kept = read_kept()
   # A point's full setting: its values, the candidate's for the other sweepable names.
   # A kept point lacks the names its own search did not vary: it ran at the candidate's.
@@ -315,11 +318,32 @@ def holds_other_pick(config: TrainConfig, grid) -> bool:
   return pick is not None and any(getattr(config, n) != v for n, v in pick.items())
 
 
-def finished_summary(config: TrainConfig) -> Optional[dict]:
+def data_sha256_asked(config: TrainConfig, tabulating: bool) -> Callable[[], Optional[str]]:
+  """``run_data_sha256(config)``, computed when first asked (a record without its data's
+  sha256 asks nothing) and kept. Tabulating, which needs no data (``--only_finished``),
+  where the data cannot be read or fetched: None, with a line saying that the records'
+  data went unchecked."""
+
+  @functools.cache
+  def asked():
+    try:
+      return run_data_sha256(config)
+    except (OSError, FetchError) as e:
+      if not tabulating:
+        raise
+      print(f"   (its data are not here, so the data of its records are not checked: {e})",
+            flush=True)
+      return None
+
+  return asked
+
+
+def finished_summary(config: TrainConfig, data_sha256: Callable[[],
+                                                                Optional[str]]) -> Optional[dict]:
   """The summary of ``config``'s run in its workdir if that run is finished, else None.
-  A finished run trained on other data (``data_sha256``; a summary written before it
-  was recorded is taken as it is) raises ``workdir.other_data``: tabulated, it would
-  pass for a run of these data."""
+  A finished run trained on other data than ``data_sha256()`` (``data_sha256_asked``;
+  ``workdir.names_other_data``) raises a ``WorkdirError``: tabulated, it would pass for a
+  run of these data."""
   path = pathlib.Path(config.workdir) / "summary.json"
   if not path.is_file():
     return None
@@ -329,8 +353,10 @@ def finished_summary(config: TrainConfig) -> Optional[dict]:
   finished = isinstance(summary["final"], dict) and summary["final"].get("round") == config.rounds
   if not finished or config_differences(summary["config"], config):
     return None
-  if summary.get("data_sha256", None) not in (None, run_data_sha256(config)):
-    raise other_data(config.workdir)
+  if names_other_data(summary, data_sha256):
+    raise other_data_error(
+        config.workdir, "delete that folder to train the run again on these data, or restore "
+        "them (--overwrite: every run of the grid again)")
   return summary
 
 
@@ -595,7 +621,9 @@ def main(argv):
       try:
         # A finished run is read, not resumed: it may have no checkpoint to resume from
         # (checkpoints/ deleted, or trained with no cadence before its last round was kept).
-        summary = None if config.overwrite else finished_summary(config)
+        # Tabulating after --jobs --overwrite, the parts have just trained them again.
+        summary = (None if config.overwrite and not only_finished else finished_summary(
+            config, data_sha256_asked(config, tabulating=only_finished)))
         if summary is None and not only_finished:
           summary = train(config)
       except NonFiniteUpdateError as e:

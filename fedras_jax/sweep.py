@@ -18,6 +18,7 @@ in its state, so the results are those of an uninterrupted sweep. Checkpoints of
 sweep (other runs or result-affecting settings) are removed and the sweep starts over.
 """
 import dataclasses
+import functools
 import itertools
 import math
 import pathlib
@@ -40,7 +41,7 @@ from fedras_jax.experiment import (build_bandwidth, build_round_config, build_si
                                    load_run_data, round_hparams, run_data_sha256, run_mesh)
 from fedras_jax.federated import init_states
 from fedras_jax.metrics import make_evaluate
-from fedras_jax.workdir import SPLIT_DIFFERS, WorkdirError, config_differences
+from fedras_jax.workdir import SPLIT_DIFFERS, WorkdirError, config_differences, names_other_data
 
 RESULTS_FILE = "results.json"  # kept_sweep's results
 # Round hyper-parameters that are traced values of one program. Not payload_ratio: it sets
@@ -116,7 +117,7 @@ def kept_sweep(base: TrainConfig,
   directory = pathlib.Path(directory)
   path = directory / RESULTS_FILE
   setting = dict(seeds=list(seeds), grid={k: list(v) for k, v in grid.items()})
-  data_sha256 = run_data_sha256(base)
+  data_sha256 = functools.cache(lambda: run_data_sha256(base))  # process 0 alone asks
 
   def prepare():
     if base.overwrite:
@@ -138,13 +139,14 @@ def kept_sweep(base: TrainConfig,
   return results
 
 
-def keep_results(path, config: TrainConfig, data_sha256: str, results, checkpoint_dir, **setting):
+def keep_results(path, config: TrainConfig, data_sha256: Callable[[], str], results, checkpoint_dir,
+                 **setting):
   """Writes ``{"config", "data_sha256", **setting, "results"}`` to ``path`` (what
   ``kept_results`` reads back), then removes the ``checkpoint_dir`` the results no
-  longer need. ``data_sha256``: ``experiment.run_data_sha256(config)``."""
+  longer need. ``data_sha256()``: ``experiment.run_data_sha256(config)``."""
   outputs.write_json(path,
                      dict(config=dataclasses.asdict(config),
-                          data_sha256=data_sha256,
+                          data_sha256=data_sha256(),
                           **setting,
                           results=results),
                      indent=1)
@@ -154,28 +156,32 @@ def keep_results(path, config: TrainConfig, data_sha256: str, results, checkpoin
 def kept_results(path,
                  config: TrainConfig,
                  remedy: str,
-                 data_sha256: str,
+                 data_sha256: Callable[[], Optional[str]],
                  *,
                  refuse_other: bool = False,
+                 refuse_other_data: bool = False,
                  **setting) -> Optional[List[dict]]:
   """The ``results`` rows kept in JSON file ``path`` (``{"config", "data_sha256",
   **setting, "results"}``, non-finite numbers as NaN again) if its config differs from
-  ``config`` in no result-affecting setting, it was run on the data of ``data_sha256``
-  (``experiment.run_data_sha256``; a file written before the data were recorded is taken
-  as it is) and its other entries equal ``setting``; else None (no file, or another
-  sweep's). Another sweep's file raises a ``WorkdirError`` naming the differences and
-  ``remedy`` with ``refuse_other`` (a caller about to write over it: nothing finished is
-  replaced unasked). A file that is not JSON raises, naming ``remedy``."""
+  ``config`` in no result-affecting setting, it was run on the data of ``data_sha256()``
+  (``experiment.run_data_sha256``, asked only if the file names its data:
+  ``workdir.names_other_data``) and its other entries equal ``setting``; else None (no
+  file, or another sweep's). Another sweep's file raises a ``WorkdirError`` naming the
+  differences and ``remedy`` with ``refuse_other`` (a caller about to write over it:
+  nothing finished is replaced unasked), and so does one of other data with
+  ``refuse_other_data`` (a caller that would else say no sweep was kept). A file that is
+  not JSON raises, naming ``remedy``."""
   if not pathlib.Path(path).is_file():
     return None
   saved = outputs.read_json(path, remedy, fields=())
   diffs = (config_differences(saved["config"], config) if "config" in saved else ["its config"])
-  if saved.get("data_sha256", data_sha256) != data_sha256:
+  other_data = names_other_data(saved, data_sha256)
+  if other_data:
     diffs.append(f"its data ({SPLIT_DIFFERS})")
   diffs += [
       f"{k} (kept {saved.get(k)!r}, now {v!r})" for k, v in setting.items() if saved.get(k) != v
   ]
-  if diffs and refuse_other:
+  if diffs and (refuse_other or (other_data and refuse_other_data)):
     raise WorkdirError(f"{path} holds the results of a sweep with other settings: "
                        f"{', '.join(diffs)}; {remedy}")
   return None if diffs else outputs.rows_with_nan(saved.get("results", []))
@@ -297,7 +303,7 @@ def _resume(checkpoint_dir, configs, data_sha256, initial, skipped, log):
     saved = host.get("configs", [])
     if len(saved) != len(configs) or any(config_differences(s, c) for s, c in zip(saved, configs)):
       return start_over("another sweep's checkpoints")
-    if host.get("data_sha256", data_sha256) != data_sha256:
+    if names_other_data(host, lambda: data_sha256):
       return start_over("checkpoints of a sweep on other data")
     log(f"resuming from round {start_round} of {configs[0].rounds} ({path})")
     return None, (np.int32(start_round), state, np.asarray(host.get("skipped", skipped), np.int32))

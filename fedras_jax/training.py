@@ -177,8 +177,11 @@ def _resume(config: TrainConfig, sim, data_sha256: str, mesh, hold: contextlib.E
         start_round, state, host, path = found
         # The flags match; the data may not (an edited file, a negatives file gone from
         # --data_dir). A checkpoint from before the data was recorded is taken as it is.
-        if host.setdefault("data_sha256", data_sha256) != data_sha256:
-          raise workdir_lib.other_data(config.workdir)
+        if workdir_lib.names_other_data(host, lambda: data_sha256):
+          raise workdir_lib.other_data_error(
+              f"--workdir={config.workdir}",
+              "restore them to resume it, or add --overwrite to start over")
+        host.setdefault("data_sha256", data_sha256)
         say(f"resuming from round {start_round} of {config.rounds} ({path})")
     return host, (np.int32(start_round), state)
 

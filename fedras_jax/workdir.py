@@ -23,7 +23,7 @@ import csv
 import dataclasses
 import io
 import pathlib
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from fedras_jax import checkpoint as ckpt_lib
 from fedras_jax import outputs
@@ -131,10 +131,20 @@ SPLIT_DIFFERS = ("the split differs: the dataset file, its options or the test n
                  "changed")
 
 
-def other_data(workdir) -> WorkdirError:
-  """The error for ``workdir``'s run whose records name other data than a rerun's."""
-  return WorkdirError(f"--workdir={workdir} holds a run trained on other data ({SPLIT_DIFFERS}); "
-                      "restore them to use the run, or add --overwrite to start over")
+def names_other_data(record: dict, data_sha256: Callable[[], Optional[str]]) -> bool:
+  """Whether ``record`` (a checkpoint's host state, a summary, kept results) names other
+  data than ``data_sha256()``, which is called only if it names any: a record written
+  before the data were recorded is taken as it is, and so is one where ``data_sha256()``
+  is None (the data are not there to hash)."""
+  if "data_sha256" not in record:
+    return False
+  now = data_sha256()
+  return now is not None and record["data_sha256"] != now
+
+
+def other_data_error(where: str, remedy: str) -> WorkdirError:
+  """The error for the run in ``where`` whose records name other data than a rerun's."""
+  return WorkdirError(f"{where} holds a run trained on other data ({SPLIT_DIFFERS}); {remedy}")
 
 
 def clear_run(workdir):

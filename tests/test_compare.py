@@ -189,6 +189,17 @@ def test_method_settings_fix_a_setting_per_method(ml100k_path, tmp_path):
     summary = json.loads(
         (tmp_path / f"ml-100k_mf_{method}_1over32_s0" / "summary.json").read_text())
     assert summary["config"]["item_lr"] == lr
+  # --overwrite through the parts: they train again, and the table holds what they trained
+  # (the tabulation skipped every summary under --overwrite: "no finished runs").
+  proc = subprocess.run(
+      base
+      + ["--method_settings=svd:item_lr=3,dense_lr=0.2;topk:item_lr=7", "--jobs=2", "--overwrite"],
+      capture_output=True,
+      text=True,
+      timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / "compare.csv") as f:
+    assert sorted(r["method"] for r in csv.DictReader(f)) == ["svd", "uncompressed"]
   # Refused before any run (and before --outdir is made).
   proc = subprocess.run(base + ["--method_settings=tpok:item_lr=3", f"--outdir={tmp_path / 'bad'}"],
                         capture_output=True,
@@ -338,10 +349,10 @@ def test_a_search_kept_on_other_data_is_refused_unless_overwriting(tmp_path, mon
   kept = path.read_text()
   assert json.loads(kept)["data_sha256"] == "data-a"
   data_now["sha256"] = "data-b"
-  with pytest.raises(WorkdirError, match=r"other settings: its data \(the split differs"):
-    compare.tune(config, grid)
+  for search in (True, False):  # tabulating too: else left out unsaid
+    with pytest.raises(WorkdirError, match=r"other settings: its data \(the split differs"):
+      compare.tune(config, grid, search=search)
   assert path.read_text() == kept and searched == [[8.0, 16.0]]
-  assert compare.tune(config, grid, search=False) is None
   assert compare.tune(dataclasses.replace(config, overwrite=True), grid)[0] == {"item_lr": 16.0}
   assert len(searched) == 2 and json.loads(path.read_text())["data_sha256"] == "data-b"
   record = json.loads(path.read_text())
@@ -358,14 +369,35 @@ def test_a_finished_run_of_other_data_is_refused_not_tabulated(tmp_path, data_no
   config = TrainConfig(workdir=str(tmp_path), rounds=20)
   summary = dict(final=dict(round=20), config=dataclasses.asdict(config), data_sha256="data-a")
   (tmp_path / "summary.json").write_text(json.dumps(summary))
-  assert compare.finished_summary(config) == summary
-  assert compare.finished_summary(dataclasses.replace(config, rounds=30)) is None
+  finished = lambda c: compare.finished_summary(c, compare.data_sha256_asked(c, tabulating=False))
+  assert finished(config) == summary
+  assert finished(dataclasses.replace(config, rounds=30)) is None
   data_now["sha256"] = "data-b"
-  with pytest.raises(WorkdirError, match="holds a run trained on other data"):
-    compare.finished_summary(config)
+  with pytest.raises(WorkdirError, match="holds a run trained on other data.*delete that folder"):
+    finished(config)
   del summary["data_sha256"]
   (tmp_path / "summary.json").write_text(json.dumps(summary))
-  assert compare.finished_summary(config) == summary
+  assert finished(config) == summary
+
+
+def test_tabulating_where_the_data_are_absent_reads_finished_runs_unchecked(tmp_path, capsys):
+  """--only_finished needs no data: a finished run (and a kept search) of a dataset file
+  that is not there are tabulated, a line saying their data went unchecked; nothing is
+  hashed for records that name no data. Training or searching needs the file."""
+  config = TrainConfig(dataset=str(tmp_path / "gone.csv"), workdir=str(tmp_path / "run"), rounds=20)
+  (tmp_path / "run").mkdir()
+  summary = dict(final=dict(round=20), config=dataclasses.asdict(config), data_sha256="data-a")
+  (tmp_path / "run" / "summary.json").write_text(json.dumps(summary))
+  asked = compare.data_sha256_asked(config, tabulating=True)
+  assert compare.finished_summary(config, asked) == summary
+  assert "its data are not here, so the data of its records are not checked" in (
+      capsys.readouterr().out)
+  with pytest.raises(FileNotFoundError, match="gone.csv: no such file"):
+    compare.finished_summary(config, compare.data_sha256_asked(config, tabulating=False))
+  searched = dataclasses.replace(config, validation=True, workdir=None, quiet=False)
+  compare.keep_results(tmp_path / "run" / compare.TUNING_FILE, searched, lambda: "data-a",
+                       [dict(seed=0, item_lr=8.0, **{"hr@10": 0.5})], tmp_path / "none")
+  assert compare.tune(config, {"item_lr": [8.0]}, search=False)[0] == {"item_lr": 8.0}
 
 
 def test_a_search_of_a_run_another_process_holds_is_refused(tmp_path, monkeypatch, data_now):
@@ -416,7 +448,7 @@ def test_a_search_keeps_what_another_invocation_searched_before_it_took_the_lock
     def __enter__(self):
       config = dataclasses.replace(TrainConfig(), validation=True, workdir=None, quiet=False)
       compare.keep_results(self.workdir / compare.TUNING_FILE, config,
-                           compare.run_data_sha256(config),
+                           compare.data_sha256_asked(config, tabulating=False),
                            [dict(seed=0, item_lr=8.0, **{"hr@10": 0.9})], tmp_path / "none")
       return super().__enter__()
 
