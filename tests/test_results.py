@@ -650,10 +650,11 @@ def test_malformed_part_files_are_one_line_errors(tmp_path):
   a TypeError in results."""
   (tmp_path / "summary.json").write_text('{"final": 3}')
   config = TrainConfig(workdir=str(tmp_path))
+  unasked = lambda: pytest.fail("the data were hashed for a record that names none")
   with pytest.raises(ValueError, match="has no config"):
-    compare.finished_summary(config)
+    compare.finished_summary(config, unasked)
   (tmp_path / "summary.json").write_text('{"final": 3, "config": {}}')
-  assert compare.finished_summary(config) is None  # not a finished run's summary
+  assert compare.finished_summary(config, unasked) is None  # not a finished run's summary
   (tmp_path / "curves.csv").write_text("round,sim_seconds,hr@10,ndcg@10\n1,2,0.5\n")
   with pytest.raises(ValueError, match="curves.csv: not a compare curves.csv"):
     results.read_curves(tmp_path)
