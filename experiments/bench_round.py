@@ -20,7 +20,7 @@ the wall time of the packed round's main pieces, each jitted on its own.
     python -m experiments.bench_round --data_dir=/work/shared/data
     python -m experiments.bench_round --data_dir=/work/shared/data --lane_sweep=8,16,32
     python -m experiments.bench_round --data_dir=/work/shared/data --rounds=100 \
-        --loop_rounds=20 --lane_sweep=4,16 --markdown=docs/benchmarks/round_loop_ml100k.md
+        --loop_rounds=100 --lane_sweep=4,16 --markdown=docs/benchmarks/round_loop_ml100k.md
 
 With ``--methods`` it compares the rounds of compression methods instead: the round
 ``experiments/train.py`` runs (``experiment.build_simulation``, 1/32 both ways unless a
