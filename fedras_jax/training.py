@@ -173,14 +173,16 @@ def _resume(config: TrainConfig, sim, data_sha256: str, mesh, hold: contextlib.E
     if config.workdir:
       hold.enter_context(WorkdirLock(config.workdir, warn=log))
       found = workdir_lib.restore(config, initial, warn=log)
+      # The flags match; the data may not (an edited file, a negatives file gone from
+      # --data_dir): the checkpoint's record, or without one (checkpoints deleted) the
+      # finished run's summary, which a fresh start would write over.
+      record = found[2] if found is not None else workdir_lib.finished_record(config.workdir)
+      if workdir_lib.names_other_data(record, lambda: data_sha256):
+        raise workdir_lib.other_data_error(
+            f"--workdir={config.workdir}",
+            "restore them to resume or keep the run, or add --overwrite to start over")
       if found is not None:
         start_round, state, host, path = found
-        # The flags match; the data may not (an edited file, a negatives file gone from
-        # --data_dir). A checkpoint from before the data was recorded is taken as it is.
-        if workdir_lib.names_other_data(host, lambda: data_sha256):
-          raise workdir_lib.other_data_error(
-              f"--workdir={config.workdir}",
-              "restore them to resume it, or add --overwrite to start over")
         host.setdefault("data_sha256", data_sha256)
         say(f"resuming from round {start_round} of {config.rounds} ({path})")
     return host, (np.int32(start_round), state)

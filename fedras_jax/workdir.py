@@ -86,6 +86,17 @@ class MetricsWriter:
       outputs.write_json(self.dir / "summary.json", summary)
 
 
+def finished_record(workdir) -> dict:
+  """The summary of the run finished in ``workdir`` (``summary.json``), or ``{}`` if it
+  holds none or an unreadable one (a fresh run writes over it)."""
+  path = pathlib.Path(workdir) / "summary.json"
+  try:
+    summary = outputs.read_json(path) if path.exists() else {}
+  except ValueError:
+    return {}
+  return summary if isinstance(summary, dict) else {}
+
+
 def recorded_config(workdir) -> Optional[dict]:
   """The config of the run held in ``workdir`` (``config.json``, else the one in
   ``summary.json``), or None if it holds none."""

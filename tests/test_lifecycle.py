@@ -250,6 +250,11 @@ def test_a_run_on_changed_data_is_refused_not_resumed(ml100k_path, tmp_path):
   for use in (lambda: train(config), finished):  # resumed, or tabulated as it is
     with pytest.raises(WorkdirError, match="holds a run trained on other data"):
       use()
+  # Without its checkpoints (deleted to save disk) the run started afresh over the
+  # finished run's files: its summary names the data too.
+  shutil.rmtree(tmp_path / "run" / "checkpoints")
+  with pytest.raises(WorkdirError, match="holds a run trained on other data"):
+    train(config)
   again = train(dataclasses.replace(config, overwrite=True))
   assert again["resumed_from_round"] is None and again["final"] != first["final"]
 
