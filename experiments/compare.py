@@ -122,6 +122,16 @@ flags.DEFINE_bool(
     "(--notabulate: train only; --jobs sets it for its parts)")
 FLAGS = flags.FLAGS
 
+DENSE = "uncompressed"  # the dense baseline, run once per dataset, model and seed
+
+
+def dense_at_one(row: dict) -> dict:
+  """``row`` with the payload ratio ``"1"`` if it is the uncompressed baseline's (it
+  sends the dense table at every ratio; compare runs it once, under the first ratio of
+  the invocation that trained it, so one part's seeds may sit under several ratios)."""
+  return {**row, "payload_ratio": "1"} if row["method"] == DENSE else row
+
+
 COLUMNS = ("dataset", "model", "method", "payload_ratio", "seed", "rounds", "final_hr@10",
            "final_ndcg@10", "final_full_hr@10", "final_full_ndcg@10", "best_hr@10", "best_ndcg@10",
            "tuned", "valid_hr@10", "bits_up_total", "bits_down_total", "compression_up",
@@ -446,8 +456,8 @@ def over_seeds(rows) -> list:
       "| dataset | model | method | payload_ratio | seeds | " + " | ".join(metrics)
       + " | compression_up |", "|" + "---|" * 10
   ]
-  stats = seed_stats(rows, ("dataset", "model", "method", "payload_ratio"), metrics +
-                     ("compression_up",))
+  stats = seed_stats([dense_at_one(r) for r in rows],
+                     ("dataset", "model", "method", "payload_ratio"), metrics + ("compression_up",))
   for key, (seeds, s) in stats.items():
     lines.append("| " + " | ".join(map(str, key)) + f" | {seeds} | " + " | ".join(
         f"{s[c][0]:.4f} ± {s[c][1]:.4f}" if np.isfinite(s[c][0]) else "" for c in metrics)
@@ -482,7 +492,7 @@ def write_outputs(rows, outdir: pathlib.Path, curves=()):
   fig, ax = plt.subplots(figsize=(6, 4))
   for method in dict.fromkeys(r["method"] for r in rows):
     pts = sorted((float(Fraction(r["payload_ratio"])), r["final_hr@10"])
-                 for r in rows
+                 for r in map(dense_at_one, rows)
                  if r["method"] == method)
     ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
   ax.set_xscale("log", base=2)
@@ -589,8 +599,7 @@ def main(argv):
   only_finished = FLAGS.only_finished or FLAGS.jobs > 1
   rows, curves = [], []
   # The dense baseline does not depend on the ratio: one run per dataset, model, seed.
-  planned = sum(
-      method != "uncompressed" or ratio == ratios[0] for _, _, method, ratio, _ in grid_runs)
+  planned = sum(method != DENSE or ratio == ratios[0] for _, _, method, ratio, _ in grid_runs)
   started = 0
   diverged = []  # the runs stopped on non-finite updates, with why
   # (dataset, model, seed) of the dense runs that finished or diverged: not run again at the
@@ -598,7 +607,7 @@ def main(argv):
   # looked for at the next: a run an earlier invocation with other --ratios trained.
   dense_settled = set()
   for dataset, model, method, ratio, seed in grid_runs:
-    if method == "uncompressed" and (dataset, model, seed) in dense_settled:
+    if method == DENSE and (dataset, model, seed) in dense_settled:
       continue
     name, config = run_config(dataset, model, method, ratio, seed)
     search_seed = seed if FLAGS.tune_seed is None else FLAGS.tune_seed
@@ -629,12 +638,12 @@ def main(argv):
       except NonFiniteUpdateError as e:
         print(f"   stopped: {e}", flush=True)
         diverged.append(f"{name} ({e})")
-        if method == "uncompressed":
+        if method == DENSE:
           dense_settled.add((dataset, model, seed))
     if summary is None:
       print("   not finished: left out of the table", flush=True)
       continue
-    if method == "uncompressed":
+    if method == DENSE:
       dense_settled.add((dataset, model, seed))
     rows.append(
         table_row(config, ratio[0], summary, grid, tuned[1], tuned[2],

@@ -41,6 +41,7 @@ import numpy as np
 from absl import flags
 
 from experiments import pages
+from experiments.compare import DENSE, dense_at_one
 from fedras_jax import flags as flag_lib
 from fedras_jax import outputs
 from fedras_jax.sweep import cell_value, seed_stats
@@ -52,7 +53,6 @@ _OUT = flags.DEFINE_string("page", str(REPO / "docs" / "results.md"), "the page 
 
 METRICS = ("final_hr@10", "final_ndcg@10", "final_full_hr@10", "final_full_ndcg@10")
 FEDRAS = "fedras"
-DENSE = "uncompressed"
 NOT_BASELINES = (FEDRAS, DENSE, "fedras_fixed_k")
 EARLY_ROUND = 300  # runs longer than this also show their metrics at it
 
@@ -69,22 +69,16 @@ def read_part(part: pathlib.Path):
     rows = list(csv.DictReader(f))
   if not rows or any(c not in rows[0] for c in ("method", "payload_ratio", *METRICS[:2])):
     raise ValueError(f"{csv_path}: not a compare.csv (no rows, or columns missing)")
+  # (A compare.csv written before --test_negatives existed scored against 99.)
+  rows = [dense_at_one({**r, "test_negatives": r.get("test_negatives") or "99"}) for r in rows]
+  # An uncompressed seed is one run whichever ratio it was tabulated under.
   runs = [
       tuple(r.get(c) for c in ("dataset", "model", "method", "payload_ratio", "seed")) for r in rows
   ]
   repeated = next((run for i, run in enumerate(runs) if run in runs[:i]), None)
   if repeated:  # the margins would keep one row, the mean ± std count both
     raise ValueError(f"{csv_path}: run {', '.join(map(str, repeated))} appears twice")
-  # (A compare.csv written before --test_negatives existed scored against 99.)
-  return made, [
-      dense_at_one({**r, "test_negatives": r.get("test_negatives") or "99"}) for r in rows
-  ]
-
-
-def dense_at_one(row: dict) -> dict:
-  """``row`` with the payload ratio ``"1"`` if it is the uncompressed baseline's (it
-  sends the dense table at every ratio; compare runs it once, under the first ratio)."""
-  return {**row, "payload_ratio": "1"} if row["method"] == DENSE else row
+  return made, rows
 
 
 def _cell(mean_std, seeds: int) -> str:
@@ -774,23 +768,41 @@ def _command_list(command: str, flag: str, _depth: int = 0):
 
 
 def not_run(made: dict, rows) -> list:
-  """A bullet naming each method (and payload ratio) of the command's ``--methods`` x
-  ``--ratios`` grid without a finished run in ``rows``; nothing if the command names no
-  methods or every point ran."""
-  methods, ratios = _command_list(made["command"],
-                                  "methods"), _command_list(made["command"], "ratios")
+  """A bullet naming the runs of the command's ``--methods`` x ``--ratios`` x ``--seeds``
+  grid without a finished run in ``rows`` (the uncompressed baseline once per seed, at any
+  ratio): a method none of whose runs finished, else the ratios none of its runs finished
+  at and the seeds missing at the others; nothing if the command names no methods or every
+  run finished."""
+  command = made["command"]
+  methods, ratios, seeds = (_command_list(command, flag) for flag in ("methods", "ratios", "seeds"))
   if methods is None:
     return []
-  ran = {(r["method"], r["payload_ratio"]) for r in rows}
+  if seeds is not None and not all(s.isdigit() for s in seeds):
+    seeds = None  # a template (say --seeds=S, one invocation per seed): not a grid
   missing = []
   for method in methods:
-    if method == DENSE or ratios is None:
-      if not any(m == method for m, _ in ran):
-        missing.append(method)
-      continue
-    gone = [t for t in ratios if (method, t) not in ran]
-    if gone:
-      missing.append(method if len(gone) == len(ratios) else f"{method} at {', '.join(gone)}")
+    points = [None] if method == DENSE or ratios is None else ratios
+    holes = {}  # the seeds missing (None: every seed) -> the ratios (or None) missing them
+    for ratio in points:
+      done = {
+          str(r["seed"])
+          for r in rows
+          if r["method"] == method and ratio in (None, r["payload_ratio"])
+      }
+      gone = tuple(s for s in seeds or () if s not in done)
+      if not done or gone:
+        holes.setdefault(gone if done else None, []).append(ratio)
+    if list(holes) == [None] and len(holes[None]) == len(points):
+      missing.append(method)  # none of its runs finished
+    elif holes:
+      where = [
+          ", ".join(r
+                    for r in at
+                    if r is not None) +
+          ("" if gone is None else f" ({'seed' if len(gone) == 1 else 'seeds'} {', '.join(gone)})")
+          for gone, at in holes.items()
+      ]
+      missing.append(f"{method} {'at ' if points != [None] else ''}{' and '.join(where).strip()}")
   if not missing:
     return []
   return [f"- in the command, without a finished run here: {'; '.join(missing)}"]

@@ -221,6 +221,32 @@ def test_method_settings_fix_a_setting_per_method(ml100k_path, tmp_path):
   assert proc.returncode == 1 and "which --tune searches" in proc.stderr, proc.stderr[-2000:]
 
 
+def test_over_seeds_counts_the_dense_baseline_once_whatever_ratio_holds_its_seeds():
+  """compare runs uncompressed once per seed, under the first ratio of the invocation that
+  trained it: seeds under 1/4 and 1/8 are one method's three seeds (mean and population std
+  recomputed here), shown at payload 1."""
+  metrics = ("final_hr@10", "final_ndcg@10", "final_full_hr@10", "final_full_ndcg@10")
+  row = lambda method, ratio, seed, hr: dict(dataset="ml-100k",
+                                             model="mf",
+                                             method=method,
+                                             payload_ratio=ratio,
+                                             seed=seed,
+                                             compression_up=0.0,
+                                             **{m: hr for m in metrics})
+  lines = compare.over_seeds([
+      row("uncompressed", "1/4", 0, 0.6),
+      row("uncompressed", "1/8", 1, 0.7),
+      row("uncompressed", "1/8", 2, 0.8),
+      row("svd", "1/8", 0, 0.5)
+  ])
+  dense = [l for l in lines if "| uncompressed |" in l]
+  assert dense == [
+      "| ml-100k | mf | uncompressed | 1 | 3 | " + " | ".join(["0.7000 ± 0.0816"] * 4)
+      + " | 0.00% |"
+  ]
+  assert any(l.startswith("| ml-100k | mf | svd | 1/8 | 1 | 0.5000 ± 0.0000") for l in lines)
+
+
 def test_widened_grid_steps_past_the_edge_of_the_pick():
   grid = {"item_lr": [4.0, 8.0, 16.0], "dense_lr": [0.05, 0.1], "user_lr": [1.0]}
   assert compare.edge_names(grid, dict(item_lr=8.0, dense_lr=0.1, user_lr=1.0)) == ["dense_lr"]

@@ -148,6 +148,18 @@ def test_a_part_without_its_files_is_named(tmp_path):
     results.read_part(tmp_path)
 
 
+def test_one_uncompressed_run_under_two_ratios_is_refused(part):
+  """The dense baseline runs once per seed, under whichever ratio came first: its seed 0
+  tabulated under 1/32 and under 1/8 is one run listed twice."""
+  twice = _sibling(part, "twice", ROWS + [_row("uncompressed", "1/8", 0, 0.70, 0.41)])
+  with pytest.raises(ValueError, match="run ml-100k, mf, uncompressed, 1, 0 appears twice"):
+    results.read_part(twice)
+  # Its seeds under several ratios are one method's runs.
+  seeds = _sibling(part, "seeds", ROWS + [_row("uncompressed", "1/8", 2, 0.72, 0.41)])
+  _, rows = results.read_part(seeds)
+  assert {r["payload_ratio"] for r in rows if r["method"] == "uncompressed"} == {"1"}
+
+
 def test_the_plot_is_drawn_from_the_rows(part, monkeypatch):
   """HR@10 against the payload ratio: one line per method through its seeds' mean at
   each ratio, the population std as error bars (recomputed here from the rows)."""
@@ -222,6 +234,13 @@ def test_a_tabulating_command_says_what_trained_the_runs(part):
   assert results._command_list("x --flagfile=configs/ml100k_mf.flags", "dataset") == ["ml-100k"]
   assert results._command_list("x --flagfile=configs/ml100k_mf.flags --dataset=y",
                                "dataset") == ["y"]
+  # --seeds: the seeds missing at a ratio where some ran; the dense baseline's at any ratio.
+  made["command"] = ("compare --methods=uncompressed,fedras,fedras_fixed_k,colr --ratios=1/4,1/32"
+                     " --seeds=0,1,2")
+  assert ("without a finished run here: uncompressed (seed 2); fedras at 1/4 and 1/32 (seed 2);"
+          " fedras_fixed_k at 1/4 and 1/32 (seeds 1, 2); colr\n") in section() + "\n"
+  made["command"] = "compare --methods=uncompressed,fedras --ratios=1/32 --seeds=S"  # a template
+  assert "without a finished run" not in section()
   # Notes in a command are free text: an apostrophe is no quotation.
   assert results._command_list("x --seeds=0,1 (item_lr: the search's pick)", "seeds") == ["0", "1"]
 
