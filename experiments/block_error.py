@@ -32,7 +32,6 @@ aggregate weighs them by the rows they send (docs/design/residual_stages.md).
     python -m experiments.block_error --flagfile=configs/ml100k_ncf.flags \
         --data_dir=/work/data --ckpt_dir=/work/runs/ncf14/fedras/checkpoints
 """
-import json
 import pathlib
 
 import jax
@@ -42,6 +41,7 @@ from absl import flags
 
 from fedras_jax import checkpoint as ckpt_lib
 from fedras_jax import flags as flag_lib
+from fedras_jax import outputs
 from fedras_jax.compress.registry import make_compressor
 from fedras_jax.compress.roundtrip import roundtrip, roundtrip_clients
 from fedras_jax.config import TrainConfig
@@ -257,9 +257,10 @@ def main(argv):
     for k, v in jax.device_get(res).items():
       v = np.asarray(v, np.float64)
       row[k] = (np.mean(v, axis=-1) if v.ndim else v).round(4).tolist()
-    print(json.dumps(row), flush=True)
+    line = outputs.dumps(row)  # strict JSON: a diverged round's NaN as null
+    print(line, flush=True)
     if out:
-      out.write(json.dumps(row) + "\n")
+      out.write(line + "\n")
   if out:
     out.close()
 

@@ -7,7 +7,7 @@
     python -m experiments.sweep --bench --seeds=0,1,2,3,4,5,6,7 --rounds=50 \
         --method=uncompressed --markdown=docs/benchmarks/sweep_ml100k.md   # as a page
 
-Every other flag is a ``TrainConfig`` flag (see ``python -m experiments.train --help``),
+Every other flag is a ``TrainConfig`` flag (see ``python -m experiments.train --helpfull``),
 the multi-process ones included (``--coordinator``, ``--num_processes``, ``--process_id``:
 every process runs the same command; process 0 prints and writes ``--output``).
 

@@ -164,9 +164,10 @@ class TrainConfig:
   seed: int = setting("federated", 0, "seed of sampling, negatives and initialisation")
   workdir: Optional[str] = setting(
       "run", None,
-      "the run's directory (default runs/<dataset>-<model>-<method>-<time>; none: no files): "
-      "config.json, metrics.jsonl/csv, checkpoints/, summary.json, final_params.msgpack; "
-      "rerunning the same command resumes the run")
+      "the run's directory: config.json, metrics.jsonl/csv, checkpoints/, summary.json, "
+      "final_params.msgpack; rerunning a command with the same --workdir resumes the run. "
+      "train: default runs/<dataset>-<model>-<method>-<UTC time> (a new one each time), none "
+      "for no files; sweep: no files unless given; compare: ignored (<outdir>/<run name>)")
   quiet: bool = setting("run", False, "print only the final line")
   checkpoint_every: int = setting(
       "run", 50,
