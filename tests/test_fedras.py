@@ -12,6 +12,7 @@ from fedras_jax.compress import (Context, cold_start, dense_bits, error_feedback
 from fedras_jax.config import TrainConfig
 from fedras_jax.experiment import build_compressors
 from fedras_jax.federated import init_states, make_round
+from fedras_jax.federated.state import BANDWIDTH, round_key
 from fedras_jax.models import get_model
 
 from test_round import HP, M, config
@@ -146,6 +147,13 @@ def test_fluctuation_changes_budgets_within_bounds(synthetic):
   budget = np.asarray(metrics.budget_up)
   assert np.all(budget >= np.floor(0.7 * dense / 4)) and np.all(budget <= 1.3 * dense / 4)
   assert len(np.unique(budget)) == M
+  # The documented draw (state.py): bandwidth * (1 + f * U(-1, 1)) from the round key's
+  # BANDWIDTH stream, floored to bits over a one-second round (float64 here, to a bit).
+  wiggle = np.asarray(
+      jax.random.uniform(jax.random.fold_in(round_key(server.key, server.round), BANDWIDTH), (M,),
+                         minval=-1.0,
+                         maxval=1.0), np.float64)
+  np.testing.assert_allclose(budget, np.floor(dense / 4 * (1 + 0.3 * wiggle)), atol=1)
 
 
 def _round(synthetic, downlink):
@@ -184,7 +192,21 @@ def test_downlink_error_feedback_loses_nothing(synthetic, feedback, warm, stages
   assert bool(jax.tree.leaves(memory(server.downlink_state))) == warm
   for _ in range(3):
     dense_server, _, _ = dense_round(server, clients, HP)
-    new_server, clients, _ = lossy_round(server, clients, HP)
+    new_server, clients, metrics = lossy_round(server, clients, HP)
+    # The metrics, in float64: information loss, what the applied update misses of the dense
+    # step; the downlink's relative error, against what it was asked to send (the step plus
+    # the residual it carried in).
+    f64 = lambda x: np.asarray(x, np.float64)
+    sent, step = f64(new_server.items) - f64(server.items), f64(dense_server.items) - f64(
+        server.items)
+    np.testing.assert_allclose(float(metrics.info_loss),
+                               np.linalg.norm(sent - step),
+                               rtol=1e-4,
+                               atol=1e-6)
+    target = step + f64(residual(server.downlink_state))
+    np.testing.assert_allclose(float(metrics.error_down),
+                               np.linalg.norm(sent - target) / np.linalg.norm(target),
+                               rtol=1e-4)
     if warm:
       # Every applied row is a sum of one sent action per stage (a stage may send no
       # update for a row), each stage's actions those its state holds.

@@ -451,6 +451,10 @@ def test_a_resumed_run_counts_the_dead_rounds_before_its_checkpoint(data_dir, mo
 
 def test_nonfinite_updates_are_skipped_counted_and_logged(data_dir, monkeypatch):
   poison_users(monkeypatch, lambda u: u % 4 == 0)
+  losses, account = [], training._account  # each round's per-client training losses
+  monkeypatch.setattr(
+      training, "_account", lambda host, metrics, m:
+      (losses.append(np.asarray(metrics.loss, np.float64)), account(host, metrics, m)))
   lines = []
   summary = train(TrainConfig(data_dir=str(data_dir), **dict(TINY, rounds=2, eval_every=1)),
                   log=lines.append)
@@ -459,8 +463,12 @@ def test_nonfinite_updates_are_skipped_counted_and_logged(data_dir, monkeypatch)
   logged = [l for l in lines if "non-finite" in l]
   assert len(logged) == sum(n > 0 for n in per_round)
   assert all(l.endswith("skipped them") for l in logged)
-  # The loss is the kept clients' mean (the skipped ones' is NaN).
-  assert np.isfinite(summary["final"]["loss"])
+  # The loss is the kept clients' mean (the skipped ones' is NaN), not a mean with zeros.
+  last = losses[-1]
+  assert np.sum(np.isnan(last)) == per_round[1]
+  assert summary["final"]["loss"] == pytest.approx(np.nanmean(last), rel=1e-6)
+  assert per_round[1] > 0  # the seed's sample: a last round with skipped clients
+  assert summary["final"]["loss"] != pytest.approx(np.mean(np.nan_to_num(last)), rel=1e-6)
 
 
 @pytest.mark.parametrize(

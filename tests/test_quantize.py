@@ -894,10 +894,12 @@ def test_optax_adapter_forwards_its_options(monkeypatch):
 
 def test_optax_adapter_schedules_the_payload_ratio_under_inject_hyperparams():
   """The module docstring's recipe: a traced ratio gives the budget of the same Python
-  ratio (floor(ratio * n * d * 32)); a ratio below one action's cost sends nothing."""
+  ratio (floor(ratio * n * d * 32)); a ratio below one action's cost sends nothing. A
+  threshold above any coherence (tau 1.5) splits every cluster up to the budget's K."""
   static = ("leaf_filter", "max_k", "tau_mode", "value_bits", "max_iters", "max_splits")
   tx = optax.inject_hyperparams(q.actions_quantizer, static_args=static)(payload_ratio=0.25,
-                                                                         max_k=4)
+                                                                         max_k=4,
+                                                                         tau=1.5)
   g = {"emb": jax.random.normal(jax.random.PRNGKey(5), (16, 4)), "b": jnp.ones((4,))}
   update = jax.jit(tx.update)
   state = tx.init(g)
@@ -905,13 +907,13 @@ def test_optax_adapter_schedules_the_payload_ratio_under_inject_hyperparams():
   for ratio, budget, max_actions in ((0.25, 512, 3), (0.12, 245, 1)):
     state.hyperparams["payload_ratio"] = jnp.asarray(ratio)
     u, after = update(g, state)
-    plain = q.actions_quantizer(payload_ratio=ratio, max_k=4)
+    plain = q.actions_quantizer(payload_ratio=ratio, max_k=4, tau=1.5)
     u_plain, plain_state = plain.update(g, plain.init(g))
     bits = int(after.inner_state.bits)
     assert bits == int(plain_state.bits)
     np.testing.assert_array_equal(np.asarray(u["emb"]), np.asarray(u_plain["emb"]))
     k = len(np.unique(np.asarray(u["emb"]), axis=0))  # every row is sent: one row per action
-    assert 1 <= k <= max_actions and bits == k * 4 * 32 + 16 * int(np.ceil(np.log2(k + 1)))
+    assert k == max_actions and bits == k * 4 * 32 + 16 * int(np.ceil(np.log2(k + 1)))
     assert bits <= budget
   state.hyperparams["payload_ratio"] = jnp.asarray(0.01)  # 20 bits < one action (128 + 16)
   u, after = update(g, state)

@@ -222,6 +222,33 @@ def test_round_bits_past_int32_give_the_right_seconds_or_a_clear_error(synthetic
     jax.eval_shape(round_fn, big, clients, HP)
 
 
+def test_neumf_rounds_count_the_tower_both_ways_and_wait_for_the_slowest_client(synthetic):
+  """Bits each way: the item payload plus the dense parameters at float32 (their sizes
+  counted here); simulated seconds: the slowest sampled client's up and down at its own
+  bandwidth, plus the compute time."""
+  model = get_model("ncf", **MODELS["ncf"])
+  bandwidth = (1e4 * (1 + np.arange(synthetic.num_users))).astype(np.float32)
+  server, clients = init_states(model,
+                                synthetic.num_users,
+                                synthetic.num_items,
+                                optax.sgd(1.0),
+                                seed=0,
+                                bandwidth=bandwidth)
+  round_fn = make_round(model,
+                        synthetic.data,
+                        config(synthetic),
+                        optax.sgd(1.0),
+                        uplink=identity(synthetic.num_items),
+                        downlink=identity(synthetic.num_items))
+  _, _, metrics = jax.jit(round_fn)(server, clients, HP._replace(compute_seconds=0.5))
+  tower = sum(np.asarray(x).size for x in jax.tree.leaves(server.dense))
+  assert tower > 0
+  each_way = int(np.prod(server.items.shape)) * 32 + 32 * tower
+  assert int(metrics.bits_down) == each_way and np.all(np.asarray(metrics.bits_up) == each_way)
+  slowest = np.max(2.0 * each_way / bandwidth[np.asarray(metrics.sampled)].astype(np.float64))
+  np.testing.assert_allclose(float(metrics.sim_seconds), slowest + 0.5, rtol=1e-6)
+
+
 def test_a_server_step_with_momentum_reaches_the_rows_nobody_touched(synthetic):
   # Momentum moves earlier rounds' rows again. The downlink sent only the rows touched this
   # round, so the table lost the other rows' steps (info_loss 0.41 in round 1 for an exact

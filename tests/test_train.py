@@ -50,8 +50,10 @@ def test_short_fedmf_run_beats_random_ranking(ml100k_path, tmp_path):
   assert (tmp_path / "metrics.csv").read_text().startswith("round,")
   saved = json.loads((tmp_path / "summary.json").read_text())
   assert saved["config"]["rounds"] == 40 and saved["final"]["round"] == 40
-  # Uncompressed: every client uploads the dense float32 item table.
-  assert saved["final"]["bits_up_total"] == 40 * 64 * 1682 * 64 * 32
+  # Uncompressed: every client uploads, and receives, the dense float32 item table.
+  dense = 40 * 64 * 1682 * 64 * 32
+  assert saved["final"]["bits_up_total"] == dense and saved["final"]["bits_down_total"] == dense
+  assert saved["final"]["compression_up"] == saved["final"]["compression_down"] == 0
 
 
 @pytest.mark.parametrize(
@@ -76,6 +78,24 @@ def test_a_bandwidth_that_rounds_to_zero_is_refused():
     draw_bandwidth("tiers", 100, 10**6, seed=0, tiers=(4, 1e300))
   bw = draw_bandwidth("lognormal", 100, 10**6, seed=0, payload_ratio=1 / 32, sigma=3.0)
   assert np.all(bw > 0) and bw.dtype == np.float32
+
+
+def test_bandwidth_draws_follow_their_documented_laws():
+  """uniform: the budget for everyone; tiers: users split evenly over dense / t; lognormal:
+  mean the uniform value (the -sigma^2/2 shift), median exp(-sigma^2/2) below it."""
+  dense, ratio = 10**6, 1 / 32
+  bw = draw_bandwidth("uniform", 7, dense, seed=3, payload_ratio=ratio)
+  np.testing.assert_array_equal(bw, np.full(7, np.float32(dense * ratio)))
+  tiers = (4, 16, 32, 64)
+  bw = draw_bandwidth("tiers", 103, dense, seed=3, tiers=tiers)
+  counts = [int(np.sum(bw == np.float32(dense / t))) for t in tiers]
+  assert sum(counts) == 103 and max(counts) - min(counts) <= 1, counts
+  assert not np.array_equal(bw, draw_bandwidth("tiers", 103, dense, seed=4, tiers=tiers))
+  sigma, n = 0.5, 200_000
+  bw = draw_bandwidth("lognormal", n, dense, seed=3, payload_ratio=ratio, sigma=sigma).astype(float)
+  # Standard errors: mean ~ sqrt(e^{s^2} - 1) / sqrt(n) ~ 0.12%; median ~ 0.14%.
+  assert abs(bw.mean() / (dense * ratio) - 1) < 0.01
+  assert abs(np.median(bw) / (dense * ratio * np.exp(-sigma**2 / 2)) - 1) < 0.01
 
 
 _ALLOCATOR_PROBE = """
