@@ -11,6 +11,7 @@ import math
 import os
 import tempfile
 import pathlib
+import re
 
 import numpy as np
 import pytest
@@ -110,6 +111,20 @@ def _check_parsed(result):
   assert 0 <= result.items.min() and result.items.max() < result.num_items <= 2**31
 
 
+def _check_pairs_kept(result, lines, sep):
+  """Where every line's user and item fields are canonical non-negative integers, the
+  parse holds exactly the lines' (user, item) pairs, read back through its raw ids (ids
+  kept verbatim where it has none: NCF's files) — a line dropped, or two ids merged (say
+  2**64 and 2**64 + 7 through float64), fails."""
+  fields = [line.split(sep)[:2] for line in lines]
+  if not all(len(f) == 2 and all(re.fullmatch(r"0|[1-9][0-9]*", x) for x in f) for f in fields):
+    return
+  raw = lambda ids, i: i if ids is None else int(ids[i])
+  got = {(raw(result.raw_user_ids, u), raw(result.raw_item_ids, i))
+         for u, i in zip(result.users.tolist(), result.items.tolist())}
+  assert got == {(int(u), int(i)) for u, i in fields}
+
+
 @pytest.fixture(scope="module")
 def scratch():
   with tempfile.TemporaryDirectory() as d:
@@ -139,6 +154,8 @@ def test_parsers_parse_or_raise_a_one_line_data_error(name, scratch):
       assert message.startswith(str(path)) and "\n" not in message
       return
     _check_parsed(result)
+    if raw is None and not isinstance(result, formats.TestNegatives):
+      _check_pairs_kept(result, lines, "::" if name == "ratings.dat" else "\t")
 
   check()
 
