@@ -613,18 +613,20 @@ def at_round(curves, rows, at: int = EARLY_ROUND) -> list:
   keys = ("dataset", "model", "method", "payload_ratio")
   run = lambda r: (*(r[k] for k in keys), str(r["seed"]))
   longer = [r for r in rows if float(r["rounds"]) > at]
-  runs = {run(r) for r in longer}
-  there = [r for r in curves if r["round"] == at and run(r) in runs]
-  early = seed_stats(there, keys, ("hr@10", "ndcg@10"))
+  rounds_of = {run(r): r["rounds"] for r in longer}  # runs of two lengths are two groups
+  there = [
+      {**r, "rounds": rounds_of[run(r)]} for r in curves if r["round"] == at and run(r) in rounds_of
+  ]
+  early = seed_stats(there, keys + ("rounds",), ("hr@10", "ndcg@10"))
   final = seed_stats(longer, keys + ("rounds",), METRICS[:2])
   lines = [
       f"| dataset | model | method | payload | seeds | HR@10 at round {at} | NDCG@10 at round {at} "
       "| rounds | final HR@10 | final NDCG@10 |", "|" + "---|" * 10
   ]
   for (*key, rounds), (seeds, s) in final.items():
-    if tuple(key) not in early:
+    if (*key, rounds) not in early:
       continue
-    n, e = early[tuple(key)]
+    n, e = early[(*key, rounds)]
     lines.append("| " + " | ".join(key) + f" | {seeds if n == seeds else f'{n} of {seeds}'} | "
                  f"{_cell(e['hr@10'], n)} | {_cell(e['ndcg@10'], n)} | {rounds} | "
                  f"{_cell(s[METRICS[0]], seeds)} | {_cell(s[METRICS[1]], seeds)} |")
@@ -728,7 +730,7 @@ def plot_info_loss(rows, path: pathlib.Path) -> bool:
 
 def _trained_by(made: dict) -> list:
   """A bullet saying that a ``--only_finished`` command tabulated, not trained."""
-  if "--only_finished" not in made["command"]:
+  if "--only_finished" not in command_words(made["command"]):  # not in its notes
     return []
   return [
       "- the runs were trained by the same command without `--only_finished` (which "

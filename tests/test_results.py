@@ -220,6 +220,9 @@ def test_a_tabulating_command_says_what_trained_the_runs(part):
   assert "trained by the same command" not in section()
   made["command"] += " --only_finished"
   assert "trained by the same command" in section()
+  made["command"] = "compare --x=1 (a note: the runs of compare --only_finished elsewhere)"
+  assert "trained by the same command" not in section()  # a note's words are not the command's
+  made["command"] = "compare --x=1 --only_finished"
   assert "without a finished run" not in section()  # --methods not in the command
   # The grid of --methods x --ratios: colr never ran, FedRAS and svd only at 1/32, and
   # uncompressed (run once, shown at payload 1) ran.
@@ -483,6 +486,13 @@ def test_runs_longer_than_300_rounds_show_their_metrics_at_round_300(part):
   assert lines[2:] == [
       "| ml-100k | mf | fedras | 1/32 | 2 | 0.6200 ± 0.0200 | 0.3200 ± 0.0200 | 1000 | "
       "0.6800 ± 0.0100 | 0.4000 ± 0.0100 |"
+  ]
+  # Runs of two lengths are two lines, each with its own seeds' round-300 figures.
+  mixed = [{**r, "rounds": "1000" if r["seed"] == "0" else "500"} if r["method"] == "fedras" else r
+           for r in rows]
+  assert results.at_round(curves, mixed)[2:] == [
+      "| ml-100k | mf | fedras | 1/32 | 1 | 0.6000 | 0.3000 | 1000 | 0.6700 | 0.3900 |",
+      "| ml-100k | mf | fedras | 1/32 | 1 | 0.6400 | 0.3400 | 500 | 0.6900 | 0.4100 |"
   ]
   section = "\n".join(
       results.part_section("p", {"command": "c", "commit": "x", "machine": "m", "date": "d"},
