@@ -730,7 +730,8 @@ def plot_info_loss(rows, path: pathlib.Path) -> bool:
 
 def _trained_by(made: dict) -> list:
   """A bullet saying that a ``--only_finished`` command tabulated, not trained."""
-  if "--only_finished" not in command_words(made["command"]):  # not in its notes
+  # In the command's words, not its notes ("--only_finished;" ends a shell list).
+  if "--only_finished" not in (w.rstrip(";,") for w in command_words(made["command"])):
     return []
   return [
       "- the runs were trained by the same command without `--only_finished` (which "
@@ -797,13 +798,14 @@ def not_run(made: dict, rows) -> list:
     if list(holes) == [None] and len(holes[None]) == len(points):
       missing.append(method)  # none of its runs finished
     elif holes:
-      where = [
-          ", ".join(r
-                    for r in at
-                    if r is not None) +
-          ("" if gone is None else f" ({'seed' if len(gone) == 1 else 'seeds'} {', '.join(gone)})")
-          for gone, at in holes.items()
-      ]
+      where = []
+      for gone, at in holes.items():
+        ratios_there = ", ".join(r for r in at if r is not None)
+        if gone is not None:
+          ratios_there += f" ({'seed' if len(gone) == 1 else 'seeds'} {', '.join(gone)})"
+        elif len(holes) > 1:  # beside ratios missing some seeds
+          ratios_there += " (every seed)"
+        where.append(ratios_there)
       missing.append(f"{method} {'at ' if points != [None] else ''}{' and '.join(where).strip()}")
   if not missing:
     return []

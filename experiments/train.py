@@ -5,14 +5,15 @@
     python -m experiments.train --dataset=ratings.csv --data_columns=user,item,rating,timestamp
 
 Without --workdir a run writes to runs/<dataset>-<model>-<method>-<UTC time>/ under the
-current directory (printed at the start and in the final line); --workdir=none writes
-no files. The run checkpoints every --checkpoint_every rounds, every --checkpoint_minutes
-of wall time and at its last round; with --workdir given, running the same command again
+current directory (printed at the start and in the final line); --workdir=none writes no
+files. The run checkpoints every --checkpoint_every rounds, every --checkpoint_minutes of
+wall time and at its last round; with --workdir given, running the same command again
 resumes it from the newest checkpoint (bit-identical to an uninterrupted run; without
---workdir each command starts a new run in a new time-stamped folder). A workdir holding a run with other flags is refused
-unless --overwrite. Errors (bad flags, missing or malformed data, a refused or locked
-workdir, a full disk, --on_nonfinite=stop) are printed as one line ``error: ...`` with exit
-status 1. A workdir is locked while a run uses it: a second run on it is refused.
+--workdir each command starts a new run in a new time-stamped folder). A workdir holding a
+run with other flags is refused unless --overwrite. Errors (bad flags, missing or
+malformed data, a refused or locked workdir, a full disk, --on_nonfinite=stop) are printed
+as one line ``error: ...`` with exit status 1. A workdir is locked while a run uses it: a
+second run on it is refused.
 """
 import dataclasses
 import os

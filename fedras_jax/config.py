@@ -165,7 +165,7 @@ class TrainConfig:
   workdir: Optional[str] = setting(
       "run", None,
       "the run's directory: config.json, metrics.jsonl/csv, checkpoints/, summary.json, "
-      "final_params.msgpack; rerunning a command with the same --workdir resumes the run. "
+      "final_params.msgpack; rerunning a command with the same --workdir resumes its work. "
       "train: default runs/<dataset>-<model>-<method>-<UTC time> (a new one each time), none "
       "for no files; sweep: no files unless given; compare: ignored (<outdir>/<run name>)")
   quiet: bool = setting("run", False, "print only the final line")

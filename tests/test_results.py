@@ -222,6 +222,8 @@ def test_a_tabulating_command_says_what_trained_the_runs(part):
   assert "trained by the same command" in section()
   made["command"] = "compare --x=1 (a note: the runs of compare --only_finished elsewhere)"
   assert "trained by the same command" not in section()  # a note's words are not the command's
+  made["command"] = "compare --x=1 --only_finished; compare --y (the same, once per seed)"
+  assert "trained by the same command" in section()
   made["command"] = "compare --x=1 --only_finished"
   assert "without a finished run" not in section()  # --methods not in the command
   # The grid of --methods x --ratios: colr never ran, FedRAS and svd only at 1/32, and
@@ -240,8 +242,11 @@ def test_a_tabulating_command_says_what_trained_the_runs(part):
   # --seeds: the seeds missing at a ratio where some ran; the dense baseline's at any ratio.
   made["command"] = ("compare --methods=uncompressed,fedras,fedras_fixed_k,colr --ratios=1/4,1/32"
                      " --seeds=0,1,2")
-  assert ("without a finished run here: uncompressed (seed 2); fedras at 1/4 and 1/32 (seed 2);"
-          " fedras_fixed_k at 1/4 and 1/32 (seeds 1, 2); colr\n") in section() + "\n"
+  assert ("without a finished run here: uncompressed (seed 2); fedras at 1/4 (every seed) and"
+          " 1/32 (seed 2); fedras_fixed_k at 1/4 (every seed) and 1/32 (seeds 1, 2); colr\n"
+         ) in section() + "\n"
+  made["command"] = "compare --methods=fedras --ratios=1/4,1/8,1/32 --seeds=0,1"
+  assert "without a finished run here: fedras at 1/4, 1/8\n" in section() + "\n"
   made["command"] = "compare --methods=uncompressed,fedras --ratios=1/32 --seeds=S"  # a template
   assert "without a finished run" not in section()
   # Notes in a command are free text: an apostrophe is no quotation.
