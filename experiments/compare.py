@@ -76,8 +76,8 @@ from fedras_jax.config import DATASETS, TrainConfig, dataset_label
 from fedras_jax.data import FetchError
 from fedras_jax.experiment import run_data_sha256
 from fedras_jax.runtime import enable_compilation_cache, tune_host_allocator
-from fedras_jax.sweep import (SWEEPABLE, grid_points, keep_results, kept_results, parse_grid,
-                              seed_stats, sweep_points)
+from fedras_jax.sweep import (DENSE, SWEEPABLE, dense_at_one, grid_points, keep_results,
+                              kept_results, parse_grid, seed_stats, sweep_points)
 from fedras_jax.training import NonFiniteUpdateError, train
 from fedras_jax.workdir import (config_differences, names_other_data, other_data_error,
                                 recorded_config)
@@ -121,16 +121,6 @@ flags.DEFINE_bool(
     "tabulate", True, "write compare.csv/.md/.json/.png and print the table "
     "(--notabulate: train only; --jobs sets it for its parts)")
 FLAGS = flags.FLAGS
-
-DENSE = "uncompressed"  # the dense baseline, run once per dataset, model and seed
-
-
-def dense_at_one(row: dict) -> dict:
-  """``row`` with the payload ratio ``"1"`` if it is the uncompressed baseline's (it
-  sends the dense table at every ratio; compare runs it once, under the first ratio of
-  the invocation that trained it, so one part's seeds may sit under several ratios)."""
-  return {**row, "payload_ratio": "1"} if row["method"] == DENSE else row
-
 
 COLUMNS = ("dataset", "model", "method", "payload_ratio", "seed", "rounds", "final_hr@10",
            "final_ndcg@10", "final_full_hr@10", "final_full_ndcg@10", "best_hr@10", "best_ndcg@10",

@@ -41,10 +41,9 @@ import numpy as np
 from absl import flags
 
 from experiments import pages
-from experiments.compare import DENSE, dense_at_one
 from fedras_jax import flags as flag_lib
 from fedras_jax import outputs
-from fedras_jax.sweep import cell_value, seed_stats
+from fedras_jax.sweep import DENSE, cell_value, dense_at_one, seed_stats
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 _PARTS = flags.DEFINE_string("parts_dir", str(REPO / "docs" / "results"),
