@@ -998,7 +998,8 @@ def main(argv):
       "part of baselines only, the reference's FedRAS against both parts' runs). A margin "
       "is the mean over the seeds both methods ran (a cell says where those are fewer than "
       "FedRAS's); *best baseline* names the baseline FedRAS is closest to or furthest behind "
-      "on HR@10 / NDCG@10 (one name where it is the same). `fedras` is the part's FedRAS "
+      "on HR@10 / NDCG@10 (one name where it is the same); `-`: no such run at that payload "
+      "in the part or its reference, or runs without that metric. `fedras` is the part's FedRAS "
       "variant: its command says which (the part's name hints, e.g. `gain8` 8-bit row gains, "
       "`ncf16` 16-bit values and a fixed 0.95 threshold, `ndcg` searched by NDCG@10). Each "
       "part's section below has its command, its runs and the searched settings.", "",
