@@ -1,4 +1,6 @@
 """CoLR: the shared basis, the payload, A-parameterised SGD and the round."""
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,7 +83,12 @@ def test_vmap_equals_a_loop():
 def test_registry_rank_fits_the_nominal_budget():
   assert registry.colr_rank(1682, 64, 1 / 32) == 2
   assert registry.colr_rank(1682, 64, 1 / 2) == 32
-  assert registry.colr_rank(1682, 64, 1 / 128) == 1  # never below 1
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # a rank that fits says nothing
+    assert registry.colr_rank(1682, 64, 1 / 64) == 1  # 1682 * 64 * 32 / 64 bits: rank 1 exactly
+  # 1682 * 64 * 32 / 128 = 26912 bits, below one rank's 1682 * 32 = 53824: still rank 1, said
+  with pytest.warns(UserWarning, match="one rank costs 53824 bits, over the budget's 26912"):
+    assert registry.colr_rank(1682, 64, 1 / 128) == 1
   comp = make_compressor("colr", 1682, 64, payload_ratio=1 / 32)
   b = colr_basis(KEY, 2, 64)
   np.testing.assert_array_equal(comp.item_projection(KEY), b.T @ b)

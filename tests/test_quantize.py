@@ -326,6 +326,43 @@ def test_budgets_past_int32_saturate_and_never_wrap():
   assert int(q.max_actions_for_budget(jnp.int32(budget), jnp.int32(rows), 4, max_k=4)) == 1
   p = q.encode(g, KEY, budget_bits=budget, max_k=4, num_index_rows=rows)
   assert int(p.num_actions) == 1 and 0 < int(p.bits) == 4 * 32 + rows <= budget
+  # Float budgets past int32 in the public helper: a Python float raised OverflowError and a
+  # NumPy float32 wrapped to K = 0; both saturate now, as an int budget of 2**31 - 1 gives.
+  assert q.max_actions_for_budget(2**31 - 1, 16, 4, max_k=4) == 4
+  for budget in (1e10, np.float32(1e10), np.float64(3e9), jnp.float32(1e10)):
+    assert int(q.max_actions_for_budget(budget, 16, 4, max_k=4)) == 4, budget
+
+
+def test_negative_index_rows_and_nan_tau():
+  g = jax.random.normal(jax.random.PRNGKey(3), (16, 4))
+  # Negative R once made bits negative (every K "fitting": K = 4); a concrete one is refused,
+  # a traced one counts as 0 rows: 300 bits fit K = 2 centroids of 4 * 32 bits, not 3.
+  for bad in (-1, np.int64(-1000)):
+    with pytest.raises(ValueError, match="num_index_rows must be >= 0"):
+      q.encode(g, KEY, budget_bits=560, max_k=4, num_index_rows=bad)
+    assert q.max_actions_for_budget(300, int(bad), 4, max_k=4) == 2
+  traced = jax.jit(lambda r: q.encode(g, KEY, budget_bits=300, max_k=4, num_index_rows=r))
+  neg, zero = traced(jnp.int32(-1000)), q.encode(g, KEY, budget_bits=300, max_k=4, num_index_rows=0)
+  assert int(neg.num_actions) == int(zero.num_actions) == 2
+  assert int(neg.bits) == int(zero.bits) == 2 * 4 * 32
+  np.testing.assert_array_equal(np.asarray(neg.indices), np.asarray(zero.indices))
+  for tau in (float("nan"), np.float32(np.nan)):
+    with pytest.raises(ValueError, match="tau is NaN"):
+      q.encode(g, KEY, budget_bits=560, max_k=4, tau=tau)
+  q.encode(g, KEY, budget_bits=560, max_k=4, tau=float("nan"), tau_mode="auto")  # ignored
+
+
+def test_decode_of_a_batch_names_vmap():
+  gs = jax.random.normal(jax.random.PRNGKey(4), (3, 16, 4))
+  ps = jax.vmap(lambda x: q.encode(x, KEY, budget_bits=600, max_k=4))(gs)
+  with pytest.raises(ValueError, match=r"jax.vmap\(decode\)"):
+    q.decode(ps)
+  for i, rows in enumerate(np.asarray(jax.vmap(q.decode)(ps))):
+    one = jax.tree.map(lambda leaf, i=i: leaf[i], ps)
+    np.testing.assert_array_equal(
+        rows,
+        np.asarray(one.centroids)[np.asarray(one.indices)] *
+        (np.asarray(one.indices) >= 0)[:, None])
 
 
 # ----------------------------------------------------------------------------
@@ -868,6 +905,25 @@ def test_optax_adapter_trains_and_passes_1d_leaves():
     assert 0 < int(state[0].bits) <= int(0.5 * n_items * dim * 32)
   assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
   assert not np.array_equal(np.asarray(state[0].key), np.asarray(tx.init(params)[0].key))
+  assert int(state[0].num_nonfinite) == 0
+
+
+def test_optax_adapter_counts_nonfinite_rows():
+  # A NaN or inf row is sent as no update (zero); the state counts them over the selected
+  # leaves (3 here: rows 1 and 5 of "a", row 0 of "b"; "c" is 1-D, passed through).
+  rng = np.random.default_rng(5)
+  a = rng.standard_normal((8, 4)).astype(np.float32)
+  a[1, 2], a[5, 0] = np.nan, np.inf
+  b = rng.standard_normal((6, 4)).astype(np.float32)
+  b[0, :] = np.nan
+  grads = {"a": jnp.asarray(a), "b": jnp.asarray(b), "c": jnp.full((3,), jnp.nan)}
+  tx = q.actions_quantizer(budget_bits=10**6, max_k=4, tau=0.9)
+  updates, state = jax.jit(tx.update)(grads, tx.init(grads))
+  assert int(state.num_nonfinite) == 3
+  for name, rows in (("a", [1, 5]), ("b", [0])):
+    u = np.asarray(updates[name])
+    assert np.all(u[rows] == 0) and np.all(np.isfinite(u)), name
+  assert np.all(np.isnan(np.asarray(updates["c"])))
 
 
 def test_optax_adapter_forwards_its_options(monkeypatch):

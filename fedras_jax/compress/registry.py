@@ -26,6 +26,7 @@ client's payload address only the rows it sends, so more fits its budget: svd's
 (one row: ``ceil(log2(item_dim))`` bits); fedras's and embedding_kmeans's slots keep the
 rule above (per stage, the cap of 128 rarely binds); colr's rank does not change.
 """
+import warnings
 from typing import Callable, Dict, NamedTuple
 
 from fedras_jax import quantize
@@ -100,9 +101,20 @@ def auto_max_rank(num_items: int, item_dim: int, payload_ratio: float, value_bit
 
 
 def colr_rank(num_items: int, item_dim: int, payload_ratio: float, value_bits: int = 32) -> int:
-  """The largest CoLR rank whose payload fits the nominal budget, in ``[1, item_dim]``."""
+  """The largest CoLR rank whose payload fits the nominal budget, in ``[1, item_dim]``.
+
+  Below one rank's bits (``payload_ratio < value_bits / (32 * item_dim)``) the rank is
+  still 1: CoLR then sends more than the budget (its bits are counted as sent), and a
+  warning says so."""
   budget = nominal_budget_bits(num_items, item_dim, payload_ratio)
-  return max(1, min(item_dim, budget // colr_bits(1, num_items, value_bits)))
+  rank = budget // colr_bits(1, num_items, value_bits)
+  if rank < 1:
+    warnings.warn(
+        f"colr at payload ratio {payload_ratio:g} (item_dim {item_dim}, {value_bits}-bit "
+        f"values): one rank costs {colr_bits(1, num_items, value_bits)} bits, over the "
+        f"budget's {budget}; it sends rank 1 anyway",
+        stacklevel=2)
+  return max(1, min(item_dim, rank))
 
 
 class Bounds(NamedTuple):

@@ -72,11 +72,14 @@ stability (and vmapped per client) but currently unused.
 """
 
 import functools
+import math
+import numbers
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+import numpy as np
 
 from fedras_jax.quantize.batching import batched_as, check_vmap_strategy
 from fedras_jax.quantize.bits import max_actions_for_budget, payload_bits, saturating_int32
@@ -161,11 +164,14 @@ def encode(grads,
       is saturated to int32's range, never wrapped (see
       :func:`~fedras_jax.quantize.bits.saturating_int32`).
     max_k: static number of action slots, an int >= 1.
-    tau: traced float, fixed cosine threshold (``tau_mode="fixed"``).
+    tau: traced float, fixed cosine threshold (``tau_mode="fixed"``); a NaN
+      Python or NumPy number is a ``ValueError`` (a traced NaN compares false:
+      no cluster is ever split).
     tau_mode: ``"fixed"`` or ``"auto"`` (static; auto ignores ``tau``).
     mask: optional ``[n]`` bool; False = the row has no update.
     num_index_rows: traced/int R, rows counted as carrying an index in the
-      bit accounting (default ``n``).
+      bit accounting (default ``n``); a negative Python or NumPy number is a
+      ``ValueError``, a negative traced value counts as 0.
     value_bits: static, 32 or 16 (16: centroids rounded to ``half_dtype``).
     max_iters: static bound on the Lloyd M-steps of each refinement (one
       after every split test).
@@ -180,7 +186,9 @@ def encode(grads,
       split test). ``"sequential"``: a ``lax.map`` over the batch inside the
       same program (each client exits its loops early). ``"auto"``
       (default): sequential when the default backend is CPU (faster there:
-      docs/design/quantizer_speed.md), parallel otherwise. Results are identical.
+      docs/design/quantizer_speed.md), parallel otherwise. Centroids and coherence
+      agree to float32 rounding (batched reductions may sum in another order), so
+      indices, action counts and bits agree but for near ties (identical in the tests).
     max_splits: static; at most this many clusters are split per split test
       (the least coherent ones below ``tau``, never beyond the budget's
       ``k_cap``). ``None`` (default): no limit, every incoherent cluster is
@@ -227,6 +235,10 @@ def encode(grads,
     raise ValueError(f"mask must be [n] = [{n}], got shape {list(mask.shape)}")
   if init_centroids is None and init_k is not None:
     raise ValueError("init_k needs init_centroids (the actions a warm start begins from)")
+  if _is_number(num_index_rows) and num_index_rows < 0:
+    raise ValueError(f"num_index_rows must be >= 0, got {num_index_rows}")
+  if tau_mode == "fixed" and _is_number(tau) and math.isnan(tau):
+    raise ValueError("tau is NaN")
   init = None if init_centroids is None else jnp.asarray(init_centroids)
   if init is not None and init.shape != (max_k, d):
     raise ValueError(f"init_centroids must be [max_k, d] = {[max_k, d]}, got shape "
@@ -242,6 +254,11 @@ def encode(grads,
                      vmap_strategy=vmap_strategy,
                      static=_EncodeStatic(max_k, tau_mode, value_bits, max_iters, half_dtype,
                                           max_splits))
+
+
+def _is_number(value) -> bool:
+  """Whether ``value`` is a Python or NumPy scalar (checked eagerly; arrays are traced)."""
+  return isinstance(value, (numbers.Real, np.generic)) and np.ndim(value) == 0
 
 
 class _EncodeStatic(NamedTuple):
@@ -295,6 +312,7 @@ def _encode_impl(x, m, budget_bits, tau, r_rows, tol, init_centroids, init_k, *,
   w = live.astype(jnp.float32)
   n_live = jnp.sum(live).astype(jnp.int32)
 
+  r_rows = jnp.maximum(r_rows, 0)
   k_budget = max_actions_for_budget(budget_bits, r_rows, d, max_k=max_k, value_bits=value_bits)
   k_cap = jnp.minimum(k_budget, n_live)
   cluster = functools.partial(_cluster_live_rows,
@@ -455,8 +473,14 @@ def _compact(rows: EncodeRows, state: EncodeState, expo, r_rows, *, value_bits,
 def decode(payload: ActionPayload) -> jax.Array:
   """Rebuild the ``[n, d]`` float32 update: row i = ``centroids[indices[i]]``.
 
-  Rows with :data:`NO_UPDATE` decode to exactly 0.
+  Rows with :data:`NO_UPDATE` decode to exactly 0. One payload (``indices [n]``,
+  ``centroids [max_k, d]``); a batch of them (``vmap(encode)``'s) takes
+  ``jax.vmap(decode)``.
   """
+  if payload.indices.ndim != 1 or payload.centroids.ndim != 2:
+    raise ValueError(f"decode takes one payload (indices [n], centroids [max_k, d]), got indices "
+                     f"{list(payload.indices.shape)} and centroids "
+                     f"{list(payload.centroids.shape)}: decode a batch with jax.vmap(decode)")
   idx = payload.indices
   rows = payload.centroids[jnp.clip(idx, 0, payload.centroids.shape[0] - 1)]
   return jnp.where((idx >= 0)[:, None], rows, 0.0).astype(jnp.float32)

@@ -101,17 +101,19 @@ def max_actions_for_budget(budget_bits, num_index_rows, dim, *, max_k: int, valu
 
   ``payload_bits`` is increasing in K, so this is the count of fitting
   ``K in 1..max_k``. Evaluated over the static range ``0..max_k``.
-  Python ints in -> Python int out; otherwise an int32 array.
+  Python ints in -> Python int out; otherwise an int32 array, the budget and
+  ``num_index_rows`` taken to int32 by :func:`saturating_int32` (a float or int64
+  budget beyond int32's range is clipped, never wrapped; negative rows count as 0).
   """
   if all(_is_concrete_int(v) for v in (budget_bits, num_index_rows, dim, value_bits)):
     best = 0
     for k in range(1, max_k + 1):
-      if payload_bits(k, num_index_rows, dim, value_bits) <= budget_bits:
+      if payload_bits(k, max(num_index_rows, 0), dim, value_bits) <= budget_bits:
         best = k
     return best
   ks = jnp.arange(max_k + 1, dtype=jnp.int32)
-  rows = jnp.asarray(num_index_rows, jnp.int32)[..., None]
-  budget = jnp.asarray(budget_bits, jnp.int32)[..., None]
+  rows = jnp.maximum(saturating_int32(num_index_rows), 0)[..., None]
+  budget = saturating_int32(budget_bits)[..., None]
   # payload_bits(K) <= budget without an int32 overflow: the centroids fit (max_k * d *
   # value_bits is small), and then R <= (budget - centroid bits) // index bits (never forming
   # R * index bits, nor subtracting from a budget near -2**31).

@@ -330,7 +330,9 @@ def kmeans(x,
     vmap_strategy: static; what ``jax.vmap(kmeans)`` compiles to, as for
       ``encode``: ``"sequential"`` (a ``lax.map`` over the batch: each problem
       stops at its own convergence), ``"parallel"`` (lock-step batching), or
-      ``"auto"`` (sequential on CPU, parallel elsewhere). Results are identical.
+      ``"auto"`` (sequential on CPU, parallel elsewhere). Centroids agree to float32
+      rounding (batched reductions may sum in another order), so assignments and
+      iteration counts agree but for near ties (identical in the tests).
 
   Returns:
     :class:`KMeansResult`.

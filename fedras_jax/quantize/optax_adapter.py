@@ -11,8 +11,19 @@ every selected leaf ``U`` ``[n, d]`` of the incoming updates by
 quantize the final updates. All-zero rows (untouched embedding rows) carry the
 reserved code and stay exactly zero.
 
-The state carries a PRNG key (split every step, folded per leaf) and the total
-payload bits of the last update, for logging.
+The state carries a PRNG key (split every step, folded per leaf), the total
+payload bits of the last update, for logging, and how many rows of it held a NaN or
+inf: such a row is sent as no update (zero), so a diverging run would otherwise look
+healthy; check ``state.num_nonfinite``.
+
+The default ``leaf_filter`` quantizes every 2-D floating leaf. To quantize only an
+item table, as a federated recommender sends, select it by its path::
+
+    def item_table_only(path, leaf):
+      return jax.tree_util.keystr(path) == "['item_emb']"
+
+    tx = optax.chain(actions_quantizer(payload_ratio=1 / 32, leaf_filter=item_table_only),
+                     optax.sgd(0.1))
 
 Under ``optax.inject_hyperparams`` (to schedule ``payload_ratio``,
 ``budget_bits`` or ``tau``) name the other arguments static: they set shapes, or
@@ -39,10 +50,13 @@ class ActionsQuantizerState(NamedTuple):
     key: ``uint32[2]`` PRNG key, advanced every update.
     bits: ``[]`` int32, total payload bits of the quantized leaves in the
       last update (0 after init).
+    num_nonfinite: ``[]`` int32, rows of the quantized leaves in the last update
+      holding a NaN or inf (each sent as no update; 0 after init).
   """
 
   key: jax.Array
   bits: jax.Array
+  num_nonfinite: jax.Array
 
 
 def default_leaf_filter(path, leaf) -> bool:
@@ -98,7 +112,9 @@ def actions_quantizer(budget_bits: Optional[int] = None,
 
   def init_fn(params):
     del params
-    return ActionsQuantizerState(key=jax.random.PRNGKey(seed), bits=jnp.int32(0))
+    return ActionsQuantizerState(key=jax.random.PRNGKey(seed),
+                                 bits=jnp.int32(0),
+                                 num_nonfinite=jnp.int32(0))
 
   def update_fn(updates, state, params=None):
     del params
@@ -106,6 +122,7 @@ def actions_quantizer(budget_bits: Optional[int] = None,
     leaves, treedef = jax.tree_util.tree_flatten_with_path(updates)
     out = []
     total = jnp.int32(0)
+    nonfinite = jnp.int32(0)
     for i, (path, u) in enumerate(leaves):
       if not leaf_filter(path, u):
         out.append(u)
@@ -127,7 +144,8 @@ def actions_quantizer(budget_bits: Optional[int] = None,
                       )
       out.append(decode(payload).astype(u.dtype))
       total = total + payload.bits
+      nonfinite = nonfinite + payload.num_nonfinite
     new_updates = jax.tree_util.tree_unflatten(treedef, out)
-    return new_updates, ActionsQuantizerState(key=key, bits=total)
+    return new_updates, ActionsQuantizerState(key=key, bits=total, num_nonfinite=nonfinite)
 
   return optax.GradientTransformation(init_fn, update_fn)
