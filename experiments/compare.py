@@ -28,7 +28,9 @@ method instead of searching it (say the picks of a shorter grid's search, reused
 longer runs); the table shows it as ``item_lr=32.0 (set)``.
 
 Nothing is lost when a comparison is interrupted: every run resumes from its
-workdir (``<outdir>/<run name>``) and a search's results are kept there in
+workdir (``<outdir>/<run name>``, e.g. ``ml-100k_mf_fedras_1over32_s0``; a ``--dataset=PATH``
+run is named by the file's name and a hash of its absolute path, so two files called
+``ratings.csv`` never share one) and a search's results are kept there in
 ``tuning.json``, so running the same command again redoes only what is missing
 (a widened ``--tune`` grid searches only its new points).
 Runs may be split over several invocations into one ``--outdir`` (say one per
@@ -60,6 +62,7 @@ without them): search a grid that stops short of that edge, or fix the setting w
 import csv
 import dataclasses
 import functools
+import hashlib
 import itertools
 import pathlib
 import sys
@@ -71,6 +74,7 @@ import numpy as np
 
 from experiments import jobs, pages
 from fedras_jax import flags as flag_lib
+from fedras_jax import data as data_lib
 from fedras_jax import outputs
 from fedras_jax.config import DATASETS, TrainConfig, dataset_label
 from fedras_jax.data import FetchError
@@ -171,11 +175,16 @@ def widened(grid, point, valid=lambda name, value: True) -> dict:
   return out
 
 
-def open_edges(grid, point, valid=lambda name, value: True) -> list:
+def open_edges(grid, point, valid=lambda name, value: True, tied=()) -> list:
   """The ``edge_names`` that ``widened`` can widen: a pick at the bound of its setting's
-  range (``weight_decay=0``) is no edge."""
+  range (``weight_decay=0``) is no edge, nor is a name on which a point of ``tied`` (the
+  points scoring as well as the pick, as ``{name: value}``) sits elsewhere: a flat score
+  points past no edge (HR@10 is 1 for every setting with at most 9 test negatives)."""
   wider = widened(grid, point, valid)
-  return [n for n in edge_names(grid, point) if wider[n] != grid[n]]
+  return [
+      n for n in edge_names(grid, point)
+      if wider[n] != grid[n] and all(t[n] == point[n] for t in tied)
+  ]
 
 
 def tune(config: TrainConfig,
@@ -244,12 +253,13 @@ def tune(config: TrainConfig,
       best = next((r for r in same if all(value(r, n) == v for n, v in prefer.items())), best)
     point = {name: value(best, name) for name in grid}
     searched = {name: sorted({value(r, name) for r in same}) for name in grid}
+    tied = [{n: value(r, n) for n in grid} for r in same if score(r) == score(best)]
     print(
         f"   kept {point} (payload {config.payload_ratio:g}): validation {metric} "
         f"{best[metric]:.4f}, best of {len(same)} searched points "
         f"{max(score(r) for r in same):.4f}",
         flush=True)
-    return point, best["hr@10"], open_edges(searched, point, valid)
+    return point, best["hr@10"], open_edges(searched, point, valid, tied)
   for step in range(widen + 1):
     points = grid_points(grid)
     missing = [p for p in points if key(p) not in found]
@@ -284,11 +294,28 @@ def tune(config: TrainConfig,
           f"{'/'.join(str(value(r, n)) for n in grid)}: {r['skipped_clients']}" for r in dropped)
             + ")",
             flush=True)
-    edges = open_edges(grid, point, valid)
+    tied = [{n: value(r, n) for n in grid} for r in results if score(r) == score(best)]
+    edges = open_edges(grid, point, valid, tied)
+    if len(tied) > 1 and edges != open_edges(grid, point, valid):
+      print(
+          f"   validation {metric} ties between {len(tied)} points across the grid: its edge "
+          "is not widened",
+          flush=True)
     if not edges or step == widen:
       return point, best["hr@10"], edges
     grid = widened(grid, point, valid)
     print(f"   the pick sits at the edge of {', '.join(edges)}: widening the grid", flush=True)
+
+
+def run_label(dataset: str) -> str:
+  """A dataset's part of its runs' folder names: a built-in dataset's name; a file's name
+  without the suffix and 8 hex digits of the sha256 of its absolute path (files of one name,
+  ``ml-1m/ratings.dat`` and ``ml-10m/ratings.dat``, or ``ml-100k.csv`` beside the built-in
+  ``ml-100k``, would else share one folder)."""
+  if not data_lib.is_path(dataset):
+    return dataset
+  where = str(pathlib.Path(dataset).expanduser().resolve())
+  return f"{dataset_label(dataset)}-{hashlib.sha256(where.encode()).hexdigest()[:8]}"
 
 
 def in_range(config: TrainConfig, name: str, value: float) -> bool:
@@ -547,7 +574,7 @@ def main(argv):
 
   def run_config(dataset, model, method, ratio, seed):
     ratio_text, value = ratio
-    name = (f"{dataset_label(dataset)}_{model}_{method}_{ratio_text.replace('/', 'over')}"
+    name = (f"{run_label(dataset)}_{model}_{method}_{ratio_text.replace('/', 'over')}"
             f"_s{seed}")
     config = dataclasses.replace(base,
                                  dataset=dataset,

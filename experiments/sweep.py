@@ -10,6 +10,9 @@
 Every other flag is a ``TrainConfig`` flag (see ``python -m experiments.train --helpfull``),
 the multi-process ones included (``--coordinator``, ``--num_processes``, ``--process_id``:
 every process runs the same command; process 0 prints and writes ``--output``).
+A sweep scores the sampled protocol only (HR@K / NDCG@K among ``--test_negatives``), under
+the default ``--eval_protocol=both`` too; ``full`` is refused (full ranking: ``train`` or
+``compare``).
 
 With ``--workdir=DIR`` nothing finished is lost: each shape point's program checkpoints
 every ``--checkpoint_every`` rounds and every ``--checkpoint_minutes`` in

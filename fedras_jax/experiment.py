@@ -8,6 +8,7 @@ round function, its hyper-parameters and the initial states). ``training.train``
 means the same thing everywhere.
 """
 import contextlib
+import logging
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -24,6 +25,8 @@ from fedras_jax.federated.bandwidth import draw_bandwidth
 from fedras_jax.metrics import make_evaluate
 from fedras_jax.models import model_for_run
 import numpy as np
+
+_log = logging.getLogger(__name__)
 
 
 def build_compressors(config: TrainConfig, num_items: int, item_dim: int):
@@ -241,6 +244,12 @@ def load_run_data(config: TrainConfig):
   negatives of their own draw: tuning never sees the test items. Otherwise runs
   are scored on the test items and their saved negatives.
   """
+  if config.eval_protocol != "full" and config.test_negatives < 10:
+    _log.warning(
+        "--test_negatives=%d: the sampled protocol ranks each test item among %d candidates, "
+        "so HR@10 is 1 for every model (HR@K for every K >= %d); rank every item with "
+        "--eval_protocol=full, or sample at least 10 negatives", config.test_negatives,
+        config.test_negatives + 1, config.test_negatives + 1)
   split = run_split(config)
   if not config.validation:
     return split, split.test_item, split.test_negatives

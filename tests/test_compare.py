@@ -2,6 +2,7 @@
 import csv
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import re
@@ -148,7 +149,10 @@ def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
   assert [r["item_lr"] for r in search["results"]] == [4.0, 8.0, 2.0]
   # The pick: best validation HR@10, ties to the first in grid order.
   best = max(sorted(search["results"], key=lambda r: r["item_lr"]), key=lambda r: r["hr@10"])
-  tuned = f"item_lr={best['item_lr']}" + (" (grid edge)" if best["item_lr"] != 4 else "")
+  # An edge pick is no edge where another point ties it (item_lr 2 and 4 may).
+  alone = [r["item_lr"] for r in search["results"] if r["hr@10"] == best["hr@10"]
+          ] == [best["item_lr"]]
+  tuned = f"item_lr={best['item_lr']}" + (" (grid edge)" if best["item_lr"] != 4 and alone else "")
   assert [(r["seed"], r["tuned"]) for r in rows3] == [("0", tuned), ("1", tuned)]
   assert not (tmp_path / "ml-100k_mf_svd_1over32_s1" / "tuning.json").exists()
   # A run at the earlier pick is replaced by one at the new pick (and only then).
@@ -245,6 +249,22 @@ def test_over_seeds_counts_the_dense_baseline_once_whatever_ratio_holds_its_seed
       + " | 0.00% |"
   ]
   assert any(l.startswith("| ml-100k | mf | svd | 1/8 | 1 | 0.5000 ± 0.0000") for l in lines)
+
+
+def test_runs_of_files_of_one_name_get_folders_of_their_own(tmp_path, monkeypatch):
+  """Two files called ratings.csv (or ml-100k.csv beside the built-in ml-100k) once shared
+  one run folder: the second was refused, or with --overwrite replaced the first."""
+  for d in ("a", "b"):
+    (tmp_path / d).mkdir()
+    (tmp_path / d / "ratings.csv").write_text("1,2\n")
+  a, b = (compare.run_label(str(tmp_path / d / "ratings.csv")) for d in ("a", "b"))
+  assert a != b and a.startswith("ratings-") and b.startswith("ratings-")
+  monkeypatch.chdir(tmp_path)
+  assert compare.run_label("a/ratings.csv") == a  # the same file, however named
+  digest = hashlib.sha256(str(tmp_path / "a" / "ratings.csv").encode()).hexdigest()
+  assert a == f"ratings-{digest[:8]}"
+  assert compare.run_label("ml-100k") == "ml-100k"
+  assert compare.run_label("ml-100k.csv").startswith("ml-100k-")
 
 
 def test_widened_grid_steps_past_the_edge_of_the_pick():
@@ -531,6 +551,29 @@ def test_tune_picks_by_the_chosen_metric(tmp_path, monkeypatch, data_now):
   assert searched == [4]
 
 
+def test_a_flat_validation_score_widens_no_edge(tmp_path, monkeypatch, data_now, capsys):
+  """With at most 9 test negatives HR@10 is 1 for every setting: the pick (the first of a
+  tie) sits at an edge, but the tie spans the grid, so nothing is widened (it was widened
+  --tune_widen times for nothing); a tie at one edge only still widens it."""
+  searched = []
+
+  def fake_sweep(config, seeds, points, **_):
+    searched.append([p["item_lr"] for p in points])
+    return [dict(seed=seeds[0], **p, **{"hr@10": min(1.0, p["item_lr"] / 8)}) for p in points]
+
+  monkeypatch.setattr(compare, "sweep_points", fake_sweep)
+  config = TrainConfig(workdir=str(tmp_path / "run"))
+  assert compare.tune(config, {"item_lr": [8.0, 16.0]}, widen=3) == ({"item_lr": 8.0}, 1.0, [])
+  assert searched == [[8.0, 16.0]]
+  assert "validation hr@10 ties between 2 points across the grid" in capsys.readouterr().out
+  assert compare.tune(config, {"item_lr": [8.0, 16.0]}, search=False) == ({"item_lr": 8.0}, 1.0, [])
+  # A rising score still widens: 1, 2 to 4 and 8 (each pick at the top edge, alone), and 8
+  # to 16, which ties it: the pick 8 is then inside the tie, and the widening stops.
+  other = TrainConfig(workdir=str(tmp_path / "other"))
+  assert compare.tune(other, {"item_lr": [1.0, 2.0]}, widen=5) == ({"item_lr": 8.0}, 1.0, [])
+  assert searched[1:] == [[1.0, 2.0], [4.0], [8.0], [16.0]]
+
+
 def test_tabulating_takes_the_point_a_finished_run_was_trained_at(tmp_path, monkeypatch, data_now):
   """item_lr 2 and 4 tie on validation HR@10; a search over the widened grid (2, 4, 8)
   picks 2 (grid order), while the kept file order is 4, 8, 2: tabulating takes the
@@ -551,8 +594,9 @@ def test_tabulating_takes_the_point_a_finished_run_was_trained_at(tmp_path, monk
   assert compare.recorded_pick(config, grid) == {"item_lr": 2.0}
   assert compare.holds_other_pick(config, grid)
   assert not compare.holds_other_pick(trained, grid)
+  # 4 ties 2 from inside the searched 2, 4, 8: the pick at the edge is not named an edge.
   assert compare.tune(config, grid, search=False,
-                      prefer={"item_lr": 2.0}) == ({"item_lr": 2.0}, 0.65, ["item_lr"])
+                      prefer={"item_lr": 2.0}) == ({"item_lr": 2.0}, 0.65, [])
   # A point no search kept is not taken; a run differing in more than the grid is no pick.
   assert compare.tune(config, grid, search=False, prefer={"item_lr": 16.0})[0] == {"item_lr": 4.0}
   assert compare.recorded_pick(dataclasses.replace(config, rounds=7), grid) is None

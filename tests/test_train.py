@@ -231,7 +231,7 @@ def test_own_csv_file_trains(ml100k_path, tmp_path):
   assert not (tmp_path / "dd2").exists()
 
 
-def test_a_small_catalogue_samples_fewer_negatives_or_ranks_every_item(tmp_path):
+def test_a_small_catalogue_samples_fewer_negatives_or_ranks_every_item(tmp_path, caplog):
   """20 users (ids 101-120) with 8 of 30 items each: 99 negatives cannot be drawn (one
   error line naming a user by its id and both ways out); 20 can, none of them an item the
   user touched, for test and validation; full ranking needs none."""
@@ -255,6 +255,14 @@ def test_a_small_catalogue_samples_fewer_negatives_or_ranks_every_item(tmp_path)
     split, items, negatives = load_run_data(
         dataclasses.replace(config, test_negatives=20, validation=validation))
     assert negatives.shape == (20, 20)
+  # Below 10 negatives HR@10 is 1 for any model: said (for the sampled protocol only).
+  assert "HR@10 is 1" not in caplog.text
+  with caplog.at_level("WARNING"):
+    load_run_data(dataclasses.replace(config, test_negatives=9, eval_protocol="both"))
+    assert "--test_negatives=9: the sampled protocol ranks each test item among 10 " in caplog.text
+    caplog.clear()
+    load_run_data(dataclasses.replace(config, test_negatives=9, eval_protocol="full"))
+    assert "HR@10 is 1" not in caplog.text
     assert split.num_items == len(item_index)
     for row, seen in zip(negatives.tolist(), touched):
       assert len(set(row)) == 20 and not set(row) & seen

@@ -93,9 +93,13 @@ def test_integer_timestamps_keep_every_digit(tmp_path, user):
   split = data.leave_one_out(inter, num_test_negatives=0)
   assert inter.raw_item_ids[split.test_item[0]] == "A"
   # Fractional ones are still ranked (1.5 after 1, before 2), and so are integers past
-  # int64, by both readers (the line-by-line one refused 10^19).
-  for text, ranks in ((f"{user},A,2\n{user},B,1.5\n{user},C,1\n", [2, 1, 0]),
-                      (f"{user},A,10000000000000000000\n{user},B,1\n", [1, 0])):
+  # int64, by both readers (the line-by-line one refused 10^19), exactly: one fractional
+  # value made the column float64, tying nanosecond times and 19-digit fractions.
+  for text, ranks in ((f"{user},A,2\n{user},B,1.5\n{user},C,1\n",
+                       [2, 1, 0]), (f"{user},A,10000000000000000000\n{user},B,1\n", [1, 0]),
+                      (f"{user},A,1600000000123456003\n{user},B,1600000000123456001\n"
+                       f"{user},C,1600000000123456002\n{user},D,4.5\n", [3, 1, 2, 0]),
+                      (f"{user},A,1600000000.123456790\n{user},B,1600000000.123456789\n", [1, 0])):
     inter = data.parse_interaction_file(write(tmp_path / "f.csv", "user,item,timestamp\n" + text))
     assert inter.timestamps.tolist() == ranks
 
@@ -227,7 +231,8 @@ def test_without_timestamps_the_held_out_item_is_seeded_random(tmp_path, caplog)
   assert [r.getMessage() for r in caplog.records] == [
       f"{dated}: no timestamp column (known names: timestamp, time, ts, unixreviewtime, "
       "unix_timestamp; ignored columns: date): each user's held-out interaction is a seeded "
-      "random one; name a time column with --data_columns, e.g. "
+      "random one; name a time column of numbers (e.g. Unix seconds; dates are not parsed) "
+      "with --data_columns, e.g. "
       "--data_columns=user,item,timestamp"
   ]
   np.testing.assert_array_equal(a.test_item, b.test_item)

@@ -24,6 +24,7 @@ an error. ``\\r\\n`` line endings are accepted.
 """
 
 import dataclasses
+import decimal
 import math
 import re
 
@@ -71,11 +72,25 @@ def read_lines(path) -> list[str]:
 
 
 _INTEGER = re.compile(r"\s*[-+]?[0-9]+\s*")
-# "number": an integer while it fits int64 (as numpy's cast in the vectorised reader), else float.
+# "number": an integer while it fits int64 (as numpy's cast in the vectorised reader), else an
+# exact decimal (a float64 would merge 1600000000.123456789 and 1600000000.123456790).
 _KINDS = {
     "int": int, "float": float,
-    "number": lambda v: int(v) if _INTEGER.fullmatch(v) and abs(int(v)) < 2**63 else float(v)
+    "number": lambda v: int(v) if _INTEGER.fullmatch(v) and abs(int(v)) < 2**63 else _exact(v)
 }
+
+
+def _exact(token: str) -> decimal.Decimal:
+  """``token`` as an exact decimal (a ``ValueError`` if it is no finite number)."""
+  try:
+    value = decimal.Decimal(token.strip())
+  except decimal.InvalidOperation as e:
+    raise ValueError(token) from e
+  if not value.is_finite():
+    raise ValueError(token)
+  return value
+
+
 _EXPECTED = {
     "int": "an integer", "float": "a finite number", "number": "a finite number",
     "token": "a non-empty token"
@@ -98,7 +113,8 @@ def read_columns(path,
       wanted: column name -> (field index, kind), kind one of
           "int" (-> int64 array), "float" (-> float64 array),
           "number" (-> int64 array if every value is an integer, so
-          that 19-digit timestamps keep their digits, else float64),
+          that 19-digit timestamps keep their digits, else an object
+          array of exact ``decimal.Decimal``),
           "token" (-> str array).
       first_line: 1-based line number of ``lines[0]`` in the file.
 
@@ -131,7 +147,8 @@ def read_columns(path,
         try:
           parsed = _KINDS[kind](value)
           # (np.isfinite of a Python int beyond int64 is a TypeError)
-          ok = (abs(parsed) < 2**63 if isinstance(parsed, int) else math.isfinite(parsed))
+          ok = (abs(parsed) < 2**63 if isinstance(parsed, int) else parsed.is_finite()
+                if isinstance(parsed, decimal.Decimal) else math.isfinite(parsed))
           # Python also reads "1_0" and non-ASCII digits, which numpy and files do not mean
           ok = ok and value.isascii() and "_" not in value
         except (ValueError, OverflowError):
@@ -142,12 +159,19 @@ def read_columns(path,
             f"{quote_snippet(value)}, expected {_EXPECTED[kind]}")
       values[name].append(parsed)
   dtypes = {"int": np.int64, "float": np.float64, "token": str}
-  number = lambda v: np.int64 if all(isinstance(x, int) for x in v) else np.float64
   return {
-      name:
-          np.asarray(values[name], dtype=number(values[name]) if kind == "number" else dtypes[kind])
-      for name, (_, kind) in wanted.items()
+      name: (_numbers(values[name]) if kind == "number" else np.asarray(
+          values[name], dtype=dtypes[kind])) for name, (_, kind) in wanted.items()
   }
+
+
+def _numbers(values: list) -> np.ndarray:
+  """A "number" column: int64 if every value is an int, else exact decimals (object)."""
+  if all(isinstance(x, int) for x in values):
+    return np.asarray(values, dtype=np.int64)
+  out = np.empty(len(values), dtype=object)
+  out[:] = [decimal.Decimal(x) for x in values]
+  return out
 
 
 def _columns_fast(lines, sep, nfields, wanted):
@@ -190,7 +214,8 @@ def _columns_fast(lines, sep, nfields, wanted):
           try:  # numpy's int cast takes what int() takes: "7", " -7 ", not "7.0" or "7e0"
             out[name] = col.astype(np.int64)
           except (ValueError, OverflowError):
-            out[name] = col.astype(np.float64)
+            col.astype(np.float64)  # numpy's reading of a number, or a ValueError
+            out[name] = _numbers([_exact(t) for t in col.tolist()])
         else:
           out[name] = col.astype(np.int64 if kind == "int" else np.float64)
   for name, (_, kind) in wanted.items():
@@ -201,9 +226,14 @@ def _columns_fast(lines, sep, nfields, wanted):
 
 def timestamps_to_int64(ts: np.ndarray) -> np.ndarray:
   """Integer timestamps as they are; float ones -> int64, or their dense rank where
-  some are not integral."""
+  some are not integral; exact decimals (``read_columns``' "number" kind, an object
+  array) -> int64 if all are integers in its range, else their exact dense rank."""
   if np.issubdtype(ts.dtype, np.integer):
     return ts.astype(np.int64)
+  if ts.dtype == object:
+    if all(x == x.to_integral_value() and abs(x) < 2**63 for x in ts.tolist()):
+      return np.array([int(x) for x in ts.tolist()], dtype=np.int64)
+    return np.unique(ts, return_inverse=True)[1].reshape(-1).astype(np.int64)
   if np.all(ts == np.floor(ts)) and np.all(np.abs(ts) < 2.0**62):
     return ts.astype(np.int64)
   return np.unique(ts, return_inverse=True)[1].reshape(-1).astype(np.int64)

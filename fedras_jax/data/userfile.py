@@ -47,8 +47,9 @@ SUFFIXES = (".inter", ".csv", ".tsv", ".txt", ".dat")
 # parses to, so no split cached by an older reader is served (2: a byte-order mark before
 # a headerless file's first id, numbers such as 1_0 refused; 3: also by the vectorised
 # path, "-0" an id of its own, a first line of ids with colons not a RecBole header,
-# integer timestamps read as integers).
-READER_VERSION = 3
+# integer timestamps read as integers; 4: beside a fractional one, timestamps ranked as exact
+# decimals, not float64).
+READER_VERSION = 4
 DELIMITERS = ("\t", "::", ",", ";", "|", " ")
 _SNIFF_LINES = 50
 _log = logging.getLogger(__name__)
@@ -239,7 +240,8 @@ def parse_interaction_file(path,
     if ignored and source == "the header":  # a time column under a name not known?
       _log.warning(
           "%s: no timestamp column (known names: %s; ignored columns: %s): each user's held-out "
-          "interaction is a seeded random one; name a time column with --data_columns, e.g. "
+          "interaction is a seeded random one; name a time column of numbers (e.g. Unix "
+          "seconds; dates are not parsed) with --data_columns, e.g. "
           "--data_columns=%s", path, ", ".join(COLUMN_NAMES["timestamp"]), ", ".join(ignored),
           ",".join("timestamp" if col == ignored[0] else col for col in names))
   if not keep.any():
