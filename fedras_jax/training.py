@@ -313,10 +313,12 @@ def _progress_line(config: TrainConfig, row: dict, host: dict) -> str:
                 (rounds % config.eval_every != 0 and r < rounds))
   per_eval = host.get("eval_seconds", 0.0) / max(host.get("evaluations", 0), 1)
   eta = per_round * (rounds - r) + per_eval * evals_left
+  # -1: a method without actions (uncompressed, TopK, SVD, CoLR)
+  actions = f"  K {row['actions_mean']:.1f}" if row["actions_mean"] >= 0 else ""
   return (f"round {r:5d}/{rounds}  {scores_text(row)}  "
           f"loss {row['loss']:.4f}  {speed}  ETA {eta:.0f}s"
           f"  up {totals['bits_up'] / 8e6:.1f} MB  down {totals['bits_down'] / 8e6:.1f} MB"
-          f"  K {row['actions_mean']:.1f}  sim {totals['sim_seconds']:.0f}s")
+          f"{actions}  sim {totals['sim_seconds']:.0f}s")
 
 
 def _final_line(config: TrainConfig, summary: dict) -> str:
