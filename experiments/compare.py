@@ -146,9 +146,9 @@ def edge_names(grid, point) -> list:
   return [n for n, v in grid.items() if len(v) > 1 and point[n] in (min(v), max(v))]
 
 
-def widened(grid, point, valid=lambda name, value: True) -> dict:
-  """``grid`` with every name of ``edge_names`` extended by one step past the edge
-  its ``point`` value sits on: the ratio of the two outermost values there if every
+def widened(grid, point, valid=lambda name, value: True, names=None) -> dict:
+  """``grid`` with every name of ``edge_names`` (of those in ``names``, if given) extended
+  by one step past the edge its ``point`` value sits on: the ratio of the two outermost values there if every
   value is positive, else their difference. A step that ``valid(name, value)`` refuses
   (past the setting's range: ``fluctuation`` 1 or more) is halved towards the edge until
   it is valid; a pick at the bound itself (``weight_decay=0``) is not widened."""
@@ -167,6 +167,8 @@ def widened(grid, point, valid=lambda name, value: True) -> dict:
     return None
 
   for name in edge_names(grid, point):
+    if names is not None and name not in names:
+      continue
     v = sorted(grid[name])
     if point[name] == v[0] and (low := step(name, v[0], v[1], v[0] > 0)) is not None:
       out[name] = [low] + v
@@ -177,13 +179,14 @@ def widened(grid, point, valid=lambda name, value: True) -> dict:
 
 def open_edges(grid, point, valid=lambda name, value: True, tied=()) -> list:
   """The ``edge_names`` that ``widened`` can widen: a pick at the bound of its setting's
-  range (``weight_decay=0``) is no edge, nor is a name on which a point of ``tied`` (the
-  points scoring as well as the pick, as ``{name: value}``) sits elsewhere: a flat score
-  points past no edge (HR@10 is 1 for every setting with at most 9 test negatives)."""
+  range (``weight_decay=0``) is no edge, nor is a name whose every grid value some point of
+  ``tied`` (the points scoring as well as the pick, as ``{name: value}``) holds: a score
+  flat across a setting points past neither edge (HR@10 is 1 for every setting with at
+  most 9 test negatives)."""
   wider = widened(grid, point, valid)
   return [
       n for n in edge_names(grid, point)
-      if wider[n] != grid[n] and all(t[n] == point[n] for t in tied)
+      if wider[n] != grid[n] and {t[n] for t in tied} != set(grid[n])
   ]
 
 
@@ -238,8 +241,9 @@ def tune(config: TrainConfig,
   key = lambda point: tuple(value(point, name) for name in SWEEPABLE)
   found = {key(r): r for r in kept}
   valid = functools.partial(in_range, candidate)
-  # A diverged candidate (NaN) never wins.
+  # A diverged candidate (NaN) never wins, nor ties (a grid diverging throughout still widens).
   score = lambda r: r[metric] if np.isfinite(r[metric]) else -np.inf
+  finite_tie = lambda r, best: np.isfinite(score(r)) and score(r) == score(best)
   if not search:
     # The points that differ from the candidate in the grid's names only.
     same = [
@@ -253,7 +257,7 @@ def tune(config: TrainConfig,
       best = next((r for r in same if all(value(r, n) == v for n, v in prefer.items())), best)
     point = {name: value(best, name) for name in grid}
     searched = {name: sorted({value(r, name) for r in same}) for name in grid}
-    tied = [{n: value(r, n) for n in grid} for r in same if score(r) == score(best)]
+    tied = [{n: value(r, n) for n in grid} for r in same if finite_tie(r, best)]
     print(
         f"   kept {point} (payload {config.payload_ratio:g}): validation {metric} "
         f"{best[metric]:.4f}, best of {len(same)} searched points "
@@ -294,16 +298,17 @@ def tune(config: TrainConfig,
           f"{'/'.join(str(value(r, n)) for n in grid)}: {r['skipped_clients']}" for r in dropped)
             + ")",
             flush=True)
-    tied = [{n: value(r, n) for n in grid} for r in results if score(r) == score(best)]
+    tied = [{n: value(r, n) for n in grid} for r in results if finite_tie(r, best)]
     edges = open_edges(grid, point, valid, tied)
-    if len(tied) > 1 and edges != open_edges(grid, point, valid):
+    flat = [n for n in open_edges(grid, point, valid) if n not in edges]
+    if flat:
       print(
-          f"   validation {metric} ties between {len(tied)} points across the grid: its edge "
-          "is not widened",
+          f"   validation {metric} is the same across {', '.join(flat)}: its edge is not "
+          "widened",
           flush=True)
     if not edges or step == widen:
       return point, best["hr@10"], edges
-    grid = widened(grid, point, valid)
+    grid = widened(grid, point, valid, edges)
     print(f"   the pick sits at the edge of {', '.join(edges)}: widening the grid", flush=True)
 
 

@@ -149,10 +149,10 @@ def test_compare_tunes_once_per_method_and_resumes(ml100k_path, tmp_path):
   assert [r["item_lr"] for r in search["results"]] == [4.0, 8.0, 2.0]
   # The pick: best validation HR@10, ties to the first in grid order.
   best = max(sorted(search["results"], key=lambda r: r["item_lr"]), key=lambda r: r["hr@10"])
-  # An edge pick is no edge where another point ties it (item_lr 2 and 4 may).
-  alone = [r["item_lr"] for r in search["results"] if r["hr@10"] == best["hr@10"]
-          ] == [best["item_lr"]]
-  tuned = f"item_lr={best['item_lr']}" + (" (grid edge)" if best["item_lr"] != 4 and alone else "")
+  # An edge pick is no edge where every point ties it (a flat score).
+  flat = len({r["hr@10"] for r in search["results"]}) == 1
+  tuned = f"item_lr={best['item_lr']}" + (" (grid edge)"
+                                          if best["item_lr"] != 4 and not flat else "")
   assert [(r["seed"], r["tuned"]) for r in rows3] == [("0", tuned), ("1", tuned)]
   assert not (tmp_path / "ml-100k_mf_svd_1over32_s1" / "tuning.json").exists()
   # A run at the earlier pick is replaced by one at the new pick (and only then).
@@ -554,7 +554,8 @@ def test_tune_picks_by_the_chosen_metric(tmp_path, monkeypatch, data_now):
 def test_a_flat_validation_score_widens_no_edge(tmp_path, monkeypatch, data_now, capsys):
   """With at most 9 test negatives HR@10 is 1 for every setting: the pick (the first of a
   tie) sits at an edge, but the tie spans the grid, so nothing is widened (it was widened
-  --tune_widen times for nothing); a tie at one edge only still widens it."""
+  --tune_widen times for nothing); a setting flat beside one that rises is not widened with
+  it; a grid diverging throughout (NaN: no tie) still widens."""
   searched = []
 
   def fake_sweep(config, seeds, points, **_):
@@ -565,13 +566,36 @@ def test_a_flat_validation_score_widens_no_edge(tmp_path, monkeypatch, data_now,
   config = TrainConfig(workdir=str(tmp_path / "run"))
   assert compare.tune(config, {"item_lr": [8.0, 16.0]}, widen=3) == ({"item_lr": 8.0}, 1.0, [])
   assert searched == [[8.0, 16.0]]
-  assert "validation hr@10 ties between 2 points across the grid" in capsys.readouterr().out
+  assert "validation hr@10 is the same across item_lr: its edge is not widened" in (
+      capsys.readouterr().out)
   assert compare.tune(config, {"item_lr": [8.0, 16.0]}, search=False) == ({"item_lr": 8.0}, 1.0, [])
   # A rising score still widens: 1, 2 to 4 and 8 (each pick at the top edge, alone), and 8
   # to 16, which ties it: the pick 8 is then inside the tie, and the widening stops.
   other = TrainConfig(workdir=str(tmp_path / "other"))
   assert compare.tune(other, {"item_lr": [1.0, 2.0]}, widen=5) == ({"item_lr": 8.0}, 1.0, [])
   assert searched[1:] == [[1.0, 2.0], [4.0], [8.0], [16.0]]
+  # Two settings, the score flat in dense_lr: only item_lr widens (dense_lr was widened too,
+  # the pick taking its new low value at every step).
+  points = []
+  monkeypatch.setattr(
+      compare, "sweep_points", lambda config, seeds, pts, **_: points.append(pts) or
+      [dict(seed=seeds[0], **p, **{"hr@10": p["item_lr"] / 100}) for p in pts])
+  two = TrainConfig(workdir=str(tmp_path / "two"))
+  assert compare.tune(two, {"item_lr": [4.0, 8.0], "dense_lr": [0.05, 0.1]},
+                      widen=1) == ({"item_lr": 16.0, "dense_lr": 0.05}, 0.16, ["item_lr"])
+  assert [(p["item_lr"], p["dense_lr"]) for p in points[1]] == [(16.0, 0.05), (16.0, 0.1)]
+  # Diverged (NaN) from item_lr 4 up: no tie, so the grid widens down to where it trains.
+  points.clear()
+  monkeypatch.setattr(
+      compare, "sweep_points", lambda config, seeds, pts, **_: points.append(pts) or [
+          dict(seed=seeds[0],
+               **p,
+               **{"hr@10": math.nan if p["item_lr"] >= 4 else 0.5 + p["item_lr"] / 100})
+          for p in pts
+      ])
+  nan = TrainConfig(workdir=str(tmp_path / "nan"))
+  assert compare.tune(nan, {"item_lr": [8.0, 16.0]}, widen=3) == ({"item_lr": 2.0}, 0.52, [])
+  assert [[p["item_lr"] for p in pts] for pts in points] == [[8.0, 16.0], [4.0], [2.0], [1.0]]
 
 
 def test_tabulating_takes_the_point_a_finished_run_was_trained_at(tmp_path, monkeypatch, data_now):
@@ -594,9 +618,9 @@ def test_tabulating_takes_the_point_a_finished_run_was_trained_at(tmp_path, monk
   assert compare.recorded_pick(config, grid) == {"item_lr": 2.0}
   assert compare.holds_other_pick(config, grid)
   assert not compare.holds_other_pick(trained, grid)
-  # 4 ties 2 from inside the searched 2, 4, 8: the pick at the edge is not named an edge.
+  # 4 ties 2, 8 is lower: a plateau, not a flat score; the pick at the edge stays an edge.
   assert compare.tune(config, grid, search=False,
-                      prefer={"item_lr": 2.0}) == ({"item_lr": 2.0}, 0.65, [])
+                      prefer={"item_lr": 2.0}) == ({"item_lr": 2.0}, 0.65, ["item_lr"])
   # A point no search kept is not taken; a run differing in more than the grid is no pick.
   assert compare.tune(config, grid, search=False, prefer={"item_lr": 16.0})[0] == {"item_lr": 4.0}
   assert compare.recorded_pick(dataclasses.replace(config, rounds=7), grid) is None

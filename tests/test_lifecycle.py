@@ -181,6 +181,11 @@ def test_the_eta_counts_the_rounds_and_the_evaluations_left():
   assert " ETA 360s " in training._progress_line(config, row, host)
   row["round"] = 990  # 6 rounds and one evaluation left, the last round's
   assert " ETA 8s " in training._progress_line(dataclasses.replace(config, rounds=996), row, host)
+  # K: the mean actions, none for a method without actions (-1; it printed "K -1.0").
+  assert "  K 4.0  sim 0s" in training._progress_line(config, row, host)
+  row["actions_mean"] = -1.0
+  line = training._progress_line(config, row, host)
+  assert " K " not in line and line.endswith("down 0.0 MB  sim 0s")
 
 
 def test_same_flags_and_seed_give_identical_metrics(data_dir, reference, tmp_path):

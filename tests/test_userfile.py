@@ -102,6 +102,11 @@ def test_integer_timestamps_keep_every_digit(tmp_path, user):
                       (f"{user},A,1600000000.123456790\n{user},B,1600000000.123456789\n", [1, 0])):
     inter = data.parse_interaction_file(write(tmp_path / "f.csv", "user,item,timestamp\n" + text))
     assert inter.timestamps.tolist() == ranks
+  # Beside a fractional time, one past float64 is refused, as in a float column.
+  for huge in ("1e400", "1e2000000000"):
+    with pytest.raises(data.DataFormatError, match=f"r.csv:3: field 3 \\(timestamp\\) is '{huge}'"):
+      data.parse_interaction_file(
+          write(tmp_path / "r.csv", f"user,item,timestamp\n{user},A,1.5\n{user},B,{huge}\n"))
 
 
 def test_headerless_file_needs_data_columns(tmp_path):

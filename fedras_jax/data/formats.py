@@ -81,12 +81,13 @@ _KINDS = {
 
 
 def _exact(token: str) -> decimal.Decimal:
-  """``token`` as an exact decimal (a ``ValueError`` if it is no finite number)."""
+  """``token`` as an exact decimal (a ``ValueError`` if it is no number finite in float64,
+  as a float column requires: 1e400 is refused)."""
   try:
     value = decimal.Decimal(token.strip())
   except decimal.InvalidOperation as e:
     raise ValueError(token) from e
-  if not value.is_finite():
+  if not math.isfinite(float(value)):
     raise ValueError(token)
   return value
 
