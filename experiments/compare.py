@@ -18,7 +18,8 @@ interaction per user held out, scored against its own negatives), the best
 validation HR@10 picks the setting, and only that setting is run on the test items.
 A pick at the grid's smallest or largest value widens the grid one step past it and
 searches again, up to ``--tune_widen`` times (a pick still at an edge is marked
-``(grid edge)`` in the table). ``--tune_metric=ndcg@10`` picks by validation NDCG@10
+``(grid edge)`` in the table), unless the metric is the same at every value of that setting
+(flat: HR@10 is 1 with at most 9 test negatives). ``--tune_metric=ndcg@10`` picks by validation NDCG@10
 instead (the table's ``valid_hr@10`` stays the pick's validation HR@10).
 With ``--tune_at=1/32`` each method searches once, at that ratio, and uses the
 setting it found at every ratio (a ratio sweep at the cost of one search per method);
