@@ -215,8 +215,7 @@ def _columns_fast(lines, sep, nfields, wanted):
           try:  # numpy's int cast takes what int() takes: "7", " -7 ", not "7.0" or "7e0"
             out[name] = col.astype(np.int64)
           except (ValueError, OverflowError):
-            col.astype(np.float64)  # numpy's reading of a number, or a ValueError
-            out[name] = _numbers([_exact(t) for t in col.tolist()])
+            out[name] = _numbers([_exact(t) for t in col.tolist()])  # or a ValueError
         else:
           out[name] = col.astype(np.int64 if kind == "int" else np.float64)
   for name, (_, kind) in wanted.items():
