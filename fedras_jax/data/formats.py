@@ -148,8 +148,8 @@ def read_columns(path,
         try:
           parsed = _KINDS[kind](value)
           # (np.isfinite of a Python int beyond int64 is a TypeError)
-          ok = (abs(parsed) < 2**63 if isinstance(parsed, int) else parsed.is_finite()
-                if isinstance(parsed, decimal.Decimal) else math.isfinite(parsed))
+          # (a Decimal is finite: _exact refused the rest)
+          ok = (abs(parsed) < 2**63 if isinstance(parsed, int) else math.isfinite(parsed))
           # Python also reads "1_0" and non-ASCII digits, which numpy and files do not mean
           ok = ok and value.isascii() and "_" not in value
         except (ValueError, OverflowError):
