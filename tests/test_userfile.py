@@ -109,6 +109,55 @@ def test_integer_timestamps_keep_every_digit(tmp_path, user):
           write(tmp_path / "r.csv", f"user,item,timestamp\n{user},A,1.5\n{user},B,{huge}\n"))
 
 
+@pytest.mark.parametrize("user", ["u", "\u00fc"])  # the vectorised and the line-by-line reader
+def test_iso_8601_times_order_the_interactions(tmp_path, user):
+  """A column of ISO dates or times (Yelp's ``date``) was refused as a timestamp (and, under
+  a name not known, ignored for a random order). Microseconds since 1970 UTC, hand-computed:
+  2016-07-03 is 16,985 days after 1970-01-01 (1,467,504,000 s)."""
+  day = 1_467_504_000 * 10**6
+  text = (f"user,item,date\n{user},A,2016-07-03\n{user},B,2016-07-03 00:00:01.5\n"
+          f"{user},C,2016-07-02T23:59:59\nv,A,2016-07-04\nv,B,2016-07-02\n")
+  inter = data.parse_interaction_file(write(tmp_path / "r.csv", text))
+  assert inter.timestamps.tolist() == [
+      day, day + 1_500_000, day - 10**6, day + 86_400 * 10**6, day - 86_400 * 10**6
+  ]
+  held_out = data.leave_one_out(inter, num_test_negatives=0).test_item
+  assert inter.raw_item_ids[held_out[list(inter.raw_user_ids).index(user)]] == "B"
+  # With UTC offsets: 01:00+02:00 is 23:00 the day before, earlier than 23:30Z.
+  text = f"user,item,time\n{user},A,2016-07-03T01:00+02:00\n{user},B,2016-07-02T23:30:00Z\n"
+  inter = data.parse_interaction_file(write(tmp_path / "z.csv", text))
+  assert inter.timestamps.tolist() == [day - 3_600 * 10**6, day - 1_800 * 10**6]
+  assert inter.raw_item_ids[data.leave_one_out(inter, num_test_negatives=0).test_item[0]] == "B"
+  # A column is all numbers or all dates, and its times all with an offset or all without.
+  for rows, expected in (("A,2016-07-03\n{u},B,5",
+                          "'5', expected an ISO 8601 date or time without a UTC offset "
+                          "as on line 2"), ("A,5\n{u},B,2016-07-03",
+                                            "'2016-07-03', expected a number as on line 2"),
+                         ("A,2016-07-03T00:00Z\n{u},B,2016-07-03T00:00",
+                          "'2016-07-03T00:00', expected an ISO 8601 "
+                          "time with a UTC offset as on line 2"),
+                         ("A,2016-07-03\n{u},B,07/03/2016", "'07/03/2016', expected a "
+                          "finite number or an ISO 8601 date or time")):
+    bad = write(tmp_path / "b.csv", f"user,item,timestamp\n{user},{rows.format(u=user)}\n")
+    with pytest.raises(data.DataFormatError,
+                       match=f"b.csv:3: field 3 \\(timestamp\\) is {expected}"):
+      data.parse_interaction_file(bad)
+
+
+def test_a_run_of_spaces_is_one_separator(tmp_path):
+  """Aligned columns (``1   10  5``) read as the same file with one comma between fields (a
+  run of spaces made empty fields: the line counts disagreed and the file was refused)."""
+  aligned = ("user  item   rating  timestamp\n   1    10       5  881250949\n"
+             "   1   200       3  881250950 \n  22    10       4  881250951\n")
+  inter = data.parse_interaction_file(write(tmp_path / "a.txt", aligned))
+  commas = "\n".join(",".join(line.split()) for line in aligned.splitlines()) + "\n"
+  reference = data.parse_interaction_file(write(tmp_path / "c.csv", commas))
+  assert rows_of(inter) == rows_of(reference) == {("1", "10"): 881250949, ("1", "200"): 881250950,
+                                                  ("22", "10"): 881250951}
+  with pytest.raises(data.DataFormatError, match="a.txt:3: expected 4 fields separated by ' '"):
+    data.parse_interaction_file(write(tmp_path / "a.txt", aligned.replace(" 3 ", " ")))
+
+
 def test_headerless_file_needs_data_columns(tmp_path):
   path = write(tmp_path / "r.csv", "3,10,5,7\n3,11,1,8\n20,10,2,9\n")
   with pytest.raises(ValueError, match="--data_columns"):
@@ -230,14 +279,14 @@ def test_without_timestamps_the_held_out_item_is_seeded_random(tmp_path, caplog)
     data.parse_interaction_file(indexed)
   assert not caplog.records
   # A time column under a name not known is ignored: said, with the flag that names it.
-  dated = write(tmp_path / "d.csv", "user,item,date\na,x,2\na,y,1\nb,x,5\n")
+  dated = write(tmp_path / "d.csv", "user,item,rated_at\na,x,2\na,y,1\nb,x,5\n")
   with caplog.at_level(logging.WARNING):
     data.parse_interaction_file(dated)
   assert [r.getMessage() for r in caplog.records] == [
       f"{dated}: no timestamp column (known names: timestamp, time, ts, unixreviewtime, "
-      "unix_timestamp; ignored columns: date): each user's held-out interaction is a seeded "
-      "random one; name a time column of numbers (e.g. Unix seconds; dates are not parsed) "
-      "with --data_columns, e.g. "
+      "unix_timestamp, date, datetime; ignored columns: rated_at): each user's held-out "
+      "interaction is a seeded random one; name a time column (numbers, e.g. Unix seconds, or "
+      "ISO 8601 dates) with --data_columns, e.g. "
       "--data_columns=user,item,timestamp"
   ]
   np.testing.assert_array_equal(a.test_item, b.test_item)

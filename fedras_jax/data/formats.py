@@ -24,6 +24,7 @@ an error. ``\\r\\n`` line endings are accepted.
 """
 
 import dataclasses
+import datetime
 import decimal
 import math
 import re
@@ -72,12 +73,14 @@ def read_lines(path) -> list[str]:
 
 
 _INTEGER = re.compile(r"\s*[-+]?[0-9]+\s*")
-# "number": an integer while it fits int64 (as numpy's cast in the vectorised reader), else an
-# exact decimal (a float64 would merge 1600000000.123456789 and 1600000000.123456790).
-_KINDS = {
-    "int": int, "float": float,
-    "number": lambda v: int(v) if _INTEGER.fullmatch(v) and abs(int(v)) < 2**63 else _exact(v)
-}
+_KINDS = {"int": int, "float": float}
+
+
+def _number(token: str):
+  """A number of a "time" column: an int while it fits int64 (as numpy's cast in the
+  vectorised reader), else an exact decimal (a float64 would merge 1600000000.123456789 and
+  1600000000.123456790)."""
+  return int(token) if _INTEGER.fullmatch(token) and abs(int(token)) < 2**63 else _exact(token)
 
 
 def _exact(token: str) -> decimal.Decimal:
@@ -92,8 +95,48 @@ def _exact(token: str) -> decimal.Decimal:
   return value
 
 
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_MICROSECOND = datetime.timedelta(microseconds=1)
+
+
+def _iso_time(token: str) -> tuple[int, bool]:
+  """An ISO 8601 date or date-time (``2016-07-03``, ``2016-07-03 18:21:27``,
+  ``2016-07-03T18:21:27.5+02:00``, ``...Z``) -> ``(microseconds since 1970-01-01 UTC,
+  whether it has a UTC offset)``; one without is read as UTC. A ``ValueError`` otherwise."""
+  t = datetime.datetime.fromisoformat(token.strip())
+  aware = t.tzinfo is not None
+  t = t if aware else t.replace(tzinfo=datetime.timezone.utc)
+  return (t - _EPOCH) // _MICROSECOND, aware
+
+
+def _time(token: str):
+  """A "time" value: a `_number`, else `_iso_time`'s pair."""
+  try:
+    return _number(token)
+  except ValueError:
+    return _iso_time(token)
+
+
+def _time_sort(parsed) -> str:
+  """What a parsed "time" value is (every value of a column must be the same)."""
+  if not isinstance(parsed, tuple):
+    return "a number"
+  return ("an ISO 8601 time with a UTC offset"
+          if parsed[1] else "an ISO 8601 date or time without a UTC offset")
+
+
+def _times(tokens: list[str]) -> np.ndarray:
+  """A column of ISO 8601 times (all with a UTC offset or all without) -> int64
+  microseconds since 1970-01-01 UTC; a ``ValueError`` otherwise."""
+  pairs = [_iso_time(t) for t in tokens]
+  if len({aware for _, aware in pairs}) > 1:
+    raise ValueError("times with and without a UTC offset")
+  return np.array([us for us, _ in pairs], dtype=np.int64)
+
+
 _EXPECTED = {
-    "int": "an integer", "float": "a finite number", "number": "a finite number",
+    "int": "an integer", "float": "a finite number",
+    "time": "a finite number or an ISO 8601 date or time (e.g. 2016-07-03 18:21:27)",
     "token": "a non-empty token"
 }
 
@@ -113,9 +156,12 @@ def read_columns(path,
       nfields: required number of fields on every line.
       wanted: column name -> (field index, kind), kind one of
           "int" (-> int64 array), "float" (-> float64 array),
-          "number" (-> int64 array if every value is an integer, so
-          that 19-digit timestamps keep their digits, else an object
-          array of exact ``decimal.Decimal``),
+          "time" (numbers -> int64 array if every value is an integer,
+          so that 19-digit timestamps keep their digits, else an
+          object array of exact ``decimal.Decimal``; or ISO 8601 dates
+          or times -> int64 microseconds since 1970-01-01 UTC, those
+          without a UTC offset read as UTC; a column mixing numbers
+          and dates, or times with and without an offset, is refused),
           "token" (-> str array).
       first_line: 1-based line number of ``lines[0]`` in the file.
 
@@ -130,6 +176,7 @@ def read_columns(path,
   except (ValueError, OverflowError):
     pass
   values = {name: [] for name in wanted}
+  first_time = {}  # "time" column -> (line, sort) of its first value
   for k, s in enumerate(lines):
     lineno = first_line + k
     parts = s.split(sep)
@@ -142,32 +189,43 @@ def read_columns(path,
           f"{quote_snippet(s)}")
     for name, (j, kind) in wanted.items():
       value = parts[j]
+      expected = _EXPECTED[kind]
       if kind == "token":
         parsed, ok = value, bool(value.strip())
       else:
         try:
-          parsed = _KINDS[kind](value)
+          parsed = _time(value) if kind == "time" else _KINDS[kind](value)
           # (np.isfinite of a Python int beyond int64 is a TypeError)
-          # (a Decimal is finite: _exact refused the rest)
-          ok = (abs(parsed) < 2**63 if isinstance(parsed, int) else math.isfinite(parsed))
+          # (a Decimal is finite: _exact refused the rest; an ISO time is a pair)
+          ok = (abs(parsed) < 2**63
+                if isinstance(parsed, int) else isinstance(parsed, tuple) or math.isfinite(parsed))
           # Python also reads "1_0" and non-ASCII digits, which numpy and files do not mean
           ok = ok and value.isascii() and "_" not in value
         except (ValueError, OverflowError):
           ok = False
+        if ok and kind == "time":
+          first, sort = first_time.setdefault(name, (lineno, _time_sort(parsed)))
+          ok = _time_sort(parsed) == sort
+          expected = f"{sort} as on line {first}"
       if not ok:
         raise DataFormatError(
             path, lineno, f"field {j + 1} ({name}) is "
-            f"{quote_snippet(value)}, expected {_EXPECTED[kind]}")
+            f"{quote_snippet(value)}, expected {expected}")
       values[name].append(parsed)
-  dtypes = {"int": np.int64, "float": np.float64, "token": str}
-  return {
-      name: (_numbers(values[name]) if kind == "number" else np.asarray(
-          values[name], dtype=dtypes[kind])) for name, (_, kind) in wanted.items()
-  }
+  return {name: _column(values[name], kind) for name, (_, kind) in wanted.items()}
+
+
+def _column(values: list, kind: str) -> np.ndarray:
+  """The array of one column the line-by-line reader parsed (see `read_columns`)."""
+  if kind != "time":
+    return np.asarray(values, dtype={"int": np.int64, "float": np.float64, "token": str}[kind])
+  if values and isinstance(values[0], tuple):
+    return np.array([us for us, _ in values], dtype=np.int64)
+  return _numbers(values)
 
 
 def _numbers(values: list) -> np.ndarray:
-  """A "number" column: int64 if every value is an int, else exact decimals (object)."""
+  """A "time" column of numbers: int64 if every value is an int, else exact decimals (object)."""
   if all(isinstance(x, int) for x in values):
     return np.asarray(values, dtype=np.int64)
   out = np.empty(len(values), dtype=object)
@@ -211,11 +269,14 @@ def _columns_fast(lines, sep, nfields, wanted):
         # numpy's cast, like Python's int() and float(), reads "1_0" as 10 (loadtxt does not)
         if (np.char.find(col, "_") >= 0).any():
           raise ValueError("underscore")
-        if kind == "number":
+        if kind == "time":
           try:  # numpy's int cast takes what int() takes: "7", " -7 ", not "7.0" or "7e0"
             out[name] = col.astype(np.int64)
           except (ValueError, OverflowError):
-            out[name] = _numbers([_exact(t) for t in col.tolist()])  # or a ValueError
+            try:
+              out[name] = _numbers([_exact(t) for t in col.tolist()])
+            except ValueError:
+              out[name] = _times(col.tolist())  # or a ValueError
         else:
           out[name] = col.astype(np.int64 if kind == "int" else np.float64)
   for name, (_, kind) in wanted.items():
@@ -226,8 +287,8 @@ def _columns_fast(lines, sep, nfields, wanted):
 
 def timestamps_to_int64(ts: np.ndarray) -> np.ndarray:
   """Integer timestamps as they are; float ones -> int64, or their dense rank where
-  some are not integral; exact decimals (``read_columns``' "number" kind, an object
-  array) -> int64 if all are integers in its range, else their exact dense rank."""
+  some are not integral; exact decimals (an object array: a "time" column of numbers in
+  ``read_columns``) -> int64 if all are integers in its range, else their exact dense rank."""
   if np.issubdtype(ts.dtype, np.integer):
     return ts.astype(np.int64)
   if ts.dtype == object:

@@ -3,10 +3,11 @@
 `parse_interaction_file` reads one file of ``user, item[, rating][, timestamp]``
 rows (any other columns are ignored):
 
-* **Delimiter**: tab, ``::``, ``,``, ``;``, ``|`` or a space: the first that
+* **Delimiter**: tab, ``::``, ``,``, ``;``, ``|`` or spaces: the first that
   splits the first line into n >= 2 fields and most of the first 50 lines
-  into n too (the others are then reported as malformed, by line).
-  Quoted fields are not supported.
+  into n too (the others are then reported as malformed, by line). Between
+  space-separated fields a run of spaces is one separator (aligned columns),
+  and spaces at a line's ends are ignored. Quoted fields are not supported.
 * **Header**: a RecBole header (``name:type`` fields, always present in a
   ``.inter`` file) or a first line naming a known column (``user``,
   ``user_id``, ``userId``, ``item_id``, ``movieId``, ``asin``, ``rating``,
@@ -24,10 +25,13 @@ rows (any other columns are ignored):
   fewer than ``min_item_interactions`` interactions are dropped; one pass,
   both counted on the unfiltered data, or, with ``kcore``, repeated until
   both hold (a k-core). Ids are remapped after filtering.
-* **Time**: the timestamp column (numbers; non-integral ones are replaced by
-  their rank), else a seeded random order, so leave-one-out holds out a
-  random interaction per user (`leave_one_out` then takes the "latest"); a
-  warning says so when the header has columns of other names (``date``: a time
+* **Time**: the timestamp column, of numbers (non-integral ones are replaced
+  by their rank) or of ISO 8601 dates or times (``2016-07-03``,
+  ``2016-07-03 18:21:27``, ``2016-07-03T18:21:27+02:00``; as microseconds
+  since 1970 UTC, those without a UTC offset read as UTC; a column is all one
+  kind), else a seeded random order, so leave-one-out holds out a random
+  interaction per user (`leave_one_out` then takes the "latest"); a warning
+  says so when the header has columns of other names (``rated_at``: a time
   column under a name not in `COLUMN_NAMES`?).
 
 Malformed input raises `formats.DataFormatError` (``<file>:<line>: ...``).
@@ -48,8 +52,9 @@ SUFFIXES = (".inter", ".csv", ".tsv", ".txt", ".dat")
 # a headerless file's first id, numbers such as 1_0 refused; 3: also by the vectorised
 # path, "-0" an id of its own, a first line of ids with colons not a RecBole header,
 # integer timestamps read as integers; 4: beside a fractional one, timestamps ranked as exact
-# decimals, not float64).
-READER_VERSION = 4
+# decimals, not float64; 5: ISO 8601 times read, "date" / "datetime" time columns, runs of
+# spaces one separator).
+READER_VERSION = 5
 DELIMITERS = ("\t", "::", ",", ";", "|", " ")
 _SNIFF_LINES = 50
 _log = logging.getLogger(__name__)
@@ -62,7 +67,7 @@ COLUMN_NAMES = {
              "product_id", "productid", "asin", "business_id", "artist", "artist_id", "artistid",
              "track_id", "book_id", "isbn"),
     "rating": ("rating", "score", "stars", "overall", "weight", "preference"), "timestamp":
-        ("timestamp", "time", "ts", "unixreviewtime", "unix_timestamp"),
+        ("timestamp", "time", "ts", "unixreviewtime", "unix_timestamp", "date", "datetime"),
 }
 _BY_NAME = {n: col for col, names in COLUMN_NAMES.items() for n in names}
 
@@ -134,21 +139,33 @@ def _delimiter(path, lines: list[str]) -> str:
         "first interaction)")
   sample = lines[:_SNIFF_LINES]
   for sep in DELIMITERS:
-    n = len(lines[0].split(sep))
-    if n >= 2 and 2 * sum(len(s.split(sep)) == n for s in sample) > len(sample):
+    n = len(_split(lines[0], sep))
+    if n >= 2 and 2 * sum(len(_split(s, sep)) == n for s in sample) > len(sample):
       return sep
   for sep in DELIMITERS:  # the lines below agree, the first does not: say so
-    counts = [len(s.split(sep)) for s in sample[1:]]
+    counts = [len(_split(s, sep)) for s in sample[1:]]
     m = max(set(counts), key=counts.count, default=1)
     if m >= 2 and 2 * counts.count(m) > len(counts):
       raise formats.DataFormatError(
-          path, 1, f"{len(lines[0].split(sep))} field(s) separated by {sep!r}, the lines below "
+          path, 1, f"{len(_split(lines[0], sep))} field(s) separated by {sep!r}, the lines below "
           f"{m} (a missing or extra separator?): {formats.quote_snippet(lines[0])}")
   tried = ", ".join(repr(d) for d in DELIMITERS)
   raise formats.DataFormatError(
       path, 1, f"cannot detect the delimiter: none of {tried} splits the "
       f"first line and most of the first {len(sample)} lines into the same "
       "number (>= 2) of fields")
+
+
+def _split(line: str, sep: str) -> list[str]:
+  """The fields of ``line``; between space-separated ones a run of spaces is one separator
+  (and spaces at the line's ends separate nothing)."""
+  return [f for f in line.split(" ") if f] if sep == " " else line.split(sep)
+
+
+def _collapse_spaces(lines: list[str]) -> list[str]:
+  """``lines`` with their fields as `_split` reads them one space apart (for
+  `formats.read_columns`, which splits at each separator)."""
+  return [" ".join(_split(s, " ")) for s in lines]
 
 
 # The field types of a RecBole header (``name:type``); a data field such as
@@ -173,7 +190,7 @@ def _wanted(path, names: list[str], source: str) -> dict:
   for j, n in enumerate(names):
     col = _BY_NAME.get(n)
     if col is not None and col not in wanted:
-      kind = {"user": "token", "item": "token", "timestamp": "number"}.get(col, "float")
+      kind = {"user": "token", "item": "token", "timestamp": "time"}.get(col, "float")
       wanted[col] = (j, kind)
   for col in ("user", "item"):
     if col not in wanted:
@@ -208,6 +225,8 @@ def parse_interaction_file(path,
   lines = formats.read_lines(path)
   is_inter = str(path).lower().endswith(".inter")
   sep = "\t" if is_inter else _delimiter(path, lines)
+  if sep == " ":
+    lines = _collapse_spaces(lines)
   header = _header_columns(lines[0].split(sep))
   if header is None and options.header:
     header = [f.strip().lower() for f in lines[0].split(sep)], False
@@ -240,8 +259,8 @@ def parse_interaction_file(path,
     if ignored and source == "the header":  # a time column under a name not known?
       _log.warning(
           "%s: no timestamp column (known names: %s; ignored columns: %s): each user's held-out "
-          "interaction is a seeded random one; name a time column of numbers (e.g. Unix "
-          "seconds; dates are not parsed) with --data_columns, e.g. "
+          "interaction is a seeded random one; name a time column (numbers, e.g. Unix "
+          "seconds, or ISO 8601 dates) with --data_columns, e.g. "
           "--data_columns=%s", path, ", ".join(COLUMN_NAMES["timestamp"]), ", ".join(ignored),
           ",".join("timestamp" if col == ignored[0] else col for col in names))
   if not keep.any():
