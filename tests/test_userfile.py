@@ -112,41 +112,61 @@ def test_integer_timestamps_keep_every_digit(tmp_path, user):
 @pytest.mark.parametrize("user", ["u", "\u00fc"])  # the vectorised and the line-by-line reader
 def test_iso_8601_times_order_the_interactions(tmp_path, user):
   """A column of ISO dates or times (Yelp's ``date``) was refused as a timestamp (and, under
-  a name not known, ignored for a random order). Microseconds since 1970 UTC, hand-computed:
+  a name not known, ignored for a random order). Seconds since 1970 UTC, hand-computed:
   2016-07-03 is 16,985 days after 1970-01-01 (1,467,504,000 s)."""
-  day = 1_467_504_000 * 10**6
-  text = (f"user,item,date\n{user},A,2016-07-03\n{user},B,2016-07-03 00:00:01.5\n"
-          f"{user},C,2016-07-02T23:59:59\nv,A,2016-07-04\nv,B,2016-07-02\n")
-  inter = data.parse_interaction_file(write(tmp_path / "r.csv", text))
-  assert inter.timestamps.tolist() == [
-      day, day + 1_500_000, day - 10**6, day + 86_400 * 10**6, day - 86_400 * 10**6
-  ]
-  held_out = data.leave_one_out(inter, num_test_negatives=0).test_item
-  assert inter.raw_item_ids[held_out[list(inter.raw_user_ids).index(user)]] == "B"
-  # With UTC offsets: 01:00+02:00 is 23:00 the day before, earlier than 23:30Z.
-  text = f"user,item,time\n{user},A,2016-07-03T01:00+02:00\n{user},B,2016-07-02T23:30:00Z\n"
-  inter = data.parse_interaction_file(write(tmp_path / "z.csv", text))
-  assert inter.timestamps.tolist() == [day - 3_600 * 10**6, day - 1_800 * 10**6]
-  assert inter.raw_item_ids[data.leave_one_out(inter, num_test_negatives=0).test_item[0]] == "B"
-  # A column is all numbers or all dates, and its times all with an offset or all without.
+  day = 1_467_504_000
+  read = lambda text: data.parse_interaction_file(write(tmp_path / "r.csv", text))
+  latest = lambda inter: inter.raw_item_ids[data.leave_one_out(inter, num_test_negatives=0).
+                                            test_item[list(inter.raw_user_ids).index(user)]]
+  inter = read(f"user,item,date\n{user},A,2016-07-03\n{user},B,2016-07-03 00:00:01\n"
+               f"{user},C,2016-07-02T23:59\nv,A,2016-07-04\nv,B,1969-12-31T23:59:59\n")
+  assert inter.timestamps.tolist() == [day, day + 1, day - 60, day + 86_400, -1]
+  assert latest(inter) == "B"
+  # UTC offsets: 01:00+02:00 is 23:00 the day before, earlier than 23:30Z, and -01:30 later.
+  inter = read(
+      f"user,item,time\n{user},A,2016-07-03T01:00+02:00\n{user},B,2016-07-02T23:30:00Z"
+      f"\n{user},C,2016-07-02T22:30-0130\nv,A,2016-07-04T00:00+00\nv,B,2016-07-05T00:00Z\n")
+  assert inter.timestamps.tolist() == [day - 3_600, day - 1_800, day, day + 86_400, day + 172_800]
+  assert latest(inter) == "C"
+  # Fractions of a second to any digit (pandas writes nanoseconds): ranked exactly (cut to
+  # microseconds, A and B tied and the later line, B, was held out although A is later).
+  inter = read(f"user,item,time\n{user},A,2016-07-03 00:00:00.123456789\n"
+               f"{user},B,2016-07-03 00:00:00.123456001\n{user},C,2016-07-03 00:00:00.1\n")
+  assert inter.timestamps.tolist() == [2, 1, 0] and latest(inter) == "A"
+  # A column is all numbers or all dates, its times all with an offset or all without, each
+  # a date with an optional time: both readers refuse the rest at the same line.
   for rows, expected in (("A,2016-07-03\n{u},B,5",
                           "'5', expected an ISO 8601 date or time without a UTC offset "
                           "as on line 2"), ("A,5\n{u},B,2016-07-03",
                                             "'2016-07-03', expected a number as on line 2"),
+                         ("A,2016-07-04\n{u},B,20160703",
+                          "'20160703', expected an ISO 8601 date or time without"),
                          ("A,2016-07-03T00:00Z\n{u},B,2016-07-03T00:00",
                           "'2016-07-03T00:00', expected an ISO 8601 "
                           "time with a UTC offset as on line 2"),
-                         ("A,2016-07-03\n{u},B,07/03/2016", "'07/03/2016', expected a "
-                          "finite number or an ISO 8601 date or time")):
+                         ("A,2016-07-03\n{u},B,07/03/2016",
+                          "'07/03/2016', expected a finite number or an ISO 8601 "
+                          "date or time"), ("A,2016-07-03\n{u},B,2016-07-03 18",
+                                            "'2016-07-03 18', expected a "),
+                         ("A,2016-07-03\n{u},B,2016-07-03T24:00",
+                          "'2016-07-03T24:00', expected a ")):
     bad = write(tmp_path / "b.csv", f"user,item,timestamp\n{user},{rows.format(u=user)}\n")
     with pytest.raises(data.DataFormatError,
                        match=f"b.csv:3: field 3 \\(timestamp\\) is {expected}"):
       data.parse_interaction_file(bad)
+  # A date column is the time only where no other column has a time name: beside a
+  # timestamp (finer than its day) or a time (of day: refused, not the day alone).
+  inter = read(f"user,item,date,timestamp\n{user},A,2016-07-03,{day + 90}\n"
+               f"{user},B,2016-07-03,{day}\n")
+  assert inter.timestamps.tolist() == [day + 90, day] and latest(inter) == "A"
+  with pytest.raises(data.DataFormatError, match="r.csv:2: field 4 \\(timestamp\\) is '18:00:00'"):
+    read(f"user,item,date,time\n{user},A,2016-07-03,18:00:00\n{user},B,2016-07-03,09:00:00\n")
 
 
 def test_a_run_of_spaces_is_one_separator(tmp_path):
   """Aligned columns (``1   10  5``) read as the same file with one comma between fields (a
-  run of spaces made empty fields: the line counts disagreed and the file was refused)."""
+  run of spaces made empty fields: the line counts disagreed and the file was refused); a
+  file with one space between fields keeps its empty fields."""
   aligned = ("user  item   rating  timestamp\n   1    10       5  881250949\n"
              "   1   200       3  881250950 \n  22    10       4  881250951\n")
   inter = data.parse_interaction_file(write(tmp_path / "a.txt", aligned))
@@ -154,8 +174,13 @@ def test_a_run_of_spaces_is_one_separator(tmp_path):
   reference = data.parse_interaction_file(write(tmp_path / "c.csv", commas))
   assert rows_of(inter) == rows_of(reference) == {("1", "10"): 881250949, ("1", "200"): 881250950,
                                                   ("22", "10"): 881250951}
-  with pytest.raises(data.DataFormatError, match="a.txt:3: expected 4 fields separated by ' '"):
-    data.parse_interaction_file(write(tmp_path / "a.txt", aligned.replace(" 3 ", " ")))
+  broken = aligned.replace(" 3 ", " ")
+  with pytest.raises(data.DataFormatError,
+                     match="a.txt:3: expected 4 fields separated by runs of spaces, got 3 "):
+    data.parse_interaction_file(write(tmp_path / "a.txt", broken))
+  single = "user item note timestamp\n1 10 x 5\n1 11  6\n1 12 y 7\n"
+  inter = data.parse_interaction_file(write(tmp_path / "s.txt", single))
+  assert rows_of(inter) == {("1", "10"): 5, ("1", "11"): 6, ("1", "12"): 7}
 
 
 def test_headerless_file_needs_data_columns(tmp_path):

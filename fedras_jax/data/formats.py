@@ -52,6 +52,11 @@ def quote_snippet(text: str) -> str:
   return repr(text if len(text) <= _SNIPPET else text[:_SNIPPET] + "...")
 
 
+def separator_name(sep: str | None) -> str:
+  """``sep`` as messages name it (None: runs of whitespace, as ``str.split()``)."""
+  return "runs of spaces" if sep is None else repr(sep)
+
+
 def read_lines(path) -> list[str]:
   """Lines of a text file ending in ``\\n``, ``\\r\\n`` or a lone ``\\r`` (classic Mac
   OS); a leading byte-order mark (Excel's "CSV UTF-8") and trailing blank lines dropped."""
@@ -95,18 +100,35 @@ def _exact(token: str) -> decimal.Decimal:
   return value
 
 
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
-_MICROSECOND = datetime.timedelta(microseconds=1)
+# The ISO 8601 forms a time column may hold: a date, optionally a time (hours and minutes,
+# optionally seconds, with a fraction of any length) and then optionally a UTC offset.
+_ISO_TIME = re.compile(r"\s*([0-9]{4}-[0-9]{2}-[0-9]{2})(?:[T ]([0-9]{2}:[0-9]{2})"
+                       r"(?::([0-9]{2})(?:[.,]([0-9]+))?)?"
+                       r"(?:(Z)|([+-])([0-9]{2})(?::?([0-9]{2}))?)?)?\s*")
+_EPOCH = datetime.datetime(1970, 1, 1)
+_SECOND = datetime.timedelta(seconds=1)
 
 
-def _iso_time(token: str) -> tuple[int, bool]:
+def _iso_time(token: str) -> tuple[int | decimal.Decimal, bool]:
   """An ISO 8601 date or date-time (``2016-07-03``, ``2016-07-03 18:21:27``,
-  ``2016-07-03T18:21:27.5+02:00``, ``...Z``) -> ``(microseconds since 1970-01-01 UTC,
-  whether it has a UTC offset)``; one without is read as UTC. A ``ValueError`` otherwise."""
-  t = datetime.datetime.fromisoformat(token.strip())
-  aware = t.tzinfo is not None
-  t = t if aware else t.replace(tzinfo=datetime.timezone.utc)
-  return (t - _EPOCH) // _MICROSECOND, aware
+  ``2016-07-03T18:21:27.123456789+02:00``, ``...Z``) -> ``(seconds since 1970-01-01 UTC,
+  exact: an int, or a Decimal with a fraction; whether it has a UTC offset)``; one without
+  is read as UTC. A ``ValueError`` for any other token (week dates, ``20160703``, an hour
+  alone: forms a column of times is unlikely to mean)."""
+  m = _ISO_TIME.fullmatch(token)
+  if m is None:
+    raise ValueError(token)
+  day, clock, second, fraction, utc, sign, hours, minutes = m.groups()
+  clock = f"T{clock}:{second or '00'}" if clock else ""
+  t = datetime.datetime.fromisoformat(day + clock)  # or a ValueError (2016-02-30, 24:00)
+  aware = bool(utc or sign)
+  offset = 0
+  if sign:
+    if int(hours) > 23 or int(minutes or 0) > 59:
+      raise ValueError(token)
+    offset = (-1 if sign == "-" else 1) * (3600 * int(hours) + 60 * int(minutes or 0))
+  seconds = (t - _EPOCH) // _SECOND - offset
+  return (seconds + decimal.Decimal("0." + fraction) if fraction else seconds), aware
 
 
 def _time(token: str):
@@ -126,12 +148,12 @@ def _time_sort(parsed) -> str:
 
 
 def _times(tokens: list[str]) -> np.ndarray:
-  """A column of ISO 8601 times (all with a UTC offset or all without) -> int64
-  microseconds since 1970-01-01 UTC; a ``ValueError`` otherwise."""
+  """A column of ISO 8601 times (all with a UTC offset or all without) -> its seconds
+  since 1970-01-01 UTC as `_numbers` holds them; a ``ValueError`` otherwise."""
   pairs = [_iso_time(t) for t in tokens]
   if len({aware for _, aware in pairs}) > 1:
     raise ValueError("times with and without a UTC offset")
-  return np.array([us for us, _ in pairs], dtype=np.int64)
+  return _numbers([seconds for seconds, _ in pairs])
 
 
 _EXPECTED = {
@@ -143,7 +165,7 @@ _EXPECTED = {
 
 def read_columns(path,
                  lines: list[str],
-                 sep: str,
+                 sep: str | None,
                  nfields: int,
                  wanted: dict[str, tuple[int, str]],
                  first_line: int = 1):
@@ -152,15 +174,16 @@ def read_columns(path,
   Args:
       path: file name for messages.
       lines: data lines (no header).
-      sep: field separator.
+      sep: field separator (None: runs of whitespace, as ``str.split()``).
       nfields: required number of fields on every line.
       wanted: column name -> (field index, kind), kind one of
           "int" (-> int64 array), "float" (-> float64 array),
           "time" (numbers -> int64 array if every value is an integer,
           so that 19-digit timestamps keep their digits, else an
           object array of exact ``decimal.Decimal``; or ISO 8601 dates
-          or times -> int64 microseconds since 1970-01-01 UTC, those
-          without a UTC offset read as UTC; a column mixing numbers
+          or times -> their seconds since 1970-01-01 UTC, held as
+          numbers are, those without a UTC offset read as UTC (see
+          `_iso_time` for the forms read); a column mixing numbers
           and dates, or times with and without an offset, is refused),
           "token" (-> str array).
       first_line: 1-based line number of ``lines[0]`` in the file.
@@ -185,7 +208,7 @@ def read_columns(path,
     if len(parts) != nfields:
       raise DataFormatError(
           path, lineno, f"expected {nfields} fields separated by "
-          f"{sep!r}, got {len(parts)} (truncated or malformed line?): "
+          f"{separator_name(sep)}, got {len(parts)} (truncated or malformed line?): "
           f"{quote_snippet(s)}")
     for name, (j, kind) in wanted.items():
       value = parts[j]
@@ -219,9 +242,7 @@ def _column(values: list, kind: str) -> np.ndarray:
   """The array of one column the line-by-line reader parsed (see `read_columns`)."""
   if kind != "time":
     return np.asarray(values, dtype={"int": np.int64, "float": np.float64, "token": str}[kind])
-  if values and isinstance(values[0], tuple):
-    return np.array([us for us, _ in values], dtype=np.int64)
-  return _numbers(values)
+  return _numbers([v[0] if isinstance(v, tuple) else v for v in values])
 
 
 def _numbers(values: list) -> np.ndarray:
@@ -241,16 +262,13 @@ def _columns_fast(lines, sep, nfields, wanted):
     raise ValueError("non-ASCII")
   kinds = {kind for _, kind in wanted.values()}
   numeric = kinds <= {"int", "float"} and len(wanted) == nfields
-  if numeric and (len(sep) == 1 or not any("\t" in s for s in lines)):
+  single = sep is None or len(sep) == 1  # (loadtxt's delimiter None: runs of whitespace)
+  if numeric and (single or not any("\t" in s for s in lines)):
     # C parser (numpy >= 1.23). It skips blank lines: compare counts.
-    rows = lines if len(sep) == 1 else [s.replace(sep, "\t") for s in lines]
+    rows = lines if single else [s.replace(sep, "\t") for s in lines]
     dtype = [(name, np.int64 if kind == "int" else np.float64)
              for name, (_, kind) in sorted(wanted.items(), key=lambda kv: kv[1][0])]
-    table = np.loadtxt(rows,
-                       delimiter=sep if len(sep) == 1 else "\t",
-                       dtype=dtype,
-                       comments=None,
-                       ndmin=1)
+    table = np.loadtxt(rows, delimiter=sep if single else "\t", dtype=dtype, comments=None, ndmin=1)
     if table.shape[0] != len(lines):
       raise ValueError("blank line")
     out = {name: np.ascontiguousarray(table[name]) for name in wanted}

@@ -3,11 +3,12 @@
 `parse_interaction_file` reads one file of ``user, item[, rating][, timestamp]``
 rows (any other columns are ignored):
 
-* **Delimiter**: tab, ``::``, ``,``, ``;``, ``|`` or spaces: the first that
-  splits the first line into n >= 2 fields and most of the first 50 lines
-  into n too (the others are then reported as malformed, by line). Between
-  space-separated fields a run of spaces is one separator (aligned columns),
-  and spaces at a line's ends are ignored. Quoted fields are not supported.
+* **Delimiter**: tab, ``::``, ``,``, ``;``, ``|``, a space or runs of spaces:
+  the first that splits the first line into n >= 2 fields and most of the
+  first 50 lines into n too (the others are then reported as malformed, by
+  line). Runs of spaces (or tabs; aligned columns, none at a line's ends
+  counted) are tried last, so a file with one space between fields keeps its
+  empty fields. Quoted fields are not supported.
 * **Header**: a RecBole header (``name:type`` fields, always present in a
   ``.inter`` file) or a first line naming a known column (``user``,
   ``user_id``, ``userId``, ``item_id``, ``movieId``, ``asin``, ``rating``,
@@ -27,9 +28,11 @@ rows (any other columns are ignored):
   both hold (a k-core). Ids are remapped after filtering.
 * **Time**: the timestamp column, of numbers (non-integral ones are replaced
   by their rank) or of ISO 8601 dates or times (``2016-07-03``,
-  ``2016-07-03 18:21:27``, ``2016-07-03T18:21:27+02:00``; as microseconds
-  since 1970 UTC, those without a UTC offset read as UTC; a column is all one
-  kind), else a seeded random order, so leave-one-out holds out a random
+  ``2016-07-03 18:21:27``, ``2016-07-03T18:21:27.5+02:00``; read as seconds
+  since 1970 UTC, those without a UTC offset as UTC; a column is all one kind;
+  a date-time in a space-separated file needs its ``T``); a ``date`` or
+  ``datetime`` column only where no other column has a time name; else a
+  seeded random order, so leave-one-out holds out a random
   interaction per user (`leave_one_out` then takes the "latest"); a warning
   says so when the header has columns of other names (``rated_at``: a time
   column under a name not in `COLUMN_NAMES`?).
@@ -53,9 +56,10 @@ SUFFIXES = (".inter", ".csv", ".tsv", ".txt", ".dat")
 # path, "-0" an id of its own, a first line of ids with colons not a RecBole header,
 # integer timestamps read as integers; 4: beside a fractional one, timestamps ranked as exact
 # decimals, not float64; 5: ISO 8601 times read, "date" / "datetime" time columns, runs of
-# spaces one separator).
+# spaces a separator).
 READER_VERSION = 5
-DELIMITERS = ("\t", "::", ",", ";", "|", " ")
+# None: runs of whitespace (``str.split()``), tried after one space.
+DELIMITERS = ("\t", "::", ",", ";", "|", " ", None)
 _SNIFF_LINES = 50
 _log = logging.getLogger(__name__)
 
@@ -70,6 +74,9 @@ COLUMN_NAMES = {
         ("timestamp", "time", "ts", "unixreviewtime", "unix_timestamp", "date", "datetime"),
 }
 _BY_NAME = {n: col for col, names in COLUMN_NAMES.items() for n in names}
+# Time names taken only where no other time name is in the header: beside ``timestamp`` a
+# ``date`` column is the coarser (a day), beside ``time`` the day of a time of day.
+_DATE_NAMES = ("date", "datetime")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,33 +146,22 @@ def _delimiter(path, lines: list[str]) -> str:
         "first interaction)")
   sample = lines[:_SNIFF_LINES]
   for sep in DELIMITERS:
-    n = len(_split(lines[0], sep))
-    if n >= 2 and 2 * sum(len(_split(s, sep)) == n for s in sample) > len(sample):
+    n = len(lines[0].split(sep))
+    if n >= 2 and 2 * sum(len(s.split(sep)) == n for s in sample) > len(sample):
       return sep
   for sep in DELIMITERS:  # the lines below agree, the first does not: say so
-    counts = [len(_split(s, sep)) for s in sample[1:]]
+    counts = [len(s.split(sep)) for s in sample[1:]]
     m = max(set(counts), key=counts.count, default=1)
     if m >= 2 and 2 * counts.count(m) > len(counts):
       raise formats.DataFormatError(
-          path, 1, f"{len(_split(lines[0], sep))} field(s) separated by {sep!r}, the lines below "
+          path, 1, f"{len(lines[0].split(sep))} field(s) separated by "
+          f"{formats.separator_name(sep)}, the lines below "
           f"{m} (a missing or extra separator?): {formats.quote_snippet(lines[0])}")
-  tried = ", ".join(repr(d) for d in DELIMITERS)
+  tried = ", ".join(formats.separator_name(d) for d in DELIMITERS)
   raise formats.DataFormatError(
       path, 1, f"cannot detect the delimiter: none of {tried} splits the "
       f"first line and most of the first {len(sample)} lines into the same "
       "number (>= 2) of fields")
-
-
-def _split(line: str, sep: str) -> list[str]:
-  """The fields of ``line``; between space-separated ones a run of spaces is one separator
-  (and spaces at the line's ends separate nothing)."""
-  return [f for f in line.split(" ") if f] if sep == " " else line.split(sep)
-
-
-def _collapse_spaces(lines: list[str]) -> list[str]:
-  """``lines`` with their fields as `_split` reads them one space apart (for
-  `formats.read_columns`, which splits at each separator)."""
-  return [" ".join(_split(s, " ")) for s in lines]
 
 
 # The field types of a RecBole header (``name:type``); a data field such as
@@ -187,7 +183,8 @@ def _header_columns(fields: list[str]) -> tuple[list[str], bool] | None:
 def _wanted(path, names: list[str], source: str) -> dict:
   """column -> (field index, kind) for the known names among `names`."""
   wanted = {}
-  for j, n in enumerate(names):
+  for j in sorted(range(len(names)), key=lambda j: names[j] in _DATE_NAMES):
+    n = names[j]
     col = _BY_NAME.get(n)
     if col is not None and col not in wanted:
       kind = {"user": "token", "item": "token", "timestamp": "time"}.get(col, "float")
@@ -225,8 +222,6 @@ def parse_interaction_file(path,
   lines = formats.read_lines(path)
   is_inter = str(path).lower().endswith(".inter")
   sep = "\t" if is_inter else _delimiter(path, lines)
-  if sep == " ":
-    lines = _collapse_spaces(lines)
   header = _header_columns(lines[0].split(sep))
   if header is None and options.header:
     header = [f.strip().lower() for f in lines[0].split(sep)], False
@@ -280,7 +275,7 @@ def parse_interaction_file(path,
 
 
 def _column_names(path, options: FileOptions, header, first_line: str,
-                  sep: str) -> tuple[list[str], str]:
+                  sep: str | None) -> tuple[list[str], str]:
   """``(column names, where they come from)``: ``--data_columns``, else the
   header; a ValueError when neither names the columns of ``first_line``."""
   nfields = len(first_line.split(sep))
@@ -289,7 +284,7 @@ def _column_names(path, options: FileOptions, header, first_line: str,
     if len(names) != nfields:
       raise ValueError(f"--data_columns={options.columns!r} names {len(names)} "
                        f"columns but {path} has {nfields} fields per line "
-                       f"(separated by {sep!r})")
+                       f"(separated by {formats.separator_name(sep)})")
     return names, "--data_columns"
   if header is not None:
     return header[0], "the header"
