@@ -130,9 +130,11 @@ def test_iso_8601_times_order_the_interactions(tmp_path, user):
   assert latest(inter) == "C"
   # Fractions of a second to any digit (pandas writes nanoseconds): ranked exactly (cut to
   # microseconds, A and B tied and the later line, B, was held out although A is later).
-  inter = read(f"user,item,time\n{user},A,2016-07-03 00:00:00.123456789\n"
-               f"{user},B,2016-07-03 00:00:00.123456001\n{user},C,2016-07-03 00:00:00.1\n")
-  assert inter.timestamps.tolist() == [2, 1, 0] and latest(inter) == "A"
+  inter = read(
+      f"user,item,time\n{user},A,2016-07-03 00:00:00.123456789\n"
+      f"{user},B,2016-07-03 00:00:00.123456001\n{user},C,2016-07-03 00:00:00.1\n"
+      f"{user},D,1969-12-31T23:59:59.{'0' * 19}2\n{user},E,1969-12-31T23:59:59.{'0' * 19}1\n")
+  assert inter.timestamps.tolist() == [4, 3, 2, 1, 0] and latest(inter) == "A"
   # A column is all numbers or all dates, its times all with an offset or all without, each
   # a date with an optional time: both readers refuse the rest at the same line.
   for rows, expected in (("A,2016-07-03\n{u},B,5",
@@ -161,6 +163,31 @@ def test_iso_8601_times_order_the_interactions(tmp_path, user):
   assert inter.timestamps.tolist() == [day + 90, day] and latest(inter) == "A"
   with pytest.raises(data.DataFormatError, match="r.csv:2: field 4 \\(timestamp\\) is '18:00:00'"):
     read(f"user,item,date,time\n{user},A,2016-07-03,18:00:00\n{user},B,2016-07-03,09:00:00\n")
+  # The same rule for --data_columns (it refused "two timestamp columns").
+  inter = data.parse_interaction_file(
+      write(tmp_path / "h.csv", f"{user},A,2016-07-03,{day + 90}\n{user},B,2016-07-03,{day}\n"),
+      data.FileOptions(columns="user,item,date,timestamp"))
+  assert inter.timestamps.tolist() == [day + 90, day]
+  with pytest.raises(ValueError, match="invalid: two timestamp columns"):
+    data.FileOptions(columns="user,item,date,datetime").check()
+
+
+def test_a_date_column_of_other_values_is_ignored_as_before(tmp_path, caplog):
+  """A ``date`` column of US dates was ignored (a random order) before ``date`` named a
+  time column; it still is, said (it was refused), and another column's error still
+  stops the read."""
+  text = "user,item,rating,date\na,x,5,2016-07-03\na,y,4,07/03/2016\nb,x,3,1/1/2016\n"
+  with caplog.at_level(logging.WARNING):
+    inter = data.parse_interaction_file(write(tmp_path / "r.csv", text))
+  assert inter.num_interactions == 3 and sorted(inter.timestamps.tolist()) == [0, 1, 2]
+  assert [r.getMessage() for r in caplog.records] == [
+      f"{tmp_path / 'r.csv'}: the 'date' column is not read as the time ({tmp_path / 'r.csv'}:3: "
+      "field 4 (timestamp) is '07/03/2016', expected a finite number or an ISO 8601 date or time "
+      "(e.g. 2016-07-03 18:21:27)): each user's held-out interaction is a seeded random one; "
+      "numbers or ISO 8601 dates (2016-07-03, 2016-07-03T18:21:27) order them"
+  ]
+  with pytest.raises(data.DataFormatError, match="r.csv:4: field 3 \\(rating\\) is 'five'"):
+    data.parse_interaction_file(write(tmp_path / "r.csv", text.replace(",3,", ",five,")))
 
 
 def test_a_run_of_spaces_is_one_separator(tmp_path):
@@ -181,6 +208,14 @@ def test_a_run_of_spaces_is_one_separator(tmp_path):
   single = "user item note timestamp\n1 10 x 5\n1 11  6\n1 12 y 7\n"
   inter = data.parse_interaction_file(write(tmp_path / "s.txt", single))
   assert rows_of(inter) == {("1", "10"): 5, ("1", "11"): 6, ("1", "12"): 7}
+  # Two spaces between every field: runs of spaces (one space made empty fields of every
+  # other one), also without a header; only spaces and tabs separate (U+3000 is in an id).
+  doubled = data.parse_interaction_file(write(tmp_path / "d.txt", "1  10  5\n1  11  6\n2  10  7\n"),
+                                        data.FileOptions(columns="user,item,timestamp"))
+  assert rows_of(doubled) == {("1", "10"): 5, ("1", "11"): 6, ("2", "10"): 7}
+  wide = data.parse_interaction_file(
+      write(tmp_path / "w.txt", "user   item\n\u5c71\u3000\u7530    10\nb  \t  11\nb     12\n"))
+  assert list(wide.raw_user_ids) == ["b", "\u5c71\u3000\u7530"] and wide.num_interactions == 3
 
 
 def test_headerless_file_needs_data_columns(tmp_path):

@@ -52,8 +52,17 @@ def quote_snippet(text: str) -> str:
   return repr(text if len(text) <= _SNIPPET else text[:_SNIPPET] + "...")
 
 
+_BLANKS = re.compile("[ \t]+")
+
+
+def split_fields(line: str, sep: str | None) -> list[str]:
+  """The fields of ``line`` separated by ``sep`` (None: runs of spaces and tabs, none at
+  the line's ends counted)."""
+  return _BLANKS.split(line.strip(" \t")) if sep is None else line.split(sep)
+
+
 def separator_name(sep: str | None) -> str:
-  """``sep`` as messages name it (None: runs of whitespace, as ``str.split()``)."""
+  """``sep`` as messages name it (see `split_fields`)."""
   return "runs of spaces" if sep is None else repr(sep)
 
 
@@ -128,7 +137,10 @@ def _iso_time(token: str) -> tuple[int | decimal.Decimal, bool]:
       raise ValueError(token)
     offset = (-1 if sign == "-" else 1) * (3600 * int(hours) + 60 * int(minutes or 0))
   seconds = (t - _EPOCH) // _SECOND - offset
-  return (seconds + decimal.Decimal("0." + fraction) if fraction else seconds), aware
+  if fraction:  # (exact: a context wide enough for every digit)
+    seconds = decimal.Context(prec=len(fraction) + 20).add(seconds,
+                                                           decimal.Decimal("0." + fraction))
+  return seconds, aware
 
 
 def _time(token: str):
@@ -174,7 +186,7 @@ def read_columns(path,
   Args:
       path: file name for messages.
       lines: data lines (no header).
-      sep: field separator (None: runs of whitespace, as ``str.split()``).
+      sep: field separator (None: runs of spaces and tabs, see `split_fields`).
       nfields: required number of fields on every line.
       wanted: column name -> (field index, kind), kind one of
           "int" (-> int64 array), "float" (-> float64 array),
@@ -202,7 +214,7 @@ def read_columns(path,
   first_time = {}  # "time" column -> (line, sort) of its first value
   for k, s in enumerate(lines):
     lineno = first_line + k
-    parts = s.split(sep)
+    parts = split_fields(s, sep)
     if not s.strip():
       raise DataFormatError(path, lineno, "blank line")
     if len(parts) != nfields:
@@ -262,18 +274,22 @@ def _columns_fast(lines, sep, nfields, wanted):
     raise ValueError("non-ASCII")
   kinds = {kind for _, kind in wanted.values()}
   numeric = kinds <= {"int", "float"} and len(wanted) == nfields
-  single = sep is None or len(sep) == 1  # (loadtxt's delimiter None: runs of whitespace)
-  if numeric and (single or not any("\t" in s for s in lines)):
+  # (loadtxt's delimiter None splits at more than spaces and tabs: not used)
+  if numeric and sep is not None and (len(sep) == 1 or not any("\t" in s for s in lines)):
     # C parser (numpy >= 1.23). It skips blank lines: compare counts.
-    rows = lines if single else [s.replace(sep, "\t") for s in lines]
+    rows = lines if len(sep) == 1 else [s.replace(sep, "\t") for s in lines]
     dtype = [(name, np.int64 if kind == "int" else np.float64)
              for name, (_, kind) in sorted(wanted.items(), key=lambda kv: kv[1][0])]
-    table = np.loadtxt(rows, delimiter=sep if single else "\t", dtype=dtype, comments=None, ndmin=1)
+    table = np.loadtxt(rows,
+                       delimiter=sep if len(sep) == 1 else "\t",
+                       dtype=dtype,
+                       comments=None,
+                       ndmin=1)
     if table.shape[0] != len(lines):
       raise ValueError("blank line")
     out = {name: np.ascontiguousarray(table[name]) for name in wanted}
   else:
-    table = np.array([s.split(sep) for s in lines], dtype=str)
+    table = np.array([split_fields(s, sep) for s in lines], dtype=str)
     if table.ndim != 2 or table.shape[1] != nfields:
       raise ValueError("ragged")
     out = {}

@@ -31,8 +31,9 @@ rows (any other columns are ignored):
   ``2016-07-03 18:21:27``, ``2016-07-03T18:21:27.5+02:00``; read as seconds
   since 1970 UTC, those without a UTC offset as UTC; a column is all one kind;
   a date-time in a space-separated file needs its ``T``); a ``date`` or
-  ``datetime`` column only where no other column has a time name; else a
-  seeded random order, so leave-one-out holds out a random
+  ``datetime`` column only where no other column has a time name, and
+  ignored with a warning if its values are not such; else a seeded random
+  order, so leave-one-out holds out a random
   interaction per user (`leave_one_out` then takes the "latest"); a warning
   says so when the header has columns of other names (``rated_at``: a time
   column under a name not in `COLUMN_NAMES`?).
@@ -58,7 +59,7 @@ SUFFIXES = (".inter", ".csv", ".tsv", ".txt", ".dat")
 # decimals, not float64; 5: ISO 8601 times read, "date" / "datetime" time columns, runs of
 # spaces a separator).
 READER_VERSION = 5
-# None: runs of whitespace (``str.split()``), tried after one space.
+# None: runs of spaces and tabs (`formats.split_fields`), tried after one space.
 DELIMITERS = ("\t", "::", ",", ";", "|", " ", None)
 _SNIFF_LINES = 50
 _log = logging.getLogger(__name__)
@@ -118,8 +119,11 @@ class FileOptions:
           raise ValueError(f"--data_columns={self.columns!r} is invalid: must "
                            f"name exactly one {col} column (e.g. "
                            "user,item,rating,timestamp)")
-      for col in ("rating", "timestamp"):
-        if found.count(col) > 1:
+      # (date names count only where no other time name is given, as in a header)
+      timed = [n for n, col in zip(names, found) if col == "timestamp"]
+      times = [n for n in timed if n not in _DATE_NAMES] or timed
+      for col, count in (("rating", found.count("rating")), ("timestamp", len(times))):
+        if count > 1:
           raise ValueError(f"--data_columns={self.columns!r} is "
                            f"invalid: two {col} columns")
     return self
@@ -145,16 +149,19 @@ def _delimiter(path, lines: list[str]) -> str:
         path, 1, "blank line (the first line is the header or the "
         "first interaction)")
   sample = lines[:_SNIFF_LINES]
+  fields = formats.split_fields
   for sep in DELIMITERS:
-    n = len(lines[0].split(sep))
-    if n >= 2 and 2 * sum(len(s.split(sep)) == n for s in sample) > len(sample):
+    n = len(fields(lines[0], sep))
+    # (a space leaving an empty field on every line is runs of spaces: aligned columns)
+    if (n >= 2 and 2 * sum(len(fields(s, sep)) == n for s in sample) > len(sample)
+        and not (sep == " " and all("" in fields(s, sep) for s in sample))):
       return sep
   for sep in DELIMITERS:  # the lines below agree, the first does not: say so
-    counts = [len(s.split(sep)) for s in sample[1:]]
+    counts = [len(fields(s, sep)) for s in sample[1:]]
     m = max(set(counts), key=counts.count, default=1)
     if m >= 2 and 2 * counts.count(m) > len(counts):
       raise formats.DataFormatError(
-          path, 1, f"{len(lines[0].split(sep))} field(s) separated by "
+          path, 1, f"{len(fields(lines[0], sep))} field(s) separated by "
           f"{formats.separator_name(sep)}, the lines below "
           f"{m} (a missing or extra separator?): {formats.quote_snippet(lines[0])}")
   tried = ", ".join(formats.separator_name(d) for d in DELIMITERS)
@@ -222,21 +229,21 @@ def parse_interaction_file(path,
   lines = formats.read_lines(path)
   is_inter = str(path).lower().endswith(".inter")
   sep = "\t" if is_inter else _delimiter(path, lines)
-  header = _header_columns(lines[0].split(sep))
+  header = _header_columns(formats.split_fields(lines[0], sep))
   if header is None and options.header:
-    header = [f.strip().lower() for f in lines[0].split(sep)], False
+    header = [f.strip().lower() for f in formats.split_fields(lines[0], sep)], False
   if is_inter and (header is None or not header[1]):
     raise formats.DataFormatError(
         path, 1, "a RecBole .inter file starts with a tab-separated 'name:type' header (types: "
         f"{', '.join(RECBOLE_TYPES)}), got {formats.quote_snippet(lines[0])}")
-  nfields = len(lines[0].split(sep))
+  nfields = len(formats.split_fields(lines[0], sep))
   names, source = _column_names(path, options, header, lines[0], sep)
   wanted = _wanted(path, names, source)
   first = 2 if header is not None else 1
   rows = lines[first - 1:]
   if not rows:
     raise formats.DataFormatError(path, 1, "header only, no interactions")
-  c = formats.read_columns(path, rows, sep, nfields, wanted, first_line=first)
+  c = _read_columns(path, rows, sep, nfields, wanted, first, names)
   n = len(rows)
   keep = np.ones(n, dtype=bool)
   if options.min_rating is not None:
@@ -274,11 +281,30 @@ def parse_interaction_file(path,
   return inter
 
 
+def _read_columns(path, rows, sep, nfields, wanted, first, names):
+  """`formats.read_columns` of the data ``rows``; a ``date`` / ``datetime`` column of
+  other values than times (``07/03/2016``) is dropped with a warning, as it was ignored
+  before this reader took ISO dates: no time column then (a seeded random order)."""
+  try:
+    return formats.read_columns(path, rows, sep, nfields, wanted, first_line=first)
+  except formats.DataFormatError as e:
+    dated = names[wanted["timestamp"][0]] if "timestamp" in wanted else None
+    if dated not in _DATE_NAMES:
+      raise
+    others = {col: where for col, where in wanted.items() if col != "timestamp"}
+    columns = formats.read_columns(path, rows, sep, nfields, others, first_line=first)
+    _log.warning(
+        "%s: the %r column is not read as the time (%s): each user's held-out interaction is a "
+        "seeded random one; numbers or ISO 8601 dates (2016-07-03, 2016-07-03T18:21:27) order "
+        "them", path, dated, e)
+    return columns
+
+
 def _column_names(path, options: FileOptions, header, first_line: str,
                   sep: str | None) -> tuple[list[str], str]:
   """``(column names, where they come from)``: ``--data_columns``, else the
   header; a ValueError when neither names the columns of ``first_line``."""
-  nfields = len(first_line.split(sep))
+  nfields = len(formats.split_fields(first_line, sep))
   if options.columns:
     names = [c.strip().lower() for c in options.columns.split(",")]
     if len(names) != nfields:
