@@ -18,8 +18,9 @@ With ``--workdir=DIR`` nothing finished is lost: each shape point's program chec
 every ``--checkpoint_every`` rounds and every ``--checkpoint_minutes`` in
 ``DIR/<shape point>/checkpoints`` and keeps its results in
 ``DIR/<shape point>/results.json``; the same command run again reuses the finished points
-and resumes the interrupted one (``--overwrite``: start over). A point whose results a sweep
-with other seeds, grid or result-affecting settings left is refused, naming what differs.
+and resumes the interrupted one (``--overwrite``: start over). A point whose results or
+checkpoints a sweep with other seeds, grid, result-affecting settings or data left is
+refused, naming what differs (its checkpoints are kept).
 """
 import contextlib
 import dataclasses

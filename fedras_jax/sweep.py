@@ -15,7 +15,8 @@ Given a ``checkpoint_dir``, a sweep saves its stacked states every
 ``checkpoint_every`` rounds and every ``checkpoint_minutes`` (``fedras_jax.checkpoint``)
 and the same sweep started again resumes from the newest one: every run's randomness is
 in its state, so the results are those of an uninterrupted sweep. Checkpoints of another
-sweep (other runs or result-affecting settings) are removed and the sweep starts over.
+sweep (other runs or result-affecting settings, or other data) are removed and the sweep
+starts over, or, with ``refuse_other`` (``kept_sweep``: a sweep a user named), refused.
 """
 import dataclasses
 import functools
@@ -97,9 +98,10 @@ def sweep(base: TrainConfig,
           seeds: Sequence[int],
           grid: Dict[str, Sequence[float]],
           log: Callable[[str], None] = print,
-          checkpoint_dir: Optional[str] = None) -> List[dict]:
+          checkpoint_dir: Optional[str] = None,
+          refuse_other: bool = False) -> List[dict]:
   """``sweep_points`` over the cartesian product of ``grid`` (``{name: values}``)."""
-  return sweep_points(base, seeds, grid_points(grid), log, checkpoint_dir)
+  return sweep_points(base, seeds, grid_points(grid), log, checkpoint_dir, refuse_other)
 
 
 def kept_sweep(base: TrainConfig,
@@ -110,7 +112,9 @@ def kept_sweep(base: TrainConfig,
   """``sweep(base, seeds, grid)``, kept in ``directory``: the results that the same sweep
   (same seeds, grid and result-affecting settings) left in ``directory/results.json``,
   else the sweep checkpointed in ``directory/checkpoints`` (resumed from there), whose
-  results are then kept there. ``base.overwrite``: ``directory`` is cleared first.
+  results are then kept there. Results or checkpoints of another sweep, or of one on
+  other data, raise a ``WorkdirError`` naming what differs (nothing is removed);
+  ``base.overwrite``: ``directory`` is cleared first.
 
   In a multi-process run process 0 alone reads and writes ``directory``: the kept results
   and the checkpoints reach every process from it."""
@@ -133,7 +137,7 @@ def kept_sweep(base: TrainConfig,
     log(f"kept: the finished sweep in {path}")
     return kept
   checkpoints = directory / "checkpoints"
-  results = sweep(base, seeds, grid, log, checkpoint_dir=checkpoints)
+  results = sweep(base, seeds, grid, log, checkpoint_dir=checkpoints, refuse_other=True)
   if distributed.is_writer():
     keep_results(path, base, data_sha256, results, checkpoints, **setting)
   return results
@@ -191,7 +195,8 @@ def sweep_points(base: TrainConfig,
                  seeds: Sequence[int],
                  points: Sequence[Dict[str, float]],
                  log: Callable[[str], None] = print,
-                 checkpoint_dir: Optional[str] = None) -> List[dict]:
+                 checkpoint_dir: Optional[str] = None,
+                 refuse_other: bool = False) -> List[dict]:
   """Trains ``len(seeds) * len(points)`` runs of ``base`` in one program.
 
   ``points`` are ``{name: value}`` settings of ``SWEEPABLE`` names (``[]``: ``base``
@@ -202,7 +207,9 @@ def sweep_points(base: TrainConfig,
   ``train_seconds`` (the other rounds and the final evaluation), shared by the runs of
   one call. With ``checkpoint_dir``, checkpoints by ``base``'s cadence
   (``checkpoint.Cadence``: every ``checkpoint_every`` rounds and every
-  ``checkpoint_minutes``) and resumes from that directory's newest checkpoint of this sweep.
+  ``checkpoint_minutes``) and resumes from that directory's newest checkpoint of this sweep;
+  another sweep's checkpoints there are removed, or with ``refuse_other`` raise a
+  ``WorkdirError`` naming what differs (a rerun with a mistyped flag kept them).
 
   Every run is scored on ``base.seed``'s split and test negatives (one evaluation
   program for all; on files without timestamps, whose split is seeded, every run also
@@ -235,7 +242,7 @@ def sweep_points(base: TrainConfig,
   data_sha256 = data_lib.split_sha256(split)
   if checkpoint_dir is not None:
     start_round, (server, clients), skipped = _resume(checkpoint_dir, configs, data_sha256,
-                                                      (server, clients), skipped, log)
+                                                      (server, clients), skipped, log, refuse_other)
   if mesh is not None:
     server, clients, hp = distributed.replicate((server, clients, hp), mesh)
   batched_round = distributed.jit(jax.vmap(round_fn), mesh, donate_argnums=(0, 1))
@@ -279,14 +286,19 @@ def sweep_points(base: TrainConfig,
   ]
 
 
-def _resume(checkpoint_dir, configs, data_sha256, initial, skipped, log):
+def _resume(checkpoint_dir, configs, data_sha256, initial, skipped, log, refuse_other=False):
   """``(start_round, (server, clients), skipped [runs])``: the newest checkpoint in
   ``checkpoint_dir`` of the sweep of ``configs`` (its runs, in order) on the split of
   ``data_sha256`` (``data.split_sha256``) and the clients each run skipped until then, or
   ``(0, initial, skipped)``. Process 0 reads it and sends it to every process.
-  Checkpoints of another sweep, or of one on other data, are removed."""
+  Checkpoints of another sweep, or of one on other data, are removed, or with
+  ``refuse_other`` raise a ``WorkdirError`` naming what differs."""
 
-  def start_over(why):
+  def start_over(why, differs=None):
+    if refuse_other and differs is not None:
+      raise WorkdirError(f"{checkpoint_dir} holds the checkpoints of a sweep with other settings: "
+                         f"{differs}; rerun with its flags to resume it, or add --overwrite to "
+                         "start over")
     log(f"{checkpoint_dir}: {why}: starting over")
     for _, old in ckpt_lib.list_checkpoints(checkpoint_dir):
       old.unlink()
@@ -301,10 +313,12 @@ def _resume(checkpoint_dir, configs, data_sha256, initial, skipped, log):
       return None, (np.int32(0), initial, skipped)
     start_round, state, host, path = found
     saved = host.get("configs", [])
-    if len(saved) != len(configs) or any(config_differences(s, c) for s, c in zip(saved, configs)):
-      return start_over("another sweep's checkpoints")
+    diffs = next((d for d in map(config_differences, saved, configs) if d), [])
+    if len(saved) != len(configs) or diffs:
+      runs = f"{len(saved)} runs, now {len(configs)}"
+      return start_over("another sweep's checkpoints", ", ".join(diffs) or runs)
     if names_other_data(host, lambda: data_sha256):
-      return start_over("checkpoints of a sweep on other data")
+      return start_over("checkpoints of a sweep on other data", f"its data ({SPLIT_DIFFERS})")
     log(f"resuming from round {start_round} of {configs[0].rounds} ({path})")
     return None, (np.int32(start_round), state, np.asarray(host.get("skipped", skipped), np.int32))
 

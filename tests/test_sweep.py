@@ -141,6 +141,25 @@ def test_a_sweep_starts_over_on_another_sweeps_checkpoint(tmp_path):
   start, restored, _ = sweep_lib._resume(tmp_path, configs, "cd", fresh, none, lines.append)
   assert start == 0 and restored is fresh
   assert "checkpoints of a sweep on other data: starting over" in lines[-1]
+  # A sweep a user named (refuse_other): another's checkpoints are refused, naming what
+  # differs, and kept (they were removed: a rerun with a mistyped flag lost them).
+  for other, sha, differs in (([TrainConfig(item_lr=4.0),
+                                TrainConfig(item_lr=16.0)], "ab",
+                               r"--item_lr \(workdir 8.0, now 16.0\)"), (configs[:1], "ab",
+                                                                         "2 runs, now 1"),
+                              (configs, "cd", r"its data \(the split differs")):
+    ckpt_lib.save(tmp_path, 2, state, host)
+    with pytest.raises(WorkdirError,
+                       match=f"holds the checkpoints of a sweep with other "
+                       f"settings: {differs}.*; rerun with its flags to resume it, or add "
+                       "--overwrite to start over"):
+      sweep_lib._resume(tmp_path,
+                        other,
+                        sha, {"items": np.zeros((3, 2), np.float32)},
+                        none,
+                        lines.append,
+                        refuse_other=True)
+    assert [r for r, _ in ckpt_lib.list_checkpoints(tmp_path)] == [2]
   # A damaged checkpoint: starts over too.
   ckpt_lib.save(tmp_path, 2, state, host)
   path = ckpt_lib.path_for(tmp_path, 2)
@@ -154,7 +173,8 @@ def test_kept_sweep_reuses_finished_results_and_reruns_another_sweep(tmp_path, m
                                                                      data_now):
   calls = []
 
-  def fake_sweep(base, seeds, grid, log=print, checkpoint_dir=None):
+  def fake_sweep(base, seeds, grid, log=print, checkpoint_dir=None, refuse_other=False):
+    assert refuse_other  # a sweep a user named: another's checkpoints are refused, not removed
     calls.append((list(seeds), checkpoint_dir))
     checkpoint_dir.mkdir(parents=True)  # as sweep_points' checkpoints would
     return [
