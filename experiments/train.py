@@ -47,7 +47,15 @@ def main(argv):
   config = flag_lib.config_from_flags(TrainConfig)
   config = dataclasses.replace(config, workdir=default_workdir(config)).validate()
   distributed.initialize(flag_lib.config_from_flags(distributed.ProcessGroup))
-  train(config)
+  try:
+    train(config)
+  except KeyboardInterrupt:
+    if FLAGS.workdir is not None or config.workdir is None:
+      raise
+    # The same command would start a new time-stamped workdir, not resume this one.
+    raise KeyboardInterrupt(
+        f"its checkpoints are in {config.workdir}: add "
+        f"--workdir={config.workdir} to the same command to resume it") from None
 
 
 if __name__ == "__main__":

@@ -289,6 +289,16 @@ class TrainConfig:
                                 kcore=self.kcore)
 
 
+def same_dataset(a, b) -> bool:
+  """Whether ``--dataset`` values ``a`` and ``b`` name one dataset: equal, or two paths to
+  one file (``data/r.csv``, ``./data/r.csv`` and its absolute path)."""
+  if a == b:
+    return True
+  paths = [isinstance(x, str) and data_lib.is_path(x) for x in (a, b)]
+  resolve = lambda x: pathlib.Path(x).expanduser().resolve()
+  return all(paths) and resolve(a) == resolve(b)
+
+
 def dataset_label(dataset: str) -> str:
   """A dataset's short name: its name, or a file's name without the suffix."""
   return pathlib.Path(dataset).stem if data_lib.is_path(dataset) else dataset

@@ -117,13 +117,13 @@ def guarded(main):
       if lost is None or os.environ.get("FEDRAS_TRACEBACK"):
         raise
       fail(lost)
-    except KeyboardInterrupt:  # Ctrl-C: what a workdir holds is resumed by the same command
+    except KeyboardInterrupt as e:  # Ctrl-C: what a workdir holds is resumed by the same command
       if os.environ.get("FEDRAS_TRACEBACK"):
         raise
-      print(
-          "interrupted (a run with a --workdir resumes from its last checkpoint when the "
-          "same command runs again)",
-          file=sys.stderr)
+      # (a binary that knows better raises KeyboardInterrupt(how to resume) from Ctrl-C's)
+      hint = str(e) or ("a run with a --workdir resumes from its last checkpoint when the same "
+                        "command runs again")
+      print(f"interrupted ({hint})", file=sys.stderr)
       sys.exit(130)
 
   return wrapper

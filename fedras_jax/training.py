@@ -244,13 +244,15 @@ def _check_updates(config: TrainConfig, r: int, metrics, rows_before, clients, s
           (f"(user ids {ids})"
            if ids is not None else f"(among user ids {sorted(int(u) for u in sampled)})"))
   if config.on_nonfinite == "stop":
-    raise NonFiniteUpdateError(f"{what}; stopped (--on_nonfinite=stop)")
+    raise NonFiniteUpdateError(f"{what}; stopped (--on_nonfinite=stop; the same command with "
+                               "--on_nonfinite=skip resumes, skipping such clients)")
   say(f"{what}; skipped them")
   dead_rounds = dead_rounds + 1 if skipped == len(sampled) else 0
   if dead_rounds == DEAD_ROUNDS:
     raise NonFiniteUpdateError(
         f"rounds {r - DEAD_ROUNDS + 1}-{r}: every sampled client sent a non-finite update, "
-        "so the model no longer changes (diverged? lower the learning rates); stopped")
+        "so the model no longer changes (diverged? lower the learning rates, with --overwrite "
+        "or another --workdir); stopped")
   return dead_rounds
 
 

@@ -27,7 +27,7 @@ from typing import Callable, List, Optional
 
 from fedras_jax import checkpoint as ckpt_lib
 from fedras_jax import outputs
-from fedras_jax.config import NON_RESULT_FIELDS, TrainConfig
+from fedras_jax.config import NON_RESULT_FIELDS, TrainConfig, same_dataset
 
 CONFIG_FILE = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -120,13 +120,14 @@ def recorded_config(workdir) -> Optional[dict]:
 
 def config_differences(recorded: dict, config: TrainConfig) -> List[str]:
   """``["--name (workdir X, now Y)", ...]`` for the result-affecting settings of
-  ``config`` that differ from ``recorded`` (a field it lacks: its default)."""
+  ``config`` that differ from ``recorded`` (a field it lacks: its default). Two spellings
+  of one file's path are one ``--dataset`` (the split's sha256 is checked apart)."""
   out = []
   for field in dataclasses.fields(config):
     if field.name in NON_RESULT_FIELDS:
       continue
     old, new = recorded.get(field.name, field.default), getattr(config, field.name)
-    if old != new:
+    if not (same_dataset(old, new) if field.name == "dataset" else old == new):
       out.append(f"--{field.name} (workdir {old!r}, now {new!r})")
   return out
 

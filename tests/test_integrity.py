@@ -226,6 +226,30 @@ def test_ctrl_c_is_one_line_and_exit_status_130(capsys, monkeypatch):
   assert capsys.readouterr().err.startswith("interrupted (a run with a --workdir resumes")
 
 
+def test_ctrl_c_of_a_train_in_its_default_workdir_names_it():
+  """Without --workdir, train runs in runs/<name>-<time>: the same command again starts a new
+  folder, so Ctrl-C said to rerun it and the rounds done were lost."""
+  code = ("import sys, experiments.train as t\n"
+          "def interrupted(config):\n  raise KeyboardInterrupt\n"
+          "t.train = interrupted\n"
+          "t.default_workdir = lambda config: 'runs/ml-100k-mf-fedras-20261208-000000'\n"
+          "sys.argv = ['train'] + sys.argv[1:]\n"
+          "t.flag_lib.run_main(t.main)\n")
+  run = lambda *flags: subprocess.run(
+      [sys.executable, "-c", code, *flags],
+      capture_output=True,
+      text=True,
+      env={k: v for k, v in os.environ.items() if k != "FEDRAS_TRACEBACK"})
+  proc = run("--rounds=1")
+  assert proc.returncode == 130, proc.stderr
+  assert proc.stderr.strip().splitlines()[-1] == (
+      "interrupted (its checkpoints are in runs/ml-100k-mf-fedras-20261208-000000: add "
+      "--workdir=runs/ml-100k-mf-fedras-20261208-000000 to the same command to resume it)")
+  proc = run("--rounds=1", "--workdir=runs/mine")
+  assert proc.returncode == 130 and proc.stderr.strip().splitlines()[-1].startswith(
+      "interrupted (a run with a --workdir resumes")
+
+
 def test_write_atomic_names_the_file_on_a_write_error(tmp_path, monkeypatch):
 
   def no_space(fd):

@@ -23,6 +23,7 @@ from conftest import flip_middle, metrics_rows, poison_users, train_binary
 
 from experiments import compare
 from fedras_jax import checkpoint, experiment, training
+from fedras_jax import config as config_lib
 from fedras_jax.config import TrainConfig
 from fedras_jax.federated import round_clients
 from fedras_jax.training import DEAD_ROUNDS, NonFiniteUpdateError, train
@@ -231,7 +232,7 @@ def test_a_damaged_config_json_names_the_remedy_that_keeps_the_checkpoints(
   assert summary["resumed_from_round"] == 30
 
 
-def test_a_run_on_changed_data_is_refused_not_resumed(ml100k_path, tmp_path):
+def test_a_run_on_changed_data_is_refused_not_resumed(ml100k_path, tmp_path, monkeypatch):
   """The same flags on an edited ratings file (or a --data_dir without ML-1M's negatives
   file) resumed the run on the new split, silently mixing the two."""
   ratings = tmp_path / "ratings.tsv"
@@ -245,6 +246,12 @@ def test_a_run_on_changed_data_is_refused_not_resumed(ml100k_path, tmp_path):
   first = train(config)
   assert first["data_sha256"] == experiment.run_data_sha256(config)
   assert train(config)["resumed_from_round"] == 2  # the same data: resumed
+  # Other spellings of the file's path are the same --dataset (they were refused).
+  monkeypatch.chdir(tmp_path)
+  for spelling in (f"{tmp_path}/./ratings.tsv", "ratings.tsv"):
+    assert train(dataclasses.replace(config, dataset=spelling))["resumed_from_round"] == 2
+  assert not config_lib.same_dataset("ratings.tsv", "other/ratings.tsv")
+  assert not config_lib.same_dataset("ml-100k", "ml-1m")
   finished = lambda: compare.finished_summary(config,
                                               compare.data_sha256_asked(config, tabulating=False))
   assert finished()["final"] == first["final"]
@@ -402,8 +409,9 @@ def test_nonfinite_updates_stop_the_run_naming_round_and_users(data_dir, monkeyp
     train(_config(data_dir, on_nonfinite="stop", **TINY))
   message = str(e.value)
   assert "\n" not in message
-  assert message.startswith(f"round 1: {len(expected)} of 16 sampled clients sent a "
-                            f"non-finite update (user ids {expected})")
+  assert message == (f"round 1: {len(expected)} of 16 sampled clients sent a non-finite update "
+                     f"(user ids {expected}); stopped (--on_nonfinite=stop; the same command with "
+                     "--on_nonfinite=skip resumes, skipping such clients)")
 
 
 def test_a_round_shape_too_small_for_its_clients_stops_the_run(data_dir, monkeypatch):
@@ -423,7 +431,7 @@ def test_a_run_whose_every_client_fails_for_dead_rounds_rounds_stops(data_dir, m
     train(TrainConfig(data_dir=str(data_dir), **TINY), log=lines.append)
   assert str(e.value) == (f"rounds 1-{DEAD_ROUNDS}: every sampled client sent a non-finite "
                           "update, so the model no longer changes (diverged? lower the "
-                          "learning rates); stopped")
+                          "learning rates, with --overwrite or another --workdir); stopped")
   assert TINY["rounds"] > DEAD_ROUNDS
   assert sum("16 of 16 sampled clients sent a non-finite update" in l for l in lines) == DEAD_ROUNDS
 
