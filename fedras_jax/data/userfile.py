@@ -30,13 +30,12 @@ rows (any other columns are ignored):
   by their rank) or of ISO 8601 dates or times (``2016-07-03``,
   ``2016-07-03 18:21:27``, ``2016-07-03T18:21:27.5+02:00``; read as seconds
   since 1970 UTC, those without a UTC offset as UTC; a column is all one kind;
-  a date-time in a space-separated file needs its ``T``); a ``date`` or
-  ``datetime`` column only where no other column has a time name, and
-  ignored with a warning if its values are not such; else a seeded random
-  order, so leave-one-out holds out a random
-  interaction per user (`leave_one_out` then takes the "latest"); a warning
-  says so when the header has columns of other names (``rated_at``: a time
-  column under a name not in `COLUMN_NAMES`?).
+  a date-time in a space-separated file needs its ``T``); a ``date`` or ``datetime`` column
+  only where no other column has a time name, and ignored with a warning if
+  its values are not such; else a seeded random order, so leave-one-out holds
+  out a random interaction per user (`leave_one_out` then takes the "latest");
+  a warning says so when the header has columns of other names (``rated_at``:
+  a time column under a name not in `COLUMN_NAMES`?).
 
 Malformed input raises `formats.DataFormatError` (``<file>:<line>: ...``).
 """
