@@ -54,8 +54,8 @@ def main(argv):
       raise
     # The same command would start a new time-stamped workdir, not resume this one.
     raise KeyboardInterrupt(
-        f"its checkpoints are in {config.workdir}: add "
-        f"--workdir={config.workdir} to the same command to resume it") from None
+        f"its workdir is {config.workdir}: add --workdir={config.workdir} to the same "
+        "command to resume it") from None
 
 
 if __name__ == "__main__":

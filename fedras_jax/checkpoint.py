@@ -199,6 +199,18 @@ def restore_latest(directory,
   return None
 
 
+def latest_host(directory) -> Optional[dict]:
+  """The host record of the newest checkpoint in ``directory`` whose bytes are sound,
+  read without a template (so whatever its state's shapes), or None."""
+  for _, path in reversed(list_checkpoints(directory)):
+    try:
+      return json.loads(
+          serialization.msgpack_restore(_unseal(path.read_bytes(), str(path)))["host"])
+    except Exception:  # noqa: BLE001 - unreadable for any reason: the next older one
+      continue
+  return None
+
+
 def save_params(path, params: dict) -> pathlib.Path:
   """Writes a dict of arrays (e.g. the final model) as msgpack, atomically."""
   return write_atomic(path, tree_to_bytes(params))

@@ -294,7 +294,7 @@ def same_dataset(a, b) -> bool:
   one file (``data/r.csv``, ``./data/r.csv`` and its absolute path)."""
   if a == b:
     return True
-  paths = [isinstance(x, str) and data_lib.is_path(x) for x in (a, b)]
+  paths = [isinstance(x, str) and x not in DATASETS and data_lib.is_path(x) for x in (a, b)]
   resolve = lambda x: pathlib.Path(x).expanduser().resolve()
   return all(paths) and resolve(a) == resolve(b)
 

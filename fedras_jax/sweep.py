@@ -292,33 +292,48 @@ def _resume(checkpoint_dir, configs, data_sha256, initial, skipped, log, refuse_
   ``data_sha256`` (``data.split_sha256``) and the clients each run skipped until then, or
   ``(0, initial, skipped)``. Process 0 reads it and sends it to every process.
   Checkpoints of another sweep, or of one on other data, are removed, or with
-  ``refuse_other`` raise a ``WorkdirError`` naming what differs."""
+  ``refuse_other`` raise a ``WorkdirError`` naming what differs (all of them unreadable:
+  the ``CheckpointError``), the files kept."""
 
-  def start_over(why, differs=None):
-    if refuse_other and differs is not None:
-      raise WorkdirError(f"{checkpoint_dir} holds the checkpoints of a sweep with other settings: "
-                         f"{differs}; rerun with its flags to resume it, or add --overwrite to "
-                         "start over")
+  def differs(host) -> Optional[str]:
+    """What makes ``host`` another sweep's, or None."""
+    saved = host.get("configs", [])
+    diffs = next((d for d in map(config_differences, saved, configs) if d), [])
+    if len(saved) != len(configs) or diffs:
+      return ", ".join(diffs) or f"{len(saved)} runs, now {len(configs)}"
+    if names_other_data(host, lambda: data_sha256):
+      return f"its data ({SPLIT_DIFFERS})"
+    return None
+
+  def start_over(why):
     log(f"{checkpoint_dir}: {why}: starting over")
     for _, old in ckpt_lib.list_checkpoints(checkpoint_dir):
       old.unlink()
     return None, (np.int32(0), initial, skipped)
 
+  def other(why: str):
+    if refuse_other:
+      raise WorkdirError(f"{checkpoint_dir} holds the checkpoints of a sweep with other settings: "
+                         f"{why}; rerun with its flags to resume it, or add --overwrite to start "
+                         "over")
+    return start_over(f"checkpoints of a sweep with other settings ({why})")
+
   def restore():
+    # Compared before the states are read: another sweep's may have other shapes (runs, dim).
+    host = ckpt_lib.latest_host(checkpoint_dir)
+    if host is not None and differs(host) is not None:
+      return other(differs(host))
     try:
       found = ckpt_lib.restore_latest(checkpoint_dir, initial, warn=log)
     except ckpt_lib.CheckpointError as e:
+      if refuse_other:
+        raise
       return start_over(e)
     if found is None:
       return None, (np.int32(0), initial, skipped)
     start_round, state, host, path = found
-    saved = host.get("configs", [])
-    diffs = next((d for d in map(config_differences, saved, configs) if d), [])
-    if len(saved) != len(configs) or diffs:
-      runs = f"{len(saved)} runs, now {len(configs)}"
-      return start_over("another sweep's checkpoints", ", ".join(diffs) or runs)
-    if names_other_data(host, lambda: data_sha256):
-      return start_over("checkpoints of a sweep on other data", f"its data ({SPLIT_DIFFERS})")
+    if differs(host) is not None:  # (an older checkpoint than the newest sound one)
+      return other(differs(host))
     log(f"resuming from round {start_round} of {configs[0].rounds} ({path})")
     return None, (np.int32(start_round), state, np.asarray(host.get("skipped", skipped), np.int32))
 

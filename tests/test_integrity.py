@@ -243,7 +243,7 @@ def test_ctrl_c_of_a_train_in_its_default_workdir_names_it():
   proc = run("--rounds=1")
   assert proc.returncode == 130, proc.stderr
   assert proc.stderr.strip().splitlines()[-1] == (
-      "interrupted (its checkpoints are in runs/ml-100k-mf-fedras-20261208-000000: add "
+      "interrupted (its workdir is runs/ml-100k-mf-fedras-20261208-000000: add "
       "--workdir=runs/ml-100k-mf-fedras-20261208-000000 to the same command to resume it)")
   proc = run("--rounds=1", "--workdir=runs/mine")
   assert proc.returncode == 130 and proc.stderr.strip().splitlines()[-1].startswith(

@@ -252,6 +252,8 @@ def test_a_run_on_changed_data_is_refused_not_resumed(ml100k_path, tmp_path, mon
     assert train(dataclasses.replace(config, dataset=spelling))["resumed_from_round"] == 2
   assert not config_lib.same_dataset("ratings.tsv", "other/ratings.tsv")
   assert not config_lib.same_dataset("ml-100k", "ml-1m")
+  (tmp_path / "ml-100k").write_text("")  # a file named as a built-in dataset is not it
+  assert not config_lib.same_dataset("ml-100k", "./ml-100k")
   finished = lambda: compare.finished_summary(config,
                                               compare.data_sha256_asked(config, tabulating=False))
   assert finished()["final"] == first["final"]

@@ -133,21 +133,23 @@ def test_a_sweep_starts_over_on_another_sweeps_checkpoint(tmp_path):
     fresh = {"items": np.zeros((3, 2), np.float32)}
     start, restored, skipped = sweep_lib._resume(tmp_path, other, "ab", fresh, none, lines.append)
     assert start == 0 and restored is fresh and skipped is none
-    assert "another sweep's checkpoints: starting over" in lines[-1]
+    assert "checkpoints of a sweep with other settings (" in lines[-1]
+    assert lines[-1].endswith("): starting over")
     assert ckpt_lib.list_checkpoints(tmp_path) == []
   # The same sweep on other data (an edited file, other test negatives): starts over.
   ckpt_lib.save(tmp_path, 2, state, host)
   fresh = {"items": np.zeros((3, 2), np.float32)}
   start, restored, _ = sweep_lib._resume(tmp_path, configs, "cd", fresh, none, lines.append)
   assert start == 0 and restored is fresh
-  assert "checkpoints of a sweep on other data: starting over" in lines[-1]
+  assert "with other settings (its data (the split differs" in lines[-1]
   # A sweep a user named (refuse_other): another's checkpoints are refused, naming what
-  # differs, and kept (they were removed: a rerun with a mistyped flag lost them).
-  for other, sha, differs in (([TrainConfig(item_lr=4.0),
-                                TrainConfig(item_lr=16.0)], "ab",
-                               r"--item_lr \(workdir 8.0, now 16.0\)"), (configs[:1], "ab",
-                                                                         "2 runs, now 1"),
-                              (configs, "cd", r"its data \(the split differs")):
+  # differs, and kept (they were removed: a rerun with a mistyped flag lost them), also
+  # where its states have other shapes (fewer runs stacked: they failed to load first).
+  for other, sha, shape, differs in (([TrainConfig(item_lr=4.0),
+                                       TrainConfig(item_lr=16.0)], "ab", (3, 2),
+                                      r"--item_lr \(workdir 8.0, now 16.0\)"),
+                                     (configs[:1], "ab", (1, 2), "2 runs, now 1"),
+                                     (configs, "cd", (3, 2), r"its data \(the split differs")):
     ckpt_lib.save(tmp_path, 2, state, host)
     with pytest.raises(WorkdirError,
                        match=f"holds the checkpoints of a sweep with other "
@@ -155,11 +157,22 @@ def test_a_sweep_starts_over_on_another_sweeps_checkpoint(tmp_path):
                        "--overwrite to start over"):
       sweep_lib._resume(tmp_path,
                         other,
-                        sha, {"items": np.zeros((3, 2), np.float32)},
+                        sha, {"items": np.zeros(shape, np.float32)},
                         none,
                         lines.append,
                         refuse_other=True)
     assert [r for r, _ in ckpt_lib.list_checkpoints(tmp_path)] == [2]
+  # Every checkpoint damaged: refused too, kept (the CheckpointError names --overwrite).
+  path = ckpt_lib.path_for(tmp_path, 2)
+  path.write_bytes(path.read_bytes()[:-3])
+  with pytest.raises(ckpt_lib.CheckpointError, match="use --overwrite to start over"):
+    sweep_lib._resume(tmp_path,
+                      configs,
+                      "ab", {"items": np.zeros((3, 2), np.float32)},
+                      none,
+                      lines.append,
+                      refuse_other=True)
+  assert path.exists()
   # A damaged checkpoint: starts over too.
   ckpt_lib.save(tmp_path, 2, state, host)
   path = ckpt_lib.path_for(tmp_path, 2)

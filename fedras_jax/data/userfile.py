@@ -32,7 +32,7 @@ rows (any other columns are ignored):
   since 1970 UTC, those without a UTC offset as UTC; a column is all one kind;
   a date-time in a space-separated file needs its ``T``); a ``date`` or ``datetime`` column
   only where no other column has a time name, and ignored with a warning if
-  its values are not such; else a seeded random order, so leave-one-out holds
+  it does not read as one (``07/03/2016``, or a mix of kinds); else a seeded random order, so leave-one-out holds
   out a random interaction per user (`leave_one_out` then takes the "latest");
   a warning says so when the header has columns of other names (``rated_at``:
   a time column under a name not in `COLUMN_NAMES`?).
