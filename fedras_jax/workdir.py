@@ -118,16 +118,29 @@ def recorded_config(workdir) -> Optional[dict]:
   return None
 
 
+def _same_tiers(a, b) -> bool:
+  """Whether two ``--bandwidth_tiers`` lists are one (``"1, 2"`` and ``"1,2.0"``)."""
+  try:
+    return [float(t) for t in a.split(",")] == [float(t) for t in b.split(",")]
+  except (AttributeError, ValueError):
+    return a == b
+
+
+# Settings of several spellings, compared by what they mean (else: equal values).
+_SAME_SETTING = {"dataset": same_dataset, "bandwidth_tiers": _same_tiers}
+
+
 def config_differences(recorded: dict, config: TrainConfig) -> List[str]:
   """``["--name (workdir X, now Y)", ...]`` for the result-affecting settings of
   ``config`` that differ from ``recorded`` (a field it lacks: its default). Two spellings
-  of one file's path are one ``--dataset`` (the split's sha256 is checked apart)."""
+  of one file's path are one ``--dataset`` (the split's sha256 is checked apart), and of
+  one list one ``--bandwidth_tiers``."""
   out = []
   for field in dataclasses.fields(config):
     if field.name in NON_RESULT_FIELDS:
       continue
     old, new = recorded.get(field.name, field.default), getattr(config, field.name)
-    if not (same_dataset(old, new) if field.name == "dataset" else old == new):
+    if not _SAME_SETTING.get(field.name, lambda a, b: a == b)(old, new):
       out.append(f"--{field.name} (workdir {old!r}, now {new!r})")
   return out
 

@@ -27,6 +27,7 @@ from fedras_jax import config as config_lib
 from fedras_jax.config import TrainConfig
 from fedras_jax.federated import round_clients
 from fedras_jax.training import DEAD_ROUNDS, NonFiniteUpdateError, train
+from fedras_jax import workdir as workdir_lib
 from fedras_jax.workdir import TIMING_FIELDS, WorkdirError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -254,6 +255,12 @@ def test_a_run_on_changed_data_is_refused_not_resumed(ml100k_path, tmp_path, mon
   assert not config_lib.same_dataset("ml-100k", "ml-1m")
   (tmp_path / "ml-100k").write_text("")  # a file named as a built-in dataset is not it
   assert not config_lib.same_dataset("ml-100k", "./ml-100k")
+  # So are two spellings of one list of bandwidth tiers; other tiers still differ.
+  recorded = dict(dataclasses.asdict(config), bandwidth_tiers="4,16,32,64")
+  tiers = lambda text: dataclasses.replace(config, bandwidth_tiers=text)
+  assert workdir_lib.config_differences(recorded, tiers("4, 16,32.0 ,64")) == []
+  assert workdir_lib.config_differences(
+      recorded, tiers("4,16,32")) == ["--bandwidth_tiers (workdir '4,16,32,64', now '4,16,32')"]
   finished = lambda: compare.finished_summary(config,
                                               compare.data_sha256_asked(config, tabulating=False))
   assert finished()["final"] == first["final"]
